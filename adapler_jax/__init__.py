@@ -1,0 +1,1 @@
+"""adapler_jax: adaptive length reduction for BERT-style encoders in JAX/Flax."""

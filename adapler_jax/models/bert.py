@@ -1,0 +1,249 @@
+"""A BERT encoder in flax.linen whose parameter tree mirrors Hugging Face's.
+
+Converting a Hugging Face checkpoint is a rename (``layer.3`` -> ``layer_3``,
+``weight`` -> ``kernel``/``embedding``/``scale``) and a transpose of dense
+kernels; see `adapler_jax.weights`.
+
+Attention takes a float additive bias per key position, shape ``(batch, seq)``:
+0 for kept tokens, ``NEG_INF`` (-1e4) for padding, and anything in between for
+soft removal, which adds its edits to the same bias.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+NEG_INF = -1e4  # additive bias of a removed key; exp(-1e4) underflows to 0 in float32.
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  """Shape and numerics of a BERT encoder (static under jit)."""
+
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  type_vocab_size: int = 2
+  max_position_embeddings: int = 512
+  layer_norm_eps: float = 1e-12
+  hidden_dropout: float = 0.1
+  attention_dropout: float = 0.1
+  initializer_range: float = 0.02
+  pad_token_id: int = 0
+  dtype: str = "float32"  # compute dtype; parameters stay float32.
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_heads:
+      raise ValueError(
+          f"hidden_size {self.hidden_size} is not divisible by num_heads "
+          f"{self.num_heads}; pick a head count that divides it")
+    if self.dtype not in ("float32", "bfloat16", "float16"):
+      raise ValueError(f"dtype {self.dtype!r} is not one of float32, bfloat16, float16")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @classmethod
+  def from_hf(cls, hf_config: Any, **overrides) -> "EncoderConfig":
+    """Builds the config from a `transformers.BertConfig` (or its dict)."""
+    get = hf_config.get if isinstance(hf_config, dict) else (
+        lambda k, d=None: getattr(hf_config, k, d))
+    act = get("hidden_act", "gelu")
+    if act not in ("gelu", "gelu_python"):
+      raise ValueError(f"hidden_act {act!r} is not supported; only exact 'gelu' BERTs load")
+    pos_type = get("position_embedding_type", "absolute")
+    if pos_type not in (None, "absolute"):
+      raise ValueError(f"position_embedding_type {pos_type!r} is not supported; "
+                       "only 'absolute' loads")
+    fields = dict(
+        vocab_size=get("vocab_size"),
+        hidden_size=get("hidden_size"),
+        num_layers=get("num_hidden_layers"),
+        num_heads=get("num_attention_heads"),
+        intermediate_size=get("intermediate_size"),
+        type_vocab_size=get("type_vocab_size", 2),
+        max_position_embeddings=get("max_position_embeddings", 512),
+        layer_norm_eps=get("layer_norm_eps", 1e-12),
+        hidden_dropout=get("hidden_dropout_prob", 0.1),
+        attention_dropout=get("attention_probs_dropout_prob", 0.1),
+        initializer_range=get("initializer_range", 0.02),
+        pad_token_id=get("pad_token_id", 0) or 0,
+    )
+    missing = [k for k, v in fields.items() if v is None]
+    if missing:
+      raise ValueError(f"the BERT config lacks {missing}; pass a BERT config.json")
+    fields.update(overrides)
+    return cls(**fields)
+
+  @classmethod
+  def tiny(cls, **overrides) -> "EncoderConfig":
+    """A 2-layer, width-32 encoder for tests."""
+    fields = dict(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4,
+                  intermediate_size=64, max_position_embeddings=128)
+    fields.update(overrides)
+    return cls(**fields)
+
+
+def _dense(cfg: EncoderConfig, features: int, name: str) -> nn.Dense:
+  return nn.Dense(features, dtype=cfg.compute_dtype, name=name,
+                  kernel_init=nn.initializers.normal(cfg.initializer_range))
+
+
+def _layer_norm(cfg: EncoderConfig, name: str = "LayerNorm") -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype, name=name)
+
+
+class Embeddings(nn.Module):
+  """Word + position + token-type embeddings, then LayerNorm and dropout."""
+
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, input_ids: Array, token_type_ids: Array, *,
+               deterministic: bool = True) -> Array:
+    cfg = self.cfg
+    init = nn.initializers.normal(cfg.initializer_range)
+    embed = lambda n, name: nn.Embed(n, cfg.hidden_size, embedding_init=init, name=name)
+    positions = jnp.arange(input_ids.shape[-1])
+    x = (embed(cfg.vocab_size, "word_embeddings")(input_ids)
+         + embed(cfg.max_position_embeddings, "position_embeddings")(positions)
+         + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids))
+    x = _layer_norm(cfg)(x.astype(cfg.compute_dtype))
+    return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head scaled dot-product attention with an additive key bias."""
+
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x: Array, bias: Array, *, deterministic: bool = True) -> Array:
+    cfg = self.cfg
+    split = lambda t: t.reshape(*t.shape[:-1], cfg.num_heads, cfg.head_dim)
+    q = split(_dense(cfg, cfg.hidden_size, "query")(x))
+    k = split(_dense(cfg, cfg.hidden_size, "key")(x))
+    v = split(_dense(cfg, cfg.hidden_size, "value")(x))
+    logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits / jnp.sqrt(cfg.head_dim).astype(jnp.float32)
+    logits = logits + bias[..., None, None, :].astype(jnp.float32)
+    probs = jax.nn.softmax(logits, axis=-1)
+    probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+    out = jnp.einsum("...hqk,...khd->...qhd", probs.astype(v.dtype), v)
+    return out.reshape(*out.shape[:-2], cfg.hidden_size)
+
+
+class DenseResidual(nn.Module):
+  """Dense, dropout, then LayerNorm of the residual sum (HF's `*Output` blocks)."""
+
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x: Array, residual: Array, *, deterministic: bool = True) -> Array:
+    x = _dense(self.cfg, self.cfg.hidden_size, "dense")(x)
+    x = nn.Dropout(self.cfg.hidden_dropout)(x, deterministic=deterministic)
+    return _layer_norm(self.cfg)(x + residual)
+
+
+class Intermediate(nn.Module):
+  """The widening half of the feed-forward block, with exact GELU."""
+
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    h = _dense(self.cfg, self.cfg.intermediate_size, "dense")(x)
+    return nn.gelu(h, approximate=False)
+
+
+class Attention(nn.Module):
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x: Array, bias: Array, *, deterministic: bool = True) -> Array:
+    y = SelfAttention(self.cfg, name="self")(x, bias, deterministic=deterministic)
+    return DenseResidual(self.cfg, name="output")(y, x, deterministic=deterministic)
+
+
+class Layer(nn.Module):
+  """One post-LN transformer layer: attention then the GELU feed-forward block.
+
+  Shapes: `x` (..., seq, hidden), `bias` (..., seq) -> (..., seq, hidden).
+  """
+
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x: Array, bias: Array, *, deterministic: bool = True) -> Array:
+    cfg = self.cfg
+    x = Attention(cfg, name="attention")(x, bias, deterministic=deterministic)
+    h = Intermediate(cfg, name="intermediate")(x)
+    return DenseResidual(cfg, name="output")(h, x, deterministic=deterministic)
+
+
+class Encoder(nn.Module):
+  """The stack of layers; `layer[i]` is addressable for layer-by-layer callers."""
+
+  cfg: EncoderConfig
+
+  def setup(self):
+    self.layer = [Layer(self.cfg) for _ in range(self.cfg.num_layers)]
+
+  def __call__(self, x: Array, bias: Array, *, deterministic: bool = True):
+    hidden_states = [x]
+    for layer in self.layer:
+      x = layer(x, bias, deterministic=deterministic)
+      hidden_states.append(x)
+    return x, tuple(hidden_states)
+
+
+class Bert(nn.Module):
+  """BERT encoder: `(input_ids, token_type_ids, attention_bias) -> (hidden, aux)`.
+
+  Args (to `__call__`):
+    input_ids: int (batch, seq).
+    token_type_ids: int (batch, seq).
+    attention_bias: float (batch, seq), additive per key position.
+  Returns:
+    `hidden` (batch, seq, hidden) and `aux = {"hidden_states": (h^0, ..., h^L)}`,
+    h^0 being the embedding output.
+  """
+
+  cfg: EncoderConfig
+
+  def setup(self):
+    self.embeddings = Embeddings(self.cfg)
+    self.encoder = Encoder(self.cfg)
+
+  def embed(self, input_ids: Array, token_type_ids: Array, *,
+            deterministic: bool = True) -> Array:
+    return self.embeddings(input_ids, token_type_ids, deterministic=deterministic)
+
+  def run_layer(self, index: int, x: Array, bias: Array, *,
+                deterministic: bool = True) -> Array:
+    return self.encoder.layer[index](x, bias, deterministic=deterministic)
+
+  def __call__(self, input_ids: Array, token_type_ids: Array, attention_bias: Array, *,
+               deterministic: bool = True):
+    x = self.embed(input_ids, token_type_ids, deterministic=deterministic)
+    x, hidden_states = self.encoder(x, attention_bias, deterministic=deterministic)
+    return x, {"hidden_states": hidden_states}
+
+
+def attention_bias_from_mask(mask: Array) -> Array:
+  """Bool/int validity mask (batch, seq) -> float additive bias (0 valid, NEG_INF pad)."""
+  return jnp.where(mask.astype(bool), 0.0, NEG_INF).astype(jnp.float32)

@@ -1,0 +1,64 @@
+"""Task heads and the plain sequence classifier (the fine-tuned backbone)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from adapler_jax.models.bert import Bert, EncoderConfig, _dense
+
+Array = jax.Array
+
+
+class ClassificationHead(nn.Module):
+  """[CLS] vector -> logits, laid out as HF's `bert.pooler` + `classifier`.
+
+  `hidden` (batch, seq, hidden) -> logits (batch, num_labels), float32.
+  """
+
+  cfg: EncoderConfig
+  num_labels: int
+
+  @nn.compact
+  def __call__(self, hidden: Array, *, deterministic: bool = True) -> Array:
+    cls = hidden[..., 0, :]
+    pooled = jnp.tanh(Pooler(self.cfg, name="pooler")(cls))
+    pooled = nn.Dropout(self.cfg.hidden_dropout)(pooled, deterministic=deterministic)
+    logits = _dense(self.cfg, self.num_labels, "classifier")(pooled)
+    return logits.astype(jnp.float32)
+
+
+class Pooler(nn.Module):
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return _dense(self.cfg, self.cfg.hidden_size, "dense")(x)
+
+
+class SequenceClassifier(nn.Module):
+  """BERT + classification head: params `{"bert": ..., "head": ...}`.
+
+  `(input_ids, token_type_ids, attention_bias)` each (batch, seq) ->
+  `(logits (batch, num_labels), aux)` with aux from `Bert`.
+  """
+
+  cfg: EncoderConfig
+  num_labels: int
+
+  def setup(self):
+    self.bert = Bert(self.cfg)
+    self.head = ClassificationHead(self.cfg, self.num_labels)
+
+  def __call__(self, input_ids: Array, token_type_ids: Array, attention_bias: Array, *,
+               deterministic: bool = True):
+    hidden, aux = self.bert(input_ids, token_type_ids, attention_bias,
+                            deterministic=deterministic)
+    return self.head(hidden, deterministic=deterministic), aux
+
+  def logits_from_embeddings(self, embeddings: Array, attention_bias: Array, *,
+                             deterministic: bool = True) -> Array:
+    """Runs the layers and the head on given embedding outputs h^0 (for saliency)."""
+    hidden, _ = self.bert.encoder(embeddings, attention_bias, deterministic=deterministic)
+    return self.head(hidden, deterministic=deterministic)
