@@ -1,0 +1,26 @@
+"""Task data: registry, loading (hub or local files), tokenization and batching.
+
+Typical use::
+
+  ds = load_split("sst2", "dev", data_dir="../shared/data/sst2")
+  tok = tokenize(ds, tokenizer, get_task("sst2").max_length)
+  for batch in eval_batches(tok, batch_size=64):
+    ...
+"""
+
+from adapler_jax.data.batching import (DEFAULT_BUCKETS, bucket_lengths, eval_batches,
+                                       num_train_steps, train_batches)
+from adapler_jax.data.dataset import TextDataset, resplit, subset
+from adapler_jax.data.demo import make_demo_task
+from adapler_jax.data.loading import load_split
+from adapler_jax.data.readers import load_file
+from adapler_jax.data.tasks import TASKS, LocalFormat, TaskSpec, get_task, task_names
+from adapler_jax.data.tokenize import TokenizedDataset, tokenize, valid_mask
+from adapler_jax.errors import DataError
+
+__all__ = [
+    "DEFAULT_BUCKETS", "DataError", "LocalFormat", "TASKS", "TaskSpec", "TextDataset",
+    "TokenizedDataset", "bucket_lengths", "eval_batches", "get_task", "load_file",
+    "load_split", "make_demo_task", "num_train_steps", "resplit", "subset", "task_names",
+    "tokenize", "train_batches", "valid_mask",
+]

@@ -1,0 +1,33 @@
+"""`load_split`: one split of a registered task from the hub, a local folder, or the generator."""
+
+from __future__ import annotations
+
+import os
+
+from adapler_jax.data import demo, hub, readers
+from adapler_jax.data.dataset import TextDataset
+from adapler_jax.data.tasks import TaskSpec, get_task
+
+
+def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike[str] | None = None,
+               *, num_examples: int | None = None) -> TextDataset:
+  """Split `split` of `task` as a `TextDataset`.
+
+  Args:
+    task: registered task name or spec.
+    split: `train`, `dev`, `test` (those the task has; MNLI: `dev_matched` / `dev_mismatched`,
+      `dev` meaning `dev_matched`).
+    data_dir: None: download with `datasets.load_dataset`; else the task's folder in its
+      standard local format (e.g. `.../sst2` holding `train.tsv`, `dev.tsv`). For `demo`, a
+      folder with the `vocab.txt` to draw words from (default: the embedded backbone's).
+    num_examples: `demo` only: number of examples to generate (default `demo.DEMO_SIZES`).
+  """
+  spec = get_task(task) if isinstance(task, str) else task
+  split = spec.resolve_split(split)
+  if spec.name == "demo":
+    return demo.demo_split(split, num_examples, data_dir, num_classes=spec.num_labels)
+  if num_examples is not None:
+    raise ValueError("num_examples applies to the demo task only; use data.subset")
+  if data_dir is None:
+    return hub.load_from_hub(spec, split)
+  return readers.read_local(spec, split, data_dir)

@@ -1,0 +1,362 @@
+"""Readers for local data files: GLUE TSV, headerless CSV, JSON lines, IMDB and HateXplain.
+
+Every reader yields `(where, record)` pairs, `where` naming the file and 1-based line for
+messages and `record` mapping column (name or 0-based index) to value; `build_examples` turns
+records into a `TextDataset`, raising `DataError` with one line on bad input.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import gzip
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from adapler_jax.data.dataset import TextDataset
+from adapler_jax.data.tasks import LocalFormat, TaskSpec
+from adapler_jax.errors import DataError, format_message, location
+
+Record = Mapping[Any, Any]
+Rows = Iterator[tuple[str, Record]]
+
+
+class Hints(NamedTuple):
+  """Fix suggestions appended to messages about columns and labels."""
+  column: str
+  label: str
+
+
+TASK_HINTS = Hints(column="use the task's standard file format",
+                   label="fix the label or remove the row")
+FILE_HINTS = Hints(column="pass --config.data.text_fields and --config.data.label_field "
+                          "naming columns of the file",
+                   label="fix the label or pass --config.data.label_names")
+
+
+def _open_text(path: Path):
+  if path.name.endswith(".gz"):
+    return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+  return open(path, encoding="utf-8-sig", newline="")
+
+
+def read_tsv(path: Path) -> tuple[list[str], Rows]:
+  """Header and rows of a tab-separated file read with quoting off (a UTF-8 BOM is dropped)."""
+  with _open_text(path) as f:
+    header_line = f.readline().rstrip("\r\n")
+  header = header_line.split("\t") if header_line else []
+
+  def rows() -> Rows:
+    with _open_text(path) as f:
+      f.readline()
+      for line_no, line in enumerate(f, start=2):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+          continue
+        fields = line.split("\t")
+        where = location(path, line_no)
+        if len(fields) != len(header):
+          raise DataError(format_message(
+              where, f"expected {len(header)} tab-separated fields as in the header, "
+              f"found {len(fields)}", "remove stray tabs or line breaks in that row"))
+        yield where, dict(zip(header, fields))
+  return header, rows()
+
+
+def read_csv(path: Path, has_header: bool) -> tuple[list[str] | None, Rows]:
+  """Header (or None) and rows of a comma-separated file with standard double-quote escaping."""
+  header = None
+  if has_header:
+    with _open_text(path) as f:
+      header = next(csv.reader(f), [])
+
+  def rows() -> Rows:
+    with _open_text(path) as f:
+      reader = csv.reader(f)
+      if has_header:
+        next(reader, None)
+      try:
+        for fields in reader:
+          where = location(path, reader.line_num)
+          if not fields:
+            continue
+          if header is not None:
+            if len(fields) != len(header):
+              raise DataError(format_message(
+                  where, f"expected {len(header)} comma-separated fields as in the header, "
+                  f"found {len(fields)}", "quote fields that contain commas"))
+            yield where, dict(zip(header, fields))
+          else:
+            yield where, dict(enumerate(fields))
+      except csv.Error as e:
+        raise DataError(format_message(location(path, reader.line_num), f"bad CSV: {e}",
+                                       "fix the quoting of that row")) from None
+  return header, rows()
+
+
+def read_jsonl(path: Path) -> Rows:
+  """Rows of a JSON-lines file (`.jsonl`, `.jsonl.gz`), one object per line."""
+  with _open_text(path) as f:
+    for line_no, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      where = location(path, line_no)
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(format_message(where, f"invalid JSON ({e.msg})",
+                                       "write one JSON object per line")) from None
+      if not isinstance(record, dict):
+        raise DataError(format_message(where, "expected a JSON object",
+                                       "write one JSON object per line"))
+      yield where, record
+
+
+def _label_index(values: Sequence[str] | None) -> dict[str, int] | None:
+  return None if values is None else {v: i for i, v in enumerate(values)}
+
+
+def _parse_label(raw: Any, index: dict[str, int] | None, where: str, hints: Hints) -> int:
+  value = str(raw).strip() if not isinstance(raw, bool) else str(raw)
+  if index is not None:
+    if value in index:
+      return index[value]
+    raise DataError(format_message(
+        where, f"label {value!r} is not one of {list(index)}", hints.label))
+  if value.isdigit():
+    return int(value)
+  raise DataError(format_message(where, f"label {value!r} is not a class index (0, 1, ...)",
+                                 hints.label))
+
+
+def _missing_column(where: str, column: Any, record: Record, hints: Hints) -> DataError:
+  found = [str(c) for c in record]
+  kind = "column" if not isinstance(column, int) else "column index"
+  return DataError(format_message(where, f"no {kind} {column!r}; found columns {found}",
+                                  hints.column))
+
+
+def check_columns(where: str, header: Sequence[Any], columns: Iterable[Any],
+                  hints: Hints) -> None:
+  """DataError naming the first of `columns` missing from `header` and the columns found."""
+  for c in columns:
+    if c not in header:
+      raise _missing_column(where, c, dict.fromkeys(header), hints)
+
+
+def build_examples(
+    rows: Iterable[tuple[str, Record]],
+    *,
+    task: str,
+    source: str,
+    split: str,
+    text_columns: Sequence[Sequence[Any]],
+    label_column: Any,
+    label_values: Sequence[str] | None,
+    id_columns: Sequence[Any] = (),
+    replace: Sequence[tuple[str, str]] = (),
+    hints: Hints = TASK_HINTS,
+) -> TextDataset:
+  """A `TextDataset` from records: texts from column groups, labels, ids; DataError on bad rows."""
+  index = _label_index(label_values)
+  ids: list[str] = []
+  texts: tuple[list[str], ...] = tuple([] for _ in text_columns)
+  labels: list[int] = []
+  needed = [c for group in text_columns for c in group] + [label_column] + list(id_columns)
+  for row, (where, record) in enumerate(rows):
+    for c in needed:
+      if c not in record:
+        raise _missing_column(where, c, record, hints)
+    for group, out in zip(text_columns, texts):
+      parts = []
+      for c in group:
+        value = record[c]
+        if isinstance(value, list):
+          value = " ".join(map(str, value))
+        if not isinstance(value, str):
+          raise DataError(format_message(where, f"column {c!r} holds {type(value).__name__}, "
+                                         "not text", hints.column))
+        for old, new in replace:
+          value = value.replace(old, new)
+        if value.strip():
+          parts.append(value.strip())
+      if not parts:
+        names = ", ".join(repr(c) for c in group)
+        raise DataError(format_message(where, f"empty text in {names}",
+                                       "fill in the text or remove the row"))
+      out.append(" ".join(parts))
+    labels.append(_parse_label(record[label_column], index, where, hints))
+    ids.append("-".join(str(record[c]) for c in id_columns) if id_columns else f"{split}-{row}")
+  if not ids:
+    raise DataError(format_message(source, f"split '{split}' has no examples",
+                                   "add data rows or use another split"))
+  return TextDataset(ids=ids, texts=texts, labels=np.asarray(labels, np.int32), task=task,
+                     source=source)
+
+
+def _missing_file(spec_name: str, split: str, path: Path, data_dir: Path) -> DataError:
+  fix = f"pass the folder that holds the {spec_name} files with --config.data.data_dir"
+  if not data_dir.is_dir():
+    return DataError(format_message(f"{spec_name} {split}",
+                                    f"data folder {data_dir} does not exist", fix))
+  names = sorted(p.name for p in data_dir.iterdir())
+  listing = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "") or "nothing"
+  return DataError(format_message(f"{spec_name} {split}",
+                                  f"expected file {path} not found; the folder has: {listing}",
+                                  fix))
+
+
+def _read_table_task(spec: TaskSpec, fmt: LocalFormat, split: str, data_dir: Path) -> TextDataset:
+  path = data_dir / fmt.file_for(split)
+  if not path.is_file():
+    raise _missing_file(spec.name, split, path, data_dir)
+  needed = [c for g in fmt.text_columns for c in g] + [fmt.label_column, *fmt.id_columns]
+  if fmt.kind == "tsv":
+    header, rows = read_tsv(path)
+    hints = TASK_HINTS._replace(column=f"{spec.name} files need the columns {needed}")
+    check_columns(location(path, 1), header, needed, hints)
+  else:
+    _, rows = read_csv(path, has_header=False)
+    hints = TASK_HINTS._replace(column=f"{spec.name} files have {max(needed) + 1} "
+                                "comma-separated columns, label first, no header")
+  return build_examples(rows, task=spec.name, source=str(path), split=split,
+                        text_columns=fmt.text_columns, label_column=fmt.label_column,
+                        label_values=fmt.label_values, id_columns=fmt.id_columns,
+                        replace=spec.replace, hints=hints)
+
+
+def _imdb_folder_rows(root: Path, split: str) -> Rows:
+  for label, name in ((0, "neg"), (1, "pos")):
+    for path in sorted((root / split / name).glob("*.txt")):
+      text = path.read_text(encoding="utf-8")
+      yield location(path), {"id": f"{split}/{name}/{path.name}", "text": text, "label": label}
+
+
+def _read_imdb(spec: TaskSpec, fmt: LocalFormat, split: str, data_dir: Path) -> TextDataset:
+  name = fmt.file_for(split)
+  for candidate in (data_dir / f"{name}.jsonl.gz", data_dir / f"{name}.jsonl"):
+    if candidate.is_file():
+      rows, source = read_jsonl(candidate), str(candidate)
+      break
+  else:
+    for root in (data_dir, data_dir / "aclImdb"):
+      if (root / name / "pos").is_dir() and (root / name / "neg").is_dir():
+        rows, source = _imdb_folder_rows(root, name), str(root / name)
+        break
+    else:
+      raise _missing_file(spec.name, split, data_dir / f"{name}.jsonl.gz (or {name}/pos, "
+                          f"{name}/neg)", data_dir)
+  return build_examples(rows, task=spec.name, source=source, split=split,
+                        text_columns=fmt.text_columns, label_column=fmt.label_column,
+                        label_values=fmt.label_values, id_columns=fmt.id_columns,
+                        replace=spec.replace)
+
+
+def majority_label(votes: Sequence[Any]) -> Any | None:
+  """The value more than half of `votes` agree on, else None."""
+  if not votes:
+    return None
+  value, count = collections.Counter(votes).most_common(1)[0]
+  return value if count * 2 > len(votes) else None
+
+
+def _read_hatexplain(spec: TaskSpec, fmt: LocalFormat, split: str,
+                     data_dir: Path) -> TextDataset:
+  """HateXplain rows of `split`; posts whose annotators have no majority label are dropped."""
+  paths = [data_dir / "dataset.json", data_dir / "post_id_divisions.json"]
+  for path in paths:
+    if not path.is_file():
+      raise _missing_file(spec.name, split, path, data_dir)
+  try:
+    posts, divisions = (json.loads(p.read_text(encoding="utf-8")) for p in paths)
+  except json.JSONDecodeError as e:
+    raise DataError(format_message(f"{spec.name} {split}", f"invalid JSON ({e.msg})",
+                                   "use the original HateXplain files")) from None
+  key = fmt.file_for(split)
+  if key not in divisions:
+    raise DataError(format_message(location(paths[1]), f"no key {key!r}; found {list(divisions)}",
+                                   "use the original post_id_divisions.json"))
+
+  def rows() -> Rows:
+    for post_id in divisions[key]:
+      where = f"{location(paths[0])} post {post_id}"
+      if post_id not in posts:
+        raise DataError(format_message(where, "listed in post_id_divisions.json but missing "
+                                       "from dataset.json", "use matching files"))
+      post = posts[post_id]
+      label = majority_label([a.get("label") for a in post.get("annotators", [])])
+      if label is not None:
+        yield where, {"id": post_id, "text": post.get("post_tokens", []), "label": label}
+
+  return build_examples(rows(), task=spec.name, source=str(paths[0]) + f" [{key}]", split=split,
+                        text_columns=(("text",),), label_column="label",
+                        label_values=fmt.label_values, id_columns=("id",))
+
+
+_READERS = {"tsv": _read_table_task, "csv": _read_table_task, "imdb": _read_imdb,
+            "hatexplain": _read_hatexplain}
+
+
+def read_local(spec: TaskSpec, split: str, data_dir: str | os.PathLike[str]) -> TextDataset:
+  """Split `split` of task `spec` from its folder `data_dir` in the task's standard format."""
+  if spec.local is None:
+    raise DataError(f"task '{spec.name}' has no local file format; leave data_dir unset")
+  return _READERS[spec.local.kind](spec, spec.local, split, Path(data_dir))
+
+
+def _as_groups(text_fields: str | Sequence[Any]) -> tuple[tuple[Any, ...], ...]:
+  if isinstance(text_fields, str):
+    return ((text_fields,),)
+  groups = tuple(tuple(g) if isinstance(g, (list, tuple)) else (g,) for g in text_fields)
+  if len(groups) not in (1, 2):
+    raise DataError(f"text_fields must name 1 or 2 texts, got {list(text_fields)}")
+  return groups
+
+
+def load_file(
+    path: str | os.PathLike[str],
+    text_fields: str | Sequence[Any] = ("text",),
+    label_field: str = "label",
+    label_names: Sequence[str] | None = None,
+    id_field: str | None = None,
+    task: str = "file",
+) -> TextDataset:
+  """Any CSV/TSV file with a header, or JSON-lines file (`.jsonl`, `.jsonl.gz`), as a dataset.
+
+  Args:
+    path: the file; its suffix picks the format (`.tsv`: tabs with quoting off, `.csv`: commas
+      with standard quoting, `.jsonl`/`.json`: one object per line; each may end with `.gz`).
+    text_fields: one field (single text) or two (pair); an inner tuple joins fields by a space.
+    label_field: field holding the label.
+    label_names: raw label values in class-index order; None: labels are class indices 0, 1, ...
+    id_field: field with unique ids; None: `'<file stem>-<row>'`.
+    task: task name recorded in the dataset.
+  """
+  path = Path(path)
+  if not path.is_file():
+    raise _missing_file(task, path.stem, path, path.parent)
+  groups = _as_groups(text_fields)
+  suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+  ext = suffixes[-1] if suffixes else ""
+  needed = [c for g in groups for c in g] + [label_field] + ([id_field] if id_field else [])
+  if ext == ".tsv":
+    header, rows = read_tsv(path)
+    check_columns(location(path, 1), header, needed, FILE_HINTS)
+  elif ext == ".csv":
+    header, rows = read_csv(path, has_header=True)
+    check_columns(location(path, 1), header, needed, FILE_HINTS)
+  elif ext in (".jsonl", ".json"):
+    rows = read_jsonl(path)
+  else:
+    raise DataError(format_message(str(path), f"unknown file type {ext or '(none)'!r}",
+                                   "use .tsv, .csv or .jsonl (optionally .gz)"))
+  split = path.name.split(".")[0]
+  return build_examples(rows, task=task, source=str(path), split=split, text_columns=groups,
+                        label_column=label_field, label_values=label_names,
+                        id_columns=(id_field,) if id_field else (), hints=FILE_HINTS)
+

@@ -1,0 +1,94 @@
+"""Tokenization of a `TextDataset` into fixed-width numpy arrays with a fast tokenizer."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import numpy as np
+
+from adapler_jax.data.dataset import TextDataset
+
+CHUNK = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedDataset:
+  """Token ids of a dataset, padded to `max_length`.
+
+  Attributes:
+    input_ids: (n, max_length) int32, padded with the tokenizer's pad id.
+    token_type_ids: (n, max_length) int32 segment ids (1 on the second text of a pair).
+    lengths: (n,) int32 real tokens per row, [CLS] and [SEP] included.
+    labels: (n,) int32.
+    ids: example ids, as in the `TextDataset`.
+    task: task name.
+    pad_id: the tokenizer's padding id.
+    rationale_mask: (n, max_length) bool, tokens of the ground-truth rationale words; None when
+      the dataset has no rationales.
+  """
+  input_ids: np.ndarray
+  token_type_ids: np.ndarray
+  lengths: np.ndarray
+  labels: np.ndarray
+  ids: list[str]
+  task: str = ""
+  pad_id: int = 0
+  rationale_mask: np.ndarray | None = None
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  @property
+  def max_length(self) -> int:
+    return self.input_ids.shape[1]
+
+
+
+def valid_mask(lengths: np.ndarray, max_length: int) -> np.ndarray:
+  """(n, max_length) bool: True on the first `lengths[i]` positions of row i."""
+  return np.asarray(lengths)[:, None] > np.arange(max_length)
+
+
+def _word_token_mask(text: str, words: np.ndarray, offsets: np.ndarray,
+                     first_segment: np.ndarray) -> np.ndarray:
+  """Which tokens (by character offsets) fall in the whitespace-separated words `words`."""
+  char_word = np.full(len(text) + 1, -1, np.int64)
+  for w, m in enumerate(re.finditer(r"\S+", text)):
+    char_word[m.start():m.end()] = w
+  starts, ends = offsets[:, 0], offsets[:, 1]
+  token_word = np.where((ends > starts) & first_segment, char_word[starts], -1)
+  return np.isin(token_word, words) & (token_word >= 0)
+
+
+def tokenize(dataset: TextDataset, tokenizer: Any, max_length: int) -> TokenizedDataset:
+  """Tokenize (pairs with `'longest_first'` truncation) and pad every row to `max_length`.
+
+  `tokenizer` is a Hugging Face fast tokenizer; rows are encoded in batches of `CHUNK`.
+  When the dataset has rationales, token offsets give `rationale_mask`.
+  """
+  n = len(dataset)
+  pad_id = int(tokenizer.pad_token_id or 0)
+  input_ids = np.full((n, max_length), pad_id, np.int32)
+  token_type_ids = np.zeros((n, max_length), np.int32)
+  lengths = np.zeros((n,), np.int32)
+  with_rationales = dataset.rationales is not None
+  rationale_mask = np.zeros((n, max_length), bool) if with_rationales else None
+  for lo in range(0, n, CHUNK):
+    hi = min(lo + CHUNK, n)
+    parts = [t[lo:hi] for t in dataset.texts]
+    enc = tokenizer(*parts, truncation="longest_first", max_length=max_length,
+                    padding="max_length", return_tensors="np", return_token_type_ids=True,
+                    return_attention_mask=True, return_offsets_mapping=with_rationales)
+    input_ids[lo:hi] = enc["input_ids"]
+    token_type_ids[lo:hi] = enc["token_type_ids"]
+    lengths[lo:hi] = enc["attention_mask"].sum(axis=1)
+    if with_rationales:
+      first = (enc["token_type_ids"] == 0) & (enc["attention_mask"] == 1)
+      for j, i in enumerate(range(lo, hi)):
+        rationale_mask[i] = _word_token_mask(dataset.texts[0][i], dataset.rationales[i],
+                                             enc["offset_mapping"][j], first[j])
+  return TokenizedDataset(input_ids=input_ids, token_type_ids=token_type_ids, lengths=lengths,
+                          labels=dataset.labels.copy(), ids=list(dataset.ids), task=dataset.task,
+                          pad_id=pad_id, rationale_mask=rationale_mask)

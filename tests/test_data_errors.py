@@ -1,0 +1,127 @@
+"""Bad input gives a one-line DataError naming the file, the 1-based line and the fix."""
+
+import re
+import sys
+import types
+
+import pytest
+
+from adapler_jax import data
+from adapler_jax.errors import DataError
+
+
+def _write(path, text):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(text, encoding="utf-8")
+  return path
+
+
+def _raises(match, fn, *args, **kwargs):
+  with pytest.raises(DataError, match=match) as err:
+    fn(*args, **kwargs)
+  assert "\n" not in str(err.value)
+  return str(err.value)
+
+
+def test_unknown_label(tmp_path):
+  _write(tmp_path / "sst2/dev.tsv", "sentence\tlabel\ngood \t1\nbad \tx\n")
+  _raises(re.escape("sst2/dev.tsv line 3: label 'x' is not one of ['0', '1']; "
+                    "fix the label or remove the row"),
+          data.load_split, "sst2", "dev", tmp_path / "sst2")
+
+
+def test_unknown_label_in_generic_file(tmp_path):
+  path = _write(tmp_path / "mine/train.csv", "text,label\nok,pos\nfine,maybe\n")
+  _raises(re.escape("mine/train.csv line 3: label 'maybe' is not one of ['neg', 'pos']; "
+                    "fix the label or pass --config.data.label_names"),
+          data.load_file, path, label_names=["neg", "pos"])
+  _raises(re.escape("mine/train.csv line 2: label 'pos' is not a class index (0, 1, ...); "
+                    "fix the label or pass --config.data.label_names"), data.load_file, path)
+
+
+def test_missing_file_lists_folder(tmp_path):
+  _write(tmp_path / "sst2/train.tsv", "sentence\tlabel\n")
+  _write(tmp_path / "sst2/notes.txt", "")
+  expected = tmp_path / "sst2" / "dev.tsv"
+  _raises(re.escape(f"sst2 dev: expected file {expected} not found; the folder has: "
+                    "notes.txt, train.tsv; pass the folder that holds the sst2 files with "
+                    "--config.data.data_dir"), data.load_split, "sst2", "dev", tmp_path / "sst2")
+
+
+def test_missing_folder(tmp_path):
+  _raises(re.escape(f"ag_news test: data folder {tmp_path / 'nope'} does not exist"),
+          data.load_split, "ag_news", "test", tmp_path / "nope")
+
+
+def test_missing_column_names_columns_found(tmp_path):
+  _write(tmp_path / "qnli/dev.tsv", "index\tquestion\ttext\tlabel\n0\tq?\ts.\tentailment\n")
+  _raises(re.escape("qnli/dev.tsv line 1: no column 'sentence'; found columns "
+                    "['index', 'question', 'text', 'label']"),
+          data.load_split, "qnli", "dev", tmp_path / "qnli")
+  path = _write(tmp_path / "x/rows.jsonl", '{"text": "a", "label": 0}\n{"txt": "b", "label": 1}\n')
+  _raises(re.escape("x/rows.jsonl line 2: no column 'text'; found columns ['txt', 'label']; "
+                    "pass --config.data.text_fields"), data.load_file, path)
+
+
+def test_empty_text(tmp_path):
+  _write(tmp_path / "mrpc/train.tsv",
+         "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\ta\tb\n0\t3\t4\t \tc\n")
+  _raises(re.escape("mrpc/train.tsv line 3: empty text in '#1 String'; "
+                    "fill in the text or remove the row"),
+          data.load_split, "mrpc", "train", tmp_path / "mrpc")
+
+
+def test_empty_split(tmp_path):
+  _write(tmp_path / "sst2/dev.tsv", "sentence\tlabel\n")
+  _raises(r"sst2/dev.tsv: split 'dev' has no examples; add data rows",
+          data.load_split, "sst2", "dev", tmp_path / "sst2")
+  _write(tmp_path / "ag_news/test.csv", "")
+  _raises(r"split 'test' has no examples", data.load_split, "ag_news", "test",
+          tmp_path / "ag_news")
+
+
+def test_field_count_and_bad_json(tmp_path):
+  _write(tmp_path / "sst2/train.tsv", "sentence\tlabel\na\tb\t1\n")
+  _raises(re.escape("sst2/train.tsv line 2: expected 2 tab-separated fields as in the header, "
+                    "found 3; remove stray tabs"), data.load_split, "sst2", "train",
+          tmp_path / "sst2")
+  path = _write(tmp_path / "imdb/test.jsonl", '{"id": "a", "text": "t", "label": 0}\n{oops\n')
+  _raises(re.escape(f"{path.parent.name}/{path.name} line 2: invalid JSON"), data.load_split,
+          "imdb", "test", tmp_path / "imdb")
+
+
+def test_unknown_file_type_and_duplicate_ids(tmp_path):
+  _raises(r"unknown file type '.txt'", data.load_file, _write(tmp_path / "a.txt", "x"))
+  path = _write(tmp_path / "d.csv", "id,text,label\n1,a,0\n1,b,1\n")
+  _raises(r"example ids are not unique", data.load_file, path, id_field="id")
+
+
+def test_offline_hub(monkeypatch):
+  def load(path, name, split):
+    raise ConnectionError("Couldn't reach 'glue' on the Hub (LocalEntryNotFoundError)\nmore")
+  monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load))
+  _raises(re.escape("hub glue/sst2 split 'validation': could not load (ConnectionError: "
+                    "Couldn't reach 'glue' on the Hub (LocalEntryNotFoundError)); pass a local "
+                    "folder with the sst2 files with --config.data.data_dir"),
+          data.load_split, "sst2", "dev")
+
+
+def test_hub_split_without_labels(monkeypatch):
+  class Table:
+    column_names = ["sentence1", "sentence2", "label", "idx"]
+
+    def __len__(self):
+      return 1
+
+    def __getitem__(self, c):
+      return {"sentence1": ["a"], "sentence2": ["b"], "label": [-1], "idx": [0]}[c]
+  monkeypatch.setitem(sys.modules, "datasets",
+                      types.SimpleNamespace(load_dataset=lambda *a, **k: Table()))
+  _raises(re.escape("hub glue/mrpc split 'test': has no gold labels (label -1); pass a local "
+                    "folder with labelled mrpc files"), data.load_split, "mrpc", "test")
+
+
+def test_unknown_split_and_task():
+  _raises(r"task 'imdb' has no split 'dev'; use one of train, test", data.load_split, "imdb",
+          "dev", "/nonexistent")
+  _raises(r"unknown task 'glue'", data.load_split, "glue", "dev")
