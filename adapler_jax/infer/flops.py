@@ -1,0 +1,217 @@
+"""FLOPs accounting for full-length and AdapLeR inference (DESIGN.md §6).
+
+Counts are per example, from its unpadded length and the real number of
+tokens each layer runs on. One multiply-add counts as 2 FLOPs.
+
+Two modes:
+
+* ``"analytic"``: counted from the model shape (`FlopsDims`).
+  - layer at n tokens: ``2n(4H^2 + 2HI)`` for the Q/K/V/output and FFN matmuls
+    plus ``4n^2 H`` for the attention scores and the attention-weighted sum;
+  - contribution predictor before a layer, on the ``n_in`` tokens entering it
+    (Dense H->32, Dense 32->1): ``2 n_in (32H + 32)``;
+  - embeddings, once, on all n input tokens: ``8nH`` (two additions of the
+    word/position/type vectors and a layer norm, counted as 6 ops per element);
+  - classifier, once, on [CLS]: ``2H^2 + 2HC`` (pooler dense + output dense).
+  Biases, softmax, GELU and residual additions are not counted.
+* ``"paper"``: the reference implementation's constants fitted on BERT-base
+  (12 layers, H=768), for comparison with the paper's numbers:
+  backbone ``37872 n^2 + 170216500 n + 1181953 + 1537 C``; AdapLeR
+  ``1182000 + 1537 C + 6152 n_1 + sum_l (3156 n_l^2 + 14233554 n_l)``.
+
+Speedup is the ratio of totals over examples (not a mean of ratios).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+MODES = ("analytic", "paper")
+PAPER_NUM_LAYERS = 12
+
+
+@dataclasses.dataclass(frozen=True)
+class FlopsDims:
+  """Model shape needed to count FLOPs."""
+
+  num_layers: int
+  hidden: int
+  intermediate: int
+  num_classes: int
+  cp_hidden: int = 32
+
+  @classmethod
+  def from_config(cls, cfg: Any, num_classes: int | None = None) -> FlopsDims:
+    """Reads the shape from any config object with the usual attribute names.
+
+    Uses ``num_layers`` (or HF's ``num_hidden_layers``), ``hidden_size``,
+    ``intermediate_size`` and ``num_classes`` (or ``num_labels``) unless
+    `num_classes` is given.
+    """
+    num_layers = getattr(cfg, "num_layers", None)
+    if num_layers is None:
+      num_layers = getattr(cfg, "num_hidden_layers")
+    if num_classes is None:
+      num_classes = getattr(cfg, "num_classes", None)
+    if num_classes is None:
+      num_classes = getattr(cfg, "num_labels", None)
+    if num_classes is None:
+      raise ValueError(
+          f"{type(cfg).__name__} has no num_classes or num_labels; pass "
+          "num_classes= to FlopsDims.from_config")
+    return cls(
+        num_layers=int(num_layers),
+        hidden=int(cfg.hidden_size),
+        intermediate=int(cfg.intermediate_size),
+        num_classes=int(num_classes),
+        cp_hidden=int(getattr(cfg, "cp_hidden", 32)),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Analytic counts (scalars; the same formulas work elementwise on numpy arrays).
+
+
+def layer_flops(n, hidden: int, intermediate: int):
+  """One encoder layer on n tokens: matmuls plus attention scores and mixing."""
+  return 2 * n * (4 * hidden**2 + 2 * hidden * intermediate) + 4 * n**2 * hidden
+
+
+def predictor_flops(n_in, hidden: int, cp_hidden: int = 32):
+  """Contribution predictor (Dense H->cp_hidden, Dense cp_hidden->1) on n_in tokens."""
+  return 2 * n_in * (cp_hidden * hidden + cp_hidden)
+
+
+def embedding_flops(n, hidden: int):
+  """Embedding sum (2 additions) and layer norm (6 ops) per element: 8nH."""
+  return 8 * n * hidden
+
+
+def classifier_flops(hidden: int, num_classes: int) -> int:
+  """Pooler dense (H->H) and output dense (H->C) on the [CLS] vector."""
+  return 2 * hidden**2 + 2 * hidden * num_classes
+
+
+def backbone_flops(length: int, dims: FlopsDims) -> int:
+  """Full model on the unpadded length: every layer runs on all tokens."""
+  return (embedding_flops(length, dims.hidden)
+          + dims.num_layers * layer_flops(length, dims.hidden, dims.intermediate)
+          + classifier_flops(dims.hidden, dims.num_classes))
+
+
+def adapler_flops(kept_per_layer: Sequence[int], length: int,
+                  dims: FlopsDims) -> int:
+  """AdapLeR model: layer l runs on kept_per_layer[l] tokens.
+
+  The predictor of layer l runs on the tokens entering layer l: `length` for
+  l = 0, kept_per_layer[l - 1] afterwards.
+  """
+  kept = [int(k) for k in kept_per_layer]
+  if len(kept) != dims.num_layers:
+    raise ValueError(
+        f"kept_per_layer has {len(kept)} entries; the model has "
+        f"{dims.num_layers} layers")
+  entering = [length] + kept[:-1]
+  total = embedding_flops(length, dims.hidden)
+  for n_in, n in zip(entering, kept):
+    total += predictor_flops(n_in, dims.hidden, dims.cp_hidden)
+    total += layer_flops(n, dims.hidden, dims.intermediate)
+  return total + classifier_flops(dims.hidden, dims.num_classes)
+
+
+# ---------------------------------------------------------------------------
+# The reference's fitted BERT-base constants.
+
+
+def paper_backbone_flops(length, num_classes: int):
+  """Reference backbone FLOPs for BERT-base at length n."""
+  n = length
+  return 37_872 * n**2 + 170_216_500 * n + 1_181_953 + 1_537 * num_classes
+
+
+def paper_adapler_flops(kept_per_layer: Sequence[int], length: int,
+                        num_classes: int) -> int:
+  """Reference AdapLeR FLOPs for BERT-base; n_1 = length, n_l = kept counts."""
+  total = 1_182_000 + 1_537 * num_classes + 6_152 * length
+  for n in kept_per_layer:
+    n = int(n)
+    total += 3_156 * n**2 + 14_233_554 * n
+  return total
+
+
+# ---------------------------------------------------------------------------
+# Totals over examples.
+
+
+def speedup(backbone_total: float, adapler_total: float) -> float:
+  """FLOPs speedup as a ratio of totals over examples."""
+  if adapler_total <= 0:
+    raise ValueError(f"adapler_total must be positive, got {adapler_total}")
+  return float(backbone_total) / float(adapler_total)
+
+
+def _per_example(lengths: np.ndarray, kept: np.ndarray, dims: FlopsDims,
+                 mode: str) -> tuple[np.ndarray, np.ndarray]:
+  """Per-example (backbone, adapler) FLOPs as float64 arrays of shape (E,)."""
+  n = lengths.astype(np.float64)
+  k = kept.astype(np.float64)
+  if mode == "paper":
+    c = dims.num_classes
+    backbone = paper_backbone_flops(n, c)
+    adapler = (1_182_000 + 1_537 * c + 6_152 * n
+               + np.sum(3_156 * k**2 + 14_233_554 * k, axis=1))
+    return backbone, adapler
+  h, i = dims.hidden, dims.intermediate
+  once = embedding_flops(n, h) + classifier_flops(h, dims.num_classes)
+  backbone = once + dims.num_layers * layer_flops(n, h, i)
+  entering = np.concatenate([n[:, None], k[:, :-1]], axis=1)
+  adapler = once + np.sum(
+      predictor_flops(entering, h, dims.cp_hidden) + layer_flops(k, h, i),
+      axis=1)
+  return backbone, adapler
+
+
+def flops_report(lengths: Any, kept: Any, dims: FlopsDims,
+                 mode: str = "analytic") -> dict[str, Any]:
+  """FLOPs totals and speedup over a set of examples.
+
+  Args:
+    lengths: (E,) unpadded input lengths (CLS and SEP included).
+    kept: (E, L) tokens each layer ran on, per example.
+    dims: model shape; in "paper" mode only `num_classes` is used.
+    mode: "analytic" or "paper".
+
+  Returns:
+    dict with `backbone_flops` and `adapler_flops` (totals over examples),
+    `flops_speedup` (their ratio) and `kept_tokens_per_layer` (mean per layer).
+  """
+  if mode not in MODES:
+    raise ValueError(f"unknown FLOPs mode {mode!r}; options: {', '.join(MODES)}")
+  lengths = np.asarray(lengths)
+  kept = np.asarray(kept)
+  if lengths.ndim != 1 or kept.ndim != 2 or kept.shape[0] != lengths.shape[0]:
+    raise ValueError(
+        f"expected lengths (E,) and kept (E, L); got {lengths.shape} and "
+        f"{kept.shape}")
+  if lengths.shape[0] == 0:
+    raise ValueError("no examples to count FLOPs over")
+  num_layers = PAPER_NUM_LAYERS if mode == "paper" else dims.num_layers
+  if kept.shape[1] != num_layers:
+    raise ValueError(
+        f"kept has counts for {kept.shape[1]} layers; {mode} mode expects "
+        f"{num_layers}" + ("" if mode == "analytic" else
+                           " (BERT-base constants); use mode='analytic'"))
+  if np.any(kept > lengths[:, None]):
+    raise ValueError("kept counts exceed the input length for some examples")
+  backbone, adapler = _per_example(lengths, kept, dims, mode)
+  backbone_total = float(backbone.sum())
+  adapler_total = float(adapler.sum())
+  return {
+      "backbone_flops": backbone_total,
+      "adapler_flops": adapler_total,
+      "flops_speedup": speedup(backbone_total, adapler_total),
+      "kept_tokens_per_layer": kept.mean(axis=0).tolist(),
+  }

@@ -1,0 +1,298 @@
+"""Checkpoints: a thin wrapper over orbax's `CheckpointManager` (v0 API).
+
+Each step directory holds two items, written atomically by orbax:
+``state`` (a pytree of arrays, `StandardSave`) and ``config`` (a JSON dict,
+`JsonSave`), plus the orbax-managed ``metrics`` JSON when metrics are given.
+All file writes go through orbax, which writes from the primary process only
+and synchronises processes, so every process calls the same methods.
+
+Retention is an orbax `preservation_policy`: any of
+``LatestN(keep_latest)`` and ``BestN(keep_best by best_metric)``.
+
+Fine-tuning (3 best by dev metric, plus the latest for resuming)::
+
+  ckpt = Checkpointer(workdir, keep_latest=1, keep_best=3, best_metric="accuracy")
+  ckpt.save(step, state, metrics={"accuracy": 0.91}, extra_json=config_dict)
+  state, config = ckpt.restore(target=abstract_state)   # latest
+  best = ckpt.best_steps(3)
+
+AdapLeR training (every epoch kept; the caller selects from stored metrics)::
+
+  ckpt = Checkpointer(workdir)
+  ckpt.save(epoch, state, metrics={"accuracy": 0.9, "flops_speedup": 2.1})
+  metrics = {s: ckpt.metrics(s) for s in ckpt.all_steps()}
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from adapler_jax.errors import UserError
+
+PyTree = Any
+STATE = "state"
+CONFIG = "config"
+_MAX_LISTED = 3
+
+
+class CheckpointError(UserError, ValueError):
+  """A checkpoint that is missing or does not fit the model."""
+
+
+def _to_json(tree: Any) -> Any:
+  """Turns numpy/jax values in a JSON-like tree into Python numbers and lists."""
+  def leaf(v):
+    if isinstance(v, (np.ndarray, np.generic, jax.Array)):
+      return np.asarray(v).tolist()
+    return v
+  return jax.tree.map(leaf, tree)
+
+
+def _shapes_by_path(tree: PyTree) -> dict[str, tuple[int, ...]]:
+  """Maps '/'-joined leaf paths to shapes; containers of any kind compare equal."""
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {
+      jax.tree_util.keystr(path, simple=True, separator="/"):
+          tuple(getattr(x, "shape", np.shape(x)))
+      for path, x in leaves
+  }
+
+
+def _listing(names: list[str]) -> str:
+  more = len(names) - _MAX_LISTED
+  return ", ".join(names[:_MAX_LISTED]) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _metric_getter(metric: str, mode: str):
+  """Metric value for ranking; a checkpoint without it ranks last."""
+  missing = -math.inf if mode == "max" else math.inf
+
+  def get(metrics: Mapping[str, Any]) -> float:
+    return float(metrics[metric]) if metric in metrics else missing
+  return get
+
+
+def _no_ranking(metrics: Mapping[str, Any]) -> float:
+  del metrics
+  return 0.0
+
+
+class Checkpointer:
+  """Saves and restores training state with metrics and a JSON config.
+
+  Args:
+    directory: root directory; one sub-directory per step.
+    keep_latest: keep the most recent `keep_latest` steps; None keeps every step
+      (then `keep_best` changes nothing).
+    keep_best: also keep the `keep_best` steps with the best `best_metric`.
+      Steps saved without that metric are kept only while among the latest.
+    best_metric: metric name used by `keep_best` and `best_steps`.
+    best_mode: "max" (higher is better) or "min".
+    enable_async_checkpointing: write in a background thread; `save` returns
+      once the arrays are copied. Call `wait()` or `close()` before reading.
+  """
+
+  def __init__(self,
+               directory: str | os.PathLike[str],
+               *,
+               keep_latest: int | None = None,
+               keep_best: int = 0,
+               best_metric: str | None = None,
+               best_mode: str = "max",
+               enable_async_checkpointing: bool = False):
+    if best_mode not in ("max", "min"):
+      raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+    if keep_best and best_metric is None:
+      raise ValueError("keep_best needs best_metric (the metric to rank by)")
+    directory = os.fspath(directory)
+    if "://" not in directory:
+      directory = os.path.abspath(directory)
+    self.best_metric = best_metric
+    self.best_mode = best_mode
+    self._keep_best = keep_best
+
+    policies = [pp.LatestN(n=keep_latest)]
+    if keep_best:
+      policies.append(pp.BestN(
+          get_metric_fn=_metric_getter(best_metric, best_mode),
+          reverse=best_mode == "min",
+          n=keep_best,
+          keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=pp.AnyPreservationPolicy(policies),
+        # Orbax writes metrics only when best_fn is set; retention itself is
+        # decided by preservation_policy above.
+        best_fn=(_metric_getter(best_metric, best_mode) if best_metric
+                 else _no_ranking),
+        best_mode=best_mode,
+        enable_async_checkpointing=enable_async_checkpointing,
+        cleanup_tmp_directories=True,
+    )
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    registry.add(STATE, ocp.args.StandardSave)
+    registry.add(STATE, ocp.args.StandardRestore)
+    registry.add(CONFIG, ocp.args.JsonSave)
+    registry.add(CONFIG, ocp.args.JsonRestore)
+    self._manager = ocp.CheckpointManager(
+        directory, options=options, handler_registry=registry)
+
+  @property
+  def directory(self) -> str:
+    """Root directory of the checkpoints."""
+    return str(self._manager.directory)
+
+  def save(self,
+           step: int,
+           state: PyTree,
+           metrics: Mapping[str, Any] | None = None,
+           extra_json: Mapping[str, Any] | None = None,
+           *,
+           force: bool = False) -> bool:
+    """Saves `state` with `metrics` and `extra_json`; applies retention.
+
+    Returns False (writing nothing) when `step` is not after the latest saved
+    step, unless `force`. Metric and JSON values may be numpy/jax scalars.
+    """
+    if metrics is not None:
+      metrics = _to_json(dict(metrics))
+      if self._keep_best and self.best_metric not in metrics:
+        raise ValueError(
+            f"metrics {sorted(metrics)} lack {self.best_metric!r}, which "
+            "ranks checkpoints for keep_best")
+    args = ocp.args.Composite(**{
+        STATE: ocp.args.StandardSave(state),
+        CONFIG: ocp.args.JsonSave(_to_json(dict(extra_json or {}))),
+    })
+    return self._manager.save(int(step), args=args, metrics=metrics,
+                              force=force)
+
+  def restore(self, step: int | None = None,
+              target: PyTree | None = None) -> tuple[PyTree, dict[str, Any]]:
+    """Restores (state, extra_json) at `step` (default: the latest).
+
+    With `target` (concrete arrays or `jax.ShapeDtypeStruct`s, shardings
+    honoured), the state takes its tree structure, shapes and dtypes; without
+    it, the state comes back as nested dicts/lists of arrays.
+
+    Raises:
+      CheckpointError: no checkpoint, or shapes/structure unlike `target`.
+    """
+    step = self._resolve_step(step)
+    if target is not None:
+      self._check_target(step, target)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardRestore(target),
+        CONFIG: ocp.args.JsonRestore(),
+    }))
+    return restored[STATE], dict(restored[CONFIG] or {})
+
+  def restore_json(self, step: int | None = None) -> dict[str, Any]:
+    """Restores only the JSON item (e.g. the config needed to build the model)."""
+    step = self._resolve_step(step)
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
+    return dict(restored[CONFIG] or {})
+
+  def latest_step(self) -> int | None:
+    """The most recent saved step, or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """Saved steps, ascending."""
+    return sorted(self._manager.all_steps())
+
+  def metrics(self, step: int) -> dict[str, Any] | None:
+    """Metrics saved with `step`, or None."""
+    self.wait()
+    return self._manager.metrics(step)
+
+  def best_steps(self, k: int | None = None, metric: str | None = None,
+                 mode: str | None = None) -> list[int]:
+    """Up to `k` steps, best first, among steps whose metrics have `metric`.
+
+    `metric` and `mode` default to `best_metric` and `best_mode`. Ties go to
+    the later step.
+    """
+    metric = metric or self.best_metric
+    mode = mode or self.best_mode
+    if metric is None:
+      raise ValueError("best_steps needs a metric name")
+    if mode not in ("max", "min"):
+      raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    scored = []
+    for step in self.all_steps():
+      m = self.metrics(step)
+      if m is not None and metric in m:
+        scored.append((float(m[metric]), step))
+    sign = 1.0 if mode == "max" else -1.0
+    scored.sort(key=lambda vs: (sign * vs[0], vs[1]), reverse=True)
+    steps = [s for _, s in scored]
+    return steps if k is None else steps[:k]
+
+  def wait(self) -> None:
+    """Blocks until pending (async) saves are committed."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases orbax's resources."""
+    self._manager.close()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  # -------------------------------------------------------------------------
+
+  def _resolve_step(self, step: int | None) -> int:
+    self.wait()
+    steps = self.all_steps()
+    if step is None:
+      if not steps:
+        raise CheckpointError(
+            f"no checkpoint in {self.directory}; fix: train first or point to "
+            "a directory that holds checkpoints")
+      return steps[-1]
+    if step not in steps:
+      raise CheckpointError(
+          f"checkpoint {self.directory} has no step {step} (steps: "
+          f"{_listing([str(s) for s in steps]) or 'none'}); fix: pick one of "
+          "the saved steps")
+    return int(step)
+
+  def _check_target(self, step: int, target: PyTree) -> None:
+    """Raises a one-line CheckpointError when `target` does not fit `step`."""
+    item = self._manager.metadata(step).item_metadata[STATE]
+    saved = _shapes_by_path(getattr(item, "tree", item))
+    wanted = _shapes_by_path(target)
+    where = f"checkpoint {self.directory} step {step}"
+    fix = ("fix: use the model config the checkpoint was saved with "
+           "(see its config item), or another checkpoint directory")
+    missing = sorted(set(wanted) - set(saved))
+    extra = sorted(set(saved) - set(wanted))
+    if missing or extra:
+      parts = []
+      if missing:
+        parts.append(f"lacks {_listing(missing)}")
+      if extra:
+        parts.append(f"has {_listing(extra)} that the model does not")
+      raise CheckpointError(
+          f"{where} does not match the model's tree: the checkpoint "
+          f"{'; it '.join(parts)}; {fix}")
+    # Shallow paths first: model parameters before their optimizer moments.
+    bad = sorted((p for p in wanted if saved[p] != wanted[p]),
+                 key=lambda p: (p.count("/"), p))
+    if bad:
+      have = _listing([f"{p} {saved[p]}" for p in bad])
+      want = _listing([f"{p} {wanted[p]}" for p in bad])
+      raise CheckpointError(
+          f"{where} has shapes {have} that do not match the model's {want}; "
+          f"{fix}")

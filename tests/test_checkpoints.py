@@ -1,0 +1,166 @@
+"""Tests for adapler_jax.train.checkpoints."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from adapler_jax.errors import UserError
+from adapler_jax.train import checkpoints
+from adapler_jax.train.checkpoints import Checkpointer, CheckpointError
+
+
+def _state(scale: float = 1.0, width: int = 4):
+  params = {"dense": {"kernel": scale * jnp.ones((3, width)),
+                      "bias": jnp.arange(width, dtype=jnp.float32)},
+            "eta": jnp.full((2,), 0.25)}
+  opt = optax.adamw(1e-3)
+  return {"params": params, "opt_state": opt.init(params),
+          "step": jnp.asarray(7, jnp.int32)}
+
+
+def _assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_roundtrip_with_and_without_target(tmp_path):
+  state = _state(2.0)
+  with Checkpointer(tmp_path / "ckpt") as ckpt:
+    assert ckpt.save(1, state, extra_json={"model": {"hidden": 32}})
+    restored, extra = ckpt.restore(target=state)
+    _assert_trees_equal(restored, state)
+    assert extra == {"model": {"hidden": 32}}
+
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    restored, _ = ckpt.restore(1, target=abstract)
+    _assert_trees_equal(restored, state)
+
+    raw, _ = ckpt.restore()
+    np.testing.assert_array_equal(raw["params"]["dense"]["kernel"],
+                                  state["params"]["dense"]["kernel"])
+    np.testing.assert_array_equal(raw["step"], 7)
+
+
+def test_best3_plus_latest_retention(tmp_path):
+  accuracy = {1: 0.5, 2: 0.9, 3: 0.7, 4: 0.8, 5: 0.6, 6: 0.4}
+  with Checkpointer(tmp_path, keep_latest=1, keep_best=3,
+                    best_metric="accuracy") as ckpt:
+    for step, acc in accuracy.items():
+      ckpt.save(step, _state(step), metrics={"accuracy": np.float32(acc)})
+    # best three: 2 (0.9), 4 (0.8), 3 (0.7); latest: 6.
+    assert ckpt.all_steps() == [2, 3, 4, 6]
+    assert ckpt.best_steps(3) == [2, 4, 3]
+    assert ckpt.latest_step() == 6
+  assert sorted(int(p.name) for p in tmp_path.iterdir()
+                if p.name.isdigit()) == [2, 3, 4, 6]
+
+
+def test_min_mode_keeps_lowest(tmp_path):
+  loss = {1: 3.0, 2: 1.0, 3: 2.0, 4: 5.0}
+  with Checkpointer(tmp_path, keep_latest=1, keep_best=2, best_metric="loss",
+                    best_mode="min") as ckpt:
+    for step, v in loss.items():
+      ckpt.save(step, {"w": jnp.zeros(2)}, metrics={"loss": v})
+    assert ckpt.all_steps() == [2, 3, 4]
+    assert ckpt.best_steps() == [2, 3, 4]
+
+
+def test_keep_all_and_select_from_metrics(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    for epoch in range(4):
+      ckpt.save(epoch, {"w": jnp.full(2, epoch)},
+                metrics={"accuracy": 0.8 + 0.01 * epoch,
+                         "flops_speedup": 4.0 - epoch,
+                         "kept": np.array([5, 3])})
+    assert ckpt.all_steps() == [0, 1, 2, 3]
+    stored = ckpt.metrics(2)
+    assert stored["kept"] == [5, 3]
+    assert stored["accuracy"] == pytest.approx(0.82)
+    assert stored["flops_speedup"] == 2.0
+    assert ckpt.best_steps(2, metric="flops_speedup") == [0, 1]
+
+
+def test_resume_from_latest_after_restart(tmp_path):
+  first = Checkpointer(tmp_path, keep_latest=1, keep_best=3,
+                       best_metric="accuracy")
+  for step in (10, 20, 30):
+    first.save(step, _state(step), metrics={"accuracy": step / 100})
+  first.close()
+
+  again = Checkpointer(tmp_path, keep_latest=1, keep_best=3,
+                       best_metric="accuracy")
+  assert again.latest_step() == 30
+  restored, _ = again.restore(target=_state())
+  _assert_trees_equal(restored, _state(30))
+  assert not again.save(30, _state())  # not after the latest step
+  again.save(40, _state(40), metrics={"accuracy": 0.05})
+  assert again.all_steps() == [10, 20, 30, 40]
+  again.save(50, _state(50), metrics={"accuracy": 0.01})
+  assert again.all_steps() == [10, 20, 30, 50]
+  again.close()
+
+
+def test_json_extra_roundtrip(tmp_path):
+  extra = {"task": "sst2", "lambda": 10.0, "eta": np.array([0.25, 0.5]),
+           "nested": {"layers": [1, 2], "flag": True, "none": None}}
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(3, {"w": jnp.ones(2)}, extra_json=extra)
+  with Checkpointer(tmp_path) as ckpt:
+    want = dict(extra, eta=[0.25, 0.5])
+    assert ckpt.restore_json() == want
+    assert ckpt.restore(3)[1] == want
+
+
+def test_shape_mismatch_is_one_line_user_error(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(5, _state(width=4))
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(CheckpointError) as err:
+      ckpt.restore(target=_state(width=6))
+    msg = str(err.value)
+    assert isinstance(err.value, UserError)
+    assert "\n" not in msg
+    assert "step 5 has shapes" in msg and str(tmp_path) in msg
+    assert "params/dense/kernel (3, 4)" in msg
+    assert "params/dense/kernel (3, 6)" in msg
+    assert "fix:" in msg
+
+    other = {"params": {"other": jnp.ones(2)}}
+    with pytest.raises(CheckpointError, match="does not match the model's tree"):
+      ckpt.restore(target=other)
+
+
+def test_missing_checkpoint_errors(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(CheckpointError, match="no checkpoint in"):
+      ckpt.restore()
+    ckpt.save(1, {"w": jnp.ones(2)})
+    with pytest.raises(CheckpointError, match="has no step 2"):
+      ckpt.restore(2)
+
+
+def test_bad_arguments(tmp_path):
+  with pytest.raises(ValueError, match="best_metric"):
+    Checkpointer(tmp_path, keep_best=3)
+  with Checkpointer(tmp_path, keep_latest=1, keep_best=1,
+                    best_metric="accuracy") as ckpt:
+    with pytest.raises(ValueError, match="accuracy"):
+      ckpt.save(1, {"w": jnp.ones(2)}, metrics={"f1": 0.5})
+
+
+def test_async_save(tmp_path):
+  with Checkpointer(tmp_path, enable_async_checkpointing=True) as ckpt:
+    state = _state(3.0)
+    ckpt.save(1, state, metrics={"accuracy": 0.5})
+    ckpt.wait()
+    restored, _ = ckpt.restore(target=state)
+    _assert_trees_equal(restored, state)
+    assert ckpt.metrics(1) == {"accuracy": 0.5}
+
+
+def test_module_constants():
+  assert checkpoints.STATE == "state" and checkpoints.CONFIG == "config"

@@ -1,0 +1,103 @@
+"""Tests for adapler_jax.infer.flops."""
+
+import dataclasses
+import types
+
+import numpy as np
+import pytest
+
+from adapler_jax.infer import flops
+
+TINY = flops.FlopsDims(num_layers=2, hidden=4, intermediate=8, num_classes=2)
+BERT_BASE = flops.FlopsDims(num_layers=12, hidden=768, intermediate=3072,
+                            num_classes=2)
+
+
+def test_hand_computed_tiny():
+  # 2*3*(4*16 + 2*4*8) + 4*9*4
+  assert flops.layer_flops(3, 4, 8) == 912
+  # 2*3*(32*4 + 32)
+  assert flops.predictor_flops(3, 4) == 960
+  assert flops.embedding_flops(3, 4) == 96
+  assert flops.classifier_flops(4, 2) == 48
+  assert flops.backbone_flops(3, TINY) == 96 + 2 * 912 + 48
+  # embeddings + CP(3) + layer(2) + CP(2) + layer(1) + classifier
+  assert flops.adapler_flops([2, 1], 3, TINY) == 96 + 960 + 576 + 640 + 272 + 48
+
+
+def test_no_dropping_costs_only_the_predictors():
+  n = 128
+  full = flops.backbone_flops(n, BERT_BASE)
+  same = flops.adapler_flops([n] * 12, n, BERT_BASE)
+  assert same - full == 12 * flops.predictor_flops(n, 768)
+  s = flops.speedup(full, same)
+  assert 0.99 < s < 1.0
+
+
+def test_paper_mode_matches_formulas():
+  for n, c in [(10, 2), (57, 3)]:
+    kept = [n] * 4 + [n // 2] * 4 + [3] * 4
+    dims = dataclasses.replace(BERT_BASE, num_classes=c)
+    report = flops.flops_report([n], [kept], dims, mode="paper")
+    backbone = 37872 * n * n + 170216500 * n + 1181953 + 1537 * c
+    adapler = (1182000 + 1537 * c + 6152 * n
+               + sum(3156 * k * k + 14233554 * k for k in kept))
+    assert report["backbone_flops"] == backbone
+    assert report["adapler_flops"] == adapler
+    assert flops.paper_backbone_flops(n, c) == backbone
+    assert flops.paper_adapler_flops(kept, n, c) == adapler
+    assert report["flops_speedup"] == pytest.approx(backbone / adapler)
+
+
+@pytest.mark.parametrize("mode", ["analytic", "paper"])
+def test_vectorised_matches_scalar_loop(mode):
+  rng = np.random.default_rng(0)
+  dims = BERT_BASE
+  lengths = rng.integers(5, 200, size=17)
+  kept = np.zeros((17, 12), dtype=np.int64)
+  for e, n in enumerate(lengths):
+    k = n
+    for l in range(12):
+      k = int(rng.integers(1, k + 1))
+      kept[e, l] = k
+  report = flops.flops_report(lengths, kept, dims, mode=mode)
+  if mode == "analytic":
+    backbone = sum(flops.backbone_flops(int(n), dims) for n in lengths)
+    adapler = sum(flops.adapler_flops(k, int(n), dims)
+                  for n, k in zip(lengths, kept))
+  else:
+    backbone = sum(flops.paper_backbone_flops(int(n), 2) for n in lengths)
+    adapler = sum(flops.paper_adapler_flops(k, int(n), 2)
+                  for n, k in zip(lengths, kept))
+  assert report["backbone_flops"] == pytest.approx(backbone, rel=1e-12)
+  assert report["adapler_flops"] == pytest.approx(adapler, rel=1e-12)
+  assert report["flops_speedup"] == pytest.approx(backbone / adapler, rel=1e-12)
+  assert report["flops_speedup"] > 1.0
+  np.testing.assert_allclose(report["kept_tokens_per_layer"], kept.mean(0))
+
+
+def test_bad_mode_names_the_options():
+  with pytest.raises(ValueError, match="analytic, paper"):
+    flops.flops_report([3], [[2, 1]], TINY, mode="fitted")
+
+
+def test_bad_shapes():
+  with pytest.raises(ValueError, match="layers"):
+    flops.flops_report([3], [[2, 1, 1]], TINY)
+  with pytest.raises(ValueError, match="exceed"):
+    flops.flops_report([3], [[4, 1]], TINY)
+  with pytest.raises(ValueError, match="layers"):
+    flops.flops_report([3], [[2, 1]], TINY, mode="paper")
+  with pytest.raises(ValueError, match="no examples"):
+    flops.flops_report(np.zeros(0), np.zeros((0, 2)), TINY)
+
+
+def test_dims_from_config():
+  cfg = types.SimpleNamespace(num_layers=6, hidden_size=384,
+                              intermediate_size=1536, num_classes=3)
+  assert flops.FlopsDims.from_config(cfg) == flops.FlopsDims(6, 384, 1536, 3)
+  hf = types.SimpleNamespace(num_hidden_layers=6, hidden_size=384,
+                             intermediate_size=1536)
+  assert flops.FlopsDims.from_config(hf, num_classes=2).num_classes == 2
+  with pytest.raises(ValueError, match="num_classes"):
+    flops.FlopsDims.from_config(hf)
