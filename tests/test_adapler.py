@@ -1,0 +1,256 @@
+"""AdapLeR model, losses and train step on a tiny random model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adapler_jax.models import adapler
+from adapler_jax.models.bert import EncoderConfig
+from adapler_jax.train import adapler_step, losses, optim
+
+CFG = adapler.AdapLeRConfig(EncoderConfig.tiny(), num_labels=3)
+L = CFG.num_layers
+
+
+def make_batch(lengths, seq=None, seed=0):
+  rng = np.random.default_rng(seed)
+  seq = seq or max(lengths)
+  mask = np.arange(seq)[None] < np.asarray(lengths)[:, None]
+  ids = rng.integers(3, CFG.encoder.vocab_size, (len(lengths), seq)) * mask
+  ids[:, 0] = 1  # [CLS]
+  return {
+      "input_ids": jnp.asarray(ids, jnp.int32),
+      "token_type_ids": jnp.zeros(ids.shape, jnp.int32),
+      "attention_mask": jnp.asarray(mask),
+      "labels": jnp.asarray(rng.integers(0, CFG.num_labels, len(lengths)), jnp.int32),
+      "saliency": jnp.asarray(rng.random(ids.shape) * mask, jnp.float32),
+  }
+
+
+def init_params(seed=0, cp_scale=1.0, eta=0.25):
+  params = adapler.init(jax.random.key(seed), CFG)
+  model = dict(params["model"])
+  for l in range(L):  # spread the predictor scores so few sit near the cutoff.
+    model[f"predictors_{l}"] = jax.tree.map(lambda w: w * cp_scale, model[f"predictors_{l}"])
+  speed = {**params["speed"], "eta": jnp.full((L,), eta, jnp.float32)}
+  return {"model": model, "speed": speed}
+
+
+# --------------------------------------------------------------------------- Eq. 4
+
+@pytest.mark.parametrize("s, delta, lam, beta, expected", [
+    (0.10, 0.25, 10.0, 0.1, 40 * (0.10 - 0.25) - 0.01),      # below the cutoff: -6.01
+    (0.50, 0.25, 10.0, 0.1, (0.50 - 1) * 0.01 / 0.75),       # above: -0.0066667
+    (0.25, 0.25, 10.0, 0.1, -0.01),                          # at the cutoff both give -beta/lam
+    (0.01, 0.20, 1000.0, 0.1, 5000 * (0.01 - 0.20) - 1e-4),  # -950.0001
+    (0.90, 0.10, 3.0, 0.05, (0.90 - 1) * (0.05 / 3) / 0.9),  # -0.00185185
+    (0.00, 0.10, 1e6, 0.1, -1e4),                            # clipped at -1e4
+    (1.00, 0.10, 10.0, 0.1, 0.0),                            # S = 1 keeps fully
+])
+def test_soft_removal_edit_matches_hand_computed(s, delta, lam, beta, expected):
+  got = adapler.soft_removal_edit(jnp.float32(s), jnp.float32(delta), lam, beta)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_edit_is_zero_for_cls_and_padding():
+  batch = make_batch([6, 3, 8])
+  _, trace = adapler.soft_forward(CFG, init_params(cp_scale=5.0), batch, 10.0)
+  edit = np.asarray(trace["edit"])
+  pad = ~np.asarray(batch["attention_mask"])
+  assert np.all(edit[:, :, 0] == 0)
+  assert np.all(edit[:, pad] == 0)
+  assert np.all(edit[:, ~pad][:, 1:] <= 0) and np.any(edit < -1e-3)
+
+
+# --------------------------------------------------------------------------- soft == hard
+
+@pytest.mark.parametrize("eta", [0.1, 0.5, 1.0])
+def test_soft_at_huge_lambda_equals_hard_removal(eta):
+  rng = np.random.default_rng(42)
+  lengths = rng.integers(2, 24, 60)
+  batch = make_batch(lengths, seq=24, seed=7)
+  params = init_params(seed=3, cp_scale=30.0, eta=eta)
+  logits, trace = adapler.soft_forward(CFG, params, batch, 1e20)
+  soft_kept = np.asarray(jnp.sum(trace["keep"] > 0.5, axis=-1)).T  # (B, L)
+  dropped_any = False
+  for i, n in enumerate(lengths):
+    hard = adapler.hard_forward(CFG, params, batch["input_ids"][i, :n])
+    np.testing.assert_array_equal(hard.kept_counts, soft_kept[i])
+    np.testing.assert_allclose(hard.logits, logits[i], atol=1e-4)
+    assert np.argmax(hard.logits) == np.argmax(logits[i])
+    dropped_any |= hard.kept_counts[-1] < n
+  assert dropped_any  # the check means something only if tokens were dropped.
+
+
+def test_hard_removal_invariants():
+  params = init_params(seed=1, cp_scale=30.0, eta=1.0)
+  ids = make_batch([20])["input_ids"][0]
+  result = adapler.hard_forward(CFG, params, ids)
+  previous = np.arange(20)
+  for positions, scores in zip(result.kept_positions, result.scores):
+    assert positions[0] == 0  # [CLS] is never dropped
+    assert set(positions) <= set(previous) and np.all(np.diff(positions) > 0)
+    assert len(scores) == len(previous) and abs(scores.sum() - 1) < 1e-5
+    previous = positions
+
+
+def test_soft_keeps_cls_and_never_padding():
+  batch = make_batch([9, 2, 5], seq=12)
+  _, trace = adapler.soft_forward(CFG, init_params(cp_scale=30.0, eta=1.0), batch, 1e6)
+  keep = np.asarray(trace["keep"])
+  assert np.all(keep[:, :, 0] == 1.0)
+  assert np.all(keep[:, ~np.asarray(batch["attention_mask"])] == 0.0)
+
+
+# --------------------------------------------------------------------------- losses
+
+def test_cp_targets_restrict_and_amplify_cls():
+  saliency = jnp.array([[1.0, 2.0, 3.0, 4.0, 0.0]])
+  keep_in = jnp.array([[[1.0, 1.0, 0.0, 1.0, 0.0]]])
+  target = losses.cp_targets(saliency, keep_in, jnp.array([3.0]))
+  np.testing.assert_allclose(target[0, 0], np.array([3, 2, 0, 4, 0]) / 9.0, rtol=1e-6)
+
+
+def test_cp_loss_is_layer_weighted_inclusive_kl():
+  target = jnp.array([[[0.5, 0.5, 0.0]], [[0.2, 0.8, 0.0]]])
+  pred = jnp.array([[[0.25, 0.5, 0.25]], [[0.5, 0.5, 0.0]]])
+  kl0 = 0.5 * np.log(0.5 / 0.25) + 0.5 * np.log(0.5 / 0.5)
+  kl1 = 0.2 * np.log(0.2 / 0.5) + 0.8 * np.log(0.8 / 0.5)
+  got = losses.cp_loss(jnp.log(jnp.maximum(pred, 1e-30)), target)
+  np.testing.assert_allclose(got, 2 * kl0 + 1 * kl1, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- theta
+
+def _surrogate(params, batch, lam, phi):
+  """L_CE + phi * L_LENGTH as a function of the dummy [CLS] multipliers theta_d."""
+  def f(theta_d):
+    logits, trace = adapler.soft_forward(CFG, params, batch, lam, theta_d=theta_d)
+    return losses.cross_entropy(logits, batch["labels"]) + phi * losses.length_loss(
+        trace["lengths"])
+  return jax.jit(f)
+
+
+def test_theta_gradient_matches_finite_difference_and_is_divided_by_theta():
+  with jax.enable_x64(True):
+    params = jax.tree.map(lambda x: x.astype(jnp.float64), init_params(cp_scale=5.0, eta=0.8))
+    params["speed"]["theta"] = jnp.array([1.0, 2.5], jnp.float64)
+    batch = make_batch([10, 7, 5, 9])
+    batch["saliency"] = batch["saliency"].astype(jnp.float64)
+    weights = adapler_step.LossWeights(gamma=0.1, phi=0.3)
+    grads, aux = jax.jit(lambda p: adapler_step.adapler_grads(
+        CFG, p, batch, 5.0, weights, deterministic=True))(params)
+    f = _surrogate(params, batch, 5.0, weights.phi)
+    h = 1e-6
+    fd = np.array([(f(jnp.ones(L).at[l].add(h)) - f(jnp.ones(L).at[l].add(-h))) / (2 * h)
+                   for l in range(L)])
+    # The model computes in float32; the difference quotient is taken in float64.
+    np.testing.assert_allclose(aux["theta_d_grad"], fd, rtol=1e-3, atol=1e-9)
+    assert np.all(np.abs(fd[1:]) > 1e-6)
+    np.testing.assert_allclose(grads["speed"]["theta"][1], fd[1] / 2.5, rtol=1e-3)
+    np.testing.assert_allclose(grads["speed"]["theta"][1], aux["theta_d_grad"][1] / 2.5,
+                               rtol=1e-6)
+    assert grads["speed"]["theta"][0] == 0.0  # theta^0 is fixed at 1.
+
+
+def test_theta_update_moves_against_the_gradient():
+  params = init_params(cp_scale=5.0, eta=0.8)
+  batch = make_batch([10, 7, 5, 9])
+  weights = adapler_step.LossWeights(gamma=0.1, phi=0.3)
+  opt = optim.adapler_optimizer(3e-5, 10)
+  state = adapler_step.create_train_state(params, opt, jax.random.key(0))
+  step = adapler_step.make_train_step(CFG, opt, weights, donate=False)
+  # Dropout is on in the step; compare against gradients computed with the same rng.
+  rng = jax.random.fold_in(state.rng, 0)
+  grads, _ = jax.jit(lambda p: adapler_step.adapler_grads(
+      CFG, p, batch, jnp.float32(5.0), weights, rng=rng))(params)
+  new, _ = step(state, batch, 5.0)
+  delta = np.asarray(new.params["speed"]["theta"] - params["speed"]["theta"])
+  g = np.asarray(grads["speed"]["theta"])
+  assert delta[0] == 0.0
+  assert np.all(np.sign(delta[1:]) == -np.sign(g[1:])) and np.all(g[1:] != 0)
+
+
+# --------------------------------------------------------------------------- groups
+
+def _two_steps(weights, weight_decay=0.1):
+  """Two updates: the warmup schedule gives the model group lr 0 at step 0."""
+  params = init_params(cp_scale=5.0, eta=0.5)
+  opt = optim.adapler_optimizer(1e-3, 10, weight_decay=weight_decay)
+  state = adapler_step.create_train_state(params, opt, jax.random.key(0))
+  step = adapler_step.make_train_step(CFG, opt, weights, donate=False)
+  for _ in range(2):
+    state, _ = step(state, make_batch([10, 6, 3, 8]), 10.0)
+  return params, state.params
+
+
+def _changed(a, b):
+  return [optim.path_str(p) for p, x in jax.tree_util.tree_flatten_with_path(
+      jax.tree.map(lambda u, v: bool(jnp.any(u != v)), a, b))[0] if x]
+
+
+def test_without_ce_and_length_terms_speed_params_do_not_move():
+  before, after = _two_steps(adapler_step.LossWeights(gamma=1.0, phi=0.0, ce=0.0))
+  assert not _changed(before["speed"], after["speed"])
+  assert _changed(before["model"], after["model"])  # L_CP still trains the model.
+
+
+def test_length_term_alone_never_changes_model_params():
+  weights = adapler_step.LossWeights(gamma=0.0, phi=1.0, ce=0.0)
+  params = init_params(cp_scale=5.0, eta=0.5)
+  grads, _ = jax.jit(lambda p: adapler_step.adapler_grads(
+      CFG, p, make_batch([10, 6, 3, 8]), jnp.float32(10.0), weights,
+      rng=jax.random.key(0)))(params)
+  assert all(bool(jnp.all(g == 0)) for g in jax.tree.leaves(grads["model"]))
+  before, after = _two_steps(weights, weight_decay=0.0)
+  assert not _changed(before["model"], after["model"])
+  assert set(_changed(before["speed"], after["speed"])) == {"eta", "theta"}
+
+
+def test_every_parameter_leaf_is_labelled():
+  params = init_params()
+  labels = optim.label_params(params, optim.ADAPLER_GROUPS)
+  flat = jax.tree_util.tree_flatten_with_path(labels)[0]
+  assert len(flat) == len(jax.tree.leaves(params))
+  assert {optim.path_str(p).split("/")[0]: lab for p, lab in flat} == {
+      "model": "model", "speed": "speed"}
+  with pytest.raises(ValueError, match="match no optimizer group"):
+    optim.label_params({**params, "extra": jnp.zeros(2)}, optim.ADAPLER_GROUPS)
+
+
+def test_eta_and_theta_stay_in_range():
+  params = init_params(cp_scale=5.0, eta=0.02)
+  params["speed"]["theta"] = jnp.full((L,), 2e-3)
+  opt = optim.adapler_optimizer(3e-5, 10, speed_learning_rate=0.5)
+  state = adapler_step.create_train_state(params, opt, jax.random.key(0))
+  step = adapler_step.make_train_step(CFG, opt, adapler_step.LossWeights(0.1, 50.0))
+  batch = make_batch([10, 6, 3, 8])
+  for lam in (10.0, 100.0, 1000.0, 1e4):
+    state, metrics = step(state, batch, lam)
+    eta = np.asarray(metrics["eta"])
+    assert np.all((eta >= 0.01) & (eta <= 1.0)) and np.all(np.asarray(metrics["theta"]) >= 1e-3)
+    # eta = 1 with only [CLS] left puts delta at 1: the step must stay finite there.
+    assert all(np.all(np.isfinite(v)) for v in jax.tree.leaves(state.params))
+  assert np.any(eta == 1.0)  # a length weight this large pushes eta to the bound.
+
+
+# --------------------------------------------------------------------------- compilation
+
+def test_train_step_compiles_once_while_lambda_changes():
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda name, *_, **__: compiles.append(name) if name.endswith("backend_compile_duration")
+      else None)
+  opt = optim.adapler_optimizer(3e-5, 10)
+  weights = adapler_step.LossWeights(5e-3, 5e-4)
+  step = adapler_step.make_train_step(CFG, opt, weights)
+  state = adapler_step.create_train_state(init_params(), opt, jax.random.key(0))
+  batch = make_batch([10, 6, 3, 8])
+  state, _ = step(state, batch, 10.0)  # compile (and its helpers) once.
+  compiles.clear()
+  for lam in (100.0, 1e3, np.float32(1e4), jnp.float32(1e5), 1e6):
+    state, metrics = step(state, batch, lam)
+  jax.block_until_ready(metrics)
+  assert step.jitted._cache_size() == 1
+  assert compiles == []
