@@ -1,1 +1,27 @@
-"""adapler_jax: adaptive length reduction for BERT-style encoders in JAX/Flax."""
+"""adapler_jax: adaptive length reduction (AdapLeR) for BERT-style encoders in JAX/Flax.
+
+The pure functions most research code needs::
+
+  import adapler_jax as aj
+  cfg = aj.AdapLeRConfig(encoder_config, num_labels=2)
+  params = aj.init(jax.random.key(0), cfg, backbone=bert_params)
+  logits, trace = aj.soft_forward(cfg, params, batch, lam=10.0)       # training forward
+  result = aj.hard_forward(cfg, params, input_ids)                    # one example, real dropping
+  step = aj.make_train_step(cfg, optimizer, aj.LossWeights(gamma=5e-3, phi=5e-4))
+"""
+
+from adapler_jax.models.adapler import (AdapLeRConfig, AdapLeRModel, HardRemovalResult,
+                                        hard_forward, init, soft_forward, soft_removal_edit)
+from adapler_jax.models.bert import Bert, EncoderConfig
+from adapler_jax.models.heads import SequenceClassifier
+from adapler_jax.train.adapler_step import (LossWeights, TrainState, adapler_grads,
+                                            create_train_state, make_train_step)
+from adapler_jax.train.optim import adapler_optimizer
+from adapler_jax.weights import load_backbone
+
+__all__ = [
+    "AdapLeRConfig", "AdapLeRModel", "Bert", "EncoderConfig", "HardRemovalResult",
+    "LossWeights", "SequenceClassifier", "TrainState", "adapler_grads", "adapler_optimizer",
+    "create_train_state", "hard_forward", "init", "load_backbone", "make_train_step",
+    "soft_forward", "soft_removal_edit",
+]
