@@ -162,7 +162,7 @@ def test_theta_update_moves_against_the_gradient():
   state = adapler_step.create_train_state(params, opt, jax.random.key(0))
   step = adapler_step.make_train_step(CFG, opt, weights, donate=False)
   # Dropout is on in the step; compare against gradients computed with the same rng.
-  rng = jax.random.fold_in(state.rng, 0)
+  rng = state.step_key()
   grads, _ = jax.jit(lambda p: adapler_step.adapler_grads(
       CFG, p, batch, jnp.float32(5.0), weights, rng=rng))(params)
   new, _ = step(state, batch, 5.0)
@@ -213,8 +213,9 @@ def test_every_parameter_leaf_is_labelled():
   labels = optim.label_params(params, optim.ADAPLER_GROUPS)
   flat = jax.tree_util.tree_flatten_with_path(labels)[0]
   assert len(flat) == len(jax.tree.leaves(params))
-  assert {optim.path_str(p).split("/")[0]: lab for p, lab in flat} == {
-      "model": "model", "speed": "speed"}
+  groups = {(optim.path_str(p).split("/")[1].split("_")[0], lab) for p, lab in flat}
+  assert groups == {("bert", "model"), ("head", "model"), ("predictors", "predictors"),
+                    ("eta", "speed"), ("theta", "speed")}
   with pytest.raises(ValueError, match="match no optimizer group"):
     optim.label_params({**params, "extra": jnp.zeros(2)}, optim.ADAPLER_GROUPS)
 

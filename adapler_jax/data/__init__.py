@@ -8,8 +8,8 @@ Typical use::
     ...
 """
 
-from adapler_jax.data.batching import (DEFAULT_BUCKETS, bucket_lengths, eval_batches,
-                                       num_train_steps, train_batches)
+from adapler_jax.data.batching import (DEFAULT_BUCKETS, TRAIN_BUCKETS, bucket_lengths,
+                                       eval_batches, num_train_steps, train_batches)
 from adapler_jax.data.dataset import TextDataset, resplit, subset
 from adapler_jax.data.demo import make_demo_task
 from adapler_jax.data.loading import load_split
@@ -19,7 +19,7 @@ from adapler_jax.data.tokenize import TokenizedDataset, tokenize, valid_mask
 from adapler_jax.errors import DataError
 
 __all__ = [
-    "DEFAULT_BUCKETS", "DataError", "LocalFormat", "TASKS", "TaskSpec", "TextDataset",
+    "DEFAULT_BUCKETS", "DataError", "TRAIN_BUCKETS", "LocalFormat", "TASKS", "TaskSpec", "TextDataset",
     "TokenizedDataset", "bucket_lengths", "eval_batches", "get_task", "load_file",
     "load_split", "make_demo_task", "num_train_steps", "resplit", "subset", "task_names",
     "tokenize", "train_batches", "valid_mask",

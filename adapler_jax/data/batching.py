@@ -39,12 +39,22 @@ def num_train_steps(tok: TokenizedDataset, batch_size: int) -> int:
   return len(tok) // batch_size
 
 
-def train_batches(tok: TokenizedDataset, batch_size: int, seed: int, epoch: int, *,
-                  num_shards: int = 1, shard_index: int = 0) -> Iterator[Batch]:
-  """Shuffled `(batch_size, max_length)` batches of one epoch; the last partial batch is dropped.
+TRAIN_BUCKETS: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
+SORT_WINDOW = 50  # batches whose rows are sorted together by length when bucketing.
 
-  The order depends only on `(seed, epoch)`. With `num_shards` > 1 (one shard per process),
-  each global batch of `batch_size` rows is split and this process gets part `shard_index`.
+
+def train_batches(tok: TokenizedDataset, batch_size: int, seed: int, epoch: int, *,
+                  num_shards: int = 1, shard_index: int = 0,
+                  buckets: Sequence[int] | None = None) -> Iterator[Batch]:
+  """Shuffled batches of one epoch; the last partial batch is dropped.
+
+  The order depends only on `(seed, epoch)`. Without `buckets` every batch is
+  `(batch_size, max_length)`. With `buckets`, rows are shuffled, sorted by length inside
+  windows of `SORT_WINDOW` batches, cut into batches, and the batches shuffled again; each is
+  padded to the smallest of `bucket_lengths(max_length, buckets)` holding its longest row, so
+  a jitted step compiles once per bucket and pads far less. With `num_shards` > 1 (one shard
+  per process), each global batch of `batch_size` rows is split and this process gets part
+  `shard_index`.
   """
   if batch_size % num_shards:
     raise ValueError(f"batch_size {batch_size} is not divisible by num_shards {num_shards}")
@@ -52,12 +62,20 @@ def train_batches(tok: TokenizedDataset, batch_size: int, seed: int, epoch: int,
   if steps == 0:
     raise DataError(f"{tok.task} train split: {len(tok)} examples, fewer than one batch of "
                     f"{batch_size}; lower --config.train.batch_size")
-  order = np.random.default_rng((seed, epoch)).permutation(len(tok))
+  rng = np.random.default_rng((seed, epoch))
+  order = rng.permutation(len(tok))[:steps * batch_size]
+  widths = np.asarray(bucket_lengths(tok.max_length, buckets or ()))
+  if buckets:
+    window = SORT_WINDOW * batch_size
+    for lo in range(0, len(order), window):
+      chunk = order[lo:lo + window]
+      order[lo:lo + window] = chunk[np.argsort(tok.lengths[chunk], kind="stable")]
+    order = order.reshape(steps, batch_size)[rng.permutation(steps)].reshape(-1)
   per_shard = batch_size // num_shards
   for step in range(steps):
     rows = order[step * batch_size:(step + 1) * batch_size]
-    yield _batch(tok, rows[shard_index * per_shard:(shard_index + 1) * per_shard],
-                 tok.max_length)
+    width = int(widths[np.searchsorted(widths, tok.lengths[rows].max())])
+    yield _batch(tok, rows[shard_index * per_shard:(shard_index + 1) * per_shard], width)
 
 
 def eval_batches(tok: TokenizedDataset, batch_size: int,

@@ -1,0 +1,9 @@
+"""Inference: the bucketed AdapLeR engine, the full-length baseline, FLOPs accounting."""
+
+from adapler_jax.infer import flops
+from adapler_jax.infer.engine import (AdaptiveEngine, EngineResult, FullLengthEngine,
+                                      per_example_run)
+from adapler_jax.infer.flops import FlopsDims, flops_report
+
+__all__ = ["AdaptiveEngine", "EngineResult", "FlopsDims", "FullLengthEngine", "flops",
+           "flops_report", "per_example_run"]

@@ -9,33 +9,20 @@ its gradient is that of the dummy [CLS] multiplier theta_d = 1, divided by theta
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 
 from adapler_jax.models.adapler import AdapLeRConfig, soft_forward
 from adapler_jax.train import losses
+from adapler_jax.train.state import TrainState, create_train_state  # noqa: F401 (re-export)
 
 Array = jax.Array
 
 ETA_RANGE = (0.01, 1.0)
 THETA_MIN = 1e-3
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: Array
-  params: Any
-  opt_state: Any
-  rng: Array
-
-
-def create_train_state(params, optimizer: optax.GradientTransformation,
-                       rng: Array) -> TrainState:
-  return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), rng)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,9 +93,8 @@ def make_train_step(cfg: AdapLeRConfig, optimizer: optax.GradientTransformation,
   """
 
   def step(state: TrainState, batch: dict, lam: Array):
-    rng = jax.random.fold_in(state.rng, state.step)
     grads, aux = adapler_grads(cfg, state.params, batch, jnp.asarray(lam, jnp.float32),
-                               weights, rng=rng)
+                               weights, rng=state.step_key())
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = clip_speed(optax.apply_updates(state.params, updates))
     metrics = {

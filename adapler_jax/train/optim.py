@@ -62,19 +62,27 @@ def adamw(learning_rate: optax.ScalarOrSchedule, weight_decay: float = 0.1,
                   mask=decay_mask))
 
 
-ADAPLER_GROUPS = (("^speed/", "speed"), ("^model/", "model"))
+ADAPLER_GROUPS = (("^speed/", "speed"), ("^model/predictors_", "predictors"),
+                  ("^model/", "model"))
 
 
 def adapler_optimizer(learning_rate: float, total_steps: int, *, weight_decay: float = 0.1,
                       warmup_fraction: float = 0.06, speed_learning_rate: float = 5e-4,
+                      predictor_learning_rate: float | None = None,
                       clip_norm: float = 1.0) -> optax.GradientTransformation:
-  """One `optax.partition` over `{"model", "speed"}`.
+  """One `optax.partition` over the labelled groups of `ADAPLER_GROUPS`.
 
-  model: clipped AdamW with warmup and linear decay; speed (eta, theta): clipped Adam.
+  model (backbone, head) and predictors: clipped AdamW with warmup and linear decay, the
+  predictors at `predictor_learning_rate` (default: `learning_rate`, as in the paper; a
+  larger one lets the fresh predictors learn in short runs). speed (eta, theta): clipped Adam.
   """
-  schedule = warmup_linear_decay(learning_rate, total_steps, warmup_fraction)
+  model_tx = adamw(warmup_linear_decay(learning_rate, total_steps, warmup_fraction),
+                   weight_decay, clip_norm)
+  predictor_tx = model_tx if predictor_learning_rate is None else adamw(
+      warmup_linear_decay(predictor_learning_rate, total_steps, warmup_fraction),
+      weight_decay, clip_norm)
   return optax.partition(
-      {"model": adamw(schedule, weight_decay, clip_norm),
+      {"model": model_tx, "predictors": predictor_tx,
        "speed": optax.chain(optax.clip_by_global_norm(clip_norm),
                             optax.adam(speed_learning_rate))},
       lambda params: label_params(params, ADAPLER_GROUPS))

@@ -1,0 +1,65 @@
+"""Evaluation reports: task metric, FLOPs, kept tokens per layer and throughput."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from adapler_jax.data import TokenizedDataset
+from adapler_jax.eval import metrics
+from adapler_jax.infer import flops
+from adapler_jax.models import adapler
+from adapler_jax.train import classifier
+
+ENGINES = ("bucketed", "per-example")
+
+
+def run_adapler(cfg: adapler.AdapLeRConfig, params: dict, data: TokenizedDataset, *,
+                engine: str = "bucketed", batch_size: int = 32, return_rationales: bool = False,
+                progress: bool = False):
+  """Hard-removal inference over `data` -> an `EngineResult` (logits, kept counts, ...)."""
+  from adapler_jax import infer  # pylint: disable=g-import-not-at-top
+  if engine == "per-example":
+    return infer.per_example_run(cfg, params, data)
+  if engine != "bucketed":
+    raise ValueError(f"engine {engine!r} is not one of {ENGINES}")
+  runner = infer.AdaptiveEngine(cfg, params, batch_size=batch_size, max_length=data.max_length)
+  return runner.run(data, return_rationales=return_rationales, progress=progress)
+
+
+def evaluate_adapler(cfg: adapler.AdapLeRConfig, params: dict, data: TokenizedDataset,
+                     metric_name: str, *, engine: str = "bucketed", batch_size: int = 32,
+                     flops_mode: str = "analytic", progress: bool = False) -> dict[str, Any]:
+  """Hard-removal metric and per-example FLOPs of an AdapLeR model on `data`."""
+  start = time.perf_counter()
+  result = run_adapler(cfg, params, data, engine=engine, batch_size=batch_size,
+                       progress=progress)
+  seconds = getattr(result, "seconds", None) or time.perf_counter() - start
+  dims = flops.FlopsDims.from_config(cfg.encoder, num_classes=cfg.num_labels)
+  report = flops.flops_report(data.lengths, result.kept_counts, dims, mode=flops_mode)
+  predictions = np.argmax(result.logits, axis=-1)
+  return {
+      "num_examples": len(data),
+      "metric_name": metric_name,
+      "metric": metrics.compute(metric_name, predictions, data.labels),
+      "backbone_flops": report["backbone_flops"],
+      "adapler_flops": report["adapler_flops"],
+      "flops_speedup": report["flops_speedup"],
+      "kept_tokens_per_layer": report["kept_tokens_per_layer"],
+      "examples_per_second": len(data) / seconds,
+      "engine": engine,
+      "flops_mode": flops_mode,
+  }
+
+
+def evaluate_backbone(encoder, num_labels: int, params: dict, data: TokenizedDataset,
+                      metric_name: str, batch_size: int = 64) -> dict[str, Any]:
+  """Full-length metric of the fine-tuned classifier (`{"bert", "head"}` params)."""
+  start = time.perf_counter()
+  logits = classifier.predict(encoder, num_labels, params, data, batch_size)
+  seconds = time.perf_counter() - start
+  return {"num_examples": len(data), "metric_name": metric_name,
+          "metric": metrics.compute(metric_name, np.argmax(logits, -1), data.labels),
+          "examples_per_second": len(data) / seconds}

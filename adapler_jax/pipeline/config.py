@@ -1,0 +1,66 @@
+"""Defaults shared by every `configs/<task>.py` (paper Appendix D unless noted)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
+  """The full config tree with the paper's shared hyperparameters."""
+  c = ml_collections.ConfigDict()
+  c.task = task
+  c.backbone = "minilm"  # embedded all-MiniLM-L6-v2; or a local HF dir, or a hub id.
+  c.seed = 22
+  c.dtype = "float32"  # compute dtype: float32 or bfloat16.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.data_dir = ""  # "" = the Hugging Face hub; else the task's local folder.
+  c.data.max_length = max_length
+  c.data.train_split = "train"
+  c.data.dev_split = "dev"
+  c.data.test_split = ""  # "" = same as dev.
+  c.data.train_subset = 0  # >0: a seeded subset of this many training examples.
+  c.data.dev_subset = 0
+  c.data.resplit_source = ""  # re-split one labelled split into train / held-out ...
+  c.data.resplit_train = 0  # ... of these sizes (0: no re-split). Dev = test = held-out.
+  c.data.resplit_test = 0
+  c.data.resplit_seed = 0
+
+  c.train = ml_collections.ConfigDict()  # phase 1: fine-tuning.
+  c.train.epochs = 5
+  c.train.batch_size = 32
+  c.train.learning_rate = 2e-5
+  c.train.weight_decay = 0.1
+  c.train.warmup_fraction = 0.06
+  c.train.keep_best = 3
+  c.train.eval_every_steps = 0  # 0 = at each epoch's end.
+  c.train.checkpoint_every_steps = 0  # extra resume points between evaluations.
+  c.train.log_every_steps = 50
+
+  c.saliency = ml_collections.ConfigDict()  # phase 2.
+  c.saliency.batch_size = 64
+  c.saliency.num_checkpoints = 3
+
+  c.adapler = ml_collections.ConfigDict()  # phase 3 (paper Table 4 per task).
+  c.adapler.epochs = 5
+  c.adapler.batch_size = 32
+  c.adapler.learning_rate = 3e-5
+  c.adapler.speed_learning_rate = 5e-4
+  c.adapler.predictor_learning_rate = 0.0  # 0 = learning_rate (the paper's setting).
+  c.adapler.weight_decay = 0.1
+  c.adapler.warmup_fraction = 0.06
+  c.adapler.gamma = 5e-3
+  c.adapler.phi = 5e-4
+  c.adapler.lambda_init = 10.0  # lambda = lambda_init * lambda_rate ** epoch.
+  c.adapler.lambda_rate = 10.0
+  c.adapler.beta = 0.1
+  c.adapler.eta_init = 0.25
+  c.adapler.theta_init = 1.0
+  c.adapler.tolerance = 1.0  # selection: best speedup within this many metric points.
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = "dev"
+  c.eval.batch_size = 32
+  c.eval.engine = "per-example"  # or "bucketed" (batched real dropping).
+  c.eval.flops = "analytic"  # or "paper" (the reference's fitted BERT-base constants).
+  return c

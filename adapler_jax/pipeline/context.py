@@ -1,0 +1,95 @@
+"""A run: its config, workdir, backbone and tokenized data, built once and shared by phases."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from adapler_jax import weights
+from adapler_jax.data import (TaskSpec, TokenizedDataset, get_task, load_split, resplit, subset,
+                              tokenize)
+from adapler_jax.models.adapler import AdapLeRConfig
+from adapler_jax.models.bert import EncoderConfig
+from adapler_jax.train.metric_writer import MetricWriter
+
+CONFIG_FILE = "config.json"
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything the phases share."""
+
+  config: ml_collections.ConfigDict
+  workdir: Path
+  task: TaskSpec
+  encoder: EncoderConfig
+  backbone: dict  # pre-trained `Bert` params.
+  tokenizer: Any
+  writer: MetricWriter
+  _data: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def num_labels(self) -> int:
+    return self.task.num_labels
+
+  @property
+  def metric_name(self) -> str:
+    return self.task.metric
+
+  @property
+  def is_main_process(self) -> bool:
+    return jax.process_index() == 0
+
+  def adapler_config(self) -> AdapLeRConfig:
+    c = self.config.adapler
+    return AdapLeRConfig(self.encoder, self.num_labels, beta=c.beta, eta_init=c.eta_init,
+                         theta_init=c.theta_init)
+
+  def dataset(self, split: str) -> TokenizedDataset:
+    """Tokenized split: `train`, `dev` or `test` as the config defines them (cached)."""
+    if split not in self._data:
+      self._data.update(_load_splits(self.config, self.task, self.tokenizer, split))
+    return self._data[split]
+
+
+def _load_splits(config, task: TaskSpec, tokenizer, wanted: str) -> dict[str, TokenizedDataset]:
+  d = config.data
+  data_dir = d.data_dir or None
+  names = {"train": d.train_split, "dev": d.dev_split, "test": d.test_split or d.dev_split}
+  if d.resplit_train:
+    source = load_split(task, d.resplit_source, data_dir)
+    train, held_out = resplit(source, d.resplit_train, d.resplit_test, seed=d.resplit_seed)
+    texts = {"train": train, "dev": held_out, "test": held_out}
+  else:
+    texts = {wanted: load_split(task, names[wanted], data_dir)}
+  sizes = {"train": d.train_subset, "dev": d.dev_subset, "test": d.dev_subset}
+  out = {}
+  for split, ds in texts.items():
+    if sizes[split] and sizes[split] < len(ds):
+      ds = subset(ds, sizes[split], seed=config.seed)
+    out[split] = tokenize(ds, tokenizer, d.max_length)
+  return out
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
+  """Loads the task, backbone and tokenizer, and records the config in the workdir."""
+  workdir = Path(workdir)
+  task = get_task(config.task)
+  encoder, backbone, tokenizer = weights.load_backbone(config.backbone, dtype=config.dtype)
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
+  return Run(config, workdir, task, encoder, backbone, tokenizer, MetricWriter(workdir))
+
+
+def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
+  path = Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+    raise UserError(f"{path} is missing; pass the --workdir of a train.py run")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))

@@ -1,0 +1,313 @@
+"""The three training phases and the final evaluation, each resumable from its checkpoints.
+
+Workdir layout::
+
+  config.json        the run's config
+  finetune/          phase 1 checkpoints: the 3 best by dev metric + the latest
+  saliency.npz       phase 2 saliency, keyed by example id
+  adapler/           phase 3 checkpoints, one per epoch, with dev metric and speedup
+  metrics.jsonl      every logged metric (and tensorboard/ event files)
+  summary.json       written by `run_all`
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from adapler_jax.data import TRAIN_BUCKETS, num_train_steps, train_batches
+from adapler_jax.errors import UserError
+from adapler_jax.eval import report
+from adapler_jax.models import adapler
+from adapler_jax.pipeline.context import Run
+from adapler_jax.train import adapler_step, classifier, optim
+from adapler_jax.train import saliency as saliency_lib
+from adapler_jax.train.checkpoints import Checkpointer
+from adapler_jax.train.state import TrainState, create_train_state
+
+FINETUNE, ADAPLER, SALIENCY_FILE = "finetune", "adapler", "saliency.npz"
+DEV_METRIC = "dev_metric"
+
+
+def _bar(run: Run, total: int, desc: str, initial: int = 0):
+  return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True,
+              disable=not run.is_main_process)
+
+
+def _restore_latest(ckpt: Checkpointer, state: TrainState) -> TrainState:
+  if ckpt.latest_step() is None:
+    return state
+  restored, _ = ckpt.restore(ckpt.latest_step(), target=state)
+  return restored
+
+
+# ----------------------------------------------------------------------------- phase 1
+
+
+def finetune_checkpointer(run: Run) -> Checkpointer:
+  return Checkpointer(run.workdir / FINETUNE, keep_latest=1,
+                      keep_best=run.config.train.keep_best, best_metric=DEV_METRIC)
+
+
+def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
+  """Fine-tunes the backbone with CE; returns the best dev metric (None if stopped early).
+
+  Dev is evaluated every `train.eval_every_steps` steps (0: at each epoch's end) and the
+  `train.keep_best` best checkpoints are kept, plus the latest for resuming. A rerun resumes
+  from the latest checkpoint and replays the same batches and dropout keys, so the result
+  equals an uninterrupted run. `stop_after_steps` simulates an interruption (for tests).
+  """
+  c = run.config.train
+  train, dev = run.dataset("train"), run.dataset("dev")
+  steps_per_epoch = num_train_steps(train, c.batch_size)
+  total = c.epochs * steps_per_epoch
+  optimizer = optim.adamw(optim.warmup_linear_decay(c.learning_rate, total, c.warmup_fraction),
+                          c.weight_decay)
+  key = jax.random.key(run.config.seed)
+  params = classifier.init_classifier(key, run.encoder, run.num_labels, run.backbone)
+  ckpt = finetune_checkpointer(run)
+  state = _restore_latest(ckpt, create_train_state(params, optimizer, key))
+  step_fn = classifier.make_finetune_step(run.encoder, run.num_labels, optimizer)
+  eval_every = c.eval_every_steps or steps_per_epoch
+  step = int(state.step)
+  bar = _bar(run, total, "finetune", step)
+  for epoch in range(step // steps_per_epoch, c.epochs):
+    for i, batch in enumerate(train_batches(train, c.batch_size, run.config.seed, epoch,
+                                            buckets=TRAIN_BUCKETS)):
+      if epoch * steps_per_epoch + i < step:
+        continue  # replayed on resume: already trained on.
+      batch.pop("index")
+      state, metrics = step_fn(state, batch)
+      step += 1
+      bar.update(1)
+      if step % c.log_every_steps == 0:
+        run.writer.write(FINETUNE, step, {**metrics, "epoch": epoch})
+      if step % eval_every == 0 or step == total:
+        dev_metric = report.evaluate_backbone(run.encoder, run.num_labels, state.params, dev,
+                                              run.metric_name)["metric"]
+        run.writer.write(FINETUNE, step, {DEV_METRIC: dev_metric, "epoch": epoch})
+        bar.set_postfix({run.metric_name: f"{dev_metric:.4f}"})
+        ckpt.save(step, state, metrics={DEV_METRIC: dev_metric})
+      elif c.checkpoint_every_steps and step % c.checkpoint_every_steps == 0:
+        ckpt.save(step, state)
+      if stop_after_steps is not None and step >= stop_after_steps:
+        ckpt.save(step, state)
+        ckpt.close()
+        return None
+  bar.close()
+  ckpt.wait()
+  best = ckpt.best_steps(1)
+  if not best:
+    raise UserError(f"{ckpt.directory} has no evaluated checkpoint; rerun --phase finetune")
+  ckpt.close()
+  return float(ckpt.metrics(best[0])[DEV_METRIC])
+
+
+def load_finetuned(run: Run, k: int = 1) -> list[tuple[int, dict, float]]:
+  """The `k` best fine-tuned checkpoints as `(step, {"bert", "head"} params, dev metric)`."""
+  ckpt = finetune_checkpointer(run)
+  steps = ckpt.best_steps(k)
+  if not steps:
+    raise UserError(f"no fine-tuned checkpoint in {ckpt.directory}; run --phase finetune first")
+  out = []
+  for step in steps:
+    state, _ = ckpt.restore(step)
+    out.append((step, state["params"], float(ckpt.metrics(step)[DEV_METRIC])))
+  ckpt.close()
+  return out
+
+
+# ----------------------------------------------------------------------------- phase 2
+
+
+def extract_saliency(run: Run) -> np.ndarray:
+  """Saliency of every training example, averaged over the best fine-tuned checkpoints.
+
+  Each checkpoint's saliency is normalised per example to sum 1 before averaging, so every
+  checkpoint weighs the same. Stored in `saliency.npz` keyed by example id.
+  """
+  train = run.dataset("train")
+  checkpoints = load_finetuned(run, run.config.saliency.num_checkpoints)
+  total = np.zeros(train.input_ids.shape, np.float32)
+  bar = _bar(run, len(train) * len(checkpoints), "saliency")
+  for _, params, _ in checkpoints:
+    sal = saliency_lib.compute_saliency(run.encoder, run.num_labels, params, train,
+                                        run.config.saliency.batch_size, progress=bar)
+    total += saliency_lib.normalise(sal)
+  bar.close()
+  average = total / len(checkpoints)
+  if run.is_main_process:
+    saliency_lib.save(run.workdir / SALIENCY_FILE, train, average,
+                      [s for s, _, _ in checkpoints])
+  run.writer.write("saliency", 0, {"checkpoints": [s for s, _, _ in checkpoints],
+                                   "examples": len(train)})
+  return average
+
+
+# ----------------------------------------------------------------------------- phase 3
+
+
+def adapler_checkpointer(run: Run) -> Checkpointer:
+  return Checkpointer(run.workdir / ADAPLER)
+
+
+def lambda_at(run: Run, epoch: int) -> float:
+  c = run.config.adapler
+  return float(c.lambda_init * c.lambda_rate ** epoch)
+
+
+def train_adapler(run: Run) -> None:
+  """Phase 3: AdapLeR training from the pre-trained backbone with fresh predictors and head.
+
+  Each epoch uses lambda = lambda_init * lambda_rate ** epoch, logs eta, theta, the three
+  losses and mean soft kept tokens per layer, evaluates dev with hard removal, and saves a
+  checkpoint with the dev metric and FLOPs speedup. A rerun resumes at the last epoch saved.
+  """
+  c = run.config.adapler
+  train, dev = run.dataset("train"), run.dataset("dev")
+  sal = saliency_lib.load_for(run.workdir / SALIENCY_FILE, train)
+  cfg = run.adapler_config()
+  steps_per_epoch = num_train_steps(train, c.batch_size)
+  total = c.epochs * steps_per_epoch
+  optimizer = optim.adapler_optimizer(c.learning_rate, total, weight_decay=c.weight_decay,
+                                      warmup_fraction=c.warmup_fraction,
+                                      speed_learning_rate=c.speed_learning_rate,
+                                      predictor_learning_rate=c.predictor_learning_rate or None)
+  key = jax.random.key(run.config.seed + 1)
+  params = adapler.init(key, cfg, backbone=run.backbone)
+  ckpt = adapler_checkpointer(run)
+  state = _restore_latest(ckpt, create_train_state(params, optimizer, key))
+  step_fn = adapler_step.make_train_step(cfg, optimizer,
+                                         adapler_step.LossWeights(gamma=c.gamma, phi=c.phi))
+  step = int(state.step)
+  bar = _bar(run, total, "adapler", step)
+  for epoch in range(step // steps_per_epoch, c.epochs):
+    lam = lambda_at(run, epoch)
+    sums: dict[str, Any] = {}
+    for batch in train_batches(train, c.batch_size, run.config.seed, epoch,
+                               buckets=TRAIN_BUCKETS):
+      width = batch["input_ids"].shape[1]
+      batch["saliency"] = sal[batch.pop("index"), :width]
+      state, metrics = step_fn(state, batch, lam)
+      step += 1
+      bar.update(1)
+      sums = jax.tree.map(lambda a, b: a + b, sums, metrics) if sums else metrics
+      if step % run.config.train.log_every_steps == 0:
+        run.writer.write(ADAPLER, step, {**metrics, "lambda": lam, "epoch": epoch})
+    means = jax.tree.map(lambda v: np.asarray(v) / steps_per_epoch, sums)
+    dev_report = report.evaluate_adapler(cfg, state.params, dev, run.metric_name,
+                                         engine=run.config.eval.engine,
+                                         batch_size=run.config.eval.batch_size)
+    epoch_metrics = {
+        "epoch": epoch, "lambda": lam, "ce": means["ce"], "cp": means["cp"],
+        "length": means["length"], "train_kept_per_layer": means["kept"],
+        "eta": state.params["speed"]["eta"], "theta": state.params["speed"]["theta"],
+        DEV_METRIC: dev_report["metric"], "flops_speedup": dev_report["flops_speedup"],
+        "dev_kept_per_layer": dev_report["kept_tokens_per_layer"],
+    }
+    run.writer.write(ADAPLER + "_epoch", step, epoch_metrics)
+    bar.set_postfix({run.metric_name: f"{dev_report['metric']:.4f}",
+                     "speedup": f"{dev_report['flops_speedup']:.2f}x"})
+    ckpt.save(step, state, metrics={DEV_METRIC: dev_report["metric"],
+                                    "flops_speedup": dev_report["flops_speedup"],
+                                    "epoch": epoch})
+  bar.close()
+  ckpt.close()
+
+
+def select_adapler_step(run: Run, backbone_metric: float) -> tuple[int, str]:
+  """The epoch checkpoint with the best dev speedup whose dev metric is within
+  `adapler.tolerance` points of the backbone's; if none is, the best dev metric."""
+  ckpt = adapler_checkpointer(run)
+  rows = [(s, ckpt.metrics(s)) for s in ckpt.all_steps()]
+  ckpt.close()
+  rows = [(s, m) for s, m in rows if m and DEV_METRIC in m]
+  if not rows:
+    raise UserError(f"no AdapLeR checkpoint in {run.workdir / ADAPLER}; run --phase adapler")
+  floor = backbone_metric - run.config.adapler.tolerance / 100.0
+  within = [(s, m) for s, m in rows if m[DEV_METRIC] >= floor]
+  if within:
+    step = max(within, key=lambda r: (r[1]["flops_speedup"], r[1][DEV_METRIC]))[0]
+    return step, f"best dev speedup within {run.config.adapler.tolerance} points of the backbone"
+  step = max(rows, key=lambda r: (r[1][DEV_METRIC], r[1]["flops_speedup"]))[0]
+  return step, "no epoch within tolerance: best dev metric"
+
+
+def load_adapler(run: Run, step: int) -> dict:
+  ckpt = adapler_checkpointer(run)
+  state, _ = ckpt.restore(step)
+  ckpt.close()
+  return state["params"]
+
+
+# ----------------------------------------------------------------------------- all
+
+
+def run_all(run: Run) -> dict[str, Any]:
+  """Fine-tune, saliency, AdapLeR training, then evaluation; writes `summary.json`."""
+  start = time.time()
+  backbone_metric = finetune(run)
+  if not (run.workdir / SALIENCY_FILE).exists():
+    extract_saliency(run)
+  train_adapler(run)
+  return summarize(run, backbone_metric, seconds=time.time() - start)
+
+
+def summarize(run: Run, backbone_metric: float | None = None,
+              seconds: float | None = None) -> dict[str, Any]:
+  """Evaluates the selected checkpoints on the eval split and writes `summary.json`."""
+  split = run.config.eval.split
+  data = run.dataset(split)
+  _, backbone_params, _ = load_finetuned(run, 1)[0]
+  backbone = report.evaluate_backbone(run.encoder, run.num_labels, backbone_params, data,
+                                      run.metric_name)
+  if backbone_metric is None:
+    backbone_metric = load_finetuned(run, 1)[0][2]
+  step, rule = select_adapler_step(run, backbone_metric)
+  result = report.evaluate_adapler(run.adapler_config(), load_adapler(run, step), data,
+                                   run.metric_name, engine=run.config.eval.engine,
+                                   batch_size=run.config.eval.batch_size,
+                                   flops_mode=run.config.eval.flops)
+  summary = {
+      "task": run.task.name,
+      "split": split,
+      "metric_name": run.metric_name,
+      "backbone_metric": backbone["metric"],
+      "adapler_metric": result["metric"],
+      "flops_speedup": result["flops_speedup"],
+      "mean_kept_tokens_per_layer": result["kept_tokens_per_layer"],
+      "mean_length": float(np.mean(data.lengths)),
+      "train_examples": len(run.dataset("train")),
+      "eval_examples": len(data),
+      "seconds": seconds,
+      "adapler_step": step,
+      "selection": rule,
+      "backbone": run.config.backbone,
+  }
+  if run.is_main_process:
+    (run.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+  return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+  """A short table for the terminal."""
+  kept = " ".join(f"{k:.1f}" for k in summary["mean_kept_tokens_per_layer"])
+  rows = [
+      ("task / split", f"{summary['task']} / {summary['split']} "
+                       f"({summary['eval_examples']} examples, mean length "
+                       f"{summary['mean_length']:.1f})"),
+      (f"backbone {summary['metric_name']}", f"{100 * summary['backbone_metric']:.2f}"),
+      (f"AdapLeR {summary['metric_name']}", f"{100 * summary['adapler_metric']:.2f}"),
+      ("FLOPs speedup", f"{summary['flops_speedup']:.2f}x"),
+      ("kept tokens / layer", kept),
+      ("train examples", str(summary["train_examples"])),
+  ]
+  if summary.get("seconds"):
+    rows.append(("wall time", f"{summary['seconds'] / 60:.1f} min"))
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

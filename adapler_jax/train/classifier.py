@@ -1,0 +1,71 @@
+"""The plain classifier (phase 1): fine-tuning step and full-length prediction."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from adapler_jax.data import TokenizedDataset, eval_batches
+from adapler_jax.models.bert import EncoderConfig, attention_bias_from_mask
+from adapler_jax.models.heads import SequenceClassifier
+from adapler_jax.train.losses import cross_entropy
+from adapler_jax.train.state import TrainState
+
+
+def init_classifier(key: jax.Array, encoder: EncoderConfig, num_labels: int,
+                    backbone: dict | None = None) -> dict:
+  """`{"bert", "head"}` params; `backbone` replaces the random encoder."""
+  ids = jnp.zeros((1, 2), jnp.int32)
+  params = SequenceClassifier(encoder, num_labels).init(key, ids, ids, jnp.zeros((1, 2)))
+  params = params["params"]
+  return {**params, "bert": backbone} if backbone is not None else params
+
+
+def classifier_logits(encoder: EncoderConfig, num_labels: int, params: dict, batch: dict, *,
+                      deterministic: bool = True, rng: jax.Array | None = None) -> jax.Array:
+  """(B, N) batch -> (B, C) logits of the full-length classifier."""
+  return SequenceClassifier(encoder, num_labels).apply(
+      {"params": params}, batch["input_ids"], batch["token_type_ids"],
+      attention_bias_from_mask(batch["attention_mask"]), deterministic=deterministic,
+      rngs=None if deterministic else {"dropout": rng})[0]
+
+
+def make_finetune_step(encoder: EncoderConfig, num_labels: int,
+                       optimizer: optax.GradientTransformation
+                       ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """Jitted `step(state, batch) -> (state, {"loss", "accuracy"})`, with dropout, state donated."""
+
+  def step(state: TrainState, batch: dict):
+    def loss_fn(params):
+      logits = classifier_logits(encoder, num_labels, params, batch, deterministic=False,
+                                 rng=state.step_key())
+      return cross_entropy(logits, batch["labels"]), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"])}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return jax.jit(step, donate_argnums=(0,))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _predict_batch(encoder, num_labels, params, batch):
+  return classifier_logits(encoder, num_labels, params, batch)
+
+
+def predict(encoder: EncoderConfig, num_labels: int, params: dict, data: TokenizedDataset,
+            batch_size: int = 64) -> np.ndarray:
+  """(E, C) logits in dataset order, through length-bucketed batches."""
+  out = np.zeros((len(data), num_labels), np.float32)
+  for batch in eval_batches(data, batch_size):
+    inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+    logits = np.asarray(_predict_batch(encoder, num_labels, params, inputs))
+    out[batch["index"][batch["real"]]] = logits[batch["real"]]
+  return out

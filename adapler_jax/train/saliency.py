@@ -1,0 +1,92 @@
+"""Phase 2: gradient x input saliency of the gold-class logit at the embedding output."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adapler_jax.data import TokenizedDataset, eval_batches
+from adapler_jax.errors import UserError
+from adapler_jax.models.bert import EncoderConfig, attention_bias_from_mask
+from adapler_jax.models.heads import SequenceClassifier
+
+
+def saliency_batch(encoder: EncoderConfig, num_labels: int, params: dict,
+                   batch: dict) -> jax.Array:
+  """Per-token saliency `|| (d logit_gold / d h0) * h0 ||_2` of a batch.
+
+  Args:
+    batch: `input_ids`, `token_type_ids` int (B, N); `attention_mask` bool (B, N);
+      `labels` (B,).
+  Returns:
+    (B, N) float32, 0 on padding. Rows are independent (the gradient of the summed gold
+    logits splits by row).
+  """
+  model = SequenceClassifier(encoder, num_labels)
+  variables = {"params": params}
+  h0 = model.apply(variables, batch["input_ids"], batch["token_type_ids"],
+                   method=lambda m, i, t: m.bert.embed(i, t))
+  bias = attention_bias_from_mask(batch["attention_mask"])
+
+  def gold_logits(h):
+    logits = model.apply(variables, h, bias, method=SequenceClassifier.logits_from_embeddings)
+    return jnp.sum(jnp.take_along_axis(logits, batch["labels"][:, None], axis=-1))
+
+  grad = jax.grad(gold_logits)(h0)
+  sal = jnp.linalg.norm((grad * h0).astype(jnp.float32), axis=-1)
+  return jnp.where(batch["attention_mask"], sal, 0.0)
+
+
+_saliency_jit = jax.jit(saliency_batch, static_argnums=(0, 1))
+
+
+def compute_saliency(encoder: EncoderConfig, num_labels: int, params: dict,
+                     data: TokenizedDataset, batch_size: int = 64,
+                     progress=None) -> np.ndarray:
+  """(E, max_length) saliency of every example, rows in dataset order."""
+  out = np.zeros(data.input_ids.shape, np.float32)
+  for batch in eval_batches(data, batch_size):
+    inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask", "labels")}
+    sal = np.asarray(_saliency_jit(encoder, num_labels, params, inputs))
+    real = batch["real"]
+    out[batch["index"][real], :sal.shape[1]] = sal[real]
+    if progress is not None:
+      progress.update(int(real.sum()))
+  return out
+
+
+def normalise(saliency: np.ndarray) -> np.ndarray:
+  """Each row scaled to sum 1 (rows of zeros stay zero)."""
+  total = saliency.sum(axis=1, keepdims=True)
+  return np.divide(saliency, total, out=np.zeros_like(saliency), where=total > 0)
+
+
+def save(path: Path, data: TokenizedDataset, saliency: np.ndarray, steps: list[int]) -> None:
+  """Stores saliency keyed by example id, with the token ids it belongs to."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp.npz")
+  np.savez_compressed(tmp, ids=np.asarray(data.ids), input_ids=data.input_ids,
+                      saliency=saliency.astype(np.float32), checkpoint_steps=np.asarray(steps))
+  tmp.replace(path)
+
+
+def load_for(path: Path, data: TokenizedDataset) -> np.ndarray:
+  """Saliency rows aligned to `data` (by example id), checked against its token ids."""
+  if not path.exists():
+    raise UserError(f"{path} is missing; run --phase saliency first")
+  stored = np.load(path)
+  row_of = {i: r for r, i in enumerate(stored["ids"].tolist())}
+  missing = [i for i in data.ids if i not in row_of]
+  if missing:
+    raise UserError(f"{path} has no saliency for {len(missing)} training examples (e.g. "
+                    f"{missing[0]!r}); rerun --phase saliency with this data config")
+  rows = np.asarray([row_of[i] for i in data.ids])
+  if (stored["input_ids"].shape[1] != data.max_length
+      or not np.array_equal(stored["input_ids"][rows], data.input_ids)):
+    raise UserError(f"{path} was computed for other token ids (tokenizer or max_length "
+                    "changed); rerun --phase saliency")
+  return stored["saliency"][rows]

@@ -1,0 +1,38 @@
+"""The train state shared by every phase: step, params, optimizer state and a PRNG key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+  """`rng` holds raw key data (uint32), so checkpoints store it as a plain array."""
+
+  step: Array
+  params: Any
+  opt_state: Any
+  rng: Array
+
+  def step_key(self) -> Array:
+    """The PRNG key of this step (dropout), a pure function of (rng, step)."""
+    return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
+
+
+def create_train_state(params, optimizer: optax.GradientTransformation,
+                       rng: Array) -> TrainState:
+  """A step-0 state; `rng` is a `jax.random.key`.
+
+  The params are copied: train steps donate the state, which must not delete arrays the
+  caller still holds (e.g. a pre-trained backbone reused by a later phase).
+  """
+  params = jax.tree.map(jnp.copy, params)
+  return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
+                    jax.random.key_data(rng))
