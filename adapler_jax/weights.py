@@ -213,3 +213,34 @@ def load_tokenizer(directory: str | os.PathLike):
   if not getattr(tokenizer, "is_fast", False):
     raise WeightsError(f"the tokenizer in {directory} is not a fast tokenizer; add tokenizer.json")
   return tokenizer
+
+
+def to_hf_state_dict(bert_params: Mapping[str, Any],
+                     head_params: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+  """`Bert` (+ `ClassificationHead`) params -> HF `BertForSequenceClassification` state dict.
+
+  The inverse of `convert_state_dict`: keys get the `bert.` prefix, `layer_i` becomes
+  `layer.i`, kernels are transposed to `weight`, `embedding` and `scale` become
+  `weight`. The head's `pooler` goes to `bert.pooler` and `classifier` stays top level.
+  """
+  state = {}
+  flat = jax.tree_util.tree_flatten_with_path(dict(bert_params))[0]
+  for path, value in flat:
+    keys = [re.sub(r"^layer_(\d+)$", r"layer.\1", k.key) for k in path]
+    state["bert." + _hf_key(keys)] = _hf_value(keys[-1], value)
+  if head_params is not None:
+    for path, value in jax.tree_util.tree_flatten_with_path(dict(head_params))[0]:
+      keys = [k.key for k in path]
+      prefix = "bert." if keys[0] == "pooler" else ""
+      state[prefix + _hf_key(keys)] = _hf_value(keys[-1], value)
+  return state
+
+
+def _hf_key(keys: list[str]) -> str:
+  leaf = {"kernel": "weight", "embedding": "weight", "scale": "weight"}.get(keys[-1], keys[-1])
+  return ".".join(keys[:-1] + [leaf])
+
+
+def _hf_value(leaf: str, value: Any) -> np.ndarray:
+  array = np.asarray(value, np.float32)
+  return np.ascontiguousarray(array.T) if leaf == "kernel" else array

@@ -21,7 +21,10 @@ def get_config():
   c.train.log_every_steps = 8
   c.adapler.epochs = 3
   c.adapler.learning_rate = 5e-5
-  c.adapler.predictor_learning_rate = 2e-3  # fresh predictors must learn in 96 steps.
+  # 96 AdapLeR steps instead of the paper's thousands: the fresh predictors and the
+  # eta/theta group need larger learning rates to move as far.
+  c.adapler.predictor_learning_rate = 2e-3
+  c.adapler.speed_learning_rate = 1e-2
   c.adapler.gamma = 0.1
   c.adapler.phi = 0.1
   c.adapler.lambda_init = 10.0

@@ -46,8 +46,9 @@ class EncoderConfig:
       raise ValueError(
           f"hidden_size {self.hidden_size} is not divisible by num_heads "
           f"{self.num_heads}; pick a head count that divides it")
-    if self.dtype not in ("float32", "bfloat16", "float16"):
-      raise ValueError(f"dtype {self.dtype!r} is not one of float32, bfloat16, float16")
+    if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
+      raise ValueError(f"dtype {self.dtype!r} is not one of float32, bfloat16, float16, "
+                       "float64 (float64 needs jax_enable_x64)")
 
   @property
   def head_dim(self) -> int:
@@ -56,6 +57,11 @@ class EncoderConfig:
   @property
   def compute_dtype(self):
     return jnp.dtype(self.dtype)
+
+  @property
+  def accum_dtype(self):
+    """Attention logits, softmax and outputs: at least float32."""
+    return jnp.promote_types(self.compute_dtype, jnp.float32)
 
   @classmethod
   def from_hf(cls, hf_config: Any, **overrides) -> "EncoderConfig":
@@ -138,9 +144,10 @@ class SelfAttention(nn.Module):
     q = split(_dense(cfg, cfg.hidden_size, "query")(x))
     k = split(_dense(cfg, cfg.hidden_size, "key")(x))
     v = split(_dense(cfg, cfg.hidden_size, "value")(x))
-    logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=jnp.float32)
-    logits = logits / jnp.sqrt(cfg.head_dim).astype(jnp.float32)
-    logits = logits + bias[..., None, None, :].astype(jnp.float32)
+    acc = cfg.accum_dtype
+    logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=acc)
+    logits = logits / jnp.sqrt(cfg.head_dim).astype(acc)
+    logits = logits + bias[..., None, None, :].astype(acc)
     probs = jax.nn.softmax(logits, axis=-1)
     probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
     out = jnp.einsum("...hqk,...khd->...qhd", probs.astype(v.dtype), v)

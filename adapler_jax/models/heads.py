@@ -14,7 +14,7 @@ Array = jax.Array
 class ClassificationHead(nn.Module):
   """[CLS] vector -> logits, laid out as HF's `bert.pooler` + `classifier`.
 
-  `hidden` (batch, seq, hidden) -> logits (batch, num_labels), float32.
+  `hidden` (batch, seq, hidden) -> logits (batch, num_labels), float32 (or float64).
   """
 
   cfg: EncoderConfig
@@ -26,7 +26,7 @@ class ClassificationHead(nn.Module):
     pooled = jnp.tanh(Pooler(self.cfg, name="pooler")(cls))
     pooled = nn.Dropout(self.cfg.hidden_dropout)(pooled, deterministic=deterministic)
     logits = _dense(self.cfg, self.num_labels, "classifier")(pooled)
-    return logits.astype(jnp.float32)
+    return logits.astype(self.cfg.accum_dtype)
 
 
 class Pooler(nn.Module):

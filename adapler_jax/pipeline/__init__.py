@@ -2,8 +2,9 @@
 
 from adapler_jax.pipeline.config import base_config
 from adapler_jax.pipeline.context import Run, prepare, read_config
-from adapler_jax.pipeline.phases import (extract_saliency, finetune, format_summary,
-                                         load_adapler, load_finetuned, run_all,
+from adapler_jax.pipeline.phases import (TrainedRun, extract_saliency, finetune,
+                                         format_summary, load_adapler, load_finetuned,
+                                         load_run, run_all,
                                          select_adapler_step, summarize, train_adapler)
 
 PHASES = ("all", "finetune", "saliency", "adapler", "evaluate")

@@ -76,12 +76,13 @@ def _load_splits(config, task: TaskSpec, tokenizer, wanted: str) -> dict[str, To
   return out
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
-  """Loads the task, backbone and tokenizer, and records the config in the workdir."""
+def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
+            record: bool = True) -> Run:
+  """Loads the task, backbone and tokenizer; `record` writes the config to the workdir."""
   workdir = Path(workdir)
   task = get_task(config.task)
   encoder, backbone, tokenizer = weights.load_backbone(config.backbone, dtype=config.dtype)
-  if jax.process_index() == 0:
+  if record and jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
   return Run(config, workdir, task, encoder, backbone, tokenizer, MetricWriter(workdir))

@@ -12,6 +12,7 @@ Workdir layout::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -311,3 +312,47 @@ def format_summary(summary: dict[str, Any]) -> str:
     rows.append(("wall time", f"{summary['seconds'] / 60:.1f} min"))
   width = max(len(k) for k, _ in rows)
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+# ----------------------------------------------------------------------------- trained runs
+
+
+@dataclasses.dataclass
+class TrainedRun:
+  """A finished run's models: what `evaluate.py` and the benchmarks need."""
+
+  run: Run
+  adapler_cfg: adapler.AdapLeRConfig
+  adapler_params: dict
+  adapler_step: int
+  backbone_params: dict  # the best fine-tuned classifier, {"bert", "head"}.
+  backbone_dev_metric: float
+
+  @property
+  def config(self):
+    return self.run.config
+
+  @property
+  def task(self):
+    return self.run.task
+
+  @property
+  def tokenizer(self):
+    return self.run.tokenizer
+
+  def eval_dataset(self, split: str):
+    return self.run.dataset(split)
+
+
+def load_run(workdir) -> TrainedRun:
+  """Rebuilds a finished run from its workdir (config, selected AdapLeR and backbone)."""
+  from adapler_jax.pipeline.context import prepare, read_config  # pylint: disable=g-import-not-at-top
+  run = prepare(read_config(workdir), workdir, record=False)
+  _, backbone_params, backbone_metric = load_finetuned(run, 1)[0]
+  summary_path = run.workdir / "summary.json"
+  if summary_path.exists():
+    step = json.loads(summary_path.read_text())["adapler_step"]
+  else:
+    step, _ = select_adapler_step(run, backbone_metric)
+  return TrainedRun(run, run.adapler_config(), load_adapler(run, step), step, backbone_params,
+                    backbone_metric)

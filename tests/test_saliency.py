@@ -1,0 +1,52 @@
+"""Gradient x input saliency against finite differences on a tiny classifier."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adapler_jax.models.bert import EncoderConfig, attention_bias_from_mask
+from adapler_jax.models.heads import SequenceClassifier
+from adapler_jax.train import classifier, saliency
+
+
+def test_saliency_matches_finite_difference_gradient_times_input():
+  enc = EncoderConfig.tiny(hidden_dropout=0.0, attention_dropout=0.0)
+  params = classifier.init_classifier(jax.random.key(0), enc, 3)
+  rng = np.random.default_rng(0)
+  ids = rng.integers(3, enc.vocab_size, (2, 7)).astype(np.int32)
+  mask = np.arange(7)[None] < np.array([[7], [5]])
+  batch = {"input_ids": ids * mask, "token_type_ids": np.zeros_like(ids),
+           "attention_mask": mask, "labels": np.array([2, 0], np.int32)}
+  got = np.asarray(saliency.saliency_batch(enc, 3, params, batch))
+
+  model = SequenceClassifier(EncoderConfig.tiny(hidden_dropout=0.0, attention_dropout=0.0,
+                                                dtype="float64"), 3)
+  with jax.enable_x64(True):
+    p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
+    h0 = model.apply({"params": p64}, ids, ids * 0, method=lambda m, i, t: m.bert.embed(i, t))
+    bias = attention_bias_from_mask(mask).astype(jnp.float64)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def gold_logit(h, row):
+      logits = model.apply({"params": p64}, h, bias,
+                           method=SequenceClassifier.logits_from_embeddings)
+      return logits[row, batch["labels"][row]]
+
+    eps = 1e-5
+    for row, n in ((0, 7), (1, 5)):
+      grad = np.zeros(h0.shape[1:])
+      for i in range(7):
+        for j in range(enc.hidden_size):
+          e = jnp.zeros(h0.shape).at[row, i, j].set(eps)
+          grad[i, j] = (gold_logit(h0 + e, row) - gold_logit(h0 - e, row)) / (2 * eps)
+      expected = np.linalg.norm(grad * np.asarray(h0[row]), axis=-1)
+      np.testing.assert_allclose(got[row, :n], expected[:n], rtol=1e-3, atol=1e-6)
+      assert np.all(got[row, n:] == 0)
+  assert np.all(got[:, 0] > 0) and got[0].std() > 0
+
+
+def test_normalise_rows_sum_to_one():
+  s = np.array([[1.0, 3.0, 0.0], [0.0, 0.0, 0.0]], np.float32)
+  np.testing.assert_allclose(saliency.normalise(s), [[0.25, 0.75, 0.0], [0.0, 0.0, 0.0]])
