@@ -1,0 +1,135 @@
+"""End-to-end pipeline on a tiny model and tiny data: every phase, evaluation, resume."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from adapler_jax import pipeline, weights
+from adapler_jax.models.bert import Bert, EncoderConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = EncoderConfig.tiny(vocab_size=30522, max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory) -> Path:
+  """A 2-layer width-32 BERT checkpoint directory with the embedded tokenizer's vocabulary."""
+  directory = tmp_path_factory.mktemp("tiny_bert")
+  ids = jnp.zeros((1, 2), jnp.int32)
+  params = Bert(TINY).init(jax.random.key(0), ids, ids, jnp.zeros((1, 2)))["params"]
+  save_file(weights.to_hf_state_dict(params), str(directory / "model.safetensors"))
+  (directory / "config.json").write_text(json.dumps({
+      "model_type": "bert", "vocab_size": TINY.vocab_size, "hidden_size": TINY.hidden_size,
+      "num_hidden_layers": TINY.num_layers, "num_attention_heads": TINY.num_heads,
+      "intermediate_size": TINY.intermediate_size, "max_position_embeddings": 64,
+      "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12}))
+  minilm = weights.embedded_dir("minilm")
+  for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+    shutil.copy(minilm / name, directory / name)
+  return directory
+
+
+def tiny_config(backbone: Path):
+  c = pipeline.base_config("demo", max_length=16)  # one bucket width: few compiles.
+  c.backbone = str(backbone)
+  c.data.train_subset = 64
+  c.data.dev_subset = 24
+  c.train.epochs = 2
+  c.train.batch_size = 16
+  c.train.learning_rate = 1e-3
+  c.train.eval_every_steps = 2
+  c.train.log_every_steps = 2
+  c.saliency.batch_size = 32
+  c.adapler.epochs = 2
+  c.adapler.batch_size = 16
+  c.adapler.lambda_rate = 100.0
+  c.eval.batch_size = 8
+  c.eval.engine = "bucketed"
+  return c
+
+
+def test_all_phases_and_evaluation(tiny_backbone, tmp_path):
+  workdir = tmp_path / "run"
+  config = tiny_config(tiny_backbone)
+  summary = pipeline.run_phase(pipeline.prepare(config, workdir), "all")
+
+  on_disk = json.loads((workdir / "summary.json").read_text())
+  assert on_disk == json.loads(json.dumps(summary))
+  for key in ("task", "metric_name", "backbone_metric", "adapler_metric", "flops_speedup",
+              "mean_kept_tokens_per_layer", "train_examples", "seconds"):
+    assert key in summary
+  assert summary["task"] == "demo" and summary["metric_name"] == "accuracy"
+  assert summary["train_examples"] == 64
+  assert len(summary["mean_kept_tokens_per_layer"]) == TINY.num_layers
+  assert 0.0 <= summary["adapler_metric"] <= 1.0 and summary["flops_speedup"] > 0
+
+  # Fine-tuning kept the 3 best evaluated checkpoints plus the latest.
+  steps = sorted(int(p.name) for p in (workdir / "finetune").iterdir() if p.name.isdigit())
+  assert steps[-1] == 8 and len(steps) <= 4
+  # Saliency: one row per training example, keyed by id, zero on padding.
+  stored = np.load(workdir / "saliency.npz")
+  assert stored["saliency"].shape == (64, 16) and len(set(stored["ids"].tolist())) == 64
+  assert np.all(stored["saliency"][stored["input_ids"] == 0] == 0)
+  np.testing.assert_allclose(stored["saliency"].sum(1), 1.0, rtol=1e-5)
+  # One AdapLeR checkpoint per epoch, and per-epoch logs with per-layer values.
+  epochs = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()
+            if '"adapler_epoch"' in l]
+  assert [e["epoch"] for e in epochs] == [0, 1] and [e["lambda"] for e in epochs] == [10, 1000]
+  for e in epochs:
+    assert len(e["eta"]) == len(e["theta"]) == len(e["dev_kept_per_layer"]) == 2
+    assert all(0.01 <= x <= 1 for x in e["eta"])
+  assert list((workdir / "tensorboard").iterdir())
+
+  # evaluate.py on the finished run, as a user would call it.
+  out = tmp_path / "eval.json"
+  proc = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(workdir),
+                         "--batch-size", "8", "--output", str(out)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(out.read_text())
+  for key in ("task", "split", "num_examples", "metric_name", "metric", "backbone_flops",
+              "adapler_flops", "flops_speedup", "kept_tokens_per_layer", "examples_per_second"):
+    assert key in result
+  assert result["num_examples"] == 24 and len(result["kept_tokens_per_layer"]) == 2
+  assert result["flops_speedup"] == pytest.approx(result["backbone_flops"] /
+                                                  result["adapler_flops"])
+  assert result["metric"] == pytest.approx(summary["adapler_metric"])
+
+
+def test_finetune_resumes_to_the_same_parameters(tiny_backbone, tmp_path):
+  config = tiny_config(tiny_backbone)
+  config.train.eval_every_steps = 3
+  straight = pipeline.prepare(config, tmp_path / "straight")
+  pipeline.finetune(straight)
+
+  interrupted = pipeline.prepare(config, tmp_path / "resumed")
+  assert pipeline.finetune(interrupted, stop_after_steps=5) is None
+  resumed = pipeline.prepare(config, tmp_path / "resumed")
+  pipeline.finetune(resumed)
+
+  def final(workdir):
+    from adapler_jax.train.checkpoints import Checkpointer
+    with Checkpointer(workdir / "finetune") as ckpt:
+      assert ckpt.latest_step() == 8
+      return ckpt.restore(8)[0]
+
+  a, b = final(tmp_path / "straight"), final(tmp_path / "resumed")
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_bad_workdir_is_one_line(tmp_path):
+  proc = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(tmp_path / "none")],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      f"error: {tmp_path / 'none' / 'config.json'} is missing; pass the --workdir of a "
+      "train.py run"]
