@@ -242,5 +242,5 @@ def _hf_key(keys: list[str]) -> str:
 
 
 def _hf_value(leaf: str, value: Any) -> np.ndarray:
-  array = np.asarray(value, np.float32)
+  array = np.array(value, np.float32)  # a writable copy, as torch.from_numpy expects.
   return np.ascontiguousarray(array.T) if leaf == "kernel" else array

@@ -32,7 +32,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from adapler_jax.data.batching import DEFAULT_BUCKETS, bucket_lengths, eval_batches
@@ -77,10 +76,6 @@ class EngineResult:
   @property
   def examples_per_second(self) -> float:
     return len(self.lengths) / self.seconds if self.seconds > 0 else float("inf")
-
-
-def _device_tree(tree):
-  return jax.tree.map(lambda a: jax.device_put(np.asarray(a)), tree)
 
 
 def _progress(batches: Iterable[Batch], total: int, enabled: bool, desc: str):
@@ -169,25 +164,29 @@ class AdaptiveEngine(_Engine):
     max_length: the longest input (data tokenized at this length use exactly the
       widths `bucket_lengths(max_length, buckets)` that `warmup` compiles).
     split_divergent: after a keep decision, sort the rows of a batch by survivor count
-      and split it in halves when the shorter half fits a bucket at most half as wide;
-      the whole count vector then crosses to the host, and batch sizes
-      `batch_size / 2^k` (down to `min_split_rows`) join the compiled shapes.
+      and split it in halves when that saves at least `min_split_saving` token slots
+      per layer (each extra call re-reads the layer's weights, so small savings cost
+      more than they save); the whole count vector then crosses to the host, and batch
+      sizes `batch_size / 2^k` (down to `min_split_rows`) join the compiled shapes.
     min_split_rows: the smallest half a split may produce.
+    min_split_saving: token slots per layer a split must save.
   """
 
   def __init__(self, cfg: AdapLeRConfig, params: dict, *, batch_size: int = 32,
                buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int = 512,
-               split_divergent: bool = False, min_split_rows: int = 4):
+               split_divergent: bool = False, min_split_rows: int = 8,
+               min_split_saving: int = 128):
     super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length)
     self.split_divergent = split_divergent
     self.min_split_rows = max(1, min_split_rows)
+    self.min_split_saving = min_split_saving
     model = params["model"]
     layers = cfg.num_layers
-    self._embedding_params = _device_tree(model["bert"]["embeddings"])
-    self._layer_params = [_device_tree(model["bert"]["encoder"][f"layer_{l}"])
+    self._embedding_params = jax.device_put(model["bert"]["embeddings"])
+    self._layer_params = [jax.device_put(model["bert"]["encoder"][f"layer_{l}"])
                           for l in range(layers)]
-    self._cp_params = [_device_tree(model[f"predictors_{l}"]) for l in range(layers)]
-    self._head_params = _device_tree(model["head"])
+    self._cp_params = [jax.device_put(model[f"predictors_{l}"]) for l in range(layers)]
+    self._head_params = jax.device_put(model["head"])
     eta = np.asarray(params["speed"]["eta"], np.float32)
     if eta.shape != (layers,):
       raise ValueError(f"speed/eta has shape {eta.shape}; the model has {layers} layers")
@@ -265,7 +264,9 @@ class AdaptiveEngine(_Engine):
         records.add("scores", rows, l, sel.scores)
         records.add("order", rows, l, sel.order)
       widths = [x.shape[1] for x in sel.prefixes]
-      if self.split_divergent:
+      if len(widths) == 1:  # already the narrowest bucket: nothing to read or decide.
+        max_n = widths[0]
+      elif self.split_divergent:
         counts = np.asarray(sel.n)
         halves = self._split_rows(counts, widths)
         if halves is not None:
@@ -283,15 +284,15 @@ class AdaptiveEngine(_Engine):
     return []
 
   def _split_rows(self, counts: np.ndarray, widths: Sequence[int]):
-    """Halves of the rows (by survivor count) when padding would shrink enough, else None."""
-    size = len(counts)
-    if size % 2 or size // 2 < self.min_split_rows:
+    """Halves of the rows (by survivor count) when padding shrinks enough, else None."""
+    half = len(counts) // 2
+    if len(counts) % 2 or half < self.min_split_rows:
       return None
     order = np.argsort(counts, kind="stable")
-    low, high = order[: size // 2], order[size // 2:]
+    low, high = order[:half], order[half:]
     w_low = widths[packing.smallest_holding(int(counts[low].max()), widths)]
     w_high = widths[packing.smallest_holding(int(counts[high].max()), widths)]
-    return (low, high) if 2 * w_low <= w_high else None
+    return (low, high) if half * (w_high - w_low) >= self.min_split_saving else None
 
   def _take_group(self, sel: packing.Selection, counts: np.ndarray, widths: Sequence[int],
                   rows: np.ndarray) -> packing.Selection:
@@ -358,7 +359,7 @@ class FullLengthEngine(_Engine):
                buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int = 512):
     super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length)
     params = params.get("model", params)
-    self._params = _device_tree({"bert": params["bert"], "head": params["head"]})
+    self._params = jax.device_put({"bert": params["bert"], "head": params["head"]})
     self._forward = jax.jit(functools.partial(packing.full_forward, cfg.encoder,
                                               cfg.num_labels))
 
@@ -384,9 +385,9 @@ class FullLengthEngine(_Engine):
     kept = np.repeat(lengths[:, None], self.cfg.num_layers, axis=1)
     out = {"logits": np.asarray(logits), "kept": kept,
            "slots": np.full((self.cfg.num_layers,), batch["input_ids"].size)}
-    if rationales:
-      full = [[np.arange(n)] * self.cfg.num_layers for n in lengths]
-      out["positions"], out["scores"] = full, [[None] * self.cfg.num_layers] * len(lengths)
+    if rationales:  # every layer runs on every token; there are no predictor scores.
+      out["positions"] = [[np.arange(n)] * self.cfg.num_layers for n in lengths]
+      out["scores"] = [None] * len(lengths)
     return out
 
 

@@ -1,0 +1,282 @@
+"""Bucketed inference engines against the per-example reference (DESIGN.md §7).
+
+The reference (`per_example_run`, one `hard_forward` per example) compiles once per
+distinct token count, so the real-data examples are drawn from a few exact input
+lengths spread over each dataset's range: mixed lengths, bounded test time.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import monitoring
+
+from adapler_jax.data import load_split, subset, tokenize
+from adapler_jax.data.tokenize import TokenizedDataset
+from adapler_jax.errors import UserError
+from adapler_jax.infer import AdaptiveEngine, FullLengthEngine, per_example_run
+from adapler_jax.models import adapler
+from adapler_jax.models.bert import Bert, EncoderConfig, attention_bias_from_mask
+from adapler_jax.models.heads import ClassificationHead, SequenceClassifier
+from adapler_jax.weights import convert_state_dict, load_backbone, to_hf_state_dict
+
+TINY = EncoderConfig.tiny(vocab_size=30522, max_position_embeddings=512)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@functools.cache
+def _initializers(cfg):
+  """Jitted initializers of the encoder, the head and one predictor, per model shape."""
+  enc = cfg.encoder
+  x, ids = jnp.zeros((1, 1, enc.hidden_size)), jnp.zeros((1, 1), jnp.int32)
+  bert = jax.jit(lambda k: Bert(enc).init(k, ids, ids, x[..., 0])["params"])
+  head = jax.jit(lambda k: ClassificationHead(enc, cfg.num_labels).init(k, x)["params"])
+  predictor = jax.jit(lambda k: adapler.ContributionPredictor(cfg.cp_hidden).init(k, x)["params"])
+  return bert, head, predictor
+
+
+def scaled_params(cfg, seed, scale, eta, bert=None):
+  """AdapLeR params: `bert` (or a random encoder), a fresh head, fresh predictors whose
+  weights are multiplied by `scale` (larger weights spread the contribution scores, so
+  tokens fall below eta / n), and `eta` (scalar or per layer).
+  """
+  init_bert, init_head, init_predictor = _initializers(cfg)
+  keys = jax.random.split(jax.random.key(seed), cfg.num_layers + 2)
+  model = {"bert": init_bert(keys[0]) if bert is None else bert, "head": init_head(keys[1])}
+  for l in range(cfg.num_layers):
+    model[f"predictors_{l}"] = jax.tree.map(lambda w: w * scale, init_predictor(keys[l + 2]))
+  speed = {"eta": jnp.broadcast_to(jnp.asarray(eta, jnp.float32), (cfg.num_layers,)),
+           "theta": jnp.full((cfg.num_layers,), cfg.theta_init, jnp.float32)}
+  params = {"model": model, "speed": speed}
+  layout = jax.eval_shape(functools.partial(adapler.init, cfg=cfg), keys[0])
+  assert jax.tree.structure(params) == jax.tree.structure(layout)
+  return params
+
+
+def _per_row_fields(tok):
+  """Names of the fields of a TokenizedDataset that hold one entry per row."""
+  return [f.name for f in dataclasses.fields(tok)
+          if isinstance(getattr(tok, f.name), (np.ndarray, list))
+          and len(getattr(tok, f.name)) == len(tok)]
+
+
+def take_rows(tok, idx):
+  idx = np.asarray(idx)
+  return dataclasses.replace(tok, **{
+      k: [v[i] for i in idx] if isinstance(v, list) else v[idx]
+      for k in _per_row_fields(tok) for v in [getattr(tok, k)]})
+
+
+def concat(a, b):
+  return dataclasses.replace(a, **{
+      k: getattr(a, k) + getattr(b, k) if isinstance(getattr(a, k), list)
+      else np.concatenate([getattr(a, k), getattr(b, k)]) for k in _per_row_fields(a)})
+
+
+def few_lengths(tok, num_lengths, per, seed=0):
+  """Up to `per` rows of each of `num_lengths` common lengths spread over the range."""
+  edges = np.quantile(tok.lengths, np.linspace(0, 1, num_lengths + 1))
+  chosen = set()
+  for lo, hi in zip(edges[:-1], edges[1:]):
+    values, counts = np.unique(tok.lengths[(tok.lengths >= lo) & (tok.lengths <= hi)],
+                               return_counts=True)
+    chosen.add(int(values[np.argmax(counts)]))
+  rng = np.random.default_rng(seed)
+  idx = [rng.permutation(np.flatnonzero(tok.lengths == n))[:per] for n in sorted(chosen)]
+  return take_rows(tok, np.sort(np.concatenate(idx)))
+
+
+def synthetic(num, max_length, seed, vocab=1000):
+  """Random token ids of mixed lengths ([CLS] = 101 first, [SEP] = 102 last)."""
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(3, max_length + 1, num).astype(np.int32)
+  valid = np.arange(max_length) < lengths[:, None]
+  ids = np.where(valid, rng.integers(1000, 1000 + vocab, (num, max_length)), 0)
+  ids[:, 0] = 101
+  ids[np.arange(num), lengths - 1] = 102
+  return TokenizedDataset(ids.astype(np.int32), np.zeros_like(ids, np.int32), lengths,
+                          rng.integers(0, 2, num).astype(np.int32),
+                          [str(i) for i in range(num)], "synthetic")
+
+
+class CompileCounter:
+  """Counts XLA backend compilations while active (all functions, all engines)."""
+
+  def __init__(self):
+    self.count = 0
+
+  def _listen(self, event, duration, **kwargs):
+    del duration, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      self.count += 1
+
+  def __enter__(self):
+    monitoring.register_event_duration_secs_listener(self._listen)
+    return self
+
+  def __exit__(self, *exc):
+    monitoring.unregister_event_duration_listener(self._listen)
+
+
+def assert_same_outputs(got, want):
+  np.testing.assert_array_equal(got.kept_counts, want.kept_counts)
+  np.testing.assert_array_equal(got.predictions, want.predictions)
+  np.testing.assert_allclose(got.logits, want.logits, atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+@pytest.fixture(scope="module")
+def minilm():
+  try:
+    return load_backbone("minilm")
+  except UserError as e:
+    pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def real_runs(minilm, shared_data):
+  """MiniLM + scaled random predictors on SST-2 dev and IMDB test: engine and reference."""
+  sst2 = tokenize(load_split("sst2", "dev", data_dir=shared_data / "sst2"), minilm.tokenizer, 64)
+  imdb = load_split("imdb", "test", data_dir=shared_data / "imdb")
+  imdb = tokenize(subset(imdb, 2000, seed=0), minilm.tokenizer, 256)
+  datasets = {"sst2": few_lengths(sst2, 7, 16), "imdb": few_lengths(imdb, 16, 12)}
+  cfg = adapler.AdapLeRConfig(minilm.config, num_labels=2)
+  params = scaled_params(cfg, seed=0, scale=4.0, eta=0.5, bert=minilm.params)
+  engine = AdaptiveEngine(cfg, params, batch_size=24, max_length=256, buckets=(8, 32, 256))
+  runs = {}
+  for name, data in datasets.items():
+    runs[name] = (data, engine.run(data, return_rationales=True),
+                  per_example_run(cfg, params, data))
+  return runs
+
+
+def test_engine_matches_per_example_on_real_data(real_runs):
+  total = 0
+  for name, (data, got, want) in real_runs.items():
+    assert len(data) >= 100 and len(data) % 24, name  # the last batch has filler rows.
+    assert len(np.unique(data.lengths)) >= 5, name
+    assert_same_outputs(got, want)
+    assert (want.kept_counts[:, 0] < data.lengths).mean() > 0.5, name  # tokens were dropped.
+    assert (np.diff(want.kept_counts, axis=1) < 0).any(), name  # by later layers too.
+    total += len(data)
+  assert total >= 200
+
+
+def test_rationales_match_per_example(real_runs):
+  for data, got, want in real_runs.values():
+    for i, n in enumerate(data.lengths):
+      for l in range(len(want.kept_positions[i])):
+        np.testing.assert_array_equal(got.kept_positions[i][l], want.kept_positions[i][l])
+        np.testing.assert_allclose(got.scores[i][l], want.scores[i][l], rtol=1e-4, atol=1e-6)
+        assert got.kept_positions[i][l].max() < n  # padding is never kept.
+        assert abs(got.scores[i][l].sum() - 1) < 1e-5
+
+
+# ----------------------------------------------------------------------------- compiles
+
+
+def test_compiled_shapes_are_bounded(tokenizer, shared_data):
+  sst2 = tokenize(load_split("sst2", "dev", data_dir=shared_data / "sst2"), tokenizer, 128)
+  ag_news = load_split("ag_news", "test", data_dir=shared_data / "ag_news")
+  data = concat(sst2, tokenize(subset(ag_news, 200, seed=0), tokenizer, 128))
+  assert len(data) >= 1000
+  cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
+  params = scaled_params(cfg, seed=1, scale=8.0, eta=0.8)
+  buckets, batch_sizes, total = (16, 32, 64, 128), (8, 32), 0
+  for batch_size in batch_sizes:
+    engine = AdaptiveEngine(cfg, params, batch_size=batch_size, max_length=128, buckets=buckets)
+    if batch_size == 8:  # warm-up compiles every shape, so the run compiles nothing.
+      engine.warmup()
+      with CompileCounter() as counter:
+        result = engine.run(data)
+      assert counter.count == 0
+    else:
+      result = engine.run(data)
+    assert all(c <= len(buckets) for c in engine.compile_counts.values())
+    total += engine.compiled_shapes
+    assert (result.kept_counts[:, -1] < result.lengths).mean() > 0.5
+  assert 0 < total <= len(batch_sizes) * len(buckets)
+
+
+# ----------------------------------------------------------------------------- engines, tiny
+
+
+def test_full_length_engine_equals_sequence_classifier():
+  cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
+  params = scaled_params(cfg, seed=2, scale=1.0, eta=0.5)
+  data = synthetic(11, 32, seed=3)
+  engine = FullLengthEngine(cfg, params, batch_size=4, max_length=32, buckets=(8, 16, 32))
+  result = engine.run(data)
+  bias = attention_bias_from_mask(np.arange(32) < data.lengths[:, None])
+  model = params["model"]
+  forward = jax.jit(lambda p, ids, types, bias: SequenceClassifier(TINY, 2).apply(
+      {"params": p}, ids, types, bias)[0])
+  want = forward({"bert": model["bert"], "head": model["head"]}, data.input_ids,
+                 data.token_type_ids, bias)
+  np.testing.assert_allclose(result.logits, want, atol=1e-4, rtol=0)
+  np.testing.assert_array_equal(result.kept_counts, np.repeat(data.lengths[:, None], 2, 1))
+  assert engine.compiled_shapes <= 3
+
+
+def test_split_batches_and_batch_size_one_agree():
+  cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
+  params = scaled_params(cfg, seed=4, scale=1.0, eta=0.9)
+  data = synthetic(30, 32, seed=5)
+  kwargs = dict(max_length=32, buckets=(8, 32))
+  split = AdaptiveEngine(cfg, params, batch_size=8, split_divergent=True, min_split_rows=2,
+                         min_split_saving=1, **kwargs)
+  single = AdaptiveEngine(cfg, params, batch_size=1, **kwargs)
+  got, want = split.run(data, return_rationales=True), single.run(data)
+  assert split.compile_counts["split"] > 0  # some batch did split.
+  assert_same_outputs(got, want)
+  assert (want.kept_counts[:, 0] < data.lengths).any()
+  for positions, n in zip(got.kept_positions, data.lengths):
+    assert all(p[0] == 0 and p.max() < n for p in positions)
+  assert len(single.batch_sizes()) == 1 and split.batch_sizes() == (8, 4, 2)
+
+
+# ----------------------------------------------------------------------------- HF weights
+
+
+def test_to_hf_state_dict_round_trip(minilm):
+  head = ClassificationHead(minilm.config, 3).init(
+      jax.random.key(0), jnp.zeros((1, 2, minilm.config.hidden_size)))["params"]
+  state = to_hf_state_dict(minilm.params, head)
+  kernel = minilm.params["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"]
+  np.testing.assert_array_equal(state["bert.encoder.layer.0.attention.self.query.weight"],
+                                np.asarray(kernel).T)
+  assert {"bert.pooler.dense.weight", "classifier.bias"} <= state.keys()
+  bert, head_back = convert_state_dict(state, minilm.config)
+  same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+                      (bert, head_back), (minilm.params, head))
+  assert all(jax.tree.leaves(same))
+
+
+def test_hf_pytorch_matches_full_engine(minilm, shared_data):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  enc = minilm.config
+  cfg = adapler.AdapLeRConfig(enc, num_labels=2)
+  params = scaled_params(cfg, seed=6, scale=1.0, eta=0.5, bert=minilm.params)["model"]
+  data = tokenize(subset(load_split("sst2", "dev", data_dir=shared_data / "sst2"), 12, seed=1),
+                  minilm.tokenizer, 64)
+  ours = FullLengthEngine(cfg, params, batch_size=12, max_length=64, buckets=(64,)).run(data)
+  hf = transformers.BertForSequenceClassification(transformers.BertConfig(
+      vocab_size=enc.vocab_size, hidden_size=enc.hidden_size, num_hidden_layers=enc.num_layers,
+      num_attention_heads=enc.num_heads, intermediate_size=enc.intermediate_size,
+      max_position_embeddings=enc.max_position_embeddings, layer_norm_eps=enc.layer_norm_eps,
+      num_labels=2)).eval()
+  state = to_hf_state_dict(params["bert"], params["head"])
+  hf.load_state_dict({k: torch.tensor(v) for k, v in state.items()}, strict=True)
+  with torch.inference_mode():
+    logits = hf(input_ids=torch.tensor(data.input_ids, dtype=torch.long),
+                token_type_ids=torch.tensor(data.token_type_ids, dtype=torch.long),
+                attention_mask=torch.tensor(np.arange(64) < data.lengths[:, None])).logits
+  np.testing.assert_allclose(logits.numpy(), ours.logits, atol=1e-4, rtol=0)
