@@ -9,6 +9,7 @@ from ml_collections import config_flags
 
 from adapler_jax import pipeline
 from adapler_jax.cli import run_cli
+from adapler_jax.train import parallel
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/<task>.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, summary.")
@@ -19,6 +20,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO.
+  parallel.maybe_initialize_distributed()  # multi-host jobs only; before any other JAX call.
   run = pipeline.prepare(_CONFIG.value, _WORKDIR.value)
   result = pipeline.run_phase(run, _PHASE.value)
   if isinstance(result, dict) and run.is_main_process:

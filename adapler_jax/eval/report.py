@@ -55,10 +55,11 @@ def evaluate_adapler(cfg: adapler.AdapLeRConfig, params: dict, data: TokenizedDa
 
 
 def evaluate_backbone(encoder, num_labels: int, params: dict, data: TokenizedDataset,
-                      metric_name: str, batch_size: int = 64) -> dict[str, Any]:
-  """Full-length metric of the fine-tuned classifier (`{"bert", "head"}` params)."""
+                      metric_name: str, batch_size: int = 64, mesh=None) -> dict[str, Any]:
+  """Full-length metric of the fine-tuned classifier (`{"bert", "head"}` params); with a
+  `mesh`, batches are split over its devices."""
   start = time.perf_counter()
-  logits = classifier.predict(encoder, num_labels, params, data, batch_size)
+  logits = classifier.predict(encoder, num_labels, params, data, batch_size, mesh=mesh)
   seconds = time.perf_counter() - start
   return {"num_examples": len(data), "metric_name": metric_name,
           "metric": metrics.compute(metric_name, np.argmax(logits, -1), data.labels),

@@ -9,12 +9,14 @@ from typing import Any
 
 import jax
 import ml_collections
+from jax.sharding import Mesh
 
 from adapler_jax import weights
 from adapler_jax.data import (TaskSpec, TokenizedDataset, get_task, load_split, resplit, subset,
                               tokenize)
 from adapler_jax.models.adapler import AdapLeRConfig
 from adapler_jax.models.bert import EncoderConfig
+from adapler_jax.train import parallel
 from adapler_jax.train.metric_writer import MetricWriter
 
 CONFIG_FILE = "config.json"
@@ -31,6 +33,7 @@ class Run:
   backbone: dict  # pre-trained `Bert` params.
   tokenizer: Any
   writer: MetricWriter
+  mesh: Mesh | None = None  # the `data` mesh every phase runs on (None: default device).
   _data: dict = dataclasses.field(default_factory=dict)
 
   @property
@@ -44,6 +47,13 @@ class Run:
   @property
   def is_main_process(self) -> bool:
     return jax.process_index() == 0
+
+  def check_batch_sizes(self, *names: str) -> None:
+    """One-line `UserError` unless each config batch size (e.g. `"train.batch_size"`)
+    splits evenly over the mesh."""
+    for name in names:
+      section, field = name.split(".")
+      parallel.check_batch_size(self.config[section][field], self.mesh, name)
 
   def adapler_config(self) -> AdapLeRConfig:
     c = self.config.adapler
@@ -61,12 +71,13 @@ def _load_splits(config, task: TaskSpec, tokenizer, wanted: str) -> dict[str, To
   d = config.data
   data_dir = d.data_dir or None
   names = {"train": d.train_split, "dev": d.dev_split, "test": d.test_split or d.dev_split}
+  windowing = {"tokenizer": tokenizer, "max_length": d.max_length}  # long-document tasks.
   if d.resplit_train:
-    source = load_split(task, d.resplit_source, data_dir)
+    source = load_split(task, d.resplit_source, data_dir, **windowing)
     train, held_out = resplit(source, d.resplit_train, d.resplit_test, seed=d.resplit_seed)
     texts = {"train": train, "dev": held_out, "test": held_out}
   else:
-    texts = {wanted: load_split(task, names[wanted], data_dir)}
+    texts = {wanted: load_split(task, names[wanted], data_dir, **windowing)}
   sizes = {"train": d.train_subset, "dev": d.dev_subset, "test": d.dev_subset}
   out = {}
   for split, ds in texts.items():
@@ -78,14 +89,16 @@ def _load_splits(config, task: TaskSpec, tokenizer, wanted: str) -> dict[str, To
 
 def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
             record: bool = True) -> Run:
-  """Loads the task, backbone and tokenizer; `record` writes the config to the workdir."""
+  """Loads the task, backbone and tokenizer and builds the data mesh over every device;
+  `record` writes the config to the workdir."""
   workdir = Path(workdir)
+  mesh = parallel.make_data_mesh()
   task = get_task(config.task)
   encoder, backbone, tokenizer = weights.load_backbone(config.backbone, dtype=config.dtype)
   if record and jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
-  return Run(config, workdir, task, encoder, backbone, tokenizer, MetricWriter(workdir))
+  return Run(config, workdir, task, encoder, backbone, tokenizer, MetricWriter(workdir), mesh)
 
 
 def read_config(workdir: str | Path) -> ml_collections.ConfigDict:

@@ -26,13 +26,16 @@ from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.models import adapler
 from adapler_jax.pipeline.context import Run
-from adapler_jax.train import adapler_step, classifier, optim
+from adapler_jax.train import adapler_step, classifier, optim, parallel
 from adapler_jax.train import saliency as saliency_lib
 from adapler_jax.train.checkpoints import Checkpointer
 from adapler_jax.train.state import TrainState, create_train_state
 
 FINETUNE, ADAPLER, SALIENCY_FILE = "finetune", "adapler", "saliency.npz"
 DEV_METRIC = "dev_metric"
+# Global batch sizes, each split over the devices of the data mesh.
+BATCH_SIZES = ("train.batch_size", "saliency.batch_size", "adapler.batch_size",
+               "eval.batch_size")
 
 
 def _bar(run: Run, total: int, desc: str, initial: int = 0):
@@ -41,10 +44,32 @@ def _bar(run: Run, total: int, desc: str, initial: int = 0):
 
 
 def _restore_latest(ckpt: Checkpointer, state: TrainState) -> TrainState:
+  """The latest checkpoint, restored with `state`'s shardings, else `state`."""
   if ckpt.latest_step() is None:
     return state
   restored, _ = ckpt.restore(ckpt.latest_step(), target=state)
   return restored
+
+
+def _shards() -> dict[str, int]:
+  """`train_batches` arguments: each process reads its part of every global batch."""
+  return {"num_shards": jax.process_count(), "shard_index": jax.process_index()}
+
+
+def _on_mesh(run: Run, tree):
+  return tree if run.mesh is None else parallel.replicate(tree, run.mesh)
+
+
+def _sharded(run: Run, batch: dict) -> dict:
+  return batch if run.mesh is None else parallel.shard_batch(batch, run.mesh)
+
+
+def _restore_params(run: Run, ckpt: Checkpointer, step: int) -> dict:
+  """The params of checkpoint `step`, replicated on the run's mesh (whatever the devices it
+  was saved from)."""
+  sharding = None if run.mesh is None else parallel.replicated(run.mesh)
+  state, _ = ckpt.restore(step, sharding=sharding)
+  return state["params"]
 
 
 # ----------------------------------------------------------------------------- phase 1
@@ -63,6 +88,7 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
   from the latest checkpoint and replays the same batches and dropout keys, so the result
   equals an uninterrupted run. `stop_after_steps` simulates an interruption (for tests).
   """
+  run.check_batch_sizes("train.batch_size", "eval.batch_size")
   c = run.config.train
   train, dev = run.dataset("train"), run.dataset("dev")
   steps_per_epoch = num_train_steps(train, c.batch_size)
@@ -72,25 +98,26 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
   key = jax.random.key(run.config.seed)
   params = classifier.init_classifier(key, run.encoder, run.num_labels, run.backbone)
   ckpt = finetune_checkpointer(run)
-  state = _restore_latest(ckpt, create_train_state(params, optimizer, key))
-  step_fn = classifier.make_finetune_step(run.encoder, run.num_labels, optimizer)
+  state = _restore_latest(ckpt, _on_mesh(run, create_train_state(params, optimizer, key)))
+  step_fn = classifier.make_finetune_step(run.encoder, run.num_labels, optimizer, run.mesh)
   eval_every = c.eval_every_steps or steps_per_epoch
   step = int(state.step)
   bar = _bar(run, total, "finetune", step)
   for epoch in range(step // steps_per_epoch, c.epochs):
     for i, batch in enumerate(train_batches(train, c.batch_size, run.config.seed, epoch,
-                                            buckets=TRAIN_BUCKETS)):
+                                            buckets=TRAIN_BUCKETS, **_shards())):
       if epoch * steps_per_epoch + i < step:
         continue  # replayed on resume: already trained on.
       batch.pop("index")
-      state, metrics = step_fn(state, batch)
+      state, metrics = step_fn(state, _sharded(run, batch))
       step += 1
       bar.update(1)
       if step % c.log_every_steps == 0:
         run.writer.write(FINETUNE, step, {**metrics, "epoch": epoch})
       if step % eval_every == 0 or step == total:
         dev_metric = report.evaluate_backbone(run.encoder, run.num_labels, state.params, dev,
-                                              run.metric_name)["metric"]
+                                              run.metric_name, run.config.eval.batch_size,
+                                              mesh=run.mesh)["metric"]
         run.writer.write(FINETUNE, step, {DEV_METRIC: dev_metric, "epoch": epoch})
         bar.set_postfix({run.metric_name: f"{dev_metric:.4f}"})
         ckpt.save(step, state, metrics={DEV_METRIC: dev_metric})
@@ -117,8 +144,7 @@ def load_finetuned(run: Run, k: int = 1) -> list[tuple[int, dict, float]]:
     raise UserError(f"no fine-tuned checkpoint in {ckpt.directory}; run --phase finetune first")
   out = []
   for step in steps:
-    state, _ = ckpt.restore(step)
-    out.append((step, state["params"], float(ckpt.metrics(step)[DEV_METRIC])))
+    out.append((step, _restore_params(run, ckpt, step), float(ckpt.metrics(step)[DEV_METRIC])))
   ckpt.close()
   return out
 
@@ -132,19 +158,22 @@ def extract_saliency(run: Run) -> np.ndarray:
   Each checkpoint's saliency is normalised per example to sum 1 before averaging, so every
   checkpoint weighs the same. Stored in `saliency.npz` keyed by example id.
   """
+  run.check_batch_sizes("saliency.batch_size")
   train = run.dataset("train")
   checkpoints = load_finetuned(run, run.config.saliency.num_checkpoints)
   total = np.zeros(train.input_ids.shape, np.float32)
   bar = _bar(run, len(train) * len(checkpoints), "saliency")
   for _, params, _ in checkpoints:
     sal = saliency_lib.compute_saliency(run.encoder, run.num_labels, params, train,
-                                        run.config.saliency.batch_size, progress=bar)
+                                        run.config.saliency.batch_size, progress=bar,
+                                        mesh=run.mesh)
     total += saliency_lib.normalise(sal)
   bar.close()
   average = total / len(checkpoints)
   if run.is_main_process:
     saliency_lib.save(run.workdir / SALIENCY_FILE, train, average,
                       [s for s, _, _ in checkpoints])
+  parallel.sync_processes("saliency saved")  # the AdapLeR phase reads it on every process.
   run.writer.write("saliency", 0, {"checkpoints": [s for s, _, _ in checkpoints],
                                    "examples": len(train)})
   return average
@@ -169,6 +198,7 @@ def train_adapler(run: Run) -> None:
   losses and mean soft kept tokens per layer, evaluates dev with hard removal, and saves a
   checkpoint with the dev metric and FLOPs speedup. A rerun resumes at the last epoch saved.
   """
+  run.check_batch_sizes("adapler.batch_size")
   c = run.config.adapler
   train, dev = run.dataset("train"), run.dataset("dev")
   sal = saliency_lib.load_for(run.workdir / SALIENCY_FILE, train)
@@ -182,26 +212,28 @@ def train_adapler(run: Run) -> None:
   key = jax.random.key(run.config.seed + 1)
   params = adapler.init(key, cfg, backbone=run.backbone)
   ckpt = adapler_checkpointer(run)
-  state = _restore_latest(ckpt, create_train_state(params, optimizer, key))
+  state = _restore_latest(ckpt, _on_mesh(run, create_train_state(params, optimizer, key)))
   step_fn = adapler_step.make_train_step(cfg, optimizer,
-                                         adapler_step.LossWeights(gamma=c.gamma, phi=c.phi))
+                                         adapler_step.LossWeights(gamma=c.gamma, phi=c.phi),
+                                         mesh=run.mesh)
   step = int(state.step)
   bar = _bar(run, total, "adapler", step)
   for epoch in range(step // steps_per_epoch, c.epochs):
     lam = lambda_at(run, epoch)
     sums: dict[str, Any] = {}
     for batch in train_batches(train, c.batch_size, run.config.seed, epoch,
-                               buckets=TRAIN_BUCKETS):
+                               buckets=TRAIN_BUCKETS, **_shards()):
       width = batch["input_ids"].shape[1]
-      batch["saliency"] = sal[batch.pop("index"), :width]
-      state, metrics = step_fn(state, batch, lam)
+      batch["saliency"] = sal[batch.pop("index"), :width]  # this process's rows, on the host.
+      state, metrics = step_fn(state, _sharded(run, batch), lam)
       step += 1
       bar.update(1)
       sums = jax.tree.map(lambda a, b: a + b, sums, metrics) if sums else metrics
       if step % run.config.train.log_every_steps == 0:
         run.writer.write(ADAPLER, step, {**metrics, "lambda": lam, "epoch": epoch})
     means = jax.tree.map(lambda v: np.asarray(v) / steps_per_epoch, sums)
-    dev_report = report.evaluate_adapler(cfg, state.params, dev, run.metric_name,
+    dev_report = report.evaluate_adapler(cfg, parallel.local_copy(state.params), dev,
+                                         run.metric_name,
                                          engine=run.config.eval.engine,
                                          batch_size=run.config.eval.batch_size)
     epoch_metrics = {
@@ -240,6 +272,8 @@ def select_adapler_step(run: Run, backbone_metric: float) -> tuple[int, str]:
 
 
 def load_adapler(run: Run, step: int) -> dict:
+  """AdapLeR params of checkpoint `step` on this process's first device (hard-removal
+  inference runs on one device)."""
   ckpt = adapler_checkpointer(run)
   state, _ = ckpt.restore(step)
   ckpt.close()
@@ -251,6 +285,7 @@ def load_adapler(run: Run, step: int) -> dict:
 
 def run_all(run: Run) -> dict[str, Any]:
   """Fine-tune, saliency, AdapLeR training, then evaluation; writes `summary.json`."""
+  run.check_batch_sizes(*BATCH_SIZES)  # before hours of fine-tuning, not after.
   start = time.time()
   backbone_metric = finetune(run)
   if not (run.workdir / SALIENCY_FILE).exists():
@@ -262,11 +297,13 @@ def run_all(run: Run) -> dict[str, Any]:
 def summarize(run: Run, backbone_metric: float | None = None,
               seconds: float | None = None) -> dict[str, Any]:
   """Evaluates the selected checkpoints on the eval split and writes `summary.json`."""
+  run.check_batch_sizes("eval.batch_size")
   split = run.config.eval.split
   data = run.dataset(split)
   _, backbone_params, _ = load_finetuned(run, 1)[0]
   backbone = report.evaluate_backbone(run.encoder, run.num_labels, backbone_params, data,
-                                      run.metric_name)
+                                      run.metric_name, run.config.eval.batch_size,
+                                      mesh=run.mesh)
   if backbone_metric is None:
     backbone_metric = load_finetuned(run, 1)[0][2]
   step, rule = select_adapler_step(run, backbone_metric)

@@ -14,9 +14,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from adapler_jax.models.adapler import AdapLeRConfig, soft_forward
-from adapler_jax.train import losses
+from adapler_jax.train import losses, parallel
 from adapler_jax.train.state import TrainState, create_train_state  # noqa: F401 (re-export)
 
 Array = jax.Array
@@ -82,14 +83,15 @@ def clip_speed(params: dict) -> dict:
 
 
 def make_train_step(cfg: AdapLeRConfig, optimizer: optax.GradientTransformation,
-                    weights: LossWeights, *, donate: bool = True
+                    weights: LossWeights, *, donate: bool = True, mesh: Mesh | None = None
                     ) -> Callable[[TrainState, dict, Array], tuple[TrainState, dict]]:
   """Builds the jitted `step(state, batch, lam) -> (state, metrics)`.
 
   `lam` (a Python float or scalar array) is traced as float32, so the per-epoch lambda
   schedule never recompiles. `state` is
   donated. Metrics: `ce`, `cp`, `length`, `accuracy` scalars and per-layer `eta`,
-  `theta`, `kept` (L,) mean soft length after each layer's removal.
+  `theta`, `kept` (L,) mean soft length after each layer's removal. With a `mesh`, the
+  step is data-parallel: state and lambda replicated, the batch split along `data`.
   """
 
   def step(state: TrainState, batch: dict, lam: Array):
@@ -105,7 +107,13 @@ def make_train_step(cfg: AdapLeRConfig, optimizer: optax.GradientTransformation,
     }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  jitted = jax.jit(step, donate_argnums=(0,) if donate else ())
+  donate_argnums = (0,) if donate else ()
+  if mesh is None:
+    jitted = jax.jit(step, donate_argnums=donate_argnums)
+  else:
+    rep, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    jitted = jax.jit(step, donate_argnums=donate_argnums, in_shardings=(rep, data, rep),
+                     out_shardings=rep)
 
   def train_step(state: TrainState, batch: dict, lam) -> tuple[TrainState, dict]:
     # A fixed float32 scalar: Python floats and arrays would trace as different types.

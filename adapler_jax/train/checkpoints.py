@@ -174,12 +174,16 @@ class Checkpointer:
                               force=force)
 
   def restore(self, step: int | None = None,
-              target: PyTree | None = None) -> tuple[PyTree, dict[str, Any]]:
+              target: PyTree | None = None, *,
+              sharding: jax.sharding.Sharding | None = None
+              ) -> tuple[PyTree, dict[str, Any]]:
     """Restores (state, extra_json) at `step` (default: the latest).
 
     With `target` (concrete arrays or `jax.ShapeDtypeStruct`s, shardings
     honoured), the state takes its tree structure, shapes and dtypes; without
-    it, the state comes back as nested dicts/lists of arrays.
+    it, the state comes back as nested dicts/lists of arrays, each placed with
+    `sharding` (default: this process's first device), whatever the devices
+    it was saved from.
 
     Raises:
       CheckpointError: no checkpoint, or shapes/structure unlike `target`.
@@ -187,6 +191,8 @@ class Checkpointer:
     step = self._resolve_step(step)
     if target is not None:
       self._check_target(step, target)
+    else:
+      target = self._saved_tree(step, sharding)
     restored = self._manager.restore(step, args=ocp.args.Composite(**{
         STATE: ocp.args.StandardRestore(target),
         CONFIG: ocp.args.JsonRestore(),
@@ -267,6 +273,24 @@ class Checkpointer:
           f"{_listing([str(s) for s in steps]) or 'none'}); fix: pick one of "
           "the saved steps")
     return int(step)
+
+  def _saved_tree(self, step: int, sharding: jax.sharding.Sharding | None
+                  ) -> PyTree | None:
+    """The saved state as `jax.ShapeDtypeStruct`s placed with `sharding`.
+
+    None (orbax then uses the saved shardings) when the state holds
+    non-array leaves.
+    """
+    item = self._manager.metadata(step).item_metadata[STATE]
+    tree = getattr(item, "tree", item)
+    leaves = jax.tree.leaves(tree)
+    if not all(isinstance(x, ocp.metadata.ArrayMetadata) for x in leaves):
+      return None
+    if sharding is None:
+      sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        tree)
 
   def _check_target(self, step: int, target: PyTree) -> None:
     """Raises a one-line CheckpointError when `target` does not fit `step`."""

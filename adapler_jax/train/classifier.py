@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from adapler_jax.data import TokenizedDataset, eval_batches
 from adapler_jax.models.bert import EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import SequenceClassifier
+from adapler_jax.train import parallel
 from adapler_jax.train.losses import cross_entropy
 from adapler_jax.train.state import TrainState
 
@@ -36,9 +37,13 @@ def classifier_logits(encoder: EncoderConfig, num_labels: int, params: dict, bat
 
 
 def make_finetune_step(encoder: EncoderConfig, num_labels: int,
-                       optimizer: optax.GradientTransformation
+                       optimizer: optax.GradientTransformation, mesh: Mesh | None = None
                        ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """Jitted `step(state, batch) -> (state, {"loss", "accuracy"})`, with dropout, state donated."""
+  """Jitted `step(state, batch) -> (state, {"loss", "accuracy"})`, with dropout, state donated.
+
+  With a `mesh`, the step is data-parallel: the state is replicated in and out and the
+  batch is split along `data` (see `parallel`).
+  """
 
   def step(state: TrainState, batch: dict):
     def loss_fn(params):
@@ -52,20 +57,37 @@ def make_finetune_step(encoder: EncoderConfig, num_labels: int,
     metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"])}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  return jax.jit(step, donate_argnums=(0,))
+  if mesh is None:
+    return jax.jit(step, donate_argnums=(0,))
+  return jax.jit(step, donate_argnums=(0,),
+                 in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)),
+                 out_shardings=parallel.replicated(mesh))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _predict_batch(encoder, num_labels, params, batch):
+def _logits(encoder, num_labels, params, batch):
   return classifier_logits(encoder, num_labels, params, batch)
 
 
+_predict_batch = jax.jit(_logits, static_argnums=(0, 1))
+
+
 def predict(encoder: EncoderConfig, num_labels: int, params: dict, data: TokenizedDataset,
-            batch_size: int = 64) -> np.ndarray:
-  """(E, C) logits in dataset order, through length-bucketed batches."""
+            batch_size: int = 64, mesh: Mesh | None = None) -> np.ndarray:
+  """(E, C) logits in dataset order, through length-bucketed batches.
+
+  With a `mesh`, each batch is split over its devices (`batch_size` must divide by their
+  number) and params are replicated.
+  """
   out = np.zeros((len(data), num_labels), np.float32)
+  predict_batch = _predict_batch
+  if mesh is not None:
+    parallel.check_batch_size(batch_size, mesh, "batch_size")
+    params = parallel.replicate(params, mesh)
+    predict_batch = parallel.jit_on_mesh(_logits, mesh, (0, 1))
   for batch in eval_batches(data, batch_size):
     inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
-    logits = np.asarray(_predict_batch(encoder, num_labels, params, inputs))
+    if mesh is not None:
+      inputs = parallel.shard_global_batch(inputs, mesh)
+    logits = np.asarray(predict_batch(encoder, num_labels, params, inputs))
     out[batch["index"][batch["real"]]] = logits[batch["real"]]
   return out

@@ -8,11 +8,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from adapler_jax.data import TokenizedDataset, eval_batches
 from adapler_jax.errors import UserError
 from adapler_jax.models.bert import EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import SequenceClassifier
+from adapler_jax.train import parallel
 
 
 def saliency_batch(encoder: EncoderConfig, num_labels: int, params: dict,
@@ -46,12 +48,23 @@ _saliency_jit = jax.jit(saliency_batch, static_argnums=(0, 1))
 
 def compute_saliency(encoder: EncoderConfig, num_labels: int, params: dict,
                      data: TokenizedDataset, batch_size: int = 64,
-                     progress=None) -> np.ndarray:
-  """(E, max_length) saliency of every example, rows in dataset order."""
+                     progress=None, mesh: Mesh | None = None) -> np.ndarray:
+  """(E, max_length) saliency of every example, rows in dataset order.
+
+  With a `mesh`, each batch is split over its devices (`batch_size` must divide by their
+  number) and params are replicated; every process gets every row.
+  """
   out = np.zeros(data.input_ids.shape, np.float32)
+  saliency_fn = _saliency_jit
+  if mesh is not None:
+    parallel.check_batch_size(batch_size, mesh, "batch_size")
+    params = parallel.replicate(params, mesh)
+    saliency_fn = parallel.jit_on_mesh(saliency_batch, mesh, (0, 1))
   for batch in eval_batches(data, batch_size):
     inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask", "labels")}
-    sal = np.asarray(_saliency_jit(encoder, num_labels, params, inputs))
+    if mesh is not None:
+      inputs = parallel.shard_global_batch(inputs, mesh)
+    sal = np.asarray(saliency_fn(encoder, num_labels, params, inputs))
     real = batch["real"]
     out[batch["index"][real], :sal.shape[1]] = sal[real]
     if progress is not None:
