@@ -2,6 +2,14 @@
 
   python evaluate.py --workdir runs/sst2 [--split dev|test] [--batch-size 32]
       [--engine bucketed|per-example] [--flops analytic|paper] [--output FILE]
+
+Also:
+  --explain "some text"   token map of one text: which tokens each layer keeps, coloured by
+                          CP score -> WORKDIR/explain.html and .png (or --output STEM.*)
+  --rationales            per-layer mAP / FPR of the CPs and the attention, rollout and
+                          saliency baselines against the split's rationales (eraser_movies,
+                          demo) -> WORKDIR/rationales_<split>.json and .png (or --output);
+                          [--saliency_target predicted|gold] [--batch-size 8]
 """
 
 import json
@@ -22,7 +30,14 @@ _ENGINE = flags.DEFINE_enum("engine", None, report.ENGINES, "Inference engine (d
                             "the config's).")
 _FLOPS = flags.DEFINE_enum("flops", "analytic", flops.MODES, "FLOPs count: analytic from the "
                            "model's shape, or the paper's fitted BERT-base constants.")
-_OUTPUT = flags.DEFINE_string("output", None, "JSON file (default: WORKDIR/eval_<split>.json).")
+_OUTPUT = flags.DEFINE_string("output", None, "JSON file (default: WORKDIR/eval_<split>.json); "
+                              "with --explain, the stem of the .html / .png files.")
+_EXPLAIN = flags.DEFINE_string("explain", None, "A text to draw the per-layer token map of.")
+_RATIONALES = flags.DEFINE_bool("rationales", False, "Agreement with human rationales per "
+                                "layer (mAP, FPR) for the CPs and three baselines.")
+_SALIENCY_TARGET = flags.DEFINE_enum("saliency_target", "predicted", ["predicted", "gold"],
+                                     "--rationales: class whose logit the saliency baseline "
+                                     "differentiates.")
 flags.DEFINE_alias("batch-size", "batch_size")
 flags.mark_flag_as_required("workdir")
 
@@ -32,6 +47,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   trained = pipeline.load_run(_WORKDIR.value)
   config = trained.config
+  if _EXPLAIN.value is not None:
+    return explain(trained, _EXPLAIN.value)
+  if _RATIONALES.value:
+    return rationales(trained)
   data = trained.eval_dataset(_SPLIT.value)
   result = report.evaluate_adapler(
       trained.adapler_cfg, trained.adapler_params, data, trained.task.metric,
@@ -43,6 +62,33 @@ def main(argv):
   path.write_text(json.dumps(out, indent=2))
   print(json.dumps({k: v for k, v in out.items() if k != "kept_tokens_per_layer"}, indent=2))
   print(f"wrote {path}")
+
+
+def explain(trained, text: str) -> None:
+  from adapler_jax.eval import token_map  # pylint: disable=g-import-not-at-top
+  tmap = token_map.explain(trained.adapler_cfg, trained.adapler_params, trained.tokenizer, text,
+                           trained.task.label_names, max_length=trained.config.data.max_length)
+  stem = Path(_OUTPUT.value or Path(_WORKDIR.value) / "explain")
+  paths = token_map.write(tmap, stem, f"{trained.task.name}: AdapLeR token map")
+  print(f"prediction: {tmap.prediction}; kept tokens per layer: "
+        f"{tmap.kept.sum(axis=1).tolist()} of {len(tmap.tokens)}")
+  print("wrote " + ", ".join(map(str, paths)))
+
+
+def rationales(trained) -> None:
+  from adapler_jax.eval import rationale  # pylint: disable=g-import-not-at-top
+  data = trained.eval_dataset(_SPLIT.value)
+  result = rationale.evaluate_rationales(
+      trained.adapler_cfg, trained.adapler_params, trained.backbone_params, data,
+      engine=_ENGINE.value or "bucketed", batch_size=_BATCH.value or 8,
+      saliency_target=_SALIENCY_TARGET.value, progress=True)
+  out = {"task": trained.task.name, "split": _SPLIT.value, **result}
+  path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"rationales_{_SPLIT.value}.json")
+  rationale.write_json(out, path)
+  png = rationale.plot_layers(out, path.with_suffix(".png"),
+                              f"{trained.task.name} ({_SPLIT.value}): agreement with rationales")
+  print(rationale.format_table(out))
+  print(f"wrote {path}, {png}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from adapler_jax.data.batching import (DEFAULT_BUCKETS, TRAIN_BUCKETS, bucket_le
                                        eval_batches, num_train_steps, train_batches)
 from adapler_jax.data.dataset import TextDataset, resplit, subset
 from adapler_jax.data.demo import make_demo_task
+from adapler_jax.data.eraser import load_eraser
 from adapler_jax.data.loading import load_split
 from adapler_jax.data.readers import load_file
 from adapler_jax.data.tasks import TASKS, LocalFormat, TaskSpec, get_task, task_names
@@ -21,6 +22,6 @@ from adapler_jax.errors import DataError
 __all__ = [
     "DEFAULT_BUCKETS", "DataError", "TRAIN_BUCKETS", "LocalFormat", "TASKS", "TaskSpec", "TextDataset",
     "TokenizedDataset", "bucket_lengths", "eval_batches", "get_task", "load_file",
-    "load_split", "make_demo_task", "num_train_steps", "resplit", "subset", "task_names",
+    "load_eraser", "load_split", "make_demo_task", "num_train_steps", "resplit", "subset", "task_names",
     "tokenize", "train_batches", "valid_mask",
 ]

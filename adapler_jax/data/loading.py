@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 
-from adapler_jax.data import demo, hub, readers
+from adapler_jax.data import demo, eraser, hub, readers
 from adapler_jax.data.dataset import TextDataset
 from adapler_jax.data.tasks import TaskSpec, get_task
 
 
 def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike[str] | None = None,
-               *, num_examples: int | None = None) -> TextDataset:
+               *, num_examples: int | None = None, tokenizer=None,
+               max_length: int | None = None) -> TextDataset:
   """Split `split` of `task` as a `TextDataset`.
 
   Args:
@@ -21,11 +22,17 @@ def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike[str
       standard local format (e.g. `.../sst2` holding `train.tsv`, `dev.tsv`). For `demo`, a
       folder with the `vocab.txt` to draw words from (default: the embedded backbone's).
     num_examples: `demo` only: number of examples to generate (default `demo.DEMO_SIZES`).
+    tokenizer, max_length: `eraser_movies` only (ignored by other tasks): long reviews are cut
+      into windows of at most `max_length` tokens (default: the task's), counted with
+      `tokenizer` when given (see `data.eraser`).
   """
   spec = get_task(task) if isinstance(task, str) else task
   split = spec.resolve_split(split)
   if spec.name == "demo":
     return demo.demo_split(split, num_examples, data_dir, num_classes=spec.num_labels)
+  if spec.local is not None and spec.local.kind == "eraser":
+    return eraser.load_eraser(data_dir, split, tokenizer=tokenizer,
+                              max_length=max_length or spec.max_length)
   if num_examples is not None:
     raise ValueError("num_examples applies to the demo task only; use data.subset")
   if data_dir is None:

@@ -24,7 +24,8 @@ class LocalFormat:
   Attributes:
     kind: `'tsv'` (header, tab-separated, quoting off), `'csv'` (no header, standard quoting;
       columns are 0-based ints), `'imdb'` (`{split}.jsonl[.gz]` or the aclImdb folders) or
-      `'hatexplain'` (`dataset.json` + `post_id_divisions.json`).
+      `'hatexplain'` (`dataset.json` + `post_id_divisions.json`) or `'eraser'` (ERASER
+      `{split}.jsonl` + `docs/`, read by `data.eraser`).
     files: split -> file name (for `'hatexplain'`: split -> key of `post_id_divisions.json`).
     text_columns: one group of columns per text; the columns of a group are joined by a space.
     label_column: column holding the label.
@@ -160,6 +161,11 @@ _TASKS = (
     TaskSpec(
         "demo", None, (("train", "train"), ("dev", "dev"), ("test", "test")), (("text",),),
         "label", TOPIC_NAMES[:4], "accuracy", 64),
+    TaskSpec(  # local files only (ERASER); long reviews are cut into windows (data/eraser.py).
+        "eraser_movies", None, (("train", "train"), ("dev", "val"), ("test", "test")),
+        (("text",),), "label", ("negative", "positive"), "accuracy", 512,
+        local=LocalFormat("eraser", (("train", "train.jsonl"), ("dev", "val.jsonl"),
+                                     ("test", "test.jsonl")), label_values=("NEG", "POS"))),
 )
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in _TASKS}

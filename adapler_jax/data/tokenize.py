@@ -27,6 +27,9 @@ class TokenizedDataset:
     pad_id: the tokenizer's padding id.
     rationale_mask: (n, max_length) bool, tokens of the ground-truth rationale words; None when
       the dataset has no rationales.
+    word_ids: (n, max_length) int32, index of the whitespace-separated word of the first text
+      each token starts in (-1 on special tokens, the second text and padding); set together
+      with `rationale_mask`, for word-level rationale scores.
   """
   input_ids: np.ndarray
   token_type_ids: np.ndarray
@@ -36,6 +39,7 @@ class TokenizedDataset:
   task: str = ""
   pad_id: int = 0
   rationale_mask: np.ndarray | None = None
+  word_ids: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.ids)
@@ -51,22 +55,22 @@ def valid_mask(lengths: np.ndarray, max_length: int) -> np.ndarray:
   return np.asarray(lengths)[:, None] > np.arange(max_length)
 
 
-def _word_token_mask(text: str, words: np.ndarray, offsets: np.ndarray,
-                     first_segment: np.ndarray) -> np.ndarray:
-  """Which tokens (by character offsets) fall in the whitespace-separated words `words`."""
+def _token_words(text: str, offsets: np.ndarray, first_segment: np.ndarray) -> np.ndarray:
+  """Index of the whitespace-separated word of `text` each token starts in (by character
+  offsets); -1 for tokens outside `first_segment` or without characters."""
   char_word = np.full(len(text) + 1, -1, np.int64)
   for w, m in enumerate(re.finditer(r"\S+", text)):
     char_word[m.start():m.end()] = w
   starts, ends = offsets[:, 0], offsets[:, 1]
-  token_word = np.where((ends > starts) & first_segment, char_word[starts], -1)
-  return np.isin(token_word, words) & (token_word >= 0)
+  return np.where((ends > starts) & first_segment, char_word[starts], -1)
+
 
 
 def tokenize(dataset: TextDataset, tokenizer: Any, max_length: int) -> TokenizedDataset:
   """Tokenize (pairs with `'longest_first'` truncation) and pad every row to `max_length`.
 
   `tokenizer` is a Hugging Face fast tokenizer; rows are encoded in batches of `CHUNK`.
-  When the dataset has rationales, token offsets give `rationale_mask`.
+  When the dataset has rationales, token offsets give `rationale_mask` and `word_ids`.
   """
   n = len(dataset)
   pad_id = int(tokenizer.pad_token_id or 0)
@@ -75,6 +79,7 @@ def tokenize(dataset: TextDataset, tokenizer: Any, max_length: int) -> Tokenized
   lengths = np.zeros((n,), np.int32)
   with_rationales = dataset.rationales is not None
   rationale_mask = np.zeros((n, max_length), bool) if with_rationales else None
+  word_ids = np.full((n, max_length), -1, np.int32) if with_rationales else None
   for lo in range(0, n, CHUNK):
     hi = min(lo + CHUNK, n)
     parts = [t[lo:hi] for t in dataset.texts]
@@ -87,8 +92,8 @@ def tokenize(dataset: TextDataset, tokenizer: Any, max_length: int) -> Tokenized
     if with_rationales:
       first = (enc["token_type_ids"] == 0) & (enc["attention_mask"] == 1)
       for j, i in enumerate(range(lo, hi)):
-        rationale_mask[i] = _word_token_mask(dataset.texts[0][i], dataset.rationales[i],
-                                             enc["offset_mapping"][j], first[j])
+        word_ids[i] = _token_words(dataset.texts[0][i], enc["offset_mapping"][j], first[j])
+        rationale_mask[i] = np.isin(word_ids[i], dataset.rationales[i]) & (word_ids[i] >= 0)
   return TokenizedDataset(input_ids=input_ids, token_type_ids=token_type_ids, lengths=lengths,
                           labels=dataset.labels.copy(), ids=list(dataset.ids), task=dataset.task,
-                          pad_id=pad_id, rationale_mask=rationale_mask)
+                          pad_id=pad_id, rationale_mask=rationale_mask, word_ids=word_ids)

@@ -133,7 +133,12 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-  """Multi-head scaled dot-product attention with an additive key bias."""
+  """Multi-head scaled dot-product attention with an additive key bias.
+
+  The probabilities (before dropout) are sown as `intermediates/attention_probs`, shape
+  (..., heads, seq, seq); they are kept only when the caller makes `intermediates` mutable
+  (see `attention_probs`), so the default forward is unchanged.
+  """
 
   cfg: EncoderConfig
 
@@ -149,6 +154,7 @@ class SelfAttention(nn.Module):
     logits = logits / jnp.sqrt(cfg.head_dim).astype(acc)
     logits = logits + bias[..., None, None, :].astype(acc)
     probs = jax.nn.softmax(logits, axis=-1)
+    self.sow("intermediates", "attention_probs", probs)
     probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
     out = jnp.einsum("...hqk,...khd->...qhd", probs.astype(v.dtype), v)
     return out.reshape(*out.shape[:-2], cfg.hidden_size)
@@ -254,3 +260,20 @@ class Bert(nn.Module):
 def attention_bias_from_mask(mask: Array) -> Array:
   """Bool/int validity mask (batch, seq) -> float additive bias (0 valid, NEG_INF pad)."""
   return jnp.where(mask.astype(bool), 0.0, NEG_INF).astype(jnp.float32)
+
+
+def attention_probs(cfg: EncoderConfig, params: dict, input_ids: Array, token_type_ids: Array,
+                    attention_bias: Array) -> Array:
+  """Attention probabilities of every layer of a `Bert` forward (deterministic).
+
+  Args:
+    cfg: encoder shape. params: `Bert` params.
+    input_ids, token_type_ids: int (batch, seq). attention_bias: float (batch, seq).
+  Returns:
+    (L, batch, heads, seq, seq); row q of a head is query q's distribution over keys.
+  """
+  _, state = Bert(cfg).apply({"params": params}, input_ids, token_type_ids, attention_bias,
+                             mutable=["intermediates"])
+  layers = state["intermediates"]["encoder"]
+  return jnp.stack([layers[f"layer_{l}"]["attention"]["self"]["attention_probs"][0]
+                    for l in range(cfg.num_layers)])

@@ -64,3 +64,26 @@ def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
   c.eval.engine = "per-example"  # or "bucketed" (batched real dropping).
   c.eval.flops = "analytic"  # or "paper" (the reference's fitted BERT-base constants).
   return c
+
+
+def apply_overrides(config: ml_collections.ConfigDict, items) -> ml_collections.ConfigDict:
+  """Sets `KEY=VALUE` items (dotted keys, e.g. `adapler.phi=1e-3`) in place, each value
+  converted to the type of the field it replaces; returns `config`."""
+  for item in items:
+    key, sep, raw = item.partition("=")
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node.get(p) if isinstance(node, ml_collections.ConfigDict) else None
+    if not sep or not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+      raise UserError(f"override {item!r}: the config has no field {key!r}; write KEY=VALUE "
+                      "with a dotted key such as adapler.phi=1e-3")
+    current = node[leaf]
+    if isinstance(current, bool):
+      node[leaf] = raw.lower() in ("1", "true", "yes")
+    elif isinstance(current, (int, float)):
+      node[leaf] = type(current)(float(raw) if isinstance(current, float) else int(raw))
+    else:
+      node[leaf] = raw
+  return config

@@ -1,0 +1,165 @@
+"""Rationale agreement on ERASER movie reviews (paper §5.3, Figure 5) with the embedded MiniLM.
+
+Trains fine-tune -> saliency -> AdapLeR on the review windows (`configs/eraser_movies.py`)
+with a small CPU budget, then scores every token of the test windows per layer with the
+contribution predictors (CP) and with three baselines on the fine-tuned backbone (raw
+attention, attention rollout, gradient x input saliency) and compares them with the human
+rationales: mAP and FPR per layer (`adapler_jax/eval/rationale.py` defines both).
+
+  python bench/rationales.py --workdir runs/eraser_movies_cpu \
+      --out bench/results/rationales_eraser_movies
+
+writes OUT.json, OUT.png (Figure 5 style) and prints the per-layer table. Rerunning resumes
+unfinished phases; a finished run (its summary.json) goes straight to the evaluation.
+
+CPU budget (`CPU_BUDGET`, applied unless --full; --set KEY=VALUE overrides anything after
+it): a seeded subset of 600 of the 3,491 training windows, 2 fine-tuning epochs (both
+evaluated checkpoints averaged for saliency), 3 AdapLeR epochs with lambda 10, 1e3, 1e5 and
+the larger predictor / speed learning rates of `configs/demo.py` (few steps), phi 0.01
+(the length loss sums ~6 x 400 tokens here); dev and test windows are all used. Several hours
+of the machine's 2 CPU cores; minutes on one accelerator. --full trains with the config's own
+budget (all windows, 5 + 5 epochs, paper Table 4 IMDB values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np
+from absl import logging
+
+from adapler_jax import pipeline
+from adapler_jax.cli import run_cli
+from adapler_jax.data.eraser import review_of
+from adapler_jax.eval import rationale
+from adapler_jax.pipeline.config import apply_overrides
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+DEFAULT_CONFIG = REPO / "configs" / "eraser_movies.py"
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "eraser_movies"
+CPU_BUDGET = (
+    "data.train_subset=600",
+    "train.epochs=2",
+    "train.learning_rate=5e-5",
+    "train.keep_best=2",
+    "saliency.num_checkpoints=2",
+    "adapler.epochs=3",
+    "adapler.learning_rate=5e-5",
+    "adapler.predictor_learning_rate=2e-3",
+    "adapler.speed_learning_rate=1e-2",
+    "adapler.gamma=0.1",
+    "adapler.phi=0.01",
+    "adapler.lambda_rate=100.0",
+)
+
+
+def load_config(path: Path):
+  spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def build_config(args: argparse.Namespace):
+  """The config file, the CPU budget (unless --full), the data folder, then --set items."""
+  config = load_config(Path(args.config))
+  if not args.full:
+    apply_overrides(config, [i for i in CPU_BUDGET if _has(config, i)])
+  if config.task == "eraser_movies" and not config.data.data_dir:
+    config.data.data_dir = str(args.data_dir)
+  return apply_overrides(config, args.set)
+
+
+def _has(config, item: str) -> bool:
+  *parents, leaf = item.partition("=")[0].split(".")
+  node = config
+  for p in parents:
+    node = node.get(p, {})
+  return leaf in node
+
+
+def claim_check(result: dict) -> dict:
+  """Per layer, the method with the lowest FPR and whether it is CP (the paper's claim)."""
+  methods = result["methods"]
+  lowest = []
+  for l in range(result["num_layers"]):
+    values = {m: v["fpr"][l] for m, v in methods.items() if v["fpr"][l] is not None}
+    lowest.append(min(values, key=values.get) if values else None)
+  return {"lowest_fpr_method_per_layer": lowest,
+          "cp_fpr_lowest_at_layers": [l + 1 for l, m in enumerate(lowest) if m == rationale.CP]}
+
+
+def _train_examples(workdir: Path) -> int | None:
+  path = workdir / "summary.json"
+  return json.loads(path.read_text())["train_examples"] if path.exists() else None
+
+
+def evaluate(workdir: Path, split: str, batch_size: int, out: Path, title: str | None) -> dict:
+  trained = pipeline.load_run(workdir)
+  data = trained.eval_dataset(split)
+  start = time.time()
+  result = rationale.evaluate_rationales(trained.adapler_cfg, trained.adapler_params,
+                                         trained.backbone_params, data, batch_size=batch_size,
+                                         progress=True)
+  c = trained.config
+  result = {
+      "task": trained.task.name, "split": split, "workdir": str(workdir),
+      "reviews": len({review_of(i) for i in data.ids}), "windows": len(data),
+      "max_length": c.data.max_length, "train_windows": _train_examples(workdir),
+      "finetune_epochs": c.train.epochs, "adapler_epochs": c.adapler.epochs,
+      "gamma": c.adapler.gamma, "phi": c.adapler.phi,
+      "eval_seconds": time.time() - start, **result}
+  result.update(claim_check(result))
+  json_path = rationale.write_json(result, out.with_name(out.name + ".json"))
+  png = rationale.plot_layers(
+      result, out.with_name(out.name + ".png"),
+      title or f"{trained.task.name} ({split}, {result['windows']} windows): agreement with "
+               "human rationales")
+  print(rationale.format_table(result))
+  print(f"AdapLeR accuracy {100 * result['adapler_accuracy']:.1f}, backbone "
+        f"{100 * result['backbone_accuracy']:.1f}; kept tokens per layer "
+        f"{np.round(result['adapler_kept_tokens_per_layer'], 1).tolist()}")
+  print(f"CP has the lowest FPR at layers {result['cp_fpr_lowest_at_layers']}")
+  print(f"wrote {json_path}, {png}")
+  return result
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--workdir", required=True, help="run directory (created or resumed)")
+  parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+  parser.add_argument("--data-dir", default=str(DEFAULT_DATA),
+                      help="ERASER movies folder (when the config leaves data_dir empty)")
+  parser.add_argument("--full", action="store_true", help="the config's budget, not CPU_BUDGET")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override, e.g. data.train_subset=1000 (repeatable)")
+  parser.add_argument("--split", default="test", help="split to evaluate: test or dev")
+  parser.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
+  parser.add_argument("--eval-only", action="store_true", help="no training: the run is done")
+  parser.add_argument("--title", default=None)
+  parser.add_argument("--out", default=str(REPO / "bench" / "results" /
+                                           "rationales_eraser_movies"), help="output stem")
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  logging.set_verbosity(logging.WARNING)
+  workdir = Path(args.workdir)
+  if not args.eval_only and not (workdir / "summary.json").exists():
+    run = pipeline.prepare(build_config(args), workdir)
+    print(pipeline.format_summary(pipeline.run_all(run)))
+  return evaluate(workdir, args.split, args.batch_size, Path(args.out), args.title)
+
+
+if __name__ == "__main__":
+  run_cli(main)

@@ -1,0 +1,92 @@
+"""The rationale / trade-off scripts and evaluate.py options, end to end on a tiny demo run."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_pipeline import tiny_backbone  # noqa: F401  (a fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # trains a tiny run: ~1-2 min on 2 CPU cores.
+TINY_SETTINGS = (  # shorter than `tests.test_pipeline.tiny_config`, on configs/demo.py.
+    "data.max_length=16", "data.train_subset=64", "data.dev_subset=24", "train.epochs=1",
+    "train.batch_size=16", "train.learning_rate=1e-3", "train.eval_every_steps=2",
+    "saliency.batch_size=32", "saliency.num_checkpoints=2", "adapler.epochs=1",
+    "adapler.batch_size=16", "eval.batch_size=8", "eval.engine=bucketed")
+
+
+def _script(name: str):
+  spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _sets(*items):
+  return [a for item in items for a in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_backbone, tmp_path_factory):  # noqa: F811
+  """A finished tiny demo run made by bench/rationales.py (train + rationale evaluation)."""
+  root = tmp_path_factory.mktemp("scripts")
+  out = root / "fig5"
+  result = _script("rationales").main([
+      "--workdir", str(root / "run"), "--config", str(ROOT / "configs" / "demo.py"), "--full",
+      "--split", "dev", "--out", str(out),
+      *_sets(f"backbone={tiny_backbone}", *TINY_SETTINGS)])
+  return root, result
+
+
+def test_bench_rationales_trains_and_writes_figure5(run):
+  root, result = run
+  on_disk = json.loads((root / "fig5.json").read_text())
+  assert on_disk["methods"].keys() == {"CP", "Attention", "Rollout", "Saliency"}
+  assert all(len(m["map"]) == 2 and len(m["fpr"]) == 2 for m in on_disk["methods"].values())
+  assert on_disk["windows"] == 24 and on_disk["train_windows"] == 64
+  assert len(result["lowest_fpr_method_per_layer"]) == 2
+  assert (root / "fig5.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_explain_and_rationales_options(run):
+  root, _ = run
+  workdir = root / "run"
+  cli = [sys.executable, str(ROOT / "evaluate.py"), "--workdir", str(workdir)]
+  done = subprocess.run(cli + ["--explain", "the pizza was cold"], capture_output=True,
+                        text=True, check=True)
+  assert "kept tokens per layer" in done.stdout
+  assert (workdir / "explain.html").exists() and (workdir / "explain.png").exists()
+  done = subprocess.run(cli + ["--rationales", "--split", "dev"], capture_output=True, text=True,
+                        check=True)
+  assert "Saliency FPR" in done.stdout
+  report = json.loads((workdir / "rationales_dev.json").read_text())
+  assert report["task"] == "demo" and (workdir / "rationales_dev.png").exists()
+  assert not (workdir / "eval_dev.json").exists()  # the default evaluation did not run.
+
+
+def test_tradeoff_phi_sweep_eta_sweep_and_plot_only(run):
+  root, _ = run
+  tradeoff = _script("tradeoff")
+  base = root / "run"
+  finetuned = sorted(p.name for p in (base / "finetune").iterdir())
+  tradeoff.main(["--workdir", str(base), "--phis", "0.05", "--set", "adapler.epochs=1",
+                 "--out", str(root / "phi")])
+  sibling = root / "run_phi0.05"
+  assert (sibling / "finetune").is_symlink() and (sibling / "saliency.npz").is_symlink()
+  assert json.loads((sibling / "config.json").read_text())["adapler"]["phi"] == 0.05
+  points = json.loads((root / "phi.json").read_text())
+  assert {p["phi"] for p in points["points"]} == {0.1, 0.05}  # the base run and its sibling.
+  assert points["backbone"]["flops_speedup"] == 1.0 and (root / "phi.png").exists()
+  assert sorted(p.name for p in (base / "finetune").iterdir()) == finetuned  # untouched.
+  tradeoff.main(["--from-workdirs", f"{base},{sibling}", "--out", str(root / "plot")])
+  assert json.loads((root / "plot.json").read_text())["points"] == points["points"]
+  tradeoff.main(["--workdir", str(base), "--eta-multipliers", "0.5,2", "--out",
+                 str(root / "eta")])
+  eta = json.loads((root / "eta.json").read_text())
+  assert sorted(p["eta_multiplier"] for p in eta["points"]) == [0.5, 2.0]
+  speedups = [p["flops_speedup"] for p in eta["points"]]
+  assert speedups == sorted(speedups) and (root / "eta.png").exists()
