@@ -10,7 +10,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from adapler_jax.data import TokenizedDataset, eval_batches
+from adapler_jax.data import TokenizedDataset
 from adapler_jax.models.bert import EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import SequenceClassifier
 from adapler_jax.train import parallel
@@ -64,11 +64,7 @@ def make_finetune_step(encoder: EncoderConfig, num_labels: int,
                  out_shardings=parallel.replicated(mesh))
 
 
-def _logits(encoder, num_labels, params, batch):
-  return classifier_logits(encoder, num_labels, params, batch)
-
-
-_predict_batch = jax.jit(_logits, static_argnums=(0, 1))
+_MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 
 def predict(encoder: EncoderConfig, num_labels: int, params: dict, data: TokenizedDataset,
@@ -79,15 +75,8 @@ def predict(encoder: EncoderConfig, num_labels: int, params: dict, data: Tokeniz
   number) and params are replicated.
   """
   out = np.zeros((len(data), num_labels), np.float32)
-  predict_batch = _predict_batch
-  if mesh is not None:
-    parallel.check_batch_size(batch_size, mesh, "batch_size")
-    params = parallel.replicate(params, mesh)
-    predict_batch = parallel.jit_on_mesh(_logits, mesh, (0, 1))
-  for batch in eval_batches(data, batch_size):
-    inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
-    if mesh is not None:
-      inputs = parallel.shard_global_batch(inputs, mesh)
-    logits = np.asarray(predict_batch(encoder, num_labels, params, inputs))
-    out[batch["index"][batch["real"]]] = logits[batch["real"]]
+  batches = parallel.map_eval_batches(classifier_logits, encoder, num_labels, params, data,
+                                      batch_size, _MODEL_INPUTS, mesh)
+  for rows, logits in batches:
+    out[rows] = logits
   return out

@@ -32,6 +32,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from adapler_jax.data import eval_batches
 from adapler_jax.errors import UserError
 
 DATA_AXIS = "data"
@@ -189,3 +190,32 @@ def jit_on_mesh(fn, mesh: Mesh, static_argnums: tuple[int, ...] = ()):
   """`fn` jitted to return its outputs replicated over `mesh` (one cached jit per pair), so
   every process can read them; inputs keep the shardings they come with."""
   return jax.jit(fn, static_argnums=static_argnums, out_shardings=replicated(mesh))
+
+
+def map_eval_batches(fn, encoder, num_labels: int, params: PyTree, data, batch_size: int,
+                     keys: tuple[str, ...], mesh: Mesh | None = None):
+  """Yields `(dataset rows, output rows)` of `fn(encoder, num_labels, params, inputs)` over
+  the length-bucketed evaluation batches of `data`, filler rows dropped.
+
+  `fn` is jitted with `encoder` and `num_labels` static; `inputs` holds the batch's `keys`.
+  With a `mesh`, each batch is split over its devices (`batch_size` must divide by their
+  number), params are replicated and every process gets every output row.
+  """
+  if mesh is None:
+    run = _jit_static_config(fn)
+  else:
+    check_batch_size(batch_size, mesh, "batch_size")
+    params = replicate(params, mesh)
+    run = jit_on_mesh(fn, mesh, (0, 1))
+  for batch in eval_batches(data, batch_size):
+    inputs = {k: batch[k] for k in keys}
+    if mesh is not None:
+      inputs = shard_global_batch(inputs, mesh)
+    out = np.asarray(run(encoder, num_labels, params, inputs))
+    real = batch["real"]
+    yield batch["index"][real], out[real]
+
+
+@functools.lru_cache(maxsize=None)
+def _jit_static_config(fn):
+  return jax.jit(fn, static_argnums=(0, 1))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from adapler_jax.data import TokenizedDataset, eval_batches
+from adapler_jax.data import TokenizedDataset
 from adapler_jax.errors import UserError
 from adapler_jax.models.bert import EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import SequenceClassifier
@@ -43,9 +43,6 @@ def saliency_batch(encoder: EncoderConfig, num_labels: int, params: dict,
   return jnp.where(batch["attention_mask"], sal, 0.0)
 
 
-_saliency_jit = jax.jit(saliency_batch, static_argnums=(0, 1))
-
-
 def compute_saliency(encoder: EncoderConfig, num_labels: int, params: dict,
                      data: TokenizedDataset, batch_size: int = 64,
                      progress=None, mesh: Mesh | None = None) -> np.ndarray:
@@ -55,20 +52,12 @@ def compute_saliency(encoder: EncoderConfig, num_labels: int, params: dict,
   number) and params are replicated; every process gets every row.
   """
   out = np.zeros(data.input_ids.shape, np.float32)
-  saliency_fn = _saliency_jit
-  if mesh is not None:
-    parallel.check_batch_size(batch_size, mesh, "batch_size")
-    params = parallel.replicate(params, mesh)
-    saliency_fn = parallel.jit_on_mesh(saliency_batch, mesh, (0, 1))
-  for batch in eval_batches(data, batch_size):
-    inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask", "labels")}
-    if mesh is not None:
-      inputs = parallel.shard_global_batch(inputs, mesh)
-    sal = np.asarray(saliency_fn(encoder, num_labels, params, inputs))
-    real = batch["real"]
-    out[batch["index"][real], :sal.shape[1]] = sal[real]
+  keys = ("input_ids", "token_type_ids", "attention_mask", "labels")
+  for rows, sal in parallel.map_eval_batches(saliency_batch, encoder, num_labels, params, data,
+                                             batch_size, keys, mesh):
+    out[rows, :sal.shape[1]] = sal
     if progress is not None:
-      progress.update(int(real.sum()))
+      progress.update(len(rows))
   return out
 
 
