@@ -6,11 +6,12 @@ task, batch size) it reports examples/s, p50/p95 latency at batch size 1, the FL
 speedup (`infer.flops.flops_report`, exact kept counts), the wall-clock speedup over
 `ours-full`, their ratio, and the number of compiled shapes.
 
-Trained runs (once `adapler_jax.pipeline.load_run` exists)::
+Trained runs (`adapler_jax.pipeline.load_run`); a run may be measured on another task
+with the same labels, here the SST-2 model on 1,000 IMDB test reviews at max length 512::
 
   python bench/inference.py --workdir runs/sst2 --task sst2 --workdir runs/ag_news \
-      --task ag_news --workdir runs/imdb --task imdb --batch-sizes 1,8,32,128 \
-      --out bench/results/inference.json
+      --task ag_news --workdir runs/sst2 --task imdb --batch-sizes 1,8,32,128 \
+      --threads 1 --out bench/results/inference.json
 
 The machinery alone, on the embedded all-MiniLM-L6-v2 with random contribution
 predictors whose weights are scaled up (so tokens get dropped) and a fixed eta::
@@ -43,12 +44,8 @@ from adapler_jax.data import DEFAULT_BUCKETS, eval_batches, get_task, load_split
 from adapler_jax.data.tokenize import TokenizedDataset
 from adapler_jax.infer import AdaptiveEngine, FlopsDims, FullLengthEngine, flops_report
 from adapler_jax.models import adapler
+from adapler_jax.pipeline import load_run
 from adapler_jax.weights import load_backbone, to_hf_state_dict
-
-try:
-  from adapler_jax.pipeline import load_run
-except ImportError:  # the training pipeline is not there yet: --random-cp only.
-  load_run = None
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 SYSTEMS = ("ours-full", "ours-adapler", "hf-pytorch")
@@ -95,6 +92,15 @@ def eval_split(task: str, override: str | None = None) -> str:
   return override or ("dev" if "dev" in splits else splits[0])
 
 
+def task_examples(task: str, split: str, tokenizer, args) -> TokenizedDataset:
+  """A seeded subset of `task`'s `split` read from `--data-dir`, tokenized at the task's
+  max length (subsampled before tokenizing: IMDB has 25,000 long reviews)."""
+  texts = load_split(task, split, data_dir=Path(args.data_dir) / task)
+  n = IMDB_EXAMPLES if task == "imdb" else None
+  n = min(n or len(texts), args.max_examples or len(texts))
+  return tokenize(subset(texts, n, args.seed), tokenizer, get_task(task).max_length)
+
+
 def random_cp_setup(task: str, args) -> Setup:
   """Embedded MiniLM, fresh head, predictors scaled by `--cp-scale`, eta = `--eta`."""
   spec = get_task(task)
@@ -107,11 +113,7 @@ def random_cp_setup(task: str, args) -> Setup:
   eta = jnp.full((cfg.num_layers,), args.eta, jnp.float32)
   params = {"model": model, "speed": {**params["speed"], "eta": eta}}
   split = eval_split(task, args.split)
-  texts = load_split(task, split, data_dir=Path(args.data_dir) / task)
-  n = IMDB_EXAMPLES if task == "imdb" else None
-  n = min(n or len(texts), args.max_examples or len(texts))
-  texts = subset(texts, n, args.seed)
-  data = tokenize(texts, backbone.tokenizer, spec.max_length)
+  data = task_examples(task, split, backbone.tokenizer, args)
   source = (f"random-cp: minilm, predictors x{args.cp_scale}, eta {args.eta}, "
             f"{task} {split} ({len(data)} rows, seed {args.seed})")
   return Setup(task, cfg, params, {"bert": model["bert"], "head": model["head"]}, data, source)
@@ -119,18 +121,25 @@ def random_cp_setup(task: str, args) -> Setup:
 
 def trained_setup(task: str, workdir: str, args) -> Setup:
   """A trained run: fine-tuned backbone and AdapLeR model from `load_run(workdir)`."""
-  if load_run is None:
-    raise SystemExit("adapler_jax.pipeline.load_run is not available yet; "
-                     "run with --random-cp to benchmark the machinery")
   run = load_run(workdir)
   split = eval_split(task, args.split)
-  data = run.eval_dataset(split)
-  if not isinstance(data, TokenizedDataset):  # texts: tokenize as the run was trained.
-    data = tokenize(data, run.tokenizer, run.config.data.max_length)
-  n = IMDB_EXAMPLES if task == "imdb" else None
-  data = limit(limit(data, n, args.seed), args.max_examples, args.seed)
-  return Setup(task, run.adapler_cfg, run.adapler_params, run.backbone_params, data,
-               f"{workdir} ({split}, {len(data)} rows)")
+  if task == run.task.name:
+    data = run.eval_dataset(split)
+    if not isinstance(data, TokenizedDataset):  # texts: tokenize as the run was trained.
+      data = tokenize(data, run.tokenizer, run.config.data.max_length)
+    n = IMDB_EXAMPLES if task == "imdb" else None
+    data = limit(limit(data, n, args.seed), args.max_examples, args.seed)
+    source = f"{workdir} ({split}, {len(data)} rows)"
+  else:  # e.g. a sentiment model trained on SST-2, measured on long IMDB reviews.
+    labels = get_task(task).label_names
+    if labels != run.task.label_names:
+      raise SystemExit(f"{workdir} was trained on {run.task.name} (labels "
+                       f"{run.task.label_names}), which {task} {labels} does not share; "
+                       f"pair --task {task} with a run trained on the same labels")
+    data = task_examples(task, split, run.tokenizer, args)
+    source = (f"{workdir} (trained on {run.task.name}) on {task} {split} "
+              f"({len(data)} rows, seed {args.seed}, max length {data.max_length})")
+  return Setup(task, run.adapler_cfg, run.adapler_params, run.backbone_params, data, source)
 
 
 # ----------------------------------------------------------------------------- systems
@@ -292,7 +301,8 @@ def parse_args(argv=None):
                       help="--random-cp: multiplier of the predictors' weights")
   parser.add_argument("--eta", type=float, default=0.7, help="--random-cp: eta of every layer")
   parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR),
-                      help="folder with one sub-folder per task (--random-cp)")
+                      help="folder with one sub-folder per task (--random-cp, or a --task "
+                           "other than the one its --workdir was trained on)")
   parser.add_argument("--split", default=None,
                       help="evaluation split (default: dev where the task has one, else test)")
   parser.add_argument("--batch-sizes", default="1,8,32,128")

@@ -9,7 +9,13 @@ rationales: mAP and FPR per layer (`adapler_jax/eval/rationale.py` defines both)
   python bench/rationales.py --workdir runs/eraser_movies_cpu \
       --out bench/results/rationales_eraser_movies
 
-writes OUT.json, OUT.png (Figure 5 style) and prints the per-layer table. Rerunning resumes
+writes OUT.json, OUT.png (Figure 5 style) and prints the per-layer table. Without training,
+a finished sentiment run (same labels) can be scored on the review windows instead::
+
+  python bench/rationales.py --eval-only --workdir runs/sst2 --eval-task eraser_movies \
+      --out bench/results/rationales_eraser_movies_from_sst2
+
+ Rerunning resumes
 unfinished phases; a finished run (its summary.json) goes straight to the evaluation.
 
 CPU budget (`CPU_BUDGET`, applied unless --full; --set KEY=VALUE overrides anything after
@@ -39,7 +45,9 @@ from absl import logging
 
 from adapler_jax import pipeline
 from adapler_jax.cli import run_cli
+from adapler_jax.data import get_task, load_split, tokenize
 from adapler_jax.data.eraser import review_of
+from adapler_jax.errors import UserError
 from adapler_jax.eval import rationale
 from adapler_jax.pipeline.config import apply_overrides
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -103,18 +111,42 @@ def _train_examples(workdir: Path) -> int | None:
   return json.loads(path.read_text())["train_examples"] if path.exists() else None
 
 
-def evaluate(workdir: Path, split: str, batch_size: int, out: Path, title: str | None) -> dict:
+def eval_data(trained, split: str, args: argparse.Namespace):
+  """The run's own `split`, or with `--eval-task` that task's `split` (read from --data-dir,
+  at the task's max length), when it has the run's labels."""
+  if not args.eval_task or args.eval_task == trained.task.name:
+    return trained.eval_dataset(split)
+  task = get_task(args.eval_task)
+  if task.label_names != trained.task.label_names:
+    raise UserError(f"{args.workdir} was trained on {trained.task.name} {trained.task.label_names}"
+                    f"; --eval-task {task.name} has labels {task.label_names}: pick a run "
+                    "trained on the same labels")
+  texts = load_split(task, split, args.data_dir, tokenizer=trained.tokenizer,
+                     max_length=task.max_length)
+  return tokenize(texts, trained.tokenizer, task.max_length)
+
+
+def default_title(result: dict) -> str:
+  source = result["trained_on"]
+  trained = "" if source == result["task"] else f", CPs trained on {source}"
+  return (f"{result['task']} ({result['split']}, {result['windows']} windows{trained}): "
+          "agreement with human rationales")
+
+
+def evaluate(workdir: Path, split: str, batch_size: int, out: Path, title: str | None,
+             args: argparse.Namespace) -> dict:
   trained = pipeline.load_run(workdir)
-  data = trained.eval_dataset(split)
+  data = eval_data(trained, split, args)
   start = time.time()
   result = rationale.evaluate_rationales(trained.adapler_cfg, trained.adapler_params,
                                          trained.backbone_params, data, batch_size=batch_size,
                                          progress=True)
   c = trained.config
   result = {
-      "task": trained.task.name, "split": split, "workdir": str(workdir),
+      "task": data.task or trained.task.name, "trained_on": trained.task.name, "split": split,
+      "workdir": str(workdir),
       "reviews": len({review_of(i) for i in data.ids}), "windows": len(data),
-      "max_length": c.data.max_length, "train_windows": _train_examples(workdir),
+      "max_length": data.max_length, "train_windows": _train_examples(workdir),
       "finetune_epochs": c.train.epochs, "adapler_epochs": c.adapler.epochs,
       "gamma": c.adapler.gamma, "phi": c.adapler.phi,
       "eval_seconds": time.time() - start, **result}
@@ -122,8 +154,7 @@ def evaluate(workdir: Path, split: str, batch_size: int, out: Path, title: str |
   json_path = rationale.write_json(result, out.with_name(out.name + ".json"))
   png = rationale.plot_layers(
       result, out.with_name(out.name + ".png"),
-      title or f"{trained.task.name} ({split}, {result['windows']} windows): agreement with "
-               "human rationales")
+      title or default_title(result))
   print(rationale.format_table(result))
   print(f"AdapLeR accuracy {100 * result['adapler_accuracy']:.1f}, backbone "
         f"{100 * result['backbone_accuracy']:.1f}; kept tokens per layer "
@@ -145,6 +176,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--split", default="test", help="split to evaluate: test or dev")
   parser.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
   parser.add_argument("--eval-only", action="store_true", help="no training: the run is done")
+  parser.add_argument("--eval-task", default=None,
+                      help="evaluate on this task's rationales (from --data-dir) rather than the "
+                           "run's own, e.g. eraser_movies with a run trained on sst2")
   parser.add_argument("--title", default=None)
   parser.add_argument("--out", default=str(REPO / "bench" / "results" /
                                            "rationales_eraser_movies"), help="output stem")
@@ -158,7 +192,7 @@ def main(argv=None) -> dict:
   if not args.eval_only and not (workdir / "summary.json").exists():
     run = pipeline.prepare(build_config(args), workdir)
     print(pipeline.format_summary(pipeline.run_all(run)))
-  return evaluate(workdir, args.split, args.batch_size, Path(args.out), args.title)
+  return evaluate(workdir, args.split, args.batch_size, Path(args.out), args.title, args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The rationale / trade-off scripts and evaluate.py options, end to end on a tiny demo run."""
+"""The bench scripts (rationales, trade-off, inference) and evaluate.py options, end to end
+on a tiny demo run."""
 
 import importlib.util
 import json
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from adapler_jax.data import DEFAULT_BUCKETS, bucket_lengths
 from tests.test_pipeline import tiny_backbone  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,3 +92,31 @@ def test_tradeoff_phi_sweep_eta_sweep_and_plot_only(run):
   assert sorted(p["eta_multiplier"] for p in eta["points"]) == [0.5, 2.0]
   speedups = [p["flops_speedup"] for p in eta["points"]]
   assert speedups == sorted(speedups) and (root / "eta.png").exists()
+
+
+def test_bench_inference_on_a_trained_run(run):
+  root, _ = run
+  inference = _script("inference")
+  out = root / "inference.json"
+  systems = "ours-full,ours-adapler" + (",hf-pytorch" if _has_torch() else "")
+  inference.main(["--workdir", str(root / "run"), "--task", "demo", "--batch-sizes", "1,4",
+                  "--max-examples", "12", "--systems", systems, "--out", str(out)])
+  rows = json.loads(out.read_text())
+  assert [(r["system"], r["batch_size"]) for r in rows] == [
+      (s, b) for b in (1, 4) for s in systems.split(",")]
+  widths = len(bucket_lengths(16, DEFAULT_BUCKETS))  # the run's max_length is 16.
+  for r in rows:
+    assert r["examples"] == 12 and r["task"] == "demo"
+    if r["system"] != "hf-pytorch":
+      assert 1 <= r["compiled_shapes"] <= widths
+    if r["system"] != "ours-adapler":
+      assert r["flops_speedup"] == 1.0 and r["agreement_with_full"] == 1.0
+  assert {"latency_p50_ms", "latency_p95_ms"} <= rows[0].keys()
+  assert all(r["max_abs_logit_diff_vs_ours_full"] < 1e-4
+             for r in rows if r["system"] == "hf-pytorch")
+  with pytest.raises(SystemExit, match="pair --task sst2 with a run trained on the same labels"):
+    inference.main(["--workdir", str(root / "run"), "--task", "sst2", "--out", str(out)])
+
+
+def _has_torch() -> bool:
+  return importlib.util.find_spec("torch") is not None
