@@ -24,6 +24,7 @@ TINY_SETTINGS = (  # shorter than `tests.test_pipeline.tiny_config`, on configs/
 def _script(name: str):
   spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module  # dataclasses resolve their module through sys.modules.
   spec.loader.exec_module(module)
   return module
 
