@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from adapler_jax.models import attention
+
 Array = jax.Array
 
 NEG_INF = -1e4  # additive bias of a removed key; exp(-1e4) underflows to 0 in float32.
@@ -136,8 +138,9 @@ class SelfAttention(nn.Module):
   """Multi-head scaled dot-product attention with an additive key bias.
 
   The probabilities (before dropout) are sown as `intermediates/attention_probs`, shape
-  (..., heads, seq, seq); they are kept only when the caller makes `intermediates` mutable
-  (see `attention_probs`), so the default forward is unchanged.
+  (..., heads, seq, seq), when the caller makes `intermediates` mutable (see
+  `attention_probs`). Only then, or under attention dropout, are normalised probabilities
+  formed; the plain forward runs the output-only `attention.attention`.
   """
 
   cfg: EncoderConfig
@@ -149,14 +152,15 @@ class SelfAttention(nn.Module):
     q = split(_dense(cfg, cfg.hidden_size, "query")(x))
     k = split(_dense(cfg, cfg.hidden_size, "key")(x))
     v = split(_dense(cfg, cfg.hidden_size, "value")(x))
-    acc = cfg.accum_dtype
-    logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=acc)
-    logits = logits / jnp.sqrt(cfg.head_dim).astype(acc)
-    logits = logits + bias[..., None, None, :].astype(acc)
-    probs = jax.nn.softmax(logits, axis=-1)
-    self.sow("intermediates", "attention_probs", probs)
-    probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-    out = jnp.einsum("...hqk,...khd->...qhd", probs.astype(v.dtype), v)
+    use_dropout = not deterministic and cfg.attention_dropout > 0
+    if use_dropout or self.is_mutable_collection("intermediates"):
+      dropout = nn.Dropout(cfg.attention_dropout)
+      probs, out = attention.attention_probs_and_output(
+          q, k, v, bias, accum_dtype=cfg.accum_dtype,
+          dropout=lambda p: dropout(p, deterministic=deterministic))
+      self.sow("intermediates", "attention_probs", probs)
+    else:
+      out = attention.attention(q, k, v, bias, accum_dtype=cfg.accum_dtype)
     return out.reshape(*out.shape[:-2], cfg.hidden_size)
 
 

@@ -1,0 +1,66 @@
+"""The attention core: both forms equal a plain softmax reference, chunked or not."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adapler_jax.models import attention
+from adapler_jax.models.bert import NEG_INF
+
+
+def _reference(q, k, v, bias):
+  """Textbook softmax(q k^T / sqrt(d) + bias) v in float64 numpy, (b, s, h, d) layout."""
+  q, k, v, bias = (np.asarray(t, np.float64) for t in (q, k, v, bias))
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1]) + bias[:, None, None, :]
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  return p, np.einsum("bhqk,bkhd->bqhd", p, v)
+
+
+def _inputs(batch, seq, heads=3, dim=8, seed=0):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+  q, k, v = (jax.random.normal(kk, (batch, seq, heads, dim)) for kk in keys[:3])
+  lengths = jax.random.randint(keys[3], (batch,), 1, seq + 1)
+  bias = jnp.where(jnp.arange(seq)[None] < lengths[:, None], 0.0, NEG_INF)
+  bias = bias.at[:, 0].add(-2.5)  # a soft-removal edit on top of the padding
+  return q, k, v, bias
+
+
+@pytest.mark.parametrize("seq,chunk", [(16, None), (16, 128), (32, 8), (24, 16)])
+def test_output_only_form_matches_reference(seq, chunk):
+  q, k, v, bias = _inputs(2, seq)
+  _, want = _reference(q, k, v, bias)
+  got = jax.jit(lambda *a: attention.attention(*a, query_chunk=chunk))(q, k, v, bias)
+  assert got.shape == q.shape
+  np.testing.assert_allclose(np.asarray(got), want, atol=2e-6)
+
+
+def test_chunking_runs_when_it_divides_and_not_otherwise():
+  q, k, v, bias = _inputs(1, 32)
+  text = jax.jit(lambda *a: attention.attention(*a, query_chunk=8)).lower(
+      q, k, v, bias).as_text()
+  assert "while" in text  # lax.map over 4 query chunks
+  text = jax.jit(lambda *a: attention.attention(*a, query_chunk=12)).lower(
+      q, k, v, bias).as_text()
+  assert "while" not in text  # 12 does not divide 32: one block
+
+
+def test_probs_form_matches_reference_and_applies_dropout_to_weights_only():
+  q, k, v, bias = _inputs(2, 12)
+  want_p, want = _reference(q, k, v, bias)
+  probs, out = attention.attention_probs_and_output(q, k, v, bias)
+  np.testing.assert_allclose(np.asarray(probs), want_p, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(out), want, atol=2e-6)
+  probs2, zero = attention.attention_probs_and_output(q, k, v, bias, dropout=jnp.zeros_like)
+  np.testing.assert_array_equal(np.asarray(probs2), np.asarray(probs))
+  assert not np.asarray(zero).any()
+
+
+def test_bfloat16_inputs_accumulate_in_float32():
+  q, k, v, bias = _inputs(2, 16)
+  _, want = _reference(q, k, v, bias)
+  low = [t.astype(jnp.bfloat16) for t in (q, k, v)]
+  got = attention.attention(*low, bias)
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=6e-2)
