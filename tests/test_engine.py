@@ -205,6 +205,22 @@ def test_compiled_shapes_are_bounded(tokenizer, shared_data):
   assert 0 < total <= len(batch_sizes) * len(buckets)
 
 
+@pytest.mark.parametrize("committed", [False, True], ids=["fresh", "restored"])
+def test_warmup_leaves_nothing_to_compile(committed):
+  """Checkpoints restore as arrays committed to a device; warm-up must match either kind."""
+  cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
+  params = scaled_params(cfg, seed=1, scale=8.0, eta=0.8)
+  if committed:
+    params = jax.device_put(params, jax.devices()[0])
+  engine = AdaptiveEngine(cfg, params, batch_size=4, max_length=32, buckets=(8, 16, 32))
+  engine.warmup()
+  before = engine.compile_counts
+  with CompileCounter() as counter:
+    result = engine.run(synthetic(24, 32, seed=5))
+  assert counter.count == 0 and engine.compile_counts == before
+  assert (result.kept_counts[:, -1] < result.lengths).any()  # layers did shrink batches.
+
+
 # ----------------------------------------------------------------------------- engines, tiny
 
 

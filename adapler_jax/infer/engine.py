@@ -102,7 +102,7 @@ class _Engine:
   """Batching, timing and result assembly shared by both engines."""
 
   def __init__(self, cfg: AdapLeRConfig, *, batch_size: int, buckets: Sequence[int],
-               max_length: int):
+               max_length: int, device: jax.Device | None):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_length > cfg.encoder.max_position_embeddings:
@@ -113,6 +113,13 @@ class _Engine:
     self.buckets = tuple(buckets)
     self.max_length = max_length
     self.widths = bucket_lengths(max_length, self.buckets)
+    # Everything the engine hands to its jitted functions is committed to this one device,
+    # so warm-up and run-time calls see the same argument placements: a committed and an
+    # uncommitted array of the same shape are different cache keys, hence compilations.
+    self.device = device or jax.local_devices()[0]
+
+  def _put(self, tree):
+    return jax.device_put(tree, self.device)
 
   def _batch_widths(self, data: TokenizedDataset) -> tuple[int, ...]:
     return bucket_lengths(data.max_length, self.buckets)
@@ -163,6 +170,7 @@ class AdaptiveEngine(_Engine):
       count.
     max_length: the longest input (data tokenized at this length use exactly the
       widths `bucket_lengths(max_length, buckets)` that `warmup` compiles).
+    device: where the weights live and every batch runs (default: the first local device).
     split_divergent: after a keep decision, sort the rows of a batch by survivor count
       and split it in halves when that saves at least `min_split_saving` token slots
       per layer (each extra call re-reads the layer's weights, so small savings cost
@@ -174,25 +182,26 @@ class AdaptiveEngine(_Engine):
 
   def __init__(self, cfg: AdapLeRConfig, params: dict, *, batch_size: int = 32,
                buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int = 512,
-               split_divergent: bool = False, min_split_rows: int = 8,
-               min_split_saving: int = 128):
-    super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length)
+               device: jax.Device | None = None, split_divergent: bool = False,
+               min_split_rows: int = 8, min_split_saving: int = 128):
+    super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length,
+                     device=device)
     self.split_divergent = split_divergent
     self.min_split_rows = max(1, min_split_rows)
     self.min_split_saving = min_split_saving
     model = params["model"]
     layers = cfg.num_layers
-    self._embedding_params = jax.device_put(model["bert"]["embeddings"])
-    self._layer_params = [jax.device_put(model["bert"]["encoder"][f"layer_{l}"])
+    self._embedding_params = self._put(model["bert"]["embeddings"])
+    self._layer_params = [self._put(model["bert"]["encoder"][f"layer_{l}"])
                           for l in range(layers)]
-    self._cp_params = [jax.device_put(model[f"predictors_{l}"]) for l in range(layers)]
-    self._head_params = jax.device_put(model["head"])
+    self._cp_params = [self._put(model[f"predictors_{l}"]) for l in range(layers)]
+    self._head_params = self._put(model["head"])
     eta = np.asarray(params["speed"]["eta"], np.float32)
     if eta.shape != (layers,):
       raise ValueError(f"speed/eta has shape {eta.shape}; the model has {layers} layers")
     # Cutoff of each keep decision: eta^1..eta^{L-1} after layers 0..L-2, then 0 (keep all).
-    self._eta = [jax.device_put(e) for e in eta]
-    self._no_cutoff = jax.device_put(np.float32(0.0))
+    self._eta = [self._put(e) for e in eta]
+    self._no_cutoff = self._put(np.float32(0.0))
     self._embed = jax.jit(functools.partial(packing.embed, cfg.encoder))
     self._select = jax.jit(functools.partial(packing.select, cfg, self.widths))
     self._step = jax.jit(functools.partial(packing.layer_then_select, cfg, self.widths))
@@ -228,13 +237,14 @@ class AdaptiveEngine(_Engine):
     for size in self.batch_sizes():
       for width in self.widths:
         ids = np.zeros((size, width), np.int32)
-        n = jax.device_put(np.full((size,), width, np.int32))
+        n = self._put(np.full((size,), width, np.int32))
         x = self._embed(self._embedding_params, ids, ids)
         sel = self._select(self._cp_params[0], self._eta[0], x, n)
-        sel = self._step(self._layer_params[0], self._cp_params[0], self._no_cutoff, x, n)
+        sel = self._step(self._layer_params[0], self._cp_params[0], self._eta[1 % len(self._eta)],
+                         sel.prefixes[-1], sel.n)
         out = [self._head(self._head_params, sel.prefixes[0])]
         if size != self.batch_sizes()[-1]:
-          rows = jax.device_put(np.arange(size // 2, dtype=np.int32))
+          rows = self._put(np.arange(size // 2, dtype=np.int32))
           out.append(self._take(x, n, rows))
         jax.block_until_ready((sel, out))
 
@@ -242,7 +252,7 @@ class AdaptiveEngine(_Engine):
 
   def _run_batch(self, batch: Batch, rationales: bool) -> dict[str, Any]:
     lengths = batch["attention_mask"].sum(axis=1, dtype=np.int32)
-    n = jax.device_put(lengths)
+    n = self._put(lengths)
     x = self._embed(self._embedding_params, batch["input_ids"], batch["token_type_ids"])
     sel = self._select(self._cp_params[0], self._eta[0], x, n)
     records = _Records(lengths, self.cfg.num_layers, rationales)
@@ -298,7 +308,7 @@ class AdaptiveEngine(_Engine):
                   rows: np.ndarray) -> packing.Selection:
     """The selection restricted to `rows`, starting from the narrowest slice holding all."""
     x = sel.prefixes[packing.smallest_holding(int(counts.max()), widths)]
-    prefixes, n = self._take(x, sel.n, jax.device_put(rows.astype(np.int32)))
+    prefixes, n = self._take(x, sel.n, self._put(rows.astype(np.int32)))
     return sel._replace(prefixes=prefixes, n=n, scores=None, order=None)
 
 
@@ -352,14 +362,16 @@ class FullLengthEngine(_Engine):
     cfg: model shape (`cfg.encoder`, `cfg.num_labels`).
     params: a classifier `{"bert": ..., "head": ...}`, an AdapLeR `model` subtree, or
       full AdapLeR params `{"model": ..., "speed": ...}` (predictors are ignored).
-    batch_size, buckets, max_length: as for `AdaptiveEngine`.
+    batch_size, buckets, max_length, device: as for `AdaptiveEngine`.
   """
 
   def __init__(self, cfg: AdapLeRConfig, params: dict, *, batch_size: int = 32,
-               buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int = 512):
-    super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length)
+               buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int = 512,
+               device: jax.Device | None = None):
+    super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length,
+                     device=device)
     params = params.get("model", params)
-    self._params = jax.device_put({"bert": params["bert"], "head": params["head"]})
+    self._params = self._put({"bert": params["bert"], "head": params["head"]})
     self._forward = jax.jit(functools.partial(packing.full_forward, cfg.encoder,
                                               cfg.num_labels))
 
