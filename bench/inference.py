@@ -40,7 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from adapler_jax.data import DEFAULT_BUCKETS, eval_batches, get_task, load_split, subset, tokenize
+from adapler_jax.data import (DEFAULT_BUCKETS, DataError, eval_batches, get_task, load_split,
+                              subset, tokenize, transfer_task)
 from adapler_jax.data.tokenize import TokenizedDataset
 from adapler_jax.infer import AdaptiveEngine, FlopsDims, FullLengthEngine, flops_report
 from adapler_jax.models import adapler
@@ -131,11 +132,10 @@ def trained_setup(task: str, workdir: str, args) -> Setup:
     data = limit(limit(data, n, args.seed), args.max_examples, args.seed)
     source = f"{workdir} ({split}, {len(data)} rows)"
   else:  # e.g. a sentiment model trained on SST-2, measured on long IMDB reviews.
-    labels = get_task(task).label_names
-    if labels != run.task.label_names:
-      raise SystemExit(f"{workdir} was trained on {run.task.name} (labels "
-                       f"{run.task.label_names}), which {task} {labels} does not share; "
-                       f"pair --task {task} with a run trained on the same labels")
+    try:
+      transfer_task(task, run.task, workdir)
+    except DataError as err:
+      raise SystemExit(str(err)) from None
     data = task_examples(task, split, run.tokenizer, args)
     source = (f"{workdir} (trained on {run.task.name}) on {task} {split} "
               f"({len(data)} rows, seed {args.seed}, max length {data.max_length})")

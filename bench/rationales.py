@@ -45,9 +45,8 @@ from absl import logging
 
 from adapler_jax import pipeline
 from adapler_jax.cli import run_cli
-from adapler_jax.data import get_task, load_split, tokenize
+from adapler_jax.data import load_split, tokenize, transfer_task
 from adapler_jax.data.eraser import review_of
-from adapler_jax.errors import UserError
 from adapler_jax.eval import rationale
 from adapler_jax.pipeline.config import apply_overrides
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -116,11 +115,7 @@ def eval_data(trained, split: str, args: argparse.Namespace):
   at the task's max length), when it has the run's labels."""
   if not args.eval_task or args.eval_task == trained.task.name:
     return trained.eval_dataset(split)
-  task = get_task(args.eval_task)
-  if task.label_names != trained.task.label_names:
-    raise UserError(f"{args.workdir} was trained on {trained.task.name} {trained.task.label_names}"
-                    f"; --eval-task {task.name} has labels {task.label_names}: pick a run "
-                    "trained on the same labels")
+  task = transfer_task(args.eval_task, trained.task, args.workdir)
   texts = load_split(task, split, args.data_dir, tokenizer=trained.tokenizer,
                      max_length=task.max_length)
   return tokenize(texts, trained.tokenizer, task.max_length)

@@ -39,6 +39,13 @@ def test_get_task_unknown_lists_names():
   assert issubclass(DataError, UserError) and issubclass(DataError, ValueError)
 
 
+def test_transfer_task_needs_the_same_labels():
+  assert data.transfer_task("imdb", data.get_task("sst2"), "runs/sst2").name == "imdb"
+  with pytest.raises(DataError, match=r"runs/sst2 was trained on sst2 .* ag_news .* does not "
+                     "share; pair ag_news with a run trained on the same labels"):
+    data.transfer_task("ag_news", data.get_task("sst2"), "runs/sst2")
+
+
 def test_mnli_splits_and_alias():
   spec = data.get_task("mnli")
   assert spec.eval_splits == ("dev_matched", "dev_mismatched")

@@ -15,7 +15,8 @@ from adapler_jax.data.demo import make_demo_task
 from adapler_jax.data.eraser import load_eraser
 from adapler_jax.data.loading import load_split
 from adapler_jax.data.readers import load_file
-from adapler_jax.data.tasks import TASKS, LocalFormat, TaskSpec, get_task, task_names
+from adapler_jax.data.tasks import (TASKS, LocalFormat, TaskSpec, get_task, task_names,
+                                    transfer_task)
 from adapler_jax.data.tokenize import TokenizedDataset, tokenize, valid_mask
 from adapler_jax.errors import DataError
 
@@ -23,5 +24,5 @@ __all__ = [
     "DEFAULT_BUCKETS", "DataError", "TRAIN_BUCKETS", "LocalFormat", "TASKS", "TaskSpec", "TextDataset",
     "TokenizedDataset", "bucket_lengths", "eval_batches", "get_task", "load_file",
     "load_eraser", "load_split", "make_demo_task", "num_train_steps", "resplit", "subset", "task_names",
-    "tokenize", "train_batches", "valid_mask",
+    "tokenize", "train_batches", "transfer_task", "valid_mask",
 ]

@@ -181,3 +181,16 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[name]
   except KeyError:
     raise DataError(f"unknown task '{name}'; known tasks: {', '.join(TASKS)}") from None
+
+
+def transfer_task(name: str, trained_on: TaskSpec, workdir) -> TaskSpec:
+  """Task `name` for a model of `workdir` trained on `trained_on`: it must share the labels.
+
+  E.g. a sentiment model trained on SST-2 is measured on IMDB or ERASER movie reviews.
+  """
+  task = get_task(name)
+  if task.label_names != trained_on.label_names:
+    raise DataError(f"{workdir} was trained on {trained_on.name} {trained_on.label_names}, "
+                    f"which {name} {task.label_names} does not share; pair {name} with a run "
+                    "trained on the same labels")
+  return task
