@@ -1,4 +1,4 @@
-"""Attention-core micro-benchmark on one CPU core: our forms against PyTorch's fused SDPA.
+"""Micro-benchmarks on one CPU core: the attention core and the feed-forward block.
 
 Times one attention block (q, k, v given; 12 heads x 32, MiniLM's shape) in:
 
@@ -9,7 +9,12 @@ Times one attention block (q, k, v given; 12 heads x 32, MiniLM's shape) in:
 * `jax.nn.dot_product_attention` (XLA's reference lowering on CPU);
 * `torch SDPA` when torch is installed.
 
-  python bench/attention.py BATCH LENGTH     # e.g. 32 128, or 8 512; CPU=1 picks the core
+The feed-forward block (MiniLM's 384 -> 1536 -> 384 with GELU, residual and LayerNorm)
+is timed whole and in chunks of token rows (`adapler_jax.infer.packing.feed_forward`),
+against the same block in PyTorch (`BertIntermediate` + `BertOutput`).
+
+  python bench/attention.py BATCH LENGTH         # e.g. 32 128, or 8 512; CPU=1 picks the core
+  python bench/attention.py --ffn BATCH LENGTH
 """
 
 import os
@@ -23,7 +28,9 @@ import jax  # (after pinning: XLA sizes its thread pool from the affinity mask)
 import jax.numpy as jnp
 import numpy as np
 
+from adapler_jax.infer import packing
 from adapler_jax.models import attention
+from adapler_jax.models.bert import EncoderConfig, Layer
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 HEADS, HEAD_DIM = 12, 32
@@ -81,5 +88,34 @@ def main(batch, seq):
   print(f"  {'torch SDPA':30s} {seconds * 1e3:8.1f} ms")
 
 
+def feed_forward(batch, seq):
+  cfg = EncoderConfig(hidden_size=HEADS * HEAD_DIM, num_heads=HEADS, num_layers=1,
+                      intermediate_size=4 * HEADS * HEAD_DIM)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, seq, cfg.hidden_size)),
+                  jnp.float32)
+  params = Layer(cfg).init(jax.random.PRNGKey(0), x, jnp.zeros((batch, seq)))["params"]
+  print(f"feed-forward, batch {batch}, length {seq} ({batch * seq} token rows), one core")
+  for rows in (None, 2048, 1024, 512, 256):
+    fn = jax.jit(lambda p, x, rows=rows: packing.feed_forward(cfg, p, x, rows))
+    seconds = best_of(lambda: jax.block_until_ready(fn(params, x)))  # pylint: disable=cell-var-from-loop
+    print(f"  {'whole' if rows is None else f'chunks of {rows} rows':30s} {seconds * 1e3:8.1f} ms")
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    from transformers import BertConfig  # pylint: disable=g-import-not-at-top
+    from transformers.models.bert import modeling_bert  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  torch.set_num_threads(1)
+  hf = BertConfig(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size)
+  inner, outer = modeling_bert.BertIntermediate(hf).eval(), modeling_bert.BertOutput(hf).eval()
+  tx = torch.from_numpy(np.array(x))
+  with torch.inference_mode():
+    seconds = best_of(lambda: outer(inner(tx), tx))
+  print(f"  {'torch':30s} {seconds * 1e3:8.1f} ms")
+
+
 if __name__ == "__main__":
-  main(int(sys.argv[1]), int(sys.argv[2]))
+  if sys.argv[1] == "--ffn":
+    feed_forward(int(sys.argv[2]), int(sys.argv[3]))
+  else:
+    main(int(sys.argv[1]), int(sys.argv[2]))

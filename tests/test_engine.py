@@ -17,7 +17,7 @@ from jax import monitoring
 from adapler_jax.data import load_split, subset, tokenize
 from adapler_jax.data.tokenize import TokenizedDataset
 from adapler_jax.errors import UserError
-from adapler_jax.infer import AdaptiveEngine, FullLengthEngine, per_example_run
+from adapler_jax.infer import AdaptiveEngine, FullLengthEngine, packing, per_example_run
 from adapler_jax.models import adapler
 from adapler_jax.models.bert import Bert, EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import ClassificationHead, SequenceClassifier
@@ -224,11 +224,29 @@ def test_warmup_leaves_nothing_to_compile(committed):
 # ----------------------------------------------------------------------------- engines, tiny
 
 
-def test_full_length_engine_equals_sequence_classifier():
+@pytest.mark.parametrize("total,rows,count", [(4096, 512, 8), (768, 512, 2), (1792, 512, 4),
+                                              (100, 512, 1), (97, 16, 1)])
+def test_row_chunks(total, rows, count):
+  assert packing._row_chunks(total, rows) == count  # pylint: disable=protected-access
+
+
+def test_chunked_feed_forward_is_the_same_block():
+  params = scaled_params(adapler.AdapLeRConfig(TINY, num_labels=2), seed=0, scale=1.0, eta=1.0)
+  layer = params["model"]["bert"]["encoder"]["layer_0"]
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 24, TINY.hidden_size))
+  whole = packing.feed_forward(TINY, layer, x)
+  text = jax.jit(lambda x: packing.feed_forward(TINY, layer, x, 16)).lower(x).as_text()
+  assert "while" in text  # 96 rows in 6 chunks of 16.
+  np.testing.assert_allclose(packing.feed_forward(TINY, layer, x, 16), whole, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 16])
+def test_full_length_engine_equals_sequence_classifier(chunk_rows):
   cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
   params = scaled_params(cfg, seed=2, scale=1.0, eta=0.5)
   data = synthetic(11, 32, seed=3)
-  engine = FullLengthEngine(cfg, params, batch_size=4, max_length=32, buckets=(8, 16, 32))
+  engine = FullLengthEngine(cfg, params, batch_size=4, max_length=32, buckets=(8, 16, 32),
+                            ffn_chunk_rows=chunk_rows)
   result = engine.run(data)
   bias = attention_bias_from_mask(np.arange(32) < data.lengths[:, None])
   model = params["model"]

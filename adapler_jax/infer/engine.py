@@ -41,6 +41,8 @@ from adapler_jax.models.adapler import AdapLeRConfig, hard_forward
 
 Batch = dict[str, np.ndarray]
 
+CPU_FFN_CHUNK_ROWS = 512  # feed-forward rows per chunk on CPU (see `packing.feed_forward`).
+
 
 @dataclasses.dataclass
 class EngineResult:
@@ -102,7 +104,7 @@ class _Engine:
   """Batching, timing and result assembly shared by both engines."""
 
   def __init__(self, cfg: AdapLeRConfig, *, batch_size: int, buckets: Sequence[int],
-               max_length: int, device: jax.Device | None):
+               max_length: int, device: jax.Device | None, ffn_chunk_rows: int | None | str):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_length > cfg.encoder.max_position_embeddings:
@@ -117,6 +119,9 @@ class _Engine:
     # so warm-up and run-time calls see the same argument placements: a committed and an
     # uncommitted array of the same shape are different cache keys, hence compilations.
     self.device = device or jax.local_devices()[0]
+    if ffn_chunk_rows == "auto":
+      ffn_chunk_rows = CPU_FFN_CHUNK_ROWS if self.device.platform == "cpu" else None
+    self.ffn_chunk_rows = ffn_chunk_rows
 
   def _put(self, tree):
     return jax.device_put(tree, self.device)
@@ -171,6 +176,8 @@ class AdaptiveEngine(_Engine):
     max_length: the longest input (data tokenized at this length use exactly the
       widths `bucket_lengths(max_length, buckets)` that `warmup` compiles).
     device: where the weights live and every batch runs (default: the first local device).
+    ffn_chunk_rows: token rows per feed-forward chunk (`packing.feed_forward`); "auto"
+      chunks on CPU, where it keeps activations in cache, and not on accelerators.
     split_divergent: after a keep decision, sort the rows of a batch by survivor count
       and split it in halves when that saves at least `min_split_saving` token slots
       per layer (each extra call re-reads the layer's weights, so small savings cost
@@ -182,10 +189,11 @@ class AdaptiveEngine(_Engine):
 
   def __init__(self, cfg: AdapLeRConfig, params: dict, *, batch_size: int = 32,
                buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int = 512,
-               device: jax.Device | None = None, split_divergent: bool = False,
-               min_split_rows: int = 8, min_split_saving: int = 128):
+               device: jax.Device | None = None, ffn_chunk_rows: int | None | str = "auto",
+               split_divergent: bool = False, min_split_rows: int = 8,
+               min_split_saving: int = 128):
     super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length,
-                     device=device)
+                     device=device, ffn_chunk_rows=ffn_chunk_rows)
     self.split_divergent = split_divergent
     self.min_split_rows = max(1, min_split_rows)
     self.min_split_saving = min_split_saving
@@ -204,7 +212,8 @@ class AdaptiveEngine(_Engine):
     self._no_cutoff = self._put(np.float32(0.0))
     self._embed = jax.jit(functools.partial(packing.embed, cfg.encoder))
     self._select = jax.jit(functools.partial(packing.select, cfg, self.widths))
-    self._step = jax.jit(functools.partial(packing.layer_then_select, cfg, self.widths))
+    self._step = jax.jit(functools.partial(packing.layer_then_select, cfg, self.widths,
+                                           chunk_rows=self.ffn_chunk_rows))
     self._head = jax.jit(functools.partial(packing.head, cfg))
     self._take = jax.jit(functools.partial(packing.take_rows, self.widths))
 
@@ -362,18 +371,18 @@ class FullLengthEngine(_Engine):
     cfg: model shape (`cfg.encoder`, `cfg.num_labels`).
     params: a classifier `{"bert": ..., "head": ...}`, an AdapLeR `model` subtree, or
       full AdapLeR params `{"model": ..., "speed": ...}` (predictors are ignored).
-    batch_size, buckets, max_length, device: as for `AdaptiveEngine`.
+    batch_size, buckets, max_length, device, ffn_chunk_rows: as for `AdaptiveEngine`.
   """
 
   def __init__(self, cfg: AdapLeRConfig, params: dict, *, batch_size: int = 32,
                buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int = 512,
-               device: jax.Device | None = None):
+               device: jax.Device | None = None, ffn_chunk_rows: int | None | str = "auto"):
     super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length,
-                     device=device)
+                     device=device, ffn_chunk_rows=ffn_chunk_rows)
     params = params.get("model", params)
     self._params = self._put({"bert": params["bert"], "head": params["head"]})
     self._forward = jax.jit(functools.partial(packing.full_forward, cfg.encoder,
-                                              cfg.num_labels))
+                                              cfg.num_labels, chunk_rows=self.ffn_chunk_rows))
 
   @property
   def compiled_shapes(self) -> int:

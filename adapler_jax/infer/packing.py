@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from adapler_jax.models.adapler import (PAD_LOG_KEEP, AdapLeRConfig, ContributionPredictor,
                                         masked_log_scores)
 from adapler_jax.models.bert import NEG_INF, Bert, EncoderConfig, Layer
-from adapler_jax.models.heads import ClassificationHead, SequenceClassifier
+from adapler_jax.models.heads import ClassificationHead
 
 Array = jax.Array
 
@@ -120,21 +120,52 @@ def select(cfg: AdapLeRConfig, widths: Sequence[int], cp_params, eta: Array, x: 
   return Selection(prefixes(widths, x), new_n, jnp.max(new_n), scores, order)
 
 
-def run_layer(enc: EncoderConfig, layer_params, x: Array, n: Array) -> Array:
-  """One encoder layer over each row's first `n[b]` tokens (padding masked out)."""
+def _row_chunks(total: int, rows: int) -> int:
+  """How many equal chunks of about `rows` (never under half) split `total` rows; 1: none."""
+  for count in range(-(-total // rows), total // max(1, rows // 2) + 1):
+    if total % count == 0:
+      return count
+  return 1
+
+
+def feed_forward(enc: EncoderConfig, layer_params, x: Array,
+                 chunk_rows: int | None = None) -> Array:
+  """A layer's feed-forward block on x (B, W, H), `chunk_rows` token rows at a time.
+
+  The block is position-wise, so chunking changes no value. On CPU it keeps the
+  (rows, intermediate) activation in cache: at 32 x 128 tokens of MiniLM the block runs
+  about 1.4x faster in chunks of 512 rows than whole (`bench/attention.py --ffn`).
+  """
+  apply = lambda t: Layer(enc).apply({"params": layer_params}, t, method=Layer.feed_forward)
+  total = x.shape[0] * x.shape[1]
+  count = 1 if chunk_rows is None or total <= chunk_rows else _row_chunks(total, chunk_rows)
+  if count == 1:
+    return apply(x)
+  chunks = x.reshape(count, total // count, x.shape[-1])
+  return jax.lax.map(apply, chunks).reshape(x.shape)
+
+
+def run_layer(enc: EncoderConfig, layer_params, x: Array, n: Array,
+              chunk_rows: int | None = None) -> Array:
+  """One encoder layer over each row's first `n[b]` tokens (padding masked out).
+
+  `chunk_rows`: see `feed_forward`.
+  """
   bias = jnp.where(valid_positions(n, x.shape[1]), 0.0, NEG_INF).astype(jnp.float32)
-  return Layer(enc).apply({"params": layer_params}, x, bias)
+  x = Layer(enc).apply({"params": layer_params}, x, bias, method=Layer.attend)
+  return feed_forward(enc, layer_params, x, chunk_rows)
 
 
 def layer_then_select(cfg: AdapLeRConfig, widths: Sequence[int], layer_params, cp_params,
-                      eta: Array, x: Array, n: Array) -> Selection:
+                      eta: Array, x: Array, n: Array, *,
+                      chunk_rows: int | None = None) -> Selection:
   """Layer l on the packed batch, then the keep decision of layer l + 1.
 
   After the last layer, pass `eta = 0`: every present token stays (S~ >= 0), the
   order is unchanged and [CLS] stays in slot 0, so the same compiled function serves
-  every layer.
+  every layer. `chunk_rows`: see `feed_forward`.
   """
-  x = run_layer(cfg.encoder, layer_params, x, n)
+  x = run_layer(cfg.encoder, layer_params, x, n, chunk_rows)
   return select(cfg, widths, cp_params, eta, x, n)
 
 
@@ -149,9 +180,14 @@ def take_rows(widths: Sequence[int], x: Array, n: Array, rows: Array):
 
 
 def full_forward(enc: EncoderConfig, num_labels: int, params, input_ids: Array,
-                 token_type_ids: Array, n: Array) -> Array:
-  """Full-length classifier: every layer on all `n[b]` real tokens -> logits (B, C)."""
-  bias = jnp.where(valid_positions(n, input_ids.shape[1]), 0.0, NEG_INF).astype(jnp.float32)
-  logits, _ = SequenceClassifier(enc, num_labels).apply({"params": params}, input_ids,
-                                                         token_type_ids, bias)
-  return logits
+                 token_type_ids: Array, n: Array, *, chunk_rows: int | None = None) -> Array:
+  """Full-length classifier: every layer on all `n[b]` real tokens -> logits (B, C).
+
+  The same maths as `SequenceClassifier` (params `{"bert", "head"}`), layer by layer so
+  that the feed-forward blocks can run in `chunk_rows` chunks (see `feed_forward`).
+  """
+  bert = params["bert"]
+  x = embed(enc, bert["embeddings"], input_ids, token_type_ids)
+  for l in range(enc.num_layers):
+    x = run_layer(enc, bert["encoder"][f"layer_{l}"], x, n, chunk_rows)
+  return ClassificationHead(enc, num_labels).apply({"params": params["head"]}, x)

@@ -204,12 +204,22 @@ class Layer(nn.Module):
 
   cfg: EncoderConfig
 
-  @nn.compact
+  def setup(self):
+    self.attention = Attention(self.cfg)
+    self.intermediate = Intermediate(self.cfg)
+    self.output = DenseResidual(self.cfg)
+
   def __call__(self, x: Array, bias: Array, *, deterministic: bool = True) -> Array:
-    cfg = self.cfg
-    x = Attention(cfg, name="attention")(x, bias, deterministic=deterministic)
-    h = Intermediate(cfg, name="intermediate")(x)
-    return DenseResidual(cfg, name="output")(h, x, deterministic=deterministic)
+    x = self.attention(x, bias, deterministic=deterministic)
+    return self.feed_forward(x, deterministic=deterministic)
+
+  def attend(self, x: Array, bias: Array, *, deterministic: bool = True) -> Array:
+    """The attention block alone (with its residual and LayerNorm)."""
+    return self.attention(x, bias, deterministic=deterministic)
+
+  def feed_forward(self, x: Array, *, deterministic: bool = True) -> Array:
+    """The feed-forward block alone: position-wise, so any leading shape works."""
+    return self.output(self.intermediate(x), x, deterministic=deterministic)
 
 
 class Encoder(nn.Module):
