@@ -5,6 +5,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+from adapler_jax.models import bert
 from adapler_jax.models.bert import Bert, EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import SequenceClassifier
 from adapler_jax import weights
@@ -143,3 +144,9 @@ def test_live_parity_with_hf_sequence_classifier():
       {"params": {"bert": params, "head": head}}, batch["input_ids"], batch["token_type_ids"],
       attention_bias_from_mask(batch["attention_mask"]))
   np.testing.assert_allclose(np.asarray(logits), ref.numpy(), atol=1e-5)
+
+
+def test_gelu_is_the_exact_one():
+  x = jnp.linspace(-12.0, 12.0, 2001)
+  np.testing.assert_allclose(bert.gelu(x), jax.nn.gelu(x, approximate=False), atol=2e-6)
+  assert bert.gelu(jnp.bfloat16(1.0)).dtype == jnp.bfloat16
