@@ -240,6 +240,15 @@ def test_chunked_feed_forward_is_the_same_block():
   np.testing.assert_allclose(packing.feed_forward(TINY, layer, x, 16), whole, atol=1e-6)
 
 
+def test_engine_rejects_a_bad_chunk_size():
+  cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
+  params = scaled_params(cfg, seed=2, scale=1.0, eta=0.5)
+  with pytest.raises(ValueError, match="ffn_chunk_rows must be 'auto', None or a positive int"):
+    FullLengthEngine(cfg, params, max_length=32, ffn_chunk_rows="cpu")
+  engine = AdaptiveEngine(cfg, params, max_length=32)
+  assert engine.ffn_chunk_rows == (512 if jax.devices()[0].platform == "cpu" else None)
+
+
 @pytest.mark.parametrize("chunk_rows", [None, 16])
 def test_full_length_engine_equals_sequence_classifier(chunk_rows):
   cfg = adapler.AdapLeRConfig(TINY, num_labels=2)

@@ -121,6 +121,9 @@ class _Engine:
     self.device = device or jax.local_devices()[0]
     if ffn_chunk_rows == "auto":
       ffn_chunk_rows = CPU_FFN_CHUNK_ROWS if self.device.platform == "cpu" else None
+    elif ffn_chunk_rows is not None and (not isinstance(ffn_chunk_rows, int) or ffn_chunk_rows < 1):
+      raise ValueError(f"ffn_chunk_rows must be 'auto', None or a positive int, got "
+                       f"{ffn_chunk_rows!r}")
     self.ffn_chunk_rows = ffn_chunk_rows
 
   def _put(self, tree):
