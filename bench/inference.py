@@ -40,8 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from adapler_jax.data import (DEFAULT_BUCKETS, DataError, eval_batches, get_task, load_split,
-                              subset, tokenize, transfer_task)
+from adapler_jax.cli import run_cli
+from adapler_jax.data import (DEFAULT_BUCKETS, eval_batches, get_task, load_split, subset,
+                              tokenize, transfer_task)
 from adapler_jax.data.tokenize import TokenizedDataset
 from adapler_jax.infer import AdaptiveEngine, FlopsDims, FullLengthEngine, flops_report
 from adapler_jax.models import adapler
@@ -132,10 +133,7 @@ def trained_setup(task: str, workdir: str, args) -> Setup:
     data = limit(limit(data, n, args.seed), args.max_examples, args.seed)
     source = f"{workdir} ({split}, {len(data)} rows)"
   else:  # e.g. a sentiment model trained on SST-2, measured on long IMDB reviews.
-    try:
-      transfer_task(task, run.task, workdir)
-    except DataError as err:
-      raise SystemExit(str(err)) from None
+    transfer_task(task, run.task, workdir)
     data = task_examples(task, split, run.tokenizer, args)
     source = (f"{workdir} (trained on {run.task.name}) on {task} {split} "
               f"({len(data)} rows, seed {args.seed}, max length {data.max_length})")
@@ -360,4 +358,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  run_cli(main)

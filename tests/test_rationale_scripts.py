@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from adapler_jax.data import DEFAULT_BUCKETS, bucket_lengths
+from adapler_jax.data import DEFAULT_BUCKETS, DataError, bucket_lengths
 from tests.test_pipeline import tiny_backbone  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def test_bench_inference_on_a_trained_run(run):
   assert {"latency_p50_ms", "latency_p95_ms"} <= rows[0].keys()
   assert all(r["max_abs_logit_diff_vs_ours_full"] < 1e-4
              for r in rows if r["system"] == "hf-pytorch")
-  with pytest.raises(SystemExit, match="pair sst2 with a run trained on the same labels"):
+  with pytest.raises(DataError, match="pair sst2 with a run trained on the same labels"):
     inference.main(["--workdir", str(root / "run"), "--task", "sst2", "--out", str(out)])
 
 

@@ -252,7 +252,7 @@ class AdaptiveEngine(_Engine):
         n = self._put(np.full((size,), width, np.int32))
         x = self._embed(self._embedding_params, ids, ids)
         sel = self._select(self._cp_params[0], self._eta[0], x, n)
-        sel = self._step(self._layer_params[0], self._cp_params[0], self._eta[1 % len(self._eta)],
+        sel = self._step(self._layer_params[0], self._cp_params[0], self._no_cutoff,
                          sel.prefixes[-1], sel.n)
         out = [self._head(self._head_params, sel.prefixes[0])]
         if size != self.batch_sizes()[-1]:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from adapler_jax.models.adapler import (PAD_LOG_KEEP, AdapLeRConfig, ContributionPredictor,
                                         masked_log_scores)
-from adapler_jax.models.bert import NEG_INF, Bert, EncoderConfig, Layer
+from adapler_jax.models.bert import Bert, EncoderConfig, Layer, attention_bias_from_mask
 from adapler_jax.models.heads import ClassificationHead
 
 Array = jax.Array
@@ -151,7 +151,7 @@ def run_layer(enc: EncoderConfig, layer_params, x: Array, n: Array,
 
   `chunk_rows`: see `feed_forward`.
   """
-  bias = jnp.where(valid_positions(n, x.shape[1]), 0.0, NEG_INF).astype(jnp.float32)
+  bias = attention_bias_from_mask(valid_positions(n, x.shape[1]))
   x = Layer(enc).apply({"params": layer_params}, x, bias, method=Layer.attend)
   return feed_forward(enc, layer_params, x, chunk_rows)
 
