@@ -150,14 +150,17 @@ class Timing:
   logits: np.ndarray
   kept_counts: np.ndarray | None = None
   compiled_shapes: int | None = None
+  slots: np.ndarray | None = None
+  shape_bound: int | None = None
 
 
 def run_ours(engine, data: TokenizedDataset, repeats: int) -> Timing:
   """Warm-up (compiles every shape), then the best of `repeats` timed runs."""
   engine.warmup()
   best = min((engine.run(data) for _ in range(repeats)), key=lambda r: r.seconds)
+  rows = len(engine.row_counts()) if hasattr(engine, "row_counts") else 1
   return Timing(best.seconds, best.batch_seconds, best.logits, best.kept_counts,
-                engine.compiled_shapes)
+                engine.compiled_shapes, best.slots, rows * len(engine.widths))
 
 
 def hf_model(setup: Setup):
@@ -216,6 +219,7 @@ def row(system: str, setup: Setup, batch_size: int, timing: Timing, full: Timing
       "flops_speedup": round(flops_speedup, 3), "wall_speedup": round(wall, 3),
       "wall_over_flops": round(wall / flops_speedup, 3),
       "compiled_shapes": timing.compiled_shapes,
+      "shape_bound": timing.shape_bound,  # row counts x bucket widths the engine may use.
       "accuracy": round(float(np.mean(np.argmax(timing.logits, -1) == data.labels)), 4),
       "agreement_with_full": round(float(np.mean(
           np.argmax(timing.logits, -1) == np.argmax(full.logits, -1))), 4),
@@ -224,6 +228,8 @@ def row(system: str, setup: Setup, batch_size: int, timing: Timing, full: Timing
   }
   if timing.kept_counts is not None:
     out["kept_tokens_per_layer"] = np.round(timing.kept_counts.mean(0), 2).tolist()
+  if timing.slots is not None:  # token slots computed per example, padding included.
+    out["slots_per_layer"] = np.round(timing.slots / len(data), 2).tolist()
   if batch_size == 1:
     ms = 1e3 * timing.batch_seconds
     out["latency_p50_ms"] = round(float(np.percentile(ms, 50)), 3)
@@ -261,7 +267,7 @@ def benchmark(setup: Setup, batch_sizes: list[int], systems: list[str], args,
     timings = {"ours-full": (full, 1.0)}
     if "ours-adapler" in systems:
       engine = AdaptiveEngine(cfg, setup.adapler_params, batch_size=batch_size,
-                              split_divergent=args.split_divergent, **kwargs)
+                              folds=args.folds, **kwargs)
       ours = run_ours(engine, data, args.repeats)
       speedup = flops_report(data.lengths, ours.kept_counts, dims)["flops_speedup"]
       timings["ours-adapler"] = (ours, speedup)
@@ -306,8 +312,9 @@ def parse_args(argv=None):
   parser.add_argument("--batch-sizes", default="1,8,32,128")
   parser.add_argument("--systems", default=",".join(SYSTEMS))
   parser.add_argument("--buckets", default=",".join(map(str, DEFAULT_BUCKETS)))
-  parser.add_argument("--split-divergent", action="store_true",
-                      help="let the AdapLeR engine split batches whose survivor counts diverge")
+  parser.add_argument("--folds", default="2,4",
+                      help="AdapLeR engine: survivors may be packed into batch/f rows, for "
+                           "each f here, when that is cheaper ('': one example per row)")
   parser.add_argument("--max-examples", type=int, default=None,
                       help="seeded subset per task, for a quick run")
   parser.add_argument("--repeats", type=int, default=1, help="timed runs; the best is kept")
@@ -319,6 +326,7 @@ def parse_args(argv=None):
   parser.add_argument("--verbose", action="store_true", help="print each row as it is measured")
   args = parser.parse_args(argv)
   args.buckets = tuple(int(b) for b in args.buckets.split(","))
+  args.folds = tuple(int(f) for f in args.folds.split(",") if f)
   if not args.random_cp and len(args.workdir) != len(args.task):
     parser.error("give one --workdir per --task, or --random-cp")
   systems = [s for s in args.systems.split(",") if s]
@@ -343,7 +351,7 @@ def main(argv=None) -> None:
   meta = {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
           "cpu_threads": threads, "machine": platform.machine(),
           "mode": "random-cp" if args.random_cp else "trained",
-          "split_divergent": args.split_divergent, "buckets": list(args.buckets)}
+          "folds": list(args.folds), "buckets": list(args.buckets)}
   rows = []
   for i, task in enumerate(args.task):
     setup = (random_cp_setup(task, args) if args.random_cp

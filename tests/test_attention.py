@@ -10,9 +10,11 @@ from adapler_jax.models.bert import NEG_INF
 
 
 def _reference(q, k, v, bias):
-  """Textbook softmax(q k^T / sqrt(d) + bias) v in float64 numpy, (b, s, h, d) layout."""
+  """Textbook softmax(q k^T / sqrt(d) + bias) v in float64 numpy, (b, s, h, d) layout;
+  bias (b, k) per key or (b, q, k) per query and key."""
   q, k, v, bias = (np.asarray(t, np.float64) for t in (q, k, v, bias))
-  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1]) + bias[:, None, None, :]
+  bias = bias[:, None, :, :] if bias.ndim == 3 else bias[:, None, None, :]
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1]) + bias
   p = np.exp(logits - logits.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)
   return p, np.einsum("bhqk,bkhd->bqhd", p, v)
@@ -34,6 +36,27 @@ def test_output_only_form_matches_reference(seq, chunk):
   got = jax.jit(lambda *a: attention.attention(*a, query_chunk=chunk))(q, k, v, bias)
   assert got.shape == q.shape
   np.testing.assert_allclose(np.asarray(got), want, atol=2e-6)
+
+
+@pytest.mark.parametrize("chunk", [None, 8])
+def test_pairwise_bias_keeps_packed_sequences_apart(chunk):
+  """Two sequences packed in one row (segments 0 and 1, then padding) attend only within
+  themselves: each equals its own sequence run alone."""
+  q, k, v, _ = _inputs(1, 16)
+  seg = np.array([0] * 5 + [1] * 7 + [-1] * 4)
+  pair = np.where((seg[:, None] == seg[None, :]) & (seg[None, :] >= 0), 0.0, NEG_INF)
+  pair[3, 1] -= 1.5  # a per-pair edit, which a key bias cannot express
+  _, want = _reference(q, k, v, pair[None])
+  got = jax.jit(lambda *a: attention.attention(*a, query_chunk=chunk))(
+      q, k, v, jnp.asarray(pair[None], jnp.float32))
+  real = slice(0, 12)  # padding queries see only padding: any finite output will do.
+  np.testing.assert_allclose(np.asarray(got)[:, real], want[:, real], atol=2e-6)
+  for lo, hi in ((0, 5), (5, 12)):
+    _, alone = _reference(q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], pair[None, lo:hi, lo:hi])
+    np.testing.assert_allclose(np.asarray(got)[:, lo:hi], alone, atol=2e-6)
+  probs, out = attention.attention_probs_and_output(q, k, v, jnp.asarray(pair[None]))
+  np.testing.assert_allclose(np.asarray(out)[:, real], want[:, real], atol=2e-6)
+  assert float(np.asarray(probs)[0, :, :5, 5:].max()) == 0.0
 
 
 def test_chunking_runs_when_it_divides_and_not_otherwise():

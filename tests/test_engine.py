@@ -165,6 +165,7 @@ def test_engine_matches_per_example_on_real_data(real_runs):
     assert_same_outputs(got, want)
     assert (want.kept_counts[:, 0] < data.lengths).mean() > 0.5, name  # tokens were dropped.
     assert (np.diff(want.kept_counts, axis=1) < 0).any(), name  # by later layers too.
+    assert got.packed_batches.any(), name  # some layers ran several examples per row.
     total += len(data)
   assert total >= 200
 
@@ -199,10 +200,13 @@ def test_compiled_shapes_are_bounded(tokenizer, shared_data):
       assert counter.count == 0
     else:
       result = engine.run(data)
-    assert all(c <= len(buckets) for c in engine.compile_counts.values())
+    rows = len(engine.row_counts())
+    assert engine.compiled_shapes <= rows * len(buckets)  # one per (rows, bucket) grid.
+    assert engine.compile_counts["start"] <= len(buckets)
+    assert engine.compile_counts["head"] == 1
     total += engine.compiled_shapes
     assert (result.kept_counts[:, -1] < result.lengths).mean() > 0.5
-  assert 0 < total <= len(batch_sizes) * len(buckets)
+  assert 0 < total <= 3 * len(batch_sizes) * len(buckets)
 
 
 @pytest.mark.parametrize("committed", [False, True], ids=["fresh", "restored"])
@@ -268,21 +272,36 @@ def test_full_length_engine_equals_sequence_classifier(chunk_rows):
   assert engine.compiled_shapes <= 3
 
 
-def test_split_batches_and_batch_size_one_agree():
+def test_packed_unpacked_and_batch_size_one_agree():
+  """Packing several examples to a row changes where tokens sit, not what they compute."""
   cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
-  params = scaled_params(cfg, seed=4, scale=1.0, eta=0.9)
+  params = scaled_params(cfg, seed=4, scale=4.0, eta=0.9)
   data = synthetic(30, 32, seed=5)
-  kwargs = dict(max_length=32, buckets=(8, 32))
-  split = AdaptiveEngine(cfg, params, batch_size=8, split_divergent=True, min_split_rows=2,
-                         min_split_saving=1, **kwargs)
+  kwargs = dict(max_length=32, buckets=(8, 16, 32))
+  packed = AdaptiveEngine(cfg, params, batch_size=8, folds=(2, 4), **kwargs)
+  unpacked = AdaptiveEngine(cfg, params, batch_size=8, folds=(), **kwargs)
   single = AdaptiveEngine(cfg, params, batch_size=1, **kwargs)
-  got, want = split.run(data, return_rationales=True), single.run(data)
-  assert split.compile_counts["split"] > 0  # some batch did split.
-  assert_same_outputs(got, want)
+  got, plain, want = (e.run(data, return_rationales=True) for e in (packed, unpacked, single))
+  assert packed.row_counts() == (8, 4, 2) and unpacked.row_counts() == (8,)
+  assert single.row_counts() == (1,)
+  assert got.packed_batches.any() and not plain.packed_batches.any()
+  assert got.slots.sum() < plain.slots.sum()
+  for result in (got, plain):
+    assert_same_outputs(result, want)
+    for i, n in enumerate(data.lengths):
+      for l in range(cfg.num_layers):
+        np.testing.assert_array_equal(result.kept_positions[i][l], want.kept_positions[i][l])
+        np.testing.assert_allclose(result.scores[i][l], want.scores[i][l], rtol=1e-4,
+                                   atol=1e-6)
+      assert all(p[0] == 0 and p.max() < n for p in result.kept_positions[i])
   assert (want.kept_counts[:, 0] < data.lengths).any()
-  for positions, n in zip(got.kept_positions, data.lengths):
-    assert all(p[0] == 0 and p.max() < n for p in positions)
-  assert len(single.batch_sizes()) == 1 and split.batch_sizes() == (8, 4, 2)
+
+
+def test_engine_rejects_a_bad_fold():
+  cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
+  params = scaled_params(cfg, seed=2, scale=1.0, eta=0.5)
+  with pytest.raises(ValueError, match="folds must be ints > 1"):
+    AdaptiveEngine(cfg, params, max_length=32, folds=(1,))
 
 
 # ----------------------------------------------------------------------------- HF weights

@@ -4,16 +4,18 @@ Both iterate a `TokenizedDataset` in length-sorted batches padded to a bucket wi
 (`data.eval_batches`), so the compiled shapes are bounded by (batch sizes x buckets)
 whatever the data, and speed comparisons between them are fair (DESIGN.md §7).
 
-AdapLeR per batch::
+AdapLeR per batch (`packing` on the device, `layout` on the host)::
 
-  embed -> select_0 -> [host: max survivors -> width] -> layer_0 + select_1 -> ...
-        -> layer_{L-1} (cutoff 0) -> head
+  start: embed + decision 0 -> [host: counts -> grid] -> step: layer 0 + decision 1 -> ...
+        -> step: layer L-1 (cutoff 0) -> head
 
-Each `select` scores the tokens present, keeps those with S~ >= eta^l / n_row ([CLS]
-always), packs the survivors to the front and returns them pre-sliced at every bucket
-width; the host reads one int (the largest survivor count) and continues with the
-smallest slice that holds it. `per_example_run` is the reference: `hard_forward`, one
-example at a time.
+Each decision scores the tokens present, keeps those with S~ >= eta^l / n_example ([CLS]
+always) and compacts the survivors to the front of a token buffer. The host reads one
+count per example and lays the survivors out for the next layer in the cheapest grid:
+one example per row at the smallest bucket holding the largest count, or several
+examples per row in fewer rows (attention stays within each example). Grids come from
+(row counts x buckets), so compiled shapes stay bounded. `per_example_run` is the
+reference: `hard_forward`, one example at a time.
 
 Use from Python::
 
@@ -36,7 +38,7 @@ import numpy as np
 
 from adapler_jax.data.batching import DEFAULT_BUCKETS, bucket_lengths, eval_batches
 from adapler_jax.data.tokenize import TokenizedDataset
-from adapler_jax.infer import packing
+from adapler_jax.infer import layout, packing
 from adapler_jax.models.adapler import AdapLeRConfig, hard_forward
 
 Batch = dict[str, np.ndarray]
@@ -60,6 +62,8 @@ class EngineResult:
     batch_seconds: wall time of each batch (at batch size 1: per-example latency).
     slots: (L,) token slots each layer computed over all batches, padding and filler
       rows included (`kept_counts.sum(0) / slots` is the padding efficiency).
+    packed_batches: (L,) batches whose layer l ran on a packed grid (several examples
+      per row).
   """
 
   logits: np.ndarray
@@ -70,6 +74,7 @@ class EngineResult:
   seconds: float = 0.0
   batch_seconds: np.ndarray | None = None
   slots: np.ndarray | None = None
+  packed_batches: np.ndarray | None = None
 
   @property
   def predictions(self) -> np.ndarray:
@@ -143,6 +148,7 @@ class _Engine:
     scores = [None] * num if return_rationales else None
     batch_seconds = []
     slots = np.zeros((layers,), np.int64)
+    packed = np.zeros((layers,), np.int64)
     batches = eval_batches(data, self.batch_size, self._batch_widths(data))
     start = time.perf_counter()
     for batch in _progress(batches, _num_batches(data, self.batch_size), progress,
@@ -154,13 +160,14 @@ class _Engine:
       logits[index] = out["logits"][rows]
       kept[index] = out["kept"][rows]
       slots += out["slots"]
+      packed += out.get("packed", 0)
       if return_rationales:
         for r, i in zip(rows, index):
           positions[i], scores[i] = out["positions"][r], out["scores"][r]
       batch_seconds.append(time.perf_counter() - t0)
     seconds = time.perf_counter() - start
     return EngineResult(logits, kept, np.asarray(data.lengths).copy(), positions, scores,
-                        seconds, np.asarray(batch_seconds), slots)
+                        seconds, np.asarray(batch_seconds), slots, packed)
 
   def _run_batch(self, batch: Batch, rationales: bool) -> dict[str, Any]:
     raise NotImplementedError
@@ -172,34 +179,32 @@ class AdaptiveEngine(_Engine):
   Args:
     cfg: model shape.
     params: AdapLeR params `{"model": ..., "speed": {"eta", ...}}`.
-    batch_size: rows per batch (the last batch is filled up with copies, ignored).
+    batch_size: examples per batch (the last batch is filled up with copies, ignored).
     buckets: padded widths; a batch starts at the smallest bucket holding its longest
-      example and shrinks, layer by layer, to the smallest holding its largest survivor
-      count.
+      example, and after each keep decision its survivors go to the cheapest grid
+      (`layout.plan`): one example per row at the smallest bucket holding the largest
+      survivor count, or packed several to a row into `batch_size // f` rows for an f
+      in `folds`.
     max_length: the longest input (data tokenized at this length use exactly the
       widths `bucket_lengths(max_length, buckets)` that `warmup` compiles).
     device: where the weights live and every batch runs (default: the first local device).
     ffn_chunk_rows: token rows per feed-forward chunk (`packing.feed_forward`); "auto"
       chunks on CPU, where it keeps activations in cache, and not on accelerators.
-    split_divergent: after a keep decision, sort the rows of a batch by survivor count
-      and split it in halves when that saves at least `min_split_saving` token slots
-      per layer (each extra call re-reads the layer's weights, so small savings cost
-      more than they save); the whole count vector then crosses to the host, and batch
-      sizes `batch_size / 2^k` (down to `min_split_rows`) join the compiled shapes.
-    min_split_rows: the smallest half a split may produce.
-    min_split_saving: token slots per layer a split must save.
+    folds: packed grids have `batch_size // f` rows for each f here; () never packs.
+      Compiled layer shapes: at most (row counts x buckets), `len(row_counts())` being
+      1 + len(folds) at most.
   """
 
   def __init__(self, cfg: AdapLeRConfig, params: dict, *, batch_size: int = 32,
                buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int = 512,
                device: jax.Device | None = None, ffn_chunk_rows: int | None | str = "auto",
-               split_divergent: bool = False, min_split_rows: int = 8,
-               min_split_saving: int = 128):
+               folds: Sequence[int] = (2, 4)):
     super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length,
                      device=device, ffn_chunk_rows=ffn_chunk_rows)
-    self.split_divergent = split_divergent
-    self.min_split_rows = max(1, min_split_rows)
-    self.min_split_saving = min_split_saving
+    folds = tuple(folds)
+    if not all(isinstance(f, int) and f > 1 for f in folds):
+      raise ValueError(f"folds must be ints > 1 (() never packs), got {folds!r}")
+    self.folds = folds
     model = params["model"]
     layers = cfg.num_layers
     self._embedding_params = self._put(model["bert"]["embeddings"])
@@ -213,157 +218,138 @@ class AdaptiveEngine(_Engine):
     # Cutoff of each keep decision: eta^1..eta^{L-1} after layers 0..L-2, then 0 (keep all).
     self._eta = [self._put(e) for e in eta]
     self._no_cutoff = self._put(np.float32(0.0))
-    self._embed = jax.jit(functools.partial(packing.embed, cfg.encoder))
-    self._select = jax.jit(functools.partial(packing.select, cfg, self.widths))
-    self._step = jax.jit(functools.partial(packing.layer_then_select, cfg, self.widths,
-                                           chunk_rows=self.ffn_chunk_rows))
-    self._head = jax.jit(functools.partial(packing.head, cfg))
-    self._take = jax.jit(functools.partial(packing.take_rows, self.widths))
+    # The token buffer: every batch's tokens, compacted after each decision (donated).
+    self._rows = batch_size * max_length
+    self._buffer = self._put(np.zeros((self._rows, cfg.encoder.hidden_size),
+                                      cfg.encoder.compute_dtype))
+    self._positions = self._put(np.zeros((self._rows,), np.int32))
+    self._start = jax.jit(functools.partial(packing.start, cfg), donate_argnums=(0, 1))
+    self._step = jax.jit(functools.partial(packing.step, cfg, batch_size,
+                                           chunk_rows=self.ffn_chunk_rows),
+                         donate_argnums=(0, 1))
+    self._finish = jax.jit(functools.partial(packing.finish, cfg))
 
   # ---------------------------------------------------------------- compiled shapes
 
   @property
   def compiled_shapes(self) -> int:
-    """Distinct (batch, width) shapes the per-layer step has compiled for so far.
+    """Distinct (rows, width) grids the per-layer step has compiled for so far.
 
-    One compilation per shape serves every layer; `compile_counts` lists every
-    jitted function of the engine.
+    One compilation per grid serves every layer; `compile_counts` lists every jitted
+    function of the engine.
     """
     return self._step._cache_size()  # pylint: disable=protected-access
 
   @property
   def compile_counts(self) -> dict[str, int]:
-    fns = {"embed": self._embed, "select": self._select, "layer": self._step,
-           "head": self._head, "split": self._take}
+    fns = {"start": self._start, "layer": self._step, "head": self._finish}
     return {k: f._cache_size() for k, f in fns.items()}  # pylint: disable=protected-access
 
-  def batch_sizes(self) -> tuple[int, ...]:
-    """Batch sizes this engine can run: `batch_size` and, when splitting, its halves."""
-    sizes = [self.batch_size]
-    while self.split_divergent and sizes[-1] % 2 == 0 and sizes[-1] // 2 >= self.min_split_rows:
-      sizes.append(sizes[-1] // 2)
-    return tuple(sizes)
+  def row_counts(self) -> tuple[int, ...]:
+    """Rows a layer call may have, descending: `batch_size` (one example per row), then
+    `batch_size // f` for each fold f (packed grids)."""
+    packed = {self.batch_size // f for f in self.folds} - {0}
+    return (self.batch_size,) + tuple(sorted(packed, reverse=True))
 
   def warmup(self) -> None:
-    """Compiles every (batch, bucket) shape ahead of time, on placeholder inputs."""
-    for size in self.batch_sizes():
-      for width in self.widths:
-        ids = np.zeros((size, width), np.int32)
-        n = self._put(np.full((size,), width, np.int32))
-        x = self._embed(self._embedding_params, ids, ids)
-        sel = self._select(self._cp_params[0], self._eta[0], x, n)
-        sel = self._step(self._layer_params[0], self._cp_params[0], self._no_cutoff,
-                         sel.prefixes[-1], sel.n)
-        out = [self._head(self._head_params, sel.prefixes[0])]
-        if size != self.batch_sizes()[-1]:
-          rows = self._put(np.arange(size // 2, dtype=np.int32))
-          out.append(self._take(x, n, rows))
-        jax.block_until_ready((sel, out))
+    """Compiles every grid shape ahead of time, on placeholder inputs."""
+    size = self.batch_size
+    for width in self.widths:
+      ids = np.zeros((size, width), np.int32)
+      self._run_start(ids, ids, np.full((size,), width, np.int32))
+      for rows in self.row_counts():
+        idx = np.full((rows, width), self._rows, np.int32)
+        self._run_step(0, idx, np.full((rows, width), -1, np.int32), last=True)
+    jax.block_until_ready(self._run_finish(np.zeros((size,), np.int32)))
+
+  # ---------------------------------------------------------------- device calls
+
+  def _run_start(self, input_ids, token_type_ids, lengths) -> packing.Decision:
+    out = self._start(self._buffer, self._positions, self._embedding_params,
+                      self._cp_params[0], self._eta[0], self._put(input_ids),
+                      self._put(token_type_ids), self._put(lengths))
+    self._buffer, self._positions = out.buffer, out.positions
+    return out
+
+  def _run_step(self, layer: int, idx: np.ndarray, seg: np.ndarray, *,
+                last: bool) -> packing.Decision:
+    out = self._step(self._buffer, self._positions, self._layer_params[layer],
+                     self._cp_params[0 if last else layer + 1],
+                     self._no_cutoff if last else self._eta[layer + 1],
+                     self._put(idx), self._put(seg))
+    self._buffer, self._positions = out.buffer, out.positions
+    return out
+
+  def _run_finish(self, cls_rows: np.ndarray) -> jax.Array:
+    return self._finish(self._head_params, self._buffer, self._put(cls_rows.astype(np.int32)))
 
   # ---------------------------------------------------------------- one batch
 
   def _run_batch(self, batch: Batch, rationales: bool) -> dict[str, Any]:
     lengths = batch["attention_mask"].sum(axis=1, dtype=np.int32)
-    n = self._put(lengths)
-    x = self._embed(self._embedding_params, batch["input_ids"], batch["token_type_ids"])
-    sel = self._select(self._cp_params[0], self._eta[0], x, n)
-    records = _Records(lengths, self.cfg.num_layers, rationales)
-    pending = [(np.arange(len(lengths)), 0, sel)]
-    while pending:
-      pending.extend(self._advance(*pending.pop(), records))
+    num_layers, enc = self.cfg.num_layers, self.cfg.encoder
+    records = _Records(lengths, num_layers, rationales)
+    decision = self._run_start(batch["input_ids"], batch["token_type_ids"], lengths)
+    num, width = batch["input_ids"].shape
+    grid = layout.Layout(num, width, np.arange(num), np.zeros(num, np.int64))
+    for l in range(num_layers):
+      counts = np.asarray(decision.counts)  # the one transfer to the host per layer.
+      records.add(l, grid, counts, decision)
+      starts = layout.compacted_starts(grid, counts)
+      grid = layout.plan(counts, self.widths, self.row_counts()[1:], enc.hidden_size,
+                         enc.intermediate_size)
+      idx, seg = layout.gather_indices(grid, counts, starts, self._rows)
+      records.slots[l] += grid.slots
+      records.packed[l] += grid.packed
+      decision = self._run_step(l, idx, seg, last=l == num_layers - 1)
+    starts = layout.compacted_starts(grid, np.asarray(decision.counts))
+    records.logits = self._run_finish(starts)
     return records.collect()
-
-  def _advance(self, rows: np.ndarray, layer: int, sel: packing.Selection,
-               records: _Records) -> list:
-    """Runs a group of rows from the keep decision of `layer` to the head.
-
-    Returns the groups it split into (each continues from the same decision), or []
-    once it has reached the head.
-    """
-    num_layers = self.cfg.num_layers
-    for l in range(layer, num_layers):
-      if records.rationales and sel.scores is not None:
-        records.add("scores", rows, l, sel.scores)
-        records.add("order", rows, l, sel.order)
-      widths = [x.shape[1] for x in sel.prefixes]
-      if len(widths) == 1:  # already the narrowest bucket: nothing to read or decide.
-        max_n = widths[0]
-      elif self.split_divergent:
-        counts = np.asarray(sel.n)
-        halves = self._split_rows(counts, widths)
-        if halves is not None:
-          return [(rows[h], l, self._take_group(sel, counts, widths, h)) for h in halves]
-        max_n = int(counts.max())
-      else:
-        max_n = int(sel.max_n)  # the one value that crosses to the host per layer.
-      x = sel.prefixes[packing.smallest_holding(max_n, widths)]
-      records.add("kept", rows, l, sel.n)
-      records.slots[l] += len(rows) * x.shape[1]
-      last = l == num_layers - 1
-      sel = self._step(self._layer_params[l], self._cp_params[0 if last else l + 1],
-                       self._no_cutoff if last else self._eta[l + 1], x, sel.n)
-    records.add("logits", rows, num_layers, self._head(self._head_params, sel.prefixes[0]))
-    return []
-
-  def _split_rows(self, counts: np.ndarray, widths: Sequence[int]):
-    """Halves of the rows (by survivor count) when padding shrinks enough, else None."""
-    half = len(counts) // 2
-    if len(counts) % 2 or half < self.min_split_rows:
-      return None
-    order = np.argsort(counts, kind="stable")
-    low, high = order[:half], order[half:]
-    w_low = widths[packing.smallest_holding(int(counts[low].max()), widths)]
-    w_high = widths[packing.smallest_holding(int(counts[high].max()), widths)]
-    return (low, high) if half * (w_high - w_low) >= self.min_split_saving else None
-
-  def _take_group(self, sel: packing.Selection, counts: np.ndarray, widths: Sequence[int],
-                  rows: np.ndarray) -> packing.Selection:
-    """The selection restricted to `rows`, starting from the narrowest slice holding all."""
-    x = sel.prefixes[packing.smallest_holding(int(counts.max()), widths)]
-    prefixes, n = self._take(x, sel.n, self._put(rows.astype(np.int32)))
-    return sel._replace(prefixes=prefixes, n=n, scores=None, order=None)
 
 
 class _Records:
-  """Per-row device outputs of one batch, fetched to the host in a single transfer."""
+  """Per-layer outputs of one batch, fetched to the host in a single transfer."""
 
   def __init__(self, lengths: np.ndarray, num_layers: int, rationales: bool):
     self.lengths, self.num_layers, self.rationales = lengths, num_layers, rationales
-    self._items: list[tuple[str, np.ndarray, int, jax.Array]] = []
+    self.kept = np.zeros((len(lengths), num_layers), np.int32)
     self.slots = np.zeros((num_layers,), np.int64)
+    self.packed = np.zeros((num_layers,), np.int64)
+    self.logits = None
+    self._grids: list[tuple[layout.Layout, np.ndarray]] = []
+    self._device: list[tuple[jax.Array, jax.Array, jax.Array]] = []
 
-  def add(self, kind: str, rows: np.ndarray, layer: int, value: jax.Array) -> None:
-    """Notes `value` (rows first) as the `kind` output of `layer` for batch rows `rows`."""
-    self._items.append((kind, rows, layer, value))
+  def add(self, layer: int, grid: layout.Layout, counts: np.ndarray,
+          decision: packing.Decision) -> None:
+    """Notes decision `layer` (taken over `grid`): layer `layer` runs on `counts` tokens."""
+    self.kept[:, layer] = counts
+    if self.rationales:
+      self._grids.append((grid, counts))
+      self._device.append((decision.scores, decision.keep, decision.slot_positions))
 
   def collect(self) -> dict[str, Any]:
-    """Host arrays: logits (B, C), kept (B, L); with rationales, per-row lists."""
-    size, layers = len(self.lengths), self.num_layers
-    values = jax.device_get([v for *_, v in self._items])
-    logits, kept = None, np.zeros((size, layers), np.int32)
-    per_row = {"order": {}, "scores": {}}
-    for (kind, rows, layer, _), value in zip(self._items, values):
-      if kind == "logits":
-        logits = np.zeros((size, value.shape[-1]), np.float32) if logits is None else logits
-        logits[rows] = value
-      elif kind == "kept":
-        kept[rows, layer] = value
-      else:
-        per_row[kind].update(((int(r), layer), v) for r, v in zip(rows, value))
-    out = {"logits": logits, "kept": kept, "slots": self.slots}
+    """Host arrays: logits (E, C), kept (E, L); with rationales, per-example lists."""
+    logits, device = jax.device_get((self.logits, self._device))
+    out = {"logits": np.asarray(logits), "kept": self.kept, "slots": self.slots,
+           "packed": self.packed}
     if self.rationales:
-      out["positions"], out["scores"] = zip(*(
-          self._rationale(r, kept[r], per_row) for r in range(size)))
+      out["positions"], out["scores"] = self._rationales(device)
     return out
 
-  def _rationale(self, row: int, kept: np.ndarray, per_row: dict):
-    """Original positions each layer ran on, and S~ over the tokens entering it."""
-    positions, scores = [], []
-    current = np.arange(self.lengths[row])
-    for l in range(self.num_layers):
-      scores.append(per_row["scores"][row, l][: len(current)])
-      current = current[per_row["order"][row, l][: kept[l]]]
-      positions.append(current)
+  def _rationales(self, device):
+    """Per example: the original positions each layer ran on, and S~ over the tokens
+    entering each layer's decision, in original order."""
+    num = len(self.lengths)
+    positions = [[] for _ in range(num)]
+    scores = [[] for _ in range(num)]
+    entering = self.lengths
+    for (grid, counts), (s, keep, pos) in zip(self._grids, device):
+      for e in range(num):
+        r, o = grid.row[e], grid.offset[e]
+        cut = slice(o, o + entering[e])
+        scores[e].append(s[r, cut])
+        positions[e].append(pos[r, cut][keep[r, cut]])
+      entering = counts
     return positions, scores
 
 

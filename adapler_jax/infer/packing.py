@@ -1,22 +1,21 @@
 """Pure, jittable pieces of bucketed hard removal (DESIGN.md §5 hard removal, §7).
 
-A batch is a set of rows padded to one width W. Each row carries its hidden states
-packed to the front: the first `n[b]` of the W slots hold its kept tokens in original
-order, and the rest is padding that no attention, score or keep decision ever sees.
+The batch's tokens live in one flat buffer (N, H), N = batch size x max length, that every
+call takes and returns (donated, so updates happen in place). A layer call reads its
+tokens into a (rows, width) grid through an index array, runs the layer, decides which
+tokens stay, and compacts the survivors to the front of the buffer in slot order. The
+host then reads one count per example, plans the next grid (`adapler_jax.infer.layout`)
+and builds its indices.
 
-Shapes: x (B, W, H) float, n (B,) int32.
-
-Every function here is keyed by its (B, W) input shape alone: the layer and predictor
-params are arguments, and a width change never happens inside a function. Instead a
-selection returns its packed output pre-sliced at every bucket width <= W
-(`Selection.prefixes`), so the host, having read the largest survivor count, picks the
-smallest slice that holds it without compiling a (W_in, W_out) slicing program.
+Because the buffer's shape never changes, each function is keyed by its grid shape alone:
+(examples, width) for `start`, (rows, width) for `step`, whatever grid came before. A
+grid holds one example per row (unpacked, rows == examples) or several (packed, fewer
+rows): `seg` names each slot's example (-1 on padding), attention then runs within
+examples only, and the contribution scores are normalised per example.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -24,42 +23,30 @@ import jax.numpy as jnp
 
 from adapler_jax.models.adapler import (PAD_LOG_KEEP, AdapLeRConfig, ContributionPredictor,
                                         masked_log_scores)
-from adapler_jax.models.bert import Bert, EncoderConfig, Layer, attention_bias_from_mask
+from adapler_jax.models.bert import (NEG_INF, Bert, EncoderConfig, Layer,
+                                     attention_bias_from_mask)
 from adapler_jax.models.heads import ClassificationHead
 
 Array = jax.Array
 
 
-class Selection(NamedTuple):
-  """Result of one keep decision over a packed batch of width W.
+class Decision(NamedTuple):
+  """One keep decision over a grid (rows, width), after the survivors are compacted.
 
-  prefixes: the packed survivors `x[:, :w]` for each `w` in `prefix_widths(W, widths)`,
-    ascending; the last one is the full width W.
-  n: (B,) int32 survivors per row ([CLS] included).
-  max_n: () int32, the largest survivor count: the one number the host reads.
-  scores: (B, W) float32 S~ over each row's tokens entering the layer (0 on padding).
-  order: (B, W) int32 packing permutation: slot j of the output holds entering slot
-    `order[b, j]`; its first `n[b]` entries locate the survivors (for rationales).
+  buffer: (N, H) the token buffer; the survivors fill rows [0, sum(counts)) in slot order.
+  positions: (N,) int32 original position of each buffer row, alongside.
+  counts: (E,) int32 survivors per example ([CLS] included).
+  scores: (rows, width) float32 S~ of each slot's token (0 on padding).
+  keep: (rows, width) bool, the decision.
+  slot_positions: (rows, width) int32 original position of each slot's token (-1 padding).
   """
 
-  prefixes: tuple[Array, ...]
-  n: Array
-  max_n: Array
+  buffer: Array
+  positions: Array
+  counts: Array
   scores: Array
-  order: Array
-
-
-def prefix_widths(width: int, widths: Sequence[int]) -> tuple[int, ...]:
-  """Bucket widths a batch of `width` can shrink to: those below it, and itself."""
-  return tuple(sorted({w for w in widths if w < width} | {width}))
-
-
-def smallest_holding(count: int, widths: Sequence[int]) -> int:
-  """Index of the smallest of the ascending `widths` that is >= `count`."""
-  i = bisect.bisect_left(widths, count)
-  if i == len(widths):
-    raise ValueError(f"{count} tokens do not fit the widths {tuple(widths)}")
-  return i
+  keep: Array
+  slot_positions: Array
 
 
 def valid_positions(n: Array, width: int) -> Array:
@@ -85,39 +72,106 @@ def keep_mask(scores: Array, eta: Array, n: Array) -> Array:
   return keep & valid_positions(n, width)
 
 
-def pack(keep: Array, x: Array) -> tuple[Array, Array]:
-  """Moves each row's kept tokens to the front, in their original order.
+def same_example(seg: Array) -> Array:
+  """(rows, width) example ids (-1 padding) -> (rows, width, width) bool: both slots hold
+  tokens of one example."""
+  return (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] >= 0)
 
-  keep (B, W) bool, x (B, W, H) -> `(x permuted along axis 1, order (B, W) int32)`:
-  a stable sort, so slots `[0, sum(keep[b]))` of row b hold its kept tokens.
+
+def _packed_log_scores(logits: Array, same: Array) -> Array:
+  """log S~ per example of a packed grid: `masked_log_scores` over each example's slots."""
+  real = jnp.any(same, axis=-1)
+  top = jnp.max(jnp.where(same, logits[:, None, :], -jnp.inf), axis=-1)
+  shifted = logits - jnp.where(real, top, 0.0)
+  total = jnp.sum(jnp.where(same, jnp.exp(shifted)[:, None, :], 0.0), axis=-1)
+  log_s = shifted - jnp.log(jnp.where(real, total, 1.0))
+  # The renormalisation of `masked_log_scores` (theta_d = 1), for the same rounding.
+  denom = jnp.sum(jnp.where(same, jnp.exp(log_s)[:, None, :], 0.0), axis=-1)
+  return log_s - jnp.log(jnp.where(real, denom, 1.0))
+
+
+def decide(cfg: AdapLeRConfig, cp_params, eta: Array, x: Array, seg: Array,
+           slot_positions: Array, num_examples: int) -> tuple[Array, Array, Array]:
+  """Scores the tokens of a grid and decides which stay: S~ >= eta / n_example, [CLS]
+  (original position 0) always.
+
+  Returns scores (rows, width), keep (rows, width) bool and counts (E,) int32.
   """
-  order = jnp.argsort(~keep, axis=1, stable=True).astype(jnp.int32)
-  return jnp.take_along_axis(x, order[..., None], axis=1), order
-
-
-def prefixes(widths: Sequence[int], x: Array) -> tuple[Array, ...]:
-  """`x[:, :w]` for every bucket width `w` the batch can shrink to, ascending."""
-  return tuple(x[:, :w] for w in prefix_widths(x.shape[1], widths))
-
-
-def select(cfg: AdapLeRConfig, widths: Sequence[int], cp_params, eta: Array, x: Array,
-           n: Array) -> Selection:
-  """Scores the tokens present, decides which stay, packs the survivors.
-
-  Args:
-    cfg: model shape. widths: the engine's ascending bucket widths (static).
-    cp_params: params of one `ContributionPredictor`. eta: () float32 cutoff multiplier.
-    x (B, W, H), n (B,): the packed batch entering the layer.
-  """
-  width = x.shape[1]
   logits = ContributionPredictor(cfg.cp_hidden, cfg.encoder.compute_dtype).apply(
       {"params": cp_params}, x)
-  log_keep = jnp.where(valid_positions(n, width), 0.0, PAD_LOG_KEEP)
-  scores = jnp.exp(masked_log_scores(logits, log_keep))
-  keep = keep_mask(scores, eta, n)
-  x, order = pack(keep, x)
-  new_n = jnp.sum(keep, axis=1, dtype=jnp.int32)
-  return Selection(prefixes(widths, x), new_n, jnp.max(new_n), scores, order)
+  real = seg >= 0
+  if seg.shape[0] == num_examples:  # unpacked: example r is row r, its tokens first.
+    n = jnp.sum(real, axis=1, dtype=jnp.int32)
+    scores = jnp.exp(masked_log_scores(logits, jnp.where(real, 0.0, PAD_LOG_KEEP)))
+    keep = keep_mask(scores, eta, n)
+    return scores, keep, jnp.sum(keep, axis=1, dtype=jnp.int32)
+  same = same_example(seg)
+  n = jnp.sum(same, axis=-1).astype(jnp.float32)
+  scores = jnp.where(real, jnp.exp(_packed_log_scores(logits, same)), 0.0)
+  keep = real & ((scores >= eta / jnp.maximum(n, 1.0)) | (slot_positions == 0))
+  example = jnp.where(real, seg, num_examples).reshape(-1)
+  counts = jax.ops.segment_sum(keep.reshape(-1).astype(jnp.int32), example,
+                               num_segments=num_examples + 1)[:num_examples]
+  return scores, keep, counts
+
+
+def compact(buffer: Array, positions: Array, keep: Array, x: Array,
+            slot_positions: Array) -> tuple[Array, Array]:
+  """Writes the kept slots of a grid, in slot order, to the front of the buffer."""
+  flat_keep = keep.reshape(-1)
+  order = jnp.argsort(~flat_keep, stable=True)
+  size = flat_keep.shape[0]
+  buffer = buffer.at[:size].set(x.reshape(size, -1)[order].astype(buffer.dtype))
+  positions = positions.at[:size].set(slot_positions.reshape(-1)[order])
+  return buffer, positions
+
+
+def start(cfg: AdapLeRConfig, buffer: Array, positions: Array, embedding_params, cp_params,
+          eta: Array, input_ids: Array, token_type_ids: Array, n: Array) -> Decision:
+  """Embeds a padded batch (E, W) with `n` real tokens per row and takes the keep
+  decision before layer 0."""
+  num, width = input_ids.shape
+  x = embed(cfg.encoder, embedding_params, input_ids, token_type_ids)
+  real = valid_positions(n, width)
+  seg = jnp.where(real, jnp.arange(num, dtype=jnp.int32)[:, None], -1)
+  slot_positions = jnp.where(real, jnp.arange(width, dtype=jnp.int32), -1)
+  scores, keep, counts = decide(cfg, cp_params, eta, x, seg, slot_positions, num)
+  buffer, positions = compact(buffer, positions, keep, x, slot_positions)
+  return Decision(buffer, positions, counts, scores, keep, slot_positions)
+
+
+def step(cfg: AdapLeRConfig, num_examples: int, buffer: Array, positions: Array,
+         layer_params, cp_params, eta: Array, idx: Array, seg: Array, *,
+         chunk_rows: int | None = None) -> Decision:
+  """Layer l on the grid `idx` reads from the buffer, then the keep decision of layer l + 1.
+
+  Args:
+    cfg: model shape. num_examples: E, examples in the batch (static).
+    buffer, positions: the token buffer and original positions (`Decision`).
+    layer_params, cp_params: params of layer l and of predictor l + 1.
+    eta: () cutoff multiplier; after the last layer pass 0: every token stays, in order,
+      so the same compiled function serves every layer.
+    idx: (rows, width) int32 buffer row of each slot (out of range on padding).
+    seg: (rows, width) int32 example of each slot, -1 on padding.
+    chunk_rows: see `feed_forward`.
+  """
+  x = jnp.take(buffer, idx, axis=0, mode="fill", fill_value=0)
+  slot_positions = jnp.take(positions, idx, axis=0, mode="fill", fill_value=-1)
+  if idx.shape[0] == num_examples:
+    bias = attention_bias_from_mask(seg >= 0)
+  else:
+    bias = jnp.where(same_example(seg), 0.0, NEG_INF).astype(jnp.float32)
+  x = Layer(cfg.encoder).apply({"params": layer_params}, x, bias, method=Layer.attend)
+  x = feed_forward(cfg.encoder, layer_params, x, chunk_rows)
+  scores, keep, counts = decide(cfg, cp_params, eta, x, seg, slot_positions, num_examples)
+  buffer, positions = compact(buffer, positions, keep, x, slot_positions)
+  return Decision(buffer, positions, counts, scores, keep, slot_positions)
+
+
+def finish(cfg: AdapLeRConfig, head_params, buffer: Array, cls_rows: Array) -> Array:
+  """Classifier on each example's [CLS] (buffer rows `cls_rows` (E,)) -> logits (E, C)."""
+  x = jnp.take(buffer, cls_rows, axis=0)[:, None, :]
+  return ClassificationHead(cfg.encoder, cfg.num_labels).apply({"params": head_params}, x)
 
 
 def _row_chunks(total: int, rows: int) -> int:
@@ -154,29 +208,6 @@ def run_layer(enc: EncoderConfig, layer_params, x: Array, n: Array,
   bias = attention_bias_from_mask(valid_positions(n, x.shape[1]))
   x = Layer(enc).apply({"params": layer_params}, x, bias, method=Layer.attend)
   return feed_forward(enc, layer_params, x, chunk_rows)
-
-
-def layer_then_select(cfg: AdapLeRConfig, widths: Sequence[int], layer_params, cp_params,
-                      eta: Array, x: Array, n: Array, *,
-                      chunk_rows: int | None = None) -> Selection:
-  """Layer l on the packed batch, then the keep decision of layer l + 1.
-
-  After the last layer, pass `eta = 0`: every present token stays (S~ >= 0), the
-  order is unchanged and [CLS] stays in slot 0, so the same compiled function serves
-  every layer. `chunk_rows`: see `feed_forward`.
-  """
-  x = run_layer(cfg.encoder, layer_params, x, n, chunk_rows)
-  return select(cfg, widths, cp_params, eta, x, n)
-
-
-def head(cfg: AdapLeRConfig, head_params, x: Array) -> Array:
-  """Classifier on slot 0 ([CLS]): x (B, W, H) -> logits (B, C) float32."""
-  return ClassificationHead(cfg.encoder, cfg.num_labels).apply({"params": head_params}, x)
-
-
-def take_rows(widths: Sequence[int], x: Array, n: Array, rows: Array):
-  """Rows `rows` (R,) of a packed batch: `(prefixes of the R rows, n (R,))`."""
-  return prefixes(widths, x[rows]), n[rows]
 
 
 def full_forward(enc: EncoderConfig, num_labels: int, params, input_ids: Array,

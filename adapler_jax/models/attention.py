@@ -10,6 +10,8 @@ Two forms of the same maths:
 
 Both take q, k, v in the projection layout (..., seq, heads, head_dim) and work in the
 (..., heads, seq, head_dim) layout, where every contraction is a plain batched matmul.
+The additive bias is either per key, (..., seq), or per query and key, (..., seq, seq):
+the second form lets one row hold several sequences that must not see each other.
 """
 
 from __future__ import annotations
@@ -26,12 +28,18 @@ def _heads_first(t: Array) -> Array:
   return jnp.swapaxes(t, -3, -2)  # (..., seq, heads, d) <-> (..., heads, seq, d)
 
 
+def _is_pairwise(bias: Array, q: Array) -> bool:
+  """Whether `bias` is (..., q, k) rather than (..., k), for q in the projection layout."""
+  return bias.ndim == q.ndim - 1
+
+
 def _logits(q: Array, k: Array, bias: Array, accum_dtype) -> Array:
-  """(..., h, q, d) x (..., h, k, d) -> (..., h, q, k) scaled logits plus the key bias."""
+  """(..., h, q, d) x (..., h, k, d) -> (..., h, q, k) scaled logits plus the bias."""
   scale = jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
   logits = jnp.einsum("...hqd,...hkd->...hqk", q * scale, k,
                       preferred_element_type=accum_dtype)
-  return logits + bias[..., None, None, :].astype(accum_dtype)
+  bias = bias[..., None, :, :] if _is_pairwise(bias, q) else bias[..., None, None, :]
+  return logits + bias.astype(accum_dtype)
 
 
 def attention_probs_and_output(q: Array, k: Array, v: Array, bias: Array, *,
@@ -40,7 +48,7 @@ def attention_probs_and_output(q: Array, k: Array, v: Array, bias: Array, *,
 
   Args:
     q, k, v: (..., seq, heads, head_dim).
-    bias: (..., seq) additive bias per key position.
+    bias: (..., seq) additive bias per key, or (..., seq, seq) per query and key.
     accum_dtype: dtype of logits, softmax and output accumulation.
     dropout: optional function applied to the probabilities before they weigh v.
   Returns:
@@ -69,20 +77,27 @@ def attention(q: Array, k: Array, v: Array, bias: Array, *, accum_dtype=jnp.floa
 
   Args:
     q, k, v: (..., seq, heads, head_dim).
-    bias: (..., seq) additive bias per key position.
+    bias: (..., seq) additive bias per key, or (..., seq, seq) per query and key.
     accum_dtype: dtype of logits, softmax and output accumulation.
     query_chunk: when seq is larger and a multiple of it, queries go through in chunks of
       this many (`lax.map`); None never chunks.
   Returns:
     (..., seq, heads, head_dim) in v's dtype.
   """
+  pairwise = _is_pairwise(bias, q)
   q, k, v = map(_heads_first, (q, k, v))
   seq = q.shape[-2]
   if query_chunk is None or seq <= query_chunk or seq % query_chunk:
     out = _unnormalised(q, k, v, bias, accum_dtype)
   else:
-    chunks = q.reshape(*q.shape[:-2], seq // query_chunk, query_chunk, q.shape[-1])
+    count = seq // query_chunk
+    chunks = q.reshape(*q.shape[:-2], count, query_chunk, q.shape[-1])
     chunks = jnp.moveaxis(chunks, -3, 0)  # (n, ..., h, c, d)
-    out = jax.lax.map(lambda qc: _unnormalised(qc, k, v, bias, accum_dtype), chunks)
+    if pairwise:  # each query chunk takes its rows of the bias along.
+      rows = jnp.moveaxis(bias.reshape(*bias.shape[:-2], count, query_chunk, seq), -3, 0)
+      run = lambda c: _unnormalised(c[0], k, v, c[1], accum_dtype)
+      out = jax.lax.map(run, (chunks, rows))
+    else:
+      out = jax.lax.map(lambda qc: _unnormalised(qc, k, v, bias, accum_dtype), chunks)
     out = jnp.moveaxis(out, 0, -3).reshape(*q.shape[:-1], v.shape[-1])
   return _heads_first(out.astype(v.dtype))

@@ -6,7 +6,8 @@ kernels; see `adapler_jax.weights`.
 
 Attention takes a float additive bias per key position, shape ``(batch, seq)``:
 0 for kept tokens, ``NEG_INF`` (-1e4) for padding, and anything in between for
-soft removal, which adds its edits to the same bias.
+soft removal, which adds its edits to the same bias. A ``(batch, seq, seq)`` bias
+per query and key works too (several sequences packed in one row, `adapler_jax.infer`).
 """
 
 from __future__ import annotations
