@@ -183,7 +183,10 @@ def test_rationales_match_per_example(real_runs):
 # ----------------------------------------------------------------------------- compiles
 
 
-def test_compiled_shapes_are_bounded(tokenizer, shared_data):
+@pytest.mark.parametrize("folds", [(), (2, 4)], ids=["padded", "packing"])
+def test_compiled_shapes_are_bounded(tokenizer, shared_data, folds):
+  """Padded grids only: <= (batch sizes x buckets). Packing adds the batch's halves and
+  quarters as row counts: <= (row counts x buckets)."""
   sst2 = tokenize(load_split("sst2", "dev", data_dir=shared_data / "sst2"), tokenizer, 128)
   ag_news = load_split("ag_news", "test", data_dir=shared_data / "ag_news")
   data = concat(sst2, tokenize(subset(ag_news, 200, seed=0), tokenizer, 128))
@@ -192,7 +195,8 @@ def test_compiled_shapes_are_bounded(tokenizer, shared_data):
   params = scaled_params(cfg, seed=1, scale=8.0, eta=0.8)
   buckets, batch_sizes, total = (16, 32, 64, 128), (8, 32), 0
   for batch_size in batch_sizes:
-    engine = AdaptiveEngine(cfg, params, batch_size=batch_size, max_length=128, buckets=buckets)
+    engine = AdaptiveEngine(cfg, params, batch_size=batch_size, max_length=128, buckets=buckets,
+                            folds=folds)
     if batch_size == 8:  # warm-up compiles every shape, so the run compiles nothing.
       engine.warmup()
       with CompileCounter() as counter:
@@ -201,12 +205,14 @@ def test_compiled_shapes_are_bounded(tokenizer, shared_data):
     else:
       result = engine.run(data)
     rows = len(engine.row_counts())
+    assert rows == 1 + len(folds)
     assert engine.compiled_shapes <= rows * len(buckets)  # one per (rows, bucket) grid.
     assert engine.compile_counts["start"] <= len(buckets)
     assert engine.compile_counts["head"] == 1
     total += engine.compiled_shapes
     assert (result.kept_counts[:, -1] < result.lengths).mean() > 0.5
-  assert 0 < total <= 3 * len(batch_sizes) * len(buckets)
+    assert result.packed_batches.any() == bool(folds)
+  assert 0 < total <= (1 + len(folds)) * len(batch_sizes) * len(buckets)
 
 
 @pytest.mark.parametrize("committed", [False, True], ids=["fresh", "restored"])

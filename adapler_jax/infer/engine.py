@@ -193,6 +193,9 @@ class AdaptiveEngine(_Engine):
     folds: packed grids have `batch_size // f` rows for each f here; () never packs.
       Compiled layer shapes: at most (row counts x buckets), `len(row_counts())` being
       1 + len(folds) at most.
+
+  The engine owns a token buffer of `batch_size * max_length` rows on its device and runs
+  one batch at a time.
   """
 
   def __init__(self, cfg: AdapLeRConfig, params: dict, *, batch_size: int = 32,
@@ -218,6 +221,7 @@ class AdaptiveEngine(_Engine):
     # Cutoff of each keep decision: eta^1..eta^{L-1} after layers 0..L-2, then 0 (keep all).
     self._eta = [self._put(e) for e in eta]
     self._no_cutoff = self._put(np.float32(0.0))
+    self._in_order = self._put(np.arange(batch_size, dtype=np.int32))  # unpacked grids' order.
     # The token buffer: every batch's tokens, compacted after each decision (donated).
     self._rows = batch_size * max_length
     self._buffer = self._put(np.zeros((self._rows, cfg.encoder.hidden_size),
@@ -227,6 +231,9 @@ class AdaptiveEngine(_Engine):
     self._step = jax.jit(functools.partial(packing.step, cfg, batch_size,
                                            chunk_rows=self.ffn_chunk_rows),
                          donate_argnums=(0, 1))
+    self._padded_step = jax.jit(functools.partial(packing.padded_step, cfg,
+                                                  chunk_rows=self.ffn_chunk_rows),
+                                static_argnums=0, donate_argnums=(1, 2))
     self._finish = jax.jit(functools.partial(packing.finish, cfg))
 
   # ---------------------------------------------------------------- compiled shapes
@@ -238,11 +245,13 @@ class AdaptiveEngine(_Engine):
     One compilation per grid serves every layer; `compile_counts` lists every jitted
     function of the engine.
     """
-    return self._step._cache_size()  # pylint: disable=protected-access
+    counts = self.compile_counts
+    return counts["padded layer"] + counts["packed layer"]
 
   @property
   def compile_counts(self) -> dict[str, int]:
-    fns = {"start": self._start, "layer": self._step, "head": self._finish}
+    fns = {"start": self._start, "padded layer": self._padded_step,
+           "packed layer": self._step, "head": self._finish}
     return {k: f._cache_size() for k, f in fns.items()}  # pylint: disable=protected-access
 
   def row_counts(self) -> tuple[int, ...]:
@@ -254,13 +263,15 @@ class AdaptiveEngine(_Engine):
   def warmup(self) -> None:
     """Compiles every grid shape ahead of time, on placeholder inputs."""
     size = self.batch_size
+    counts, order = self._put(np.ones((size,), np.int32)), self._in_order
     for width in self.widths:
       ids = np.zeros((size, width), np.int32)
       self._run_start(ids, ids, np.full((size,), width, np.int32))
-      for rows in self.row_counts():
+      self._run_padded(0, width, counts, order, last=True)
+      for rows in self.row_counts()[1:]:
         idx = np.full((rows, width), self._rows, np.int32)
-        self._run_step(0, idx, np.full((rows, width), -1, np.int32), last=True)
-    jax.block_until_ready(self._run_finish(np.zeros((size,), np.int32)))
+        self._run_packed(0, idx, np.full((rows, width), -1, np.int32), last=True)
+    jax.block_until_ready(self._run_finish(counts, order))
 
   # ---------------------------------------------------------------- device calls
 
@@ -271,17 +282,30 @@ class AdaptiveEngine(_Engine):
     self._buffer, self._positions = out.buffer, out.positions
     return out
 
-  def _run_step(self, layer: int, idx: np.ndarray, seg: np.ndarray, *,
-                last: bool) -> packing.Decision:
-    out = self._step(self._buffer, self._positions, self._layer_params[layer],
-                     self._cp_params[0 if last else layer + 1],
-                     self._no_cutoff if last else self._eta[layer + 1],
+  def _layer_args(self, layer: int, last: bool) -> tuple:
+    return (self._layer_params[layer], self._cp_params[0 if last else layer + 1],
+            self._no_cutoff if last else self._eta[layer + 1])
+
+  def _run_packed(self, layer: int, idx: np.ndarray, seg: np.ndarray, *,
+                  last: bool) -> packing.Decision:
+    out = self._step(self._buffer, self._positions, *self._layer_args(layer, last),
                      self._put(idx), self._put(seg))
     self._buffer, self._positions = out.buffer, out.positions
     return out
 
-  def _run_finish(self, cls_rows: np.ndarray) -> jax.Array:
-    return self._finish(self._head_params, self._buffer, self._put(cls_rows.astype(np.int32)))
+  def _order(self, grid: layout.Layout) -> jax.Array:
+    """The grid's slot order of examples, on the device (a constant for unpacked grids)."""
+    return self._put(grid.order().astype(np.int32)) if grid.packed else self._in_order
+
+  def _run_padded(self, layer: int, width: int, counts: jax.Array, order: jax.Array, *,
+                  last: bool) -> packing.Decision:
+    out = self._padded_step(width, self._buffer, self._positions,
+                            *self._layer_args(layer, last), counts, order)
+    self._buffer, self._positions = out.buffer, out.positions
+    return out
+
+  def _run_finish(self, counts: jax.Array, order: jax.Array) -> jax.Array:
+    return self._finish(self._head_params, self._buffer, counts, order)
 
   # ---------------------------------------------------------------- one batch
 
@@ -292,18 +316,27 @@ class AdaptiveEngine(_Engine):
     decision = self._run_start(batch["input_ids"], batch["token_type_ids"], lengths)
     num, width = batch["input_ids"].shape
     grid = layout.Layout(num, width, np.arange(num), np.zeros(num, np.int64))
+    # With nothing to choose (one row count, already the narrowest bucket) the next grid
+    # is this one again, and the host skips reading the counts: calls stay asynchronous.
+    fixed = len(self.row_counts()) == 1
     for l in range(num_layers):
-      counts = np.asarray(decision.counts)  # the one transfer to the host per layer.
-      records.add(l, grid, counts, decision)
-      starts = layout.compacted_starts(grid, counts)
-      grid = layout.plan(counts, self.widths, self.row_counts()[1:], enc.hidden_size,
-                         enc.intermediate_size)
-      idx, seg = layout.gather_indices(grid, counts, starts, self._rows)
+      records.add(l, grid, decision)
+      previous = grid  # the grid whose slot order the decision just compacted in.
+      if not (fixed and grid.width == self.widths[0]):
+        counts = np.asarray(decision.counts)  # the one transfer to the host per layer.
+        grid = layout.plan(counts, self.widths, self.row_counts()[1:], enc.hidden_size,
+                           enc.intermediate_size)
+      last = l == num_layers - 1
+      if grid.packed:
+        starts = layout.compacted_starts(counts, previous.order())
+        idx, seg = layout.gather_indices(grid, counts, starts, self._rows)
+        decision = self._run_packed(l, idx, seg, last=last)
+      else:
+        decision = self._run_padded(l, grid.width, decision.counts, self._order(previous),
+                                    last=last)
       records.slots[l] += grid.slots
       records.packed[l] += grid.packed
-      decision = self._run_step(l, idx, seg, last=l == num_layers - 1)
-    starts = layout.compacted_starts(grid, np.asarray(decision.counts))
-    records.logits = self._run_finish(starts)
+    records.logits = self._run_finish(decision.counts, self._order(grid))
     return records.collect()
 
 
@@ -312,25 +345,24 @@ class _Records:
 
   def __init__(self, lengths: np.ndarray, num_layers: int, rationales: bool):
     self.lengths, self.num_layers, self.rationales = lengths, num_layers, rationales
-    self.kept = np.zeros((len(lengths), num_layers), np.int32)
     self.slots = np.zeros((num_layers,), np.int64)
     self.packed = np.zeros((num_layers,), np.int64)
     self.logits = None
-    self._grids: list[tuple[layout.Layout, np.ndarray]] = []
-    self._device: list[tuple[jax.Array, jax.Array, jax.Array]] = []
+    self._grids: list[layout.Layout] = []
+    self._device: list[tuple[jax.Array, ...]] = []
 
-  def add(self, layer: int, grid: layout.Layout, counts: np.ndarray,
-          decision: packing.Decision) -> None:
-    """Notes decision `layer` (taken over `grid`): layer `layer` runs on `counts` tokens."""
-    self.kept[:, layer] = counts
-    if self.rationales:
-      self._grids.append((grid, counts))
-      self._device.append((decision.scores, decision.keep, decision.slot_positions))
+  def add(self, layer: int, grid: layout.Layout, decision: packing.Decision) -> None:
+    """Notes decision `layer`, taken over `grid`: layer `layer` runs on its survivors."""
+    del layer  # decisions arrive in layer order.
+    self._grids.append(grid)
+    self._device.append((decision.counts, decision.scores, decision.keep,
+                         decision.slot_positions) if self.rationales else (decision.counts,))
 
   def collect(self) -> dict[str, Any]:
     """Host arrays: logits (E, C), kept (E, L); with rationales, per-example lists."""
     logits, device = jax.device_get((self.logits, self._device))
-    out = {"logits": np.asarray(logits), "kept": self.kept, "slots": self.slots,
+    kept = np.stack([d[0] for d in device], axis=1).astype(np.int32)
+    out = {"logits": np.asarray(logits), "kept": kept, "slots": self.slots,
            "packed": self.packed}
     if self.rationales:
       out["positions"], out["scores"] = self._rationales(device)
@@ -343,7 +375,7 @@ class _Records:
     positions = [[] for _ in range(num)]
     scores = [[] for _ in range(num)]
     entering = self.lengths
-    for (grid, counts), (s, keep, pos) in zip(self._grids, device):
+    for grid, (counts, s, keep, pos) in zip(self._grids, device):
       for e in range(num):
         r, o = grid.row[e], grid.offset[e]
         cut = slice(o, o + entering[e])

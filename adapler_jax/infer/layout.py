@@ -139,11 +139,10 @@ def gather_indices(layout: Layout, counts: np.ndarray, starts: np.ndarray,
   return idx, seg
 
 
-def compacted_starts(layout: Layout, counts: np.ndarray) -> np.ndarray:
+def compacted_starts(counts: np.ndarray, order: np.ndarray) -> np.ndarray:
   """(E,) first buffer row of each example once `counts` tokens per example are
-  compacted in the grid's slot order (`Layout.order`)."""
+  compacted visiting the examples in `order` (a grid's `Layout.order()`)."""
   counts = np.asarray(counts, np.int64)
-  order = layout.order()
   starts = np.zeros(len(counts), np.int64)
   starts[order] = np.cumsum(counts[order]) - counts[order]
   return starts

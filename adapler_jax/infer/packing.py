@@ -152,7 +152,8 @@ def step(cfg: AdapLeRConfig, num_examples: int, buffer: Array, positions: Array,
     eta: () cutoff multiplier; after the last layer pass 0: every token stays, in order,
       so the same compiled function serves every layer.
     idx: (rows, width) int32 buffer row of each slot (out of range on padding).
-    seg: (rows, width) int32 example of each slot, -1 on padding.
+    seg: (rows, width) int32 example of each slot, -1 on padding. With rows == E the grid
+      must be padded: example r in row r, its tokens first.
     chunk_rows: see `feed_forward`.
   """
   x = jnp.take(buffer, idx, axis=0, mode="fill", fill_value=0)
@@ -168,9 +169,41 @@ def step(cfg: AdapLeRConfig, num_examples: int, buffer: Array, positions: Array,
   return Decision(buffer, positions, counts, scores, keep, slot_positions)
 
 
-def finish(cfg: AdapLeRConfig, head_params, buffer: Array, cls_rows: Array) -> Array:
-  """Classifier on each example's [CLS] (buffer rows `cls_rows` (E,)) -> logits (E, C)."""
-  x = jnp.take(buffer, cls_rows, axis=0)[:, None, :]
+def compacted_starts(counts: Array, order: Array) -> Array:
+  """(E,) first buffer row of each example after a compaction that visited the examples
+  in `order` (E,) with `counts` (E,) survivors each."""
+  ordered = counts[order]
+  return jnp.zeros_like(counts).at[order].set(jnp.cumsum(ordered) - ordered)
+
+
+def padded_grid(counts: Array, order: Array, width: int, sentinel: int) -> tuple[Array, Array]:
+  """The unpacked grid on the device: example e in row e, its `counts[e]` tokens first.
+
+  Returns idx and seg (E, width) as `step` takes them (`layout.gather_indices`).
+  """
+  num = counts.shape[0]
+  slot = jnp.arange(width, dtype=jnp.int32)
+  real = slot < counts[:, None]
+  idx = jnp.where(real, compacted_starts(counts, order)[:, None] + slot, sentinel)
+  seg = jnp.where(real, jnp.arange(num, dtype=jnp.int32)[:, None], -1)
+  return idx.astype(jnp.int32), seg
+
+
+def padded_step(cfg: AdapLeRConfig, width: int, buffer: Array, positions: Array, layer_params,
+                cp_params, eta: Array, counts: Array, order: Array, *,
+                chunk_rows: int | None = None) -> Decision:
+  """`step` on the unpacked grid of `width`, built on the device from the last decision's
+  `counts` and compaction `order`: the host need not read the counts to run it."""
+  idx, seg = padded_grid(counts, order, width, buffer.shape[0])
+  return step(cfg, counts.shape[0], buffer, positions, layer_params, cp_params, eta, idx, seg,
+              chunk_rows=chunk_rows)
+
+
+def finish(cfg: AdapLeRConfig, head_params, buffer: Array, counts: Array,
+           order: Array) -> Array:
+  """Classifier on each example's [CLS], the first of its tokens after the last
+  compaction (`counts`, `order` as in `compacted_starts`) -> logits (E, C)."""
+  x = jnp.take(buffer, compacted_starts(counts, order), axis=0)[:, None, :]
   return ClassificationHead(cfg.encoder, cfg.num_labels).apply({"params": head_params}, x)
 
 
