@@ -320,7 +320,7 @@ class AdaptiveEngine(_Engine):
     # is this one again, and the host skips reading the counts: calls stay asynchronous.
     fixed = len(self.row_counts()) == 1
     for l in range(num_layers):
-      records.add(l, grid, decision)
+      records.add(grid, decision)
       previous = grid  # the grid whose slot order the decision just compacted in.
       if not (fixed and grid.width == self.widths[0]):
         counts = np.asarray(decision.counts)  # the one transfer to the host per layer.
@@ -351,9 +351,8 @@ class _Records:
     self._grids: list[layout.Layout] = []
     self._device: list[tuple[jax.Array, ...]] = []
 
-  def add(self, layer: int, grid: layout.Layout, decision: packing.Decision) -> None:
-    """Notes decision `layer`, taken over `grid`: layer `layer` runs on its survivors."""
-    del layer  # decisions arrive in layer order.
+  def add(self, grid: layout.Layout, decision: packing.Decision) -> None:
+    """Notes the next decision (they arrive in layer order), taken over `grid`."""
     self._grids.append(grid)
     self._device.append((decision.counts, decision.scores, decision.keep,
                          decision.slot_positions) if self.rationales else (decision.counts,))
