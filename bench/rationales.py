@@ -22,8 +22,8 @@ CPU budget (`CPU_BUDGET`, applied unless --full; --set KEY=VALUE overrides anyth
 it): a seeded subset of 600 of the 3,491 training windows, 2 fine-tuning epochs (both
 evaluated checkpoints averaged for saliency), 3 AdapLeR epochs with lambda 10, 1e3, 1e5 and
 the larger predictor / speed learning rates of `configs/demo.py` (few steps), phi 0.01
-(the length loss sums ~6 x 400 tokens here); dev and test windows are all used. Several hours
-of the machine's 2 CPU cores; minutes on one accelerator. --full trains with the config's own
+(the length loss sums ~6 x 400 tokens here); dev and test windows are all used. About 100
+minutes on one CPU core; minutes on one accelerator. --full trains with the config's own
 budget (all windows, 5 + 5 epochs, paper Table 4 IMDB values).
 """
 
