@@ -1,7 +1,7 @@
 """Batched inference engines: AdapLeR with real token dropping, and the full-length baseline.
 
 Both iterate a `TokenizedDataset` in length-sorted batches padded to a bucket width
-(`data.eval_batches`), so the compiled shapes are bounded by (batch sizes x buckets)
+(`data.eval_batches`), so the compiled shapes are bounded by (row counts x buckets)
 whatever the data, and speed comparisons between them are fair (DESIGN.md §7).
 
 AdapLeR per batch (`packing` on the device, `layout` on the host)::
