@@ -263,7 +263,7 @@ def benchmark(setup: Setup, batch_sizes: list[int], systems: list[str], args,
   dims = FlopsDims.from_config(cfg.encoder, cfg.num_labels)
   for batch_size in batch_sizes:
     full = run_ours(FullLengthEngine(cfg, setup.backbone_params, batch_size=batch_size,
-                                     **kwargs), data, args.repeats)
+                                     folds=args.full_folds, **kwargs), data, args.repeats)
     timings = {"ours-full": (full, 1.0)}
     if "ours-adapler" in systems:
       engine = AdaptiveEngine(cfg, setup.adapler_params, batch_size=batch_size,
@@ -315,6 +315,9 @@ def parse_args(argv=None):
   parser.add_argument("--folds", default="2,4",
                       help="AdapLeR engine: survivors may be packed into batch/f rows, for "
                            "each f here, when that is cheaper ('': one example per row)")
+  parser.add_argument("--full-folds", default="",
+                      help="ours-full: pack examples into batch/f rows when cheaper (as "
+                           "--folds; default '': one example per row, like HF's batches)")
   parser.add_argument("--max-examples", type=int, default=None,
                       help="seeded subset per task, for a quick run")
   parser.add_argument("--repeats", type=int, default=1, help="timed runs; the best is kept")
@@ -327,6 +330,7 @@ def parse_args(argv=None):
   args = parser.parse_args(argv)
   args.buckets = tuple(int(b) for b in args.buckets.split(","))
   args.folds = tuple(int(f) for f in args.folds.split(",") if f)
+  args.full_folds = tuple(int(f) for f in args.full_folds.split(",") if f)
   if not args.random_cp and len(args.workdir) != len(args.task):
     parser.error("give one --workdir per --task, or --random-cp")
   systems = [s for s in args.systems.split(",") if s]
@@ -351,7 +355,8 @@ def main(argv=None) -> None:
   meta = {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
           "cpu_threads": threads, "machine": platform.machine(),
           "mode": "random-cp" if args.random_cp else "trained",
-          "folds": list(args.folds), "buckets": list(args.buckets)}
+          "folds": list(args.folds), "full_folds": list(args.full_folds),
+          "buckets": list(args.buckets)}
   rows = []
   for i, task in enumerate(args.task):
     setup = (random_cp_setup(task, args) if args.random_cp

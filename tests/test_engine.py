@@ -259,14 +259,15 @@ def test_engine_rejects_a_bad_chunk_size():
   assert engine.ffn_chunk_rows == (512 if jax.devices()[0].platform == "cpu" else None)
 
 
-@pytest.mark.parametrize("chunk_rows", [None, 16])
-def test_full_length_engine_equals_sequence_classifier(chunk_rows):
+@pytest.mark.parametrize("chunk_rows,folds", [(None, ()), (16, ()), (None, (2, 4))])
+def test_full_length_engine_equals_sequence_classifier(chunk_rows, folds):
   cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
   params = scaled_params(cfg, seed=2, scale=1.0, eta=0.5)
-  data = synthetic(11, 32, seed=3)
-  engine = FullLengthEngine(cfg, params, batch_size=4, max_length=32, buckets=(8, 16, 32),
-                            ffn_chunk_rows=chunk_rows)
+  data = synthetic(11 if not folds else 23, 32, seed=3)
+  engine = FullLengthEngine(cfg, params, batch_size=4 if not folds else 8, max_length=32,
+                            buckets=(8, 16, 32), ffn_chunk_rows=chunk_rows, folds=folds)
   result = engine.run(data)
+  assert result.packed_batches.any() == bool(folds)
   bias = attention_bias_from_mask(np.arange(32) < data.lengths[:, None])
   model = params["model"]
   forward = jax.jit(lambda p, ids, types, bias: SequenceClassifier(TINY, 2).apply(
@@ -275,7 +276,7 @@ def test_full_length_engine_equals_sequence_classifier(chunk_rows):
                  data.token_type_ids, bias)
   np.testing.assert_allclose(result.logits, want, atol=1e-4, rtol=0)
   np.testing.assert_array_equal(result.kept_counts, np.repeat(data.lengths[:, None], 2, 1))
-  assert engine.compiled_shapes <= 3
+  assert engine.compiled_shapes <= 3 * len(engine.row_counts())
 
 
 def test_packed_unpacked_and_batch_size_one_agree():

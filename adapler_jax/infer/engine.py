@@ -204,10 +204,7 @@ class AdaptiveEngine(_Engine):
                folds: Sequence[int] = (2, 4)):
     super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length,
                      device=device, ffn_chunk_rows=ffn_chunk_rows)
-    folds = tuple(folds)
-    if not all(isinstance(f, int) and f > 1 for f in folds):
-      raise ValueError(f"folds must be ints > 1 (() never packs), got {folds!r}")
-    self.folds = folds
+    self.folds = _check_folds(folds)
     model = params["model"]
     layers = cfg.num_layers
     self._embedding_params = self._put(model["bert"]["embeddings"])
@@ -257,8 +254,7 @@ class AdaptiveEngine(_Engine):
   def row_counts(self) -> tuple[int, ...]:
     """Rows a layer call may have, descending: `batch_size` (one example per row), then
     `batch_size // f` for each fold f (packed grids)."""
-    packed = {self.batch_size // f for f in self.folds} - {0}
-    return (self.batch_size,) + tuple(sorted(packed, reverse=True))
+    return _row_counts(self.batch_size, self.folds)
 
   def warmup(self) -> None:
     """Compiles every grid shape ahead of time, on placeholder inputs."""
@@ -392,44 +388,86 @@ class FullLengthEngine(_Engine):
     params: a classifier `{"bert": ..., "head": ...}`, an AdapLeR `model` subtree, or
       full AdapLeR params `{"model": ..., "speed": ...}` (predictors are ignored).
     batch_size, buckets, max_length, device, ffn_chunk_rows: as for `AdaptiveEngine`.
+    folds: as for `AdaptiveEngine`: with folds, a batch whose examples pack into
+      `batch_size // f` rows at a lower cost runs packed (bucket padding skipped). The
+      default () runs one example per row, as padded batches (and Hugging Face) do.
   """
 
   def __init__(self, cfg: AdapLeRConfig, params: dict, *, batch_size: int = 32,
                buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int = 512,
-               device: jax.Device | None = None, ffn_chunk_rows: int | None | str = "auto"):
+               device: jax.Device | None = None, ffn_chunk_rows: int | None | str = "auto",
+               folds: Sequence[int] = ()):
     super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length,
                      device=device, ffn_chunk_rows=ffn_chunk_rows)
+    self.folds = _check_folds(folds)
     params = params.get("model", params)
     self._params = self._put({"bert": params["bert"], "head": params["head"]})
     self._forward = jax.jit(functools.partial(packing.full_forward, cfg.encoder,
                                               cfg.num_labels, chunk_rows=self.ffn_chunk_rows))
+    self._packed = jax.jit(functools.partial(packing.packed_full_forward, cfg.encoder,
+                                             cfg.num_labels, chunk_rows=self.ffn_chunk_rows))
+
+  def row_counts(self) -> tuple[int, ...]:
+    return _row_counts(self.batch_size, self.folds)
 
   @property
   def compiled_shapes(self) -> int:
-    """Distinct (batch, width) shapes the full forward has compiled for so far."""
-    return self._forward._cache_size()  # pylint: disable=protected-access
+    """Distinct (rows, width) shapes the full forward has compiled for so far."""
+    return sum(self.compile_counts.values())
 
   @property
   def compile_counts(self) -> dict[str, int]:
-    return {"forward": self.compiled_shapes}
+    return {"forward": self._forward._cache_size(),  # pylint: disable=protected-access
+            "packed forward": self._packed._cache_size()}  # pylint: disable=protected-access
 
   def warmup(self) -> None:
-    """Compiles every (batch, bucket) shape ahead of time, on placeholder inputs."""
+    """Compiles every (rows, bucket) shape ahead of time, on placeholder inputs."""
     for width in self.widths:
       ids = np.zeros((self.batch_size, width), np.int32)
       n = np.full((self.batch_size,), width, np.int32)
       jax.block_until_ready(self._forward(self._params, ids, ids, n))
+      for rows in self.row_counts()[1:]:
+        grid = np.zeros((rows, width), np.int32)
+        cls = np.zeros((self.batch_size,), np.int32)
+        jax.block_until_ready(self._packed(self._params, grid, grid, grid, grid - 1, cls))
 
   def _run_batch(self, batch: Batch, rationales: bool) -> dict[str, Any]:
     lengths = batch["attention_mask"].sum(axis=1, dtype=np.int32)
-    logits = self._forward(self._params, batch["input_ids"], batch["token_type_ids"], lengths)
+    num, width = batch["input_ids"].shape
+    enc = self.cfg.encoder
+    grid = layout.plan(lengths, self.widths, self.row_counts()[1:], enc.hidden_size,
+                       enc.intermediate_size)
+    if grid.packed:
+      idx, seg = layout.gather_indices(grid, lengths, np.arange(num) * width, num * width)
+      real = seg >= 0
+      take = lambda a: np.where(real, a.reshape(-1)[np.minimum(idx, num * width - 1)], 0)
+      cls = (grid.row * grid.width + grid.offset).astype(np.int32)
+      logits = self._packed(self._params, take(batch["input_ids"]),
+                            take(batch["token_type_ids"]),
+                            np.where(real, idx % width, 0).astype(np.int32), seg, cls)
+    else:
+      logits = self._forward(self._params, batch["input_ids"], batch["token_type_ids"],
+                             lengths)
     kept = np.repeat(lengths[:, None], self.cfg.num_layers, axis=1)
     out = {"logits": np.asarray(logits), "kept": kept,
-           "slots": np.full((self.cfg.num_layers,), batch["input_ids"].size)}
+           "slots": np.full((self.cfg.num_layers,), grid.slots if grid.packed else num * width),
+           "packed": np.full((self.cfg.num_layers,), int(grid.packed))}
     if rationales:  # every layer runs on every token; there are no predictor scores.
       out["positions"] = [[np.arange(n)] * self.cfg.num_layers for n in lengths]
       out["scores"] = [None] * len(lengths)
     return out
+
+
+def _check_folds(folds: Sequence[int]) -> tuple[int, ...]:
+  folds = tuple(folds)
+  if not all(isinstance(f, int) and f > 1 for f in folds):
+    raise ValueError(f"folds must be ints > 1 (() never packs), got {folds!r}")
+  return folds
+
+
+def _row_counts(batch_size: int, folds: Sequence[int]) -> tuple[int, ...]:
+  packed = {batch_size // f for f in folds} - {0}
+  return (batch_size,) + tuple(sorted(packed, reverse=True))
 
 
 def per_example_run(cfg: AdapLeRConfig, params: dict, data: TokenizedDataset, *,

@@ -255,3 +255,25 @@ def full_forward(enc: EncoderConfig, num_labels: int, params, input_ids: Array,
   for l in range(enc.num_layers):
     x = run_layer(enc, bert["encoder"][f"layer_{l}"], x, n, chunk_rows)
   return ClassificationHead(enc, num_labels).apply({"params": params["head"]}, x)
+
+
+def packed_full_forward(enc: EncoderConfig, num_labels: int, params, input_ids: Array,
+                        token_type_ids: Array, position_ids: Array, seg: Array,
+                        cls_slots: Array, *, chunk_rows: int | None = None) -> Array:
+  """Full-length classifier on a packed grid: several examples per row, each attending
+  only to itself (`seg`), with its own position ids -> logits (E, C).
+
+  Args:
+    input_ids, token_type_ids, position_ids, seg: (rows, width) int32, seg -1 on padding.
+    cls_slots: (E,) int32 flat slot (row * width + column) of each example's [CLS].
+  """
+  bert = params["bert"]
+  x = Bert(enc).apply({"params": {"embeddings": bert["embeddings"]}}, input_ids,
+                      token_type_ids, position_ids=position_ids, method=Bert.embed)
+  bias = jnp.where(same_example(seg), 0.0, NEG_INF).astype(jnp.float32)
+  for l in range(enc.num_layers):
+    layer = bert["encoder"][f"layer_{l}"]
+    x = Layer(enc).apply({"params": layer}, x, bias, method=Layer.attend)
+    x = feed_forward(enc, layer, x, chunk_rows)
+  cls = jnp.take(x.reshape(-1, x.shape[-1]), cls_slots, axis=0)[:, None, :]
+  return ClassificationHead(enc, num_labels).apply({"params": params["head"]}, cls)

@@ -123,11 +123,11 @@ class Embeddings(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids: Array, token_type_ids: Array, *,
-               deterministic: bool = True) -> Array:
+               position_ids: Array | None = None, deterministic: bool = True) -> Array:
     cfg = self.cfg
     init = nn.initializers.normal(cfg.initializer_range)
     embed = lambda n, name: nn.Embed(n, cfg.hidden_size, embedding_init=init, name=name)
-    positions = jnp.arange(input_ids.shape[-1])
+    positions = jnp.arange(input_ids.shape[-1]) if position_ids is None else position_ids
     x = (embed(cfg.vocab_size, "word_embeddings")(input_ids)
          + embed(cfg.max_position_embeddings, "position_embeddings")(positions)
          + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids))
@@ -266,8 +266,10 @@ class Bert(nn.Module):
     self.encoder = Encoder(self.cfg)
 
   def embed(self, input_ids: Array, token_type_ids: Array, *,
-            deterministic: bool = True) -> Array:
-    return self.embeddings(input_ids, token_type_ids, deterministic=deterministic)
+            position_ids: Array | None = None, deterministic: bool = True) -> Array:
+    """Embeddings alone; `position_ids` default to 0..seq-1 (packed rows pass their own)."""
+    return self.embeddings(input_ids, token_type_ids, position_ids=position_ids,
+                           deterministic=deterministic)
 
   def run_layer(self, index: int, x: Array, bias: Array, *,
                 deterministic: bool = True) -> Array:
