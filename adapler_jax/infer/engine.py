@@ -160,7 +160,7 @@ class _Engine:
       logits[index] = out["logits"][rows]
       kept[index] = out["kept"][rows]
       slots += out["slots"]
-      packed += out.get("packed", 0)
+      packed += out["packed"]
       if return_rationales:
         for r, i in zip(rows, index):
           positions[i], scores[i] = out["positions"][r], out["scores"][r]

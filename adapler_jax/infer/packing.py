@@ -54,11 +54,11 @@ def valid_positions(n: Array, width: int) -> Array:
   return jnp.arange(width) < n[:, None]
 
 
-def embed(enc: EncoderConfig, embedding_params, input_ids: Array,
-          token_type_ids: Array) -> Array:
-  """Embedding lookup: ids (B, W) -> x (B, W, H)."""
+def embed(enc: EncoderConfig, embedding_params, input_ids: Array, token_type_ids: Array,
+          position_ids: Array | None = None) -> Array:
+  """Embedding lookup: ids (B, W) -> x (B, W, H); positions 0..W-1 unless given."""
   return Bert(enc).apply({"params": {"embeddings": embedding_params}}, input_ids,
-                         token_type_ids, method=Bert.embed)
+                         token_type_ids, position_ids=position_ids, method=Bert.embed)
 
 
 def keep_mask(scores: Array, eta: Array, n: Array) -> Array:
@@ -76,6 +76,11 @@ def same_example(seg: Array) -> Array:
   """(rows, width) example ids (-1 padding) -> (rows, width, width) bool: both slots hold
   tokens of one example."""
   return (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] >= 0)
+
+
+def packed_bias(seg: Array) -> Array:
+  """Attention bias (rows, width, width) that keeps each example of a packed grid to itself."""
+  return jnp.where(same_example(seg), 0.0, NEG_INF).astype(jnp.float32)
 
 
 def _packed_log_scores(logits: Array, same: Array) -> Array:
@@ -158,12 +163,9 @@ def step(cfg: AdapLeRConfig, num_examples: int, buffer: Array, positions: Array,
   """
   x = jnp.take(buffer, idx, axis=0, mode="fill", fill_value=0)
   slot_positions = jnp.take(positions, idx, axis=0, mode="fill", fill_value=-1)
-  if idx.shape[0] == num_examples:
-    bias = attention_bias_from_mask(seg >= 0)
-  else:
-    bias = jnp.where(same_example(seg), 0.0, NEG_INF).astype(jnp.float32)
-  x = Layer(cfg.encoder).apply({"params": layer_params}, x, bias, method=Layer.attend)
-  x = feed_forward(cfg.encoder, layer_params, x, chunk_rows)
+  packed = idx.shape[0] < num_examples
+  bias = packed_bias(seg) if packed else attention_bias_from_mask(seg >= 0)
+  x = run_layer(cfg.encoder, layer_params, x, bias, chunk_rows)
   scores, keep, counts = decide(cfg, cp_params, eta, x, seg, slot_positions, num_examples)
   buffer, positions = compact(buffer, positions, keep, x, slot_positions)
   return Decision(buffer, positions, counts, scores, keep, slot_positions)
@@ -232,15 +234,22 @@ def feed_forward(enc: EncoderConfig, layer_params, x: Array,
   return jax.lax.map(apply, chunks).reshape(x.shape)
 
 
-def run_layer(enc: EncoderConfig, layer_params, x: Array, n: Array,
+def run_layer(enc: EncoderConfig, layer_params, x: Array, bias: Array,
               chunk_rows: int | None = None) -> Array:
-  """One encoder layer over each row's first `n[b]` tokens (padding masked out).
+  """One encoder layer; `bias` per key (B, W) or per query and key (B, W, W).
 
   `chunk_rows`: see `feed_forward`.
   """
-  bias = attention_bias_from_mask(valid_positions(n, x.shape[1]))
   x = Layer(enc).apply({"params": layer_params}, x, bias, method=Layer.attend)
   return feed_forward(enc, layer_params, x, chunk_rows)
+
+
+def _encode(enc: EncoderConfig, bert_params, x: Array, bias: Array,
+            chunk_rows: int | None) -> Array:
+  """Every encoder layer on x under one attention bias."""
+  for l in range(enc.num_layers):
+    x = run_layer(enc, bert_params["encoder"][f"layer_{l}"], x, bias, chunk_rows)
+  return x
 
 
 def full_forward(enc: EncoderConfig, num_labels: int, params, input_ids: Array,
@@ -252,8 +261,8 @@ def full_forward(enc: EncoderConfig, num_labels: int, params, input_ids: Array,
   """
   bert = params["bert"]
   x = embed(enc, bert["embeddings"], input_ids, token_type_ids)
-  for l in range(enc.num_layers):
-    x = run_layer(enc, bert["encoder"][f"layer_{l}"], x, n, chunk_rows)
+  bias = attention_bias_from_mask(valid_positions(n, x.shape[1]))
+  x = _encode(enc, bert, x, bias, chunk_rows)
   return ClassificationHead(enc, num_labels).apply({"params": params["head"]}, x)
 
 
@@ -268,12 +277,7 @@ def packed_full_forward(enc: EncoderConfig, num_labels: int, params, input_ids: 
     cls_slots: (E,) int32 flat slot (row * width + column) of each example's [CLS].
   """
   bert = params["bert"]
-  x = Bert(enc).apply({"params": {"embeddings": bert["embeddings"]}}, input_ids,
-                      token_type_ids, position_ids=position_ids, method=Bert.embed)
-  bias = jnp.where(same_example(seg), 0.0, NEG_INF).astype(jnp.float32)
-  for l in range(enc.num_layers):
-    layer = bert["encoder"][f"layer_{l}"]
-    x = Layer(enc).apply({"params": layer}, x, bias, method=Layer.attend)
-    x = feed_forward(enc, layer, x, chunk_rows)
+  x = embed(enc, bert["embeddings"], input_ids, token_type_ids, position_ids)
+  x = _encode(enc, bert, x, packed_bias(seg), chunk_rows)
   cls = jnp.take(x.reshape(-1, x.shape[-1]), cls_slots, axis=0)[:, None, :]
   return ClassificationHead(enc, num_labels).apply({"params": params["head"]}, cls)
