@@ -47,7 +47,8 @@ import numpy as np
 
 from adapler_jax.data import TokenizedDataset, eval_batches
 from adapler_jax.errors import UserError
-from adapler_jax.models.bert import (EncoderConfig, Embeddings, Layer, attention_bias_from_mask,
+from adapler_jax.models import walk
+from adapler_jax.models.bert import (EncoderConfig, Embeddings, attention_bias_from_mask,
                                      attention_probs)
 from adapler_jax.models.heads import ClassificationHead
 
@@ -258,27 +259,34 @@ def layer_saliency(encoder: EncoderConfig, num_labels: int, params: dict, batch:
   """
   mask = batch["attention_mask"].astype(bool)
   bias = attention_bias_from_mask(mask)
-  layers = [params["bert"]["encoder"][f"layer_{l}"] for l in range(encoder.num_layers)]
+  layers = walk.param_layers(encoder, params["bert"])
   h0 = Embeddings(encoder).apply({"params": params["bert"]["embeddings"]},
                                  batch["input_ids"], batch["token_type_ids"])
 
   def target_logit(taps):
-    x, inputs = h0, []
-    for l, layer in enumerate(layers):
-      x = x + taps[l]
-      inputs.append(x)
-      x = Layer(encoder).apply({"params": layer}, x, bias)
+    x, _, trace = walk.walk(layers, h0, bias, _Taps(taps))
     logits = ClassificationHead(encoder, num_labels).apply({"params": params["head"]}, x)
     cls = (jnp.argmax(logits, axis=-1) if target == "predicted" else batch["labels"])
     gold = jnp.take_along_axis(logits, cls[:, None].astype(jnp.int32), axis=-1)
-    return jnp.sum(gold), inputs
+    return jnp.sum(gold), trace["inputs"]
 
-  taps = [jnp.zeros_like(h0) for _ in layers]
+  taps = jnp.zeros((encoder.num_layers, *h0.shape), h0.dtype)
   grads, inputs = jax.grad(target_logit, has_aux=True)(taps)
-  sal = jnp.stack([jnp.linalg.norm((g * h).astype(jnp.float32), axis=-1)
-                   for g, h in zip(grads, inputs)])
+  sal = jnp.linalg.norm((grads * inputs).astype(jnp.float32), axis=-1)
   sal = jnp.where(mask, sal, 0.0)
   return sal / jnp.maximum(jnp.sum(sal, axis=-1, keepdims=True), 1e-30)
+
+
+class _Taps(walk.Policy):
+  """No reduction; adds a zero tap to each layer's input (its gradient is the gradient at
+  that input) and records the inputs."""
+
+  def __init__(self, taps):
+    self.taps = taps
+
+  def before_layer(self, l, x, ctx):
+    x = x + self.taps[l]
+    return x, ctx, {"inputs": x}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 4))

@@ -21,11 +21,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from adapler_jax.models.adapler import (PAD_LOG_KEEP, AdapLeRConfig, ContributionPredictor,
-                                        masked_log_scores)
-from adapler_jax.models.bert import (NEG_INF, Bert, EncoderConfig, Layer,
-                                     attention_bias_from_mask)
+from adapler_jax.models import walk
+from adapler_jax.models.adapler import AdapLeRConfig, ContributionPredictor
+from adapler_jax.models.bert import NEG_INF, Bert, EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import ClassificationHead
+from adapler_jax.reduce.adapler import PAD_LOG_KEEP, keep_rule, masked_log_scores
 
 Array = jax.Array
 
@@ -67,9 +67,8 @@ def keep_mask(scores: Array, eta: Array, n: Array) -> Array:
   scores (B, W); eta () float32; n (B,) int32 -> (B, W) bool (False on padding).
   """
   width = scores.shape[1]
-  delta = eta / n.astype(jnp.float32)
-  keep = (scores >= delta[:, None]) | (jnp.arange(width) == 0)
-  return keep & valid_positions(n, width)
+  return keep_rule(scores, eta, n.astype(jnp.float32)[:, None], jnp.arange(width) == 0,
+                   valid_positions(n, width))
 
 
 def same_example(seg: Array) -> Array:
@@ -113,7 +112,7 @@ def decide(cfg: AdapLeRConfig, cp_params, eta: Array, x: Array, seg: Array,
   same = same_example(seg)
   n = jnp.sum(same, axis=-1).astype(jnp.float32)
   scores = jnp.where(real, jnp.exp(_packed_log_scores(logits, same)), 0.0)
-  keep = real & ((scores >= eta / jnp.maximum(n, 1.0)) | (slot_positions == 0))
+  keep = keep_rule(scores, eta, jnp.maximum(n, 1.0), slot_positions == 0, real)
   example = jnp.where(real, seg, num_examples).reshape(-1)
   counts = jax.ops.segment_sum(keep.reshape(-1).astype(jnp.int32), example,
                                num_segments=num_examples + 1)[:num_examples]
@@ -209,12 +208,7 @@ def finish(cfg: AdapLeRConfig, head_params, buffer: Array, counts: Array,
   return ClassificationHead(cfg.encoder, cfg.num_labels).apply({"params": head_params}, x)
 
 
-def _row_chunks(total: int, rows: int) -> int:
-  """How many equal chunks of about `rows` (never under half) split `total` rows; 1: none."""
-  for count in range(-(-total // rows), total // max(1, rows // 2) + 1):
-    if total % count == 0:
-      return count
-  return 1
+_row_chunks = walk.row_chunks
 
 
 def feed_forward(enc: EncoderConfig, layer_params, x: Array,
@@ -225,13 +219,7 @@ def feed_forward(enc: EncoderConfig, layer_params, x: Array,
   (rows, intermediate) activation in cache: at 32 x 128 tokens of MiniLM the block runs
   about 1.4x faster in chunks of 512 rows than whole (`bench/attention.py --ffn`).
   """
-  apply = lambda t: Layer(enc).apply({"params": layer_params}, t, method=Layer.feed_forward)
-  total = x.shape[0] * x.shape[1]
-  count = 1 if chunk_rows is None or total <= chunk_rows else _row_chunks(total, chunk_rows)
-  if count == 1:
-    return apply(x)
-  chunks = x.reshape(count, total // count, x.shape[-1])
-  return jax.lax.map(apply, chunks).reshape(x.shape)
+  return walk.ParamLayer(enc, layer_params, chunk_rows).feed_forward(x)
 
 
 def run_layer(enc: EncoderConfig, layer_params, x: Array, bias: Array,
@@ -240,18 +228,14 @@ def run_layer(enc: EncoderConfig, layer_params, x: Array, bias: Array,
 
   `chunk_rows`: see `feed_forward`.
   """
-  x = Layer(enc).apply({"params": layer_params}, x, bias, method=Layer.attend)
-  return feed_forward(enc, layer_params, x, chunk_rows)
+  layer = walk.ParamLayer(enc, layer_params, chunk_rows)
+  return walk.layer_step(layer, 0, x, bias)[0]
 
 
 def _encode(enc: EncoderConfig, bert_params, x: Array, bias: Array,
             chunk_rows: int | None) -> Array:
   """Every encoder layer on x under one attention bias."""
-  for l in range(enc.num_layers):
-    x = run_layer(enc, bert_params["encoder"][f"layer_{l}"], x, bias, chunk_rows)
-  return x
-
-
+  return walk.walk(walk.param_layers(enc, bert_params, chunk_rows=chunk_rows), x, bias)[0]
 def full_forward(enc: EncoderConfig, num_labels: int, params, input_ids: Array,
                  token_type_ids: Array, n: Array, *, chunk_rows: int | None = None) -> Array:
   """Full-length classifier: every layer on all `n[b]` real tokens -> logits (B, C).

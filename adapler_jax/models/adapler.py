@@ -22,11 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapler_jax.models.bert import NEG_INF, Bert, EncoderConfig, Layer
+from adapler_jax.models import walk
+from adapler_jax.models.bert import Bert, EncoderConfig, encoder_layer_params
 from adapler_jax.models.heads import ClassificationHead
+from adapler_jax.reduce.adapler import (PAD_LOG_KEEP, HardRemoval, SoftRemoval,  # noqa: F401
+                                        masked_log_scores, soft_removal_edit)
 
 Array = jax.Array
-PAD_LOG_KEEP = -1e9  # log keep weight of padding: exp() is 0, and it stays finite.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,41 +60,6 @@ class ContributionPredictor(nn.Module):
   def __call__(self, x: Array) -> Array:
     x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype, name="dense")(x), approximate=False)
     return nn.Dense(1, dtype=self.dtype, name="out")(x)[..., 0].astype(jnp.float32)
-
-
-def masked_log_scores(logits: Array, log_keep: Array, theta_d: Array | float = 1.0) -> Array:
-  """log S~: softmax over positions weighted by the keep weights, [CLS] scaled by theta_d.
-
-  Equals log of `softmax(logits) * keep / sum(softmax(logits) * keep)` with the [CLS]
-  entry then multiplied by `theta_d` and renormalised (paper Eq. 9; theta_d = 1 in the
-  forward pass, its gradient trains theta, Appendix B).
-
-  Args:
-    logits: (..., seq) float32.
-    log_keep: (..., seq) log keep weights (0 kept, very negative removed or padding).
-    theta_d: scalar.
-  Returns:
-    (..., seq) log scores; exp sums to 1 over `seq`.
-  """
-  log_s = jax.nn.log_softmax(logits + log_keep, axis=-1)
-  s = jnp.exp(log_s)
-  cls = s[..., :1]
-  denom = theta_d * cls + (jnp.sum(s, axis=-1, keepdims=True) - cls)
-  is_cls = jnp.arange(logits.shape[-1]) == 0
-  return log_s + jnp.where(is_cls, jnp.log(theta_d), 0.0) - jnp.log(denom)
-
-
-def soft_removal_edit(scores: Array, delta: Array, lam: Array | float, beta: float) -> Array:
-  """Eq. 4: the (non-positive) log-mask edit for each token's score.
-
-  Below the cutoff the edit falls steeply, `(lam / delta)(S - delta) - beta / lam`; above
-  it it is the gentle `(S - 1)(beta / lam) / (1 - delta)`. The min of the two branches is
-  the piecewise function; it is clipped to [NEG_INF, 0]. Broadcasts over all arguments.
-  `1 - delta` is floored at 1e-6: delta reaches 1 when eta = 1 and only [CLS] is left.
-  """
-  below = (lam / delta) * (scores - delta) - beta / lam
-  above = (scores - 1.0) * (beta / lam) / jnp.maximum(1.0 - delta, 1e-6)
-  return jnp.clip(jnp.minimum(below, above), NEG_INF, 0.0)
 
 
 class AdapLeRModel(nn.Module):
@@ -127,28 +94,13 @@ class AdapLeRModel(nn.Module):
       at each layer's input; `keep` (L, batch, seq) after its edit; `edit`
       (L, batch, seq); `lengths` (L, batch) = sum of kept non-[CLS] weights + 1.
     """
-    num_layers = self.cfg.num_layers
-    theta_d = jnp.ones((num_layers,), jnp.float32) if theta_d is None else theta_d
-    valid = attention_mask.astype(bool)
-    not_cls = (jnp.arange(input_ids.shape[-1]) > 0)
-    log_keep = jnp.where(valid, 0.0, PAD_LOG_KEEP)
+    theta_d = jnp.ones((self.cfg.num_layers,), jnp.float32) if theta_d is None else theta_d
+    policy = SoftRemoval(self.predictors, eta, lam, self.cfg.beta, theta_d)
     x = self.bert.embed(input_ids, token_type_ids, deterministic=deterministic)
-    trace = {k: [] for k in ("log_scores", "keep_in", "keep", "edit", "lengths")}
-    for l in range(num_layers):
-      keep = jnp.exp(log_keep)
-      log_scores = masked_log_scores(self.predictors[l](x), log_keep, theta_d[l])
-      n = jnp.sum(keep * not_cls, axis=-1, keepdims=True) + 1.0
-      edit = soft_removal_edit(jnp.exp(log_scores), eta[l] / n, lam, self.cfg.beta)
-      edit = jnp.where(not_cls, edit * keep, 0.0)
-      log_keep = log_keep + edit
-      bias = jnp.maximum(log_keep, NEG_INF)
-      x = self.bert.run_layer(l, x, bias, deterministic=deterministic)
-      new_keep = jnp.exp(log_keep)
-      for k, v in (("log_scores", log_scores), ("keep_in", keep), ("keep", new_keep),
-                   ("edit", edit), ("lengths", jnp.sum(new_keep * not_cls, -1) + 1.0)):
-        trace[k].append(v)
+    x, _, trace = self.bert.encoder(x, SoftRemoval.initial(attention_mask), policy,
+                                    deterministic=deterministic)
     logits = self.head(x, deterministic=deterministic)
-    return logits, {k: jnp.stack(v) for k, v in trace.items()}
+    return logits, trace
 
 
 # ----------------------------------------------------------------------------- init
@@ -232,8 +184,26 @@ def _cp_scores(hidden: int, dtype: str, cp_params, x, log_keep):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _layer(enc: EncoderConfig, layer_params, x, bias):
-  return Layer(enc).apply({"params": layer_params}, x, bias)
+def _attend(enc: EncoderConfig, layer_params, x, bias):
+  return walk.ParamLayer(enc, layer_params).attend(x, bias)[0]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _feed_forward(enc: EncoderConfig, layer_params, x):
+  return walk.ParamLayer(enc, layer_params).feed_forward(x)
+
+
+class _JitLayer:
+  """A layer whose halves run as jitted calls (for the host-side reference walk)."""
+
+  def __init__(self, enc: EncoderConfig, params):
+    self.enc, self.params = enc, params
+
+  def attend(self, x, bias, *, deterministic=True, return_probs=False):
+    return _attend(self.enc, self.params, x, bias), None
+
+  def feed_forward(self, x, *, deterministic=True):
+    return _feed_forward(self.enc, self.params, x)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -260,17 +230,14 @@ def hard_forward(cfg: AdapLeRConfig, params: dict, input_ids, token_type_ids=Non
                     else np.asarray(token_type_ids, np.int32))
   eta = np.asarray(params["speed"]["eta"], np.float32)
   x = _embed(enc, model["bert"], input_ids[None], token_type_ids[None])
-  positions = np.arange(len(input_ids))
-  kept_positions, scores = [], []
-  for l in range(cfg.num_layers):
-    zeros = jnp.zeros((1, len(positions)), jnp.float32)
-    s = np.asarray(_cp_scores(cfg.cp_hidden, enc.dtype, model[f"predictors_{l}"], x, zeros))[0]
-    keep = s >= eta[l] / len(positions)
-    keep[0] = True
-    scores.append(s)
-    positions = positions[keep]
-    kept_positions.append(positions)
-    x = x[:, np.flatnonzero(keep)]
-    x = _layer(enc, model["bert"]["encoder"][f"layer_{l}"], x, zeros[:, : len(positions)])
+
+  def scores(l, x):
+    zeros = jnp.zeros(x.shape[:2], jnp.float32)
+    return np.asarray(_cp_scores(cfg.cp_hidden, enc.dtype, model[f"predictors_{l}"], x,
+                                 zeros))[0]
+
+  layers = [_JitLayer(enc, p) for p in encoder_layer_params(enc, model["bert"])]
+  x, _, trace = walk.walk(layers, x, np.arange(len(input_ids)), HardRemoval(scores, eta))
   logits = _head(enc, cfg.num_labels, model["head"], x)[0]
-  return HardRemovalResult(np.asarray(logits), kept_positions, scores)
+  return HardRemovalResult(np.asarray(logits), [np.asarray(p) for p in trace["kept_positions"]],
+                           [np.asarray(s) for s in trace["scores"]])

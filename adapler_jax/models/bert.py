@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adapler_jax.models import attention
+from adapler_jax.models import attention, walk
 
 Array = jax.Array
 
@@ -138,31 +138,34 @@ class Embeddings(nn.Module):
 class SelfAttention(nn.Module):
   """Multi-head scaled dot-product attention with an additive key bias.
 
-  The probabilities (before dropout) are sown as `intermediates/attention_probs`, shape
-  (..., heads, seq, seq), when the caller makes `intermediates` mutable (see
-  `attention_probs`). Only then, or under attention dropout, are normalised probabilities
-  formed; the plain forward runs the output-only `attention.attention`.
+  Returns the output, and with `return_probs` also the probabilities before dropout,
+  (..., heads, seq, seq) (`return_probs="after_dropout"`: after it). Only then, or under attention dropout, are normalised
+  probabilities formed; the plain forward runs the output-only `attention.attention`.
   """
 
   cfg: EncoderConfig
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, *, deterministic: bool = True) -> Array:
+  def __call__(self, x: Array, bias: Array, *, deterministic: bool = True,
+               return_probs: bool = False):
     cfg = self.cfg
     split = lambda t: t.reshape(*t.shape[:-1], cfg.num_heads, cfg.head_dim)
     q = split(_dense(cfg, cfg.hidden_size, "query")(x))
     k = split(_dense(cfg, cfg.hidden_size, "key")(x))
     v = split(_dense(cfg, cfg.hidden_size, "value")(x))
     use_dropout = not deterministic and cfg.attention_dropout > 0
-    if use_dropout or self.is_mutable_collection("intermediates"):
-      dropout = nn.Dropout(cfg.attention_dropout)
+    probs = None
+    if use_dropout or return_probs:
+      dropout, dropped = nn.Dropout(cfg.attention_dropout), []
+      drop = lambda p: dropped.append(dropout(p, deterministic=deterministic)) or dropped[0]
       probs, out = attention.attention_probs_and_output(
-          q, k, v, bias, accum_dtype=cfg.accum_dtype,
-          dropout=lambda p: dropout(p, deterministic=deterministic))
-      self.sow("intermediates", "attention_probs", probs)
+          q, k, v, bias, accum_dtype=cfg.accum_dtype, dropout=drop)
+      if return_probs == "after_dropout":  # what HF v3 returned in training (LAT upstream).
+        probs = dropped[0]
     else:
       out = attention.attention(q, k, v, bias, accum_dtype=cfg.accum_dtype)
-    return out.reshape(*out.shape[:-2], cfg.hidden_size)
+    out = out.reshape(*out.shape[:-2], cfg.hidden_size)
+    return (out, probs) if return_probs else out
 
 
 class DenseResidual(nn.Module):
@@ -197,18 +200,25 @@ class Intermediate(nn.Module):
 
 
 class Attention(nn.Module):
+  """Self-attention, then dense + residual + LayerNorm: `(x, probs or None)`."""
+
   cfg: EncoderConfig
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, *, deterministic: bool = True) -> Array:
-    y = SelfAttention(self.cfg, name="self")(x, bias, deterministic=deterministic)
-    return DenseResidual(self.cfg, name="output")(y, x, deterministic=deterministic)
+  def __call__(self, x: Array, bias: Array, *, deterministic: bool = True,
+               return_probs: bool = False):
+    y = SelfAttention(self.cfg, name="self")(x, bias, deterministic=deterministic,
+                                             return_probs=return_probs)
+    y, probs = y if return_probs else (y, None)
+    return DenseResidual(self.cfg, name="output")(y, x, deterministic=deterministic), probs
 
 
 class Layer(nn.Module):
   """One post-LN transformer layer: attention then the GELU feed-forward block.
 
-  Shapes: `x` (..., seq, hidden), `bias` (..., seq) -> (..., seq, hidden).
+  Shapes: `x` (..., seq, hidden), `bias` (..., seq) -> (..., seq, hidden). The two
+  halves, `attend` and `feed_forward`, are what `walk` calls: token reduction policies
+  act before, between and after them.
   """
 
   cfg: EncoderConfig
@@ -219,12 +229,14 @@ class Layer(nn.Module):
     self.output = DenseResidual(self.cfg)
 
   def __call__(self, x: Array, bias: Array, *, deterministic: bool = True) -> Array:
-    x = self.attention(x, bias, deterministic=deterministic)
+    x, _ = self.attend(x, bias, deterministic=deterministic)
     return self.feed_forward(x, deterministic=deterministic)
 
-  def attend(self, x: Array, bias: Array, *, deterministic: bool = True) -> Array:
-    """The attention block alone (with its residual and LayerNorm)."""
-    return self.attention(x, bias, deterministic=deterministic)
+  def attend(self, x: Array, bias: Array, *, deterministic: bool = True,
+             return_probs: bool = False) -> tuple[Array, Array | None]:
+    """The attention block (with its residual and LayerNorm) -> `(out, probs or None)`,
+    probs (..., heads, seq, seq) before dropout."""
+    return self.attention(x, bias, deterministic=deterministic, return_probs=return_probs)
 
   def feed_forward(self, x: Array, *, deterministic: bool = True) -> Array:
     """The feed-forward block alone: position-wise, so any leading shape works."""
@@ -232,19 +244,25 @@ class Layer(nn.Module):
 
 
 class Encoder(nn.Module):
-  """The stack of layers; `layer[i]` is addressable for layer-by-layer callers."""
+  """The stack of layers, walked by `walk.walk` under a reduction policy."""
 
   cfg: EncoderConfig
 
   def setup(self):
     self.layer = [Layer(self.cfg) for _ in range(self.cfg.num_layers)]
 
-  def __call__(self, x: Array, bias: Array, *, deterministic: bool = True):
-    hidden_states = [x]
-    for layer in self.layer:
-      x = layer(x, bias, deterministic=deterministic)
-      hidden_states.append(x)
-    return x, tuple(hidden_states)
+  def __call__(self, x: Array, ctx, policy: walk.Policy = walk.FULL, *,
+               deterministic: bool = True, layer_on: Array | None = None,
+               hidden_states: bool = False):
+    """`walk.walk` over this encoder's layers -> `(x, ctx, trace)`."""
+    return walk.walk(self.layer, x, ctx, policy, deterministic=deterministic,
+                     layer_on=layer_on, hidden_states=hidden_states)
+
+
+def encoder_layer_params(cfg: EncoderConfig, bert_params: dict) -> list:
+  """The params of each encoder layer of a `Bert` params tree, in order."""
+  layers = bert_params["encoder"]
+  return [layers[f"layer_{l}"] for l in range(cfg.num_layers)]
 
 
 class Bert(nn.Module):
@@ -271,20 +289,26 @@ class Bert(nn.Module):
     return self.embeddings(input_ids, token_type_ids, position_ids=position_ids,
                            deterministic=deterministic)
 
-  def run_layer(self, index: int, x: Array, bias: Array, *,
-                deterministic: bool = True) -> Array:
-    return self.encoder.layer[index](x, bias, deterministic=deterministic)
-
   def __call__(self, input_ids: Array, token_type_ids: Array, attention_bias: Array, *,
                deterministic: bool = True):
-    x = self.embed(input_ids, token_type_ids, deterministic=deterministic)
-    x, hidden_states = self.encoder(x, attention_bias, deterministic=deterministic)
-    return x, {"hidden_states": hidden_states}
+    h0 = self.embed(input_ids, token_type_ids, deterministic=deterministic)
+    x, _, trace = self.encoder(h0, attention_bias, deterministic=deterministic,
+                               hidden_states=True)
+    return x, {"hidden_states": (h0, *trace["hidden_states"])}
 
 
 def attention_bias_from_mask(mask: Array) -> Array:
   """Bool/int validity mask (batch, seq) -> float additive bias (0 valid, NEG_INF pad)."""
   return jnp.where(mask.astype(bool), 0.0, NEG_INF).astype(jnp.float32)
+
+
+class RecordAttention(walk.Policy):
+  """No reduction; records each layer's attention probabilities as `attention_probs`."""
+
+  wants_probs = True
+
+  def after_attention(self, l, a, probs, ctx):
+    return a, ctx, {"attention_probs": probs}
 
 
 def attention_probs(cfg: EncoderConfig, params: dict, input_ids: Array, token_type_ids: Array,
@@ -297,8 +321,8 @@ def attention_probs(cfg: EncoderConfig, params: dict, input_ids: Array, token_ty
   Returns:
     (L, batch, heads, seq, seq); row q of a head is query q's distribution over keys.
   """
-  _, state = Bert(cfg).apply({"params": params}, input_ids, token_type_ids, attention_bias,
-                             mutable=["intermediates"])
-  layers = state["intermediates"]["encoder"]
-  return jnp.stack([layers[f"layer_{l}"]["attention"]["self"]["attention_probs"][0]
-                    for l in range(cfg.num_layers)])
+  def run(bert: Bert):
+    h0 = bert.embed(input_ids, token_type_ids)
+    return bert.encoder(h0, attention_bias, RecordAttention())[2]["attention_probs"]
+
+  return nn.apply(run, Bert(cfg))({"params": params})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,18 @@ import jax.numpy as jnp
 from adapler_jax.models.bert import Bert, EncoderConfig, _dense
 
 Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+  """Static shape of a sequence classifier (an encoder and a label count)."""
+
+  encoder: EncoderConfig
+  num_labels: int
+
+  @property
+  def num_layers(self) -> int:
+    return self.encoder.num_layers
 
 
 class ClassificationHead(nn.Module):
@@ -60,5 +74,14 @@ class SequenceClassifier(nn.Module):
   def logits_from_embeddings(self, embeddings: Array, attention_bias: Array, *,
                              deterministic: bool = True) -> Array:
     """Runs the layers and the head on given embedding outputs h^0 (for saliency)."""
-    hidden, _ = self.bert.encoder(embeddings, attention_bias, deterministic=deterministic)
+    hidden, _, _ = self.bert.encoder(embeddings, attention_bias, deterministic=deterministic)
     return self.head(hidden, deterministic=deterministic)
+
+  def reduced(self, input_ids: Array, token_type_ids: Array, ctx, policy, *,
+              layer_on: Array | None = None, deterministic: bool = True):
+    """The classifier under a token-reduction policy (e.g. LAT's significance selection):
+    `(logits, final ctx, trace)`. The head reads position 0, which the policy keeps."""
+    x = self.bert.embed(input_ids, token_type_ids, deterministic=deterministic)
+    x, ctx, trace = self.bert.encoder(x, ctx, policy, deterministic=deterministic,
+                                      layer_on=layer_on)
+    return self.head(x, deterministic=deterministic), ctx, trace

@@ -1,0 +1,175 @@
+"""The encoder's one layer-wise walk, with token reduction as a pluggable policy.
+
+Every forward of the library goes through `walk`: the plain encoder, AdapLeR's soft
+(training) and hard (inference) removal, the batched engines, the rationale baselines and
+the Length-Adaptive Transformer. A layer is split where the two methods decide::
+
+    x, ctx = policy.before_layer(l, x, ctx)             # AdapLeR: contribution scores, keep
+    a, probs = layer.attend(x, policy.bias(ctx))        # attention sub-layer (post-LN)
+    a, ctx = policy.after_attention(l, a, probs, ctx)   # LAT: attention significance, keep
+    y = layer.feed_forward(a)
+    x, ctx = policy.after_layer(l, x, y, ctx)           # e.g. restore of dropped tokens
+
+A policy is a plain Python object (static under jit); its per-walk state `ctx` is a pytree
+(keep weights, masks, positions, lengths: whatever the policy needs). Each hook returns,
+besides its outputs, a dict of per-layer records; `walk` stacks them into one trace dict
+`{name: (L, ...)}`, the single convention for intermediates (scores, keep weights, lengths,
+attention received).
+
+A `layer` is anything with `attend(x, bias, *, deterministic, return_probs)` and
+`feed_forward(x, *, deterministic)`: a `Layer` bound inside a Flax module (training), or a
+`ParamLayer` that applies a `Layer` to its params (pure inference functions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Records = dict[str, Array]
+
+
+class Policy:
+  """No reduction: every token runs every layer. Subclasses override the hooks they need.
+
+  `ctx` here is the additive attention bias itself, (B, N) or (B, N, N).
+  """
+
+  wants_probs: bool = False  # whether `after_attention` reads the attention probabilities.
+
+  def bias(self, ctx) -> Array:
+    return ctx
+
+  def before_layer(self, l: int, x: Array, ctx) -> tuple[Array, Any, Records]:
+    return x, ctx, {}
+
+  def after_attention(self, l: int, a: Array, probs: Array | None, ctx
+                      ) -> tuple[Array, Any, Records]:
+    return a, ctx, {}
+
+  def after_layer(self, l: int, x: Array, y: Array, ctx) -> tuple[Array, Any]:
+    return y, ctx
+
+
+FULL = Policy()
+
+
+def layer_step(layer, l: int, x: Array, ctx, policy: Policy = FULL, *,
+               deterministic: bool = True, layer_on: Array | None = None
+               ) -> tuple[Array, Any, Records]:
+  """One layer of the walk: the policy's decisions around attention and feed-forward.
+
+  `layer_on` (a traced bool) skips the layer (LayerDrop): hidden states and the policy's
+  state pass through unchanged, and the layer reduces nothing.
+  """
+  x_in, ctx_in = x, ctx
+  x, ctx, records = policy.before_layer(l, x, ctx)
+  a, probs = layer.attend(x, policy.bias(ctx), deterministic=deterministic,
+                          return_probs=policy.wants_probs)
+  a, ctx, more = policy.after_attention(l, a, probs, ctx)
+  y = layer.feed_forward(a, deterministic=deterministic)
+  x, ctx = policy.after_layer(l, x, y, ctx)
+  if layer_on is not None:
+    x, ctx = jax.tree.map(lambda new, old: jnp.where(layer_on, new, old), (x, ctx),
+                          (x_in, ctx_in))
+  return x, ctx, {**records, **more}
+
+
+def walk(layers: Sequence, x: Array, ctx, policy: Policy = FULL, *,
+         deterministic: bool = True, layer_on: Array | None = None,
+         hidden_states: bool = False) -> tuple[Array, Any, Records]:
+  """Runs `layers` in order over x (..., N, H) under `policy`: the library's layer loop.
+
+  Args:
+    layers: the encoder's layers (see the module docstring).
+    x: the embedding output h^0.
+    ctx: the policy's initial state (for `FULL`, the attention bias).
+    policy: the reduction policy.
+    deterministic: False enables dropout.
+    layer_on: optional (L,) bool; False skips layer l (LayerDrop).
+    hidden_states: also record every layer's output as `hidden_states` (h^1..h^L).
+  Returns:
+    The last hidden states, the policy's final state, and the trace: each record stacked
+    over layers on axis 0.
+  """
+  trace: list[Records] = []
+  for l, layer in enumerate(layers):
+    on = None if layer_on is None else layer_on[l]
+    x, ctx, records = layer_step(layer, l, x, ctx, policy, deterministic=deterministic,
+                                 layer_on=on)
+    if hidden_states:
+      records = {**records, "hidden_states": x}
+    trace.append(records)
+  return x, ctx, stack(trace)
+
+
+def stack(trace: list[Records]) -> Records:
+  """Per-layer record dicts -> one dict of arrays stacked on axis 0 (lists if ragged)."""
+  if not trace or not trace[0]:
+    return {}
+  out = {}
+  for name in trace[0]:
+    values = [r[name] for r in trace]
+    same = all(getattr(v, "shape", None) == getattr(values[0], "shape", None) for v in values)
+    out[name] = jnp.stack(values) if same else values
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamLayer:
+  """A `Layer` applied to its params: the layer interface for pure functions.
+
+  `chunk_rows` runs the feed-forward block that many token rows at a time (it is
+  position-wise, so values do not change; on CPU it keeps activations in cache).
+  `rng` enables dropout when a caller walks with `deterministic=False`.
+  """
+
+  cfg: Any  # EncoderConfig
+  params: Any
+  chunk_rows: int | None = None
+  rng: Array | None = None
+
+  def _apply(self, *args, method, **kwargs):
+    from adapler_jax.models.bert import Layer  # pylint: disable=g-import-not-at-top
+    rngs = None if self.rng is None else {"dropout": self.rng}
+    return Layer(self.cfg).apply({"params": self.params}, *args, method=method, rngs=rngs,
+                                 **kwargs)
+
+  def attend(self, x: Array, bias: Array, *, deterministic: bool = True,
+             return_probs: bool = False):
+    from adapler_jax.models.bert import Layer  # pylint: disable=g-import-not-at-top
+    return self._apply(x, bias, deterministic=deterministic, return_probs=return_probs,
+                       method=Layer.attend)
+
+  def feed_forward(self, x: Array, *, deterministic: bool = True) -> Array:
+    from adapler_jax.models.bert import Layer  # pylint: disable=g-import-not-at-top
+    apply = lambda t: self._apply(t, deterministic=deterministic, method=Layer.feed_forward)
+    total = x.shape[0] * x.shape[1] if x.ndim > 2 else x.shape[0]
+    count = (1 if self.chunk_rows is None or total <= self.chunk_rows
+             else row_chunks(total, self.chunk_rows))
+    if count == 1:
+      return apply(x)
+    chunks = x.reshape(count, total // count, x.shape[-1])
+    return jax.lax.map(apply, chunks).reshape(x.shape)
+
+
+def row_chunks(total: int, rows: int) -> int:
+  """How many equal chunks of about `rows` (never under half) split `total` rows; 1: none."""
+  for count in range(-(-total // rows), total // max(1, rows // 2) + 1):
+    if total % count == 0:
+      return count
+  return 1
+
+
+def param_layers(cfg, bert_params, *, chunk_rows: int | None = None,
+                 rng: Array | None = None) -> list[ParamLayer]:
+  """The layers of a `Bert` params tree, in order, as `ParamLayer`s (dropout keys folded
+  per layer from `rng`)."""
+  from adapler_jax.models.bert import encoder_layer_params  # pylint: disable=g-import-not-at-top
+  return [ParamLayer(cfg, p, chunk_rows, None if rng is None else jax.random.fold_in(rng, l))
+          for l, p in enumerate(encoder_layer_params(cfg, bert_params))]

@@ -1,0 +1,124 @@
+"""AdapLeR as a reduction policy: contribution scores against the cutoff eta / n.
+
+One keep rule (`cutoff`, `keep_rule`) serves every form:
+
+* `SoftRemoval`, training: Eq. 4 turns each token's distance to the cutoff into a log
+  keep-weight edit that the attention bias carries to every later layer;
+* `HardRemoval`, inference on one example: tokens below the cutoff are gone;
+* the batched engine (`adapler_jax.infer.packing`) calls `keep_rule` on its grids.
+
+Soft removal with a huge lambda makes the same decisions as hard removal (tested).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adapler_jax.models.walk import Policy
+
+Array = jax.Array
+
+NEG_INF = -1e4  # additive bias of a removed key (as `models.bert.NEG_INF`).
+PAD_LOG_KEEP = -1e9  # log keep weight of padding: exp() is 0, and it stays finite.
+
+
+def cutoff(eta, n):
+  """delta = eta / n: the score a token needs to stay, with n tokens present ([CLS] in)."""
+  return eta / n
+
+
+def keep_rule(scores, eta, n, is_cls, present=True):
+  """Hard keep decision: S~ >= eta / n, [CLS] always, only on present tokens.
+
+  Works on numpy and jax arrays alike; `n` and `eta` broadcast against `scores`.
+  """
+  return ((scores >= cutoff(eta, n)) | is_cls) & present
+
+
+def masked_log_scores(logits: Array, log_keep: Array, theta_d: Array | float = 1.0) -> Array:
+  """log S~: softmax over positions weighted by the keep weights, [CLS] scaled by theta_d.
+
+  Equals log of `softmax(logits) * keep / sum(softmax(logits) * keep)` with the [CLS]
+  entry then multiplied by `theta_d` and renormalised (paper Eq. 9; theta_d = 1 in the
+  forward pass, its gradient trains theta, Appendix B).
+
+  Args:
+    logits: (..., seq) float32.
+    log_keep: (..., seq) log keep weights (0 kept, very negative removed or padding).
+    theta_d: scalar.
+  Returns:
+    (..., seq) log scores; exp sums to 1 over `seq`.
+  """
+  log_s = jax.nn.log_softmax(logits + log_keep, axis=-1)
+  s = jnp.exp(log_s)
+  cls = s[..., :1]
+  denom = theta_d * cls + (jnp.sum(s, axis=-1, keepdims=True) - cls)
+  is_cls = jnp.arange(logits.shape[-1]) == 0
+  return log_s + jnp.where(is_cls, jnp.log(theta_d), 0.0) - jnp.log(denom)
+
+
+def soft_removal_edit(scores: Array, delta: Array, lam: Array | float, beta: float) -> Array:
+  """Eq. 4: the (non-positive) log-mask edit for each token's score.
+
+  Below the cutoff the edit falls steeply, `(lam / delta)(S - delta) - beta / lam`; above
+  it it is the gentle `(S - 1)(beta / lam) / (1 - delta)`. The min of the two branches is
+  the piecewise function; it is clipped to [NEG_INF, 0]. Broadcasts over all arguments.
+  `1 - delta` is floored at 1e-6: delta reaches 1 when eta = 1 and only [CLS] is left.
+  """
+  below = (lam / delta) * (scores - delta) - beta / lam
+  above = (scores - 1.0) * (beta / lam) / jnp.maximum(1.0 - delta, 1e-6)
+  return jnp.clip(jnp.minimum(below, above), NEG_INF, 0.0)
+
+
+class SoftRemoval(Policy):
+  """Eq. 4 soft removal before every layer; `ctx` is the log keep weights (B, N).
+
+  Records per layer: `log_scores` log S~, `keep_in` keep weights at the layer's input,
+  `keep` after its edit, `edit`, `lengths` = sum of kept non-[CLS] weights + 1.
+  """
+
+  def __init__(self, predictors: list[Callable], eta: Array, lam, beta: float,
+               theta_d: Array):
+    self.predictors, self.eta, self.lam, self.beta, self.theta_d = (
+        predictors, eta, lam, beta, theta_d)
+
+  @staticmethod
+  def initial(attention_mask: Array) -> Array:
+    return jnp.where(attention_mask.astype(bool), 0.0, PAD_LOG_KEEP)
+
+  def bias(self, log_keep):
+    return jnp.maximum(log_keep, NEG_INF)
+
+  def before_layer(self, l, x, log_keep):
+    not_cls = jnp.arange(x.shape[-2]) > 0
+    keep = jnp.exp(log_keep)
+    log_scores = masked_log_scores(self.predictors[l](x), log_keep, self.theta_d[l])
+    n = jnp.sum(keep * not_cls, axis=-1, keepdims=True) + 1.0
+    edit = soft_removal_edit(jnp.exp(log_scores), cutoff(self.eta[l], n), self.lam, self.beta)
+    edit = jnp.where(not_cls, edit * keep, 0.0)
+    log_keep = log_keep + edit
+    new_keep = jnp.exp(log_keep)
+    return x, log_keep, {"log_scores": log_scores, "keep_in": keep, "keep": new_keep,
+                         "edit": edit, "lengths": jnp.sum(new_keep * not_cls, -1) + 1.0}
+
+
+class HardRemoval(Policy):
+  """Hard removal of one example on the host; `ctx` is the original positions (n,) of the
+  tokens present. Records `scores` (S~ over the tokens entering each layer) and
+  `kept_positions` (the positions each layer runs on)."""
+
+  def __init__(self, scores_fn: Callable[[int, Array], np.ndarray], eta: np.ndarray):
+    self.scores_fn, self.eta = scores_fn, eta
+
+  def bias(self, positions):
+    return jnp.zeros((1, len(positions)), jnp.float32)
+
+  def before_layer(self, l, x, positions):
+    s = self.scores_fn(l, x)
+    keep = keep_rule(s, self.eta[l], len(positions), np.arange(len(positions)) == 0)
+    positions = positions[keep]
+    return x[:, np.flatnonzero(keep)], positions, {"scores": s, "kept_positions": positions}
