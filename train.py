@@ -24,7 +24,7 @@ def main(argv):
   run = pipeline.prepare(_CONFIG.value, _WORKDIR.value)
   result = pipeline.run_phase(run, _PHASE.value)
   if isinstance(result, dict) and run.is_main_process:
-    print(pipeline.format_summary(result))
+    print(pipeline.format_result(run, result))
 
 
 if __name__ == "__main__":

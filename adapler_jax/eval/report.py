@@ -54,6 +54,33 @@ def evaluate_adapler(cfg: adapler.AdapLeRConfig, params: dict, data: TokenizedDa
   }
 
 
+def evaluate_lat(cfg, params: dict, data: TokenizedDataset, metric_name: str, config, *,
+                 base: int, flags=None, batch_size: int = 32, progress: bool = False
+                 ) -> dict[str, Any]:
+  """Metric and FLOPs of a classifier at a length config (None: full length), run with
+  real dropping (`LengthEngine`). FLOPs in two conventions: `flops_speedup_padded` is the
+  LAT paper's (MACs at the padded length, batch 1); `flops_speedup_actual` counts each
+  example's real tokens, min(n, l_i) (what the engine runs)."""
+  from adapler_jax import infer  # pylint: disable=g-import-not-at-top
+  from adapler_jax.reduce.significance import SelectionFlags  # pylint: disable=g-import-not-at-top
+  engine = infer.LengthEngine(cfg, params, config, base=base, flags=flags or SelectionFlags(),
+                              batch_size=batch_size, max_length=data.max_length)
+  result = engine.run(data, progress=progress)
+  dims = flops.FlopsDims.from_config(cfg.encoder, num_classes=cfg.num_labels)
+  backbone = np.sum([flops.backbone_flops(int(n), dims) for n in data.lengths])
+  reduced = float(np.sum(flops.selection_flops(data.lengths, result.kept_counts, dims)))
+  return {
+      "num_examples": len(data), "metric_name": metric_name,
+      "metric": metrics.compute(metric_name, result.predictions, data.labels),
+      "length_config": None if config is None else list(map(int, config)),
+      "flops_speedup_padded": flops.lat_macs(None, base, dims) / flops.lat_macs(config, base,
+                                                                                  dims),
+      "flops_speedup_actual": float(backbone) / reduced,
+      "kept_tokens_per_layer": result.kept_counts.mean(axis=0).tolist(),
+      "examples_per_second": result.examples_per_second,
+  }
+
+
 def evaluate_backbone(encoder, num_labels: int, params: dict, data: TokenizedDataset,
                       metric_name: str, batch_size: int = 64, mesh=None) -> dict[str, Any]:
   """Full-length metric of the fine-tuned classifier (`{"bert", "head"}` params); with a

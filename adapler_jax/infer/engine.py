@@ -40,10 +40,29 @@ from adapler_jax.data.batching import DEFAULT_BUCKETS, bucket_lengths, eval_batc
 from adapler_jax.data.tokenize import TokenizedDataset
 from adapler_jax.infer import layout, packing
 from adapler_jax.models.adapler import AdapLeRConfig, hard_forward
+from adapler_jax.models import lat
+from adapler_jax.models.bert import encoder_layer_params
+from adapler_jax.models.heads import ClassifierConfig
+from adapler_jax.reduce import lengths as lengths_lib
+from adapler_jax.reduce.significance import SelectionFlags
 
 Batch = dict[str, np.ndarray]
 
 CPU_FFN_CHUNK_ROWS = 512  # feed-forward rows per chunk on CPU (see `packing.feed_forward`).
+
+# Compiled once per process for each static configuration and shape, shared by engines.
+_START = jax.jit(packing.start, static_argnums=0, donate_argnums=(1, 2))
+_STEP = jax.jit(packing.step, static_argnums=(0, 1), static_argnames="chunk_rows",
+                donate_argnums=(2, 3))
+_PADDED_STEP = jax.jit(packing.padded_step, static_argnums=(0, 1),
+                       static_argnames="chunk_rows", donate_argnums=(2, 3))
+_FINISH = jax.jit(packing.finish, static_argnums=0)
+_FULL_FORWARD = jax.jit(packing.full_forward, static_argnums=(0, 1),
+                        static_argnames="chunk_rows")
+_PACKED_FULL_FORWARD = jax.jit(packing.packed_full_forward, static_argnums=(0, 1),
+                               static_argnames="chunk_rows")
+_GATHER_FORWARD = jax.jit(lat.gather_forward, static_argnums=(0, 1, 7),
+                          static_argnames=("flags", "chunk_rows"))
 
 
 @dataclasses.dataclass
@@ -130,9 +149,26 @@ class _Engine:
       raise ValueError(f"ffn_chunk_rows must be 'auto', None or a positive int, got "
                        f"{ffn_chunk_rows!r}")
     self.ffn_chunk_rows = ffn_chunk_rows
+    self._shapes: dict[str, set] = {}
 
   def _put(self, tree):
     return jax.device_put(tree, self.device)
+
+  def _tracked(self, name: str, fn):
+    """`fn` (a partial of a module-level jit), noting each argument shape it runs on: the
+    compiled shapes this engine needs. The jit caches are shared, so a second engine or a
+    second epoch's evaluation on the same shapes compiles nothing."""
+    shapes = self._shapes.setdefault(name, set())
+
+    def call(*args, **kwargs):
+      shapes.add(tuple((a.shape, str(a.dtype)) if hasattr(a, "shape") else a
+                       for a in jax.tree.leaves((args, kwargs))))
+      return fn(*args, **kwargs)
+
+    return call
+
+  def _shape_counts(self, *names: str) -> dict[str, int]:
+    return {k: len(self._shapes.get(k, ())) for k in names}
 
   def _batch_widths(self, data: TokenizedDataset) -> tuple[int, ...]:
     return bucket_lengths(data.max_length, self.buckets)
@@ -208,8 +244,8 @@ class AdaptiveEngine(_Engine):
     model = params["model"]
     layers = cfg.num_layers
     self._embedding_params = self._put(model["bert"]["embeddings"])
-    self._layer_params = [self._put(model["bert"]["encoder"][f"layer_{l}"])
-                          for l in range(layers)]
+    self._layer_params = [self._put(p)
+                          for p in encoder_layer_params(cfg.encoder, model["bert"])]
     self._cp_params = [self._put(model[f"predictors_{l}"]) for l in range(layers)]
     self._head_params = self._put(model["head"])
     eta = np.asarray(params["speed"]["eta"], np.float32)
@@ -224,14 +260,13 @@ class AdaptiveEngine(_Engine):
     self._buffer = self._put(np.zeros((self._rows, cfg.encoder.hidden_size),
                                       cfg.encoder.compute_dtype))
     self._positions = self._put(np.zeros((self._rows,), np.int32))
-    self._start = jax.jit(functools.partial(packing.start, cfg), donate_argnums=(0, 1))
-    self._step = jax.jit(functools.partial(packing.step, cfg, batch_size,
-                                           chunk_rows=self.ffn_chunk_rows),
-                         donate_argnums=(0, 1))
-    self._padded_step = jax.jit(functools.partial(packing.padded_step, cfg,
-                                                  chunk_rows=self.ffn_chunk_rows),
-                                static_argnums=0, donate_argnums=(1, 2))
-    self._finish = jax.jit(functools.partial(packing.finish, cfg))
+    chunk = self.ffn_chunk_rows
+    self._start = self._tracked("start", functools.partial(_START, cfg))
+    self._step = self._tracked("packed layer", functools.partial(_STEP, cfg, batch_size,
+                                                                 chunk_rows=chunk))
+    self._padded_step = self._tracked("padded layer",
+                                      functools.partial(_PADDED_STEP, cfg, chunk_rows=chunk))
+    self._finish = self._tracked("head", functools.partial(_FINISH, cfg))
 
   # ---------------------------------------------------------------- compiled shapes
 
@@ -247,9 +282,7 @@ class AdaptiveEngine(_Engine):
 
   @property
   def compile_counts(self) -> dict[str, int]:
-    fns = {"start": self._start, "padded layer": self._padded_step,
-           "packed layer": self._step, "head": self._finish}
-    return {k: f._cache_size() for k, f in fns.items()}  # pylint: disable=protected-access
+    return self._shape_counts("start", "padded layer", "packed layer", "head")
 
   def row_counts(self) -> tuple[int, ...]:
     """Rows a layer call may have, descending: `batch_size` (one example per row), then
@@ -402,10 +435,11 @@ class FullLengthEngine(_Engine):
     self.folds = _check_folds(folds)
     params = params.get("model", params)
     self._params = self._put({"bert": params["bert"], "head": params["head"]})
-    self._forward = jax.jit(functools.partial(packing.full_forward, cfg.encoder,
-                                              cfg.num_labels, chunk_rows=self.ffn_chunk_rows))
-    self._packed = jax.jit(functools.partial(packing.packed_full_forward, cfg.encoder,
-                                             cfg.num_labels, chunk_rows=self.ffn_chunk_rows))
+    chunk = self.ffn_chunk_rows
+    self._forward = self._tracked("forward", functools.partial(
+        _FULL_FORWARD, cfg.encoder, cfg.num_labels, chunk_rows=chunk))
+    self._packed = self._tracked("packed forward", functools.partial(
+        _PACKED_FULL_FORWARD, cfg.encoder, cfg.num_labels, chunk_rows=chunk))
 
   def row_counts(self) -> tuple[int, ...]:
     return _row_counts(self.batch_size, self.folds)
@@ -417,8 +451,7 @@ class FullLengthEngine(_Engine):
 
   @property
   def compile_counts(self) -> dict[str, int]:
-    return {"forward": self._forward._cache_size(),  # pylint: disable=protected-access
-            "packed forward": self._packed._cache_size()}  # pylint: disable=protected-access
+    return self._shape_counts("forward", "packed forward")
 
   def warmup(self) -> None:
     """Compiles every (rows, bucket) shape ahead of time, on placeholder inputs."""
@@ -455,6 +488,79 @@ class FullLengthEngine(_Engine):
     if rationales:  # every layer runs on every token; there are no predictor scores.
       out["positions"] = [[np.arange(n)] * self.cfg.num_layers for n in lengths]
       out["scores"] = [None] * len(lengths)
+    return out
+
+
+class LengthEngine(_Engine):
+  """A Length-Adaptive Transformer at one length config, with real token dropping.
+
+  Each batch runs as one compiled program (`models.lat.gather_forward`): after each
+  layer's attention, the tokens kept by attention significance are gathered to the front
+  and the rest of the row is cut off at a bucket width, so the feed-forward block and every
+  later layer run on fewer tokens. How many tokens each example keeps follows from the
+  config and its length alone (`reduce.lengths.real_counts`), so the host plans every
+  width before the batch starts and reads only the outputs.
+
+  Args:
+    cfg: a `ClassifierConfig` (or any config with `encoder`, `num_labels`).
+    params: the classifier `{"bert", "head"}` (or `{"model": ...}` around it).
+    config: the length config (L,), on `base` (padded base: absolute lengths; actual base:
+      each example keeps ceil(n * l_i / base)); None runs every token.
+    base: the padded length configs refer to (default `max_length`).
+    flags: `SelectionFlags`.
+    batch_size, buckets, max_length, device, ffn_chunk_rows: as for `AdaptiveEngine`.
+  """
+
+  def __init__(self, cfg, params: dict, config, *, base: int | None = None,
+               flags: SelectionFlags = SelectionFlags(), batch_size: int = 32,
+               buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int = 512,
+               device: jax.Device | None = None, ffn_chunk_rows: int | None | str = "auto"):
+    super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length,
+                     device=device, ffn_chunk_rows=ffn_chunk_rows)
+    self.base = base or max_length
+    self.flags = flags
+    self.config = (None if config is None else lengths_lib.validate_config(
+        config, self.base, cfg.num_layers, keep_cls=flags.keep_cls))
+    params = params.get("model", params)
+    self._params = self._put({"bert": params["bert"], "head": params["head"]})
+    self._forward = self._tracked("forward", functools.partial(
+        _GATHER_FORWARD, cfg.encoder, cfg.num_labels, flags=flags,
+        chunk_rows=self.ffn_chunk_rows))
+
+  @property
+  def compiled_shapes(self) -> int:
+    """Distinct (rows, input width, layer widths) programs run so far."""
+    return self._shape_counts("forward")["forward"]
+
+  def plan(self, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """For lengths n (E,): tokens to keep (L, E), real tokens kept (E, L), layer widths."""
+    config = self.config or (self.base,) * self.cfg.num_layers
+    counts = lengths_lib.keep_counts(np.asarray(config), n, self.base, self.flags.length_base)
+    real = lengths_lib.real_counts(config, n, self.base, self.flags.length_base)
+    widths = tuple(layout.smallest_width(int(c), self.widths) for c in real.max(axis=0))
+    return counts.astype(np.int32), real, widths
+
+  def warmup(self) -> None:
+    """Compiles the program of a full batch of each input bucket (shorter batches may
+    need other layer widths, compiled when first met)."""
+    for width in self.widths:
+      ids = np.zeros((self.batch_size, width), np.int32)
+      n = np.full((self.batch_size,), width, np.int32)
+      counts, _, widths = self.plan(n)
+      jax.block_until_ready(self._forward(self._params, ids, ids, n, counts, widths))
+
+  def _run_batch(self, batch: Batch, rationales: bool) -> dict[str, Any]:
+    n = batch["attention_mask"].sum(axis=1, dtype=np.int32)
+    counts, real, widths = self.plan(n)
+    logits, trace = self._forward(self._params, batch["input_ids"], batch["token_type_ids"],
+                                  n, counts, widths)
+    rows = len(n)
+    out = {"logits": np.asarray(logits), "kept": real,
+           "slots": np.asarray([rows * w for w in widths]), "packed": np.zeros(len(widths), np.int64)}
+    if rationales:
+      positions = jax.device_get(trace["positions"])
+      out["positions"] = [[p[e][p[e] >= 0] for p in positions] for e in range(rows)]
+      out["scores"] = [None] * rows
     return out
 
 

@@ -75,9 +75,21 @@ class FlopsDims:
 # Analytic counts (scalars; the same formulas work elementwise on numpy arrays).
 
 
-def layer_flops(n, hidden: int, intermediate: int):
-  """One encoder layer on n tokens: matmuls plus attention scores and mixing."""
-  return 2 * n * (4 * hidden**2 + 2 * hidden * intermediate) + 4 * n**2 * hidden
+def layer_flops(n, hidden: int, intermediate: int, n_ffn=None):
+  """One encoder layer on n tokens: matmuls plus attention scores and mixing.
+
+  With `n_ffn`, the feed-forward block runs on that many tokens instead (attention-
+  significance selection keeps them after the attention sub-layer):
+  2n(4H^2) + 4n^2 H for attention, 2 n_ffn (2HI) for the feed-forward block.
+  """
+  n_ffn = n if n_ffn is None else n_ffn
+  return 2 * n * 4 * hidden**2 + 4 * n**2 * hidden + 2 * n_ffn * 2 * hidden * intermediate
+
+
+def grid_cost(rows: int, width: int, hidden: int, intermediate: int) -> float:
+  """Multiply-adds of one layer over a (rows, width) grid, padding included: what a
+  batched engine pays (its planners compare grids by this)."""
+  return float(rows * layer_flops(width, hidden, intermediate) // 2)
 
 
 def predictor_flops(n_in, hidden: int, cp_hidden: int = 32):
@@ -120,6 +132,45 @@ def adapler_flops(kept_per_layer: Sequence[int], length: int,
     total += predictor_flops(n_in, dims.hidden, dims.cp_hidden)
     total += layer_flops(n, dims.hidden, dims.intermediate)
   return total + classifier_flops(dims.hidden, dims.num_classes)
+
+
+def selection_flops(lengths, kept, dims: FlopsDims):
+  """Per example FLOPs under attention-significance selection: layer l attends over the
+  tokens that entered it (n, then kept[l-1]) and runs its feed-forward block on kept[l].
+
+  lengths (E,), kept (E, L) -> (E,) float64 (no predictors: selection reads attention).
+  """
+  n = np.asarray(lengths, np.float64)
+  k = np.asarray(kept, np.float64)
+  entering = np.concatenate([n[:, None], k[:, :-1]], axis=1)
+  h, i = dims.hidden, dims.intermediate
+  return (embedding_flops(n, h) + classifier_flops(h, dims.num_classes)
+          + np.sum(layer_flops(entering, h, i, k), axis=1))
+
+
+def lat_macs(config: Sequence[int] | None, length: int, dims: FlopsDims,
+             head: str = "classification") -> int:
+  """Multiply-accumulates at the padded `length`, batch 1: the LAT paper's convention
+  ("FLOPs" in its tables are these MACs, counted as torchprofile does).
+
+  Embedding LayerNorm T*d; per layer, at the previous length p and kept length k:
+  4pd^2 + 2p^2 d + pd (projections, QK^T, AV, LayerNorm) + 2kd*d_ff + kd (FFN, LayerNorm);
+  the head (classification d^2 + dC on [CLS]; span QA 2Td); T for the mask. BERT-base QA
+  at 384 counts 35,340,779,904 in full. `config` None is the full model.
+  """
+  t, d, f = int(length), dims.hidden, dims.intermediate
+  config = [t] * dims.num_layers if config is None else [int(c) for c in config]
+  total, prev = t * d, t
+  for k in config:
+    total += 4 * prev * d * d + 2 * prev * prev * d + prev * d + 2 * k * d * f + k * d
+    prev = k
+  if head == "classification":
+    total += d * d + d * dims.num_classes
+  elif head == "span":
+    total += 2 * t * d
+  else:
+    raise ValueError(f"head {head!r} is not 'classification' or 'span'")
+  return total + t
 
 
 # ---------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from adapler_jax.infer import flops
+
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
@@ -79,11 +81,7 @@ def first_fit_decreasing(counts: np.ndarray, rows: int, width: int) -> Layout | 
   return Layout(rows, width, row, offset)
 
 
-def layer_cost(rows: int, width: int, hidden: int, intermediate: int) -> float:
-  """Multiply-adds of one encoder layer over a (rows, width) grid, padding included:
-  the dense projections and feed-forward block per slot, plus attention over the row."""
-  per_slot = 4 * hidden * hidden + 2 * hidden * intermediate + 2 * hidden * width
-  return float(rows * width * per_slot)
+layer_cost = flops.grid_cost  # the one cost model: dense work per slot + attention per row.
 
 
 def plan(counts: np.ndarray, widths: Sequence[int], row_counts: Sequence[int], hidden: int,

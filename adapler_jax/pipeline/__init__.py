@@ -1,5 +1,10 @@
-"""Training pipeline: fine-tune -> saliency -> AdapLeR -> evaluation, with resumable phases."""
+"""Training pipeline: a small registry of resumable phases per method.
 
+AdapLeR: finetune -> saliency -> adapler -> evaluate. LAT: finetune -> lengthdrop -> evaluate.
+"""
+
+from adapler_jax.errors import UserError
+from adapler_jax.pipeline import lat_phases
 from adapler_jax.pipeline.config import base_config
 from adapler_jax.pipeline.context import Run, prepare, read_config
 from adapler_jax.pipeline.phases import (TrainedRun, extract_saliency, finetune,
@@ -7,19 +12,29 @@ from adapler_jax.pipeline.phases import (TrainedRun, extract_saliency, finetune,
                                          load_run, run_all,
                                          select_adapler_step, summarize, train_adapler)
 
-PHASES = ("all", "finetune", "saliency", "adapler", "evaluate")
+METHOD_PHASES = {
+    "adapler": {"all": run_all, "finetune": finetune, "saliency": extract_saliency,
+                "adapler": train_adapler, "evaluate": summarize},
+    "lat": {"all": lat_phases.run_all, "finetune": finetune,
+            "lengthdrop": lat_phases.train_lengthdrop, "evaluate": lat_phases.summarize},
+}
+PHASES = ("all", "finetune", "saliency", "adapler", "lengthdrop", "evaluate")
 
 
 def run_phase(run: Run, phase: str):
-  """Runs one phase (or `all`); returns the summary for `all`/`evaluate`."""
-  if phase == "all":
-    return run_all(run)
-  if phase == "finetune":
-    return finetune(run)
-  if phase == "saliency":
-    return extract_saliency(run)
-  if phase == "adapler":
-    return train_adapler(run)
-  if phase == "evaluate":
-    return summarize(run)
-  raise ValueError(f"phase {phase!r} is not one of {PHASES}")
+  """Runs one phase (or `all`) of the run's method; returns the summary for `all`/`evaluate`."""
+  method = run.config.get("method", "adapler")
+  if method not in METHOD_PHASES:
+    raise UserError(f"config method {method!r} is not one of {', '.join(METHOD_PHASES)}")
+  phases = METHOD_PHASES[method]
+  if phase not in phases:
+    raise UserError(f"phase {phase!r} is not a phase of {method}; choose one of "
+                    f"{', '.join(phases)}")
+  return phases[phase](run)
+
+
+def format_result(run: Run, summary: dict) -> str:
+  """The terminal table of a summary, for the run's method."""
+  if run.config.get("method", "adapler") == "lat":
+    return lat_phases.format_summary(summary)
+  return format_summary(summary)

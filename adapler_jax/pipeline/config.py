@@ -9,6 +9,7 @@ def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
   """The full config tree with the paper's shared hyperparameters."""
   c = ml_collections.ConfigDict()
   c.task = task
+  c.method = "adapler"  # or "lat" (Length-Adaptive Transformer).
   c.backbone = "minilm"  # embedded all-MiniLM-L6-v2; or a local HF dir, or a hub id.
   c.seed = 22
   c.dtype = "float32"  # compute dtype: float32 or bfloat16.
@@ -58,10 +59,30 @@ def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
   c.adapler.theta_init = 1.0
   c.adapler.tolerance = 1.0  # selection: best speedup within this many metric points.
 
+  c.lat = ml_collections.ConfigDict()  # Length-Adaptive Transformer (LAT paper, section 4).
+  c.lat.epochs = 5
+  c.lat.batch_size = 32
+  c.lat.learning_rate = 2e-5  # linear decay, no warmup, a fresh optimizer.
+  c.lat.weight_decay = 0.0
+  c.lat.length_drop = 0.2  # LengthDrop p.
+  c.lat.layer_drop = 0.2
+  c.lat.num_sandwich = 2  # random sub-models besides the smallest.
+  c.lat.smallest_ratio = 0.2
+  c.lat.min_length = 2
+  c.lat.kd = "forward"  # or "reverse" (the authors' swapped KL arguments).
+  c.lat.teacher_layerdrop = True
+  c.lat.keep_cls = True
+  c.lat.include_pad_queries = False  # True: the authors' scoring (padding rows count).
+  c.lat.include_diagonal = True
+  c.lat.score_from_dropout_probs = False  # True: the authors' (scores after attention dropout).
+  c.lat.length_base = "padded"  # or "actual" (per-example ratios of each input's length).
+  c.lat.eval_length_config = ""  # e.g. "52,42,34,28,23,19"; "" = eval_length_ratio.
+  c.lat.eval_length_ratio = 0.2
+
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "dev"
   c.eval.batch_size = 32
-  c.eval.engine = "per-example"  # or "bucketed" (batched real dropping).
+  c.eval.engine = "bucketed"  # batched real dropping; or "per-example" (the reference).
   c.eval.flops = "analytic"  # or "paper" (the reference's fitted BERT-base constants).
   return c
 

@@ -16,6 +16,7 @@ from adapler_jax.data import (TaskSpec, TokenizedDataset, get_task, load_split, 
                               tokenize)
 from adapler_jax.models.adapler import AdapLeRConfig
 from adapler_jax.models.bert import EncoderConfig
+from adapler_jax.models.heads import ClassifierConfig
 from adapler_jax.train import parallel
 from adapler_jax.train.metric_writer import MetricWriter
 
@@ -59,6 +60,9 @@ class Run:
     c = self.config.adapler
     return AdapLeRConfig(self.encoder, self.num_labels, beta=c.beta, eta_init=c.eta_init,
                          theta_init=c.theta_init)
+
+  def classifier_config(self) -> ClassifierConfig:
+    return ClassifierConfig(self.encoder, self.num_labels)
 
   def dataset(self, split: str) -> TokenizedDataset:
     """Tokenized split: `train`, `dev` or `test` as the config defines them (cached)."""

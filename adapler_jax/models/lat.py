@@ -1,0 +1,70 @@
+"""The Length-Adaptive Transformer classifier: a `SequenceClassifier` walked under
+attention-significance selection (`reduce.significance`).
+
+Its params are those of the fine-tuned classifier, `{"bert", "head"}`: LengthDrop training
+changes values, not shapes. Two forward paths:
+
+* `masked_forward`: fixed (B, T) shapes; the length config is a traced array, so sampling
+  a new one never recompiles (training, evaluating many configs);
+* `gather_forward`: kept tokens are gathered and later layers run on fewer of them, at
+  static widths (inference; the batched `LengthEngine` runs it).
+
+They agree (tested), and with no config (or lengths at least as long as every example)
+both equal the plain classifier.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from adapler_jax.models import walk
+from adapler_jax.models.bert import Bert, EncoderConfig, attention_bias_from_mask
+from adapler_jax.models.heads import ClassificationHead, SequenceClassifier
+from adapler_jax.reduce import lengths
+from adapler_jax.reduce.significance import GatherSelection, MaskedSelection, SelectionFlags
+
+Array = jax.Array
+
+
+def masked_forward(enc: EncoderConfig, num_labels: int, params: dict, batch: dict,
+                   config: Array | None, *, base: int, flags: SelectionFlags = SelectionFlags(),
+                   layer_on: Array | None = None, deterministic: bool = True,
+                   rng: Array | None = None):
+  """Logits (B, C) and trace of the classifier under length `config` (L,) int, or of the
+  plain classifier when `config` is None; `layer_on` (L,) bool skips layers (LayerDrop).
+
+  `base` is the padded length the config refers to (the task's max length).
+  """
+  valid = batch["attention_mask"].astype(bool)
+  if config is None:
+    policy, ctx = walk.FULL, attention_bias_from_mask(valid)
+  else:
+    n = jnp.sum(valid, axis=-1)
+    counts = lengths.keep_counts(jnp.asarray(config), n, base, flags.length_base)
+    policy = MaskedSelection(valid, counts, flags)
+    ctx = policy.initial()
+  logits, _, trace = SequenceClassifier(enc, num_labels).apply(
+      {"params": params}, batch["input_ids"], batch["token_type_ids"], ctx, policy,
+      layer_on=layer_on, deterministic=deterministic, method=SequenceClassifier.reduced,
+      rngs=None if deterministic else {"dropout": rng})
+  return logits, trace
+
+
+def gather_forward(enc: EncoderConfig, num_labels: int, params: dict, input_ids: Array,
+                   token_type_ids: Array, n: Array, counts: Array, widths: Sequence[int], *,
+                   flags: SelectionFlags = SelectionFlags(), chunk_rows: int | None = None):
+  """Classifier with real token dropping: `counts` (L, B) tokens kept per layer, `widths`
+  (L,) static widths holding them (`lengths.real_counts`). Rows hold `n` (B,) real tokens
+  first. Returns logits (B, C) and the trace (`lengths`, `positions` per layer)."""
+  bert = params["bert"]
+  x = Bert(enc).apply({"params": {"embeddings": bert["embeddings"]}}, input_ids,
+                      token_type_ids, method=Bert.embed)
+  valid = jnp.arange(input_ids.shape[1]) < n[:, None]
+  policy = GatherSelection(counts, widths, flags)
+  layers = walk.param_layers(enc, bert, chunk_rows=chunk_rows)
+  x, _, trace = walk.walk(layers, x, policy.initial(valid), policy)
+  logits = ClassificationHead(enc, num_labels).apply({"params": params["head"]}, x[:, :1])
+  return logits, trace

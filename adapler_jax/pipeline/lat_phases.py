@@ -1,0 +1,196 @@
+"""Length-Adaptive Transformer phases: `finetune` (shared), `lengthdrop`, `evaluate`.
+
+Workdir layout (besides the shared `config.json`, `finetune/`, `metrics.jsonl`)::
+
+  lengthdrop/        LengthDrop checkpoints, one per epoch, with the full model's and the
+                     smallest sub-model's dev metric
+  summary.json       written by `evaluate`: the full and reduced model at a length config
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from adapler_jax.data import TRAIN_BUCKETS, num_train_steps, train_batches
+from adapler_jax.errors import UserError
+from adapler_jax.eval import report
+from adapler_jax.pipeline import phases
+from adapler_jax.pipeline.context import Run
+from adapler_jax.reduce import lengths
+from adapler_jax.reduce.significance import SelectionFlags
+from adapler_jax.train import lat_step, optim, parallel
+from adapler_jax.train.checkpoints import Checkpointer
+from adapler_jax.train.state import create_train_state
+
+LENGTHDROP = "lengthdrop"
+
+
+def selection_flags(run: Run) -> SelectionFlags:
+  c = run.config.lat
+  return SelectionFlags(keep_cls=c.keep_cls, include_pad_queries=c.include_pad_queries,
+                        include_diagonal=c.include_diagonal,
+                        score_from_dropout_probs=c.score_from_dropout_probs,
+                        length_base=c.length_base)
+
+
+def lat_config(run: Run) -> lat_step.LATConfig:
+  c = run.config.lat
+  return lat_step.LATConfig(base=run.config.data.max_length, length_drop=c.length_drop,
+                            smallest_ratio=c.smallest_ratio, min_length=c.min_length,
+                            layer_drop=c.layer_drop, num_sandwich=c.num_sandwich, kd=c.kd,
+                            teacher_layerdrop=c.teacher_layerdrop, flags=selection_flags(run))
+
+
+def smallest_config(run: Run) -> tuple[int, ...]:
+  c = run.config.lat
+  return lengths.constant_ratio_config(run.config.data.max_length, run.encoder.num_layers,
+                                       c.smallest_ratio, c.min_length)
+
+
+def lengthdrop_checkpointer(run: Run) -> Checkpointer:
+  return Checkpointer(run.workdir / LENGTHDROP)
+
+
+def evaluate_at(run: Run, params: dict, data, config) -> dict[str, Any]:
+  """The metric of `params` at a length config (None: full length) through the engine."""
+  return report.evaluate_lat(run.classifier_config(), params, data, run.metric_name, config,
+                             base=run.config.data.max_length, flags=selection_flags(run),
+                             batch_size=run.config.eval.batch_size)
+
+
+def train_lengthdrop(run: Run) -> None:
+  """LengthDrop training from the best fine-tuned checkpoint with a fresh optimizer
+  (linear decay, no warmup). After each epoch the full model and the smallest sub-model
+  are evaluated on dev and a checkpoint is saved; a rerun resumes at the last epoch."""
+  run.check_batch_sizes("lat.batch_size")
+  c = run.config.lat
+  train, dev = run.dataset("train"), run.dataset("dev")
+  steps_per_epoch = num_train_steps(train, c.batch_size)
+  total = c.epochs * steps_per_epoch
+  schedule = optax.linear_schedule(c.learning_rate, 0.0, max(1, total))
+  optimizer = optim.adamw(schedule, c.weight_decay)
+  _, params, _ = phases.load_finetuned(run, 1)[0]
+  key = jax.random.key(run.config.seed + 2)
+  ckpt = lengthdrop_checkpointer(run)
+  state = phases._restore_latest(  # pylint: disable=protected-access
+      ckpt, phases._on_mesh(run, create_train_state(params, optimizer, key)))  # pylint: disable=protected-access
+  step_fn = lat_step.make_lat_step(run.encoder, run.num_labels, lat_config(run), optimizer,
+                                   run.mesh)
+  # Upstream scoring counts padded query rows, so it needs the authors' full padding.
+  buckets = (run.config.data.max_length,) if c.include_pad_queries else TRAIN_BUCKETS
+  step = int(state.step)
+  bar = phases._bar(run, total, LENGTHDROP, step)  # pylint: disable=protected-access
+  smallest = smallest_config(run)
+  for epoch in range(step // steps_per_epoch, c.epochs):
+    for i, batch in enumerate(train_batches(train, c.batch_size, run.config.seed, epoch,
+                                            buckets=buckets, **phases._shards())):  # pylint: disable=protected-access
+      if epoch * steps_per_epoch + i < step:
+        continue
+      batch.pop("index")
+      state, metrics = step_fn(state, phases._sharded(run, batch))  # pylint: disable=protected-access
+      step += 1
+      bar.update(1)
+      if step % run.config.train.log_every_steps == 0:
+        run.writer.write(LENGTHDROP, step, {**metrics, "epoch": epoch})
+    host_params = parallel.local_copy(state.params)
+    full = evaluate_at(run, host_params, dev, None)["metric"]
+    small = evaluate_at(run, host_params, dev, smallest)["metric"]
+    run.writer.write(LENGTHDROP + "_epoch", step, {"epoch": epoch, phases.DEV_METRIC: full,
+                                                   "dev_metric_smallest": small})
+    bar.set_postfix({run.metric_name: f"{full:.4f}", "smallest": f"{small:.4f}"})
+    ckpt.save(step, state, metrics={phases.DEV_METRIC: full, "dev_metric_smallest": small,
+                                    "epoch": epoch})
+  bar.close()
+  ckpt.close()
+
+
+def load_lengthdrop(run: Run) -> tuple[int, dict]:
+  """The LengthDrop checkpoint with the best full-model dev metric: `(step, params)`."""
+  ckpt = lengthdrop_checkpointer(run)
+  rows = [(s, ckpt.metrics(s)) for s in ckpt.all_steps()]
+  rows = [(s, m) for s, m in rows if m and phases.DEV_METRIC in m]
+  if not rows:
+    ckpt.close()
+    raise UserError(f"no LengthDrop checkpoint in {ckpt.directory}; run --phase lengthdrop")
+  step = max(rows, key=lambda r: (r[1][phases.DEV_METRIC], r[0]))[0]
+  state, _ = ckpt.restore(step)
+  ckpt.close()
+  return step, state["params"]
+
+
+def eval_length_config(run: Run) -> tuple[int, ...]:
+  """The config `evaluate` uses: `lat.eval_length_config`, else the constant ratio
+  `lat.eval_length_ratio`, validated against the model."""
+  c, base = run.config.lat, run.config.data.max_length
+  if c.eval_length_config:
+    config = lengths.parse_config(c.eval_length_config)
+  else:
+    config = lengths.constant_ratio_config(base, run.encoder.num_layers, c.eval_length_ratio,
+                                           c.min_length)
+  return lengths.validate_config(config, base, run.encoder.num_layers, keep_cls=c.keep_cls)
+
+
+def summarize(run: Run, seconds: float | None = None, config=None) -> dict[str, Any]:
+  """The fine-tuned and the LengthDrop model on the eval split, at full length and at the
+  length config; writes `summary.json`."""
+  data = run.dataset(run.config.eval.split)
+  config = eval_length_config(run) if config is None else config
+  _, backbone, backbone_dev = phases.load_finetuned(run, 1)[0]
+  step, params = load_lengthdrop(run)
+  rows = {"standard": evaluate_at(run, backbone, data, None),
+          "standard_reduced": evaluate_at(run, backbone, data, config),
+          "lat": evaluate_at(run, params, data, None),
+          "lat_reduced": evaluate_at(run, params, data, config)}
+  summary = {
+      "task": run.task.name, "method": "lat", "split": run.config.eval.split,
+      "metric_name": run.metric_name, "length_config": list(config),
+      "length_base": run.config.lat.length_base, "lengthdrop_step": step,
+      "backbone_dev_metric": backbone_dev,
+      **{f"{name}_metric": r["metric"] for name, r in rows.items()},
+      "flops_speedup_padded": rows["lat_reduced"]["flops_speedup_padded"],
+      "flops_speedup_actual": rows["lat_reduced"]["flops_speedup_actual"],
+      "mean_kept_tokens_per_layer": rows["lat_reduced"]["kept_tokens_per_layer"],
+      "mean_length": float(np.mean(data.lengths)), "eval_examples": len(data),
+      "train_examples": len(run.dataset("train")), "seconds": seconds,
+      "backbone": run.config.backbone,
+  }
+  if run.is_main_process:
+    (run.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+  return summary
+
+
+def run_all(run: Run) -> dict[str, Any]:
+  """Fine-tune, LengthDrop training, then evaluation at the eval length config."""
+  run.check_batch_sizes("train.batch_size", "lat.batch_size", "eval.batch_size")
+  eval_length_config(run)  # a bad config fails now, not after training.
+  start = time.time()
+  phases.finetune(run)
+  train_lengthdrop(run)
+  return summarize(run, seconds=time.time() - start)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+  """A short table for the terminal."""
+  pct = lambda k: f"{100 * summary[k]:.2f}"
+  rows = [
+      ("task / split", f"{summary['task']} / {summary['split']} ({summary['eval_examples']} "
+                       f"examples, mean length {summary['mean_length']:.1f})"),
+      ("length config", f"{summary['length_config']} ({summary['length_base']} base)"),
+      (f"standard {summary['metric_name']}", f"{pct('standard_metric')} full, "
+                                             f"{pct('standard_reduced_metric')} reduced"),
+      (f"LAT {summary['metric_name']}", f"{pct('lat_metric')} full, "
+                                        f"{pct('lat_reduced_metric')} reduced"),
+      ("FLOPs speedup", f"{summary['flops_speedup_padded']:.2f}x padded MACs, "
+                        f"{summary['flops_speedup_actual']:.2f}x actual-length FLOPs"),
+      ("kept tokens / layer", " ".join(f"{k:.1f}" for k in summary["mean_kept_tokens_per_layer"])),
+  ]
+  if summary.get("seconds"):
+    rows.append(("wall time", f"{summary['seconds'] / 60:.1f} min"))
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

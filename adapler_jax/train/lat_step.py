@@ -1,0 +1,140 @@
+"""The Length-Adaptive Transformer train step: LengthDrop, LayerDrop and the sandwich rule.
+
+One step, one jitted function (all sampling happens on the device from the step's key, so
+a new length config never recompiles):
+
+* the full model (with LayerDrop when `teacher_layerdrop`) trains with cross-entropy;
+* the smallest sub-model (constant ratio at every running layer) and `num_sandwich` random
+  sub-models (LengthDrop) train towards the full model's detached predictions;
+* loss = (CE + sum of the sub-models' KD terms) / (num_sandwich + 2).
+
+KD direction: "forward" is the usual soft cross-entropy to the teacher (gradient of
+KL(teacher || student)); "reverse" is KL(student || teacher), what the LAT authors' swapped
+`KLDivLoss(log_softmax(teacher), softmax(student))` computes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from adapler_jax.models.bert import EncoderConfig
+from adapler_jax.models.lat import masked_forward
+from adapler_jax.reduce import lengths
+from adapler_jax.reduce.significance import SelectionFlags
+from adapler_jax.train import parallel
+from adapler_jax.train.losses import cross_entropy
+from adapler_jax.train.state import TrainState
+
+Array = jax.Array
+KD_DIRECTIONS = ("forward", "reverse")
+
+
+@dataclasses.dataclass(frozen=True)
+class LATConfig:
+  """Static settings of LengthDrop training (defaults: the LAT paper's)."""
+
+  base: int  # the padded length configs refer to (the task's max length).
+  length_drop: float = 0.2  # p: l_i ~ U[ceil((1 - p) l_{i-1}), l_{i-1}].
+  smallest_ratio: float = 0.2  # the smallest sub-model's per-layer ratio.
+  min_length: int = 2
+  layer_drop: float = 0.2
+  num_sandwich: int = 2  # random sub-models besides the smallest.
+  kd: str = "forward"
+  teacher_layerdrop: bool = True
+  flags: SelectionFlags = SelectionFlags()
+
+  def __post_init__(self):
+    if self.kd not in KD_DIRECTIONS:
+      raise ValueError(f"kd {self.kd!r} is not one of {', '.join(KD_DIRECTIONS)}")
+
+
+def kd_loss(teacher_logits: Array, student_logits: Array, direction: str = "forward") -> Array:
+  """Batch-mean distillation loss; the teacher is detached.
+
+  forward: sum p_t (log p_t - log p_s) = KL(teacher || student);
+  reverse: sum p_s (log p_s - log p_t) = KL(student || teacher).
+  """
+  log_t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits), axis=-1)
+  log_s = jax.nn.log_softmax(student_logits, axis=-1)
+  if direction == "forward":
+    kl = jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=-1)
+  elif direction == "reverse":
+    kl = jnp.sum(jnp.exp(log_s) * (log_s - log_t), axis=-1)
+  else:
+    raise ValueError(f"kd {direction!r} is not one of {', '.join(KD_DIRECTIONS)}")
+  return jnp.mean(kl)
+
+
+def _sub_model(enc, num_labels, lat: LATConfig, params, batch, key, smallest: bool):
+  """One sub-model's logits: its own LayerDrop, then a sampled (or the smallest) config."""
+  k_layers, k_lengths, k_dropout = jax.random.split(key, 3)
+  layer_on = lengths.layer_drop(k_layers, enc.num_layers, lat.layer_drop)
+  ratio = lat.smallest_ratio if smallest else lat.length_drop
+  config = lengths.sample_config(None if smallest else k_lengths, lat.base, layer_on,
+                                 ratio=ratio, min_length=lat.min_length)
+  logits, trace = masked_forward(enc, num_labels, params, batch, config, base=lat.base,
+                                 flags=lat.flags, layer_on=layer_on, deterministic=False,
+                                 rng=k_dropout)
+  return logits, config, trace
+
+
+def sandwich_terms(enc: EncoderConfig, num_labels: int, lat: LATConfig, params: dict,
+                   batch: dict, key: Array, teacher_logits: Array | None = None):
+  """The sandwich rule's terms, `[CE_full, KD_smallest, KD_1, ..., KD_ns]`, and aux.
+
+  `teacher_logits` given: the sub-models distil from them (the full model still runs for
+  CE); None: from this forward's full model, detached. Summing the terms of separate calls
+  with the same key gives the one-pass loss (tested).
+  """
+  k_teacher, *k_subs = jax.random.split(key, lat.num_sandwich + 2)
+  k_layers, k_dropout = jax.random.split(k_teacher)
+  layer_on = (lengths.layer_drop(k_layers, enc.num_layers, lat.layer_drop)
+              if lat.teacher_layerdrop else None)
+  logits, _ = masked_forward(enc, num_labels, params, batch, None, base=lat.base,
+                             flags=lat.flags, layer_on=layer_on, deterministic=False,
+                             rng=k_dropout)
+  teacher = logits if teacher_logits is None else teacher_logits
+  terms, configs = [cross_entropy(logits, batch["labels"])], []
+  for i, k in enumerate(k_subs):
+    sub_logits, config, _ = _sub_model(enc, num_labels, lat, params, batch, k, smallest=i == 0)
+    terms.append(kd_loss(teacher, sub_logits, lat.kd))
+    configs.append(config)
+  return terms, {"logits": logits, "configs": jnp.stack(configs)}
+
+
+def sandwich_loss(enc, num_labels, lat: LATConfig, params, batch, key):
+  """(CE + sum KD) / (num_sandwich + 2), and aux."""
+  terms, aux = sandwich_terms(enc, num_labels, lat, params, batch, key)
+  return sum(terms) / len(terms), {**aux, "terms": jnp.stack(terms)}
+
+
+def make_lat_step(enc: EncoderConfig, num_labels: int, lat: LATConfig,
+                  optimizer: optax.GradientTransformation, mesh: Mesh | None = None
+                  ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """Jitted `step(state, batch) -> (state, metrics)`; the state is donated. Metrics: `loss`,
+  `ce`, `kd_smallest`, `kd_random`, `accuracy` (full model), `smallest_config` (L,)."""
+
+  def step(state: TrainState, batch: dict):
+    grad_fn = jax.value_and_grad(
+        lambda p: sandwich_loss(enc, num_labels, lat, p, batch, state.step_key()), has_aux=True)
+    (loss, aux), grads = grad_fn(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    terms = aux["terms"]
+    metrics = {"loss": loss, "ce": terms[0], "kd_smallest": terms[1],
+               "kd_random": jnp.mean(terms[2:]) if len(terms) > 2 else jnp.zeros(()),
+               "accuracy": jnp.mean(jnp.argmax(aux["logits"], -1) == batch["labels"]),
+               "smallest_config": aux["configs"][0]}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  if mesh is None:
+    return jax.jit(step, donate_argnums=(0,))
+  return jax.jit(step, donate_argnums=(0,),
+                 in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)),
+                 out_shardings=parallel.replicated(mesh))
