@@ -3,6 +3,10 @@
   python evaluate.py --workdir runs/sst2 [--split dev|test] [--batch-size 32]
       [--engine bucketed|per-example] [--flops analytic|paper] [--output FILE]
 
+LAT runs (configs/*_lat.py) are evaluated at a length config, with real dropping:
+  python evaluate.py --workdir runs/sst2_lat [--length-config 52,42,34,28,23,19 |
+      --length-ratio 0.2] [--split dev] [--batch-size 32]
+
 Also:
   --explain "some text"   token map of one text: which tokens each layer keeps, coloured by
                           CP score -> WORKDIR/explain.html and .png (or --output STEM.*)
@@ -19,6 +23,7 @@ from absl import app, flags, logging
 
 from adapler_jax import pipeline
 from adapler_jax.cli import run_cli
+from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.infer import flops
 
@@ -38,13 +43,23 @@ _RATIONALES = flags.DEFINE_bool("rationales", False, "Agreement with human ratio
 _SALIENCY_TARGET = flags.DEFINE_enum("saliency_target", "predicted", ["predicted", "gold"],
                                      "--rationales: class whose logit the saliency baseline "
                                      "differentiates.")
+_LENGTH_CONFIG = flags.DEFINE_string("length_config", None, "LAT: per-layer lengths on the "
+                                     "max length, e.g. 52,42,34,28,23,19.")
+_LENGTH_RATIO = flags.DEFINE_float("length_ratio", None, "LAT: a constant per-layer ratio, "
+                                   "l_i = ceil((1 - r) l_{i-1}); 0.2 is the smallest sub-model.")
 flags.DEFINE_alias("batch-size", "batch_size")
+flags.DEFINE_alias("length-config", "length_config")
+flags.DEFINE_alias("length-ratio", "length_ratio")
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  if pipeline.read_config(_WORKDIR.value).get("method", "adapler") == "lat":
+    return evaluate_lat()
+  if _LENGTH_CONFIG.value or _LENGTH_RATIO.value is not None:
+    raise UserError("--length-config and --length-ratio apply to LAT runs; this run is AdapLeR")
   trained = pipeline.load_run(_WORKDIR.value)
   config = trained.config
   if _EXPLAIN.value is not None:
@@ -57,6 +72,40 @@ def main(argv):
       engine=_ENGINE.value or config.eval.engine,
       batch_size=_BATCH.value or config.eval.batch_size, flops_mode=_FLOPS.value)
   out = {"task": trained.task.name, "split": _SPLIT.value, **result}
+  path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"eval_{_SPLIT.value}.json")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(out, indent=2))
+  print(json.dumps({k: v for k, v in out.items() if k != "kept_tokens_per_layer"}, indent=2))
+  print(f"wrote {path}")
+
+
+def evaluate_lat() -> None:
+  """A LAT run's LengthDrop model at a length config, through the gather engine."""
+  from adapler_jax.pipeline import lat_phases  # pylint: disable=g-import-not-at-top
+  from adapler_jax.reduce import lengths  # pylint: disable=g-import-not-at-top
+  if _LENGTH_CONFIG.value and _LENGTH_RATIO.value is not None:
+    raise UserError("pass --length-config or --length-ratio, not both")
+  config = pipeline.read_config(_WORKDIR.value)
+  if _BATCH.value is not None:
+    config.eval.batch_size = _BATCH.value
+  run = pipeline.prepare(config, _WORKDIR.value, record=False)
+  base, layers = run.config.data.max_length, run.encoder.num_layers
+  if _LENGTH_CONFIG.value:
+    lengths_ = lengths.validate_config(lengths.parse_config(_LENGTH_CONFIG.value), base, layers,
+                                       keep_cls=run.config.lat.keep_cls)
+  elif _LENGTH_RATIO.value is not None:
+    if not 0 <= _LENGTH_RATIO.value < 1:
+      raise UserError(f"--length-ratio {_LENGTH_RATIO.value} must be in [0, 1)")
+    lengths_ = lengths.constant_ratio_config(base, layers, _LENGTH_RATIO.value,
+                                             run.config.lat.min_length)
+  else:
+    lengths_ = lat_phases.eval_length_config(run)
+  step, params = lat_phases.load_lengthdrop(run)
+  data = run.dataset(_SPLIT.value)
+  full = lat_phases.evaluate_at(run, params, data, None)
+  reduced = lat_phases.evaluate_at(run, params, data, lengths_)
+  out = {"task": run.task.name, "split": _SPLIT.value, "method": "lat",
+         "lengthdrop_step": step, "full_metric": full["metric"], **reduced}
   path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"eval_{_SPLIT.value}.json")
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(out, indent=2))

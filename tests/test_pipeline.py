@@ -133,3 +133,39 @@ def test_bad_workdir_is_one_line(tmp_path):
   assert proc.stderr.strip().splitlines() == [
       f"error: {tmp_path / 'none' / 'config.json'} is missing; pass the --workdir of a "
       "train.py run"]
+
+
+def test_lat_phases_and_evaluation(tiny_backbone, tmp_path):
+  """finetune -> lengthdrop -> evaluate on the tiny model, then evaluate.py at a config."""
+  workdir = tmp_path / "lat"
+  config = tiny_config(tiny_backbone)
+  config.method = "lat"
+  config.train.epochs = 1
+  config.lat.epochs = 1
+  config.lat.batch_size = 16
+  config.lat.learning_rate = 1e-3
+  summary = pipeline.run_phase(pipeline.prepare(config, workdir), "all")
+  assert summary["length_config"] == [13, 11]  # ceil(0.8 * 16), ceil(0.8 * 13).
+  for key in ("standard_metric", "lat_metric", "lat_reduced_metric", "flops_speedup_padded",
+              "flops_speedup_actual"):
+    assert key in summary
+  assert summary["flops_speedup_padded"] > 1.0
+  epochs = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()
+            if '"lengthdrop_epoch"' in l]
+  assert [e["epoch"] for e in epochs] == [0] and "dev_metric_smallest" in epochs[0]
+
+  out = tmp_path / "eval.json"
+  proc = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(workdir),
+                         "--length-config", "12,8", "--output", str(out)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(out.read_text())
+  assert result["length_config"] == [12, 8] and result["num_examples"] == 24
+  assert len(result["kept_tokens_per_layer"]) == 2
+  assert max(result["kept_tokens_per_layer"]) <= 12
+  bad = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(workdir),
+                        "--length-config", "8,12"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines() == [
+      "error: length config (8, 12) must be non-increasing layer by layer"]

@@ -81,6 +81,38 @@ def evaluate_lat(cfg, params: dict, data: TokenizedDataset, metric_name: str, co
   }
 
 
+def masked_lat_logits(cfg, params: dict, data: TokenizedDataset, config, *, base: int,
+                      flags=None, batch_size: int = 32) -> np.ndarray:
+  """(E, C) logits at a length config through the masked path: one compilation per
+  bucket width serves every config (for sweeps and searches over many configs)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from adapler_jax.data import eval_batches  # pylint: disable=g-import-not-at-top
+  from adapler_jax.reduce.significance import SelectionFlags  # pylint: disable=g-import-not-at-top
+  fn = _masked_logits_fn(cfg.encoder, cfg.num_labels, base, flags or SelectionFlags())
+  config = np.full((cfg.num_layers,), base, np.int32) if config is None else np.asarray(
+      config, np.int32)
+  out = np.zeros((len(data), cfg.num_labels), np.float32)
+  for batch in eval_batches(data, batch_size):
+    inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+    rows = np.flatnonzero(batch["real"])
+    out[batch["index"][rows]] = jax.device_get(fn(params, inputs, config))[rows]
+  return out
+
+
+_MASKED = {}
+
+
+def _masked_logits_fn(enc, num_labels, base, flags):
+  """The jitted masked forward for a static (model, base, flags), built once per process."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from adapler_jax.models import lat  # pylint: disable=g-import-not-at-top
+  key = (enc, num_labels, base, flags)
+  if key not in _MASKED:
+    _MASKED[key] = jax.jit(lambda p, b, c: lat.masked_forward(enc, num_labels, p, b, c, base=base,
+                                                              flags=flags)[0])
+  return _MASKED[key]
+
+
 def evaluate_backbone(encoder, num_labels: int, params: dict, data: TokenizedDataset,
                       metric_name: str, batch_size: int = 64, mesh=None) -> dict[str, Any]:
   """Full-length metric of the fine-tuned classifier (`{"bert", "head"}` params); with a

@@ -1,0 +1,110 @@
+"""LAT paper Figure 2, curves 1 and 2: accuracy vs cost under constant-rate reduction, for
+the standard fine-tuned model and the LengthDrop-trained model of one LAT run.
+
+  python bench/lat_tradeoff.py --workdir runs/sst2_lat --out docs/lat_tradeoff_sst2
+
+Each ratio r in 0..0.2 gives the config l_i = ceil((1 - r) l_{i-1}) from the max length;
+both models are scored on the eval split through the masked path (one compilation serves
+every config). Cost in two conventions, two panels: MACs at the padded length, batch 1
+(the LAT paper's x-axis), and actual-length FLOPs (each example's real tokens,
+min(n, l_i) per layer), as a fraction of the full model. Writes OUT.json and OUT.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np
+from absl import logging
+
+from adapler_jax import pipeline
+from adapler_jax.cli import run_cli
+from adapler_jax.eval import metrics, report
+from adapler_jax.infer import flops
+from adapler_jax.pipeline import lat_phases
+from adapler_jax.reduce import lengths
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+RATIOS = tuple(round(0.02 * i, 2) for i in range(11))
+
+
+def sweep(workdir: str, ratios=RATIOS) -> dict:
+  run = pipeline.prepare(pipeline.read_config(workdir), workdir, record=False)
+  cfg, base = run.classifier_config(), run.config.data.max_length
+  flags = lat_phases.selection_flags(run)
+  data = run.dataset(run.config.eval.split)
+  models = {"standard": pipeline.load_finetuned(run, 1)[0][1],
+            "lat": lat_phases.load_lengthdrop(run)[1]}
+  dims = flops.FlopsDims.from_config(run.encoder, num_classes=run.num_labels)
+  full_macs = flops.lat_macs(None, base, dims)
+  full_actual = float(np.sum([flops.backbone_flops(int(n), dims) for n in data.lengths]))
+  points = []
+  for r in ratios:
+    config = (lengths.constant_ratio_config(base, cfg.num_layers, r, run.config.lat.min_length)
+              if r > 0 else (base,) * cfg.num_layers)
+    real = lengths.real_counts(config, data.lengths, base, flags.length_base)
+    row = {"ratio": r, "config": list(config),
+           "padded_macs": flops.lat_macs(config, base, dims),
+           "padded_fraction": flops.lat_macs(config, base, dims) / full_macs,
+           "actual_fraction": float(np.sum(flops.selection_flops(data.lengths, real, dims)))
+                              / full_actual}
+    for name, params in models.items():
+      logits = report.masked_lat_logits(cfg, params, data, config, base=base, flags=flags,
+                                        batch_size=run.config.eval.batch_size)
+      row[name] = metrics.compute(run.metric_name, logits.argmax(-1), data.labels)
+    points.append(row)
+    print(f"r={r:.2f} padded {row['padded_fraction']:.3f} actual {row['actual_fraction']:.3f} "
+          f"standard {100 * row['standard']:.2f} lat {100 * row['lat']:.2f}", flush=True)
+  return {"task": run.task.name, "split": run.config.eval.split, "metric": run.metric_name,
+          "examples": len(data), "max_length": base, "mean_length": float(np.mean(data.lengths)),
+          "points": points}
+
+
+def plot(result: dict, path: Path) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  pts = result["points"]
+  panels = (("padded_macs", "GMACs at the padded length (LAT convention, log)"),
+            ("actual_fraction", "actual-length FLOPs / full model"))
+  for ax, (key, label) in zip(axes, panels):
+    x = [p[key] / (1e9 if key == "padded_macs" else 1) for p in pts]
+    for name, style in (("standard", "o-"), ("lat", "s-")):
+      ax.plot(x, [100 * p[name] for p in pts], style,
+              label={"standard": "standard + constant-rate",
+                     "lat": "LengthDrop + constant-rate"}[name])
+    if key == "padded_macs":
+      ax.set_xscale("log")
+    ax.set_xlabel(label)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel(f"{result['metric']} ({result['split']}, {result['examples']} examples)")
+  axes[0].legend()
+  fig.suptitle(f"{result['task']}: constant-rate length reduction, ratios 0 to 0.2 per layer")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--out", required=True, help="output stem: OUT.json and OUT.png")
+  args = parser.parse_args()
+  logging.set_verbosity(logging.WARNING)
+  result = sweep(args.workdir)
+  out = Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+  plot(result, out.with_suffix(".png"))
+  print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+  run_cli(main)
