@@ -1,4 +1,4 @@
-"""Wall-clock inference benchmark: full-length vs AdapLeR (ours) vs Hugging Face PyTorch.
+"""Wall-clock inference benchmark: full-length vs AdapLeR and LAT (ours) vs Hugging Face PyTorch.
 
 Every system runs the same examples through the same length-bucketed batches
 (`data.eval_batches`) on this machine, in one process, after a warm-up. Per (system,
@@ -12,6 +12,14 @@ with the same labels, here the SST-2 model on 1,000 IMDB test reviews at max len
   python bench/inference.py --workdir runs/sst2 --task sst2 --workdir runs/ag_news \
       --task ag_news --workdir runs/sst2 --task imdb --batch-sizes 1,8,32,128 \
       --threads 1 --out bench/results/inference.json
+
+A LAT run (configs/*_lat.py) at fixed length configs, each `base:ratio` (constant ratio per
+layer, on the padded length or on each example's own length) or `base:l1-l2-...`; its
+FLOPs speedup is in the convention the engine runs (each example's real tokens)::
+
+  python bench/inference.py --workdir runs/sst2_lat --task sst2 --batch-sizes 32 \
+      --systems ours-full,ours-lat --lat-configs padded:0.2,actual:0.2 \
+      --out bench/results/inference_lat_sst2.json
 
 The machinery alone, on the embedded all-MiniLM-L6-v2 with random contribution
 predictors whose weights are scaled up (so tokens get dropped) and a fixed eta::
@@ -44,13 +52,16 @@ from adapler_jax.cli import run_cli
 from adapler_jax.data import (DEFAULT_BUCKETS, eval_batches, get_task, load_split, subset,
                               tokenize, transfer_task)
 from adapler_jax.data.tokenize import TokenizedDataset
-from adapler_jax.infer import AdaptiveEngine, FlopsDims, FullLengthEngine, flops_report
+from adapler_jax.infer import (AdaptiveEngine, FlopsDims, FullLengthEngine, LengthEngine, flops,
+                               flops_report)
 from adapler_jax.models import adapler
-from adapler_jax.pipeline import load_run
+from adapler_jax.pipeline import lat_phases, load_run, prepare, read_config
+from adapler_jax.reduce import lengths as lengths_lib
+from adapler_jax.reduce.significance import SelectionFlags
 from adapler_jax.weights import load_backbone, to_hf_state_dict
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-SYSTEMS = ("ours-full", "ours-adapler", "hf-pytorch")
+SYSTEMS = ("ours-full", "ours-adapler", "ours-lat", "hf-pytorch")
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
 IMDB_EXAMPLES = 1000
 SEED = 0
@@ -66,6 +77,8 @@ class Setup:
   backbone_params: dict  # {"bert", "head"}
   data: TokenizedDataset
   source: str
+  lat_params: dict | None = None  # a LAT run's LengthDrop model (or the backbone).
+  lat_flags: SelectionFlags = SelectionFlags()
 
 
 # ----------------------------------------------------------------------------- data
@@ -118,11 +131,34 @@ def random_cp_setup(task: str, args) -> Setup:
   data = task_examples(task, split, backbone.tokenizer, args)
   source = (f"random-cp: minilm, predictors x{args.cp_scale}, eta {args.eta}, "
             f"{task} {split} ({len(data)} rows, seed {args.seed})")
-  return Setup(task, cfg, params, {"bert": model["bert"], "head": model["head"]}, data, source)
+  backbone_params = {"bert": model["bert"], "head": model["head"]}
+  return Setup(task, cfg, params, backbone_params, data, source, lat_params=backbone_params)
+
+
+def lat_setup(task: str, workdir: str, args) -> Setup:
+  """A LAT run: its LengthDrop model serves both the full-length and the LAT engines."""
+  run = prepare(read_config(workdir), workdir, record=False)
+  if task != run.task.name:
+    raise SystemExit(f"{workdir} is a {run.task.name} LAT run; pass --task {run.task.name}")
+  step, params = lat_phases.load_lengthdrop(run)
+  data = limit(run.dataset(eval_split(task, args.split)), args.max_examples, args.seed)
+  cfg = adapler.AdapLeRConfig(run.encoder, run.num_labels)
+  return Setup(task, cfg, None, params, data, f"{workdir} (LengthDrop step {step}, "
+               f"{len(data)} rows)", lat_params=params, lat_flags=lat_phases.selection_flags(run))
+
+
+def lat_config(spec: str, base: int, num_layers: int) -> tuple[str, tuple[int, ...]]:
+  """'padded:0.2' / 'actual:0.2' (constant ratio) or 'padded:52-42-...' -> (base, config)."""
+  length_base, _, value = spec.partition(":")
+  if "-" in value:
+    return length_base, tuple(int(v) for v in value.split("-"))
+  return length_base, lengths_lib.constant_ratio_config(base, num_layers, float(value), 2)
 
 
 def trained_setup(task: str, workdir: str, args) -> Setup:
   """A trained run: fine-tuned backbone and AdapLeR model from `load_run(workdir)`."""
+  if read_config(workdir).get("method", "adapler") == "lat":
+    return lat_setup(task, workdir, args)
   run = load_run(workdir)
   split = eval_split(task, args.split)
   if task == run.task.name:
@@ -240,7 +276,7 @@ def row(system: str, setup: Setup, batch_size: int, timing: Timing, full: Timing
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-  cols = [("system", 13), ("task", 8), ("batch_size", 5), ("examples_per_second", 9),
+  cols = [("system", 22), ("task", 8), ("batch_size", 5), ("examples_per_second", 9),
           ("latency_p50_ms", 8), ("latency_p95_ms", 8), ("flops_speedup", 7),
           ("wall_speedup", 7), ("wall_over_flops", 7), ("compiled_shapes", 6)]
   names = {"batch_size": "batch", "examples_per_second": "ex/s", "latency_p50_ms": "p50 ms",
@@ -265,17 +301,34 @@ def benchmark(setup: Setup, batch_sizes: list[int], systems: list[str], args,
     full = run_ours(FullLengthEngine(cfg, setup.backbone_params, batch_size=batch_size,
                                      folds=args.full_folds, **kwargs), data, args.repeats)
     timings = {"ours-full": (full, 1.0)}
-    if "ours-adapler" in systems:
+    if "ours-adapler" in systems and setup.adapler_params is not None:
       engine = AdaptiveEngine(cfg, setup.adapler_params, batch_size=batch_size,
                               folds=args.folds, **kwargs)
       ours = run_ours(engine, data, args.repeats)
       speedup = flops_report(data.lengths, ours.kept_counts, dims)["flops_speedup"]
       timings["ours-adapler"] = (ours, speedup)
+    if "ours-lat" in systems and setup.lat_params is not None:
+      for spec in args.lat_configs:
+        length_base, config = lat_config(spec, data.max_length, cfg.num_layers)
+        lat_flags = dataclasses.replace(setup.lat_flags, length_base=length_base)
+        engine = LengthEngine(cfg, setup.lat_params, config, base=data.max_length,
+                              flags=lat_flags, batch_size=batch_size, **kwargs)
+        ours = run_ours(engine, data, args.repeats)
+        backbone = sum(flops.backbone_flops(int(n), dims) for n in data.lengths)
+        speedup = backbone / float(np.sum(flops.selection_flops(data.lengths, ours.kept_counts,
+                                                                dims)))
+        padded = (flops.lat_macs(None, data.max_length, dims)
+                  / flops.lat_macs(config, data.max_length, dims))
+        timings[f"ours-lat {spec}"] = (ours, speedup, {"length_config": list(config),
+                                                        "length_base": length_base,
+                                                        "flops_speedup_padded": round(padded, 3)})
     if hf is not None:
       timings["hf-pytorch"] = (run_hf(hf, data, batch_size, args.buckets, args.repeats), 1.0)
-    for system in systems:
-      timing, speedup = timings[system]
-      rows.append(row(system, setup, batch_size, timing, full, speedup, meta))
+    for system, (timing, speedup, *extra) in timings.items():
+      if system not in systems and not system.startswith("ours-lat"):
+        continue
+      rows.append(row(system, setup, batch_size, timing, full, speedup,
+                      {**meta, **(extra[0] if extra else {})}))
       if args.verbose:
         print_table(rows[-1:])
   return rows
@@ -318,6 +371,8 @@ def parse_args(argv=None):
   parser.add_argument("--full-folds", default="",
                       help="ours-full: pack examples into batch/f rows when cheaper (as "
                            "--folds; default '': one example per row, like HF's batches)")
+  parser.add_argument("--lat-configs", default="padded:0.2,actual:0.2",
+                      help="ours-lat: length configs, each base:ratio or base:l1-l2-...")
   parser.add_argument("--max-examples", type=int, default=None,
                       help="seeded subset per task, for a quick run")
   parser.add_argument("--repeats", type=int, default=1, help="timed runs; the best is kept")
@@ -331,6 +386,7 @@ def parse_args(argv=None):
   args.buckets = tuple(int(b) for b in args.buckets.split(","))
   args.folds = tuple(int(f) for f in args.folds.split(",") if f)
   args.full_folds = tuple(int(f) for f in args.full_folds.split(",") if f)
+  args.lat_configs = [c for c in args.lat_configs.split(",") if c]
   if not args.random_cp and len(args.workdir) != len(args.task):
     parser.error("give one --workdir per --task, or --random-cp")
   systems = [s for s in args.systems.split(",") if s]

@@ -39,7 +39,7 @@ import numpy as np
 from adapler_jax.data.batching import DEFAULT_BUCKETS, bucket_lengths, eval_batches
 from adapler_jax.data.tokenize import TokenizedDataset
 from adapler_jax.infer import layout, packing
-from adapler_jax.models.adapler import AdapLeRConfig, hard_forward
+from adapler_jax.models.adapler import AdapLeRConfig, hard_forward, predictor_params
 from adapler_jax.models import lat
 from adapler_jax.models.bert import encoder_layer_params
 from adapler_jax.models.heads import ClassifierConfig
@@ -246,7 +246,7 @@ class AdaptiveEngine(_Engine):
     self._embedding_params = self._put(model["bert"]["embeddings"])
     self._layer_params = [self._put(p)
                           for p in encoder_layer_params(cfg.encoder, model["bert"])]
-    self._cp_params = [self._put(model[f"predictors_{l}"]) for l in range(layers)]
+    self._cp_params = [self._put(p) for p in predictor_params(cfg, model)]
     self._head_params = self._put(model["head"])
     eta = np.asarray(params["speed"]["eta"], np.float32)
     if eta.shape != (layers,):

@@ -103,6 +103,11 @@ class AdapLeRModel(nn.Module):
     return logits, trace
 
 
+def predictor_params(cfg: AdapLeRConfig, model: dict) -> list:
+  """The params of each layer's contribution predictor in a `model` params tree, in order."""
+  return [model[f"predictors_{l}"] for l in range(cfg.num_layers)]
+
+
 # ----------------------------------------------------------------------------- init
 
 
@@ -231,10 +236,11 @@ def hard_forward(cfg: AdapLeRConfig, params: dict, input_ids, token_type_ids=Non
   eta = np.asarray(params["speed"]["eta"], np.float32)
   x = _embed(enc, model["bert"], input_ids[None], token_type_ids[None])
 
+  predictors = predictor_params(cfg, model)
+
   def scores(l, x):
     zeros = jnp.zeros(x.shape[:2], jnp.float32)
-    return np.asarray(_cp_scores(cfg.cp_hidden, enc.dtype, model[f"predictors_{l}"], x,
-                                 zeros))[0]
+    return np.asarray(_cp_scores(cfg.cp_hidden, enc.dtype, predictors[l], x, zeros))[0]
 
   layers = [_JitLayer(enc, p) for p in encoder_layer_params(enc, model["bert"])]
   x, _, trace = walk.walk(layers, x, np.arange(len(input_ids)), HardRemoval(scores, eta))
