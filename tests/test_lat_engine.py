@@ -12,16 +12,7 @@ from adapler_jax.models.heads import ClassifierConfig
 from adapler_jax.reduce import lengths
 from adapler_jax.reduce.significance import SelectionFlags
 from adapler_jax.train import classifier
-from adapler_jax.weights import load_backbone
-from tests.test_engine import TINY, CompileCounter, synthetic
-
-
-@pytest.fixture(scope="module")
-def minilm():
-  try:
-    return load_backbone("minilm")
-  except UserError as e:
-    pytest.skip(str(e))
+from tests.test_engine import TINY, CompileCounter, minilm, synthetic  # noqa: F401 (fixture)
 
 
 @pytest.mark.parametrize("base", ["padded", "actual"])
@@ -64,3 +55,20 @@ def test_engine_validates_the_config():
   params = classifier.init_classifier(jax.random.key(1), TINY, 2)
   with pytest.raises(UserError, match="non-increasing"):
     LengthEngine(cfg, params, (8, 12), max_length=32)
+
+
+def test_a_second_adaptive_engine_compiles_nothing():
+  """Engine jits live at module level: a new AdapLeR engine (a new epoch's evaluation)
+  on the same shapes reuses every compilation."""
+  from adapler_jax.infer import AdaptiveEngine  # pylint: disable=g-import-not-at-top
+  from adapler_jax.models import adapler  # pylint: disable=g-import-not-at-top
+  from tests.test_engine import scaled_params  # pylint: disable=g-import-not-at-top
+  cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
+  params = scaled_params(cfg, seed=2, scale=8.0, eta=0.8)
+  data = synthetic(24, 32, seed=6)
+  first = AdaptiveEngine(cfg, params, batch_size=4, max_length=32, buckets=(8, 16, 32)).run(data)
+  with CompileCounter() as counter:
+    second = AdaptiveEngine(cfg, params, batch_size=4, max_length=32,
+                            buckets=(8, 16, 32)).run(data)
+  assert counter.count == 0
+  np.testing.assert_array_equal(first.logits, second.logits)

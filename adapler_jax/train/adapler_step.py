@@ -107,13 +107,7 @@ def make_train_step(cfg: AdapLeRConfig, optimizer: optax.GradientTransformation,
     }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  donate_argnums = (0,) if donate else ()
-  if mesh is None:
-    jitted = jax.jit(step, donate_argnums=donate_argnums)
-  else:
-    rep, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    jitted = jax.jit(step, donate_argnums=donate_argnums, in_shardings=(rep, data, rep),
-                     out_shardings=rep)
+  jitted = parallel.jit_train_step(step, mesh, donate=donate)
 
   def train_step(state: TrainState, batch: dict, lam) -> tuple[TrainState, dict]:
     # A fixed float32 scalar: Python floats and arrays would trace as different types.

@@ -57,11 +57,7 @@ def make_finetune_step(encoder: EncoderConfig, num_labels: int,
     metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"])}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  if mesh is None:
-    return jax.jit(step, donate_argnums=(0,))
-  return jax.jit(step, donate_argnums=(0,),
-                 in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)),
-                 out_shardings=parallel.replicated(mesh))
+  return parallel.jit_train_step(step, mesh)
 
 
 _MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")

@@ -133,8 +133,4 @@ def make_lat_step(enc: EncoderConfig, num_labels: int, lat: LATConfig,
                "smallest_config": aux["configs"][0]}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  if mesh is None:
-    return jax.jit(step, donate_argnums=(0,))
-  return jax.jit(step, donate_argnums=(0,),
-                 in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)),
-                 out_shardings=parallel.replicated(mesh))
+  return parallel.jit_train_step(step, mesh)

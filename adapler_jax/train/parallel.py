@@ -192,6 +192,19 @@ def jit_on_mesh(fn, mesh: Mesh, static_argnums: tuple[int, ...] = ()):
   return jax.jit(fn, static_argnums=static_argnums, out_shardings=replicated(mesh))
 
 
+def jit_train_step(step, mesh: Mesh | None, *, donate: bool = True):
+  """`jax.jit` of `step(state, batch, *replicated) -> (state, metrics)`, state donated; with
+  a `mesh`, data-parallel: the state (and any further arguments) replicated in and out, the
+  batch split along `data`."""
+  donate_argnums = (0,) if donate else ()
+  if mesh is None:
+    return jax.jit(step, donate_argnums=donate_argnums)
+  rep = replicated(mesh)
+  extra = step.__code__.co_argcount - 2
+  return jax.jit(step, donate_argnums=donate_argnums,
+                 in_shardings=(rep, data_sharded(mesh)) + (rep,) * extra, out_shardings=rep)
+
+
 def map_eval_batches(fn, encoder, num_labels: int, params: PyTree, data, batch_size: int,
                      keys: tuple[str, ...], mesh: Mesh | None = None):
   """Yields `(dataset rows, output rows)` of `fn(encoder, num_labels, params, inputs)` over
