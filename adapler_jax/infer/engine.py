@@ -62,7 +62,7 @@ _FULL_FORWARD = jax.jit(packing.full_forward, static_argnums=(0, 1),
 _PACKED_FULL_FORWARD = jax.jit(packing.packed_full_forward, static_argnums=(0, 1),
                                static_argnames="chunk_rows")
 _GATHER_FORWARD = jax.jit(lat.gather_forward, static_argnums=(0, 1, 7),
-                          static_argnames=("flags", "chunk_rows"))
+                          static_argnames=("flags", "chunk_rows", "selects"))
 
 
 @dataclasses.dataclass
@@ -532,13 +532,16 @@ class LengthEngine(_Engine):
     """Distinct (rows, input width, layer widths) programs run so far."""
     return self._shape_counts("forward")["forward"]
 
-  def plan(self, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-    """For lengths n (E,): tokens to keep (L, E), real tokens kept (E, L), layer widths."""
+  def plan(self, n: np.ndarray):
+    """For lengths n (E,): tokens to keep (L, E), real tokens kept (E, L), layer widths
+    and whether each layer drops anything (a layer that keeps all skips the selection)."""
     config = self.config or (self.base,) * self.cfg.num_layers
     counts = lengths_lib.keep_counts(np.asarray(config), n, self.base, self.flags.length_base)
     real = lengths_lib.real_counts(config, n, self.base, self.flags.length_base)
     widths = tuple(layout.smallest_width(int(c), self.widths) for c in real.max(axis=0))
-    return counts.astype(np.int32), real, widths
+    entering = np.concatenate([np.asarray(n)[:, None], real[:, :-1]], axis=1)
+    selects = tuple(bool(s) for s in (real < entering).any(axis=0))
+    return counts.astype(np.int32), real, widths, selects
 
   def warmup(self) -> None:
     """Compiles the program of a full batch of each input bucket (shorter batches may
@@ -546,14 +549,15 @@ class LengthEngine(_Engine):
     for width in self.widths:
       ids = np.zeros((self.batch_size, width), np.int32)
       n = np.full((self.batch_size,), width, np.int32)
-      counts, _, widths = self.plan(n)
-      jax.block_until_ready(self._forward(self._params, ids, ids, n, counts, widths))
+      counts, _, widths, selects = self.plan(n)
+      jax.block_until_ready(self._forward(self._params, ids, ids, n, counts, widths,
+                                          selects=selects))
 
   def _run_batch(self, batch: Batch, rationales: bool) -> dict[str, Any]:
     n = batch["attention_mask"].sum(axis=1, dtype=np.int32)
-    counts, real, widths = self.plan(n)
+    counts, real, widths, selects = self.plan(n)
     logits, trace = self._forward(self._params, batch["input_ids"], batch["token_type_ids"],
-                                  n, counts, widths)
+                                  n, counts, widths, selects=selects)
     rows = len(n)
     out = {"logits": np.asarray(logits), "kept": real,
            "slots": np.asarray([rows * w for w in widths]), "packed": np.zeros(len(widths), np.int64)}

@@ -55,15 +55,17 @@ def masked_forward(enc: EncoderConfig, num_labels: int, params: dict, batch: dic
 
 def gather_forward(enc: EncoderConfig, num_labels: int, params: dict, input_ids: Array,
                    token_type_ids: Array, n: Array, counts: Array, widths: Sequence[int], *,
-                   flags: SelectionFlags = SelectionFlags(), chunk_rows: int | None = None):
+                   flags: SelectionFlags = SelectionFlags(), chunk_rows: int | None = None,
+                   selects: Sequence[bool] | None = None):
   """Classifier with real token dropping: `counts` (L, B) tokens kept per layer, `widths`
-  (L,) static widths holding them (`lengths.real_counts`). Rows hold `n` (B,) real tokens
+  (L,) static widths holding them (`lengths.real_counts`); `selects` (L,) static, False
+  where a layer drops nothing (it then skips scoring). Rows hold `n` (B,) real tokens
   first. Returns logits (B, C) and the trace (`lengths`, `positions` per layer)."""
   bert = params["bert"]
   x = Bert(enc).apply({"params": {"embeddings": bert["embeddings"]}}, input_ids,
                       token_type_ids, method=Bert.embed)
   valid = jnp.arange(input_ids.shape[1]) < n[:, None]
-  policy = GatherSelection(counts, widths, flags)
+  policy = GatherSelection(counts, widths, flags, selects)
   layers = walk.param_layers(enc, bert, chunk_rows=chunk_rows)
   x, _, trace = walk.walk(layers, x, policy.initial(valid), policy)
   logits = ClassificationHead(enc, num_labels).apply({"params": params["head"]}, x[:, :1])

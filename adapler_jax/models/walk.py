@@ -40,7 +40,11 @@ class Policy:
   `ctx` here is the additive attention bias itself, (B, N) or (B, N, N).
   """
 
-  wants_probs: bool = False  # whether `after_attention` reads the attention probabilities.
+  wants_probs: bool | str = False  # whether `after_attention` reads attention probabilities.
+
+  def needs_probs(self, l: int) -> bool | str:
+    """Whether layer l's attention returns its probabilities (see `Layer.attend`)."""
+    return self.wants_probs
 
   def bias(self, ctx) -> Array:
     return ctx
@@ -65,12 +69,13 @@ def layer_step(layer, l: int, x: Array, ctx, policy: Policy = FULL, *,
   """One layer of the walk: the policy's decisions around attention and feed-forward.
 
   `layer_on` (a traced bool) skips the layer (LayerDrop): hidden states and the policy's
-  state pass through unchanged, and the layer reduces nothing.
+  state pass through unchanged, and the layer reduces nothing (its records still describe
+  the computation that was discarded).
   """
   x_in, ctx_in = x, ctx
   x, ctx, records = policy.before_layer(l, x, ctx)
   a, probs = layer.attend(x, policy.bias(ctx), deterministic=deterministic,
-                          return_probs=policy.wants_probs)
+                          return_probs=policy.needs_probs(l))
   a, ctx, more = policy.after_attention(l, a, probs, ctx)
   y = layer.feed_forward(a, deterministic=deterministic)
   x, ctx = policy.after_layer(l, x, y, ctx)

@@ -125,34 +125,50 @@ class GatherSelection(Policy):
     widths: static width of each layer's feed-forward block and of the next layer; must
       hold the largest count (`lengths.real_counts`).
     flags: `SelectionFlags` (include_pad_queries must be False: there are no pads here).
-  Records per layer: `lengths` (B,) tokens kept and `positions` (B, w_l).
+    selects: static, whether layer l drops any token of the batch; a layer that keeps every
+      token skips scoring and gathering (default: every layer selects).
+  Kept tokens take the front slots in decreasing significance ([CLS] first when forced);
+  attention does not depend on the order. Records per layer: `lengths` (B,) tokens kept
+  and `positions` (B, w_l) their original positions.
   """
 
   wants_probs = True
 
-  def __init__(self, counts: Array, widths: Sequence[int], flags: SelectionFlags):
+  def __init__(self, counts: Array, widths: Sequence[int], flags: SelectionFlags,
+               selects: Sequence[bool] | None = None):
     if flags.include_pad_queries:
       raise ValueError("the gather path drops padding first; include_pad_queries=True "
                        "needs the masked path")
     self.counts, self.widths, self.flags = counts, tuple(widths), flags
+    self.selects = tuple(selects) if selects is not None else (True,) * len(self.widths)
 
   @staticmethod
   def initial(valid: Array):
     positions = jnp.where(valid, jnp.arange(valid.shape[-1], dtype=jnp.int32), -1)
     return valid, positions
 
+  def needs_probs(self, l):
+    return self.selects[l]
+
   def bias(self, ctx):
     return jnp.where(ctx[0], 0.0, NEG_INF).astype(jnp.float32)
 
   def after_attention(self, l, a, probs, ctx):
     present, positions = ctx
+    if not self.selects[l]:
+      return a, ctx, {"lengths": jnp.sum(present, axis=-1), "positions": positions}
     f = self.flags
     scores = significance(probs, present, f.include_diagonal)
-    forced = (positions == 0) if f.keep_cls else None
-    kept = keep_top(scores, present, self.counts[l], forced)
-    order = jnp.argsort(~kept, axis=-1, stable=True)[:, : self.widths[l]]  # kept first, in order.
+    key = jnp.where(present, scores, -jnp.inf)
+    if f.keep_cls:
+      key = jnp.where(positions == 0, jnp.inf, key)
+    # The keep rule of `keep_top` (top k, ties to the lower position), as one top-k: the
+    # best `width` slots in order, of which each row keeps its first k.
+    _, order = jax.lax.top_k(key, self.widths[l])
     take = lambda t: jnp.take_along_axis(t, order, axis=1)
+    rank = jnp.arange(self.widths[l])
+    present = take(present) & (rank < self.counts[l][:, None])
+    positions = jnp.where(present, take(positions), -1)
     a = jnp.take_along_axis(a, order[..., None], axis=1)
-    present, positions = take(kept), jnp.where(take(kept), take(positions), -1)
     return a, (present, positions), {"lengths": jnp.sum(present, axis=-1),
                                      "positions": positions}
