@@ -1,5 +1,7 @@
 """Tests for adapler_jax.train.checkpoints."""
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -259,3 +261,17 @@ def test_check_fits_a_subtree(tmp_path):
     ckpt.check_fits(_state(width=4)["params"], under="params")
     with pytest.raises(CheckpointError, match=r"params/dense/kernel|dense/kernel \(3, 4\)"):
       ckpt.check_fits(_state(width=6)["params"], under="params")
+
+
+def test_a_save_killed_midway_is_ignored(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _big_state(1.0))
+  shutil.copytree(tmp_path / "1", tmp_path / "2.orbax-checkpoint-tmp-1700000000")
+  (tmp_path / "2.orbax-checkpoint-tmp-1700000000" / "commit_success.txt").unlink()
+  with Checkpointer(tmp_path) as ckpt:
+    assert ckpt.all_steps() == [1]
+    step, state, _ = ckpt.restore_latest_intact()
+    assert step == 1
+    np.testing.assert_array_equal(state["w"], _big_state(1.0)["w"])
+    assert ckpt.save(2, _big_state(2.0))
+    assert ckpt.all_steps() == [1, 2]

@@ -68,3 +68,11 @@ def unlock(workdir: str | os.PathLike[str]) -> None:
   fd = _held.pop(Path(workdir).resolve(), None)
   if fd is not None:
     os.close(fd)  # closing the only descriptor drops the flock.
+
+
+def record_config(run, phase: str) -> None:
+  """Writes the config `phase` runs with to `WORKDIR/config.<phase>.json` (process 0)."""
+  if run.is_main_process:
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.workdir / f"config.{phase}.json",
+                      run.config.to_json_best_effort(indent=2))
