@@ -238,7 +238,11 @@ def test_saliency_is_recomputed_when_fine_tuning_is_redone(tiny_backbone, run_di
   assert pipeline.phases.saliency_lib.source(run_dir / "saliency.npz") != \
       pipeline.phases.saliency_source(run)
   adapler_before = snapshot(run_dir / "adapler")
-  pipeline.run_all(run)
+  with pytest.raises(UserError) as err:  # AdapLeR trained on the old saliency: not resumed.
+    pipeline.run_all(run)
+  assert str(err.value) == (
+      f"{run_dir / 'adapler'} was trained on a saliency.npz since recomputed from other "
+      f"fine-tuned checkpoints; delete {run_dir / 'adapler'} to train AdapLeR on the new one")
   assert (run_dir / "saliency.npz").read_bytes() != old
   assert pipeline.phases.saliency_lib.source(run_dir / "saliency.npz") == \
       pipeline.phases.saliency_source(run)

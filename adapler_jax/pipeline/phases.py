@@ -221,6 +221,7 @@ def train_adapler(run: Run) -> None:
   c = run.config.adapler
   train, dev = run.dataset("train"), run.dataset("dev")
   sal = saliency_lib.load_for(run.workdir / SALIENCY_FILE, train)
+  source = saliency_lib.source(run.workdir / SALIENCY_FILE)
   cfg = run.adapler_config()
   steps_per_epoch = num_train_steps(train, c.batch_size)
   total = c.epochs * steps_per_epoch
@@ -232,6 +233,7 @@ def train_adapler(run: Run) -> None:
   params = adapler.init(key, cfg, backbone=run.backbone)
   ckpt = adapler_checkpointer(run)
   state = _restore_latest(ckpt, _on_mesh(run, create_train_state(params, optimizer, key)))
+  _check_trained_on(ckpt, source)
   step_fn = adapler_step.make_train_step(cfg, optimizer,
                                          adapler_step.LossWeights(gamma=c.gamma, phi=c.phi),
                                          mesh=run.mesh)
@@ -271,9 +273,18 @@ def train_adapler(run: Run) -> None:
                      "speedup": f"{dev_report['flops_speedup']:.2f}x"})
     ckpt.save(step, state, metrics={DEV_METRIC: dev_report["metric"],
                                     "flops_speedup": dev_report["flops_speedup"],
-                                    "epoch": epoch})
+                                    "epoch": epoch}, extra_json={"saliency": source})
   bar.close()
   ckpt.close()
+
+
+def _check_trained_on(ckpt: Checkpointer, source: str | None) -> None:
+  """One-line UserError when the AdapLeR checkpoints were trained on a saliency.npz that
+  has since been recomputed: resuming would mix the two."""
+  if ckpt.latest_step() is not None and ckpt.restore_json().get("saliency", source) != source:
+    raise UserError(f"{ckpt.directory} was trained on a saliency.npz since recomputed from "
+                    f"other fine-tuned checkpoints; delete {ckpt.directory} to train AdapLeR "
+                    "on the new one")
 
 
 def select_adapler_step(run: Run, backbone_metric: float) -> tuple[int, str]:
