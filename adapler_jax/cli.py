@@ -37,7 +37,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     raise UserError(_unknown_override(argv)) from None
   if CONFIG_FLAG in flags.FLAGS:
     try:
-      flags.FLAGS[CONFIG_FLAG].value.keys()  # config_flags defers a failed load to here.
+      getattr(flags.FLAGS[CONFIG_FLAG].value, "keys", None)  # a failed load raises here.
     except OSError as e:
       reason = [l.strip() for l in str(e).splitlines() if l.strip()][-1]
       raise UserError(f"config file {flags.FLAGS[CONFIG_FLAG].config_filename} cannot be "

@@ -120,8 +120,11 @@ def test_non_finite_loss_stops_training_before_a_checkpoint(tiny_backbone, tmp_p
 
   def nan_loss_step(*args, **kwargs):
     step = real(*args, **kwargs)
-    return lambda state, batch: (lambda s, m: (s, {**m, "loss": m["loss"] * jnp.nan}))(
-        *step(state, batch))
+
+    def nan_step(state, batch):
+      state, metrics = step(state, batch)
+      return state, {**metrics, "loss": metrics["loss"] * jnp.nan}
+    return nan_step
 
   monkeypatch.setattr(classifier, "make_finetune_step", nan_loss_step)
   workdir = tmp_path / "run"
@@ -324,6 +327,10 @@ def test_workdir_that_is_a_file(tiny_backbone, tmp_path):
 def test_evaluate_unknown_split_names_the_available_ones(finished):
   assert one_line_error(cli("evaluate.py", "--workdir", str(finished), "--split", "val")) == (
       "flag --split=val: value should be one of <dev|test|train>")
+  run = pipeline.prepare(pipeline.read_config(finished), finished, record=False)
+  with pytest.raises(UserError, match=r"^no split 'val'; use one of train, dev, test \(as the "
+                     r"config defines them\)$"):
+    run.dataset("val")
 
 
 @pytest.mark.parametrize("size", ["0", "-3"])
