@@ -19,18 +19,19 @@ Also:
 import json
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from adapler_jax import pipeline
-from adapler_jax.cli import run_cli
+from adapler_jax.cli import run_app
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.infer import flops
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The --workdir of a finished train.py run.")
-_SPLIT = flags.DEFINE_string("split", "dev", "Split to evaluate: dev or test (as the config "
-                             "defines them).")
-_BATCH = flags.DEFINE_integer("batch_size", None, "Batch size (default: the config's).")
+_SPLIT = flags.DEFINE_enum("split", "dev", ["dev", "test", "train"], "Split to evaluate "
+                           "(as the config defines them).")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Batch size (default: the config's).",
+                              lower_bound=1)
 _ENGINE = flags.DEFINE_enum("engine", None, report.ENGINES, "Inference engine (default: "
                             "the config's).")
 _FLOPS = flags.DEFINE_enum("flops", "analytic", flops.MODES, "FLOPs count: analytic from the "
@@ -56,6 +57,9 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  if _EXPLAIN.value is not None and not _EXPLAIN.value.strip():
+    raise UserError("--explain got an empty text; pass the text to explain, e.g. "
+                    "--explain \"a gentle, funny film\"")
   if pipeline.read_config(_WORKDIR.value).get("method", "adapler") == "lat":
     return evaluate_lat()
   if _LENGTH_CONFIG.value or _LENGTH_RATIO.value is not None:
@@ -115,8 +119,13 @@ def evaluate_lat() -> None:
 
 def explain(trained, text: str) -> None:
   from adapler_jax.eval import token_map  # pylint: disable=g-import-not-at-top
+  max_length = trained.config.data.max_length
+  length = len(trained.tokenizer(text)["input_ids"])
+  if length > max_length:
+    print(f"note: the text has {length} tokens; the map shows its first {max_length} "
+          "(data.max_length)")
   tmap = token_map.explain(trained.adapler_cfg, trained.adapler_params, trained.tokenizer, text,
-                           trained.task.label_names, max_length=trained.config.data.max_length)
+                           trained.task.label_names, max_length=max_length)
   stem = Path(_OUTPUT.value or Path(_WORKDIR.value) / "explain")
   paths = token_map.write(tmap, stem, f"{trained.task.name}: AdapLeR token map")
   print(f"prediction: {tmap.prediction}; kept tokens per layer: "
@@ -141,4 +150,4 @@ def rationales(trained) -> None:
 
 
 if __name__ == "__main__":
-  run_cli(lambda: app.run(main))
+  run_app(main)

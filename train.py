@@ -4,11 +4,11 @@
   python train.py --config configs/sst2.py --workdir runs/sst2 --config.train.learning_rate=3e-5
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from adapler_jax import pipeline
-from adapler_jax.cli import run_cli
+from adapler_jax.cli import run_app
 from adapler_jax.train import parallel
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/<task>.py file.")
@@ -28,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  run_cli(lambda: app.run(main))
+  run_app(main)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from typing import Callable
 
+from absl import app, flags
+
 from adapler_jax.errors import UserError
+
+CONFIG_FLAG = "config"
 
 
 def run_cli(main: Callable[[], object]) -> None:
@@ -14,3 +19,46 @@ def run_cli(main: Callable[[], object]) -> None:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def run_app(main: Callable[[list[str]], object]) -> None:
+  """`absl.app.run(main)` under `run_cli`, with flag errors as one line too: a bad flag
+  value, a config file that cannot be loaded, an unknown `--config.<field>`."""
+  run_cli(lambda: app.run(main, flags_parser=parse_flags))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """`flags.FLAGS(argv)`, raising `UserError` with one line instead of printing usage."""
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:
+    raise UserError(" ".join(str(e).split())) from None
+  except (AttributeError, KeyError):  # config_flags on an override of a field it lacks.
+    raise UserError(_unknown_override(argv)) from None
+  if CONFIG_FLAG in flags.FLAGS:
+    try:
+      getattr(flags.FLAGS[CONFIG_FLAG].value, "keys", None)  # a failed load raises here.
+    except OSError as e:
+      reason = [l.strip() for l in str(e).splitlines() if l.strip()][-1]
+      raise UserError(f"config file {flags.FLAGS[CONFIG_FLAG].config_filename} cannot be "
+                      f"loaded ({reason}); pass --config configs/<task>.py") from None
+  return rest
+
+
+def _unknown_override(argv: list[str]) -> str:
+  """The message of `find_field` for the first `--config.<key>` the config file lacks."""
+  from adapler_jax.pipeline.config import find_field  # pylint: disable=g-import-not-at-top
+  prefix, name = f"--{CONFIG_FLAG}.", f"--{CONFIG_FLAG}"
+  path = next(a.split("=", 1)[1] if "=" in a else b for a, b in zip(argv, argv[1:] + [""])
+              if a == name or a.startswith(name + "="))
+  spec = importlib.util.spec_from_file_location("_config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for arg in argv:
+    if arg.startswith(prefix):
+      try:
+        find_field(config, arg[len(prefix):].split("=", 1)[0], arg)
+      except UserError as e:
+        return str(e)
+  return f"a --{CONFIG_FLAG}.<field> override does not fit the config file {path}"

@@ -13,6 +13,10 @@ class DataError(UserError, ValueError):
   """A data file, split, column, label or hub download that cannot be used as given."""
 
 
+class InputError(UserError, ValueError):
+  """An argument to a library function of the wrong shape or size for the model."""
+
+
 def location(path: str | os.PathLike[str], line: int | None = None) -> str:
   """`'<folder>/<file>'` (plus `' line N'`, 1-based): where a data problem is."""
   path = os.fspath(path)

@@ -1,5 +1,7 @@
 """Tests for adapler_jax.train.checkpoints."""
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,3 +166,112 @@ def test_async_save(tmp_path):
 
 def test_module_constants():
   assert checkpoints.STATE == "state" and checkpoints.CONFIG == "config"
+
+
+def _data_files(step_dir):
+  """The array data files of a saved step, largest first."""
+  files = [p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
+  return sorted(files, key=lambda p: p.stat().st_size, reverse=True)
+
+
+def _flip_bytes(path, start=200, count=64):
+  data = bytearray(path.read_bytes())
+  for i in range(start, min(start + count, len(data))):
+    data[i] ^= 0xFF
+  path.write_bytes(bytes(data))
+
+
+def _big_state(scale):
+  return {"w": scale * jnp.arange(4096, dtype=jnp.float32), "b": jnp.ones(3)}
+
+
+def test_flipped_bytes_fail_their_checksums(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _big_state(1.0))
+  _flip_bytes(_data_files(tmp_path / "1")[0])
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpoints.DamagedCheckpointError) as err:
+      ckpt.restore(1)
+  msg = str(err.value)
+  assert "\n" not in msg and isinstance(err.value, UserError)
+  assert msg.startswith(f"checkpoint {tmp_path / '1'} is damaged: 1 of 2 arrays differ "
+                        "from their saved checksums (w)")
+  assert "fix: delete that step directory" in msg
+
+
+def test_truncated_checkpoint_is_one_line(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _big_state(1.0))
+  with open(_data_files(tmp_path / "1")[0], "r+b") as f:
+    f.truncate(100)
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpoints.DamagedCheckpointError) as err:
+      ckpt.restore(1)
+  msg = str(err.value)
+  assert "\n" not in msg and f"checkpoint {tmp_path / '1'} cannot be read (" in msg
+
+
+def test_damaged_latest_falls_back_to_the_previous_good_one(tmp_path, caplog):
+  with Checkpointer(tmp_path) as ckpt:
+    for step in (1, 2, 3):
+      ckpt.save(step, _big_state(float(step)))
+  good = (tmp_path / "1").stat().st_mtime_ns
+  _flip_bytes(_data_files(tmp_path / "3")[0])
+  with open(_data_files(tmp_path / "2")[0], "r+b") as f:
+    f.truncate(10)
+  with Checkpointer(tmp_path) as ckpt:
+    step, state, _ = ckpt.restore_latest_intact(target=_big_state(0.0))
+    assert step == 1 and ckpt.all_steps() == [1]
+    _assert_trees_equal(state, _big_state(1.0))
+    assert ckpt.save(2, _big_state(5.0))  # the moved-aside steps can be saved again.
+  warnings = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()
+              or "cannot be read" in r.getMessage()]
+  assert len(warnings) == 2 and all("\n" not in w for w in warnings)
+  assert warnings[0].startswith(f"checkpoint {tmp_path / '3'} is damaged")
+  assert warnings[0].endswith(f"moved it to {tmp_path / '3'}.damaged and resumed from step 1")
+  assert (tmp_path / "3.damaged").is_dir() and (tmp_path / "2.damaged").is_dir()
+  assert (tmp_path / "1").stat().st_mtime_ns == good
+
+
+def test_no_intact_checkpoint_names_the_directory(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(4, _big_state(1.0))
+  _flip_bytes(_data_files(tmp_path / "4")[0])
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpoints.DamagedCheckpointError) as err:
+      ckpt.restore_latest_intact()
+  assert str(err.value) == (
+      f"no intact checkpoint left in {tmp_path} (damaged steps 4 moved to <step>.damaged); "
+      f"fix: delete {tmp_path} and rerun to train from the start")
+  with Checkpointer(tmp_path / "empty", read_only=True) as ckpt:
+    assert ckpt.restore_latest_intact() is None
+  assert not (tmp_path / "empty").exists()
+
+
+def test_fingerprint_changes_with_the_saved_values(tmp_path):
+  with Checkpointer(tmp_path / "a") as a, Checkpointer(tmp_path / "b") as b:
+    a.save(1, _big_state(1.0))
+    b.save(1, _big_state(2.0))
+    assert a.fingerprint([1]) == a.fingerprint([1]) != b.fingerprint([1])
+
+
+def test_check_fits_a_subtree(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _state(width=4))
+    ckpt.check_fits(_state(width=4)["params"], under="params")
+    with pytest.raises(CheckpointError, match=r"params/dense/kernel|dense/kernel \(3, 4\)"):
+      ckpt.check_fits(_state(width=6)["params"], under="params")
+
+
+def test_a_save_killed_midway_is_ignored(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _big_state(1.0))
+  shutil.copytree(tmp_path / "1", tmp_path / "2.orbax-checkpoint-tmp-1700000000")
+  (tmp_path / "2.orbax-checkpoint-tmp-1700000000" / "commit_success.txt").unlink()
+  with Checkpointer(tmp_path) as ckpt:
+    assert ckpt.all_steps() == [1]
+    step, state, _ = ckpt.restore_latest_intact()
+    assert step == 1
+    np.testing.assert_array_equal(state["w"], _big_state(1.0)["w"])
+    assert ckpt.save(2, _big_state(2.0))
+    assert ckpt.all_steps() == [1, 2]

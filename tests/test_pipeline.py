@@ -19,22 +19,28 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = EncoderConfig.tiny(vocab_size=30522, max_position_embeddings=64)
 
 
-@pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory) -> Path:
-  """A 2-layer width-32 BERT checkpoint directory with the embedded tokenizer's vocabulary."""
-  directory = tmp_path_factory.mktemp("tiny_bert")
+def write_backbone(directory: Path, cfg: EncoderConfig = TINY) -> Path:
+  """A random BERT checkpoint directory of shape `cfg` with the embedded tokenizer's
+  vocabulary."""
   ids = jnp.zeros((1, 2), jnp.int32)
-  params = Bert(TINY).init(jax.random.key(0), ids, ids, jnp.zeros((1, 2)))["params"]
+  params = Bert(cfg).init(jax.random.key(0), ids, ids, jnp.zeros((1, 2)))["params"]
   save_file(weights.to_hf_state_dict(params), str(directory / "model.safetensors"))
   (directory / "config.json").write_text(json.dumps({
-      "model_type": "bert", "vocab_size": TINY.vocab_size, "hidden_size": TINY.hidden_size,
-      "num_hidden_layers": TINY.num_layers, "num_attention_heads": TINY.num_heads,
-      "intermediate_size": TINY.intermediate_size, "max_position_embeddings": 64,
+      "model_type": "bert", "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+      "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+      "intermediate_size": cfg.intermediate_size,
+      "max_position_embeddings": cfg.max_position_embeddings,
       "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12}))
   minilm = weights.embedded_dir("minilm")
   for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
     shutil.copy(minilm / name, directory / name)
   return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory) -> Path:
+  """A 2-layer width-32 BERT checkpoint directory with the embedded tokenizer's vocabulary."""
+  return write_backbone(tmp_path_factory.mktemp("tiny_bert"))
 
 
 def tiny_config(backbone: Path):

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from adapler_jax.data.dataset import TextDataset
-from adapler_jax.data.readers import read_jsonl
+from adapler_jax.data.readers import read_jsonl, read_utf8
 from adapler_jax.errors import DataError, format_message, location
 
 SPLIT_FILES = {"train": "train.jsonl", "dev": "val.jsonl", "test": "test.jsonl"}
@@ -105,7 +105,7 @@ def movies_dir(data_dir: str | os.PathLike[str] | None) -> Path:
 def read_document(path: Path) -> tuple[list[str], np.ndarray]:
   """Words (whitespace tokens, sentences flattened) and sentence end indices of a doc."""
   words, ends = [], []
-  for line in path.read_text(encoding="utf-8").splitlines():
+  for line in read_utf8(path).splitlines():
     tokens = line.split()
     if tokens:
       words.extend(tokens)

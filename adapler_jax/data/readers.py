@@ -45,10 +45,46 @@ def _open_text(path: Path):
   return open(path, encoding="utf-8-sig", newline="")
 
 
+def _first_bad_line(path: Path) -> int:
+  """1-based number of the first line of `path` that is not UTF-8."""
+  with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as f:
+    for line_no, line in enumerate(f, start=1):
+      try:
+        line.decode("utf-8")
+      except UnicodeDecodeError:
+        return line_no
+  return 1
+
+
+def _not_utf8(path: Path, e: UnicodeDecodeError) -> DataError:
+  return DataError(format_message(location(path, _first_bad_line(path)),
+                                  f"not UTF-8 text (byte 0x{e.object[e.start]:02x})",
+                                  "convert the file to UTF-8"))
+
+
+def _utf8_rows(path: Path, rows: Rows) -> Rows:
+  """`rows`, with a decoding error raised as a one-line DataError naming the line."""
+  try:
+    yield from rows
+  except UnicodeDecodeError as e:
+    raise _not_utf8(path, e) from None
+
+
+def read_utf8(path: Path) -> str:
+  """The text of `path`; a one-line DataError naming the line when it is not UTF-8."""
+  try:
+    return path.read_text(encoding="utf-8")
+  except UnicodeDecodeError as e:
+    raise _not_utf8(path, e) from None
+
+
 def read_tsv(path: Path) -> tuple[list[str], Rows]:
   """Header and rows of a tab-separated file read with quoting off (a UTF-8 BOM is dropped)."""
-  with _open_text(path) as f:
-    header_line = f.readline().rstrip("\r\n")
+  try:
+    with _open_text(path) as f:
+      header_line = f.readline().rstrip("\r\n")
+  except UnicodeDecodeError as e:
+    raise _not_utf8(path, e) from None
   header = header_line.split("\t") if header_line else []
 
   def rows() -> Rows:
@@ -65,15 +101,18 @@ def read_tsv(path: Path) -> tuple[list[str], Rows]:
               where, f"expected {len(header)} tab-separated fields as in the header, "
               f"found {len(fields)}", "remove stray tabs or line breaks in that row"))
         yield where, dict(zip(header, fields))
-  return header, rows()
+  return header, _utf8_rows(path, rows())
 
 
 def read_csv(path: Path, has_header: bool) -> tuple[list[str] | None, Rows]:
   """Header (or None) and rows of a comma-separated file with standard double-quote escaping."""
   header = None
   if has_header:
-    with _open_text(path) as f:
-      header = next(csv.reader(f), [])
+    try:
+      with _open_text(path) as f:
+        header = next(csv.reader(f), [])
+    except UnicodeDecodeError as e:
+      raise _not_utf8(path, e) from None
 
   def rows() -> Rows:
     with _open_text(path) as f:
@@ -96,11 +135,15 @@ def read_csv(path: Path, has_header: bool) -> tuple[list[str] | None, Rows]:
       except csv.Error as e:
         raise DataError(format_message(location(path, reader.line_num), f"bad CSV: {e}",
                                        "fix the quoting of that row")) from None
-  return header, rows()
+  return header, _utf8_rows(path, rows())
 
 
 def read_jsonl(path: Path) -> Rows:
   """Rows of a JSON-lines file (`.jsonl`, `.jsonl.gz`), one object per line."""
+  return _utf8_rows(path, _jsonl_rows(path))
+
+
+def _jsonl_rows(path: Path) -> Rows:
   with _open_text(path) as f:
     for line_no, line in enumerate(f, start=1):
       if not line.strip():
@@ -233,7 +276,7 @@ def _read_table_task(spec: TaskSpec, fmt: LocalFormat, split: str, data_dir: Pat
 def _imdb_folder_rows(root: Path, split: str) -> Rows:
   for label, name in ((0, "neg"), (1, "pos")):
     for path in sorted((root / split / name).glob("*.txt")):
-      text = path.read_text(encoding="utf-8")
+      text = read_utf8(path)
       yield location(path), {"id": f"{split}/{name}/{path.name}", "text": text, "label": label}
 
 
@@ -273,7 +316,7 @@ def _read_hatexplain(spec: TaskSpec, fmt: LocalFormat, split: str,
     if not path.is_file():
       raise _missing_file(spec.name, split, path, data_dir)
   try:
-    posts, divisions = (json.loads(p.read_text(encoding="utf-8")) for p in paths)
+    posts, divisions = (json.loads(read_utf8(p)) for p in paths)
   except json.JSONDecodeError as e:
     raise DataError(format_message(f"{spec.name} {split}", f"invalid JSON ({e.msg})",
                                    "use the original HateXplain files")) from None

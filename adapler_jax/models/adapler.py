@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adapler_jax.errors import InputError
 from adapler_jax.models import walk
 from adapler_jax.models.bert import Bert, EncoderConfig, encoder_layer_params
 from adapler_jax.models.heads import ClassificationHead
@@ -124,6 +125,13 @@ def init(key: Array, cfg: AdapLeRConfig, backbone: dict | None = None) -> dict:
   model = AdapLeRModel(cfg).init(key, ids, ids, ids > -1, eta=jnp.ones(cfg.num_layers),
                                  lam=1.0)["params"]
   if backbone is not None:
+    if jax.tree.map(np.shape, backbone) != jax.tree.map(np.shape, model["bert"]):
+      emb = backbone.get("embeddings", {}).get("word_embeddings", {}).get("embedding")
+      raise InputError(f"backbone does not fit the config: parameter shapes differ (word "
+                       f"embeddings {np.shape(emb)} against the config's "
+                       f"{model['bert']['embeddings']['word_embeddings']['embedding'].shape}, "
+                       f"{cfg.num_layers} layers); build the AdapLeRConfig from the "
+                       "backbone's EncoderConfig (load_backbone returns it)")
     model = {**model, "bert": backbone}
   L = cfg.num_layers
   speed = {"eta": jnp.full((L,), cfg.eta_init, jnp.float32),
@@ -231,6 +239,10 @@ def hard_forward(cfg: AdapLeRConfig, params: dict, input_ids, token_type_ids=Non
   """
   enc, model = cfg.encoder, params["model"]
   input_ids = np.asarray(input_ids, np.int32)
+  if input_ids.ndim != 1 or not 0 < len(input_ids) <= enc.max_position_embeddings:
+    raise InputError(f"hard_forward takes one example of shape (n,) with 1 <= n <= "
+                     f"{enc.max_position_embeddings} (the model's positions), got shape "
+                     f"{input_ids.shape}; for a batch use infer.AdaptiveEngine")
   token_type_ids = (np.zeros_like(input_ids) if token_type_ids is None
                     else np.asarray(token_type_ids, np.int32))
   eta = np.asarray(params["speed"]["eta"], np.float32)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
+
+from adapler_jax.errors import UserError
 
 
 def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
@@ -87,19 +91,39 @@ def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
   return c
 
 
+def find_field(config: ml_collections.ConfigDict, key: str,
+               item: str) -> tuple[ml_collections.ConfigDict, str]:
+  """The section holding dotted field `key` and the field's name; a one-line `UserError`
+  about override `item` (with the nearest field names) when the config has no such field."""
+  *parents, leaf = key.split(".")
+  node = config
+  for p in parents:
+    node = node.get(p) if isinstance(node, ml_collections.ConfigDict) else None
+  if isinstance(node, ml_collections.ConfigDict) and leaf in node:
+    return node, leaf
+  siblings = node.keys() if isinstance(node, ml_collections.ConfigDict) else []
+  fields = [".".join(parents + [k]) for k in siblings]
+  near = difflib.get_close_matches(key, fields or list(_dotted(config)), n=1)
+  hint = f" (did you mean {near[0]!r}?)" if near else ""
+  raise UserError(f"override {item!r}: the config has no field {key!r}{hint}; write "
+                  "KEY=VALUE with a dotted key such as adapler.phi=1e-3")
+
+
+def _dotted(config: ml_collections.ConfigDict, prefix: str = ""):
+  for k, v in config.items():
+    yield from (_dotted(v, f"{prefix}{k}.") if isinstance(v, ml_collections.ConfigDict)
+                else [prefix + k])
+
+
 def apply_overrides(config: ml_collections.ConfigDict, items) -> ml_collections.ConfigDict:
   """Sets `KEY=VALUE` items (dotted keys, e.g. `adapler.phi=1e-3`) in place, each value
   converted to the type of the field it replaces; returns `config`."""
   for item in items:
     key, sep, raw = item.partition("=")
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node.get(p) if isinstance(node, ml_collections.ConfigDict) else None
-    if not sep or not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-      from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
-      raise UserError(f"override {item!r}: the config has no field {key!r}; write KEY=VALUE "
-                      "with a dotted key such as adapler.phi=1e-3")
+    node, leaf = find_field(config, key, item)
+    if not sep:
+      raise UserError(f"override {item!r} has no value; write KEY=VALUE such as "
+                      "adapler.phi=1e-3")
     current = node[leaf]
     if isinstance(current, bool):
       node[leaf] = raw.lower() in ("1", "true", "yes")

@@ -14,13 +14,17 @@ from jax.sharding import Mesh
 from adapler_jax import weights
 from adapler_jax.data import (TaskSpec, TokenizedDataset, get_task, load_split, resplit, subset,
                               tokenize)
+from adapler_jax.errors import UserError
 from adapler_jax.models.adapler import AdapLeRConfig
 from adapler_jax.models.bert import EncoderConfig
 from adapler_jax.models.heads import ClassifierConfig
+from adapler_jax.pipeline import checks
+from adapler_jax.pipeline import workdir as workdir_lib
 from adapler_jax.train import parallel
 from adapler_jax.train.metric_writer import MetricWriter
 
 CONFIG_FILE = "config.json"
+SPLITS = ("train", "dev", "test")
 
 
 @dataclasses.dataclass
@@ -66,6 +70,9 @@ class Run:
 
   def dataset(self, split: str) -> TokenizedDataset:
     """Tokenized split: `train`, `dev` or `test` as the config defines them (cached)."""
+    if split not in SPLITS:
+      raise UserError(f"no split {split!r}; use one of {', '.join(SPLITS)} (as the config "
+                      "defines them)")
     if split not in self._data:
       self._data.update(_load_splits(self.config, self.task, self.tokenizer, split))
     return self._data[split]
@@ -93,21 +100,32 @@ def _load_splits(config, task: TaskSpec, tokenizer, wanted: str) -> dict[str, To
 
 def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
             record: bool = True) -> Run:
-  """Loads the task, backbone and tokenizer and builds the data mesh over every device;
-  `record` writes the config to the workdir."""
-  workdir = Path(workdir)
+  """Loads the task, backbone and tokenizer and builds the data mesh over every device.
+
+  `record` is for runs that train: the config, the data and the checkpoints already in the
+  workdir are checked first, then the workdir is locked for this process and the config
+  written to it atomically, so a rerun that fails leaves the workdir as it was.
+  """
+  workdir = workdir_lib.check_dir(workdir)
+  checks.check_config(config)
   mesh = parallel.make_data_mesh()
   task = get_task(config.task)
   encoder, backbone, tokenizer = weights.load_backbone(config.backbone, dtype=config.dtype)
-  if record and jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
-  return Run(config, workdir, task, encoder, backbone, tokenizer, MetricWriter(workdir), mesh)
+  checks.check_max_length(config, encoder)
+  run = Run(config, workdir, task, encoder, backbone, tokenizer, MetricWriter(workdir), mesh)
+  if record:
+    for split in ("train", "dev"):
+      run.dataset(split)  # a bad data_dir fails here, before anything is written.
+    if run.is_main_process:
+      workdir_lib.lock(workdir)
+    checks.check_checkpoints(run)
+    if run.is_main_process:
+      workdir_lib.atomic_write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2))
+  return run
 
 
 def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
-  path = Path(workdir) / CONFIG_FILE
+  path = workdir_lib.check_dir(workdir) / CONFIG_FILE
   if not path.exists():
-    from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
     raise UserError(f"{path} is missing; pass the --workdir of a train.py run")
   return ml_collections.ConfigDict(json.loads(path.read_text()))

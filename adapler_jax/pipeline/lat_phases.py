@@ -21,11 +21,13 @@ from adapler_jax.data import TRAIN_BUCKETS, num_train_steps, train_batches
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.pipeline import phases
+from adapler_jax.pipeline import workdir as workdir_lib
 from adapler_jax.pipeline.context import Run
 from adapler_jax.reduce import lengths
 from adapler_jax.reduce.significance import SelectionFlags
 from adapler_jax.train import lat_step, optim, parallel
 from adapler_jax.train.checkpoints import Checkpointer
+from adapler_jax.train.guards import FiniteGuard
 from adapler_jax.train.state import create_train_state
 
 LENGTHDROP = "lengthdrop"
@@ -53,8 +55,8 @@ def smallest_config(run: Run) -> tuple[int, ...]:
                                        c.smallest_ratio, c.min_length)
 
 
-def lengthdrop_checkpointer(run: Run) -> Checkpointer:
-  return Checkpointer(run.workdir / LENGTHDROP)
+def lengthdrop_checkpointer(run: Run, read_only: bool = False) -> Checkpointer:
+  return Checkpointer(run.workdir / LENGTHDROP, read_only=read_only)
 
 
 def evaluate_at(run: Run, params: dict, data, config) -> dict[str, Any]:
@@ -69,6 +71,7 @@ def train_lengthdrop(run: Run) -> None:
   (linear decay, no warmup). After each epoch the full model and the smallest sub-model
   are evaluated on dev and a checkpoint is saved; a rerun resumes at the last epoch."""
   run.check_batch_sizes("lat.batch_size")
+  workdir_lib.record_config(run, LENGTHDROP)
   c = run.config.lat
   train, dev = run.dataset("train"), run.dataset("dev")
   steps_per_epoch = num_train_steps(train, c.batch_size)
@@ -85,6 +88,8 @@ def train_lengthdrop(run: Run) -> None:
   # Upstream scoring counts padded query rows, so it needs the authors' full padding.
   buckets = (run.config.data.max_length,) if c.include_pad_queries else TRAIN_BUCKETS
   step = int(state.step)
+  run.writer.rewind((LENGTHDROP, LENGTHDROP + "_epoch"), step)
+  guard = FiniteGuard(LENGTHDROP)
   bar = phases._bar(run, total, LENGTHDROP, step)  # pylint: disable=protected-access
   smallest = smallest_config(run)
   for epoch in range(step // steps_per_epoch, c.epochs):
@@ -95,9 +100,11 @@ def train_lengthdrop(run: Run) -> None:
       batch.pop("index")
       state, metrics = step_fn(state, phases._sharded(run, batch))  # pylint: disable=protected-access
       step += 1
+      guard(step, metrics)
       bar.update(1)
       if step % run.config.train.log_every_steps == 0:
         run.writer.write(LENGTHDROP, step, {**metrics, "epoch": epoch})
+    guard.before_save(step, state.params)
     host_params = parallel.local_copy(state.params)
     full = evaluate_at(run, host_params, dev, None)["metric"]
     small = evaluate_at(run, host_params, dev, smallest)["metric"]
@@ -112,7 +119,7 @@ def train_lengthdrop(run: Run) -> None:
 
 def load_lengthdrop(run: Run) -> tuple[int, dict]:
   """The LengthDrop checkpoint with the best full-model dev metric: `(step, params)`."""
-  ckpt = lengthdrop_checkpointer(run)
+  ckpt = lengthdrop_checkpointer(run, read_only=True)
   rows = [(s, ckpt.metrics(s)) for s in ckpt.all_steps()]
   rows = [(s, m) for s, m in rows if m and phases.DEV_METRIC in m]
   if not rows:

@@ -25,10 +25,12 @@ from adapler_jax.data import TRAIN_BUCKETS, num_train_steps, train_batches
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.models import adapler
+from adapler_jax.pipeline import workdir as workdir_lib
 from adapler_jax.pipeline.context import Run
 from adapler_jax.train import adapler_step, classifier, optim, parallel
 from adapler_jax.train import saliency as saliency_lib
 from adapler_jax.train.checkpoints import Checkpointer
+from adapler_jax.train.guards import FiniteGuard
 from adapler_jax.train.state import TrainState, create_train_state
 
 FINETUNE, ADAPLER, SALIENCY_FILE = "finetune", "adapler", "saliency.npz"
@@ -44,11 +46,9 @@ def _bar(run: Run, total: int, desc: str, initial: int = 0):
 
 
 def _restore_latest(ckpt: Checkpointer, state: TrainState) -> TrainState:
-  """The latest checkpoint, restored with `state`'s shardings, else `state`."""
-  if ckpt.latest_step() is None:
-    return state
-  restored, _ = ckpt.restore(ckpt.latest_step(), target=state)
-  return restored
+  """The latest intact checkpoint, restored with `state`'s shardings, else `state`."""
+  latest = ckpt.restore_latest_intact(target=state)
+  return state if latest is None else latest[1]
 
 
 def _shards() -> dict[str, int]:
@@ -75,9 +75,10 @@ def _restore_params(run: Run, ckpt: Checkpointer, step: int) -> dict:
 # ----------------------------------------------------------------------------- phase 1
 
 
-def finetune_checkpointer(run: Run) -> Checkpointer:
+def finetune_checkpointer(run: Run, read_only: bool = False) -> Checkpointer:
   return Checkpointer(run.workdir / FINETUNE, keep_latest=1,
-                      keep_best=run.config.train.keep_best, best_metric=DEV_METRIC)
+                      keep_best=run.config.train.keep_best, best_metric=DEV_METRIC,
+                      read_only=read_only)
 
 
 def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
@@ -89,6 +90,7 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
   equals an uninterrupted run. `stop_after_steps` simulates an interruption (for tests).
   """
   run.check_batch_sizes("train.batch_size", "eval.batch_size")
+  workdir_lib.record_config(run, FINETUNE)
   c = run.config.train
   train, dev = run.dataset("train"), run.dataset("dev")
   steps_per_epoch = num_train_steps(train, c.batch_size)
@@ -102,6 +104,8 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
   step_fn = classifier.make_finetune_step(run.encoder, run.num_labels, optimizer, run.mesh)
   eval_every = c.eval_every_steps or steps_per_epoch
   step = int(state.step)
+  run.writer.rewind(FINETUNE, step)
+  guard = FiniteGuard(FINETUNE)
   bar = _bar(run, total, "finetune", step)
   for epoch in range(step // steps_per_epoch, c.epochs):
     for i, batch in enumerate(train_batches(train, c.batch_size, run.config.seed, epoch,
@@ -111,10 +115,12 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
       batch.pop("index")
       state, metrics = step_fn(state, _sharded(run, batch))
       step += 1
+      guard(step, metrics)
       bar.update(1)
       if step % c.log_every_steps == 0:
         run.writer.write(FINETUNE, step, {**metrics, "epoch": epoch})
       if step % eval_every == 0 or step == total:
+        guard.before_save(step, state.params)
         dev_metric = report.evaluate_backbone(run.encoder, run.num_labels, state.params, dev,
                                               run.metric_name, run.config.eval.batch_size,
                                               mesh=run.mesh)["metric"]
@@ -122,8 +128,10 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
         bar.set_postfix({run.metric_name: f"{dev_metric:.4f}"})
         ckpt.save(step, state, metrics={DEV_METRIC: dev_metric})
       elif c.checkpoint_every_steps and step % c.checkpoint_every_steps == 0:
+        guard.before_save(step, state.params)
         ckpt.save(step, state)
       if stop_after_steps is not None and step >= stop_after_steps:
+        guard.before_save(step, state.params)
         ckpt.save(step, state)
         ckpt.close()
         return None
@@ -138,7 +146,7 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
 
 def load_finetuned(run: Run, k: int = 1) -> list[tuple[int, dict, float]]:
   """The `k` best fine-tuned checkpoints as `(step, {"bert", "head"} params, dev metric)`."""
-  ckpt = finetune_checkpointer(run)
+  ckpt = finetune_checkpointer(run, read_only=True)
   steps = ckpt.best_steps(k)
   if not steps:
     raise UserError(f"no fine-tuned checkpoint in {ckpt.directory}; run --phase finetune first")
@@ -159,6 +167,7 @@ def extract_saliency(run: Run) -> np.ndarray:
   checkpoint weighs the same. Stored in `saliency.npz` keyed by example id.
   """
   run.check_batch_sizes("saliency.batch_size")
+  workdir_lib.record_config(run, "saliency")
   train = run.dataset("train")
   checkpoints = load_finetuned(run, run.config.saliency.num_checkpoints)
   total = np.zeros(train.input_ids.shape, np.float32)
@@ -172,18 +181,27 @@ def extract_saliency(run: Run) -> np.ndarray:
   average = total / len(checkpoints)
   if run.is_main_process:
     saliency_lib.save(run.workdir / SALIENCY_FILE, train, average,
-                      [s for s, _, _ in checkpoints])
+                      [s for s, _, _ in checkpoints], source=saliency_source(run))
   parallel.sync_processes("saliency saved")  # the AdapLeR phase reads it on every process.
   run.writer.write("saliency", 0, {"checkpoints": [s for s, _, _ in checkpoints],
                                    "examples": len(train)})
   return average
 
 
+def saliency_source(run: Run) -> str:
+  """A fingerprint of the fine-tuned checkpoints the saliency phase reads: it changes when
+  fine-tuning is redone."""
+  ckpt = finetune_checkpointer(run, read_only=True)
+  source = ckpt.fingerprint(ckpt.best_steps(run.config.saliency.num_checkpoints))
+  ckpt.close()
+  return source
+
+
 # ----------------------------------------------------------------------------- phase 3
 
 
-def adapler_checkpointer(run: Run) -> Checkpointer:
-  return Checkpointer(run.workdir / ADAPLER)
+def adapler_checkpointer(run: Run, read_only: bool = False) -> Checkpointer:
+  return Checkpointer(run.workdir / ADAPLER, read_only=read_only)
 
 
 def lambda_at(run: Run, epoch: int) -> float:
@@ -199,9 +217,11 @@ def train_adapler(run: Run) -> None:
   checkpoint with the dev metric and FLOPs speedup. A rerun resumes at the last epoch saved.
   """
   run.check_batch_sizes("adapler.batch_size")
+  workdir_lib.record_config(run, ADAPLER)
   c = run.config.adapler
   train, dev = run.dataset("train"), run.dataset("dev")
   sal = saliency_lib.load_for(run.workdir / SALIENCY_FILE, train)
+  source = saliency_lib.source(run.workdir / SALIENCY_FILE)
   cfg = run.adapler_config()
   steps_per_epoch = num_train_steps(train, c.batch_size)
   total = c.epochs * steps_per_epoch
@@ -213,10 +233,13 @@ def train_adapler(run: Run) -> None:
   params = adapler.init(key, cfg, backbone=run.backbone)
   ckpt = adapler_checkpointer(run)
   state = _restore_latest(ckpt, _on_mesh(run, create_train_state(params, optimizer, key)))
+  _check_trained_on(ckpt, source)
   step_fn = adapler_step.make_train_step(cfg, optimizer,
                                          adapler_step.LossWeights(gamma=c.gamma, phi=c.phi),
                                          mesh=run.mesh)
   step = int(state.step)
+  run.writer.rewind((ADAPLER, ADAPLER + "_epoch"), step)
+  guard = FiniteGuard(ADAPLER)
   bar = _bar(run, total, "adapler", step)
   for epoch in range(step // steps_per_epoch, c.epochs):
     lam = lambda_at(run, epoch)
@@ -227,10 +250,12 @@ def train_adapler(run: Run) -> None:
       batch["saliency"] = sal[batch.pop("index"), :width]  # this process's rows, on the host.
       state, metrics = step_fn(state, _sharded(run, batch), lam)
       step += 1
+      guard(step, metrics)
       bar.update(1)
       sums = jax.tree.map(lambda a, b: a + b, sums, metrics) if sums else metrics
       if step % run.config.train.log_every_steps == 0:
         run.writer.write(ADAPLER, step, {**metrics, "lambda": lam, "epoch": epoch})
+    guard.before_save(step, state.params)
     means = jax.tree.map(lambda v: np.asarray(v) / steps_per_epoch, sums)
     dev_report = report.evaluate_adapler(cfg, parallel.local_copy(state.params), dev,
                                          run.metric_name,
@@ -248,15 +273,24 @@ def train_adapler(run: Run) -> None:
                      "speedup": f"{dev_report['flops_speedup']:.2f}x"})
     ckpt.save(step, state, metrics={DEV_METRIC: dev_report["metric"],
                                     "flops_speedup": dev_report["flops_speedup"],
-                                    "epoch": epoch})
+                                    "epoch": epoch}, extra_json={"saliency": source})
   bar.close()
   ckpt.close()
+
+
+def _check_trained_on(ckpt: Checkpointer, source: str | None) -> None:
+  """One-line UserError when the AdapLeR checkpoints were trained on a saliency.npz that
+  has since been recomputed: resuming would mix the two."""
+  if ckpt.latest_step() is not None and ckpt.restore_json().get("saliency", source) != source:
+    raise UserError(f"{ckpt.directory} was trained on a saliency.npz since recomputed from "
+                    f"other fine-tuned checkpoints; delete {ckpt.directory} to train AdapLeR "
+                    "on the new one")
 
 
 def select_adapler_step(run: Run, backbone_metric: float) -> tuple[int, str]:
   """The epoch checkpoint with the best dev speedup whose dev metric is within
   `adapler.tolerance` points of the backbone's; if none is, the best dev metric."""
-  ckpt = adapler_checkpointer(run)
+  ckpt = adapler_checkpointer(run, read_only=True)
   rows = [(s, ckpt.metrics(s)) for s in ckpt.all_steps()]
   ckpt.close()
   rows = [(s, m) for s, m in rows if m and DEV_METRIC in m]
@@ -274,7 +308,7 @@ def select_adapler_step(run: Run, backbone_metric: float) -> tuple[int, str]:
 def load_adapler(run: Run, step: int) -> dict:
   """AdapLeR params of checkpoint `step` on this process's first device (hard-removal
   inference runs on one device)."""
-  ckpt = adapler_checkpointer(run)
+  ckpt = adapler_checkpointer(run, read_only=True)
   state, _ = ckpt.restore(step)
   ckpt.close()
   return state["params"]
@@ -288,8 +322,8 @@ def run_all(run: Run) -> dict[str, Any]:
   run.check_batch_sizes(*BATCH_SIZES)  # before hours of fine-tuning, not after.
   start = time.time()
   backbone_metric = finetune(run)
-  if not (run.workdir / SALIENCY_FILE).exists():
-    extract_saliency(run)
+  if saliency_lib.source(run.workdir / SALIENCY_FILE) != saliency_source(run):
+    extract_saliency(run)  # missing, or computed from checkpoints since replaced.
   train_adapler(run)
   return summarize(run, backbone_metric, seconds=time.time() - start)
 
@@ -298,6 +332,7 @@ def summarize(run: Run, backbone_metric: float | None = None,
               seconds: float | None = None) -> dict[str, Any]:
   """Evaluates the selected checkpoints on the eval split and writes `summary.json`."""
   run.check_batch_sizes("eval.batch_size")
+  workdir_lib.record_config(run, "evaluate")
   split = run.config.eval.split
   data = run.dataset(split)
   _, backbone_params, _ = load_finetuned(run, 1)[0]
@@ -328,7 +363,7 @@ def summarize(run: Run, backbone_metric: float | None = None,
       "backbone": run.config.backbone,
   }
   if run.is_main_process:
-    (run.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    workdir_lib.atomic_write_text(run.workdir / "summary.json", json.dumps(summary, indent=2))
   return summary
 
 

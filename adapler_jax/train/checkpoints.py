@@ -1,8 +1,9 @@
 """Checkpoints: a thin wrapper over orbax's `CheckpointManager` (v0 API).
 
-Each step directory holds two items, written atomically by orbax:
-``state`` (a pytree of arrays, `StandardSave`) and ``config`` (a JSON dict,
-`JsonSave`), plus the orbax-managed ``metrics`` JSON when metrics are given.
+Each step directory holds three items, written atomically by orbax:
+``state`` (a pytree of arrays, `StandardSave`), ``config`` (a JSON dict,
+`JsonSave`) and ``checksums`` (a CRC-32 of every array, verified on restore),
+plus the orbax-managed ``metrics`` JSON when metrics are given.
 All file writes go through orbax, which writes from the primary process only
 and synchronises processes, so every process calls the same methods.
 
@@ -25,9 +26,16 @@ AdapLeR training (every epoch kept; the caller selects from stored metrics)::
 
 from __future__ import annotations
 
+import gc
+import hashlib
+import json
 import math
 import os
+import sys
+import zlib
 from typing import Any, Mapping
+
+from absl import logging
 
 import jax
 import numpy as np
@@ -39,11 +47,21 @@ from adapler_jax.errors import UserError
 PyTree = Any
 STATE = "state"
 CONFIG = "config"
+CHECKSUMS = "checksums"
+DAMAGED_SUFFIX = ".damaged"
 _MAX_LISTED = 3
 
 
 class CheckpointError(UserError, ValueError):
   """A checkpoint that is missing or does not fit the model."""
+
+
+class DamagedCheckpointError(CheckpointError):
+  """A checkpoint whose files cannot be read or whose arrays fail their checksums."""
+
+  def __init__(self, message: str, problem: str = ""):
+    super().__init__(message)
+    self.problem = problem or message
 
 
 def _to_json(tree: Any) -> Any:
@@ -63,6 +81,37 @@ def _shapes_by_path(tree: PyTree) -> dict[str, tuple[int, ...]]:
           tuple(getattr(x, "shape", np.shape(x)))
       for path, x in leaves
   }
+
+
+def _crc32(x: Any) -> str | None:
+  """CRC-32 of an array's bytes (one replica of a replicated array); None for an array
+  sharded over other processes, which this process cannot read whole."""
+  if isinstance(x, jax.Array):
+    if not (x.is_fully_addressable or x.is_fully_replicated):
+      return None
+    x = x.addressable_data(0) if x.is_fully_replicated else x
+  return f"{zlib.crc32(np.ascontiguousarray(np.asarray(x)).reshape(-1).view(np.uint8)):08x}"
+
+
+def _checksums_by_path(tree: PyTree) -> dict[str, str | None]:
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): _crc32(x)
+          for path, x in leaves}
+
+
+def _collect_quietly() -> None:
+  """Collects the reads orbax leaves pending after a failed restore, without their
+  'Exception ignored' tracebacks on stderr."""
+  hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
+  try:
+    gc.collect()
+  finally:
+    sys.unraisablehook = hook
+
+
+def _first_line(e: BaseException) -> str:
+  text = (str(e).strip().splitlines() or [""])[0].split(" See full TensorStore")[0]
+  return f"{type(e).__name__}: {text}"[:200]
 
 
 def _listing(names: list[str]) -> str:
@@ -97,6 +146,7 @@ class Checkpointer:
     best_mode: "max" (higher is better) or "min".
     enable_async_checkpointing: write in a background thread; `save` returns
       once the arrays are copied. Call `wait()` or `close()` before reading.
+    read_only: never create `directory` (a missing one has no steps).
   """
 
   def __init__(self,
@@ -106,7 +156,8 @@ class Checkpointer:
                keep_best: int = 0,
                best_metric: str | None = None,
                best_mode: str = "max",
-               enable_async_checkpointing: bool = False):
+               enable_async_checkpointing: bool = False,
+               read_only: bool = False):
     if best_mode not in ("max", "min"):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     if keep_best and best_metric is None:
@@ -133,13 +184,16 @@ class Checkpointer:
                  else _no_ranking),
         best_mode=best_mode,
         enable_async_checkpointing=enable_async_checkpointing,
-        cleanup_tmp_directories=True,
+        cleanup_tmp_directories=not read_only,
+        create=not read_only,
     )
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     registry.add(STATE, ocp.args.StandardSave)
     registry.add(STATE, ocp.args.StandardRestore)
     registry.add(CONFIG, ocp.args.JsonSave)
     registry.add(CONFIG, ocp.args.JsonRestore)
+    registry.add(CHECKSUMS, ocp.args.JsonSave)
+    registry.add(CHECKSUMS, ocp.args.JsonRestore)
     self._manager = ocp.CheckpointManager(
         directory, options=options, handler_registry=registry)
 
@@ -169,6 +223,7 @@ class Checkpointer:
     args = ocp.args.Composite(**{
         STATE: ocp.args.StandardSave(state),
         CONFIG: ocp.args.JsonSave(_to_json(dict(extra_json or {}))),
+        CHECKSUMS: ocp.args.JsonSave(_checksums_by_path(state)),
     })
     return self._manager.save(int(step), args=args, metrics=metrics,
                               force=force)
@@ -185,19 +240,79 @@ class Checkpointer:
     `sharding` (default: this process's first device), whatever the devices
     it was saved from.
 
+    Every array is checked against the checksum saved with it (checkpoints
+    saved before checksums existed are restored unchecked).
+
     Raises:
       CheckpointError: no checkpoint, or shapes/structure unlike `target`.
+      DamagedCheckpointError: unreadable files or arrays unlike their checksums.
     """
     step = self._resolve_step(step)
-    if target is not None:
-      self._check_target(step, target)
+    try:
+      if target is not None:
+        self._check_target(step, target)
+      else:
+        target = self._saved_tree(step, sharding)
+      restored = self._manager.restore(step, args=ocp.args.Composite(**{
+          STATE: ocp.args.StandardRestore(target),
+          CONFIG: ocp.args.JsonRestore(),
+      }))
+    except CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      problem = f"cannot be read ({_first_line(e)})"
     else:
-      target = self._saved_tree(step, sharding)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardRestore(target),
-        CONFIG: ocp.args.JsonRestore(),
-    }))
-    return restored[STATE], dict(restored[CONFIG] or {})
+      self._verify(step, restored[STATE])
+      return restored[STATE], dict(restored[CONFIG] or {})
+    _collect_quietly()
+    raise self._damaged(step, problem)
+
+  def restore_latest_intact(self, target: PyTree | None = None, *,
+                            sharding: jax.sharding.Sharding | None = None
+                            ) -> tuple[int, PyTree, dict[str, Any]] | None:
+    """(step, state, extra_json) of the latest checkpoint that restores intact.
+
+    A damaged later checkpoint is moved aside to `<step>.damaged` (so training
+    can save that step again) with a one-line warning. None when there is no
+    checkpoint at all.
+
+    Raises:
+      DamagedCheckpointError: every checkpoint is damaged.
+    """
+    damaged = []
+    for step in reversed(self.all_steps()):
+      try:
+        state, extra = self.restore(step, target, sharding=sharding)
+      except DamagedCheckpointError as e:
+        damaged.append((step, e.problem))
+        self._move_aside(step)
+        continue
+      for bad, problem in damaged:
+        logging.warning("checkpoint %s %s; moved it to %s%s and resumed from step %d",
+                        self._step_dir(bad), problem, self._step_dir(bad), DAMAGED_SUFFIX,
+                        step)
+      return step, state, extra
+    if damaged:
+      raise DamagedCheckpointError(
+          f"no intact checkpoint left in {self.directory} (damaged steps "
+          f"{_listing([str(s) for s, _ in damaged])} moved to <step>{DAMAGED_SUFFIX}); "
+          f"fix: delete {self.directory} and rerun to train from the start")
+    return None
+
+  def check_fits(self, target: PyTree, step: int | None = None, *,
+                 under: str | None = None) -> None:
+    """One-line CheckpointError unless `target` (arrays or shape structs) fits
+    the saved state at `step` (default: the latest), or its `under` subtree."""
+    self._check_target(self._resolve_step(step), target, under)
+
+  def fingerprint(self, steps: list[int]) -> str:
+    """A digest of `steps` and the checksums saved with them: it changes when
+    any of those checkpoints is saved again with other values."""
+    digest = hashlib.sha256()
+    for step in steps:
+      digest.update(json.dumps([int(step), self._saved_checksums(step)],
+                               sort_keys=True).encode())
+    return digest.hexdigest()[:16]
 
   def restore_json(self, step: int | None = None) -> dict[str, Any]:
     """Restores only the JSON item (e.g. the config needed to build the model)."""
@@ -274,6 +389,43 @@ class Checkpointer:
           "the saved steps")
     return int(step)
 
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def _damaged(self, step: int, problem: str) -> DamagedCheckpointError:
+    return DamagedCheckpointError(
+        f"checkpoint {self._step_dir(step)} {problem}; fix: delete that step "
+        "directory (an earlier checkpoint is used) or rerun training in a new workdir",
+        problem)
+
+  def _saved_checksums(self, step: int) -> dict[str, str | None] | None:
+    """The checksums saved with `step`, or None for a checkpoint without them."""
+    if not os.path.isdir(os.path.join(self._step_dir(step), CHECKSUMS)):
+      return None
+    try:
+      restored = self._manager.restore(
+          step, args=ocp.args.Composite(**{CHECKSUMS: ocp.args.JsonRestore()}))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._damaged(step, f"has unreadable checksums ({_first_line(e)})") from None
+    return dict(restored[CHECKSUMS] or {})
+
+  def _verify(self, step: int, state: PyTree) -> None:
+    """DamagedCheckpointError unless `state` matches the checksums saved with it."""
+    saved = self._saved_checksums(step)
+    if saved is None:
+      return
+    got = _checksums_by_path(state)
+    bad = sorted(p for p, c in got.items()
+                 if c is not None and saved.get(p) is not None and saved[p] != c)
+    if bad:
+      raise self._damaged(step, f"is damaged: {len(bad)} of {len(got)} arrays differ "
+                          f"from their saved checksums ({_listing(bad)})")
+
+  def _move_aside(self, step: int) -> None:
+    if jax.process_index() == 0:
+      os.replace(self._step_dir(step), self._step_dir(step) + DAMAGED_SUFFIX)
+    self._manager.reload()
+
   def _saved_tree(self, step: int, sharding: jax.sharding.Sharding | None
                   ) -> PyTree | None:
     """The saved state as `jax.ShapeDtypeStruct`s placed with `sharding`.
@@ -292,10 +444,14 @@ class Checkpointer:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
         tree)
 
-  def _check_target(self, step: int, target: PyTree) -> None:
-    """Raises a one-line CheckpointError when `target` does not fit `step`."""
+  def _check_target(self, step: int, target: PyTree, under: str | None = None) -> None:
+    """Raises a one-line CheckpointError when `target` does not fit `step`
+    (or its subtree `under`)."""
     item = self._manager.metadata(step).item_metadata[STATE]
     saved = _shapes_by_path(getattr(item, "tree", item))
+    if under is not None:
+      prefix = under + "/"
+      saved = {p[len(prefix):]: v for p, v in saved.items() if p.startswith(prefix)}
     wanted = _shapes_by_path(target)
     where = f"checkpoint {self.directory} step {step}"
     fix = ("fix: use the model config the checkpoint was saved with "

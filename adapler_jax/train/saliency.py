@@ -67,13 +67,24 @@ def normalise(saliency: np.ndarray) -> np.ndarray:
   return np.divide(saliency, total, out=np.zeros_like(saliency), where=total > 0)
 
 
-def save(path: Path, data: TokenizedDataset, saliency: np.ndarray, steps: list[int]) -> None:
-  """Stores saliency keyed by example id, with the token ids it belongs to."""
+def save(path: Path, data: TokenizedDataset, saliency: np.ndarray, steps: list[int],
+         source: str = "") -> None:
+  """Stores saliency keyed by example id, with the token ids it belongs to and the
+  `source` (a fingerprint) of the checkpoints it came from."""
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(".tmp.npz")
   np.savez_compressed(tmp, ids=np.asarray(data.ids), input_ids=data.input_ids,
-                      saliency=saliency.astype(np.float32), checkpoint_steps=np.asarray(steps))
+                      saliency=saliency.astype(np.float32), checkpoint_steps=np.asarray(steps),
+                      source=np.asarray(source))
   tmp.replace(path)
+
+
+def source(path: Path) -> str | None:
+  """The `source` stored with the saliency at `path`; None if there is none."""
+  if not path.exists():
+    return None
+  with np.load(path) as stored:
+    return str(stored["source"]) if "source" in stored else None
 
 
 def load_for(path: Path, data: TokenizedDataset) -> np.ndarray:

@@ -1,0 +1,54 @@
+"""Checks made before a run writes anything or takes a step, each failing with one line."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from adapler_jax.errors import UserError
+from adapler_jax.models import adapler
+from adapler_jax.models.bert import EncoderConfig
+from adapler_jax.train import classifier
+from adapler_jax.train.checkpoints import Checkpointer
+
+MIN_LENGTH = 2  # [CLS] and [SEP].
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Every `<section>.batch_size` is at least 1 and `data.max_length` at least 2."""
+  for section, fields in config.items():
+    if isinstance(fields, ml_collections.ConfigDict) and "batch_size" in fields:
+      if fields.batch_size < 1:
+        raise UserError(f"config {section}.batch_size is {fields.batch_size}; it must be at "
+                        f"least 1 (e.g. --config.{section}.batch_size=32)")
+  if config.data.max_length < MIN_LENGTH:
+    raise UserError(f"config data.max_length is {config.data.max_length}; it must be at least "
+                    f"{MIN_LENGTH} ([CLS] and [SEP]), e.g. --config.data.max_length=128")
+
+
+def check_max_length(config: ml_collections.ConfigDict, encoder: EncoderConfig) -> None:
+  """`data.max_length` fits the backbone's position table (beyond it embeddings are NaN)."""
+  positions = encoder.max_position_embeddings
+  if config.data.max_length > positions:
+    raise UserError(f"config data.max_length {config.data.max_length} exceeds the {positions} "
+                    f"positions of backbone {config.backbone}; pass "
+                    f"--config.data.max_length={positions} or less")
+
+
+def check_checkpoints(run) -> None:
+  """The workdir's checkpoints, if any, fit the models this run builds (same backbone shape,
+  labels); raises a one-line `CheckpointError` before anything is overwritten."""
+  from adapler_jax.pipeline import lat_phases, phases  # pylint: disable=g-import-not-at-top
+  key = jax.random.key(0)
+  classifier_params = lambda: classifier.init_classifier(key, run.encoder, run.num_labels,
+                                                         run.backbone)
+  models = {
+      phases.FINETUNE: classifier_params,
+      phases.ADAPLER: lambda: adapler.init(key, run.adapler_config(), run.backbone),
+      lat_phases.LENGTHDROP: classifier_params,
+  }
+  for name, init in models.items():
+    ckpt = Checkpointer(run.workdir / name, read_only=True)
+    if ckpt.latest_step() is not None:
+      ckpt.check_fits(jax.eval_shape(init), under="params")
+    ckpt.close()

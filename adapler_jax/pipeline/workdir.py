@@ -1,0 +1,78 @@
+"""The workdir's own safety: one process at a time, and files that are whole or absent.
+
+A run holds an exclusive `flock` on `WORKDIR/.lock` for as long as its process lives; the
+kernel drops it when the process ends, however it ends, so a lock file left by a killed run
+never blocks the next one. Files are written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import sys
+from pathlib import Path
+
+from adapler_jax.errors import UserError
+
+LOCK_FILE = ".lock"
+_held: dict[Path, int] = {}  # workdir -> the open lock file of this process.
+
+
+def check_dir(workdir: str | os.PathLike[str]) -> Path:
+  """`workdir` as a Path; one-line `UserError` when it exists and is not a directory."""
+  path = Path(workdir)
+  if path.exists() and not path.is_dir():
+    raise UserError(f"--workdir {path} is a file, not a directory; pass a directory "
+                    "(it is created if missing)")
+  return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+  """Writes `text` to `path` whole: a reader sees the old file or the new one, never a part."""
+  path = Path(path)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def lock(workdir: str | os.PathLike[str]) -> None:
+  """Takes `workdir` (created if missing) for the rest of this process; reentrant.
+
+  Raises:
+    UserError: another live process holds it (the message names that process).
+  """
+  path = check_dir(workdir).resolve()
+  if path in _held:
+    return
+  path.mkdir(parents=True, exist_ok=True)
+  fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+    os.close(fd)
+    raise UserError(f"{path} is in use by {holder}; wait for it to end or pass another "
+                    "--workdir") from None
+  os.ftruncate(fd, 0)
+  os.write(fd, f"process {os.getpid()} on {socket.gethostname()} "
+               f"({' '.join(sys.argv)[:200]})\n".encode())
+  _held[path] = fd
+
+
+def unlock(workdir: str | os.PathLike[str]) -> None:
+  """Releases a lock taken by `lock` in this process (no-op if not held)."""
+  fd = _held.pop(Path(workdir).resolve(), None)
+  if fd is not None:
+    os.close(fd)  # closing the only descriptor drops the flock.
+
+
+def record_config(run, phase: str) -> None:
+  """Writes the config `phase` runs with to `WORKDIR/config.<phase>.json` (process 0)."""
+  if run.is_main_process:
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.workdir / f"config.{phase}.json",
+                      run.config.to_json_best_effort(indent=2))

@@ -1,0 +1,392 @@
+"""What happens when things go wrong: no silent corruption, no lost run state, and one line
+(exit status 2 from the CLIs) for every bad input. Tiny model, tiny demo data."""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+
+from adapler_jax import pipeline
+from adapler_jax.data import load_split
+from adapler_jax.errors import DataError, InputError, UserError
+from adapler_jax.models import adapler
+from adapler_jax.models.bert import EncoderConfig
+from adapler_jax.pipeline import workdir as workdir_lib
+from adapler_jax.train import classifier
+from adapler_jax.train.checkpoints import CheckpointError, DamagedCheckpointError
+from adapler_jax.train.guards import NonFiniteError
+from tests.test_pipeline import ROOT, TINY, tiny_backbone, tiny_config, write_backbone  # pylint: disable=unused-import
+
+
+def small_config(backbone: Path):
+  """`tiny_config` cut to 2 fine-tuning steps and 2 AdapLeR epochs of 2 steps."""
+  c = tiny_config(backbone)
+  c.data.train_subset, c.data.dev_subset = 32, 8
+  c.train.epochs = 1
+  return c
+
+
+CACHE_OPTIONS = {"jax_persistent_cache_min_compile_time_secs": 0,
+                 "jax_persistent_cache_min_entry_size_bytes": 0}
+_cache_env: dict[str, str] = {}  # the same cache for CLI subprocesses.
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(tmp_path_factory):
+  """One persistent compilation cache for this module's runs and CLI calls: every phase
+  builds fresh jitted functions, which would otherwise compile again in each test."""
+  options = dict(CACHE_OPTIONS, jax_compilation_cache_dir=str(tmp_path_factory.mktemp("xla")))
+  saved = {k: getattr(jax.config, k) for k in options}
+  for k, v in options.items():
+    jax.config.update(k, v)
+  compilation_cache.reset_cache()
+  _cache_env.update({k.upper(): str(v) for k, v in options.items()})
+  yield
+  _cache_env.clear()
+  for k, v in saved.items():
+    jax.config.update(k, v)
+  compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_backbone, tmp_path_factory) -> Path:
+  """A finished run of every phase (do not modify: tests work on copies)."""
+  workdir = tmp_path_factory.mktemp("finished") / "run"
+  pipeline.run_phase(pipeline.prepare(small_config(tiny_backbone), workdir), "all")
+  return workdir
+
+
+@pytest.fixture
+def run_dir(finished, tmp_path) -> Path:
+  """A copy of the finished run."""
+  return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
+def snapshot(workdir: Path) -> dict[str, tuple[str, int]]:
+  """Every file under `workdir` by path: (sha256 of its bytes, mtime in ns); not the lock
+  file, which names whichever process took the workdir last."""
+  return {str(p.relative_to(workdir)): (hashlib.sha256(p.read_bytes()).hexdigest(),
+                                        p.stat().st_mtime_ns)
+          for p in sorted(workdir.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def cli(*args, timeout=300) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout, env={**os.environ, **_cache_env})
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+  """The CLI's only stderr line, after checking it failed with status 2."""
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+  assert lines[0].startswith("error: ")
+  return lines[0][len("error: "):]
+
+
+def metric_rows(workdir: Path) -> list[tuple[str, int]]:
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [(r["phase"], r["step"]) for r in rows]
+
+
+# ----------------------------------------------------------------- 1. training past positions
+
+
+def test_max_length_beyond_the_positions_is_refused_before_any_step(tiny_backbone, run_dir):
+  before = snapshot(run_dir)
+  config = small_config(tiny_backbone)
+  config.data.max_length = 128  # TINY has 64 positions.
+  with pytest.raises(UserError) as err:
+    pipeline.prepare(config, run_dir)
+  assert str(err.value) == (f"config data.max_length 128 exceeds the 64 positions of backbone "
+                            f"{tiny_backbone}; pass --config.data.max_length=64 or less")
+  assert snapshot(run_dir) == before
+
+
+def test_non_finite_loss_stops_training_before_a_checkpoint(tiny_backbone, tmp_path,
+                                                            monkeypatch):
+  real = classifier.make_finetune_step
+
+  def nan_loss_step(*args, **kwargs):
+    step = real(*args, **kwargs)
+
+    def nan_step(state, batch):
+      state, metrics = step(state, batch)
+      return state, {**metrics, "loss": metrics["loss"] * jnp.nan}
+    return nan_step
+
+  monkeypatch.setattr(classifier, "make_finetune_step", nan_loss_step)
+  workdir = tmp_path / "run"
+  with pytest.raises(NonFiniteError) as err:
+    pipeline.finetune(pipeline.prepare(small_config(tiny_backbone), workdir))
+  assert str(err.value) == ("finetune step 1: loss is nan; stopped before saving it. Lower "
+                            "the learning rate and rerun")
+  assert not [p for p in (workdir / "finetune").iterdir() if p.name.isdigit()]
+
+
+# ----------------------------------------------------------------- 2. config.json on a rerun
+
+
+def test_failed_rerun_leaves_the_workdir_as_it_was(tiny_backbone, run_dir, tmp_path):
+  before = snapshot(run_dir)
+  bad_data = small_config(tiny_backbone)
+  bad_data.data.data_dir = str(tmp_path / "nowhere")
+  with pytest.raises(DataError, match=r"^demo: vocabulary file .*nowhere not found; pass a "):
+    pipeline.prepare(bad_data, run_dir)
+
+  wider = small_config(write_backbone(tmp_path, EncoderConfig.tiny(
+      vocab_size=TINY.vocab_size, hidden_size=48, max_position_embeddings=64)))
+  with pytest.raises(CheckpointError) as err:
+    pipeline.prepare(wider, run_dir)
+  msg = str(err.value)
+  assert "\n" not in msg and msg.startswith(f"checkpoint {run_dir / 'finetune'} step 2 has "
+                                           "shapes ")
+  assert re.search(r"has shapes .*32.* that do not match the model's .*48", msg)
+  assert snapshot(run_dir) == before
+
+
+def test_each_phase_records_the_config_it_ran_with(tiny_backbone, run_dir):
+  checkpoints = snapshot(run_dir / "finetune")
+  config = small_config(tiny_backbone)
+  config.train.learning_rate = 0.25
+  pipeline.finetune(pipeline.prepare(config, run_dir))  # finished: resumes at the end.
+  recorded = json.loads((run_dir / "config.finetune.json").read_text())
+  assert recorded["train"]["learning_rate"] == 0.25
+  assert json.loads((run_dir / "config.json").read_text()) == recorded
+  assert json.loads((run_dir / "config.adapler.json").read_text())["train"][
+      "learning_rate"] == 1e-3
+  assert snapshot(run_dir / "finetune") == checkpoints
+
+
+# ----------------------------------------------------------------- 3. damaged checkpoints
+
+
+def _array_files(step_dir: Path) -> list[Path]:
+  files = [p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
+  return sorted(files, key=lambda p: p.stat().st_size, reverse=True)
+
+
+def test_flipped_checkpoint_bytes_stop_evaluation(run_dir):
+  step = json.loads((run_dir / "summary.json").read_text())["adapler_step"]
+  target = _array_files(run_dir / "adapler" / str(step))[0]
+  data = bytearray(target.read_bytes())
+  data[100:686] = bytes(b ^ 0xFF for b in data[100:686])  # 586 bytes.
+  target.write_bytes(bytes(data))
+  before = snapshot(run_dir)
+  with pytest.raises(DamagedCheckpointError) as err:
+    pipeline.load_run(run_dir)
+  assert str(err.value).startswith(f"checkpoint {run_dir / 'adapler' / str(step)} is damaged: ")
+  assert "arrays differ from their saved checksums" in str(err.value)
+  assert snapshot(run_dir) == before
+
+
+def test_truncated_checkpoint_is_one_line_from_evaluate(run_dir):
+  step = json.loads((run_dir / "summary.json").read_text())["adapler_step"]
+  with open(_array_files(run_dir / "adapler" / str(step))[0], "r+b") as f:
+    f.truncate(64)
+  before = snapshot(run_dir)
+  msg = one_line_error(cli("evaluate.py", "--workdir", str(run_dir)))
+  assert msg.startswith(f"checkpoint {run_dir / 'adapler' / str(step)} cannot be read (")
+  assert msg.endswith("fix: delete that step directory (an earlier checkpoint is used) or "
+                      "rerun training in a new workdir")
+  assert snapshot(run_dir) == before
+
+
+# ----------------------------------------------------------------- 4. two processes
+
+
+def test_second_process_is_refused_and_a_killed_ones_lock_is_not(tiny_backbone, run_dir):
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys; from adapler_jax.pipeline import workdir; "
+       f"workdir.lock({str(run_dir)!r}); print('locked', flush=True); sys.stdin.read()"],
+      cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    before = snapshot(run_dir)
+    with pytest.raises(UserError) as err:
+      pipeline.prepare(small_config(tiny_backbone), run_dir)
+    assert str(err.value).startswith(
+        f"{run_dir} is in use by process {holder.pid} on {socket.gethostname()} (-c); ")
+    assert str(err.value).endswith("wait for it to end or pass another --workdir")
+    assert snapshot(run_dir) == before
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  assert f"process {holder.pid}" in (run_dir / ".lock").read_text()  # stale: left behind.
+  pipeline.prepare(small_config(tiny_backbone), run_dir)
+  assert f"process {os.getpid()}" in (run_dir / ".lock").read_text()
+
+
+# ----------------------------------------------------------------- 5. stale saliency
+
+
+def test_saliency_is_recomputed_when_fine_tuning_is_redone(tiny_backbone, run_dir):
+  old = (run_dir / "saliency.npz").read_bytes()
+  shutil.rmtree(run_dir / "finetune")
+  config = small_config(tiny_backbone)
+  config.train.eval_every_steps = 1  # other checkpoints to average saliency over.
+  run = pipeline.prepare(config, run_dir)
+  pipeline.finetune(run)
+  assert pipeline.phases.saliency_lib.source(run_dir / "saliency.npz") != \
+      pipeline.phases.saliency_source(run)
+  adapler_before = snapshot(run_dir / "adapler")
+  with pytest.raises(UserError) as err:  # AdapLeR trained on the old saliency: not resumed.
+    pipeline.run_all(run)
+  assert str(err.value) == (
+      f"{run_dir / 'adapler'} was trained on a saliency.npz since recomputed from other "
+      f"fine-tuned checkpoints; delete {run_dir / 'adapler'} to train AdapLeR on the new one")
+  assert (run_dir / "saliency.npz").read_bytes() != old
+  assert pipeline.phases.saliency_lib.source(run_dir / "saliency.npz") == \
+      pipeline.phases.saliency_source(run)
+  assert snapshot(run_dir / "adapler") == adapler_before
+
+
+# ----------------------------------------------------------------- 6. metrics of a resumed run
+
+
+def test_resumed_adapler_epoch_logs_each_row_once(tiny_backbone, run_dir):
+  rows = metric_rows(run_dir)
+  last = max(int(p.name) for p in (run_dir / "adapler").iterdir() if p.name.isdigit())
+  shutil.rmtree(run_dir / "adapler" / str(last))  # killed before the last epoch's save ...
+  with open(run_dir / "metrics.jsonl", "a") as f:
+    f.write('{"phase": "adapler", "st')  # ... and in the middle of a row.
+  kept = snapshot(run_dir / "adapler")
+  pipeline.train_adapler(pipeline.prepare(small_config(tiny_backbone), run_dir))
+  assert metric_rows(run_dir) == rows
+  assert all(snapshot(run_dir / "adapler")[k] == v for k, v in kept.items())
+
+
+# ----------------------------------------------------------------- bad inputs: one line each
+
+
+def test_missing_config_file():
+  msg = one_line_error(cli("train.py", "--config", "configs/nope.py", "--workdir", "/tmp/x"))
+  assert msg == ("config file configs/nope.py cannot be loaded ([Errno 2] No such file or "
+                 "directory: 'configs/nope.py'); pass --config configs/<task>.py")
+
+
+def test_unknown_config_field():
+  msg = one_line_error(cli("train.py", "--config=configs/demo.py", "--workdir=/tmp/x",
+                           "--config.train.batchsize=8"))
+  assert msg == ("override '--config.train.batchsize=8': the config has no field "
+                 "'train.batchsize' (did you mean 'train.batch_size'?); write KEY=VALUE with "
+                 "a dotted key such as adapler.phi=1e-3")
+
+
+@pytest.mark.parametrize("section", ["train", "eval", "saliency", "adapler"])
+@pytest.mark.parametrize("size", [0, -4])
+def test_batch_sizes_below_one_are_refused_first(tiny_backbone, tmp_path, section, size):
+  config = small_config(tiny_backbone)
+  config[section].batch_size = size
+  with pytest.raises(UserError) as err:
+    pipeline.prepare(config, tmp_path / "run")
+  assert str(err.value) == (f"config {section}.batch_size is {size}; it must be at least 1 "
+                            f"(e.g. --config.{section}.batch_size=32)")
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("length", [1, 0])
+def test_max_length_below_two(tiny_backbone, tmp_path, length):
+  config = small_config(tiny_backbone)
+  config.data.max_length = length
+  with pytest.raises(UserError) as err:
+    pipeline.prepare(config, tmp_path / "run")
+  assert str(err.value) == (f"config data.max_length is {length}; it must be at least 2 "
+                            "([CLS] and [SEP]), e.g. --config.data.max_length=128")
+
+
+def test_non_utf8_data_file_names_the_file_and_line(tmp_path):
+  (tmp_path / "train.tsv").write_bytes(b"sentence\tlabel\na fine film\t1\nun caf\xe9\t0\n")
+  with pytest.raises(DataError) as err:
+    load_split("sst2", "train", tmp_path)
+  assert str(err.value) == (f"{tmp_path.name}/train.tsv line 3: not UTF-8 text (byte 0xe9); "
+                            "convert the file to UTF-8")
+
+
+def test_workdir_that_is_a_file(tiny_backbone, tmp_path):
+  path = tmp_path / "file"
+  path.write_text("not a directory")
+  want = f"--workdir {path} is a file, not a directory; pass a directory (it is created if missing)"
+  with pytest.raises(UserError, match="^" + re.escape(want) + "$"):
+    pipeline.prepare(small_config(tiny_backbone), path)
+  assert one_line_error(cli("evaluate.py", "--workdir", str(path))) == want
+  assert path.read_text() == "not a directory"
+
+
+def test_evaluate_unknown_split_names_the_available_ones(finished):
+  assert one_line_error(cli("evaluate.py", "--workdir", str(finished), "--split", "val")) == (
+      "flag --split=val: value should be one of <dev|test|train>")
+  run = pipeline.prepare(pipeline.read_config(finished), finished, record=False)
+  with pytest.raises(UserError, match=r"^no split 'val'; use one of train, dev, test \(as the "
+                     r"config defines them\)$"):
+    run.dataset("val")
+
+
+@pytest.mark.parametrize("size", ["0", "-3"])
+def test_evaluate_batch_size_below_one(finished, size):
+  assert one_line_error(cli("evaluate.py", "--workdir", str(finished), f"--batch-size={size}")) \
+      == f"flag --batch_size={size}: {size} is not a positive integer"
+
+
+def test_evaluate_half_finished_workdir_creates_nothing(run_dir):
+  shutil.rmtree(run_dir / "adapler")
+  (run_dir / "summary.json").unlink()
+  before = snapshot(run_dir)
+  msg = one_line_error(cli("evaluate.py", "--workdir", str(run_dir)))
+  assert msg == f"no AdapLeR checkpoint in {run_dir / 'adapler'}; run --phase adapler"
+  assert not (run_dir / "adapler").exists() and snapshot(run_dir) == before
+
+
+def test_explain_refuses_an_empty_text_and_announces_truncation(finished, tmp_path):
+  assert one_line_error(cli("evaluate.py", "--workdir", str(finished), "--explain", "  ")) == (
+      "--explain got an empty text; pass the text to explain, e.g. --explain \"a gentle, funny "
+      "film\"")
+  proc = cli("evaluate.py", "--workdir", str(finished), "--explain", "word " * 40,
+             "--output", str(tmp_path / "map"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.splitlines()[0] == ("note: the text has 42 tokens; the map shows its "
+                                         "first 16 (data.max_length)")
+
+
+def test_hard_forward_takes_one_example():
+  cfg = adapler.AdapLeRConfig(EncoderConfig.tiny(max_position_embeddings=8), num_labels=2)
+  params = adapler.init(jax.random.key(0), cfg)
+  for ids in (np.ones((2, 5), np.int32), np.ones((1, 5), np.int32), np.ones(0, np.int32),
+              np.ones(9, np.int32)):
+    with pytest.raises(InputError) as err:
+      adapler.hard_forward(cfg, params, ids)
+    assert str(err.value) == (
+        "hard_forward takes one example of shape (n,) with 1 <= n <= 8 (the model's "
+        f"positions), got shape {ids.shape}; for a batch use infer.AdaptiveEngine")
+
+
+def test_init_with_a_backbone_of_another_width():
+  cfg = adapler.AdapLeRConfig(EncoderConfig.tiny(), num_labels=2)
+  wide = adapler.init(jax.random.key(0), adapler.AdapLeRConfig(
+      EncoderConfig.tiny(hidden_size=48), num_labels=2))["model"]["bert"]
+  with pytest.raises(InputError) as err:
+    adapler.init(jax.random.key(0), cfg, backbone=wide)
+  assert str(err.value) == (
+      "backbone does not fit the config: parameter shapes differ (word embeddings (128, 48) "
+      "against the config's (128, 32), 2 layers); build the AdapLeRConfig from the "
+      "backbone's EncoderConfig (load_backbone returns it)")
+
+
+def test_atomic_write_keeps_the_old_file_until_the_rename(tmp_path, monkeypatch):
+  path = tmp_path / "config.json"
+  workdir_lib.atomic_write_text(path, "old")
+  monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+  with pytest.raises(KeyboardInterrupt):
+    workdir_lib.atomic_write_text(path, "new " * 1000)
+  assert path.read_text() == "old"
