@@ -48,7 +48,14 @@ _LENGTH_CONFIG = flags.DEFINE_string("length_config", None, "LAT: per-layer leng
                                      "max length, e.g. 52,42,34,28,23,19.")
 _LENGTH_RATIO = flags.DEFINE_float("length_ratio", None, "LAT: a constant per-layer ratio, "
                                    "l_i = ceil((1 - r) l_{i-1}); 0.2 is the smallest sub-model.")
+_FLOPS_BUDGET = flags.DEFINE_float("flops_budget", None, "LAT with a search: the best frontier "
+                                   "point costing at most this fraction of the full model "
+                                   "(in the search's cost convention).")
+_MAX_DROP = flags.DEFINE_float("max_drop", None, "LAT with a search: the cheapest frontier "
+                               "point within this many metric points of the full model.")
 flags.DEFINE_alias("batch-size", "batch_size")
+flags.DEFINE_alias("flops-budget", "flops_budget")
+flags.DEFINE_alias("max-drop", "max_drop")
 flags.DEFINE_alias("length-config", "length_config")
 flags.DEFINE_alias("length-ratio", "length_ratio")
 flags.mark_flag_as_required("workdir")
@@ -62,8 +69,10 @@ def main(argv):
                     "--explain \"a gentle, funny film\"")
   if pipeline.read_config(_WORKDIR.value).get("method", "adapler") == "lat":
     return evaluate_lat()
-  if _LENGTH_CONFIG.value or _LENGTH_RATIO.value is not None:
-    raise UserError("--length-config and --length-ratio apply to LAT runs; this run is AdapLeR")
+  if (_LENGTH_CONFIG.value or _LENGTH_RATIO.value is not None
+      or _FLOPS_BUDGET.value is not None or _MAX_DROP.value is not None):
+    raise UserError("--length-config, --length-ratio, --flops-budget and --max-drop apply to "
+                    "LAT runs; this run is AdapLeR")
   trained = pipeline.load_run(_WORKDIR.value)
   config = trained.config
   if _EXPLAIN.value is not None:
@@ -87,14 +96,24 @@ def evaluate_lat() -> None:
   """A LAT run's LengthDrop model at a length config, through the gather engine."""
   from adapler_jax.pipeline import lat_phases  # pylint: disable=g-import-not-at-top
   from adapler_jax.reduce import lengths  # pylint: disable=g-import-not-at-top
-  if _LENGTH_CONFIG.value and _LENGTH_RATIO.value is not None:
-    raise UserError("pass --length-config or --length-ratio, not both")
+  from adapler_jax.pipeline import lat_search  # pylint: disable=g-import-not-at-top
+  dials = [_LENGTH_CONFIG.value, _LENGTH_RATIO.value is not None, _FLOPS_BUDGET.value is not None,
+           _MAX_DROP.value is not None]
+  if sum(map(bool, dials)) > 1:
+    raise UserError("pass one of --length-config, --length-ratio, --flops-budget, --max-drop")
+  chosen = None
+  if _FLOPS_BUDGET.value is not None or _MAX_DROP.value is not None:
+    frontier = lat_search.load_frontier(_WORKDIR.value)
+    chosen = lat_search.pick(frontier, flops_budget=_FLOPS_BUDGET.value,
+                             max_drop=_MAX_DROP.value)
   config = pipeline.read_config(_WORKDIR.value)
   if _BATCH.value is not None:
     config.eval.batch_size = _BATCH.value
   run = pipeline.prepare(config, _WORKDIR.value, record=False)
   base, layers = run.config.data.max_length, run.encoder.num_layers
-  if _LENGTH_CONFIG.value:
+  if chosen is not None:
+    lengths_ = tuple(chosen["config"])
+  elif _LENGTH_CONFIG.value:
     lengths_ = lengths.validate_config(lengths.parse_config(_LENGTH_CONFIG.value), base, layers,
                                        keep_cls=run.config.lat.keep_cls)
   elif _LENGTH_RATIO.value is not None:
@@ -110,6 +129,11 @@ def evaluate_lat() -> None:
   reduced = lat_phases.evaluate_at(run, params, data, lengths_)
   out = {"task": run.task.name, "split": _SPLIT.value, "method": "lat",
          "lengthdrop_step": step, "full_metric": full["metric"], **reduced}
+  if chosen is not None:
+    out["chosen_from_frontier"] = {"rule": {"flops_budget": _FLOPS_BUDGET.value,
+                                            "max_drop": _MAX_DROP.value}, **chosen}
+    (Path(_WORKDIR.value) / lat_search.SEARCH_DIR / "chosen.json").write_text(
+        json.dumps(out["chosen_from_frontier"], indent=2))
   path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"eval_{_SPLIT.value}.json")
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(out, indent=2))

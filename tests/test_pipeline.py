@@ -175,3 +175,25 @@ def test_lat_phases_and_evaluation(tiny_backbone, tmp_path):
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines() == [
       "error: length config (8, 12) must be non-increasing layer by layer"]
+
+  # The anytime search on held-out train rows, then the budget dial over its frontier.
+  config.search.iterations, config.search.population = 2, 3
+  config.search.mutations = config.search.crossovers = 3
+  config.search.held_out = 32
+  result = pipeline.run_phase(pipeline.prepare(config, workdir), "search")
+  on_disk = json.loads((workdir / "search" / "frontier.json").read_text())
+  assert on_disk["frontier"] == result["frontier"] and result["held_out_rows"] == 32
+  costs = [r["padded_fraction"] for r in result["frontier"]]
+  scores = [r["held_out_metric"] for r in result["frontier"]]
+  assert costs == sorted(costs) and all(b > a for a, b in zip(scores, scores[1:]))
+  stored = (workdir / "search" / "store.jsonl").read_text().splitlines()
+  assert len(stored) == result["scored"] == len({tuple(json.loads(l)["gene"]) for l in stored})
+  budget = max(costs)
+  proc = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(workdir),
+                         "--flops-budget", str(budget), "--output", str(out)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  chosen = json.loads(out.read_text())["chosen_from_frontier"]
+  best = max(result["frontier"], key=lambda r: r["held_out_metric"])
+  assert chosen["config"] == best["config"] == json.loads(out.read_text())["length_config"]
+  assert json.loads((workdir / "search" / "chosen.json").read_text())["config"] == best["config"]

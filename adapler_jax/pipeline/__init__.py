@@ -1,10 +1,10 @@
 """Training pipeline: a small registry of resumable phases per method.
 
-AdapLeR: finetune -> saliency -> adapler -> evaluate. LAT: finetune -> lengthdrop -> evaluate.
+AdapLeR: finetune -> saliency -> adapler -> evaluate. LAT: finetune -> lengthdrop -> evaluate, and `search` for its anytime frontier.
 """
 
 from adapler_jax.errors import UserError
-from adapler_jax.pipeline import lat_phases
+from adapler_jax.pipeline import lat_phases, lat_search
 from adapler_jax.pipeline.config import base_config
 from adapler_jax.pipeline.context import Run, prepare, read_config
 from adapler_jax.pipeline.phases import (TrainedRun, extract_saliency, finetune,
@@ -16,9 +16,10 @@ METHOD_PHASES = {
     "adapler": {"all": run_all, "finetune": finetune, "saliency": extract_saliency,
                 "adapler": train_adapler, "evaluate": summarize},
     "lat": {"all": lat_phases.run_all, "finetune": finetune,
-            "lengthdrop": lat_phases.train_lengthdrop, "evaluate": lat_phases.summarize},
+            "lengthdrop": lat_phases.train_lengthdrop, "search": lat_search.run_search,
+            "evaluate": lat_phases.summarize},
 }
-PHASES = ("all", "finetune", "saliency", "adapler", "lengthdrop", "evaluate")
+PHASES = ("all", "finetune", "saliency", "adapler", "lengthdrop", "search", "evaluate")
 
 
 def run_phase(run: Run, phase: str):
@@ -35,6 +36,8 @@ def run_phase(run: Run, phase: str):
 
 def format_result(run: Run, summary: dict) -> str:
   """The terminal table of a summary, for the run's method."""
+  if "frontier" in summary:
+    return lat_search.format_frontier(summary)
   if run.config.get("method", "adapler") == "lat":
     return lat_phases.format_summary(summary)
   return format_summary(summary)

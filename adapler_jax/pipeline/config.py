@@ -83,6 +83,18 @@ def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
   c.lat.eval_length_config = ""  # e.g. "52,42,34,28,23,19"; "" = eval_length_ratio.
   c.lat.eval_length_ratio = 0.2
 
+  c.search = ml_collections.ConfigDict()  # evolutionary search (LAT defaults: 30/20/30/30).
+  c.search.iterations = 30
+  c.search.population = 20
+  c.search.mutations = 30
+  c.search.crossovers = 30
+  c.search.mutation_prob = 0.5
+  c.search.max_attempts = 1000
+  c.search.seed = 0
+  c.search.held_out = 872  # fitness rows, held out of train (never the reported split).
+  c.search.batch_size = 64
+  c.search.cost = "padded"  # frontier cost: "padded" MACs (LAT) or "actual" FLOPs.
+
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "dev"
   c.eval.batch_size = 32

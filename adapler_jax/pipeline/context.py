@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import ml_collections
 from jax.sharding import Mesh
 
@@ -76,6 +77,30 @@ class Run:
     if split not in self._data:
       self._data.update(_load_splits(self.config, self.task, self.tokenizer, split))
     return self._data[split]
+
+
+  def search_split(self, size: int) -> TokenizedDataset:
+    """A seeded held-out part of train that training never saw (the rows outside
+    `data.train_subset`), `size` rows: the fitness split of a search, never a reported one."""
+    key = f"search_{size}"
+    if key not in self._data:
+      d = self.config.data
+      if d.resplit_train or not d.train_subset:
+        raise UserError("the search scores configs on train rows that training never saw; "
+                        "set --config.data.train_subset below the train split's size")
+      train = load_split(self.task, d.train_split, d.data_dir or None, tokenizer=self.tokenizer,
+                         max_length=d.max_length)
+      if d.train_subset >= len(train):
+        raise UserError(f"data.train_subset {d.train_subset} uses all {len(train)} train rows; "
+                        "lower it so the search has held-out rows")
+      used = np.random.default_rng(self.config.seed).choice(len(train), d.train_subset,
+                                                             replace=False)
+      rest = np.setdiff1d(np.arange(len(train)), used)
+      pick = np.sort(np.random.default_rng(self.config.seed + 1).choice(
+          rest, min(size, len(rest)), replace=False))
+      self._data[key] = tokenize(train.take(pick, f"{train.source} (held out for search)"),
+                                 self.tokenizer, d.max_length)
+    return self._data[key]
 
 
 def _load_splits(config, task: TaskSpec, tokenizer, wanted: str) -> dict[str, TokenizedDataset]:

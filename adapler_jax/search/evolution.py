@@ -1,0 +1,209 @@
+"""The LAT evolutionary search of per-layer length configs, with its defects fixed.
+
+A gene is a non-increasing tuple of per-layer values in [floor_value, upper]. Each
+iteration takes the Pareto frontier (cost, metric) of everything scored so far as the
+population, then adds `mutations` mutated and `crossovers` crossed-over children of it.
+Against the LAT authors' code:
+
+* the frontier is correct: no dominated member, and of equal-cost genes the better stays;
+* every loop has an attempt cap, so a population that yields no new child ends;
+* genes cheaper than `floor_cost` are never scored;
+* a `Store` (JSON lines, one scored gene per line) caches every evaluation, so the
+  evaluator runs once per distinct gene and a killed search resumes without re-scoring;
+* the same seed gives the same search (cached genes consume no randomness).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+Gene = tuple[int, ...]
+
+
+def mutate(rng: np.random.Generator, parent: Gene, upper: int, floor_value: int,
+           prob: float = 0.5) -> Gene:
+  """Each layer, with `prob`, redrawn uniformly between its neighbours: the child's previous
+  value (`upper` for layer 0) and the parent's next value (`floor_value` after the last)."""
+  child: list[int] = []
+  for i, value in enumerate(parent):
+    prev = upper if i == 0 else child[-1]
+    nxt = parent[i + 1] if i + 1 < len(parent) else floor_value
+    child.append(int(rng.integers(nxt, prev + 1)) if rng.random() < prob else min(value, prev))
+  return tuple(child)
+
+
+def crossover(a: Gene, b: Gene) -> Gene:
+  """The ceiling of the mean, layer by layer (non-increasing when both parents are)."""
+  return tuple((x + y + 1) // 2 for x, y in zip(a, b))
+
+
+def pareto_front(scored: dict[Gene, tuple[float, float]]) -> list[Gene]:
+  """Genes no other gene beats on both cost (lower) and metric (higher), by rising cost.
+
+  `scored` maps gene -> (cost, metric). Of genes with equal cost only the best stays; a
+  gene enters only if it scores strictly better than every cheaper one.
+  """
+  order = sorted(scored, key=lambda g: (scored[g][0], -scored[g][1], g))
+  front, best = [], -np.inf
+  for gene in order:
+    if scored[gene][1] > best:
+      front.append(gene)
+      best = scored[gene][1]
+  return front
+
+
+def frontier_area(front: Sequence[Gene], scored: dict, lower: float, upper: float) -> float:
+  """Normalised area under the frontier's step function over [lower, upper] cost (the
+  LAT paper's convergence measure): each point's metric holds until the next point."""
+  if not front or upper <= lower:
+    return 0.0
+  costs = [scored[g][0] for g in front] + [upper]
+  return float(sum((costs[i + 1] - costs[i]) * scored[g][1] for i, g in enumerate(front))
+               / (upper - lower))
+
+
+def pick_budget(front: Sequence[Gene], scored: dict, budget: float) -> Gene | None:
+  """The best-scoring frontier gene costing at most `budget` (None if none does)."""
+  within = [g for g in front if scored[g][0] <= budget]
+  return max(within, key=lambda g: (scored[g][1], -scored[g][0])) if within else None
+
+
+def pick_max_drop(front: Sequence[Gene], scored: dict, reference: float,
+                  max_drop: float) -> Gene | None:
+  """The cheapest frontier gene whose metric is at least `reference - max_drop` (LAT's
+  dagger rule with max_drop 0: cheapest with accuracy >= standard)."""
+  within = [g for g in front if scored[g][1] >= reference - max_drop - 1e-12]
+  return min(within, key=lambda g: (scored[g][0], -scored[g][1])) if within else None
+
+
+class Store:
+  """Scored genes, one JSON object per line: `{"gene", "cost", "metric", "seconds", ...}`.
+
+  Appends are flushed line by line, so a killed search keeps everything it scored; a line
+  cut short by the kill is ignored when the store is read back.
+  """
+
+  def __init__(self, path: str | Path):
+    self.path = Path(path)
+    self.records: dict[Gene, dict] = {}
+    if self.path.exists():
+      for line in self.path.read_text(encoding="utf-8").splitlines():
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # a line cut short by a kill.
+        self.records[tuple(record["gene"])] = record
+
+  def __contains__(self, gene: Gene) -> bool:
+    return gene in self.records
+
+  def add(self, gene: Gene, record: dict) -> None:
+    record = {"gene": list(gene), **record}
+    self.records[gene] = record
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+  """The authors' values: 30 iterations, 20 initial genes, 30 + 30 children, p 0.5."""
+
+  iterations: int = 30
+  population: int = 20
+  mutations: int = 30
+  crossovers: int = 30
+  mutation_prob: float = 0.5
+  max_attempts: int = 1000  # per operator and iteration.
+  seed: int = 0
+
+
+def initial_population(cost: Callable[[Gene], float], make: Callable[[float], Gene],
+                       lower: Gene, upper: Gene, size: int) -> list[Gene]:
+  """`lower`, `upper`, and `size` genes `make(r)` whose costs are spread evenly between
+  theirs (r found by bisection in [0, r_lower], `make(0) == upper`)."""
+  lo_cost, hi_cost = cost(lower), cost(upper)
+  genes = [lower, upper]
+  for target in np.linspace(lo_cost, hi_cost, size + 2)[1:-1]:
+    a, b = 0.0, 1.0
+    while cost(make(b)) > lo_cost and b < 64:
+      b *= 2
+    for _ in range(40):  # cost falls as r grows.
+      mid = (a + b) / 2
+      a, b = (mid, b) if cost(make(mid)) > target else (a, mid)
+    gene = make((a + b) / 2)
+    if gene not in genes:
+      genes.append(gene)
+  return genes
+
+
+def evolve(evaluate: Callable[[Gene], float], cost: Callable[[Gene], dict], store: Store, *,
+           initial: Sequence[Gene], upper: int, floor_value: int, floor_cost: float,
+           settings: SearchSettings = SearchSettings(), cost_key: str = "cost",
+           progress: Callable[[int, dict], None] | None = None) -> dict:
+  """Runs the search; returns `{"frontier": [...], "areas": [...], "scored": n}`.
+
+  Args:
+    evaluate: gene -> metric (higher is better); called once per distinct gene.
+    cost: gene -> dict of costs (the store keeps them all); `cost_key` is the one the
+      frontier and the floor use.
+    store: the cache (resumes a killed search).
+    initial: the initial population.
+    upper, floor_value: bounds of every layer's value.
+    floor_cost: genes cheaper than this are never scored.
+  """
+  rng = np.random.default_rng(settings.seed)
+
+  def score(gene: Gene) -> bool:
+    """Scores `gene` unless it is cached or below the floor; whether it may join."""
+    costs = cost(gene)
+    if costs[cost_key] < floor_cost:
+      return False
+    if gene not in store:
+      start = time.perf_counter()
+      metric = float(evaluate(gene))
+      store.add(gene, {**costs, "metric": metric, "seconds": time.perf_counter() - start})
+    return True
+
+  def scored() -> dict[Gene, tuple[float, float]]:
+    return {g: (r[cost_key], r["metric"]) for g, r in store.records.items()}
+
+  population = [g for g in initial if score(g)]
+  lower_cost = floor_cost
+  upper_cost = max(cost(g)[cost_key] for g in initial)
+  areas = []
+  for it in range(settings.iterations + 1):
+    table = scored()
+    population = pareto_front({g: table[g] for g in population})
+    areas.append(frontier_area(population, table, lower_cost, upper_cost))
+    if progress is not None:
+      progress(it, {"frontier": len(population), "area": areas[-1], "scored": len(store.records)})
+    if it == settings.iterations:
+      break
+    members = set(population)
+    for operator, count in (("mutation", settings.mutations), ("crossover", settings.crossovers)):
+      added = attempts = 0
+      while added < count and attempts < settings.max_attempts:
+        attempts += 1
+        if operator == "mutation":
+          parent = population[int(rng.integers(len(population)))]
+          child = mutate(rng, parent, upper, floor_value, settings.mutation_prob)
+        else:
+          if len(population) < 2:
+            break
+          i, j = rng.choice(len(population), size=2, replace=False)
+          child = crossover(population[int(i)], population[int(j)])
+        if child in members or not score(child):
+          continue
+        population.append(child)
+        members.add(child)
+        added += 1
+  table = scored()
+  front = pareto_front({g: table[g] for g in population})
+  return {"frontier": front, "areas": areas, "scored": len(store.records)}

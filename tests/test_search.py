@@ -1,0 +1,111 @@
+"""The evolutionary search: operators, frontier, floor, cache, resume, budget picks."""
+
+import numpy as np
+import pytest
+
+from adapler_jax.search import evolution as evo
+
+UPPER, FLOOR_VALUE, LAYERS = 64, 2, 6
+
+
+def _monotone_in_range(gene):
+  return (all(a >= b for a, b in zip(gene, gene[1:])) and gene[0] <= UPPER
+          and gene[-1] >= FLOOR_VALUE and len(gene) == LAYERS)
+
+
+def _random_parent(rng):
+  return tuple(sorted(rng.integers(FLOOR_VALUE, UPPER + 1, LAYERS).tolist(), reverse=True))
+
+
+def test_mutation_and_crossover_keep_genes_monotone_and_in_range():
+  rng = np.random.default_rng(0)
+  for _ in range(10_000):
+    a, b = _random_parent(rng), _random_parent(rng)
+    assert _monotone_in_range(evo.mutate(rng, a, UPPER, FLOOR_VALUE, 0.5))
+    child = evo.crossover(a, b)
+    assert _monotone_in_range(child)
+    assert child == tuple(int(np.ceil((x + y) / 2)) for x, y in zip(a, b))
+
+
+def test_pareto_front_has_no_dominated_member_and_equal_costs_keep_the_better():
+  scored = {(1,): (10.0, 0.5), (2,): (10.0, 0.7),  # equal cost: the better stays.
+            (3,): (20.0, 0.6),  # dominated by (2,).
+            (4,): (30.0, 0.9), (5,): (40.0, 0.9),  # equal score, dearer: dominated.
+            (6,): (5.0, 0.1)}
+  front = evo.pareto_front(scored)
+  assert front == [(6,), (2,), (4,)]
+  for g in front:
+    assert not any(scored[h][0] <= scored[g][0] and scored[h][1] >= scored[g][1]
+                   and scored[h] != scored[g] for h in scored)
+  assert evo.pareto_front({(1,): (1.0, 0.5)}) == [(1,)]  # no duplicate of a lone gene.
+
+
+def test_budget_pickers_on_a_synthetic_frontier():
+  scored = {(1,): (0.3, 0.80), (2,): (0.5, 0.85), (3,): (0.7, 0.90), (4,): (1.0, 0.89)}
+  front = evo.pareto_front(scored)
+  assert evo.pick_budget(front, scored, 0.6) == (2,)
+  assert evo.pick_budget(front, scored, 0.2) is None
+  assert evo.pick_max_drop(front, scored, reference=0.89, max_drop=0.0) == (3,)  # dagger.
+  assert evo.pick_max_drop(front, scored, reference=0.89, max_drop=0.05) == (2,)
+  assert evo.pick_budget(front, scored, 1.0) == (3,)  # star: best accuracy.
+
+
+def _problem(calls):
+  def cost(gene):
+    return {"cost": float(sum(gene)), "other": float(sum(g * g for g in gene))}
+
+  def evaluate(gene):
+    calls.append(gene)
+    # Peaks inside the space so the frontier is neither cheapest nor dearest only.
+    return float(-abs(gene[0] - 40) - 0.5 * abs(gene[-1] - 10) + 0.01 * sum(gene))
+
+  return cost, evaluate
+
+
+def _run(tmp_path, calls, settings, name="store.jsonl"):
+  cost, evaluate = _problem(calls)
+  lower = (52, 42, 34, 28, 23, 19)
+  make = lambda r: tuple(max(FLOOR_VALUE, int(np.ceil(UPPER * (1 - r) ** (i + 1))))
+                         for i in range(LAYERS))
+  initial = evo.initial_population(lambda g: cost(g)["cost"], make, lower, (UPPER,) * LAYERS,
+                                   6)
+  store = evo.Store(tmp_path / name)
+  out = evo.evolve(evaluate, cost, store, initial=initial, upper=UPPER,
+                   floor_value=FLOOR_VALUE, floor_cost=cost(lower)["cost"], settings=settings)
+  return out, store
+
+
+def test_search_scores_each_gene_once_never_below_the_floor_and_is_deterministic(tmp_path):
+  settings = evo.SearchSettings(iterations=4, population=6, mutations=8, crossovers=8, seed=3)
+  calls = []
+  out, store = _run(tmp_path, calls, settings)
+  assert len(calls) == len(set(calls)) == out["scored"]
+  floor = sum((52, 42, 34, 28, 23, 19))
+  assert all(sum(g) >= floor for g in calls)
+  assert len(out["areas"]) == settings.iterations + 1
+  assert all(b >= a - 1e-12 for a, b in zip(out["areas"], out["areas"][1:]))  # never worse.
+  again, _ = _run(tmp_path, [], settings, "other.jsonl")
+  assert again["frontier"] == out["frontier"]
+
+
+def test_a_killed_search_resumes_from_its_store_without_rescoring(tmp_path):
+  settings = evo.SearchSettings(iterations=3, population=6, mutations=6, crossovers=6, seed=1)
+  calls = []
+  full, _ = _run(tmp_path, calls, settings, "full.jsonl")
+  # "Kill" after the first 10 evaluations: keep those lines (and half of the next one).
+  lines = (tmp_path / "full.jsonl").read_text().splitlines()
+  (tmp_path / "killed.jsonl").write_text("\n".join(lines[:10]) + "\n" + lines[10][:15])
+  resumed_calls = []
+  resumed, _ = _run(tmp_path, resumed_calls, settings, "killed.jsonl")
+  assert resumed["frontier"] == full["frontier"]
+  assert len(resumed_calls) == len(calls) - 10  # the 10 stored genes are never re-scored.
+
+
+def test_loops_end_under_their_attempt_cap(tmp_path):
+  """A space with one gene: no child can ever be new, and the search still ends."""
+  calls = []
+  store = evo.Store(tmp_path / "s.jsonl")
+  out = evo.evolve(lambda g: calls.append(g) or 1.0, lambda g: {"cost": 1.0}, store,
+                   initial=[(2, 2)], upper=2, floor_value=2, floor_cost=0.0,
+                   settings=evo.SearchSettings(iterations=2, max_attempts=50))
+  assert out["frontier"] == [(2, 2)] and calls == [(2, 2)]
