@@ -81,8 +81,8 @@ def train_lengthdrop(run: Run) -> None:
   _, params, _ = phases.load_finetuned(run, 1)[0]
   key = jax.random.key(run.config.seed + 2)
   ckpt = lengthdrop_checkpointer(run)
-  state = phases._restore_latest(  # pylint: disable=protected-access
-      ckpt, phases._on_mesh(run, create_train_state(params, optimizer, key)))  # pylint: disable=protected-access
+  state = phases.restore_latest(
+      ckpt, phases.on_mesh(run, create_train_state(params, optimizer, key)))
   step_fn = lat_step.make_lat_step(run.encoder, run.num_labels, lat_config(run), optimizer,
                                    run.mesh)
   # Upstream scoring counts padded query rows, so it needs the authors' full padding.
@@ -90,15 +90,15 @@ def train_lengthdrop(run: Run) -> None:
   step = int(state.step)
   run.writer.rewind((LENGTHDROP, LENGTHDROP + "_epoch"), step)
   guard = FiniteGuard(LENGTHDROP)
-  bar = phases._bar(run, total, LENGTHDROP, step)  # pylint: disable=protected-access
+  bar = phases.progress_bar(run, total, LENGTHDROP, step)
   smallest = smallest_config(run)
   for epoch in range(step // steps_per_epoch, c.epochs):
     for i, batch in enumerate(train_batches(train, c.batch_size, run.config.seed, epoch,
-                                            buckets=buckets, **phases._shards())):  # pylint: disable=protected-access
+                                            buckets=buckets, **phases.shards())):
       if epoch * steps_per_epoch + i < step:
         continue
       batch.pop("index")
-      state, metrics = step_fn(state, phases._sharded(run, batch))  # pylint: disable=protected-access
+      state, metrics = step_fn(state, phases.sharded(run, batch))
       step += 1
       guard(step, metrics)
       bar.update(1)

@@ -40,27 +40,27 @@ BATCH_SIZES = ("train.batch_size", "saliency.batch_size", "adapler.batch_size",
                "eval.batch_size")
 
 
-def _bar(run: Run, total: int, desc: str, initial: int = 0):
+def progress_bar(run: Run, total: int, desc: str, initial: int = 0):
   return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True,
               disable=not run.is_main_process)
 
 
-def _restore_latest(ckpt: Checkpointer, state: TrainState) -> TrainState:
+def restore_latest(ckpt: Checkpointer, state: TrainState) -> TrainState:
   """The latest intact checkpoint, restored with `state`'s shardings, else `state`."""
   latest = ckpt.restore_latest_intact(target=state)
   return state if latest is None else latest[1]
 
 
-def _shards() -> dict[str, int]:
+def shards() -> dict[str, int]:
   """`train_batches` arguments: each process reads its part of every global batch."""
   return {"num_shards": jax.process_count(), "shard_index": jax.process_index()}
 
 
-def _on_mesh(run: Run, tree):
+def on_mesh(run: Run, tree):
   return tree if run.mesh is None else parallel.replicate(tree, run.mesh)
 
 
-def _sharded(run: Run, batch: dict) -> dict:
+def sharded(run: Run, batch: dict) -> dict:
   return batch if run.mesh is None else parallel.shard_batch(batch, run.mesh)
 
 
@@ -100,20 +100,20 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
   key = jax.random.key(run.config.seed)
   params = classifier.init_classifier(key, run.encoder, run.num_labels, run.backbone)
   ckpt = finetune_checkpointer(run)
-  state = _restore_latest(ckpt, _on_mesh(run, create_train_state(params, optimizer, key)))
+  state = restore_latest(ckpt, on_mesh(run, create_train_state(params, optimizer, key)))
   step_fn = classifier.make_finetune_step(run.encoder, run.num_labels, optimizer, run.mesh)
   eval_every = c.eval_every_steps or steps_per_epoch
   step = int(state.step)
   run.writer.rewind(FINETUNE, step)
   guard = FiniteGuard(FINETUNE)
-  bar = _bar(run, total, "finetune", step)
+  bar = progress_bar(run, total, "finetune", step)
   for epoch in range(step // steps_per_epoch, c.epochs):
     for i, batch in enumerate(train_batches(train, c.batch_size, run.config.seed, epoch,
-                                            buckets=TRAIN_BUCKETS, **_shards())):
+                                            buckets=TRAIN_BUCKETS, **shards())):
       if epoch * steps_per_epoch + i < step:
         continue  # replayed on resume: already trained on.
       batch.pop("index")
-      state, metrics = step_fn(state, _sharded(run, batch))
+      state, metrics = step_fn(state, sharded(run, batch))
       step += 1
       guard(step, metrics)
       bar.update(1)
@@ -171,7 +171,7 @@ def extract_saliency(run: Run) -> np.ndarray:
   train = run.dataset("train")
   checkpoints = load_finetuned(run, run.config.saliency.num_checkpoints)
   total = np.zeros(train.input_ids.shape, np.float32)
-  bar = _bar(run, len(train) * len(checkpoints), "saliency")
+  bar = progress_bar(run, len(train) * len(checkpoints), "saliency")
   for _, params, _ in checkpoints:
     sal = saliency_lib.compute_saliency(run.encoder, run.num_labels, params, train,
                                         run.config.saliency.batch_size, progress=bar,
@@ -232,7 +232,7 @@ def train_adapler(run: Run) -> None:
   key = jax.random.key(run.config.seed + 1)
   params = adapler.init(key, cfg, backbone=run.backbone)
   ckpt = adapler_checkpointer(run)
-  state = _restore_latest(ckpt, _on_mesh(run, create_train_state(params, optimizer, key)))
+  state = restore_latest(ckpt, on_mesh(run, create_train_state(params, optimizer, key)))
   _check_trained_on(ckpt, source)
   step_fn = adapler_step.make_train_step(cfg, optimizer,
                                          adapler_step.LossWeights(gamma=c.gamma, phi=c.phi),
@@ -240,15 +240,15 @@ def train_adapler(run: Run) -> None:
   step = int(state.step)
   run.writer.rewind((ADAPLER, ADAPLER + "_epoch"), step)
   guard = FiniteGuard(ADAPLER)
-  bar = _bar(run, total, "adapler", step)
+  bar = progress_bar(run, total, "adapler", step)
   for epoch in range(step // steps_per_epoch, c.epochs):
     lam = lambda_at(run, epoch)
     sums: dict[str, Any] = {}
     for batch in train_batches(train, c.batch_size, run.config.seed, epoch,
-                               buckets=TRAIN_BUCKETS, **_shards()):
+                               buckets=TRAIN_BUCKETS, **shards()):
       width = batch["input_ids"].shape[1]
       batch["saliency"] = sal[batch.pop("index"), :width]  # this process's rows, on the host.
-      state, metrics = step_fn(state, _sharded(run, batch), lam)
+      state, metrics = step_fn(state, sharded(run, batch), lam)
       step += 1
       guard(step, metrics)
       bar.update(1)
