@@ -183,6 +183,7 @@ def test_lat_phases_and_evaluation(tiny_backbone, tmp_path):
   result = pipeline.run_phase(pipeline.prepare(config, workdir), "search")
   on_disk = json.loads((workdir / "search" / "frontier.json").read_text())
   assert on_disk["frontier"] == result["frontier"] and result["held_out_rows"] == 32
+  assert (workdir / "search" / "frontier.png").stat().st_size > 0
   costs = [r["padded_fraction"] for r in result["frontier"]]
   scores = [r["held_out_metric"] for r in result["frontier"]]
   assert costs == sorted(costs) and all(b > a for a, b in zip(scores, scores[1:]))

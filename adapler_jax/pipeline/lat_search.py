@@ -106,7 +106,41 @@ def run_search(run: Run) -> dict[str, Any]:
             "settings": dict(c)}
   if run.is_main_process:
     (run.workdir / SEARCH_DIR / "frontier.json").write_text(json.dumps(result, indent=2))
+    plot(store, result, run.workdir / SEARCH_DIR / "frontier.png",
+         f"{run.task.name}: LAT search ({len(held)} held-out rows)")
   return result
+
+
+def plot(store: evo.Store, result: dict[str, Any], path: Path, title: str) -> Path:
+  """Every scored config in grey, the frontier highlighted, the full model marked (cost on
+  a log axis), and the area under the frontier per iteration."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  key = f"{result['cost']}_fraction"
+  fig, (ax, conv) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+  records = list(store.records.values())
+  ax.scatter([r[key] for r in records], [100 * r["metric"] for r in records], s=12,
+             color="0.7", label=f"scored ({len(records)})")
+  front = result["frontier"]
+  ax.plot([r[key] for r in front], [100 * r["held_out_metric"] for r in front], "o-",
+          color="C3", label="frontier")
+  full = store.records[tuple(result["full"]["config"])]
+  ax.plot([full[key]], [100 * full["metric"]], "k*", markersize=12, label="full model")
+  ax.set_xscale("log")
+  ax.set_xlabel(f"{result['cost']} cost / full model (log)")
+  ax.set_ylabel(f"held-out {result['metric_name']}")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  conv.plot(range(len(result["areas"])), result["areas"], "o-")
+  conv.set_xlabel("iteration")
+  conv.set_ylabel("area under the frontier")
+  conv.grid(alpha=0.3)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
 
 
 def load_frontier(workdir: str | Path) -> dict[str, Any]:
