@@ -314,14 +314,11 @@ def benchmark(setup: Setup, batch_sizes: list[int], systems: list[str], args,
         engine = LengthEngine(cfg, setup.lat_params, config, base=data.max_length,
                               flags=lat_flags, batch_size=batch_size, **kwargs)
         ours = run_ours(engine, data, args.repeats)
-        backbone = sum(flops.backbone_flops(int(n), dims) for n in data.lengths)
-        speedup = backbone / float(np.sum(flops.selection_flops(data.lengths, ours.kept_counts,
-                                                                dims)))
-        padded = (flops.lat_macs(None, data.max_length, dims)
-                  / flops.lat_macs(config, data.max_length, dims))
-        timings[f"ours-lat {spec}"] = (ours, speedup, {"length_config": list(config),
-                                                        "length_base": length_base,
-                                                        "flops_speedup_padded": round(padded, 3)})
+        cost = flops.selection_cost(data.lengths, ours.kept_counts, config, data.max_length,
+                                    dims)
+        timings[f"ours-lat {spec}"] = (ours, 1.0 / cost["actual_fraction"], {
+            "length_config": list(config), "length_base": length_base,
+            "flops_speedup_padded": round(1.0 / cost["padded_fraction"], 3)})
     if hf is not None:
       timings["hf-pytorch"] = (run_hf(hf, data, batch_size, args.buckets, args.repeats), 1.0)
     for system, (timing, speedup, *extra) in timings.items():

@@ -43,8 +43,6 @@ def sweep(workdir: str, ratios=RATIOS) -> dict:
   models = {"standard": pipeline.load_finetuned(run, 1)[0][1],
             "lat": lat_phases.load_lengthdrop(run)[1]}
   dims = flops.FlopsDims.from_config(run.encoder, num_classes=run.num_labels)
-  full_macs = flops.lat_macs(None, base, dims)
-  full_actual = float(np.sum([flops.backbone_flops(int(n), dims) for n in data.lengths]))
   points = []
   for r in ratios:
     config = (lengths.constant_ratio_config(base, cfg.num_layers, r, run.config.lat.min_length)
@@ -52,9 +50,7 @@ def sweep(workdir: str, ratios=RATIOS) -> dict:
     real = lengths.real_counts(config, data.lengths, base, flags.length_base)
     row = {"ratio": r, "config": list(config),
            "padded_macs": flops.lat_macs(config, base, dims),
-           "padded_fraction": flops.lat_macs(config, base, dims) / full_macs,
-           "actual_fraction": float(np.sum(flops.selection_flops(data.lengths, real, dims)))
-                              / full_actual}
+           **flops.selection_cost(data.lengths, real, config, base, dims)}
     for name, params in models.items():
       logits = report.masked_lat_logits(cfg, params, data, config, base=base, flags=flags,
                                         batch_size=run.config.eval.batch_size)

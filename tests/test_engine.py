@@ -1,4 +1,5 @@
-"""Bucketed inference engines against the per-example reference (DESIGN.md §7).
+"""Bucketed inference engines against the per-example reference (README, "Batched
+inference engine").
 
 The reference (`per_example_run`, one `hard_forward` per example) compiles once per
 distinct token count, so the real-data examples are drawn from a few exact input

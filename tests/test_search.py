@@ -1,7 +1,6 @@
 """The evolutionary search: operators, frontier, floor, cache, resume, budget picks."""
 
 import numpy as np
-import pytest
 
 from adapler_jax.search import evolution as evo
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -67,15 +68,13 @@ def evaluate_lat(cfg, params: dict, data: TokenizedDataset, metric_name: str, co
                               batch_size=batch_size, max_length=data.max_length)
   result = engine.run(data, progress=progress)
   dims = flops.FlopsDims.from_config(cfg.encoder, num_classes=cfg.num_labels)
-  backbone = np.sum([flops.backbone_flops(int(n), dims) for n in data.lengths])
-  reduced = float(np.sum(flops.selection_flops(data.lengths, result.kept_counts, dims)))
+  cost = flops.selection_cost(data.lengths, result.kept_counts, config, base, dims)
   return {
       "num_examples": len(data), "metric_name": metric_name,
       "metric": metrics.compute(metric_name, result.predictions, data.labels),
       "length_config": None if config is None else list(map(int, config)),
-      "flops_speedup_padded": flops.lat_macs(None, base, dims) / flops.lat_macs(config, base,
-                                                                                  dims),
-      "flops_speedup_actual": float(backbone) / reduced,
+      "flops_speedup_padded": 1.0 / cost["padded_fraction"],
+      "flops_speedup_actual": 1.0 / cost["actual_fraction"],
       "kept_tokens_per_layer": result.kept_counts.mean(axis=0).tolist(),
       "examples_per_second": result.examples_per_second,
   }
@@ -99,18 +98,13 @@ def masked_lat_logits(cfg, params: dict, data: TokenizedDataset, config, *, base
   return out
 
 
-_MASKED = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _masked_logits_fn(enc, num_labels, base, flags):
   """The jitted masked forward for a static (model, base, flags), built once per process."""
   import jax  # pylint: disable=g-import-not-at-top
   from adapler_jax.models import lat  # pylint: disable=g-import-not-at-top
-  key = (enc, num_labels, base, flags)
-  if key not in _MASKED:
-    _MASKED[key] = jax.jit(lambda p, b, c: lat.masked_forward(enc, num_labels, p, b, c, base=base,
-                                                              flags=flags)[0])
-  return _MASKED[key]
+  return jax.jit(lambda p, b, c: lat.masked_forward(enc, num_labels, p, b, c, base=base,
+                                                    flags=flags)[0])
 
 
 def evaluate_backbone(encoder, num_labels: int, params: dict, data: TokenizedDataset,

@@ -2,7 +2,7 @@
 
 Both iterate a `TokenizedDataset` in length-sorted batches padded to a bucket width
 (`data.eval_batches`), so the compiled shapes are bounded by (row counts x buckets)
-whatever the data, and speed comparisons between them are fair (DESIGN.md §7).
+whatever the data, and speed comparisons between them are fair (README, "Batched inference engine").
 
 AdapLeR per batch (`packing` on the device, `layout` on the host)::
 
@@ -42,7 +42,6 @@ from adapler_jax.infer import layout, packing
 from adapler_jax.models.adapler import AdapLeRConfig, hard_forward, predictor_params
 from adapler_jax.models import lat
 from adapler_jax.models.bert import encoder_layer_params
-from adapler_jax.models.heads import ClassifierConfig
 from adapler_jax.reduce import lengths as lengths_lib
 from adapler_jax.reduce.significance import SelectionFlags
 
@@ -160,9 +159,9 @@ class _Engine:
     second epoch's evaluation on the same shapes compiles nothing."""
     shapes = self._shapes.setdefault(name, set())
 
-    def call(*args, **kwargs):
-      shapes.add(tuple((a.shape, str(a.dtype)) if hasattr(a, "shape") else a
-                       for a in jax.tree.leaves((args, kwargs))))
+    def call(*args, **kwargs):  # params (dicts) fix no shape: only the other arguments count.
+      shapes.add(tuple(getattr(a, "shape", a) for a in (*args, *kwargs.values())
+                       if not isinstance(a, dict)))
       return fn(*args, **kwargs)
 
     return call
@@ -560,7 +559,8 @@ class LengthEngine(_Engine):
                                   n, counts, widths, selects=selects)
     rows = len(n)
     out = {"logits": np.asarray(logits), "kept": real,
-           "slots": np.asarray([rows * w for w in widths]), "packed": np.zeros(len(widths), np.int64)}
+           "slots": np.asarray([rows * w for w in widths]),
+           "packed": np.zeros(len(widths), np.int64)}
     if rationales:
       positions = jax.device_get(trace["positions"])
       out["positions"] = [[p[e][p[e] >= 0] for p in positions] for e in range(rows)]

@@ -1,4 +1,4 @@
-"""FLOPs accounting for full-length and AdapLeR inference (DESIGN.md §6).
+"""FLOPs accounting for full-length, AdapLeR and LAT inference (README, "FLOPs").
 
 Counts are per example, from its unpadded length and the real number of
 tokens each layer runs on. One multiply-add counts as 2 FLOPs.
@@ -146,6 +146,15 @@ def selection_flops(lengths, kept, dims: FlopsDims):
   h, i = dims.hidden, dims.intermediate
   return (embedding_flops(n, h) + classifier_flops(h, dims.num_classes)
           + np.sum(layer_flops(entering, h, i, k), axis=1))
+
+
+def selection_cost(lengths, kept, config, base: int, dims: FlopsDims) -> dict[str, float]:
+  """A length config's cost as fractions of the full model, in both conventions:
+  `padded_fraction`, LAT MACs at the padded `base`; `actual_fraction`, real-token FLOPs of
+  examples of `lengths` (E,) that kept `kept` (E, L) tokens per layer."""
+  full = float(np.sum(backbone_flops(np.asarray(lengths, np.float64), dims)))
+  return {"padded_fraction": lat_macs(config, base, dims) / lat_macs(None, base, dims),
+          "actual_fraction": float(np.sum(selection_flops(lengths, kept, dims))) / full}
 
 
 def lat_macs(config: Sequence[int] | None, length: int, dims: FlopsDims,

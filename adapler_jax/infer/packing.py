@@ -1,4 +1,4 @@
-"""Pure, jittable pieces of bucketed hard removal (DESIGN.md §5 hard removal, §7).
+"""Pure, jittable pieces of bucketed hard removal (README, "Batched inference engine").
 
 The batch's tokens live in one flat buffer (N, H), N = batch size x max length, that every
 call takes and returns (donated, so updates happen in place). A layer call reads its

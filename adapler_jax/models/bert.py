@@ -139,8 +139,9 @@ class SelfAttention(nn.Module):
   """Multi-head scaled dot-product attention with an additive key bias.
 
   Returns the output, and with `return_probs` also the probabilities before dropout,
-  (..., heads, seq, seq) (`return_probs="after_dropout"`: after it). Only then, or under attention dropout, are normalised
-  probabilities formed; the plain forward runs the output-only `attention.attention`.
+  (..., heads, seq, seq) (`return_probs="after_dropout"`: after it). Only then, or under
+  attention dropout, are normalised probabilities formed; the plain forward runs the
+  output-only `attention.attention`.
   """
 
   cfg: EncoderConfig

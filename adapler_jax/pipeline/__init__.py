@@ -1,6 +1,7 @@
 """Training pipeline: a small registry of resumable phases per method.
 
-AdapLeR: finetune -> saliency -> adapler -> evaluate. LAT: finetune -> lengthdrop -> evaluate, and `search` for its anytime frontier.
+AdapLeR: finetune -> saliency -> adapler -> evaluate. LAT: finetune -> lengthdrop -> evaluate,
+and `search` for its anytime frontier.
 """
 
 from adapler_jax.errors import UserError

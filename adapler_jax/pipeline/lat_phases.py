@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import optax
 
-from adapler_jax.data import TRAIN_BUCKETS, num_train_steps, train_batches
+from adapler_jax.data import TRAIN_BUCKETS, num_train_steps
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.pipeline import phases
@@ -92,11 +92,9 @@ def train_lengthdrop(run: Run) -> None:
   guard = FiniteGuard(LENGTHDROP)
   bar = phases.progress_bar(run, total, LENGTHDROP, step)
   smallest = smallest_config(run)
-  for epoch in range(step // steps_per_epoch, c.epochs):
-    for i, batch in enumerate(train_batches(train, c.batch_size, run.config.seed, epoch,
-                                            buckets=buckets, **phases.shards())):
-      if epoch * steps_per_epoch + i < step:
-        continue
+  for epoch, batches in phases.resumed_epochs(run, train, c.batch_size, c.epochs, step,
+                                              buckets):
+    for batch in batches:
       batch.pop("index")
       state, metrics = step_fn(state, phases.sharded(run, batch))
       step += 1

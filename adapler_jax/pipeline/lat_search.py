@@ -38,14 +38,10 @@ def cost_model(run: Run, data_lengths: np.ndarray):
   base, dims = run.config.data.max_length, flops.FlopsDims.from_config(
       run.encoder, num_classes=run.num_labels)
   length_base = run.config.lat.length_base
-  full_macs = flops.lat_macs(None, base, dims)
-  full_actual = float(np.sum([flops.backbone_flops(int(n), dims) for n in data_lengths]))
 
   def cost(gene):
     real = lengths.real_counts(gene, data_lengths, base, length_base)
-    return {"padded_fraction": flops.lat_macs(gene, base, dims) / full_macs,
-            "actual_fraction": float(np.sum(flops.selection_flops(data_lengths, real, dims)))
-                               / full_actual}
+    return flops.selection_cost(data_lengths, real, gene, base, dims)
   return cost
 
 

@@ -13,6 +13,7 @@ Workdir layout::
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 from typing import Any
@@ -54,6 +55,18 @@ def restore_latest(ckpt: Checkpointer, state: TrainState) -> TrainState:
 def shards() -> dict[str, int]:
   """`train_batches` arguments: each process reads its part of every global batch."""
   return {"num_shards": jax.process_count(), "shard_index": jax.process_index()}
+
+
+def resumed_epochs(run: Run, data, batch_size: int, epochs: int, step: int,
+                   buckets=TRAIN_BUCKETS):
+  """`(epoch, batches)` for every epoch from the one `step` falls in: the seeded batches of
+  the shared training loop, those already trained on (before `step`) skipped, so a resumed
+  run replays exactly what an uninterrupted one would have seen."""
+  per_epoch = num_train_steps(data, batch_size)
+  for epoch in range(step // per_epoch, epochs):
+    batches = train_batches(data, batch_size, run.config.seed, epoch, buckets=buckets,
+                            **shards())
+    yield epoch, itertools.islice(batches, max(0, step - epoch * per_epoch), None)
 
 
 def on_mesh(run: Run, tree):
@@ -107,11 +120,8 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
   run.writer.rewind(FINETUNE, step)
   guard = FiniteGuard(FINETUNE)
   bar = progress_bar(run, total, "finetune", step)
-  for epoch in range(step // steps_per_epoch, c.epochs):
-    for i, batch in enumerate(train_batches(train, c.batch_size, run.config.seed, epoch,
-                                            buckets=TRAIN_BUCKETS, **shards())):
-      if epoch * steps_per_epoch + i < step:
-        continue  # replayed on resume: already trained on.
+  for epoch, batches in resumed_epochs(run, train, c.batch_size, c.epochs, step):
+    for batch in batches:
       batch.pop("index")
       state, metrics = step_fn(state, sharded(run, batch))
       step += 1
@@ -241,11 +251,10 @@ def train_adapler(run: Run) -> None:
   run.writer.rewind((ADAPLER, ADAPLER + "_epoch"), step)
   guard = FiniteGuard(ADAPLER)
   bar = progress_bar(run, total, "adapler", step)
-  for epoch in range(step // steps_per_epoch, c.epochs):
+  for epoch, batches in resumed_epochs(run, train, c.batch_size, c.epochs, step):
     lam = lambda_at(run, epoch)
     sums: dict[str, Any] = {}
-    for batch in train_batches(train, c.batch_size, run.config.seed, epoch,
-                               buckets=TRAIN_BUCKETS, **shards()):
+    for batch in batches:
       width = batch["input_ids"].shape[1]
       batch["saliency"] = sal[batch.pop("index"), :width]  # this process's rows, on the host.
       state, metrics = step_fn(state, sharded(run, batch), lam)

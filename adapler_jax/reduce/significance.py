@@ -5,7 +5,7 @@ is scored by the attention it receives, summed over heads and over the query row
 tokens present, and the top k_i stay; the feed-forward block runs on them only. [CLS] is
 forced for classification. Ties go to the lower position.
 
-Two forms share `significance` and `keep_top`:
+Two forms share `significance` and the keep rule (`top_tokens`, `keep_top`):
 
 * `MaskedSelection`: fixed shapes, a `present` mask and traced lengths; a dropped token
   keeps its previous layer's output (restore for free). For training and for evaluating
@@ -60,15 +60,23 @@ def significance(probs: Array, query_rows: Array, include_diagonal: bool = True)
   return jnp.sum(probs * weights, axis=(1, 2))
 
 
-def keep_top(scores: Array, present: Array, k: Array, forced: Array | None = None) -> Array:
-  """The keep rule: the k[b] best-scoring present tokens of each row, ties to the lower
-  position, `forced` tokens first. scores/present/forced (B, T), k (B,) -> (B, T) bool."""
+def top_tokens(scores: Array, present: Array, forced: Array | None, width: int) -> Array:
+  """The selection order: slots of the `width` best-scoring present tokens of each row, best
+  first, `forced` tokens before all, ties to the lower position. (B, T) -> (B, width) int."""
   key = jnp.where(present, scores, -jnp.inf)
   if forced is not None:
     key = jnp.where(forced & present, jnp.inf, key)
-  order = jnp.argsort(-key, axis=-1, stable=True)
-  rank = jnp.argsort(order, axis=-1)
-  return (rank < k[:, None]) & present
+  return jax.lax.top_k(key, width)[1]  # equal keys come out lower index first.
+
+
+def keep_top(scores: Array, present: Array, k: Array, forced: Array | None = None) -> Array:
+  """The keep rule: the first k[b] tokens of each row's `top_tokens` order, as a mask.
+  scores/present/forced (B, T), k (B,) -> (B, T) bool."""
+  width = scores.shape[-1]
+  order = top_tokens(scores, present, forced, width)
+  rows = jnp.arange(scores.shape[0])[:, None]
+  kept = jnp.zeros(scores.shape, bool).at[rows, order].set(jnp.arange(width) < k[:, None])
+  return kept & present
 
 
 def _query_rows(present: Array, valid: Array, include_pad_queries: bool) -> Array:
@@ -159,12 +167,9 @@ class GatherSelection(Policy):
       return a, ctx, {"lengths": jnp.sum(present, axis=-1), "positions": positions}
     f = self.flags
     scores = significance(probs, present, f.include_diagonal)
-    key = jnp.where(present, scores, -jnp.inf)
-    if f.keep_cls:
-      key = jnp.where(positions == 0, jnp.inf, key)
-    # The keep rule of `keep_top` (top k, ties to the lower position), as one top-k: the
-    # best `width` slots in order, of which each row keeps its first k.
-    _, order = jax.lax.top_k(key, self.widths[l])
+    forced = (positions == 0) if f.keep_cls else None
+    # `keep_top`'s rule, gathered: the best `width` slots in order, each row keeping k.
+    order = top_tokens(scores, present, forced, self.widths[l])
     take = lambda t: jnp.take_along_axis(t, order, axis=1)
     rank = jnp.arange(self.widths[l])
     present = take(present) & (rank < self.counts[l][:, None])
