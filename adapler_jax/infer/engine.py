@@ -38,7 +38,7 @@ import numpy as np
 
 from adapler_jax.data.batching import DEFAULT_BUCKETS, bucket_lengths, eval_batches
 from adapler_jax.data.tokenize import TokenizedDataset
-from adapler_jax.infer import layout, packing
+from adapler_jax.infer import layout, packing, program
 from adapler_jax.models.adapler import AdapLeRConfig, hard_forward, predictor_params
 from adapler_jax.models import lat
 from adapler_jax.models.bert import encoder_layer_params
@@ -50,12 +50,8 @@ Batch = dict[str, np.ndarray]
 CPU_FFN_CHUNK_ROWS = 512  # feed-forward rows per chunk on CPU (see `packing.feed_forward`).
 
 # Compiled once per process for each static configuration and shape, shared by engines.
-_START = jax.jit(packing.start, static_argnums=0, donate_argnums=(1, 2))
-_STEP = jax.jit(packing.step, static_argnums=(0, 1), static_argnames="chunk_rows",
-                donate_argnums=(2, 3))
-_PADDED_STEP = jax.jit(packing.padded_step, static_argnums=(0, 1),
-                       static_argnames="chunk_rows", donate_argnums=(2, 3))
-_FINISH = jax.jit(packing.finish, static_argnums=0)
+_FORWARD = jax.jit(program.forward, static_argnums=(0, 1, 2),
+                   static_argnames=("rationales", "chunk_rows", "scan_layers"))
 _FULL_FORWARD = jax.jit(packing.full_forward, static_argnums=(0, 1),
                         static_argnames="chunk_rows")
 _PACKED_FULL_FORWARD = jax.jit(packing.packed_full_forward, static_argnums=(0, 1),
@@ -211,26 +207,24 @@ class _Engine:
 class AdaptiveEngine(_Engine):
   """AdapLeR hard removal over length-bucketed batches, with real token dropping.
 
+  Each batch runs as one compiled program (`program.forward`) per (rows, input bucket):
+  after each keep decision the survivors go, on the device, to the cheapest grid: one
+  example per row at the smallest bucket holding the largest survivor count, or packed
+  several to a row into `batch_size // f` rows for an f in `folds`; the host reads only
+  the outputs.
+
   Args:
     cfg: model shape.
     params: AdapLeR params `{"model": ..., "speed": {"eta", ...}}`.
     batch_size: examples per batch (the last batch is filled up with copies, ignored).
-    buckets: padded widths; a batch starts at the smallest bucket holding its longest
-      example, and after each keep decision its survivors go to the cheapest grid
-      (`layout.plan`): one example per row at the smallest bucket holding the largest
-      survivor count, or packed several to a row into `batch_size // f` rows for an f
-      in `folds`.
+    buckets: padded widths: the batch's input width and the grids' widths.
     max_length: the longest input (data tokenized at this length use exactly the
       widths `bucket_lengths(max_length, buckets)` that `warmup` compiles).
     device: where the weights live and every batch runs (default: the first local device).
     ffn_chunk_rows: token rows per feed-forward chunk (`packing.feed_forward`); "auto"
       chunks on CPU, where it keeps activations in cache, and not on accelerators.
     folds: packed grids have `batch_size // f` rows for each f here; () never packs.
-      Compiled layer shapes: at most (row counts x buckets), `len(row_counts())` being
-      1 + len(folds) at most.
-
-  The engine owns a token buffer of `batch_size * max_length` rows on its device and runs
-  one batch at a time.
+      Compiled programs: one per input bucket (and per rationale setting).
   """
 
   def __init__(self, cfg: AdapLeRConfig, params: dict, *, batch_size: int = 32,
@@ -241,175 +235,65 @@ class AdaptiveEngine(_Engine):
                      device=device, ffn_chunk_rows=ffn_chunk_rows)
     self.folds = _check_folds(folds)
     model = params["model"]
-    layers = cfg.num_layers
-    self._embedding_params = self._put(model["bert"]["embeddings"])
-    self._layer_params = [self._put(p)
-                          for p in encoder_layer_params(cfg.encoder, model["bert"])]
-    self._cp_params = [self._put(p) for p in predictor_params(cfg, model)]
-    self._head_params = self._put(model["head"])
     eta = np.asarray(params["speed"]["eta"], np.float32)
-    if eta.shape != (layers,):
-      raise ValueError(f"speed/eta has shape {eta.shape}; the model has {layers} layers")
-    # Cutoff of each keep decision: eta^1..eta^{L-1} after layers 0..L-2, then 0 (keep all).
-    self._eta = [self._put(e) for e in eta]
-    self._no_cutoff = self._put(np.float32(0.0))
-    self._in_order = self._put(np.arange(batch_size, dtype=np.int32))  # unpacked grids' order.
-    # The token buffer: every batch's tokens, compacted after each decision (donated).
-    self._rows = batch_size * max_length
-    self._buffer = self._put(np.zeros((self._rows, cfg.encoder.hidden_size),
-                                      cfg.encoder.compute_dtype))
-    self._positions = self._put(np.zeros((self._rows,), np.int32))
-    chunk = self.ffn_chunk_rows
-    self._start = self._tracked("start", functools.partial(_START, cfg))
-    self._step = self._tracked("packed layer", functools.partial(_STEP, cfg, batch_size,
-                                                                 chunk_rows=chunk))
-    self._padded_step = self._tracked("padded layer",
-                                      functools.partial(_PADDED_STEP, cfg, chunk_rows=chunk))
-    self._finish = self._tracked("head", functools.partial(_FINISH, cfg))
-
-  # ---------------------------------------------------------------- compiled shapes
+    if eta.shape != (cfg.num_layers,):
+      raise ValueError(f"speed/eta has shape {eta.shape}; the model has {cfg.num_layers} layers")
+    self._params = self._put({
+        "embeddings": model["bert"]["embeddings"],
+        "layers": encoder_layer_params(cfg.encoder, model["bert"]),
+        "predictors": predictor_params(cfg, model), "head": model["head"], "eta": eta})
+    self._forward = self._tracked("forward", functools.partial(
+        _FORWARD, cfg, self.row_counts(), self.widths, chunk_rows=self.ffn_chunk_rows))
 
   @property
   def compiled_shapes(self) -> int:
-    """Distinct (rows, width) grids the per-layer step has compiled for so far.
-
-    One compilation per grid serves every layer; `compile_counts` lists every jitted
-    function of the engine.
-    """
-    counts = self.compile_counts
-    return counts["padded layer"] + counts["packed layer"]
+    """Distinct (rows, input bucket, rationales) programs compiled so far."""
+    return self.compile_counts["forward"]
 
   @property
   def compile_counts(self) -> dict[str, int]:
-    return self._shape_counts("start", "padded layer", "packed layer", "head")
+    return self._shape_counts("forward")
 
   def row_counts(self) -> tuple[int, ...]:
-    """Rows a layer call may have, descending: `batch_size` (one example per row), then
+    """Rows a layer's grid may have, descending: `batch_size` (one example per row), then
     `batch_size // f` for each fold f (packed grids)."""
     return _row_counts(self.batch_size, self.folds)
 
-  def warmup(self) -> None:
-    """Compiles every grid shape ahead of time, on placeholder inputs."""
-    size = self.batch_size
-    counts, order = self._put(np.ones((size,), np.int32)), self._in_order
+  def warmup(self, rationales: bool = False) -> None:
+    """Compiles the program of every input bucket ahead of time, on placeholder inputs."""
     for width in self.widths:
-      ids = np.zeros((size, width), np.int32)
-      self._run_start(ids, ids, np.full((size,), width, np.int32))
-      self._run_padded(0, width, counts, order, last=True)
-      for rows in self.row_counts()[1:]:
-        idx = np.full((rows, width), self._rows, np.int32)
-        self._run_packed(0, idx, np.full((rows, width), -1, np.int32), last=True)
-    jax.block_until_ready(self._run_finish(counts, order))
+      ids = np.zeros((self.batch_size, width), np.int32)
+      jax.block_until_ready(self._call(ids, ids, np.full((self.batch_size,), width, np.int32),
+                                       rationales))
 
-  # ---------------------------------------------------------------- device calls
+  def _call(self, input_ids, token_type_ids, lengths, rationales: bool) -> dict[str, jax.Array]:
+    return self._forward(self._params, self._put(input_ids), self._put(token_type_ids),
+                         self._put(lengths), rationales=rationales)
 
-  def _run_start(self, input_ids, token_type_ids, lengths) -> packing.Decision:
-    out = self._start(self._buffer, self._positions, self._embedding_params,
-                      self._cp_params[0], self._eta[0], self._put(input_ids),
-                      self._put(token_type_ids), self._put(lengths))
-    self._buffer, self._positions = out.buffer, out.positions
-    return out
-
-  def _layer_args(self, layer: int, last: bool) -> tuple:
-    return (self._layer_params[layer], self._cp_params[0 if last else layer + 1],
-            self._no_cutoff if last else self._eta[layer + 1])
-
-  def _run_packed(self, layer: int, idx: np.ndarray, seg: np.ndarray, *,
-                  last: bool) -> packing.Decision:
-    out = self._step(self._buffer, self._positions, *self._layer_args(layer, last),
-                     self._put(idx), self._put(seg))
-    self._buffer, self._positions = out.buffer, out.positions
-    return out
-
-  def _order(self, grid: layout.Layout) -> jax.Array:
-    """The grid's slot order of examples, on the device (a constant for unpacked grids)."""
-    return self._put(grid.order().astype(np.int32)) if grid.packed else self._in_order
-
-  def _run_padded(self, layer: int, width: int, counts: jax.Array, order: jax.Array, *,
-                  last: bool) -> packing.Decision:
-    out = self._padded_step(width, self._buffer, self._positions,
-                            *self._layer_args(layer, last), counts, order)
-    self._buffer, self._positions = out.buffer, out.positions
-    return out
-
-  def _run_finish(self, counts: jax.Array, order: jax.Array) -> jax.Array:
-    return self._finish(self._head_params, self._buffer, counts, order)
-
-  # ---------------------------------------------------------------- one batch
+  def dispatch(self, batch: Batch, *, rationales: bool = False) -> dict[str, jax.Array]:
+    """Starts one batch (`data.eval_batches`) on the device; returns the program's
+    outputs (`program.forward`) as device arrays, without waiting for them."""
+    lengths = batch["attention_mask"].sum(axis=1, dtype=np.int32)
+    return self._call(batch["input_ids"], batch["token_type_ids"], lengths, rationales)
 
   def _run_batch(self, batch: Batch, rationales: bool) -> dict[str, Any]:
-    lengths = batch["attention_mask"].sum(axis=1, dtype=np.int32)
-    num_layers, enc = self.cfg.num_layers, self.cfg.encoder
-    records = _Records(lengths, num_layers, rationales)
-    decision = self._run_start(batch["input_ids"], batch["token_type_ids"], lengths)
-    num, width = batch["input_ids"].shape
-    grid = layout.Layout(num, width, np.arange(num), np.zeros(num, np.int64))
-    # With nothing to choose (one row count, already the narrowest bucket) the next grid
-    # is this one again, and the host skips reading the counts: calls stay asynchronous.
-    fixed = len(self.row_counts()) == 1
-    for l in range(num_layers):
-      records.add(grid, decision)
-      previous = grid  # the grid whose slot order the decision just compacted in.
-      if not (fixed and grid.width == self.widths[0]):
-        counts = np.asarray(decision.counts)  # the one transfer to the host per layer.
-        grid = layout.plan(counts, self.widths, self.row_counts()[1:], enc.hidden_size,
-                           enc.intermediate_size)
-      last = l == num_layers - 1
-      if grid.packed:
-        starts = layout.compacted_starts(counts, previous.order())
-        idx, seg = layout.gather_indices(grid, counts, starts, self._rows)
-        decision = self._run_packed(l, idx, seg, last=last)
-      else:
-        decision = self._run_padded(l, grid.width, decision.counts, self._order(previous),
-                                    last=last)
-      records.slots[l] += grid.slots
-      records.packed[l] += grid.packed
-    records.logits = self._run_finish(decision.counts, self._order(grid))
-    return records.collect()
+    out = jax.device_get(self.dispatch(batch, rationales=rationales))
+    result = {"logits": np.asarray(out["logits"]), "kept": np.asarray(out["kept"], np.int32),
+              "slots": np.asarray(out["slots"], np.int64),
+              "packed": np.asarray(out["packed"], np.int64)}
+    if rationales:
+      result["positions"], result["scores"] = _rationales(out)
+    return result
 
 
-class _Records:
-  """Per-layer outputs of one batch, fetched to the host in a single transfer."""
-
-  def __init__(self, lengths: np.ndarray, num_layers: int, rationales: bool):
-    self.lengths, self.num_layers, self.rationales = lengths, num_layers, rationales
-    self.slots = np.zeros((num_layers,), np.int64)
-    self.packed = np.zeros((num_layers,), np.int64)
-    self.logits = None
-    self._grids: list[layout.Layout] = []
-    self._device: list[tuple[jax.Array, ...]] = []
-
-  def add(self, grid: layout.Layout, decision: packing.Decision) -> None:
-    """Notes the next decision (they arrive in layer order), taken over `grid`."""
-    self._grids.append(grid)
-    self._device.append((decision.counts, decision.scores, decision.keep,
-                         decision.slot_positions) if self.rationales else (decision.counts,))
-
-  def collect(self) -> dict[str, Any]:
-    """Host arrays: logits (E, C), kept (E, L); with rationales, per-example lists."""
-    logits, device = jax.device_get((self.logits, self._device))
-    kept = np.stack([d[0] for d in device], axis=1).astype(np.int32)
-    out = {"logits": np.asarray(logits), "kept": kept, "slots": self.slots,
-           "packed": self.packed}
-    if self.rationales:
-      out["positions"], out["scores"] = self._rationales(device)
-    return out
-
-  def _rationales(self, device):
-    """Per example: the original positions each layer ran on, and S~ over the tokens
-    entering each layer's decision, in original order."""
-    num = len(self.lengths)
-    positions = [[] for _ in range(num)]
-    scores = [[] for _ in range(num)]
-    entering = self.lengths
-    for grid, (counts, s, keep, pos) in zip(self._grids, device):
-      for e in range(num):
-        r, o = grid.row[e], grid.offset[e]
-        cut = slice(o, o + entering[e])
-        scores[e].append(s[r, cut])
-        positions[e].append(pos[r, cut][keep[r, cut]])
-      entering = counts
-    return positions, scores
+def _rationales(out: dict[str, np.ndarray]) -> tuple[list, list]:
+  """Per example: the original positions each layer ran on, and S~ over the tokens
+  entering each layer's decision, in original order (program outputs, on the host)."""
+  scores, keep, pos = out["scores"], out["keep"], out["positions"]
+  layers, num = pos.shape[:2]
+  present = pos >= 0
+  return ([[pos[l, e][keep[l, e]] for l in range(layers)] for e in range(num)],
+          [[scores[l, e][present[l, e]] for l in range(layers)] for e in range(num)])
 
 
 class FullLengthEngine(_Engine):

@@ -104,10 +104,10 @@ def decide(cfg: AdapLeRConfig, cp_params, eta: Array, x: Array, seg: Array,
   logits = ContributionPredictor(cfg.cp_hidden, cfg.encoder.compute_dtype).apply(
       {"params": cp_params}, x)
   real = seg >= 0
-  if seg.shape[0] == num_examples:  # unpacked: example r is row r, its tokens first.
-    n = jnp.sum(real, axis=1, dtype=jnp.int32)
+  if seg.shape[0] == num_examples:  # unpacked: example r is row r, its [CLS] first.
+    n = jnp.sum(real, axis=1, keepdims=True).astype(jnp.float32)
     scores = jnp.exp(masked_log_scores(logits, jnp.where(real, 0.0, PAD_LOG_KEEP)))
-    keep = keep_mask(scores, eta, n)
+    keep = keep_rule(scores, eta, n, jnp.arange(seg.shape[1]) == 0, real)
     return scores, keep, jnp.sum(keep, axis=1, dtype=jnp.int32)
   same = same_example(seg)
   n = jnp.sum(same, axis=-1).astype(jnp.float32)
