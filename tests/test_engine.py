@@ -264,14 +264,16 @@ def test_no_transfer_to_the_host_between_layers(monkeypatch):
 
 
 def test_a_layer_that_drops_nothing_stays_in_place():
-  """eta = 0 keeps every token: each layer runs on the input grid (no smaller grid
-  holds the batch), tokens never move, and the outputs are the full model's."""
+  """eta = 0 keeps every token: each layer runs on the grid the full-length engine picks
+  for the batch (the same cost model: padded, or packed where cheaper), and the outputs
+  are the full model's."""
   cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
   params = scaled_params(cfg, seed=4, scale=4.0, eta=0.0)
   data = synthetic(16, 32, seed=7)
-  kwargs = dict(batch_size=8, max_length=32, buckets=(8, 16, 32))
+  kwargs = dict(batch_size=8, max_length=32, buckets=(8, 16, 32), folds=(2, 4))
   got = AdaptiveEngine(cfg, params, **kwargs).run(data)
-  full = FullLengthEngine(cfg, params, folds=(), **kwargs).run(data)
+  full = FullLengthEngine(cfg, params, **kwargs).run(data)
+  assert full.packed_batches.any()
   np.testing.assert_array_equal(got.kept_counts, full.kept_counts)
   np.testing.assert_allclose(got.logits, full.logits, atol=1e-4, rtol=0)
   np.testing.assert_array_equal(got.slots, full.slots)

@@ -4,18 +4,18 @@ Both iterate a `TokenizedDataset` in length-sorted batches padded to a bucket wi
 (`data.eval_batches`), so the compiled shapes are bounded by (row counts x buckets)
 whatever the data, and speed comparisons between them are fair (README, "Batched inference engine").
 
-AdapLeR per batch (`packing` on the device, `layout` on the host)::
+AdapLeR runs each batch as one compiled program per (rows, input bucket)
+(`program.forward`, docs/engine.md)::
 
-  start: embed + decision 0 -> [host: counts -> grid] -> step: layer 0 + decision 1 -> ...
-        -> step: layer L-1 (cutoff 0) -> head
+  embed + decision 0 -> [plan grid, move survivors, lax.switch: layer l + decision l+1] x L
+        -> head -> host reads logits, kept counts (and rationales)
 
 Each decision scores the tokens present, keeps those with S~ >= eta^l / n_example ([CLS]
-always) and compacts the survivors to the front of a token buffer. The host reads one
-count per example and lays the survivors out for the next layer in the cheapest grid:
-one example per row at the smallest bucket holding the largest count, or several
-examples per row in fewer rows (attention stays within each example). Grids come from
-(row counts x buckets), so compiled shapes stay bounded. `per_example_run` is the
-reference: `hard_forward`, one example at a time.
+always). On the device, the survivors then go to the cheapest grid by the cost model
+(`flops.grid_cost`): one example per row at the smallest bucket holding the largest
+count, or several examples per row in fewer rows (attention stays within each example);
+a layer whose grid does not change only masks its dropped tokens. `per_example_run` is
+the reference: `hard_forward`, one example at a time.
 
 Use from Python::
 
@@ -225,12 +225,13 @@ class AdaptiveEngine(_Engine):
       chunks on CPU, where it keeps activations in cache, and not on accelerators.
     folds: packed grids have `batch_size // f` rows for each f here; () never packs.
       Compiled programs: one per input bucket (and per rationale setting).
+    scan_layers: see `program.forward` (default: layers unrolled, faster to run).
   """
 
   def __init__(self, cfg: AdapLeRConfig, params: dict, *, batch_size: int = 32,
                buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int = 512,
                device: jax.Device | None = None, ffn_chunk_rows: int | None | str = "auto",
-               folds: Sequence[int] = (2, 4)):
+               folds: Sequence[int] = (2, 4), scan_layers: bool = False):
     super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length,
                      device=device, ffn_chunk_rows=ffn_chunk_rows)
     self.folds = _check_folds(folds)
@@ -243,7 +244,8 @@ class AdaptiveEngine(_Engine):
         "layers": encoder_layer_params(cfg.encoder, model["bert"]),
         "predictors": predictor_params(cfg, model), "head": model["head"], "eta": eta})
     self._forward = self._tracked("forward", functools.partial(
-        _FORWARD, cfg, self.row_counts(), self.widths, chunk_rows=self.ffn_chunk_rows))
+        _FORWARD, cfg, self.row_counts(), self.widths, chunk_rows=self.ffn_chunk_rows,
+        scan_layers=scan_layers))
 
   @property
   def compiled_shapes(self) -> int:
@@ -304,15 +306,16 @@ class FullLengthEngine(_Engine):
     params: a classifier `{"bert": ..., "head": ...}`, an AdapLeR `model` subtree, or
       full AdapLeR params `{"model": ..., "speed": ...}` (predictors are ignored).
     batch_size, buckets, max_length, device, ffn_chunk_rows: as for `AdaptiveEngine`.
-    folds: as for `AdaptiveEngine`: with folds, a batch whose examples pack into
-      `batch_size // f` rows at a lower cost runs packed (bucket padding skipped). The
-      default () runs one example per row, as padded batches (and Hugging Face) do.
+    folds: as for `AdaptiveEngine`: each batch runs on the cheaper of its padded grid and
+      a packed one of `batch_size // f` rows (bucket padding skipped), by the cost model
+      the adaptive engine's grids use (`layout.plan`). () runs one example per row, as
+      padded batches (and Hugging Face) do.
   """
 
   def __init__(self, cfg: AdapLeRConfig, params: dict, *, batch_size: int = 32,
                buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int = 512,
                device: jax.Device | None = None, ffn_chunk_rows: int | None | str = "auto",
-               folds: Sequence[int] = ()):
+               folds: Sequence[int] = (2, 4)):
     super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length,
                      device=device, ffn_chunk_rows=ffn_chunk_rows)
     self.folds = _check_folds(folds)

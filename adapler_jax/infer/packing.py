@@ -1,22 +1,13 @@
-"""Pure, jittable pieces of bucketed hard removal (README, "Batched inference engine").
+"""Pure, jittable pieces of bucketed inference (README, "Batched inference engine").
 
-The batch's tokens live in one flat buffer (N, H), N = batch size x max length, that every
-call takes and returns (donated, so updates happen in place). A layer call reads its
-tokens into a (rows, width) grid through an index array, runs the layer, decides which
-tokens stay, and compacts the survivors to the front of the buffer in slot order. The
-host then reads one count per example, plans the next grid (`adapler_jax.infer.layout`)
-and builds its indices.
-
-Because the buffer's shape never changes, each function is keyed by its grid shape alone:
-(examples, width) for `start`, (rows, width) for `step`, whatever grid came before. A
-grid holds one example per row (unpacked, rows == examples) or several (packed, fewer
-rows): `seg` names each slot's example (-1 on padding), attention then runs within
-examples only, and the contribution scores are normalised per example.
+A grid (rows, width) holds one example per row (unpacked, rows == examples) or several
+(packed, fewer rows): `seg` names each slot's example (-1 on padding and dropped
+tokens), attention then runs within examples only (`packed_bias`), and the contribution
+scores are normalised per example (`decide`). `adapler_jax.infer.program` runs AdapLeR's
+layers on such grids; `full_forward` and `packed_full_forward` are the full-length model.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,25 +21,6 @@ from adapler_jax.reduce.adapler import PAD_LOG_KEEP, keep_rule, masked_log_score
 Array = jax.Array
 
 
-class Decision(NamedTuple):
-  """One keep decision over a grid (rows, width), after the survivors are compacted.
-
-  buffer: (N, H) the token buffer; the survivors fill rows [0, sum(counts)) in slot order.
-  positions: (N,) int32 original position of each buffer row, alongside.
-  counts: (E,) int32 survivors per example ([CLS] included).
-  scores: (rows, width) float32 S~ of each slot's token (0 on padding).
-  keep: (rows, width) bool, the decision.
-  slot_positions: (rows, width) int32 original position of each slot's token (-1 padding).
-  """
-
-  buffer: Array
-  positions: Array
-  counts: Array
-  scores: Array
-  keep: Array
-  slot_positions: Array
-
-
 def valid_positions(n: Array, width: int) -> Array:
   """(B, width) bool: True on the first `n[b]` slots of row b."""
   return jnp.arange(width) < n[:, None]
@@ -59,16 +31,6 @@ def embed(enc: EncoderConfig, embedding_params, input_ids: Array, token_type_ids
   """Embedding lookup: ids (B, W) -> x (B, W, H); positions 0..W-1 unless given."""
   return Bert(enc).apply({"params": {"embeddings": embedding_params}}, input_ids,
                          token_type_ids, position_ids=position_ids, method=Bert.embed)
-
-
-def keep_mask(scores: Array, eta: Array, n: Array) -> Array:
-  """Hard keep decision: S~ >= eta / n on each row's present tokens; [CLS] always.
-
-  scores (B, W); eta () float32; n (B,) int32 -> (B, W) bool (False on padding).
-  """
-  width = scores.shape[1]
-  return keep_rule(scores, eta, n.astype(jnp.float32)[:, None], jnp.arange(width) == 0,
-                   valid_positions(n, width))
 
 
 def same_example(seg: Array) -> Array:
@@ -97,7 +59,8 @@ def _packed_log_scores(logits: Array, same: Array) -> Array:
 def decide(cfg: AdapLeRConfig, cp_params, eta: Array, x: Array, seg: Array,
            slot_positions: Array, num_examples: int) -> tuple[Array, Array, Array]:
   """Scores the tokens of a grid and decides which stay: S~ >= eta / n_example, [CLS]
-  (original position 0) always.
+  (original position 0) always. Unpacked, example r is row r, its [CLS] in column 0;
+  its tokens may have gaps (`seg` -1), as packed examples may.
 
   Returns scores (rows, width), keep (rows, width) bool and counts (E,) int32.
   """
@@ -117,95 +80,6 @@ def decide(cfg: AdapLeRConfig, cp_params, eta: Array, x: Array, seg: Array,
   counts = jax.ops.segment_sum(keep.reshape(-1).astype(jnp.int32), example,
                                num_segments=num_examples + 1)[:num_examples]
   return scores, keep, counts
-
-
-def compact(buffer: Array, positions: Array, keep: Array, x: Array,
-            slot_positions: Array) -> tuple[Array, Array]:
-  """Writes the kept slots of a grid, in slot order, to the front of the buffer."""
-  flat_keep = keep.reshape(-1)
-  order = jnp.argsort(~flat_keep, stable=True)
-  size = flat_keep.shape[0]
-  buffer = buffer.at[:size].set(x.reshape(size, -1)[order].astype(buffer.dtype))
-  positions = positions.at[:size].set(slot_positions.reshape(-1)[order])
-  return buffer, positions
-
-
-def start(cfg: AdapLeRConfig, buffer: Array, positions: Array, embedding_params, cp_params,
-          eta: Array, input_ids: Array, token_type_ids: Array, n: Array) -> Decision:
-  """Embeds a padded batch (E, W) with `n` real tokens per row and takes the keep
-  decision before layer 0."""
-  num, width = input_ids.shape
-  x = embed(cfg.encoder, embedding_params, input_ids, token_type_ids)
-  real = valid_positions(n, width)
-  seg = jnp.where(real, jnp.arange(num, dtype=jnp.int32)[:, None], -1)
-  slot_positions = jnp.where(real, jnp.arange(width, dtype=jnp.int32), -1)
-  scores, keep, counts = decide(cfg, cp_params, eta, x, seg, slot_positions, num)
-  buffer, positions = compact(buffer, positions, keep, x, slot_positions)
-  return Decision(buffer, positions, counts, scores, keep, slot_positions)
-
-
-def step(cfg: AdapLeRConfig, num_examples: int, buffer: Array, positions: Array,
-         layer_params, cp_params, eta: Array, idx: Array, seg: Array, *,
-         chunk_rows: int | None = None) -> Decision:
-  """Layer l on the grid `idx` reads from the buffer, then the keep decision of layer l + 1.
-
-  Args:
-    cfg: model shape. num_examples: E, examples in the batch (static).
-    buffer, positions: the token buffer and original positions (`Decision`).
-    layer_params, cp_params: params of layer l and of predictor l + 1.
-    eta: () cutoff multiplier; after the last layer pass 0: every token stays, in order,
-      so the same compiled function serves every layer.
-    idx: (rows, width) int32 buffer row of each slot (out of range on padding).
-    seg: (rows, width) int32 example of each slot, -1 on padding. With rows == E the grid
-      must be padded: example r in row r, its tokens first.
-    chunk_rows: see `feed_forward`.
-  """
-  x = jnp.take(buffer, idx, axis=0, mode="fill", fill_value=0)
-  slot_positions = jnp.take(positions, idx, axis=0, mode="fill", fill_value=-1)
-  packed = idx.shape[0] < num_examples
-  bias = packed_bias(seg) if packed else attention_bias_from_mask(seg >= 0)
-  x = run_layer(cfg.encoder, layer_params, x, bias, chunk_rows)
-  scores, keep, counts = decide(cfg, cp_params, eta, x, seg, slot_positions, num_examples)
-  buffer, positions = compact(buffer, positions, keep, x, slot_positions)
-  return Decision(buffer, positions, counts, scores, keep, slot_positions)
-
-
-def compacted_starts(counts: Array, order: Array) -> Array:
-  """(E,) first buffer row of each example after a compaction that visited the examples
-  in `order` (E,) with `counts` (E,) survivors each."""
-  ordered = counts[order]
-  return jnp.zeros_like(counts).at[order].set(jnp.cumsum(ordered) - ordered)
-
-
-def padded_grid(counts: Array, order: Array, width: int, sentinel: int) -> tuple[Array, Array]:
-  """The unpacked grid on the device: example e in row e, its `counts[e]` tokens first.
-
-  Returns idx and seg (E, width) as `step` takes them (`layout.gather_indices`).
-  """
-  num = counts.shape[0]
-  slot = jnp.arange(width, dtype=jnp.int32)
-  real = slot < counts[:, None]
-  idx = jnp.where(real, compacted_starts(counts, order)[:, None] + slot, sentinel)
-  seg = jnp.where(real, jnp.arange(num, dtype=jnp.int32)[:, None], -1)
-  return idx.astype(jnp.int32), seg
-
-
-def padded_step(cfg: AdapLeRConfig, width: int, buffer: Array, positions: Array, layer_params,
-                cp_params, eta: Array, counts: Array, order: Array, *,
-                chunk_rows: int | None = None) -> Decision:
-  """`step` on the unpacked grid of `width`, built on the device from the last decision's
-  `counts` and compaction `order`: the host need not read the counts to run it."""
-  idx, seg = padded_grid(counts, order, width, buffer.shape[0])
-  return step(cfg, counts.shape[0], buffer, positions, layer_params, cp_params, eta, idx, seg,
-              chunk_rows=chunk_rows)
-
-
-def finish(cfg: AdapLeRConfig, head_params, buffer: Array, counts: Array,
-           order: Array) -> Array:
-  """Classifier on each example's [CLS], the first of its tokens after the last
-  compaction (`counts`, `order` as in `compacted_starts`) -> logits (E, C)."""
-  x = jnp.take(buffer, compacted_starts(counts, order), axis=0)[:, None, :]
-  return ClassificationHead(cfg.encoder, cfg.num_labels).apply({"params": head_params}, x)
 
 
 _row_chunks = walk.row_chunks

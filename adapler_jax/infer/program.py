@@ -172,7 +172,7 @@ def _layer_branch(cfg: AdapLeRConfig, grid: Grid, num: int, chunk_rows: int | No
 def forward(cfg: AdapLeRConfig, row_counts: tuple[int, ...], widths: tuple[int, ...],
             params: dict, input_ids: Array, token_type_ids: Array, n: Array, *,
             rationales: bool = False, chunk_rows: int | None = None,
-            scan_layers: bool = True) -> dict[str, Array]:
+            scan_layers: bool = False) -> dict[str, Array]:
   """Hard removal over a padded batch (E, W) with `n` (E,) real tokens per row.
 
   Args:
@@ -180,6 +180,10 @@ def forward(cfg: AdapLeRConfig, row_counts: tuple[int, ...], widths: tuple[int, 
     widths: ascending bucket widths (those up to W are used). rationales: also return
       the per-layer scores, keep decisions and positions.
     chunk_rows: see `packing.feed_forward`.
+    scan_layers: run the layers as a `lax.scan` over stacked params: the program holds
+      each grid's layer once (compiles faster) but slices every layer's weights out of
+      the stack at run time, 2-3x slower at batch 1 on CPU; by default the layers are
+      unrolled.
     params: {"embeddings", "layers": [L], "predictors": [L], "head", "eta": (L,)}.
   Returns:
     logits (E, C); kept (E, L) tokens each layer ran on; slots (L,) grid slots each layer
