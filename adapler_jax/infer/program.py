@@ -45,9 +45,9 @@ class Grid(NamedTuple):
 def grids(num: int, width: int, widths: Sequence[int], row_counts: Sequence[int],
           hidden: int, intermediate: int) -> tuple[Grid, ...]:
   """The grids a batch of `num` examples at input `width` may run on: padded (`num`
-  rows) at each width up to `width`, then packed (fewer rows) where cheaper than the
+  rows) at each of `widths` below `width` and at `width`, then packed (fewer rows) where cheaper than the
   padded input grid, which always holds every example."""
-  ws = [w for w in widths if w <= width]
+  ws = [w for w in widths if w < width] + [width]
   cost = lambda g: flops.grid_cost(g.rows, g.width, hidden, intermediate)
   top = cost(Grid(num, width))
   packed = [Grid(r, w) for r in row_counts if r < num for w in ws
@@ -177,7 +177,7 @@ def forward(cfg: AdapLeRConfig, row_counts: tuple[int, ...], widths: tuple[int, 
 
   Args:
     cfg: the model shape. row_counts: the grids' row counts (E first, then packed ones).
-    widths: ascending bucket widths (those up to W are used). rationales: also return
+    widths: ascending bucket widths (those below W are used, and W). rationales: also return
       the per-layer scores, keep decisions and positions.
     chunk_rows: see `packing.feed_forward`.
     scan_layers: run the layers as a `lax.scan` over stacked params: the program holds
