@@ -2,7 +2,7 @@
 
 Typical use::
 
-  ds = load_split("sst2", "dev", data_dir="../shared/data/sst2")
+  ds = load_split("sst2", "dev", data_dir="data/sst2")
   tok = tokenize(ds, tokenizer, get_task("sst2").max_length)
   for batch in eval_batches(tok, batch_size=64):
     ...
