@@ -93,6 +93,8 @@ def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
   c.search.seed = 0
   c.search.held_out = 872  # fitness rows, held out of train (never the reported split).
   c.search.batch_size = 64
+  # AdapLeR: per-layer multipliers of the trained cutoffs eta, each from this grid.
+  c.search.eta_multipliers = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
   c.search.cost = "padded"  # frontier cost: "padded" MACs (LAT) or "actual" FLOPs.
 
   c.eval = ml_collections.ConfigDict()

@@ -121,8 +121,12 @@ def plot(store: evo.Store, result: dict[str, Any], path: Path, title: str) -> Pa
   front = result["frontier"]
   ax.plot([r[key] for r in front], [100 * r["held_out_metric"] for r in front], "o-",
           color="C3", label="frontier")
-  full = store.records[tuple(result["full"]["config"])]
-  ax.plot([full[key]], [100 * full["metric"]], "k*", markersize=12, label="full model")
+  ax.plot([1.0], [100 * result["full"]["held_out_metric"]], "k*", markersize=12,
+          label="full model")
+  if "trained" in result:  # AdapLeR: the operating point training chose.
+    trained = result["trained"]
+    ax.plot([trained[key]], [100 * trained["held_out_metric"]], "D", color="C0",
+            markersize=7, label="trained cutoffs")
   ax.set_xscale("log")
   ax.set_xlabel(f"{result['cost']} cost / full model (log)")
   ax.set_ylabel(f"held-out {result['metric_name']}")
@@ -177,7 +181,8 @@ def format_frontier(result: dict[str, Any]) -> str:
           f"{'':<32} {'MACs':>7} {'FLOPs':>7} {result['metric_name'][:9]:>9} {'':>7}")
   lines = [head]
   for r in result["frontier"]:
-    lines.append(f"{','.join(map(str, r['config'])):<32} {r['padded_fraction']:>7.3f} "
+    setting = r.get("eta_multipliers", r["config"])
+    lines.append(f"{','.join(f'{v:g}' for v in setting):<32} {r['padded_fraction']:>7.3f} "
                  f"{r['actual_fraction']:>7.3f} {100 * r['held_out_metric']:>9.2f} "
                  f"{100 * r[f'{split}_metric']:>7.2f}")
   lines.append(f"full model held-out {100 * result['full']['held_out_metric']:.2f}; "
