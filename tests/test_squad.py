@@ -11,7 +11,7 @@ import pytest
 
 from adapler_jax import data
 from adapler_jax.data import squad
-from adapler_jax.errors import DataError
+from adapler_jax.errors import DataError, UserError
 from adapler_jax.eval import squad as squad_eval
 
 CONTEXT = "The Broncos beat the Panthers 24-10 in Santa Clara, California, in February 2016."
@@ -285,3 +285,55 @@ def test_squad_metrics_max_over_gold_answers_in_percent():
   m = squad_eval.squad_metrics(predictions, examples)
   assert m["exact_match"] == pytest.approx(100 / 3)
   assert m["f1"] == pytest.approx(100 * (1 + 2 * 1 * 0.5 / 1.5) / 3)
+
+
+# Pipeline pieces ------------------------------------------------------------------------------
+
+
+def test_run_data_resplits_by_article(tmp_path, tokenizer):
+  from configs import squad as squad_config
+  from adapler_jax.pipeline import context
+  root = {"version": "1.1", "data": [
+      {"title": f"art{a}", "paragraphs": [{"context": CONTEXT, "qas": [
+          _qa(f"{a}-{q}") for q in range(2)]}]} for a in range(6)]}
+  (tmp_path / "dev-v1.1.json").write_text(json.dumps(root))
+  config = squad_config.get_config()
+  config.data.update(data_dir=str(tmp_path), max_length=64, doc_stride=16,
+                     resplit_source="dev", resplit_train=3, resplit_test=2)
+  out = context._load_span_splits(config, data.get_task("squad"), tokenizer, "train")
+  assert out["dev"] is out["test"] and isinstance(out["train"], squad.SpanFeatures)
+  titles = [set(out[k].examples.articles()) for k in ("train", "dev")]
+  titles.append(set(out["search_questions"].articles()))
+  assert [len(t) for t in titles] == [3, 2, 1] and len(set.union(*titles)) == 6
+  assert (out["train"].labels[:, 0] > 0).all()  # each short context fits one window.
+  config.data.resplit_test = 4
+  with pytest.raises(UserError, match="only 3 articles .* are left"):
+    context._load_span_splits(config, data.get_task("squad"), tokenizer, "train")
+
+
+def test_span_losses_and_gold_logits():
+  import jax.numpy as jnp
+  from adapler_jax.train import losses
+  logits = np.random.default_rng(0).normal(size=(2, 5, 2)).astype(np.float32)
+  labels = np.asarray([[1, 3], [0, 0]])
+  value = lambda fn, *a: float(fn(*map(jnp.asarray, a)))
+  start = value(losses.cross_entropy, logits[..., 0], labels[:, 0])
+  end = value(losses.cross_entropy, logits[..., 1], labels[:, 1])
+  assert value(losses.task_cross_entropy, logits, labels) == pytest.approx((start + end) / 2)
+  gold = logits[0, 1, 0] + logits[0, 3, 1] + logits[1, 0, 0] + logits[1, 0, 1]
+  assert value(losses.gold_logit_sum, logits, labels) == pytest.approx(gold, rel=1e-6)
+  classes = logits[:, :, 0]
+  assert value(losses.gold_logit_sum, classes, np.asarray([2, 4])) == pytest.approx(
+      classes[0, 2] + classes[1, 4], rel=1e-6)
+
+
+def test_gather_and_evaluate_span(tmp_path):
+  context = "alpha beta gamma"
+  f = _features(context, [[None, (0, 5), (6, 10), (11, 16)]], answers=("beta",))
+  narrow = np.zeros((1, 3, 2), np.float32)
+  narrow[0, 2] = 4.0  # "beta" at position 2 for start and end; width 3 < 4.
+  start, end = squad_eval.gather_span_logits([(np.asarray([0]), narrow)], len(f), 4)
+  assert start.shape == (1, 4) and np.isneginf(start[0, 3])
+  out = squad_eval.evaluate_span(start, end, f, directory=tmp_path)
+  assert (out["exact_match"], out["f1"], out["metric"]) == (100.0, 100.0, 1.0)
+  assert json.loads((tmp_path / "predictions.json").read_text()) == {"q": "beta"}

@@ -58,8 +58,8 @@ class TaskSpec:
     hub_splits: project split -> hub split.
     text_fields: hub fields, one group per text (joined by a space within a group).
     label_field: hub label field (0-based class index).
-    label_names: class names in index order.
-    metric: `'accuracy'` or `'f1'` (F1 of class 1).
+    label_names: class names in index order (span tasks: the per-position outputs).
+    metric: `'accuracy'` or `'f1'` (F1 of class 1; span tasks: SQuAD's token F1).
     max_length: default max sequence length (paper Table 3).
     local: layout of the standard local files; None when the task has none.
     replace: `(old, new)` text substitutions applied to every text (e.g. IMDB `<br />`).
@@ -176,9 +176,9 @@ _TASKS = (
         (("text",),), "label", ("negative", "positive"), "accuracy", 512,
         local=LocalFormat("eraser", (("train", "train.jsonl"), ("dev", "val.jsonl"),
                                      ("test", "test.jsonl")), label_values=("NEG", "POS"))),
-    TaskSpec(  # span QA; metric: the official exact match and F1 (F1 picks checkpoints).
+    TaskSpec(  # span QA: 2 outputs per position (start, end); the official EM and F1.
         "squad", ("rajpurkar/squad", None), (("train", "train"), ("dev", "validation")),
-        (("question",), ("context",)), "answers", (), "f1", 384,
+        (("question",), ("context",)), "answers", ("start", "end"), "f1", 384,
         local=LocalFormat("squad", (("train", "train-v1.1.json"), ("dev", "dev-v1.1.json"))),
         kind="span"),
 )

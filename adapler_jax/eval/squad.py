@@ -19,7 +19,8 @@ import json
 import os
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,31 @@ def write_predictions(predictions: Mapping[str, str], directory: str | os.PathLi
   path.write_text(json.dumps(dict(predictions), ensure_ascii=False, indent=1) + "\n",
                   encoding="utf-8")
   return path
+
+
+def gather_span_logits(batches: Iterable[tuple[np.ndarray, np.ndarray]], num_windows: int,
+                       width: int) -> tuple[np.ndarray, np.ndarray]:
+  """`(start, end)` logits, each (num_windows, width), from `(rows, logits (b, w, 2))` pairs of
+  length-bucketed batches (e.g. `train.parallel.map_eval_batches`); positions past a batch's
+  width hold -inf."""
+  start = np.full((num_windows, width), -np.inf, np.float32)
+  end = np.full((num_windows, width), -np.inf, np.float32)
+  for rows, logits in batches:
+    logits = np.asarray(logits)
+    start[rows, :logits.shape[1]] = logits[..., 0]
+    end[rows, :logits.shape[1]] = logits[..., 1]
+  return start, end
+
+
+def evaluate_span(start_logits: np.ndarray, end_logits: np.ndarray, features: SpanFeatures,
+                  directory: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+  """Answers and the official EM / F1 (percent) of `features`' questions; with `directory`,
+  the answers are written there as `predictions.json`. `metric` is F1 as a fraction, the
+  scale of the classification metrics (checkpoint selection, tolerances)."""
+  predictions = span_predictions(start_logits, end_logits, features)
+  scores = squad_metrics(predictions, features.examples)
+  out = {"num_examples": len(features.examples), "num_windows": len(features),
+         "metric_name": "f1", "metric": scores["f1"] / 100.0, **scores}
+  if directory is not None:
+    out["predictions_file"] = str(write_predictions(predictions, directory))
+  return out

@@ -14,7 +14,7 @@ from adapler_jax.data import TokenizedDataset
 from adapler_jax.errors import UserError
 from adapler_jax.models.bert import EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import SequenceClassifier
-from adapler_jax.train import parallel
+from adapler_jax.train import losses, parallel
 
 
 def saliency_batch(encoder: EncoderConfig, num_labels: int, params: dict,
@@ -36,7 +36,7 @@ def saliency_batch(encoder: EncoderConfig, num_labels: int, params: dict,
 
   def gold_logits(h):
     logits = model.apply(variables, h, bias, method=SequenceClassifier.logits_from_embeddings)
-    return jnp.sum(jnp.take_along_axis(logits, batch["labels"][:, None], axis=-1))
+    return losses.gold_logit_sum(logits, batch["labels"])
 
   grad = jax.grad(gold_logits)(h0)
   sal = jnp.linalg.norm((grad * h0).astype(jnp.float32), axis=-1)
