@@ -172,6 +172,48 @@ def test_labels_map_back_to_the_answer_text(long_windows):
     overlap += hits >= 2
   assert labelled >= 60 and unlabelled >= 30 and overlap >= 10
   assert exact >= 0.95 * labelled  # others: answers cut inside a word piece ("1990" of "1990s").
+  # Logits peaked at the labels come back as the gold answers through post-processing.
+  start, end = np.zeros(f.input_ids.shape), np.zeros(f.input_ids.shape)
+  rows = np.arange(len(f))
+  start[rows, f.labels[:, 0]] = end[rows, f.labels[:, 1]] = 10.0
+  scores = squad_eval.squad_metrics(squad_eval.span_predictions(start, end, f), f.examples)
+  assert scores["f1"] >= 97.0  # a first gold answer of over 30 tokens is out of reach.
+
+
+def _run_qa_labels(enc, w, start_char, end_char):
+  """The label scans of run_qa's `prepare_train_features`, step by step, on window `w`."""
+  offsets, sequence = enc["offset_mapping"][w], enc.sequence_ids(w)
+  s, e = 0, len(enc["input_ids"][w]) - 1
+  while sequence[s] != 1:
+    s += 1
+  while sequence[e] != 1:
+    e -= 1
+  if not (offsets[s][0] <= start_char and offsets[e][1] >= end_char):
+    return 0, 0
+  while s < len(offsets) and offsets[s][0] <= start_char:
+    s += 1
+  while offsets[e][1] >= end_char:
+    e -= 1
+  return s - 1, e + 1
+
+
+def test_labels_equal_run_qa(long_windows, tokenizer):
+  f = long_windows
+  questions = [e.question.lstrip() for e in f.examples.examples]
+  enc = tokenizer(questions, [e.context for e in f.examples.examples], truncation="only_second",
+                  max_length=128, stride=64, return_overflowing_tokens=True,
+                  return_offsets_mapping=True)
+  assert len(enc["input_ids"]) == len(f)
+  differ = 0
+  for w, j in enumerate(enc["overflow_to_sample_mapping"]):
+    assert f.example_index[w] == j and f.input_ids[w, :f.lengths[w]].tolist() == enc["input_ids"][w]
+    e = f.examples.examples[j]
+    ref = _run_qa_labels(enc, w, e.answer_starts[0], e.answer_starts[0] + len(e.answer_texts[0]))
+    if ref != tuple(f.labels[w]):
+      # run_qa's start scan runs onto [SEP] when the answer starts in the last context token.
+      assert ref == (f.lengths[w] - 1, f.labels[w, 1]) and f.labels[w, 0] == f.lengths[w] - 2
+      differ += 1
+  assert differ <= len(f) // 20
 
 
 # Post-processing -------------------------------------------------------------------------------
