@@ -3,6 +3,9 @@
   python evaluate.py --workdir runs/sst2 [--split dev|test] [--batch-size 32]
       [--engine bucketed|per-example] [--flops analytic|paper] [--output FILE]
 
+Span QA runs (configs/squad*.py) also report the official exact match and F1 and write the
+answers beside the report as predictions.json ({question id: answer}).
+
 LAT runs (configs/*_lat.py) are evaluated at a length config, with real dropping:
   python evaluate.py --workdir runs/sst2_lat [--length-config 52,42,34,28,23,19 |
       --length-ratio 0.2] [--split dev] [--batch-size 32]
@@ -80,13 +83,14 @@ def main(argv):
   if _RATIONALES.value:
     return rationales(trained)
   data = trained.eval_dataset(_SPLIT.value)
+  path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"eval_{_SPLIT.value}.json")
+  path.parent.mkdir(parents=True, exist_ok=True)
   result = report.evaluate_adapler(
       trained.adapler_cfg, trained.adapler_params, data, trained.task.metric,
       engine=_ENGINE.value or config.eval.engine,
-      batch_size=_BATCH.value or config.eval.batch_size, flops_mode=_FLOPS.value)
+      batch_size=_BATCH.value or config.eval.batch_size, flops_mode=_FLOPS.value,
+      predictions_dir=path.parent if trained.task.is_span else None)
   out = {"task": trained.task.name, "split": _SPLIT.value, **result}
-  path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"eval_{_SPLIT.value}.json")
-  path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(out, indent=2))
   print(json.dumps({k: v for k, v in out.items() if k != "kept_tokens_per_layer"}, indent=2))
   print(f"wrote {path}")
@@ -125,17 +129,20 @@ def evaluate_lat() -> None:
     lengths_ = lat_phases.eval_length_config(run)
   step, params = lat_phases.load_lengthdrop(run)
   data = run.dataset(_SPLIT.value)
+  path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"eval_{_SPLIT.value}.json")
+  path.parent.mkdir(parents=True, exist_ok=True)
   full = lat_phases.evaluate_at(run, params, data, None)
-  reduced = lat_phases.evaluate_at(run, params, data, lengths_)
+  reduced = lat_phases.evaluate_at(run, params, data, lengths_,
+                                   predictions_dir=path.parent if run.task.is_span else None)
   out = {"task": run.task.name, "split": _SPLIT.value, "method": "lat",
          "lengthdrop_step": step, "full_metric": full["metric"], **reduced}
+  if run.task.is_span:
+    out.update(full_exact_match=full["exact_match"], full_f1=full["f1"])
   if chosen is not None:
     out["chosen_from_frontier"] = {"rule": {"flops_budget": _FLOPS_BUDGET.value,
                                             "max_drop": _MAX_DROP.value}, **chosen}
     (Path(_WORKDIR.value) / lat_search.SEARCH_DIR / "chosen.json").write_text(
         json.dumps(out["chosen_from_frontier"], indent=2))
-  path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"eval_{_SPLIT.value}.json")
-  path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(out, indent=2))
   print(json.dumps({k: v for k, v in out.items() if k != "kept_tokens_per_layer"}, indent=2))
   print(f"wrote {path}")

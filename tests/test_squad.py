@@ -379,3 +379,27 @@ def test_gather_and_evaluate_span(tmp_path):
   out = squad_eval.evaluate_span(start, end, f, directory=tmp_path)
   assert (out["exact_match"], out["f1"], out["metric"]) == (100.0, 100.0, 1.0)
   assert json.loads((tmp_path / "predictions.json").read_text()) == {"q": "beta"}
+
+
+def test_report_task_scores(tmp_path):
+  from adapler_jax.eval import report
+  from adapler_jax.eval import metrics
+  f = _features("alpha beta gamma", [[None, (0, 5), (6, 10), (11, 16)]], answers=("beta",))
+  logits = np.zeros((1, 4, 2), np.float32)
+  logits[0, 2] = 3.0
+  out = report.task_scores("f1", logits, f, tmp_path)
+  assert (out["metric"], out["exact_match"], out["num_questions"]) == (1.0, 100.0, 1)
+  assert json.loads((tmp_path / "predictions.json").read_text()) == {"q": "beta"}
+  plain = data.TokenizedDataset(f.input_ids, f.token_type_ids, f.lengths, np.asarray([1]), f.ids)
+  assert report.task_scores("accuracy", np.asarray([[0.1, 0.9]]), plain) == {
+      "metric": metrics.accuracy(np.asarray([1]), np.asarray([1]))}
+
+
+def test_unreadable_and_duplicate_files_are_one_line(tmp_path):
+  (tmp_path / "dev-v1.1.json.gz").write_bytes(b"not gzip")
+  with pytest.raises(DataError, match=r"dev-v1.1.json.gz: cannot be read \(.*\); use the "):
+    squad.load_squad("dev", tmp_path)
+  (tmp_path / "dev-v1.1.json.gz").unlink()
+  _file(tmp_path, [{"context": CONTEXT, "qas": [_qa("q1"), _qa("q1")]}])
+  with pytest.raises(DataError, match="question id q1 appears twice"):
+    squad.load_squad("dev", tmp_path)

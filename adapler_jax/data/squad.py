@@ -61,10 +61,12 @@ class SquadDataset:
   task: str = TASK
 
   def __post_init__(self):
-    ids = [e.id for e in self.examples]
-    if len(set(ids)) != len(ids):
-      raise DataError(f"{self.source}: question ids are not unique; give every question its "
-                      "own id")
+    seen: set[str] = set()
+    for e in self.examples:
+      if e.id in seen:
+        raise DataError(f"{self.source}: question id {e.id} appears twice; give every question "
+                        "its own id")
+      seen.add(e.id)
 
   def __len__(self) -> int:
     return len(self.examples)
@@ -136,6 +138,9 @@ def read_squad_json(path: str | os.PathLike[str]) -> SquadDataset:
   except json.JSONDecodeError as e:
     raise DataError(format_message(f"{where} line {e.lineno}", f"invalid JSON ({e.msg})",
                                    LAYOUT_FIX)) from None
+  except (OSError, EOFError) as e:  # a truncated or mislabelled .gz.
+    raise DataError(format_message(where, f"cannot be read ({e})",
+                                   "use the unmodified file, or gzip it again")) from None
   examples = []
   for a, article in enumerate(_field(root, "data", list, where), start=1):
     title = _field(article, "title", str, f"{where} article {a}")

@@ -144,7 +144,7 @@ def evaluate_span(start_logits: np.ndarray, end_logits: np.ndarray, features: Sp
   scale of the classification metrics (checkpoint selection, tolerances)."""
   predictions = span_predictions(start_logits, end_logits, features)
   scores = squad_metrics(predictions, features.examples)
-  out = {"num_examples": len(features.examples), "num_windows": len(features),
+  out = {"num_questions": len(features.examples), "num_windows": len(features),
          "metric_name": "f1", "metric": scores["f1"] / 100.0, **scores}
   if directory is not None:
     out["predictions_file"] = str(write_predictions(predictions, directory))
