@@ -369,6 +369,21 @@ def test_span_losses_and_gold_logits():
       classes[0, 2] + classes[1, 4], rel=1e-6)
 
 
+def test_span_accuracy_and_distillation():
+  import jax.numpy as jnp
+  from adapler_jax.train import lat_step, losses
+  rng = np.random.default_rng(1)
+  teacher, student = (jnp.asarray(rng.normal(size=(3, 6, 2)), jnp.float32) for _ in range(2))
+  for direction in ("forward", "reverse"):
+    per_end = [float(lat_step.kd_loss(teacher[..., k], student[..., k], direction))
+               for k in (0, 1)]
+    assert float(lat_step.kd_loss(teacher, student, direction)) == pytest.approx(
+        sum(per_end) / 2, rel=1e-5)
+  logits = np.zeros((2, 4, 2), np.float32)
+  logits[0, 1, 0] = logits[0, 2, 1] = logits[1, 3, 0] = logits[1, 0, 1] = 1.0
+  assert float(losses.task_accuracy(jnp.asarray(logits), jnp.asarray([[1, 2], [3, 1]]))) == 0.75
+
+
 def test_gather_and_evaluate_span(tmp_path):
   context = "alpha beta gamma"
   f = _features(context, [[None, (0, 5), (6, 10), (11, 16)]], answers=("beta",))

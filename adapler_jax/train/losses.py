@@ -34,6 +34,14 @@ def task_cross_entropy(logits: Array, labels: Array, weights: Array | None = Non
   return cross_entropy(logits, labels, weights)
 
 
+def task_accuracy(logits: Array, labels: Array) -> Array:
+  """Share of gold argmaxes: the class (logits (B, C)), or the start and end positions
+  (logits (B, T, 2), labels (B, 2)), each counted once."""
+  if logits.ndim == 3:
+    return jnp.mean(jnp.argmax(logits, axis=1) == labels)
+  return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
 def gold_logit_sum(logits: Array, labels: Array) -> Array:
   """Sum over the batch of the gold logits, the saliency target: the gold class's logit
   (logits (B, C), labels (B,)), or the gold start's plus the gold end's (logits (B, T, 2),
