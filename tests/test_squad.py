@@ -295,6 +295,8 @@ def test_batches_carry_span_fields(tokenizer):
   assert batch["labels"].shape == (len(f), 2)
   idx = batch["index"]
   assert (batch["context_mask"] == f.context_mask[idx, :batch["input_ids"].shape[1]]).all()
+  assert (batch["start_positions"] == f.labels[idx, 0]).all()
+  assert (batch["end_positions"] == f.labels[idx, 1]).all()
   plain = data.TokenizedDataset(f.input_ids, f.token_type_ids, f.lengths, f.labels[:, 0], f.ids)
   assert "context_mask" not in next(data.train_batches(plain, 2, seed=0, epoch=0))
 
@@ -353,35 +355,17 @@ def test_run_data_resplits_by_article(tmp_path, tokenizer):
     context._load_span_splits(config, data.get_task("squad"), tokenizer, "train")
 
 
-def test_span_losses_and_gold_logits():
+def test_saliency_target_is_gold_start_plus_end():
   import jax.numpy as jnp
-  from adapler_jax.train import losses
+  from adapler_jax.train import saliency
   logits = np.random.default_rng(0).normal(size=(2, 5, 2)).astype(np.float32)
   labels = np.asarray([[1, 3], [0, 0]])
-  value = lambda fn, *a: float(fn(*map(jnp.asarray, a)))
-  start = value(losses.cross_entropy, logits[..., 0], labels[:, 0])
-  end = value(losses.cross_entropy, logits[..., 1], labels[:, 1])
-  assert value(losses.task_cross_entropy, logits, labels) == pytest.approx((start + end) / 2)
   gold = logits[0, 1, 0] + logits[0, 3, 1] + logits[1, 0, 0] + logits[1, 0, 1]
-  assert value(losses.gold_logit_sum, logits, labels) == pytest.approx(gold, rel=1e-6)
+  value = float(saliency.gold_logit_sum(jnp.asarray(logits), jnp.asarray(labels)))
+  assert value == pytest.approx(gold, rel=1e-6)
   classes = logits[:, :, 0]
-  assert value(losses.gold_logit_sum, classes, np.asarray([2, 4])) == pytest.approx(
-      classes[0, 2] + classes[1, 4], rel=1e-6)
-
-
-def test_span_accuracy_and_distillation():
-  import jax.numpy as jnp
-  from adapler_jax.train import lat_step, losses
-  rng = np.random.default_rng(1)
-  teacher, student = (jnp.asarray(rng.normal(size=(3, 6, 2)), jnp.float32) for _ in range(2))
-  for direction in ("forward", "reverse"):
-    per_end = [float(lat_step.kd_loss(teacher[..., k], student[..., k], direction))
-               for k in (0, 1)]
-    assert float(lat_step.kd_loss(teacher, student, direction)) == pytest.approx(
-        sum(per_end) / 2, rel=1e-5)
-  logits = np.zeros((2, 4, 2), np.float32)
-  logits[0, 1, 0] = logits[0, 2, 1] = logits[1, 3, 0] = logits[1, 0, 1] = 1.0
-  assert float(losses.task_accuracy(jnp.asarray(logits), jnp.asarray([[1, 2], [3, 1]]))) == 0.75
+  value = float(saliency.gold_logit_sum(jnp.asarray(classes), jnp.asarray([2, 4])))
+  assert value == pytest.approx(classes[0, 2] + classes[1, 4], rel=1e-6)
 
 
 def test_gather_and_evaluate_span(tmp_path):

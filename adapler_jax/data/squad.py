@@ -253,7 +253,8 @@ class SpanFeatures(TokenizedDataset):
   """Windows of a `SquadDataset`, laid out as a `TokenizedDataset` (one row per window).
 
   `labels` is (n, 2) int32: the start and end token of the first gold answer in the window, or
-  (0, 0) ([CLS]) when the window does not hold the whole answer. `ids` are `<question id>#<k>`.
+  (0, 0) ([CLS]) when the window does not hold the whole answer; batches also carry them as
+  `start_positions` and `end_positions` (B,). `ids` are `<question id>#<k>`.
 
   Attributes:
     example_index: (n,) int32 row of `examples` each window comes from.
@@ -267,7 +268,17 @@ class SpanFeatures(TokenizedDataset):
   context_mask: np.ndarray | None = None
   examples: SquadDataset | None = None
 
-  row_fields: ClassVar[tuple[str, ...]] = ("context_mask",)
+  row_fields: ClassVar[tuple[str, ...]] = ("context_mask", "start_positions", "end_positions")
+
+  @property
+  def start_positions(self) -> np.ndarray:
+    """(n,) gold start tokens (`labels[:, 0]`, the name span losses read from a batch)."""
+    return self.labels[:, 0]
+
+  @property
+  def end_positions(self) -> np.ndarray:
+    """(n,) gold end tokens (`labels[:, 1]`)."""
+    return self.labels[:, 1]
 
 
 def span_labels(offsets: np.ndarray, context: np.ndarray, start_char: int,

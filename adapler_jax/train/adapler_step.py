@@ -57,7 +57,7 @@ def adapler_grads(cfg: AdapLeRConfig, params: dict, batch: dict, lam: Array,
     logits, trace = soft_forward(cfg, {"model": model, "speed": {"eta": eta}}, batch, lam,
                                  theta_d=theta_d, deterministic=deterministic, rng=rng)
     targets = losses.cp_targets(batch["saliency"], trace["keep_in"], theta_target)
-    terms = (losses.task_cross_entropy(logits, batch["labels"]),
+    terms = (losses.cross_entropy(logits, batch["labels"]),
              losses.cp_loss(trace["log_scores"], targets),
              losses.length_loss(trace["lengths"]))
     return terms, (logits, trace)
@@ -101,7 +101,7 @@ def make_train_step(cfg: AdapLeRConfig, optimizer: optax.GradientTransformation,
     params = clip_speed(optax.apply_updates(state.params, updates))
     metrics = {
         "ce": aux["ce"], "cp": aux["cp"], "length": aux["length"],
-        "accuracy": losses.task_accuracy(aux["logits"], batch["labels"]),
+        "accuracy": jnp.mean(jnp.argmax(aux["logits"], -1) == batch["labels"]),
         "eta": params["speed"]["eta"], "theta": params["speed"]["theta"],
         "kept": aux["trace"]["lengths"].mean(axis=1),
     }

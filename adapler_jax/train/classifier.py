@@ -14,7 +14,7 @@ from adapler_jax.data import TokenizedDataset
 from adapler_jax.models.bert import EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import SequenceClassifier
 from adapler_jax.train import parallel
-from adapler_jax.train.losses import task_accuracy, task_cross_entropy
+from adapler_jax.train.losses import cross_entropy
 from adapler_jax.train.state import TrainState
 
 
@@ -49,12 +49,12 @@ def make_finetune_step(encoder: EncoderConfig, num_labels: int,
     def loss_fn(params):
       logits = classifier_logits(encoder, num_labels, params, batch, deterministic=False,
                                  rng=state.step_key())
-      return task_cross_entropy(logits, batch["labels"]), logits
+      return cross_entropy(logits, batch["labels"]), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "accuracy": task_accuracy(logits, batch["labels"])}
+    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"])}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return parallel.jit_train_step(step, mesh)

@@ -28,7 +28,7 @@ from adapler_jax.models.lat import masked_forward
 from adapler_jax.reduce import lengths
 from adapler_jax.reduce.significance import SelectionFlags
 from adapler_jax.train import parallel
-from adapler_jax.train.losses import task_accuracy, task_cross_entropy
+from adapler_jax.train.losses import cross_entropy
 from adapler_jax.train.state import TrainState
 
 Array = jax.Array
@@ -59,15 +59,13 @@ def kd_loss(teacher_logits: Array, student_logits: Array, direction: str = "forw
 
   forward: sum p_t (log p_t - log p_s) = KL(teacher || student);
   reverse: sum p_s (log p_s - log p_t) = KL(student || teacher).
-  Span logits (B, T, 2): distributions over positions, (KL_start + KL_end) / 2 (run_squad).
   """
-  axis = 1 if teacher_logits.ndim == 3 else -1
-  log_t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits), axis=axis)
-  log_s = jax.nn.log_softmax(student_logits, axis=axis)
+  log_t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits), axis=-1)
+  log_s = jax.nn.log_softmax(student_logits, axis=-1)
   if direction == "forward":
-    kl = jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=axis)
+    kl = jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=-1)
   elif direction == "reverse":
-    kl = jnp.sum(jnp.exp(log_s) * (log_s - log_t), axis=axis)
+    kl = jnp.sum(jnp.exp(log_s) * (log_s - log_t), axis=-1)
   else:
     raise ValueError(f"kd {direction!r} is not one of {', '.join(KD_DIRECTIONS)}")
   return jnp.mean(kl)
@@ -102,7 +100,7 @@ def sandwich_terms(enc: EncoderConfig, num_labels: int, lat: LATConfig, params: 
                              flags=lat.flags, layer_on=layer_on, deterministic=False,
                              rng=k_dropout)
   teacher = logits if teacher_logits is None else teacher_logits
-  terms, configs = [task_cross_entropy(logits, batch["labels"])], []
+  terms, configs = [cross_entropy(logits, batch["labels"])], []
   for i, k in enumerate(k_subs):
     sub_logits, config, _ = _sub_model(enc, num_labels, lat, params, batch, k, smallest=i == 0)
     terms.append(kd_loss(teacher, sub_logits, lat.kd))
@@ -131,7 +129,7 @@ def make_lat_step(enc: EncoderConfig, num_labels: int, lat: LATConfig,
     terms = aux["terms"]
     metrics = {"loss": loss, "ce": terms[0], "kd_smallest": terms[1],
                "kd_random": jnp.mean(terms[2:]) if len(terms) > 2 else jnp.zeros(()),
-               "accuracy": task_accuracy(aux["logits"], batch["labels"]),
+               "accuracy": jnp.mean(jnp.argmax(aux["logits"], -1) == batch["labels"]),
                "smallest_config": aux["configs"][0]}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

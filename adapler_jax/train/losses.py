@@ -18,39 +18,6 @@ def cross_entropy(logits: Array, labels: Array, weights: Array | None = None) ->
   return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def span_cross_entropy(logits: Array, labels: Array, weights: Array | None = None) -> Array:
-  """Span QA loss as HF's `BertForQuestionAnswering`: (CE(start) + CE(end)) / 2 over positions.
-
-  `logits` (B, T, 2) start and end logits; `labels` (B, 2) gold start and end positions.
-  """
-  return 0.5 * (cross_entropy(logits[..., 0], labels[:, 0], weights)
-                + cross_entropy(logits[..., 1], labels[:, 1], weights))
-
-
-def task_cross_entropy(logits: Array, labels: Array, weights: Array | None = None) -> Array:
-  """`cross_entropy` for classification logits (B, C), `span_cross_entropy` for (B, T, 2)."""
-  if logits.ndim == 3:
-    return span_cross_entropy(logits, labels, weights)
-  return cross_entropy(logits, labels, weights)
-
-
-def task_accuracy(logits: Array, labels: Array) -> Array:
-  """Share of gold argmaxes: the class (logits (B, C)), or the start and end positions
-  (logits (B, T, 2), labels (B, 2)), each counted once."""
-  if logits.ndim == 3:
-    return jnp.mean(jnp.argmax(logits, axis=1) == labels)
-  return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
-
-
-def gold_logit_sum(logits: Array, labels: Array) -> Array:
-  """Sum over the batch of the gold logits, the saliency target: the gold class's logit
-  (logits (B, C), labels (B,)), or the gold start's plus the gold end's (logits (B, T, 2),
-  labels (B, 2)). Rows are independent, so its gradient splits by row."""
-  if logits.ndim == 3:
-    return jnp.sum(jnp.take_along_axis(logits, labels[:, None, :], axis=1))
-  return jnp.sum(jnp.take_along_axis(logits, labels[:, None], axis=-1))
-
-
 def cp_targets(saliency: Array, keep_in: Array, theta: Array) -> Array:
   """Eq. 7: saliency over the tokens still kept, [CLS] amplified by theta, renormalised.
 
