@@ -83,14 +83,14 @@ def main(argv):
   if _RATIONALES.value:
     return rationales(trained)
   data = trained.eval_dataset(_SPLIT.value)
-  path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"eval_{_SPLIT.value}.json")
-  path.parent.mkdir(parents=True, exist_ok=True)
   result = report.evaluate_adapler(
       trained.adapler_cfg, trained.adapler_params, data, trained.task.metric,
       engine=_ENGINE.value or config.eval.engine,
       batch_size=_BATCH.value or config.eval.batch_size, flops_mode=_FLOPS.value,
-      predictions_dir=path.parent if trained.task.is_span else None)
+      predictions_dir=predictions_dir(trained.task))
   out = {"task": trained.task.name, "split": _SPLIT.value, **result}
+  path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"eval_{_SPLIT.value}.json")
+  path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(out, indent=2))
   print(json.dumps({k: v for k, v in out.items() if k != "kept_tokens_per_layer"}, indent=2))
   print(f"wrote {path}")
@@ -129,11 +129,9 @@ def evaluate_lat() -> None:
     lengths_ = lat_phases.eval_length_config(run)
   step, params = lat_phases.load_lengthdrop(run)
   data = run.dataset(_SPLIT.value)
-  path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"eval_{_SPLIT.value}.json")
-  path.parent.mkdir(parents=True, exist_ok=True)
   full = lat_phases.evaluate_at(run, params, data, None)
   reduced = lat_phases.evaluate_at(run, params, data, lengths_,
-                                   predictions_dir=path.parent if run.task.is_span else None)
+                                   predictions_dir=predictions_dir(run.task))
   out = {"task": run.task.name, "split": _SPLIT.value, "method": "lat",
          "lengthdrop_step": step, "full_metric": full["metric"], **reduced}
   if run.task.is_span:
@@ -143,9 +141,20 @@ def evaluate_lat() -> None:
                                             "max_drop": _MAX_DROP.value}, **chosen}
     (Path(_WORKDIR.value) / lat_search.SEARCH_DIR / "chosen.json").write_text(
         json.dumps(out["chosen_from_frontier"], indent=2))
+  path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"eval_{_SPLIT.value}.json")
+  path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(out, indent=2))
   print(json.dumps({k: v for k, v in out.items() if k != "kept_tokens_per_layer"}, indent=2))
   print(f"wrote {path}")
+
+
+def predictions_dir(task) -> Path | None:
+  """Span QA: the folder of the report, where the answers go as predictions.json."""
+  if not task.is_span:
+    return None
+  path = Path(_OUTPUT.value).parent if _OUTPUT.value else Path(_WORKDIR.value)
+  path.mkdir(parents=True, exist_ok=True)
+  return path
 
 
 def explain(trained, text: str) -> None:
