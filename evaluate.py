@@ -3,6 +3,9 @@
   python evaluate.py --workdir runs/sst2 [--split dev|test] [--batch-size 32]
       [--engine bucketed|per-example] [--flops analytic|paper] [--output FILE]
 
+Span QA runs (configs/squad*.py) also report the official exact match and F1 and write the
+answers beside the report as predictions.json ({question id: answer}).
+
 LAT runs (configs/*_lat.py) are evaluated at a length config, with real dropping:
   python evaluate.py --workdir runs/sst2_lat [--length-config 52,42,34,28,23,19 |
       --length-ratio 0.2] [--split dev] [--batch-size 32]
@@ -91,7 +94,8 @@ def main(argv):
   result = report.evaluate_adapler(
       trained.adapler_cfg, params, data, trained.task.metric,
       engine=_ENGINE.value or config.eval.engine,
-      batch_size=_BATCH.value or config.eval.batch_size, flops_mode=_FLOPS.value)
+      batch_size=_BATCH.value or config.eval.batch_size, flops_mode=_FLOPS.value,
+      predictions_dir=predictions_dir(trained.task))
   out = {"task": trained.task.name, "split": _SPLIT.value, **result}
   if chosen is not None:
     out["chosen_from_frontier"] = record_choice(chosen)
@@ -151,9 +155,12 @@ def evaluate_lat() -> None:
   step, params = lat_phases.load_lengthdrop(run)
   data = run.dataset(_SPLIT.value)
   full = lat_phases.evaluate_at(run, params, data, None)
-  reduced = lat_phases.evaluate_at(run, params, data, lengths_)
+  reduced = lat_phases.evaluate_at(run, params, data, lengths_,
+                                   predictions_dir=predictions_dir(run.task))
   out = {"task": run.task.name, "split": _SPLIT.value, "method": "lat",
          "lengthdrop_step": step, "full_metric": full["metric"], **reduced}
+  if run.task.is_span:
+    out.update(full_exact_match=full["exact_match"], full_f1=full["f1"])
   if chosen is not None:
     out["chosen_from_frontier"] = record_choice(chosen)
   path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"eval_{_SPLIT.value}.json")
@@ -161,6 +168,15 @@ def evaluate_lat() -> None:
   path.write_text(json.dumps(out, indent=2))
   print(json.dumps({k: v for k, v in out.items() if k != "kept_tokens_per_layer"}, indent=2))
   print(f"wrote {path}")
+
+
+def predictions_dir(task) -> Path | None:
+  """Span QA: the folder of the report, where the answers go as predictions.json."""
+  if not task.is_span:
+    return None
+  path = Path(_OUTPUT.value).parent if _OUTPUT.value else Path(_WORKDIR.value)
+  path.mkdir(parents=True, exist_ok=True)
+  return path
 
 
 def explain(trained, text: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -21,7 +21,8 @@ class TokenizedDataset:
     input_ids: (n, max_length) int32, padded with the tokenizer's pad id.
     token_type_ids: (n, max_length) int32 segment ids (1 on the second text of a pair).
     lengths: (n,) int32 real tokens per row, [CLS] and [SEP] included.
-    labels: (n,) int32.
+    labels: (n,) int32 class indices; (n, 2) start and end tokens for span tasks
+      (`data.squad.SpanFeatures`).
     ids: example ids, as in the `TextDataset`.
     task: task name.
     pad_id: the tokenizer's padding id.
@@ -40,6 +41,10 @@ class TokenizedDataset:
   pad_id: int = 0
   rationale_mask: np.ndarray | None = None
   word_ids: np.ndarray | None = None
+
+  # Names of extra per-row arrays (attributes) that batches carry; those of shape
+  # (n, max_length, ...) are cut to the batch's width.
+  row_fields: ClassVar[tuple[str, ...]] = ()
 
   def __len__(self) -> int:
     return len(self.ids)

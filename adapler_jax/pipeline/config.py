@@ -28,8 +28,9 @@ def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
   c.data.dev_subset = 0
   c.data.resplit_source = ""  # re-split one labelled split into train / held-out ...
   c.data.resplit_train = 0  # ... of these sizes (0: no re-split). Dev = test = held-out.
-  c.data.resplit_test = 0
+  c.data.resplit_test = 0  # span tasks count articles; those left over are the search's.
   c.data.resplit_seed = 0
+  c.data.doc_stride = 128  # span tasks: tokens shared by consecutive windows of a context.
 
   c.train = ml_collections.ConfigDict()  # phase 1: fine-tuning.
   c.train.epochs = 5
