@@ -47,6 +47,16 @@ def test_every_field_has_help():
     assert set(dotted(load(path))) <= fields, f"{path.name} adds fields without help"
 
 
+def test_fields_named_in_messages_exist():
+  """Every `--config.<field>` a message or docstring tells the user to pass is a field."""
+  fields = set(dotted(base_config("demo", 48)))
+  sources = [*(ROOT / "adapler_jax").rglob("*.py"), ROOT / "train.py", ROOT / "evaluate.py"]
+  named = {m.rstrip(".") for p in sources
+           for m in re.findall(r"--config\.([\w.{}]+)", p.read_text()) if "{" not in m}
+  assert {"data.text_fields", "data.label_field", "data.label_names"} <= named  # readers' hints.
+  assert named <= fields, named - fields
+
+
 def test_print_config_lists_every_field_with_value_default_and_help(tmp_path):
   proc = train_py("--config", "configs/sst2.py", "--print_config", "--config.train.epochs=3",
                   "--config.data.label_names=neg,pos")
