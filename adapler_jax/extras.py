@@ -12,13 +12,15 @@ from types import ModuleType
 from adapler_jax.errors import MissingExtraError
 
 
-def require(module: str, extra: str, purpose: str) -> ModuleType:
-  """`import module`, or a one-line `MissingExtraError` naming the extra to install."""
+def require(module: str, extra: str, purpose: str, instead: str = "") -> ModuleType:
+  """`import module`, or a one-line `MissingExtraError` naming the extra to install (or what
+  to do `instead`)."""
   try:
     return importlib.import_module(module)
   except ImportError:
     raise MissingExtraError(f"{purpose} needs the {module.split('.')[0]} package; install it "
-                            f"with pip install 'adapler-jax[{extra}]'") from None
+                            f"with pip install 'adapler-jax[{extra}]'"
+                            + (f" or {instead}" if instead else "")) from None
 
 
 def pyplot() -> ModuleType:

@@ -137,3 +137,20 @@ def test_enable_compilation_cache(monkeypatch, tmp_path, jax_cache_options):
   jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_own"))
   assert cli.enable_compilation_cache(None) == str(tmp_path / "jax_own")
 
+
+
+def test_missing_extra_is_one_line(monkeypatch):
+  from adapler_jax import extras  # pylint: disable=g-import-not-at-top
+  from adapler_jax.data import get_task, hub  # pylint: disable=g-import-not-at-top
+  from adapler_jax.errors import MissingExtraError  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed.
+  monkeypatch.setitem(sys.modules, "datasets", None)
+  with pytest.raises(MissingExtraError) as err:
+    extras.pyplot()
+  assert str(err.value) == ("drawing figures needs the matplotlib package; install it with "
+                            "pip install 'adapler-jax[plots]'")
+  with pytest.raises(MissingExtraError) as err:
+    hub.load_from_hub(get_task("sst2"), "dev")
+  assert str(err.value) == ("downloading sst2 from the Hugging Face hub needs the datasets "
+                            "package; install it with pip install 'adapler-jax[hub]' or pass a "
+                            "local folder with --config.data.data_dir")

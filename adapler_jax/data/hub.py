@@ -36,7 +36,7 @@ def load_from_hub(spec: TaskSpec, split: str) -> TextDataset:
   """Split `split` of `spec` from the hub; DataError (one line) when it cannot be downloaded."""
   path, name = spec.hub
   datasets = extras.require("datasets", "hub", f"downloading {spec.name} from the Hugging "
-                            "Face hub (or pass a local folder with --config.data.data_dir)")
+                            "Face hub", "pass a local folder with --config.data.data_dir")
   hub_split = dict(spec.hub_splits)[split]
   where = f"hub {path}" + (f"/{name}" if name else "") + f" split '{hub_split}'"
   try:
