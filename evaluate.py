@@ -29,7 +29,7 @@ from pathlib import Path
 from absl import flags, logging
 
 from adapler_jax import pipeline
-from adapler_jax.cli import run_app
+from adapler_jax.cli import enable_compilation_cache, run_app
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.infer import flops
@@ -74,7 +74,9 @@ def main(argv):
   if _EXPLAIN.value is not None and not _EXPLAIN.value.strip():
     raise UserError("--explain got an empty text; pass the text to explain, e.g. "
                     "--explain \"a gentle, funny film\"")
-  if pipeline.read_config(_WORKDIR.value).get("method", "adapler") == "lat":
+  run_config = pipeline.read_config(_WORKDIR.value)
+  enable_compilation_cache(run_config)
+  if run_config.get("method", "adapler") == "lat":
     return evaluate_lat()
   if _LENGTH_CONFIG.value or _LENGTH_RATIO.value is not None:
     raise UserError("--length-config and --length-ratio apply to LAT runs; this run is "

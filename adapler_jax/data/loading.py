@@ -35,6 +35,8 @@ def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike[str
                               max_length=max_length or spec.max_length)
   if spec.is_span:
     return squad.load_squad(split, data_dir, spec)
+  if spec.local is not None and spec.local.kind == "file":  # task `custom`: named files.
+    return readers.read_local(spec, split, data_dir or ".")
   if num_examples is not None:
     raise ValueError("num_examples applies to the demo task only; use data.subset")
   if data_dir is None:

@@ -28,8 +28,9 @@ class LocalFormat:
     kind: `'tsv'` (header, tab-separated, quoting off), `'csv'` (no header, standard quoting;
       columns are 0-based ints), `'imdb'` (`{split}.jsonl[.gz]` or the aclImdb folders) or
       `'hatexplain'` (`dataset.json` + `post_id_divisions.json`) or `'eraser'` (ERASER
-      `{split}.jsonl` + `docs/`, read by `data.eraser`) or `'squad'` (the official SQuAD JSON,
-      `.json` or `.json.gz`, read by `data.squad`).
+      `{split}.jsonl` + `docs/`, read by `data.eraser`), `'squad'` (the official SQuAD JSON,
+      `.json` or `.json.gz`, read by `data.squad`) or `'file'` (any CSV/TSV with a header
+      or JSON-lines file per split, read by `readers.load_file`; the task `custom`).
     files: split -> file name (for `'hatexplain'`: split -> key of `post_id_divisions.json`).
     text_columns: one group of columns per text; the columns of a group are joined by a space.
     label_column: column holding the label.
@@ -195,7 +196,23 @@ def get_task(name: str) -> TaskSpec:
   try:
     return TASKS[name]
   except KeyError:
-    raise DataError(f"unknown task '{name}'; known tasks: {', '.join(TASKS)}") from None
+    raise DataError(f"unknown task '{name}'; known tasks: {', '.join(TASKS)}, or {CUSTOM} "
+                    "for your own files") from None
+
+
+CUSTOM = "custom"  # the task over the user's own files (`custom_task`).
+
+
+def custom_task(files: dict[str, str], text_fields: Fields, label_field: str = "label",
+                label_names: tuple[str, ...] = (), metric: str = "accuracy",
+                id_field: str = "", max_length: int = 128) -> TaskSpec:
+  """Task `custom`: one CSV/TSV/JSON-lines file per split (`files`: split -> path), read by
+  `readers.load_file` with the given fields; `label_names` are raw label values in class
+  order."""
+  return TaskSpec(CUSTOM, None, tuple((s, s) for s in files), text_fields, label_field,
+                  tuple(label_names), metric, max_length,
+                  local=LocalFormat("file", tuple(files.items()), text_fields, label_field,
+                                    tuple(label_names), (id_field,) if id_field else ()))
 
 
 def transfer_task(name: str, trained_on: TaskSpec, workdir) -> TaskSpec:

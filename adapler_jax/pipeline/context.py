@@ -16,7 +16,10 @@ from adapler_jax import weights
 from adapler_jax.data import (TaskSpec, TokenizedDataset, get_task, load_split, resplit, subset,
                               tokenize)
 from adapler_jax.data import squad
+from adapler_jax.data import readers
+from adapler_jax.data.tasks import CUSTOM, custom_task
 from adapler_jax.errors import UserError
+from adapler_jax.eval.metrics import METRICS
 from adapler_jax.models.adapler import AdapLeRConfig
 from adapler_jax.models.bert import EncoderConfig
 from adapler_jax.models.heads import ClassifierConfig
@@ -190,7 +193,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
   workdir = workdir_lib.check_dir(workdir)
   checks.check_config(config)
   mesh = parallel.make_data_mesh()
-  task = get_task(config.task)
+  config, task = resolve_task(config)
   encoder, backbone, tokenizer = weights.load_backbone(config.backbone, dtype=config.dtype)
   checks.check_max_length(config, encoder)
   run = Run(config, workdir, task, encoder, backbone, tokenizer, MetricWriter(workdir), mesh)
@@ -203,6 +206,48 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
     if run.is_main_process:
       workdir_lib.atomic_write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2))
   return run
+
+
+FILE_FIELDS = ("train_file", "dev_file", "test_file")
+
+
+def resolve_task(config: ml_collections.ConfigDict
+                 ) -> tuple[ml_collections.ConfigDict, TaskSpec]:
+  """The config's task. For `custom` (the user's files in `data.*_file`), a copy of the
+  config with the files as absolute paths and, without `data.label_names`, the train file's
+  labels in class order, so the workdir records what the run read."""
+  if config.task != CUSTOM:
+    named = [f for f in FILE_FIELDS if config.data.get(f)]
+    if named:
+      raise UserError(f"config data.{named[0]} is set but task is {config.task!r}; pass "
+                      f"--config.task={CUSTOM} to train on your own files")
+    return config, get_task(config.task)
+  config = config.copy_and_resolve_references()
+  d = config.data
+  for f in FILE_FIELDS[:2]:
+    if not d[f]:
+      raise UserError(f"task {CUSTOM} needs data.{f}; pass --config.data.{f}=PATH (a .csv or "
+                      ".tsv with a header, or .jsonl)")
+  for f in FILE_FIELDS:
+    if d[f]:
+      d[f] = str((Path(d.data_dir).expanduser() / Path(d[f]).expanduser()).absolute())
+  groups = tuple(tuple(f.strip() for f in g.split("+")) for g in d.text_fields.split(","))
+  if not 1 <= len(groups) <= 2 or not all(all(g) for g in groups):
+    raise UserError(f"config data.text_fields {d.text_fields!r} must name one text field or "
+                    "two for a pair, e.g. --config.data.text_fields=question,sentence")
+  if d.metric not in METRICS:
+    raise UserError(f"config data.metric {d.metric!r} is not one of {', '.join(METRICS)}; "
+                    "pass e.g. --config.data.metric=accuracy")
+  files = {"train": d.train_file, "dev": d.dev_file, "test": d.test_file or d.dev_file}
+  if not d.label_names:
+    d.label_names = ",".join(readers.file_labels(custom_task(files, groups, d.label_field),
+                                                 "train", "."))
+  names = tuple(n.strip() for n in d.label_names.split(","))
+  if len(names) < 2:
+    raise UserError(f"task {CUSTOM} has the single label {names[0]!r}; a classifier needs two "
+                    "or more (pass --config.data.label_names=NEG,POS)")
+  return config, custom_task(files, groups, d.label_field, names, d.metric, d.id_field,
+                             d.max_length)
 
 
 def read_config(workdir: str | Path) -> ml_collections.ConfigDict:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from adapler_jax import extras
 from adapler_jax.errors import UserError
 from adapler_jax.eval import metrics, report
 from adapler_jax.infer import flops
@@ -110,9 +111,7 @@ def run_search(run: Run) -> dict[str, Any]:
 def plot(store: evo.Store, result: dict[str, Any], path: Path, title: str) -> Path:
   """Every scored config in grey, the frontier highlighted, the full model marked (cost on
   a log axis), and the area under the frontier per iteration."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = extras.pyplot()
   key = f"{result['cost']}_fraction"
   fig, (ax, conv) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
   records = list(store.records.values())
