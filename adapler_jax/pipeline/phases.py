@@ -103,9 +103,12 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
   `train.keep_best` best checkpoints are kept, plus the latest for resuming. A rerun resumes
   from the latest checkpoint and replays the same batches and dropout keys, so the result
   equals an uninterrupted run. `stop_after_steps` simulates an interruption (for tests).
+  With `train.init_from_hf` the result is imported instead (`import_finetuned`).
   """
   run.check_batch_sizes("train.batch_size", "eval.batch_size")
   workdir_lib.record_config(run, FINETUNE)
+  if run.config.train.init_from_hf:
+    return import_finetuned(run)
   c = run.config.train
   train, dev = run.dataset("train"), run.dataset("dev")
   steps_per_epoch = num_train_steps(train, c.batch_size)
