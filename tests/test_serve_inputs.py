@@ -66,3 +66,10 @@ def test_hf_classifier_needs_its_head(tmp_path):
   loaded = weights.load_classifier(str(hf), TINY, 3)
   for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_unlabelled_file(tmp_path):
+  path = tmp_path / "test.tsv"
+  path.write_text("index\tsentence\n0\tgood .\n1\tbad .\n")
+  ds = data_lib.load_file(path, "sentence", label_field=None, id_field="index")
+  assert ds.labels is None and ds.ids == ["0", "1"] and ds.texts == (["good .", "bad ."],)

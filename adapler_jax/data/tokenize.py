@@ -94,6 +94,7 @@ def tokenize(dataset: TextDataset, tokenizer: Any, max_length: int) -> Tokenized
       for j, i in enumerate(range(lo, hi)):
         word_ids[i] = _token_words(dataset.texts[0][i], enc["offset_mapping"][j], first[j])
         rationale_mask[i] = np.isin(word_ids[i], dataset.rationales[i]) & (word_ids[i] >= 0)
+  labels = None if dataset.labels is None else dataset.labels.copy()
   return TokenizedDataset(input_ids=input_ids, token_type_ids=token_type_ids, lengths=lengths,
-                          labels=None if dataset.labels is None else dataset.labels.copy(), ids=list(dataset.ids), task=dataset.task,
+                          labels=labels, ids=list(dataset.ids), task=dataset.task,
                           pad_id=pad_id, rationale_mask=rationale_mask, word_ids=word_ids)

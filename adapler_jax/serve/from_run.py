@@ -8,6 +8,7 @@ and the searched frontier when there is one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -40,7 +41,6 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
 
 
 def _export_lat(pipeline, config, workdir: Path, output: Path, force: bool) -> Path:
-  import dataclasses  # pylint: disable=g-import-not-at-top
   from adapler_jax.pipeline import lat_phases, lat_search  # pylint: disable=g-import-not-at-top
   run = pipeline.prepare(config, workdir, record=False)
   step, params = lat_phases.load_lengthdrop(run)
