@@ -51,8 +51,9 @@ def _from_record(record: dict, fields, num_texts: int, where: str) -> tuple[str,
     groups = list(naming)[:num_texts]
     if len(groups) == num_texts and all(all(f in record for f in g) for g in groups):
       return tuple(" ".join(_join(record[f]) for f in g) for g in groups)
-  raise DataError(f"{where}: the record has no fields {_names(fields[0])}; give those "
-                  f"(keys present: {', '.join(map(str, record)) or 'none'})")
+  raise DataError(f"{where}: the record lacks the model's input field(s) {_names(fields[0])} "
+                  f"(it has {', '.join(map(str, record)) or 'no fields'}); add them, or use "
+                  "text / text_pair")
 
 
 def _join(value) -> str:
