@@ -143,6 +143,7 @@ def _write(directory: Path, meta: dict, params: dict, tokenizer) -> None:
   save_file(arrays, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
   tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
   (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+  shutil.copymode(directory / CONFIG_FILE, directory / WEIGHTS_FILE)  # safetensors writes 0600.
 
 
 def export_meta(method: str, config: AdapLeRConfig | ClassifierConfig, *, task: str,
