@@ -244,3 +244,26 @@ def _hf_key(keys: list[str]) -> str:
 def _hf_value(leaf: str, value: Any) -> np.ndarray:
   array = np.array(value, np.float32)  # a writable copy, as torch.from_numpy expects.
   return np.ascontiguousarray(array.T) if leaf == "kernel" else array
+
+
+def load_classifier(name_or_path: str, cfg: EncoderConfig, num_labels: int) -> dict:
+  """A fine-tuned `BertForSequenceClassification` checkpoint as classifier params
+  `{"bert", "head"}` (encoder, pooler and classifier) for an encoder of shape `cfg`.
+
+  Raises `WeightsError` when the checkpoint has no head, another label count, or does not
+  fit `cfg`.
+  """
+  directory = resolve_checkpoint_dir(name_or_path)
+  bert, head = convert_state_dict(read_safetensors(directory), cfg, source=str(directory))
+  if head is None or "pooler" not in head or "classifier" not in head:
+    raise WeightsError(f"{directory} has no sequence-classification head (bert.pooler + "
+                       "classifier); pass a *ForSequenceClassification checkpoint")
+  shapes = {"pooler": (cfg.hidden_size, cfg.hidden_size), "classifier": (cfg.hidden_size,
+                                                                        num_labels)}
+  for name, shape in shapes.items():
+    got = tuple(np.shape(head[name]["dense"]["kernel"] if name == "pooler"
+                         else head[name]["kernel"]))
+    if got != shape:
+      raise WeightsError(f"{directory}: the {name} has shape {got}, the task needs {shape} "
+                         f"({num_labels} labels); pass a checkpoint fine-tuned on this task")
+  return {"bert": bert, "head": head}

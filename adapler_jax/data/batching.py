@@ -30,9 +30,10 @@ def _batch(tok: TokenizedDataset, idx: np.ndarray, width: int) -> Batch:
       "input_ids": tok.input_ids[idx, :width],
       "token_type_ids": tok.token_type_ids[idx, :width],
       "attention_mask": valid_mask(tok.lengths[idx], width),
-      "labels": tok.labels[idx],
       "index": idx.astype(np.int32),
   }
+  if tok.labels is not None:
+    batch["labels"] = tok.labels[idx]
   for name in tok.row_fields:
     rows = getattr(tok, name)[idx]
     batch[name] = rows[:, :width] if rows.ndim > 1 and rows.shape[1] == tok.max_length else rows
@@ -63,6 +64,8 @@ def train_batches(tok: TokenizedDataset, batch_size: int, seed: int, epoch: int,
   """
   if batch_size % num_shards:
     raise ValueError(f"batch_size {batch_size} is not divisible by num_shards {num_shards}")
+  if tok.labels is None:
+    raise DataError(f"{tok.task} train split has no labels; training needs a labelled split")
   steps = num_train_steps(tok, batch_size)
   if steps == 0:
     raise DataError(f"{tok.task} train split: {len(tok)} examples, fewer than one batch of "

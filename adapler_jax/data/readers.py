@@ -205,12 +205,15 @@ def build_examples(
     replace: Sequence[tuple[str, str]] = (),
     hints: Hints = TASK_HINTS,
 ) -> TextDataset:
-  """A `TextDataset` from records: texts from column groups, labels, ids; DataError on bad rows."""
+  """A `TextDataset` from records: texts from column groups, labels (none when `label_column`
+  is None), ids; DataError on bad rows."""
   index = _label_index(label_values)
   ids: list[str] = []
   texts: tuple[list[str], ...] = tuple([] for _ in text_columns)
   labels: list[int] = []
-  needed = [c for group in text_columns for c in group] + [label_column] + list(id_columns)
+  labelled = label_column is not None
+  needed = ([c for group in text_columns for c in group] + [label_column] * labelled
+            + list(id_columns))
   for row, (where, record) in enumerate(rows):
     for c in needed:
       if c not in record:
@@ -233,13 +236,14 @@ def build_examples(
         raise DataError(format_message(where, f"empty text in {names}",
                                        "fill in the text or remove the row"))
       out.append(" ".join(parts))
-    labels.append(_parse_label(record[label_column], index, where, hints))
+    if labelled:
+      labels.append(_parse_label(record[label_column], index, where, hints))
     ids.append("-".join(str(record[c]) for c in id_columns) if id_columns else f"{split}-{row}")
   if not ids:
     raise DataError(format_message(source, f"split '{split}' has no examples",
                                    "add data rows or use another split"))
-  return TextDataset(ids=ids, texts=texts, labels=np.asarray(labels, np.int32), task=task,
-                     source=source)
+  return TextDataset(ids=ids, texts=texts, labels=np.asarray(labels, np.int32) if labelled
+                     else None, task=task, source=source)
 
 
 def _missing_file(spec_name: str, split: str, path: Path, data_dir: Path,
@@ -382,7 +386,7 @@ def _as_groups(text_fields: str | Sequence[Any]) -> tuple[tuple[Any, ...], ...]:
 def load_file(
     path: str | os.PathLike[str],
     text_fields: str | Sequence[Any] = ("text",),
-    label_field: str = "label",
+    label_field: str | None = "label",
     label_names: Sequence[str] | None = None,
     id_field: str | None = None,
     task: str = "file",
@@ -393,7 +397,7 @@ def load_file(
     path: the file; its suffix picks the format (`.tsv`: tabs with quoting off, `.csv`: commas
       with standard quoting, `.jsonl`/`.json`: one object per line; each may end with `.gz`).
     text_fields: one field (single text) or two (pair); an inner tuple joins fields by a space.
-    label_field: field holding the label.
+    label_field: field holding the label; None: the file is unlabelled (e.g. test texts).
     label_names: raw label values in class-index order; None: labels are class indices 0, 1, ...
     id_field: field with unique ids; None: `'<file stem>-<row>'`.
     task: task name recorded in the dataset.
@@ -402,7 +406,8 @@ def load_file(
   if not path.is_file():
     raise _missing_file(task, path.stem, path, path.parent)
   groups = _as_groups(text_fields)
-  needed = [c for g in groups for c in g] + [label_field] + ([id_field] if id_field else [])
+  needed = ([c for g in groups for c in g] + ([label_field] if label_field is not None else [])
+            + ([id_field] if id_field else []))
   split = path.name.split(".")[0]
   return build_examples(_file_rows(path, needed), task=task, source=str(path), split=split,
                         text_columns=groups, label_column=label_field, label_values=label_names,

@@ -22,7 +22,7 @@ class TokenizedDataset:
     token_type_ids: (n, max_length) int32 segment ids (1 on the second text of a pair).
     lengths: (n,) int32 real tokens per row, [CLS] and [SEP] included.
     labels: (n,) int32 class indices; (n, 2) start and end tokens for span tasks
-      (`data.squad.SpanFeatures`).
+      (`data.squad.SpanFeatures`); None for unlabelled texts.
     ids: example ids, as in the `TextDataset`.
     task: task name.
     pad_id: the tokenizer's padding id.
@@ -35,7 +35,7 @@ class TokenizedDataset:
   input_ids: np.ndarray
   token_type_ids: np.ndarray
   lengths: np.ndarray
-  labels: np.ndarray
+  labels: np.ndarray | None
   ids: list[str]
   task: str = ""
   pad_id: int = 0
@@ -99,6 +99,7 @@ def tokenize(dataset: TextDataset, tokenizer: Any, max_length: int) -> Tokenized
       for j, i in enumerate(range(lo, hi)):
         word_ids[i] = _token_words(dataset.texts[0][i], enc["offset_mapping"][j], first[j])
         rationale_mask[i] = np.isin(word_ids[i], dataset.rationales[i]) & (word_ids[i] >= 0)
+  labels = None if dataset.labels is None else dataset.labels.copy()
   return TokenizedDataset(input_ids=input_ids, token_type_ids=token_type_ids, lengths=lengths,
-                          labels=dataset.labels.copy(), ids=list(dataset.ids), task=dataset.task,
+                          labels=labels, ids=list(dataset.ids), task=dataset.task,
                           pad_id=pad_id, rationale_mask=rationale_mask, word_ids=word_ids)

@@ -52,6 +52,8 @@ def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
   c.train.eval_every_steps = 0
   c.train.checkpoint_every_steps = 0
   c.train.log_every_steps = 50
+  c.train.init_from_hf = ""  # a fine-tuned HF *ForSequenceClassification dir / hub id: its
+  # encoder and head are the fine-tuning result (no training); the backbone must match it.
 
   c.saliency = ml_collections.ConfigDict()
   c.saliency.batch_size = 64
