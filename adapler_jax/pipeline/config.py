@@ -52,8 +52,7 @@ def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
   c.train.eval_every_steps = 0
   c.train.checkpoint_every_steps = 0
   c.train.log_every_steps = 50
-  c.train.init_from_hf = ""  # a fine-tuned HF *ForSequenceClassification dir / hub id: its
-  # encoder and head are the fine-tuning result (no training); the backbone must match it.
+  c.train.init_from_hf = ""
 
   c.saliency = ml_collections.ConfigDict()
   c.saliency.batch_size = 64
@@ -162,6 +161,9 @@ HELP = {
     "train.epochs": "fine-tuning epochs",
     "train.batch_size": "examples per step (split over the devices)",
     "train.learning_rate": "peak AdamW learning rate (linear warmup, then linear decay to 0)",
+    "train.init_from_hf": "a fine-tuned HF *ForSequenceClassification dir or hub id: its encoder "
+                          "and head are the fine-tuning result (no training); the backbone must "
+                          "match it",
     "train.weight_decay": "AdamW weight decay",
     "train.warmup_fraction": "fraction of the steps spent warming up",
     "train.keep_best": "evaluated checkpoints kept, the best by dev metric",
