@@ -110,7 +110,9 @@ class AdapLeRModel(nn.Module):
       (L, batch, seq); `lengths` (L, batch) = sum of kept non-[CLS] weights + 1.
     """
     theta_d = jnp.ones((self.cfg.num_layers,), jnp.float32) if theta_d is None else theta_d
-    policy = SoftRemoval(self.predictors, eta, lam, self.cfg.beta, theta_d, self.cfg.keep_cls)
+    head = self.cfg.task_head
+    policy = SoftRemoval(self.predictors, eta, lam, self.cfg.beta, theta_d, head.keep_cls,
+                         head.restore)
     x = self.bert.embed(input_ids, token_type_ids, deterministic=deterministic)
     x, _, trace = self.bert.encoder(x, SoftRemoval.initial(attention_mask), policy,
                                     deterministic=deterministic)
@@ -169,7 +171,8 @@ def soft_forward(cfg: AdapLeRConfig, params: dict, batch: dict, lam: Array | flo
     deterministic: False enables dropout, which needs `rng`.
   Returns:
     `(logits (B, C) or (B, N, 2) for span QA, aux)`, aux as in `AdapLeRModel.__call__`.
-    Soft removal keeps every token in place, so a span head sees every position.
+    Soft removal keeps every token in place, so a span head sees every position; for span
+    QA a removed token's vector stops changing (soft drop-and-restore, `SoftRemoval`).
   """
   rngs = None if deterministic else {"dropout": rng}
   return AdapLeRModel(cfg).apply(

@@ -78,18 +78,21 @@ def soft_removal_edit(scores: Array, delta: Array, lam: Array | float, beta: flo
 class SoftRemoval(Policy):
   """Eq. 4 soft removal before every layer; `ctx` is the log keep weights (B, N).
 
-  Every token stays in place (with a fading weight), so the last hidden states are their
-  own drop-and-restore. `keep_cls=False` (span QA) lets [CLS] fade like any token.
+  Every token stays in place (with a fading weight). `keep_cls=False` (span QA) lets [CLS]
+  fade like any token. `restore` (span QA) is the soft form of drop-and-restore: a layer's
+  output replaces a token's vector in proportion to its keep weight, x <- m y + (1 - m) x,
+  so a token removed before layer l keeps its layer l-1 output, as in hard removal with
+  restore; without it a removed token is still updated as a query (harmless for [CLS]).
   Records per layer: `log_scores` log S~, `keep_in` keep weights at the layer's input,
   `keep` after its edit, `edit`, `lengths` = sum of kept non-[CLS] weights + 1 (with
   `keep_cls=False`: of all kept weights).
   """
 
   def __init__(self, predictors: list[Callable], eta: Array, lam, beta: float,
-               theta_d: Array, keep_cls: bool = True):
+               theta_d: Array, keep_cls: bool = True, restore: bool = False):
     self.predictors, self.eta, self.lam, self.beta, self.theta_d = (
         predictors, eta, lam, beta, theta_d)
-    self.keep_cls = keep_cls
+    self.keep_cls, self.restore = keep_cls, restore
 
   @staticmethod
   def initial(attention_mask: Array) -> Array:
@@ -110,6 +113,12 @@ class SoftRemoval(Policy):
     new_keep = jnp.exp(log_keep)
     return x, log_keep, {"log_scores": log_scores, "keep_in": keep, "keep": new_keep,
                          "edit": edit, "lengths": jnp.sum(new_keep * not_cls, -1) + forced}
+
+  def after_layer(self, l, x, y, log_keep):
+    if not self.restore:
+      return y, log_keep
+    keep = jnp.exp(log_keep)[..., None].astype(y.dtype)
+    return keep * y + (1 - keep) * x, log_keep
 
 
 class HardRemoval(Policy):
