@@ -13,7 +13,7 @@ The pure functions most research code needs::
 from adapler_jax.models.adapler import (AdapLeRConfig, AdapLeRModel, HardRemovalResult,
                                         hard_forward, init, soft_forward, soft_removal_edit)
 from adapler_jax.models.bert import Bert, EncoderConfig
-from adapler_jax.models.heads import SequenceClassifier
+from adapler_jax.models.heads import SequenceClassifier, SpanQA
 from adapler_jax.train.adapler_step import (LossWeights, TrainState, adapler_grads,
                                             create_train_state, make_train_step)
 from adapler_jax.train.optim import adapler_optimizer
@@ -21,7 +21,7 @@ from adapler_jax.weights import load_backbone
 
 __all__ = [
     "AdapLeRConfig", "AdapLeRModel", "Bert", "EncoderConfig", "HardRemovalResult",
-    "LossWeights", "SequenceClassifier", "TrainState", "adapler_grads", "adapler_optimizer",
-    "create_train_state", "hard_forward", "init", "load_backbone", "make_train_step",
-    "soft_forward", "soft_removal_edit",
+    "LossWeights", "SequenceClassifier", "SpanQA", "TrainState", "adapler_grads",
+    "adapler_optimizer", "create_train_state", "hard_forward", "init", "load_backbone",
+    "make_train_step", "soft_forward", "soft_removal_edit",
 ]

@@ -170,13 +170,14 @@ def test_adapler_hard_removal_restores_layer_outputs():
   types = (np.arange(13) >= 4).astype(np.int32)
   predictors = adapler.predictor_params(cfg, model)
 
+  # pylint: disable=protected-access
   def scores(l, x):  # as `hard_forward` scores (its jitted pieces, compiled once).
     zeros = jnp.zeros(x.shape[:2], jnp.float32)
-    return np.asarray(adapler._cp_scores(cfg.cp_hidden, ENC.dtype, predictors[l], x, zeros))[0]  # pylint: disable=protected-access
+    return np.asarray(adapler._cp_scores(cfg.cp_hidden, ENC.dtype, predictors[l], x, zeros))[0]
 
   h0 = _embed(model, {"input_ids": ids[None], "token_type_ids": types[None]})
   policy = HardRemoval(scores, np.asarray(params["speed"]["eta"]), keep_cls=False)
-  layers = [adapler._JitLayer(ENC, p) for p in encoder_layer_params(ENC, model["bert"])]  # pylint: disable=protected-access
+  layers = [adapler._JitLayer(ENC, p) for p in encoder_layer_params(ENC, model["bert"])]
   final, _, trace = walk.walk(layers, h0, np.arange(13), policy, hidden_states=True,
                               restore=True)
   ran = [np.asarray(p) for p in trace["kept_positions"]]

@@ -108,6 +108,7 @@ class EngineResult:
 
   @property
   def predictions(self) -> np.ndarray:
+    """Predicted labels (classification; span logits go to span post-processing)."""
     return np.argmax(self.logits, axis=-1)
 
   @property

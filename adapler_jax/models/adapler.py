@@ -104,8 +104,8 @@ class AdapLeRModel(nn.Module):
       eta: (L,) cutoff multipliers. lam: scalar lambda (traced).
       theta_d: (L,) dummy [CLS] multipliers, ones in value (Appendix B).
     Returns:
-      logits (batch, num_labels), or (batch, seq, 2) for span QA, and aux with per-layer arrays stacked on axis 0:
-      `log_scores` (L, batch, seq) log S~; `keep_in` (L, batch, seq) keep weights
+      logits (batch, num_labels), or (batch, seq, 2) for span QA, and aux with per-layer
+      arrays stacked on axis 0: `log_scores` (L, batch, seq) log S~; `keep_in` (L, batch, seq) keep weights
       at each layer's input; `keep` (L, batch, seq) after its edit; `edit`
       (L, batch, seq); `lengths` (L, batch) = sum of kept non-[CLS] weights + 1.
     """
