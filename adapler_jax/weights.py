@@ -143,7 +143,7 @@ def _flax_path(key: str) -> tuple[str, ...] | None:
 
 def _head_path(key: str) -> tuple[str, ...] | None:
   key = re.sub(r"^bert\.", "", key)
-  if key.startswith("pooler.dense.") or key.startswith("classifier."):
+  if key.startswith(("pooler.dense.", "classifier.", "qa_outputs.")):
     parts = key.split(".")
     parts[-1] = "kernel" if parts[-1] == "weight" else parts[-1]
     return tuple(parts)
@@ -155,7 +155,8 @@ def convert_state_dict(state: Mapping[str, np.ndarray], cfg: EncoderConfig,
   """HF BERT state dict -> (`Bert` params, head params or None).
 
   The head params (`pooler`/`classifier`, present in `BertForSequenceClassification`
-  checkpoints) come back separately, laid out as `ClassificationHead` expects.
+  checkpoints; `qa_outputs` in `BertForQuestionAnswering`) come back separately, laid out
+  as `ClassificationHead` (or `SpanHead`) expects.
   Raises `WeightsError` naming any missing, unexpected or misshapen tensor.
   """
   flat, head = {}, {}

@@ -254,10 +254,10 @@ class Encoder(nn.Module):
 
   def __call__(self, x: Array, ctx, policy: walk.Policy = walk.FULL, *,
                deterministic: bool = True, layer_on: Array | None = None,
-               hidden_states: bool = False):
+               hidden_states: bool = False, restore: bool = False):
     """`walk.walk` over this encoder's layers -> `(x, ctx, trace)`."""
     return walk.walk(self.layer, x, ctx, policy, deterministic=deterministic,
-                     layer_on=layer_on, hidden_states=hidden_states)
+                     layer_on=layer_on, hidden_states=hidden_states, restore=restore)
 
 
 def encoder_layer_params(cfg: EncoderConfig, bert_params: dict) -> list:
