@@ -15,6 +15,7 @@ def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
   c.task = task
   c.method = "adapler"  # or "lat" (Length-Adaptive Transformer).
   c.backbone = "minilm"  # embedded all-MiniLM-L6-v2; or a local HF dir, or a hub id.
+  c.backbone_revision = ml_collections.config_dict.placeholder(str)  # pins a hub id's commit.
   c.seed = 22
   c.dtype = "float32"  # compute dtype: float32 or bfloat16.
 
