@@ -272,13 +272,13 @@ def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
 
 def load_tokenizer(directory: str | os.PathLike):
   """The fast tokenizer saved beside a checkpoint."""
-  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
   directory = Path(directory)
   # transformers 5 builds an empty tokenizer from config.json alone: look for the files.
   if not any((directory / f).exists() for f in _TOKENIZER_FILES):
     raise WeightsError(f"no tokenizer in {directory}; add the base model's tokenizer files "
                        f"(one of {', '.join(_TOKENIZER_FILES)}) beside the weights, e.g. "
                        "AutoTokenizer.from_pretrained(BASE).save_pretrained(DIR)")
+  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
   try:
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
   except (OSError, ValueError) as e:

@@ -88,7 +88,8 @@ def hf_inputs(model, batch):
 
 
 def live_case(name: str, directory: Path, seed: int):
-  """Seeded HF model saved to `directory`; returns (batch, HF last hidden states, shapes)."""
+  """Seeded HF model saved to `directory`; returns (batch, HF outputs, shapes): outputs
+  `last_hidden_state`, and `logits` for sequence classifiers."""
   import torch  # pylint: disable=g-import-not-at-top
   model = hf_model(name)
   shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
@@ -96,21 +97,25 @@ def live_case(name: str, directory: Path, seed: int):
   model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
   model.save_pretrained(directory)
   batch = make_batch(model.config.pad_token_id or 0, model.config.model_type in ("bert", "electra"))
+  inputs = {k: torch.from_numpy(batch[k]).long() for k in hf_inputs(model, batch)}
   with torch.no_grad():
-    out = model.base_model(**{k: torch.from_numpy(batch[k]).long()
-                              for k in hf_inputs(model, batch)})
-  return batch, out.last_hidden_state.numpy(), shapes
+    outputs = {"last_hidden_state": model.base_model(**inputs).last_hidden_state.numpy()}
+    if "ForSequenceClassification" in type(model).__name__:
+      outputs["logits"] = model(**inputs).logits.numpy()
+  return batch, outputs, shapes
 
 
 def golden_case(name: str, directory: Path):
-  """The stored case rebuilt in `directory`; returns (batch, HF last hidden states)."""
+  """The stored case rebuilt in `directory`; returns (batch, HF outputs)."""
   spec = json.loads((GOLDEN / "backbones.json").read_text())[name]
   arrays = np.load(GOLDEN / "backbones.npz")
   directory.mkdir(parents=True)
   (directory / "config.json").write_text(json.dumps(spec["config"]))
   save_file(seeded_state(spec["shapes"], spec["seed"]), str(directory / "model.safetensors"))
   batch = {k: arrays[f"{name}/{k}"] for k in ("input_ids", "attention_mask", "token_type_ids")}
-  return batch, arrays[f"{name}/last_hidden_state"]
+  outputs = {k: arrays[f"{name}/{k}"] for k in ("last_hidden_state", "logits")
+             if f"{name}/{k}" in arrays}
+  return batch, outputs
 
 
 def max_diff_at_real(hidden, expected, mask) -> float:
@@ -129,8 +134,10 @@ def test_parity_with_hugging_face(name, tmp_path):
   if HAVE_TORCH:
     batch, expected, _ = live_case(name, directory, seed)
     golden_batch, golden = golden_case(name, tmp_path / "golden")
+    golden = golden["last_hidden_state"]
   else:
     batch, expected = golden_case(name, directory)
+  expected = expected["last_hidden_state"]
   cfg, params = weights.load_encoder(str(directory))
   hidden = adapler_jax.encode(cfg, params, batch["input_ids"], batch["attention_mask"],
                               batch["token_type_ids"])
@@ -140,6 +147,21 @@ def test_parity_with_hugging_face(name, tmp_path):
     for k, v in batch.items():
       np.testing.assert_array_equal(golden_batch[k], v)
     assert max_diff_at_real(golden, expected, batch["attention_mask"]) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["roberta-prefixed", "xlm-roberta"])
+def test_roberta_classification_head_loads_as_classification_head(name, tmp_path):
+  """RoBERTa's head (dense, tanh, out_proj on <s>) is `ClassificationHead`: logits match."""
+  seed = list(CASES).index(name)
+  batch, expected = (live_case(name, tmp_path, seed) if HAVE_TORCH
+                     else golden_case(name, tmp_path / "g"))[:2]
+  directory = tmp_path if HAVE_TORCH else tmp_path / "g"
+  cfg, _ = weights.load_encoder(str(directory))
+  params, head = weights.convert_state_dict(load_file(str(directory / "model.safetensors")), cfg)
+  logits, _ = SequenceClassifier(cfg, 2).apply(
+      {"params": {"bert": params, "head": head}}, batch["input_ids"], batch["token_type_ids"],
+      attention_bias_from_mask(batch["attention_mask"]))
+  assert np.abs(np.asarray(logits) - expected["logits"]).max() <= 1e-5
 
 
 @pytest.mark.parametrize("name", ["bert", "roberta-prefixed", "distilbert", "electra"])
@@ -166,6 +188,7 @@ def test_roberta_positions_start_after_padding(tmp_path):
     batch, expected, _ = live_case("roberta", tmp_path / "r", seed=1)
   else:
     batch, expected = golden_case("roberta", tmp_path / "r")
+  expected = expected["last_hidden_state"]
   cfg, params = weights.load_encoder(str(tmp_path / "r"))
   assert (cfg.model_type, cfg.position_offset, cfg.type_vocab_size) == ("roberta", 2, 1)
   as_bert = EncoderConfig(**{**cfg.__dict__, "position_offset": 0})
