@@ -95,9 +95,9 @@ def tokenize(dataset: TextDataset, tokenizer: Any, max_length: int) -> Tokenized
     token_type_ids[lo:hi] = enc["token_type_ids"]
     lengths[lo:hi] = enc["attention_mask"].sum(axis=1)
     if with_rationales:
-      first = (enc["token_type_ids"] == 0) & (enc["attention_mask"] == 1)
-      for j, i in enumerate(range(lo, hi)):
-        word_ids[i] = _token_words(dataset.texts[0][i], enc["offset_mapping"][j], first[j])
+      for j, i in enumerate(range(lo, hi)):  # sequence ids, not token types: RoBERTa's are 0.
+        first = np.array([s == 0 for s in enc.sequence_ids(j)])
+        word_ids[i] = _token_words(dataset.texts[0][i], enc["offset_mapping"][j], first)
         rationale_mask[i] = np.isin(word_ids[i], dataset.rationales[i]) & (word_ids[i] >= 0)
   labels = None if dataset.labels is None else dataset.labels.copy()
   return TokenizedDataset(input_ids=input_ids, token_type_ids=token_type_ids, lengths=lengths,

@@ -143,9 +143,9 @@ class _Engine:
                max_length: int, device: jax.Device | None, ffn_chunk_rows: int | None | str):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if max_length > cfg.encoder.max_position_embeddings:
+    if max_length > cfg.encoder.max_length:
       raise ValueError(f"max_length {max_length} exceeds the model's "
-                       f"{cfg.encoder.max_position_embeddings} positions")
+                       f"{cfg.encoder.max_length} positions")
     self.cfg = cfg
     self.batch_size = batch_size
     self.buckets = tuple(buckets)

@@ -259,9 +259,9 @@ def hard_forward(cfg: AdapLeRConfig, params: dict, input_ids, token_type_ids=Non
   """
   enc, model = cfg.encoder, params["model"]
   input_ids = np.asarray(input_ids, np.int32)
-  if input_ids.ndim != 1 or not 0 < len(input_ids) <= enc.max_position_embeddings:
+  if input_ids.ndim != 1 or not 0 < len(input_ids) <= enc.max_length:
     raise InputError(f"hard_forward takes one example of shape (n,) with 1 <= n <= "
-                     f"{enc.max_position_embeddings} (the model's positions), got shape "
+                     f"{enc.max_length} (the model's positions), got shape "
                      f"{input_ids.shape}; for a batch use infer.AdaptiveEngine")
   token_type_ids = (np.zeros_like(input_ids) if token_type_ids is None
                     else np.asarray(token_type_ids, np.int32))

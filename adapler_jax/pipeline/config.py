@@ -16,6 +16,7 @@ def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
   c.task = task
   c.method = "adapler"
   c.backbone = "minilm"
+  c.backbone_revision = ml_collections.config_dict.placeholder(str)
   c.seed = 22
   c.dtype = "float32"
   c.compilation_cache = True
@@ -124,6 +125,8 @@ HELP = {
     "method": "adapler (AdapLeR) or lat (Length-Adaptive Transformer)",
     "backbone": "minilm (embedded all-MiniLM-L6-v2), a local Hugging Face model folder, or "
                 "a hub id",
+    "backbone_revision": "a hub commit, branch or tag to pin a hub backbone to (None: the "
+                         "latest)",
     "seed": "seed of initialisation, dropout, shuffling and data subsets",
     "dtype": "compute dtype: float32 or bfloat16",
     "compilation_cache": "reuse compiled programs across runs (JAX's persistent cache in "

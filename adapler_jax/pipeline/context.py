@@ -194,7 +194,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
   checks.check_config(config)
   mesh = parallel.make_data_mesh()
   config, task = resolve_task(config)
-  encoder, backbone, tokenizer = weights.load_backbone(config.backbone, dtype=config.dtype)
+  encoder, backbone, tokenizer = weights.load_backbone(
+      config.backbone, revision=config.get("backbone_revision"), dtype=config.dtype)
   checks.check_max_length(config, encoder)
   run = Run(config, workdir, task, encoder, backbone, tokenizer, MetricWriter(workdir), mesh)
   if record:
