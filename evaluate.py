@@ -3,9 +3,16 @@
   python evaluate.py --workdir runs/sst2 [--split dev|test] [--batch-size 32]
       [--engine bucketed|per-example] [--flops analytic|paper] [--output FILE]
 
+Span QA runs (configs/squad*.py) also report the official exact match and F1 and write the
+answers beside the report as predictions.json ({question id: answer}).
+
 LAT runs (configs/*_lat.py) are evaluated at a length config, with real dropping:
   python evaluate.py --workdir runs/sst2_lat [--length-config 52,42,34,28,23,19 |
       --length-ratio 0.2] [--split dev] [--batch-size 32]
+
+After `train.py --phase search`, either method at a point of its frontier:
+  python evaluate.py --workdir W --flops-budget 0.4    # best point under 40% of the cost
+  python evaluate.py --workdir W --max-drop 1.0        # cheapest point within 1 metric point
 
 Also:
   --explain "some text"   token map of one text: which tokens each layer keeps, coloured by
@@ -22,7 +29,7 @@ from pathlib import Path
 from absl import flags, logging
 
 from adapler_jax import pipeline
-from adapler_jax.cli import run_app
+from adapler_jax.cli import enable_compilation_cache, run_app
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.infer import flops
@@ -48,10 +55,10 @@ _LENGTH_CONFIG = flags.DEFINE_string("length_config", None, "LAT: per-layer leng
                                      "max length, e.g. 52,42,34,28,23,19.")
 _LENGTH_RATIO = flags.DEFINE_float("length_ratio", None, "LAT: a constant per-layer ratio, "
                                    "l_i = ceil((1 - r) l_{i-1}); 0.2 is the smallest sub-model.")
-_FLOPS_BUDGET = flags.DEFINE_float("flops_budget", None, "LAT with a search: the best frontier "
+_FLOPS_BUDGET = flags.DEFINE_float("flops_budget", None, "After a search: the best frontier "
                                    "point costing at most this fraction of the full model "
                                    "(in the search's cost convention).")
-_MAX_DROP = flags.DEFINE_float("max_drop", None, "LAT with a search: the cheapest frontier "
+_MAX_DROP = flags.DEFINE_float("max_drop", None, "After a search: the cheapest frontier "
                                "point within this many metric points of the full model.")
 flags.DEFINE_alias("batch-size", "batch_size")
 flags.DEFINE_alias("flops-budget", "flops_budget")
@@ -67,12 +74,14 @@ def main(argv):
   if _EXPLAIN.value is not None and not _EXPLAIN.value.strip():
     raise UserError("--explain got an empty text; pass the text to explain, e.g. "
                     "--explain \"a gentle, funny film\"")
-  if pipeline.read_config(_WORKDIR.value).get("method", "adapler") == "lat":
+  run_config = pipeline.read_config(_WORKDIR.value)
+  enable_compilation_cache(run_config)
+  if run_config.get("method", "adapler") == "lat":
     return evaluate_lat()
-  if (_LENGTH_CONFIG.value or _LENGTH_RATIO.value is not None
-      or _FLOPS_BUDGET.value is not None or _MAX_DROP.value is not None):
-    raise UserError("--length-config, --length-ratio, --flops-budget and --max-drop apply to "
-                    "LAT runs; this run is AdapLeR")
+  if _LENGTH_CONFIG.value or _LENGTH_RATIO.value is not None:
+    raise UserError("--length-config and --length-ratio apply to LAT runs; this run is "
+                    "AdapLeR (--flops-budget / --max-drop pick from its eta search)")
+  chosen = pick_from_frontier()
   trained = pipeline.load_run(_WORKDIR.value)
   config = trained.config
   if _EXPLAIN.value is not None:
@@ -80,16 +89,42 @@ def main(argv):
   if _RATIONALES.value:
     return rationales(trained)
   data = trained.eval_dataset(_SPLIT.value)
+  params = trained.adapler_params
+  if chosen is not None:
+    from adapler_jax.eval import tradeoff  # pylint: disable=g-import-not-at-top
+    params = tradeoff.with_eta_scaled(params, chosen["eta_multipliers"])
   result = report.evaluate_adapler(
-      trained.adapler_cfg, trained.adapler_params, data, trained.task.metric,
+      trained.adapler_cfg, params, data, trained.task.metric,
       engine=_ENGINE.value or config.eval.engine,
-      batch_size=_BATCH.value or config.eval.batch_size, flops_mode=_FLOPS.value)
+      batch_size=_BATCH.value or config.eval.batch_size, flops_mode=_FLOPS.value,
+      predictions_dir=predictions_dir(trained.task))
   out = {"task": trained.task.name, "split": _SPLIT.value, **result}
+  if chosen is not None:
+    out["chosen_from_frontier"] = record_choice(chosen)
   path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"eval_{_SPLIT.value}.json")
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(out, indent=2))
   print(json.dumps({k: v for k, v in out.items() if k != "kept_tokens_per_layer"}, indent=2))
   print(f"wrote {path}")
+
+
+def pick_from_frontier() -> dict | None:
+  """The frontier point `--flops-budget` / `--max-drop` name, or None without them."""
+  from adapler_jax.pipeline import lat_search  # pylint: disable=g-import-not-at-top
+  if _FLOPS_BUDGET.value is None and _MAX_DROP.value is None:
+    return None
+  return lat_search.pick(lat_search.load_frontier(_WORKDIR.value),
+                         flops_budget=_FLOPS_BUDGET.value, max_drop=_MAX_DROP.value)
+
+
+def record_choice(chosen: dict) -> dict:
+  """The choice with its rule, also kept in WORKDIR/search/chosen.json (export reads it)."""
+  from adapler_jax.pipeline import lat_search  # pylint: disable=g-import-not-at-top
+  choice = {"rule": {"flops_budget": _FLOPS_BUDGET.value, "max_drop": _MAX_DROP.value},
+            **chosen}
+  (Path(_WORKDIR.value) / lat_search.SEARCH_DIR / "chosen.json").write_text(
+      json.dumps(choice, indent=2))
+  return choice
 
 
 def evaluate_lat() -> None:
@@ -101,11 +136,7 @@ def evaluate_lat() -> None:
            _MAX_DROP.value is not None]
   if sum(map(bool, dials)) > 1:
     raise UserError("pass one of --length-config, --length-ratio, --flops-budget, --max-drop")
-  chosen = None
-  if _FLOPS_BUDGET.value is not None or _MAX_DROP.value is not None:
-    frontier = lat_search.load_frontier(_WORKDIR.value)
-    chosen = lat_search.pick(frontier, flops_budget=_FLOPS_BUDGET.value,
-                             max_drop=_MAX_DROP.value)
+  chosen = pick_from_frontier()
   config = pipeline.read_config(_WORKDIR.value)
   if _BATCH.value is not None:
     config.eval.batch_size = _BATCH.value
@@ -126,19 +157,28 @@ def evaluate_lat() -> None:
   step, params = lat_phases.load_lengthdrop(run)
   data = run.dataset(_SPLIT.value)
   full = lat_phases.evaluate_at(run, params, data, None)
-  reduced = lat_phases.evaluate_at(run, params, data, lengths_)
+  reduced = lat_phases.evaluate_at(run, params, data, lengths_,
+                                   predictions_dir=predictions_dir(run.task))
   out = {"task": run.task.name, "split": _SPLIT.value, "method": "lat",
          "lengthdrop_step": step, "full_metric": full["metric"], **reduced}
+  if run.task.is_span:
+    out.update(full_exact_match=full["exact_match"], full_f1=full["f1"])
   if chosen is not None:
-    out["chosen_from_frontier"] = {"rule": {"flops_budget": _FLOPS_BUDGET.value,
-                                            "max_drop": _MAX_DROP.value}, **chosen}
-    (Path(_WORKDIR.value) / lat_search.SEARCH_DIR / "chosen.json").write_text(
-        json.dumps(out["chosen_from_frontier"], indent=2))
+    out["chosen_from_frontier"] = record_choice(chosen)
   path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"eval_{_SPLIT.value}.json")
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(out, indent=2))
   print(json.dumps({k: v for k, v in out.items() if k != "kept_tokens_per_layer"}, indent=2))
   print(f"wrote {path}")
+
+
+def predictions_dir(task) -> Path | None:
+  """Span QA: the folder of the report, where the answers go as predictions.json."""
+  if not task.is_span:
+    return None
+  path = Path(_OUTPUT.value).parent if _OUTPUT.value else Path(_WORKDIR.value)
+  path.mkdir(parents=True, exist_ok=True)
+  return path
 
 
 def explain(trained, text: str) -> None:

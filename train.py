@@ -1,25 +1,47 @@
 """Trains AdapLeR: fine-tune -> saliency -> AdapLeR training -> evaluation.
 
   python train.py --config configs/sst2.py --workdir runs/sst2 [--phase all|finetune|saliency|adapler|evaluate]
+
+Every field of the config file can be set with --config.<field>=VALUE, e.g.
   python train.py --config configs/sst2.py --workdir runs/sst2 --config.train.learning_rate=3e-5
+and --print_config lists every field with its value, default and meaning, then exits:
+  python train.py --config configs/sst2.py --print_config [--config.<field>=VALUE ...]
+Your own CSV/TSV/JSON-lines files: --config.task=custom --config.data.train_file=train.csv
+  --config.data.dev_file=dev.csv [--config.data.text_fields=text --config.data.label_field=label].
+More in docs/cli.md.
 """
 
 from absl import flags, logging
 from ml_collections import config_flags
 
 from adapler_jax import pipeline
-from adapler_jax.cli import run_app
+from adapler_jax.cli import enable_compilation_cache, run_app
+from adapler_jax.errors import UserError
+from adapler_jax.pipeline.config import format_config
 from adapler_jax.train import parallel
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/<task>.py file.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a configs/<task>.py file; set any of its fields with "
+    "--config.<field>=VALUE (list them with --print_config).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, summary.")
 _PHASE = flags.DEFINE_enum("phase", "all", pipeline.PHASES, "Which phase to run.")
-flags.mark_flags_as_required(["config", "workdir"])
+_PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the resolved config, one "
+                                  "field per line with its default and help, and exit.")
+flags.mark_flag_as_required("config")
 
 
 def main(argv):
   del argv
+  if _PRINT_CONFIG.value:
+    path = config_flags.get_config_filename(flags.FLAGS[_CONFIG.name])
+    print(f"# {path} with overrides; set a field with --config.<field>=VALUE")
+    print(format_config(_CONFIG.value))
+    return
+  if not _WORKDIR.value:
+    raise UserError("--workdir is missing; pass a directory for the run's checkpoints, e.g. "
+                    "--workdir runs/demo")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO.
+  enable_compilation_cache(_CONFIG.value)
   parallel.maybe_initialize_distributed()  # multi-host jobs only; before any other JAX call.
   run = pipeline.prepare(_CONFIG.value, _WORKDIR.value)
   result = pipeline.run_phase(run, _PHASE.value)

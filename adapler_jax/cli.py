@@ -1,9 +1,12 @@
-"""Shared CLI plumbing: user errors become one line on stderr and exit status 2."""
+"""Shared CLI plumbing: user errors become one line on stderr and exit status 2; compiled
+programs are kept on disk for the next run."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 from absl import app, flags
@@ -11,6 +14,8 @@ from absl import app, flags
 from adapler_jax.errors import UserError
 
 CONFIG_FLAG = "config"
+CACHE_ENV = "ADAPLER_JAX_CACHE_DIR"  # where compiled programs go; "" turns the cache off.
+CACHE_MAX_BYTES = 2 << 30  # least recently used programs are evicted beyond this.
 
 
 def run_cli(main: Callable[[], object]) -> None:
@@ -62,3 +67,34 @@ def _unknown_override(argv: list[str]) -> str:
       except UserError as e:
         return str(e)
   return f"a --{CONFIG_FLAG}.<field> override does not fit the config file {path}"
+
+
+def compilation_cache_dir() -> Path | None:
+  """The per-user folder of compiled programs: `$ADAPLER_JAX_CACHE_DIR` (empty: None), else
+  `$XDG_CACHE_HOME/adapler-jax/jax`, else `~/.cache/adapler-jax/jax`."""
+  if CACHE_ENV in os.environ:
+    return Path(os.environ[CACHE_ENV]).expanduser() if os.environ[CACHE_ENV] else None
+  root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+  return Path(root) / "adapler-jax" / "jax"
+
+
+def enable_compilation_cache(config=None) -> str | None:
+  """Turns on JAX's persistent compilation cache before anything compiles, so a rerun loads
+  the programs an earlier run compiled; every program is kept, however small, as CPU ones
+  compile in well under JAX's default 1 s threshold. Off when `config.compilation_cache` is
+  False or `$ADAPLER_JAX_CACHE_DIR` is empty; a folder set through JAX itself
+  (`JAX_COMPILATION_CACHE_DIR`) is kept. Returns the folder in use, or None."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if config is not None and not config.get("compilation_cache", True):
+    return None
+  if jax.config.jax_compilation_cache_dir:
+    return jax.config.jax_compilation_cache_dir
+  path = compilation_cache_dir()
+  if path is None:
+    return None
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  if importlib.util.find_spec("filelock") is not None:  # JAX's eviction needs it.
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+  return str(path)

@@ -29,3 +29,7 @@ def format_message(where: str, problem: str, fix: str | None = None) -> str:
   """One-line message `'<where>: <problem>; <fix>'` with newlines in the parts flattened."""
   text = f"{where}: {problem}" + (f"; {fix}" if fix else "")
   return " ".join(text.split("\n"))
+
+
+class MissingExtraError(UserError, ImportError):
+  """An optional dependency (a pip extra of the package) that a feature needs is missing."""

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np
 from absl import logging
 
-from adapler_jax import pipeline
+from adapler_jax import extras, pipeline
 from adapler_jax.cli import run_cli
 from adapler_jax.eval import metrics, report
 from adapler_jax.infer import flops
@@ -64,9 +64,7 @@ def sweep(workdir: str, ratios=RATIOS) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = extras.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
   pts = result["points"]
   panels = (("padded_macs", "GMACs at the padded length (LAT convention, log)"),

@@ -4,7 +4,7 @@ Reviews are cut into windows of at most max_length tokens that never split an ev
 (`adapler_jax/data/eraser.py`); every window is one example with its review's label.
 Full budget, like IMDB in paper Tables 3 and 4 (1,600 reviews = 3,491 windows):
   python train.py --config configs/eraser_movies.py --workdir runs/eraser_movies \
-      --config.data.data_dir=../shared/data/eraser_movies
+      --config.data.data_dir=data/eraser_movies
 then the rationale agreement on the test reviews:
   python evaluate.py --workdir runs/eraser_movies --split test --rationales
 `bench/rationales.py` runs both with a small CPU budget. The paper gives no accuracy or

@@ -21,5 +21,5 @@ def get_config():
   c.adapler.phi = 0.0005
   c.adapler.lambda_init = 10.0
   c.adapler.lambda_rate = 10.0
-  c.data.data_dir = ""  # e.g. ../shared/data/sst2 (GLUE TSV)
+  c.data.data_dir = ""  # e.g. data/sst2 (GLUE TSV)
   return c

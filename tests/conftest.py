@@ -1,6 +1,8 @@
-"""Shared fixtures: the embedded backbone's tokenizer and the optional real-data folder."""
+"""Shared fixtures: the embedded backbone's tokenizer, the optional real-data folder, and a
+temporary compilation cache for the CLIs that tests start."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,17 @@ def shared_data() -> Path:
   if not SHARED_DATA.is_dir():
     pytest.skip(f"real data folder {SHARED_DATA} is absent (only on the project's machines)")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cli_compilation_cache(tmp_path_factory):
+  """train.py / evaluate.py started by tests keep compiled programs in a temporary folder,
+  never in the user's cache (`adapler_jax.cli.enable_compilation_cache`)."""
+  from adapler_jax.cli import CACHE_ENV  # pylint: disable=g-import-not-at-top
+  saved = os.environ.get(CACHE_ENV)
+  os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("jax_cache"))
+  yield
+  if saved is None:
+    os.environ.pop(CACHE_ENV, None)
+  else:
+    os.environ[CACHE_ENV] = saved

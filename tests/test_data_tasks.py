@@ -21,7 +21,7 @@ def _write(path, text, encoding="utf-8"):
 
 
 def test_registry_matches_paper():
-  assert set(data.task_names()) == set(PAPER_MAX_LENGTH) | {"demo", "eraser_movies"}
+  assert set(data.task_names()) == set(PAPER_MAX_LENGTH) | {"demo", "eraser_movies", "squad"}
   for name, length in PAPER_MAX_LENGTH.items():
     assert data.get_task(name).max_length == length
   assert data.get_task("mrpc").metric == "f1"

@@ -1,5 +1,4 @@
-"""Bucketed inference engines against the per-example reference (README, "Batched
-inference engine").
+"""Bucketed inference engines against the per-example reference (docs/benchmarks.md).
 
 The reference (`per_example_run`, one `hard_forward` per example) compiles once per
 distinct token count, so the real-data examples are drawn from a few exact input

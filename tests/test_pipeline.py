@@ -109,6 +109,33 @@ def test_all_phases_and_evaluation(tiny_backbone, tmp_path):
                                                   result["adapler_flops"])
   assert result["metric"] == pytest.approx(summary["adapler_metric"])
 
+  # Anytime AdapLeR: the search over per-layer eta multipliers, then the max-drop dial.
+  config.search.iterations, config.search.population = 1, 3
+  config.search.mutations = config.search.crossovers = 3
+  config.search.held_out = 32
+  config.search.eta_multipliers = (0.0, 1.0, 4.0)
+  config.search.cost = "actual"
+  found = pipeline.run_phase(pipeline.prepare(config, workdir), "search")
+  stored = [json.loads(l) for l in (workdir / "search" / "store.jsonl").read_text().splitlines()]
+  genes = [tuple(r["gene"]) for r in stored]
+  assert len(genes) == len(set(genes)) == found["scored"]
+  assert {(0, 0), (1, 1), (2, 2)} <= set(genes)  # the global scalings start the search.
+  assert all(0 <= i < 3 for g in genes for i in g)
+  no_drop = next(r for r in stored if r["gene"] == [0, 0])  # eta x 0 keeps every token.
+  assert no_drop["actual_fraction"] > max(r["actual_fraction"] for r in stored
+                                          if r["gene"] != [0, 0])
+  costs = [r["actual_fraction"] for r in found["frontier"]]
+  scores = [r["held_out_metric"] for r in found["frontier"]]
+  assert costs == sorted(costs) and all(b > a for a, b in zip(scores, scores[1:]))
+  proc = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(workdir),
+                         "--max-drop", "100", "--output", str(out)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(out.read_text())
+  cheapest = found["frontier"][0]
+  assert result["chosen_from_frontier"]["eta_multipliers"] == cheapest["eta_multipliers"]
+  assert result["metric"] == pytest.approx(cheapest["dev_metric"])
+
 
 def test_finetune_resumes_to_the_same_parameters(tiny_backbone, tmp_path):
   config = tiny_config(tiny_backbone)

@@ -26,6 +26,34 @@ def test_mutation_and_crossover_keep_genes_monotone_and_in_range():
     assert child == tuple(int(np.ceil((x + y) / 2)) for x, y in zip(a, b))
 
 
+def test_grid_operators_stay_on_the_grid_and_move_one_step():
+  space, rng = evo.Grid(11), np.random.default_rng(1)
+  for _ in range(5_000):
+    a, b = tuple(rng.integers(0, 11, LAYERS).tolist()), tuple(rng.integers(0, 11, LAYERS).tolist())
+    child = space.mutate(rng, a, 0.5)
+    assert len(child) == LAYERS and all(0 <= c <= 10 and abs(c - p) <= 1
+                                        for c, p in zip(child, a))
+    assert space.crossover(a, b) == tuple(int(np.ceil((x + y) / 2)) for x, y in zip(a, b))
+  assert space.mutate(rng, (0,) * LAYERS, 0.0) == (0,) * LAYERS  # p 0 changes nothing.
+
+
+def test_measured_costs_feed_the_frontier_when_no_cost_model_is_given(tmp_path):
+  """AdapLeR's case: the evaluator returns the cost with the metric."""
+  calls = []
+
+  def evaluate(gene):
+    calls.append(gene)
+    return {"metric": 1.0 - 0.05 * sum(gene), "cost": 1.0 / (1 + sum(gene))}
+
+  settings = evo.SearchSettings(iterations=3, population=3, mutations=4, crossovers=4, seed=0)
+  initial = [(i,) * 3 for i in range(4)]
+  out = evo.evolve(evaluate, None, evo.Store(tmp_path / "s.jsonl"), initial=initial,
+                   floor_cost=0.0, space=evo.Grid(4), settings=settings)
+  assert len(calls) == len(set(calls)) == out["scored"]
+  # Every gene of equal total is equally good here, so the frontier is one per total.
+  assert len({sum(g) for g in out["frontier"]}) == len(out["frontier"])
+
+
 def test_pareto_front_has_no_dominated_member_and_equal_costs_keep_the_better():
   scored = {(1,): (10.0, 0.5), (2,): (10.0, 0.7),  # equal cost: the better stays.
             (3,): (20.0, 0.6),  # dominated by (2,).

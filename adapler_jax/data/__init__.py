@@ -2,7 +2,7 @@
 
 Typical use::
 
-  ds = load_split("sst2", "dev", data_dir="../shared/data/sst2")
+  ds = load_split("sst2", "dev", data_dir="data/sst2")
   tok = tokenize(ds, tokenizer, get_task("sst2").max_length)
   for batch in eval_batches(tok, batch_size=64):
     ...
@@ -15,6 +15,8 @@ from adapler_jax.data.demo import make_demo_task
 from adapler_jax.data.eraser import load_eraser
 from adapler_jax.data.loading import load_split
 from adapler_jax.data.readers import load_file
+from adapler_jax.data.squad import (SpanFeatures, SquadDataset, load_squad, span_features,
+                                    split_by_article)
 from adapler_jax.data.tasks import (TASKS, LocalFormat, TaskSpec, get_task, task_names,
                                     transfer_task)
 from adapler_jax.data.tokenize import TokenizedDataset, tokenize, valid_mask
@@ -23,6 +25,7 @@ from adapler_jax.errors import DataError
 __all__ = [
     "DEFAULT_BUCKETS", "DataError", "TRAIN_BUCKETS", "LocalFormat", "TASKS", "TaskSpec", "TextDataset",
     "TokenizedDataset", "bucket_lengths", "eval_batches", "get_task", "load_file",
-    "load_eraser", "load_split", "make_demo_task", "num_train_steps", "resplit", "subset", "task_names",
+    "load_eraser", "load_split", "load_squad", "make_demo_task", "num_train_steps", "resplit",
+    "SpanFeatures", "span_features", "split_by_article", "SquadDataset", "subset", "task_names",
     "tokenize", "train_batches", "transfer_task", "valid_mask",
 ]

@@ -2,7 +2,8 @@
 evaluation batches (few distinct shapes, so jitted functions compile a bounded number of times).
 
 Every batch is a dict of numpy arrays: `input_ids`, `token_type_ids` (int32), `attention_mask`
-(bool), `labels` (int32) and `index` (int32 rows of the dataset, to key per-example data).
+(bool), `labels` (int32) and `index` (int32 rows of the dataset, to key per-example data), plus
+the dataset's `row_fields` (e.g. `context_mask` of span features).
 """
 
 from __future__ import annotations
@@ -25,13 +26,18 @@ def bucket_lengths(max_length: int, buckets: Sequence[int] = DEFAULT_BUCKETS) ->
 
 
 def _batch(tok: TokenizedDataset, idx: np.ndarray, width: int) -> Batch:
-  return {
+  batch = {
       "input_ids": tok.input_ids[idx, :width],
       "token_type_ids": tok.token_type_ids[idx, :width],
       "attention_mask": valid_mask(tok.lengths[idx], width),
-      "labels": tok.labels[idx],
       "index": idx.astype(np.int32),
   }
+  if tok.labels is not None:
+    batch["labels"] = tok.labels[idx]
+  for name in tok.row_fields:
+    rows = getattr(tok, name)[idx]
+    batch[name] = rows[:, :width] if rows.ndim > 1 and rows.shape[1] == tok.max_length else rows
+  return batch
 
 
 def num_train_steps(tok: TokenizedDataset, batch_size: int) -> int:
@@ -58,6 +64,8 @@ def train_batches(tok: TokenizedDataset, batch_size: int, seed: int, epoch: int,
   """
   if batch_size % num_shards:
     raise ValueError(f"batch_size {batch_size} is not divisible by num_shards {num_shards}")
+  if tok.labels is None:
+    raise DataError(f"{tok.task} train split has no labels; training needs a labelled split")
   steps = num_train_steps(tok, batch_size)
   if steps == 0:
     raise DataError(f"{tok.task} train split: {len(tok)} examples, fewer than one batch of "

@@ -12,12 +12,12 @@ from adapler_jax.errors import DataError
 
 @dataclasses.dataclass(frozen=True)
 class TextDataset:
-  """Labelled texts of one split.
+  """Texts of one split, labelled or not.
 
   Attributes:
     ids: stable, unique example ids.
     texts: one list of strings (single text) or two (sentence pair), each of length n.
-    labels: (n,) int32 class indices.
+    labels: (n,) int32 class indices, or None for unlabelled texts (prediction input).
     task: task name.
     source: where the rows came from (file, hub id, generator, re-split), for reports.
     rationales: optional ground truth, per example the int32 indices of the
@@ -25,17 +25,19 @@ class TextDataset:
   """
   ids: list[str]
   texts: tuple[list[str], ...]
-  labels: np.ndarray
+  labels: np.ndarray | None
   task: str
   source: str
   rationales: list[np.ndarray] | None = None
 
   def __post_init__(self):
-    object.__setattr__(self, "labels", np.asarray(self.labels, np.int32))
+    if self.labels is not None:
+      object.__setattr__(self, "labels", np.asarray(self.labels, np.int32))
     n = len(self.ids)
     if len(self.texts) not in (1, 2):
       raise ValueError(f"texts must hold 1 or 2 lists, got {len(self.texts)}")
-    if any(len(t) != n for t in self.texts) or self.labels.shape != (n,):
+    if any(len(t) != n for t in self.texts) or (self.labels is not None
+                                                and self.labels.shape != (n,)):
       raise ValueError("ids, texts and labels must have the same length")
     if self.rationales is not None and len(self.rationales) != n:
       raise ValueError("rationales must have one entry per example")
@@ -50,13 +52,17 @@ class TextDataset:
   def is_pair(self) -> bool:
     return len(self.texts) == 2
 
+  @property
+  def is_labelled(self) -> bool:
+    return self.labels is not None
+
   def take(self, indices: Sequence[int] | np.ndarray, source: str | None = None) -> TextDataset:
     """The rows at `indices`, in that order."""
     idx = np.asarray(indices, np.int64)
     return TextDataset(
         ids=[self.ids[i] for i in idx],
         texts=tuple([t[i] for i in idx] for t in self.texts),
-        labels=self.labels[idx],
+        labels=None if self.labels is None else self.labels[idx],
         task=self.task,
         source=self.source if source is None else source,
         rationales=None if self.rationales is None else [self.rationales[i] for i in idx])
@@ -85,13 +91,14 @@ def resplit(dataset: TextDataset, train_size: int, test_size: int, seed: int,
             stratify: bool = True) -> tuple[TextDataset, TextDataset]:
   """Disjoint seeded `(train, test)` re-split of one split's rows, each kept in file order.
 
-  With `stratify`, both parts keep the class proportions (exactly, when they divide evenly).
+  With `stratify`, both parts keep the class proportions (exactly, when they divide evenly);
+  unlabelled rows are split without it.
   """
   if train_size < 0 or test_size < 0 or train_size + test_size > len(dataset):
     raise DataError(f"{dataset.source}: cannot re-split {len(dataset)} rows into "
                     f"{train_size} train + {test_size} test; lower the sizes")
   rng = np.random.default_rng(seed)
-  order = (_stratified_order(dataset.labels, rng) if stratify
+  order = (_stratified_order(dataset.labels, rng) if stratify and dataset.is_labelled
            else rng.permutation(len(dataset)))
   test_idx = np.sort(order[:test_size])
   train_idx = np.sort(order[test_size:test_size + train_size])

@@ -88,7 +88,7 @@ class WindowStats:
 
 def movies_dir(data_dir: str | os.PathLike[str] | None) -> Path:
   """The folder holding `train.jsonl` and `docs/`: `data_dir` itself or its `movies/`."""
-  fix = ("pass the folder of the extracted ERASER movies.tar.gz (e.g. ../shared/data/"
+  fix = ("pass the folder of the extracted ERASER movies.tar.gz (e.g. data/"
          "eraser_movies) with --config.data.data_dir")
   if data_dir is None or str(data_dir) == "":
     raise DataError(format_message("eraser_movies", "has no hub loader here", fix))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from adapler_jax import extras
 from adapler_jax.data.dataset import TextDataset
 from adapler_jax.data.readers import Record, build_examples, majority_label
 from adapler_jax.data.tasks import TaskSpec
@@ -33,9 +34,9 @@ def _hatexplain_rows(table, where: str) -> Iterator[tuple[str, Record]]:
 
 def load_from_hub(spec: TaskSpec, split: str) -> TextDataset:
   """Split `split` of `spec` from the hub; DataError (one line) when it cannot be downloaded."""
-  import datasets  # Imported here: slow to import and only needed on this path.
-
   path, name = spec.hub
+  datasets = extras.require("datasets", "hub", f"downloading {spec.name} from the Hugging "
+                            "Face hub", "pass a local folder with --config.data.data_dir")
   hub_split = dict(spec.hub_splits)[split]
   where = f"hub {path}" + (f"/{name}" if name else "") + f" split '{hub_split}'"
   try:

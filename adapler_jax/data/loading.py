@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 
-from adapler_jax.data import demo, eraser, hub, readers
+from adapler_jax.data import demo, eraser, hub, readers, squad
 from adapler_jax.data.dataset import TextDataset
 from adapler_jax.data.tasks import TaskSpec, get_task
 
 
 def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike[str] | None = None,
                *, num_examples: int | None = None, tokenizer=None,
-               max_length: int | None = None) -> TextDataset:
-  """Split `split` of `task` as a `TextDataset`.
+               max_length: int | None = None) -> TextDataset | squad.SquadDataset:
+  """Split `split` of `task` as a `TextDataset` (a `SquadDataset` for the span task `squad`).
 
   Args:
     task: registered task name or spec.
@@ -33,6 +33,10 @@ def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike[str
   if spec.local is not None and spec.local.kind == "eraser":
     return eraser.load_eraser(data_dir, split, tokenizer=tokenizer,
                               max_length=max_length or spec.max_length)
+  if spec.is_span:
+    return squad.load_squad(split, data_dir, spec)
+  if spec.local is not None and spec.local.kind == "file":  # task `custom`: named files.
+    return readers.read_local(spec, split, data_dir or ".")
   if num_examples is not None:
     raise ValueError("num_examples applies to the demo task only; use data.subset")
   if data_dir is None:

@@ -205,12 +205,15 @@ def build_examples(
     replace: Sequence[tuple[str, str]] = (),
     hints: Hints = TASK_HINTS,
 ) -> TextDataset:
-  """A `TextDataset` from records: texts from column groups, labels, ids; DataError on bad rows."""
+  """A `TextDataset` from records: texts from column groups, labels (none when `label_column`
+  is None), ids; DataError on bad rows."""
   index = _label_index(label_values)
   ids: list[str] = []
   texts: tuple[list[str], ...] = tuple([] for _ in text_columns)
   labels: list[int] = []
-  needed = [c for group in text_columns for c in group] + [label_column] + list(id_columns)
+  labelled = label_column is not None
+  needed = ([c for group in text_columns for c in group] + [label_column] * labelled
+            + list(id_columns))
   for row, (where, record) in enumerate(rows):
     for c in needed:
       if c not in record:
@@ -233,17 +236,19 @@ def build_examples(
         raise DataError(format_message(where, f"empty text in {names}",
                                        "fill in the text or remove the row"))
       out.append(" ".join(parts))
-    labels.append(_parse_label(record[label_column], index, where, hints))
+    if labelled:
+      labels.append(_parse_label(record[label_column], index, where, hints))
     ids.append("-".join(str(record[c]) for c in id_columns) if id_columns else f"{split}-{row}")
   if not ids:
     raise DataError(format_message(source, f"split '{split}' has no examples",
                                    "add data rows or use another split"))
-  return TextDataset(ids=ids, texts=texts, labels=np.asarray(labels, np.int32), task=task,
-                     source=source)
+  return TextDataset(ids=ids, texts=texts, labels=np.asarray(labels, np.int32) if labelled
+                     else None, task=task, source=source)
 
 
-def _missing_file(spec_name: str, split: str, path: Path, data_dir: Path) -> DataError:
-  fix = f"pass the folder that holds the {spec_name} files with --config.data.data_dir"
+def _missing_file(spec_name: str, split: str, path: Path, data_dir: Path,
+                  fix: str | None = None) -> DataError:
+  fix = fix or f"pass the folder that holds the {spec_name} files with --config.data.data_dir"
   if not data_dir.is_dir():
     return DataError(format_message(f"{spec_name} {split}",
                                     f"data folder {data_dir} does not exist", fix))
@@ -341,8 +346,25 @@ def _read_hatexplain(spec: TaskSpec, fmt: LocalFormat, split: str,
                         label_values=fmt.label_values, id_columns=("id",))
 
 
+def _task_file(spec: TaskSpec, split: str, data_dir: Path) -> Path:
+  """The file of `split` of a task over named files (relative names: under `data_dir`)."""
+  path = data_dir / spec.local.file_for(split)
+  if not path.is_file():
+    raise _missing_file(spec.name, split, path, path.parent,
+                        f"pass an existing .csv, .tsv or .jsonl file with "
+                        f"--config.data.{split}_file")
+  return path
+
+
+def _read_file_task(spec: TaskSpec, fmt: LocalFormat, split: str, data_dir: Path) -> TextDataset:
+  """A split of a task over named files (task `custom`): `load_file` on the split's file."""
+  path = _task_file(spec, split, data_dir)
+  return load_file(path, fmt.text_columns, fmt.label_column, fmt.label_values or None,
+                   id_field=fmt.id_columns[0] if fmt.id_columns else None, task=spec.name)
+
+
 _READERS = {"tsv": _read_table_task, "csv": _read_table_task, "imdb": _read_imdb,
-            "hatexplain": _read_hatexplain}
+            "hatexplain": _read_hatexplain, "file": _read_file_task}
 
 
 def read_local(spec: TaskSpec, split: str, data_dir: str | os.PathLike[str]) -> TextDataset:
@@ -364,7 +386,7 @@ def _as_groups(text_fields: str | Sequence[Any]) -> tuple[tuple[Any, ...], ...]:
 def load_file(
     path: str | os.PathLike[str],
     text_fields: str | Sequence[Any] = ("text",),
-    label_field: str = "label",
+    label_field: str | None = "label",
     label_names: Sequence[str] | None = None,
     id_field: str | None = None,
     task: str = "file",
@@ -375,7 +397,7 @@ def load_file(
     path: the file; its suffix picks the format (`.tsv`: tabs with quoting off, `.csv`: commas
       with standard quoting, `.jsonl`/`.json`: one object per line; each may end with `.gz`).
     text_fields: one field (single text) or two (pair); an inner tuple joins fields by a space.
-    label_field: field holding the label.
+    label_field: field holding the label; None: the file is unlabelled (e.g. test texts).
     label_names: raw label values in class-index order; None: labels are class indices 0, 1, ...
     id_field: field with unique ids; None: `'<file stem>-<row>'`.
     task: task name recorded in the dataset.
@@ -384,22 +406,43 @@ def load_file(
   if not path.is_file():
     raise _missing_file(task, path.stem, path, path.parent)
   groups = _as_groups(text_fields)
+  needed = ([c for g in groups for c in g] + ([label_field] if label_field is not None else [])
+            + ([id_field] if id_field else []))
+  split = path.name.split(".")[0]
+  return build_examples(_file_rows(path, needed), task=task, source=str(path), split=split,
+                        text_columns=groups, label_column=label_field, label_values=label_names,
+                        id_columns=(id_field,) if id_field else (), hints=FILE_HINTS)
+
+
+def _file_rows(path: Path, needed: Sequence[str]) -> Rows:
+  """Rows of a CSV/TSV (header checked for `needed`) or JSON-lines file, by suffix."""
   suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
   ext = suffixes[-1] if suffixes else ""
-  needed = [c for g in groups for c in g] + [label_field] + ([id_field] if id_field else [])
   if ext == ".tsv":
     header, rows = read_tsv(path)
-    check_columns(location(path, 1), header, needed, FILE_HINTS)
   elif ext == ".csv":
     header, rows = read_csv(path, has_header=True)
-    check_columns(location(path, 1), header, needed, FILE_HINTS)
   elif ext in (".jsonl", ".json"):
-    rows = read_jsonl(path)
+    return read_jsonl(path)
   else:
     raise DataError(format_message(str(path), f"unknown file type {ext or '(none)'!r}",
                                    "use .tsv, .csv or .jsonl (optionally .gz)"))
-  split = path.name.split(".")[0]
-  return build_examples(rows, task=task, source=str(path), split=split, text_columns=groups,
-                        label_column=label_field, label_values=label_names,
-                        id_columns=(id_field,) if id_field else (), hints=FILE_HINTS)
+  check_columns(location(path, 1), header, needed, FILE_HINTS)
+  return rows
 
+
+def file_labels(spec: TaskSpec, split: str, data_dir: str | os.PathLike[str]) -> tuple[str, ...]:
+  """The label values of `split` of a task over named files, in class order: `0, 1, ...,
+  max` when every value is a class index, else the distinct values sorted."""
+  path, field = _task_file(spec, split, Path(data_dir)), spec.local.label_column
+  values = set()
+  for where, record in _file_rows(path, [field]):
+    if field not in record:
+      raise _missing_column(where, field, record, FILE_HINTS)
+    values.add(str(record[field]).strip())
+  if not values:
+    raise DataError(format_message(location(path), f"split '{split}' has no examples",
+                                   "add data rows or use another split"))
+  if all(v.isdigit() for v in values):
+    return tuple(str(i) for i in range(max(map(int, values)) + 1))
+  return tuple(sorted(values))

@@ -1,4 +1,7 @@
-"""Registry of the paper's classification tasks: where the data lives and how to read it.
+"""Registry of the tasks: where the data lives and how to read it.
+
+Most are the paper's classification tasks; `squad` is span question answering (`kind="span"`,
+read by `data.squad`).
 
 Each task names its splits with the project's names (`train`, `dev`, `test`; MNLI has
 `dev_matched` and `dev_mismatched`, with `dev` an alias of `dev_matched`). A split maps to a
@@ -25,7 +28,9 @@ class LocalFormat:
     kind: `'tsv'` (header, tab-separated, quoting off), `'csv'` (no header, standard quoting;
       columns are 0-based ints), `'imdb'` (`{split}.jsonl[.gz]` or the aclImdb folders) or
       `'hatexplain'` (`dataset.json` + `post_id_divisions.json`) or `'eraser'` (ERASER
-      `{split}.jsonl` + `docs/`, read by `data.eraser`).
+      `{split}.jsonl` + `docs/`, read by `data.eraser`), `'squad'` (the official SQuAD JSON,
+      `.json` or `.json.gz`, read by `data.squad`) or `'file'` (any CSV/TSV with a header
+      or JSON-lines file per split, read by `readers.load_file`; the task `custom`).
     files: split -> file name (for `'hatexplain'`: split -> key of `post_id_divisions.json`).
     text_columns: one group of columns per text; the columns of a group are joined by a space.
     label_column: column holding the label.
@@ -46,7 +51,7 @@ class LocalFormat:
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-  """A classification task of the paper.
+  """A task: classification (the paper's) or span question answering.
 
   Attributes:
     name: registry name.
@@ -54,12 +59,13 @@ class TaskSpec:
     hub_splits: project split -> hub split.
     text_fields: hub fields, one group per text (joined by a space within a group).
     label_field: hub label field (0-based class index).
-    label_names: class names in index order.
-    metric: `'accuracy'` or `'f1'` (F1 of class 1).
+    label_names: class names in index order (span tasks: the per-position outputs).
+    metric: `'accuracy'` or `'f1'` (F1 of class 1; span tasks: SQuAD's token F1).
     max_length: default max sequence length (paper Table 3).
     local: layout of the standard local files; None when the task has none.
     replace: `(old, new)` text substitutions applied to every text (e.g. IMDB `<br />`).
     aliases: extra split name -> split name.
+    kind: `'classification'`, or `'span'` (extractive QA: start/end token labels, no classes).
   """
   name: str
   hub: tuple[str, str | None] | None
@@ -72,6 +78,11 @@ class TaskSpec:
   local: LocalFormat | None = None
   replace: tuple[tuple[str, str], ...] = ()
   aliases: tuple[tuple[str, str], ...] = ()
+  kind: str = "classification"
+
+  @property
+  def is_span(self) -> bool:
+    return self.kind == "span"
 
   @property
   def num_labels(self) -> int:
@@ -166,6 +177,11 @@ _TASKS = (
         (("text",),), "label", ("negative", "positive"), "accuracy", 512,
         local=LocalFormat("eraser", (("train", "train.jsonl"), ("dev", "val.jsonl"),
                                      ("test", "test.jsonl")), label_values=("NEG", "POS"))),
+    TaskSpec(  # span QA: 2 outputs per position (start, end); the official EM and F1.
+        "squad", ("rajpurkar/squad", None), (("train", "train"), ("dev", "validation")),
+        (("question",), ("context",)), "answers", ("start", "end"), "f1", 384,
+        local=LocalFormat("squad", (("train", "train-v1.1.json"), ("dev", "dev-v1.1.json"))),
+        kind="span"),
 )
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in _TASKS}
@@ -180,7 +196,23 @@ def get_task(name: str) -> TaskSpec:
   try:
     return TASKS[name]
   except KeyError:
-    raise DataError(f"unknown task '{name}'; known tasks: {', '.join(TASKS)}") from None
+    raise DataError(f"unknown task '{name}'; known tasks: {', '.join(TASKS)}, or {CUSTOM} "
+                    "for your own files") from None
+
+
+CUSTOM = "custom"  # the task over the user's own files (`custom_task`).
+
+
+def custom_task(files: dict[str, str], text_fields: Fields, label_field: str = "label",
+                label_names: tuple[str, ...] = (), metric: str = "accuracy",
+                id_field: str = "", max_length: int = 128) -> TaskSpec:
+  """Task `custom`: one CSV/TSV/JSON-lines file per split (`files`: split -> path), read by
+  `readers.load_file` with the given fields; `label_names` are raw label values in class
+  order."""
+  return TaskSpec(CUSTOM, None, tuple((s, s) for s in files), text_fields, label_field,
+                  tuple(label_names), metric, max_length,
+                  local=LocalFormat("file", tuple(files.items()), text_fields, label_field,
+                                    tuple(label_names), (id_field,) if id_field else ()))
 
 
 def transfer_task(name: str, trained_on: TaskSpec, workdir) -> TaskSpec:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -21,7 +21,8 @@ class TokenizedDataset:
     input_ids: (n, max_length) int32, padded with the tokenizer's pad id.
     token_type_ids: (n, max_length) int32 segment ids (1 on the second text of a pair).
     lengths: (n,) int32 real tokens per row, [CLS] and [SEP] included.
-    labels: (n,) int32.
+    labels: (n,) int32 class indices; (n, 2) start and end tokens for span tasks
+      (`data.squad.SpanFeatures`); None for unlabelled texts.
     ids: example ids, as in the `TextDataset`.
     task: task name.
     pad_id: the tokenizer's padding id.
@@ -34,12 +35,16 @@ class TokenizedDataset:
   input_ids: np.ndarray
   token_type_ids: np.ndarray
   lengths: np.ndarray
-  labels: np.ndarray
+  labels: np.ndarray | None
   ids: list[str]
   task: str = ""
   pad_id: int = 0
   rationale_mask: np.ndarray | None = None
   word_ids: np.ndarray | None = None
+
+  # Names of extra per-row arrays (attributes) that batches carry; those of shape
+  # (n, max_length, ...) are cut to the batch's width.
+  row_fields: ClassVar[tuple[str, ...]] = ()
 
   def __len__(self) -> int:
     return len(self.ids)
@@ -90,10 +95,11 @@ def tokenize(dataset: TextDataset, tokenizer: Any, max_length: int) -> Tokenized
     token_type_ids[lo:hi] = enc["token_type_ids"]
     lengths[lo:hi] = enc["attention_mask"].sum(axis=1)
     if with_rationales:
-      first = (enc["token_type_ids"] == 0) & (enc["attention_mask"] == 1)
-      for j, i in enumerate(range(lo, hi)):
-        word_ids[i] = _token_words(dataset.texts[0][i], enc["offset_mapping"][j], first[j])
+      for j, i in enumerate(range(lo, hi)):  # sequence ids, not token types: RoBERTa's are 0.
+        first = np.array([s == 0 for s in enc.sequence_ids(j)])
+        word_ids[i] = _token_words(dataset.texts[0][i], enc["offset_mapping"][j], first)
         rationale_mask[i] = np.isin(word_ids[i], dataset.rationales[i]) & (word_ids[i] >= 0)
+  labels = None if dataset.labels is None else dataset.labels.copy()
   return TokenizedDataset(input_ids=input_ids, token_type_ids=token_type_ids, lengths=lengths,
-                          labels=dataset.labels.copy(), ids=list(dataset.ids), task=dataset.task,
+                          labels=labels, ids=list(dataset.ids), task=dataset.task,
                           pad_id=pad_id, rationale_mask=rationale_mask, word_ids=word_ids)

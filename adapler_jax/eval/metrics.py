@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from adapler_jax.errors import DataError
+
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
   return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
@@ -20,7 +22,10 @@ def f1(predictions: np.ndarray, labels: np.ndarray, positive: int = 1) -> float:
 METRICS = {"accuracy": accuracy, "f1": f1}
 
 
-def compute(name: str, predictions: np.ndarray, labels: np.ndarray) -> float:
+def compute(name: str, predictions: np.ndarray, labels: np.ndarray | None) -> float:
+  if labels is None:
+    raise DataError(f"the {name} of unlabelled data is undefined; evaluate a labelled split "
+                    "(predict unlabelled texts with adapler-predict)")
   if name not in METRICS:
     raise ValueError(f"metric {name!r} is not one of {sorted(METRICS)}")
   return METRICS[name](predictions, labels)

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adapler_jax import extras
 from adapler_jax.data import TokenizedDataset, eval_batches
 from adapler_jax.errors import UserError
 from adapler_jax.models import walk
@@ -442,9 +443,7 @@ _STYLE = {CP: dict(color="#c0392b", marker="o", linewidth=2.4),
 
 def plot_layers(result: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
   """Figure 5 of the paper: mAP (left) and FPR (right) by layer, one line per method."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = extras.pyplot()
 
   fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4), dpi=110)
   layers = np.arange(1, result["num_layers"] + 1)

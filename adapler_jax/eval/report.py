@@ -1,4 +1,8 @@
-"""Evaluation reports: task metric, FLOPs, kept tokens per layer and throughput."""
+"""Evaluation reports: task metric, FLOPs, kept tokens per layer and throughput.
+
+Span QA data (`SpanFeatures`, logits (E, T, 2)) is scored with the official SQuAD exact match
+and F1 (`eval.squad`); `metric` is then F1 as a fraction.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,26 @@ from typing import Any
 
 import numpy as np
 
-from adapler_jax.data import TokenizedDataset
+from adapler_jax.data import SpanFeatures, TokenizedDataset
 from adapler_jax.eval import metrics
+from adapler_jax.eval import squad as squad_eval
 from adapler_jax.infer import flops
 from adapler_jax.models import adapler
 from adapler_jax.train import classifier
 
 ENGINES = ("bucketed", "per-example")
+
+
+def task_scores(metric_name: str, logits: np.ndarray, data: TokenizedDataset,
+                predictions_dir=None) -> dict[str, Any]:
+  """`{"metric": ...}` of `logits` on `data`: the task metric of the argmax class; for span
+  QA (logits (E, T, 2)) F1 / 100, with `exact_match`, `f1` (percent) and the question count,
+  the answers written to `predictions_dir/predictions.json` when given."""
+  if isinstance(data, SpanFeatures):
+    out = squad_eval.evaluate_span(logits[..., 0], logits[..., 1], data, predictions_dir)
+    keys = ("metric", "exact_match", "f1", "num_questions", "predictions_file")
+    return {k: out[k] for k in keys if k in out}
+  return {"metric": metrics.compute(metric_name, np.argmax(logits, axis=-1), data.labels)}
 
 
 def run_adapler(cfg: adapler.AdapLeRConfig, params: dict, data: TokenizedDataset, *,
@@ -32,19 +49,20 @@ def run_adapler(cfg: adapler.AdapLeRConfig, params: dict, data: TokenizedDataset
 
 def evaluate_adapler(cfg: adapler.AdapLeRConfig, params: dict, data: TokenizedDataset,
                      metric_name: str, *, engine: str = "bucketed", batch_size: int = 32,
-                     flops_mode: str = "analytic", progress: bool = False) -> dict[str, Any]:
-  """Hard-removal metric and per-example FLOPs of an AdapLeR model on `data`."""
+                     flops_mode: str = "analytic", progress: bool = False,
+                     predictions_dir=None) -> dict[str, Any]:
+  """Hard-removal metric and per-example FLOPs of an AdapLeR model on `data` (span QA: the
+  answers go to `predictions_dir/predictions.json` when given)."""
   start = time.perf_counter()
   result = run_adapler(cfg, params, data, engine=engine, batch_size=batch_size,
                        progress=progress)
   seconds = getattr(result, "seconds", None) or time.perf_counter() - start
   dims = flops.FlopsDims.from_config(cfg.encoder, num_classes=cfg.num_labels)
   report = flops.flops_report(data.lengths, result.kept_counts, dims, mode=flops_mode)
-  predictions = np.argmax(result.logits, axis=-1)
   return {
       "num_examples": len(data),
       "metric_name": metric_name,
-      "metric": metrics.compute(metric_name, predictions, data.labels),
+      **task_scores(metric_name, result.logits, data, predictions_dir),
       "backbone_flops": report["backbone_flops"],
       "adapler_flops": report["adapler_flops"],
       "flops_speedup": report["flops_speedup"],
@@ -56,12 +74,13 @@ def evaluate_adapler(cfg: adapler.AdapLeRConfig, params: dict, data: TokenizedDa
 
 
 def evaluate_lat(cfg, params: dict, data: TokenizedDataset, metric_name: str, config, *,
-                 base: int, flags=None, batch_size: int = 32, progress: bool = False
-                 ) -> dict[str, Any]:
+                 base: int, flags=None, batch_size: int = 32, progress: bool = False,
+                 predictions_dir=None) -> dict[str, Any]:
   """Metric and FLOPs of a classifier at a length config (None: full length), run with
   real dropping (`LengthEngine`). FLOPs in two conventions: `flops_speedup_padded` is the
   LAT paper's (MACs at the padded length, batch 1); `flops_speedup_actual` counts each
-  example's real tokens, min(n, l_i) (what the engine runs)."""
+  example's real tokens, min(n, l_i) (what the engine runs). Span QA: the answers go to
+  `predictions_dir/predictions.json` when given."""
   from adapler_jax import infer  # pylint: disable=g-import-not-at-top
   from adapler_jax.reduce.significance import SelectionFlags  # pylint: disable=g-import-not-at-top
   engine = infer.LengthEngine(cfg, params, config, base=base, flags=flags or SelectionFlags(),
@@ -71,7 +90,7 @@ def evaluate_lat(cfg, params: dict, data: TokenizedDataset, metric_name: str, co
   cost = flops.selection_cost(data.lengths, result.kept_counts, config, base, dims)
   return {
       "num_examples": len(data), "metric_name": metric_name,
-      "metric": metrics.compute(metric_name, result.predictions, data.labels),
+      **task_scores(metric_name, result.logits, data, predictions_dir),
       "length_config": None if config is None else list(map(int, config)),
       "flops_speedup_padded": 1.0 / cost["padded_fraction"],
       "flops_speedup_actual": 1.0 / cost["actual_fraction"],
@@ -115,5 +134,5 @@ def evaluate_backbone(encoder, num_labels: int, params: dict, data: TokenizedDat
   logits = classifier.predict(encoder, num_labels, params, data, batch_size, mesh=mesh)
   seconds = time.perf_counter() - start
   return {"num_examples": len(data), "metric_name": metric_name,
-          "metric": metrics.compute(metric_name, np.argmax(logits, -1), data.labels),
+          **task_scores(metric_name, logits, data),
           "examples_per_second": len(data) / seconds}

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from adapler_jax import extras
 from adapler_jax.eval.rationale import cp_token_scores
 from adapler_jax.models.adapler import AdapLeRConfig, hard_forward
 
@@ -132,9 +133,7 @@ def _layout(tmap: TokenMap, chars_per_line: int) -> list[list[tuple[int, float]]
 def to_png(tmap: TokenMap, path: str | Path, title: str | None = None,
            chars_per_line: int = 84, dpi: int = 110) -> Path:
   """The token map drawn with matplotlib (Agg): layer rows, coloured kept tokens."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = extras.pyplot()
   from matplotlib.patches import Rectangle  # pylint: disable=g-import-not-at-top
 
   font = 9.0

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from adapler_jax import extras
 from adapler_jax.data import TokenizedDataset
 from adapler_jax.errors import UserError
 
@@ -77,9 +78,7 @@ def eta_sweep(cfg, params: dict, data: TokenizedDataset, multipliers: Sequence[f
 
 def plot_tradeoff(result: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
   """Metric (in points) against FLOPs speedup: AdapLeR points joined, the backbone a star."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = extras.pyplot()
   import matplotlib.ticker  # pylint: disable=g-import-not-at-top
 
   fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=110)

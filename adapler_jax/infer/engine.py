@@ -23,6 +23,12 @@ Use from Python::
   engine.warmup()
   result = engine.run(tokenized, return_rationales=True)
   result.logits, result.kept_counts, result.kept_positions[i][l], result.scores[i][l]
+
+A span model (`head="span"` in the config) runs the same way with drop-and-restore: each
+example's sequence is kept at its original positions beside the token buffer, every layer
+writes the vectors it computed there, and the head reads every position. Its `logits` are
+(E, max_length, 2) start/end logits; positions at or past an example's length hold
+`PAD_LOGIT`.
 """
 
 from __future__ import annotations
@@ -41,13 +47,15 @@ from adapler_jax.data.tokenize import TokenizedDataset
 from adapler_jax.infer import layout, packing, program
 from adapler_jax.models.adapler import AdapLeRConfig, hard_forward, predictor_params
 from adapler_jax.models import lat
-from adapler_jax.models.bert import encoder_layer_params
+from adapler_jax.models.bert import NEG_INF, encoder_layer_params
+from adapler_jax.models.heads import task_head
 from adapler_jax.reduce import lengths as lengths_lib
 from adapler_jax.reduce.significance import SelectionFlags
 
 Batch = dict[str, np.ndarray]
 
 CPU_FFN_CHUNK_ROWS = 512  # feed-forward rows per chunk on CPU (see `packing.feed_forward`).
+PAD_LOGIT = NEG_INF  # span logits at or past an example's length.
 
 # Compiled once per process for each static configuration and shape, shared by engines.
 _FORWARD = jax.jit(program.forward, static_argnums=(0, 1, 2),
@@ -65,7 +73,8 @@ class EngineResult:
   """Outputs of an engine over a dataset, in dataset order (E examples, L layers).
 
   Attributes:
-    logits: (E, C) float32.
+    logits: (E, C) float32; span models: (E, T, 2) start/end logits, `PAD_LOGIT` at and
+      past each example's length.
     kept_counts: (E, L) int tokens each layer ran on ([CLS] included).
     lengths: (E,) int input lengths.
     kept_positions: when rationales are requested, per example a list of L int arrays,
@@ -92,6 +101,7 @@ class EngineResult:
 
   @property
   def predictions(self) -> np.ndarray:
+    """Predicted labels (classification; span logits go to span post-processing)."""
     return np.argmax(self.logits, axis=-1)
 
   @property
@@ -126,9 +136,9 @@ class _Engine:
                max_length: int, device: jax.Device | None, ffn_chunk_rows: int | None | str):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if max_length > cfg.encoder.max_position_embeddings:
+    if max_length > cfg.encoder.max_length:
       raise ValueError(f"max_length {max_length} exceeds the model's "
-                       f"{cfg.encoder.max_position_embeddings} positions")
+                       f"{cfg.encoder.max_length} positions")
     self.cfg = cfg
     self.batch_size = batch_size
     self.buckets = tuple(buckets)
@@ -173,7 +183,8 @@ class _Engine:
     """Runs every example of `data` once; results come back in dataset order."""
     _check_data(data, self.max_length)
     num, layers = len(data), self.cfg.num_layers
-    logits = np.zeros((num, self.cfg.num_labels), np.float32)
+    head = task_head(self.cfg)
+    logits = _empty_logits(head, num, data.max_length)
     kept = np.zeros((num, layers), np.int32)
     positions = [None] * num if return_rationales else None
     scores = [None] * num if return_rationales else None
@@ -188,7 +199,7 @@ class _Engine:
       out = self._run_batch(batch, return_rationales)
       rows = np.flatnonzero(batch["real"])
       index = batch["index"][rows]
-      logits[index] = out["logits"][rows]
+      _put_rows(logits, index, out["logits"][rows])
       kept[index] = out["kept"][rows]
       slots += out["slots"]
       packed += out["packed"]
@@ -197,6 +208,7 @@ class _Engine:
           positions[i], scores[i] = out["positions"][r], out["scores"][r]
       batch_seconds.append(time.perf_counter() - t0)
     seconds = time.perf_counter() - start
+    _mask_padding(head, logits, data.lengths)
     return EngineResult(logits, kept, np.asarray(data.lengths).copy(), positions, scores,
                         seconds, np.asarray(batch_seconds), slots, packed)
 
@@ -319,11 +331,14 @@ class FullLengthEngine(_Engine):
     super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length,
                      device=device, ffn_chunk_rows=ffn_chunk_rows)
     self.folds = _check_folds(folds)
+    if self.folds and task_head(cfg).restore:
+      raise ValueError("packed full-length runs read [CLS] only; run a span model with "
+                       "folds=()")
     params = params.get("model", params)
     self._params = self._put({"bert": params["bert"], "head": params["head"]})
     chunk = self.ffn_chunk_rows
     self._forward = self._tracked("forward", functools.partial(
-        _FULL_FORWARD, cfg.encoder, cfg.num_labels, chunk_rows=chunk))
+        _FULL_FORWARD, cfg.encoder, task_head(cfg), chunk_rows=chunk))
     self._packed = self._tracked("packed forward", functools.partial(
         _PACKED_FULL_FORWARD, cfg.encoder, cfg.num_labels, chunk_rows=chunk))
 
@@ -410,7 +425,7 @@ class LengthEngine(_Engine):
     params = params.get("model", params)
     self._params = self._put({"bert": params["bert"], "head": params["head"]})
     self._forward = self._tracked("forward", functools.partial(
-        _GATHER_FORWARD, cfg.encoder, cfg.num_labels, flags=flags,
+        _GATHER_FORWARD, cfg.encoder, task_head(cfg), flags=flags,
         chunk_rows=self.ffn_chunk_rows))
 
   @property
@@ -455,6 +470,24 @@ class LengthEngine(_Engine):
     return out
 
 
+def _empty_logits(head, num: int, max_length: int) -> np.ndarray:
+  """The result's logits before any batch: (E, C), or (E, T, 2) of `PAD_LOGIT` for span."""
+  if head.restore:
+    return np.full((num, max_length, head.num_labels), PAD_LOGIT, np.float32)
+  return np.zeros((num, head.num_labels), np.float32)
+
+
+def _put_rows(logits: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+  """logits[index] = values, values narrower on the position axis (a batch's width)."""
+  logits[(index, *(slice(0, d) for d in values.shape[1:]))] = values
+
+
+def _mask_padding(head, logits: np.ndarray, lengths: np.ndarray) -> None:
+  """Span logits at and past each example's length become `PAD_LOGIT`."""
+  if head.restore:
+    logits[np.arange(logits.shape[1]) >= np.asarray(lengths)[:, None]] = PAD_LOGIT
+
+
 def _check_folds(folds: Sequence[int]) -> tuple[int, ...]:
   folds = tuple(folds)
   if not all(isinstance(f, int) and f > 1 for f in folds):
@@ -470,8 +503,8 @@ def _row_counts(batch_size: int, folds: Sequence[int]) -> tuple[int, ...]:
 def per_example_run(cfg: AdapLeRConfig, params: dict, data: TokenizedDataset, *,
                     progress: bool = False) -> EngineResult:
   """The reference: `hard_forward` on each example alone, unpadded (always with rationales)."""
-  num = len(data)
-  logits = np.zeros((num, cfg.num_labels), np.float32)
+  num, head = len(data), task_head(cfg)
+  logits = _empty_logits(head, num, data.max_length)
   kept = np.zeros((num, cfg.num_layers), np.int32)
   positions, scores, seconds = [], [], []
   rows = range(num)
@@ -480,7 +513,8 @@ def per_example_run(cfg: AdapLeRConfig, params: dict, data: TokenizedDataset, *,
     t0 = time.perf_counter()
     n = int(data.lengths[i])
     result = hard_forward(cfg, params, data.input_ids[i, :n], data.token_type_ids[i, :n])
-    logits[i], kept[i] = result.logits, result.kept_counts
+    _put_rows(logits, np.asarray([i]), result.logits[None])
+    kept[i] = result.kept_counts
     positions.append(result.kept_positions)
     scores.append(result.scores)
     seconds.append(time.perf_counter() - t0)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from adapler_jax.models import walk
 from adapler_jax.models.adapler import AdapLeRConfig, ContributionPredictor
 from adapler_jax.models.bert import NEG_INF, Bert, EncoderConfig, attention_bias_from_mask
-from adapler_jax.models.heads import ClassificationHead
+from adapler_jax.models.heads import ClassificationHead, Head, as_head
 from adapler_jax.reduce.adapler import PAD_LOG_KEEP, keep_rule, masked_log_scores
 
 Array = jax.Array
@@ -59,23 +59,24 @@ def _packed_log_scores(logits: Array, same: Array) -> Array:
 def decide(cfg: AdapLeRConfig, cp_params, eta: Array, x: Array, seg: Array,
            slot_positions: Array, num_examples: int) -> tuple[Array, Array, Array]:
   """Scores the tokens of a grid and decides which stay: S~ >= eta / n_example, [CLS]
-  (original position 0) always. Unpacked, example r is row r, its [CLS] in column 0;
-  its tokens may have gaps (`seg` -1), as packed examples may.
+  (original position 0) always when `cfg.keep_cls`. Unpacked, example r is row r; its
+  tokens may have gaps (`seg` -1), as packed examples may.
 
   Returns scores (rows, width), keep (rows, width) bool and counts (E,) int32.
   """
   logits = ContributionPredictor(cfg.cp_hidden, cfg.encoder.compute_dtype).apply(
       {"params": cp_params}, x)
   real = seg >= 0
-  if seg.shape[0] == num_examples:  # unpacked: example r is row r, its [CLS] first.
+  if seg.shape[0] == num_examples:  # unpacked: example r is row r.
     n = jnp.sum(real, axis=1, keepdims=True).astype(jnp.float32)
     scores = jnp.exp(masked_log_scores(logits, jnp.where(real, 0.0, PAD_LOG_KEEP)))
-    keep = keep_rule(scores, eta, n, jnp.arange(seg.shape[1]) == 0, real)
+    keep = keep_rule(scores, eta, n, (slot_positions == 0) & cfg.keep_cls, real)
     return scores, keep, jnp.sum(keep, axis=1, dtype=jnp.int32)
   same = same_example(seg)
   n = jnp.sum(same, axis=-1).astype(jnp.float32)
   scores = jnp.where(real, jnp.exp(_packed_log_scores(logits, same)), 0.0)
-  keep = keep_rule(scores, eta, jnp.maximum(n, 1.0), slot_positions == 0, real)
+  keep = keep_rule(scores, eta, jnp.maximum(n, 1.0), (slot_positions == 0) & cfg.keep_cls,
+                   real)
   example = jnp.where(real, seg, num_examples).reshape(-1)
   counts = jax.ops.segment_sum(keep.reshape(-1).astype(jnp.int32), example,
                                num_segments=num_examples + 1)[:num_examples]
@@ -110,9 +111,10 @@ def _encode(enc: EncoderConfig, bert_params, x: Array, bias: Array,
             chunk_rows: int | None) -> Array:
   """Every encoder layer on x under one attention bias."""
   return walk.walk(walk.param_layers(enc, bert_params, chunk_rows=chunk_rows), x, bias)[0]
-def full_forward(enc: EncoderConfig, num_labels: int, params, input_ids: Array,
+def full_forward(enc: EncoderConfig, head: int | Head, params, input_ids: Array,
                  token_type_ids: Array, n: Array, *, chunk_rows: int | None = None) -> Array:
-  """Full-length classifier: every layer on all `n[b]` real tokens -> logits (B, C).
+  """Full-length model: every layer on all `n[b]` real tokens -> logits (B, C), or span
+  logits (B, W, 2) for a span head (`head`: a label count or a `models.heads` head).
 
   The same maths as `SequenceClassifier` (params `{"bert", "head"}`), layer by layer so
   that the feed-forward blocks can run in `chunk_rows` chunks (see `feed_forward`).
@@ -121,7 +123,7 @@ def full_forward(enc: EncoderConfig, num_labels: int, params, input_ids: Array,
   x = embed(enc, bert["embeddings"], input_ids, token_type_ids)
   bias = attention_bias_from_mask(valid_positions(n, x.shape[1]))
   x = _encode(enc, bert, x, bias, chunk_rows)
-  return ClassificationHead(enc, num_labels).apply({"params": params["head"]}, x)
+  return as_head(head).module(enc).apply({"params": params["head"]}, x)
 
 
 def packed_full_forward(enc: EncoderConfig, num_labels: int, params, input_ids: Array,

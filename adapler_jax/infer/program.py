@@ -18,6 +18,12 @@ Every branch returns the buffer's shape, so one program per (rows, input width) 
 any data; the work of each layer still shrinks with its grid. Nothing reaches the host
 until the outputs. The grids are static: `grids` lists them, the host's `layout.plan`
 makes the same choice (cheapest, padded on ties).
+
+Drop-and-restore (span heads, `head.restore`): beside the buffer, each example's sequence
+(E, W, H) at its original positions starts as the embeddings; after every layer the
+vectors of the slots it ran are written there (`walk.restore_step`), so a token dropped
+before layer l keeps its layer l-1 output, and the head reads every position. [CLS] then
+stays only on its score (`cfg.keep_cls`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import numpy as np
 from adapler_jax.infer import flops, packing
 from adapler_jax.models.adapler import AdapLeRConfig
 from adapler_jax.models.bert import attention_bias_from_mask
-from adapler_jax.models.heads import ClassificationHead
+from adapler_jax.models import walk
 
 Array = jax.Array
 
@@ -186,7 +192,8 @@ def forward(cfg: AdapLeRConfig, row_counts: tuple[int, ...], widths: tuple[int, 
       unrolled.
     params: {"embeddings", "layers": [L], "predictors": [L], "head", "eta": (L,)}.
   Returns:
-    logits (E, C); kept (E, L) tokens each layer ran on; slots (L,) grid slots each layer
+    logits (E, C), or (E, W, 2) start/end logits for a span head (every position, padding
+    included); kept (E, L) tokens each layer ran on; slots (L,) grid slots each layer
     computed; packed (L,) bool, several examples per row; with `rationales`, per layer
     l (L, E, W): `scores` S~ of decision l, `keep`, `positions` (original positions of
     the slots entering decision l, -1 where none).
@@ -210,6 +217,8 @@ def forward(cfg: AdapLeRConfig, row_counts: tuple[int, ...], widths: tuple[int, 
   start = Placement(jnp.int32(options.index(Grid(num, width))),
                     jnp.arange(num, dtype=jnp.int32), jnp.zeros((num,), jnp.int32))
   tokens = Tokens(x.reshape(num * width, -1), seg.reshape(-1), pos.reshape(-1), start, n)
+  head = cfg.task_head
+  restored = x if head.restore else None
   scores, keep = scores.reshape(-1), keep.reshape(-1)
 
   # Decision l + 1 follows layer l; after the last layer, cutoff 0 keeps every token.
@@ -219,7 +228,7 @@ def forward(cfg: AdapLeRConfig, row_counts: tuple[int, ...], widths: tuple[int, 
   branches = [_layer_branch(cfg, g, num, chunk_rows) for g in options]
 
   def layer(carry, xs):
-    tokens, scores, keep, counts = carry
+    tokens, scores, keep, counts, restored = carry
     layer_params, cp, eta = xs
     ys = {"kept": counts}
     if rationales:
@@ -231,9 +240,12 @@ def forward(cfg: AdapLeRConfig, row_counts: tuple[int, ...], widths: tuple[int, 
     ys["slots"], ys["packed"] = grid_slots[place.index], grid_packed[place.index]
     buffer, scores, keep, counts = jax.lax.switch(place.index, branches, tokens.buffer,
                                                   tokens.seg, tokens.pos, layer_params, cp, eta)
-    return (tokens._replace(buffer=buffer), scores, keep, counts), ys
+    if restored is not None:
+      restored = walk.restore_step(restored, buffer[:, None], tokens.pos[:, None],
+                                   tokens.seg[:, None])
+    return (tokens._replace(buffer=buffer), scores, keep, counts, restored), ys
 
-  carry = (tokens, scores, keep, counts)
+  carry = (tokens, scores, keep, counts, restored)
   if scan_layers:
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *layer_params)
     carry, ys = jax.lax.scan(layer, carry, (stacked, jax.tree.map(lambda *a: jnp.stack(a),
@@ -244,7 +256,10 @@ def forward(cfg: AdapLeRConfig, row_counts: tuple[int, ...], widths: tuple[int, 
       carry, y = layer(carry, (layer_params[l], next_cp[l], next_eta[l]))
       trace.append(y)
     ys = jax.tree.map(lambda *a: jnp.stack(a), *trace)
-  tokens = carry[0]
-  cls = jnp.take(tokens.buffer, tokens.starts(grid_widths), axis=0)[:, None, :]
-  logits = ClassificationHead(enc, cfg.num_labels).apply({"params": params["head"]}, cls)
+  tokens, restored = carry[0], carry[-1]
+  if head.restore:
+    x = restored
+  else:  # [CLS], each example's first slot.
+    x = jnp.take(tokens.buffer, tokens.starts(grid_widths), axis=0)[:, None, :]
+  logits = head.module(enc).apply({"params": params["head"]}, x)
   return {**ys, "logits": logits, "kept": ys["kept"].T}

@@ -25,7 +25,7 @@ import numpy as np
 from adapler_jax.errors import InputError
 from adapler_jax.models import walk
 from adapler_jax.models.bert import Bert, EncoderConfig, encoder_layer_params
-from adapler_jax.models.heads import ClassificationHead
+from adapler_jax.models.heads import Head, check_head, task_head
 from adapler_jax.reduce.adapler import (PAD_LOG_KEEP, HardRemoval, SoftRemoval,  # noqa: F401
                                         masked_log_scores, soft_removal_edit)
 
@@ -34,7 +34,8 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class AdapLeRConfig:
-  """Static shape of an AdapLeR classifier."""
+  """Static shape of an AdapLeR model: a classifier, or with `head="span"` (num_labels 2)
+  span QA, whose removal lets [CLS] go and restores dropped tokens for the head."""
 
   encoder: EncoderConfig
   num_labels: int
@@ -42,10 +43,23 @@ class AdapLeRConfig:
   beta: float = 0.1  # slope of the soft-removal function above the cutoff (Eq. 4).
   eta_init: float = 0.25
   theta_init: float = 1.0
+  head: str = "classification"
+
+  def __post_init__(self):
+    check_head(self.head, self.num_labels)
 
   @property
   def num_layers(self) -> int:
     return self.encoder.num_layers
+
+  @property
+  def task_head(self) -> Head:
+    return task_head(self)
+
+  @property
+  def keep_cls(self) -> bool:
+    """Whether removal forces [CLS] to stay (classification) or not (span QA)."""
+    return self.task_head.keep_cls
 
 
 class ContributionPredictor(nn.Module):
@@ -64,7 +78,7 @@ class ContributionPredictor(nn.Module):
 
 
 class AdapLeRModel(nn.Module):
-  """BERT with a contribution predictor before every layer and a [CLS] head.
+  """BERT with a contribution predictor before every layer and the task's head.
 
   `__call__` is the soft-removal forward used in training; the pieces (`bert`,
   `predictors_l`, `head`) are also applied one by one for hard removal.
@@ -77,7 +91,7 @@ class AdapLeRModel(nn.Module):
     self.bert = Bert(enc)
     self.predictors = [ContributionPredictor(self.cfg.cp_hidden, enc.compute_dtype)
                        for _ in range(enc.num_layers)]
-    self.head = ClassificationHead(enc, self.cfg.num_labels)
+    self.head = self.cfg.task_head.module(enc)
 
   def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array, *,
                eta: Array, lam: Array | float, theta_d: Array | None = None,
@@ -90,13 +104,15 @@ class AdapLeRModel(nn.Module):
       eta: (L,) cutoff multipliers. lam: scalar lambda (traced).
       theta_d: (L,) dummy [CLS] multipliers, ones in value (Appendix B).
     Returns:
-      logits (batch, num_labels) and aux with per-layer arrays stacked on axis 0:
-      `log_scores` (L, batch, seq) log S~; `keep_in` (L, batch, seq) keep weights
+      logits (batch, num_labels), or (batch, seq, 2) for span QA, and aux with per-layer
+      arrays stacked on axis 0: `log_scores` (L, batch, seq) log S~; `keep_in` (L, batch, seq) keep weights
       at each layer's input; `keep` (L, batch, seq) after its edit; `edit`
       (L, batch, seq); `lengths` (L, batch) = sum of kept non-[CLS] weights + 1.
     """
     theta_d = jnp.ones((self.cfg.num_layers,), jnp.float32) if theta_d is None else theta_d
-    policy = SoftRemoval(self.predictors, eta, lam, self.cfg.beta, theta_d)
+    head = self.cfg.task_head
+    policy = SoftRemoval(self.predictors, eta, lam, self.cfg.beta, theta_d, head.keep_cls,
+                         head.restore)
     x = self.bert.embed(input_ids, token_type_ids, deterministic=deterministic)
     x, _, trace = self.bert.encoder(x, SoftRemoval.initial(attention_mask), policy,
                                     deterministic=deterministic)
@@ -154,7 +170,9 @@ def soft_forward(cfg: AdapLeRConfig, params: dict, batch: dict, lam: Array | flo
     theta_d: (L,) dummy [CLS] multipliers (ones); pass to differentiate for theta.
     deterministic: False enables dropout, which needs `rng`.
   Returns:
-    `(logits (B, C), aux)`, aux as in `AdapLeRModel.__call__`.
+    `(logits (B, C) or (B, N, 2) for span QA, aux)`, aux as in `AdapLeRModel.__call__`.
+    Soft removal keeps every token in place, so a span head sees every position; for span
+    QA a removed token's vector stops changing (soft drop-and-restore, `SoftRemoval`).
   """
   rngs = None if deterministic else {"dropout": rng}
   return AdapLeRModel(cfg).apply(
@@ -169,9 +187,10 @@ def soft_forward(cfg: AdapLeRConfig, params: dict, batch: dict, lam: Array | flo
 class HardRemovalResult(NamedTuple):
   """Output of `hard_forward` for one example of n real tokens.
 
-  logits: (num_labels,).
-  kept_positions: per layer, the original positions (ints, [CLS] = 0 first) that
-    layer runs on.
+  logits: (num_labels,), or (n, 2) start/end logits of every position for span QA (a
+    dropped token restored with its last layer's output).
+  kept_positions: per layer, the original positions (ints; [CLS] = 0 first unless it
+    may go) that layer runs on.
   scores: per layer, S~ over the tokens entering that layer (sums to 1).
   """
 
@@ -220,8 +239,8 @@ class _JitLayer:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _head(enc: EncoderConfig, num_labels: int, head_params, x):
-  return ClassificationHead(enc, num_labels).apply({"params": head_params}, x)
+def _head(enc: EncoderConfig, head: Head, head_params, x):
+  return head.module(enc).apply({"params": head_params}, x)
 
 
 def hard_forward(cfg: AdapLeRConfig, params: dict, input_ids, token_type_ids=None
@@ -229,8 +248,9 @@ def hard_forward(cfg: AdapLeRConfig, params: dict, input_ids, token_type_ids=Non
   """Hard-removal inference for ONE example (the reference semantics, batch size 1).
 
   At layer l the predictor scores the tokens still present; with n of them
-  (including [CLS]) a token stays if S~ >= eta^l / n; [CLS] always stays. Dropped
-  tokens are gone for every later layer.
+  (including [CLS]) a token stays if S~ >= eta^l / n; [CLS] always stays (unless the
+  head is a span head). Dropped tokens are gone for every later layer; a span head reads
+  them restored (`walk.walk`, `restore`).
 
   Args:
     cfg: model shape. params: `{"model", "speed"}`.
@@ -239,9 +259,9 @@ def hard_forward(cfg: AdapLeRConfig, params: dict, input_ids, token_type_ids=Non
   """
   enc, model = cfg.encoder, params["model"]
   input_ids = np.asarray(input_ids, np.int32)
-  if input_ids.ndim != 1 or not 0 < len(input_ids) <= enc.max_position_embeddings:
+  if input_ids.ndim != 1 or not 0 < len(input_ids) <= enc.max_length:
     raise InputError(f"hard_forward takes one example of shape (n,) with 1 <= n <= "
-                     f"{enc.max_position_embeddings} (the model's positions), got shape "
+                     f"{enc.max_length} (the model's positions), got shape "
                      f"{input_ids.shape}; for a batch use infer.AdaptiveEngine")
   token_type_ids = (np.zeros_like(input_ids) if token_type_ids is None
                     else np.asarray(token_type_ids, np.int32))
@@ -255,7 +275,9 @@ def hard_forward(cfg: AdapLeRConfig, params: dict, input_ids, token_type_ids=Non
     return np.asarray(_cp_scores(cfg.cp_hidden, enc.dtype, predictors[l], x, zeros))[0]
 
   layers = [_JitLayer(enc, p) for p in encoder_layer_params(enc, model["bert"])]
-  x, _, trace = walk.walk(layers, x, np.arange(len(input_ids)), HardRemoval(scores, eta))
-  logits = _head(enc, cfg.num_labels, model["head"], x)[0]
+  head = cfg.task_head
+  x, _, trace = walk.walk(layers, x, np.arange(len(input_ids)),
+                          HardRemoval(scores, eta, head.keep_cls), restore=head.restore)
+  logits = _head(enc, head, model["head"], x)[0]
   return HardRemovalResult(np.asarray(logits), [np.asarray(p) for p in trace["kept_positions"]],
                            [np.asarray(s) for s in trace["scores"]])

@@ -2,7 +2,9 @@
 
 Converting a Hugging Face checkpoint is a rename (``layer.3`` -> ``layer_3``,
 ``weight`` -> ``kernel``/``embedding``/``scale``) and a transpose of dense
-kernels; see `adapler_jax.weights`.
+kernels; see `adapler_jax.weights`. RoBERTa, DistilBERT and ELECTRA share the layers;
+what differs (positions, token types, embedding width) is in `EncoderConfig` and
+`Embeddings`.
 
 Attention takes a float additive bias per key position, shape ``(batch, seq)``:
 0 for kept tokens, ``NEG_INF`` (-1e4) for padding, and anything in between for
@@ -26,6 +28,27 @@ Array = jax.Array
 NEG_INF = -1e4  # additive bias of a removed key; exp(-1e4) underflows to 0 in float32.
 
 
+MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra")
+
+# DistilBERT's config names for BERT's.
+_DISTILBERT_NAMES = {"hidden_size": "dim", "num_hidden_layers": "n_layers",
+                     "num_attention_heads": "n_heads", "intermediate_size": "hidden_dim",
+                     "hidden_act": "activation", "hidden_dropout_prob": "dropout",
+                     "attention_probs_dropout_prob": "attention_dropout"}
+
+
+def hf_model_type(hf_config: Any) -> str:
+  """The `model_type` of a Hugging Face config (or its dict), checked against `MODEL_TYPES`;
+  a config without one is a BERT (as old BERT checkpoints are)."""
+  get = hf_config.get if isinstance(hf_config, dict) else (
+      lambda k, d=None: getattr(hf_config, k, d))
+  model_type = get("model_type") or "bert"
+  if model_type not in MODEL_TYPES:
+    raise ValueError(f"model_type {model_type!r} is not supported; supported: "
+                     f"{', '.join(MODEL_TYPES)}")
+  return model_type
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
   """Shape and numerics of a BERT encoder (static under jit)."""
@@ -43,6 +66,9 @@ class EncoderConfig:
   initializer_range: float = 0.02
   pad_token_id: int = 0
   dtype: str = "float32"  # compute dtype; parameters stay float32.
+  model_type: str = "bert"  # the checkpoint family (`MODEL_TYPES`); it names weights only.
+  position_offset: int = 0  # row of position 0 (RoBERTa: pad_token_id + 1, see `Embeddings`).
+  embedding_size: int | None = None  # ELECTRA: narrower embeddings, projected to hidden_size.
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -52,10 +78,18 @@ class EncoderConfig:
     if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
       raise ValueError(f"dtype {self.dtype!r} is not one of float32, bfloat16, float16, "
                        "float64 (float64 needs jax_enable_x64)")
+    if self.model_type not in MODEL_TYPES:
+      raise ValueError(f"model_type {self.model_type!r} is not supported; supported: "
+                       f"{', '.join(MODEL_TYPES)}")
 
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
+
+  @property
+  def max_length(self) -> int:
+    """The longest sequence the position table holds."""
+    return self.max_position_embeddings - self.position_offset
 
   @property
   def compute_dtype(self):
@@ -68,33 +102,43 @@ class EncoderConfig:
 
   @classmethod
   def from_hf(cls, hf_config: Any, **overrides) -> "EncoderConfig":
-    """Builds the config from a `transformers.BertConfig` (or its dict)."""
+    """Builds the config from a Hugging Face config of a `MODEL_TYPES` family (or its dict)."""
     get = hf_config.get if isinstance(hf_config, dict) else (
         lambda k, d=None: getattr(hf_config, k, d))
+    model_type = hf_model_type(hf_config)
+    if model_type == "distilbert":
+      names, bert_get = _DISTILBERT_NAMES, get
+      get = lambda k, d=None: bert_get(names.get(k, k), d)
     act = get("hidden_act", "gelu")
     if act not in ("gelu", "gelu_python"):
-      raise ValueError(f"hidden_act {act!r} is not supported; only exact 'gelu' BERTs load")
+      raise ValueError(f"hidden_act {act!r} is not supported; only exact 'gelu' encoders load")
     pos_type = get("position_embedding_type", "absolute")
     if pos_type not in (None, "absolute"):
       raise ValueError(f"position_embedding_type {pos_type!r} is not supported; "
                        "only 'absolute' loads")
+    pad = get("pad_token_id", 0) or 0
     fields = dict(
         vocab_size=get("vocab_size"),
         hidden_size=get("hidden_size"),
         num_layers=get("num_hidden_layers"),
         num_heads=get("num_attention_heads"),
         intermediate_size=get("intermediate_size"),
-        type_vocab_size=get("type_vocab_size", 2),
+        type_vocab_size=0 if model_type == "distilbert" else get("type_vocab_size", 2),
         max_position_embeddings=get("max_position_embeddings", 512),
         layer_norm_eps=get("layer_norm_eps", 1e-12),
         hidden_dropout=get("hidden_dropout_prob", 0.1),
         attention_dropout=get("attention_probs_dropout_prob", 0.1),
         initializer_range=get("initializer_range", 0.02),
-        pad_token_id=get("pad_token_id", 0) or 0,
+        pad_token_id=pad,
+        model_type=model_type,
+        position_offset=pad + 1 if model_type in ("roberta", "xlm-roberta") else 0,
     )
     missing = [k for k, v in fields.items() if v is None]
     if missing:
-      raise ValueError(f"the BERT config lacks {missing}; pass a BERT config.json")
+      raise ValueError(f"the {model_type} config lacks {missing}; pass its config.json")
+    embedding_size = get("embedding_size")
+    if model_type == "electra" and embedding_size not in (None, fields["hidden_size"]):
+      fields["embedding_size"] = embedding_size
     fields.update(overrides)
     return cls(**fields)
 
@@ -117,7 +161,14 @@ def _layer_norm(cfg: EncoderConfig, name: str = "LayerNorm") -> nn.LayerNorm:
 
 
 class Embeddings(nn.Module):
-  """Word + position + token-type embeddings, then LayerNorm and dropout."""
+  """Word + position (+ token-type) embeddings, LayerNorm and dropout (+ ELECTRA's projection).
+
+  `position_ids` count from 0; the table row is `position_ids + cfg.position_offset`. By
+  default they are 0..seq-1, except in the offset family (RoBERTa), where, as Hugging Face
+  does, they count the non-padding tokens before each one and padding reads row
+  `pad_token_id`. Without token types (`type_vocab_size` 0, DistilBERT) `token_type_ids`
+  is ignored; with one (RoBERTa) every token is type 0.
+  """
 
   cfg: EncoderConfig
 
@@ -126,13 +177,29 @@ class Embeddings(nn.Module):
                position_ids: Array | None = None, deterministic: bool = True) -> Array:
     cfg = self.cfg
     init = nn.initializers.normal(cfg.initializer_range)
-    embed = lambda n, name: nn.Embed(n, cfg.hidden_size, embedding_init=init, name=name)
-    positions = jnp.arange(input_ids.shape[-1]) if position_ids is None else position_ids
+    width = cfg.embedding_size or cfg.hidden_size
+    embed = lambda n, name: nn.Embed(n, width, embedding_init=init, name=name)
+    if position_ids is None:
+      position_ids = default_positions(cfg, input_ids)
     x = (embed(cfg.vocab_size, "word_embeddings")(input_ids)
-         + embed(cfg.max_position_embeddings, "position_embeddings")(positions)
-         + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids))
+         + embed(cfg.max_position_embeddings, "position_embeddings")(
+             position_ids + cfg.position_offset))
+    if cfg.type_vocab_size:
+      types = token_type_ids if cfg.type_vocab_size > 1 else jnp.zeros_like(input_ids)
+      x = x + embed(cfg.type_vocab_size, "token_type_embeddings")(types)
     x = _layer_norm(cfg)(x.astype(cfg.compute_dtype))
-    return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+    x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+    if width != cfg.hidden_size:
+      x = _dense(cfg, cfg.hidden_size, "embeddings_project")(x)
+    return x
+
+
+def default_positions(cfg: EncoderConfig, input_ids: Array) -> Array:
+  """0-based position ids of a padded batch (see `Embeddings`): -1 on RoBERTa's padding."""
+  if not cfg.position_offset:
+    return jnp.arange(input_ids.shape[-1])
+  real = (input_ids != cfg.pad_token_id).astype(jnp.int32)
+  return jnp.cumsum(real, axis=-1) * real - 1
 
 
 class SelfAttention(nn.Module):
@@ -254,10 +321,10 @@ class Encoder(nn.Module):
 
   def __call__(self, x: Array, ctx, policy: walk.Policy = walk.FULL, *,
                deterministic: bool = True, layer_on: Array | None = None,
-               hidden_states: bool = False):
+               hidden_states: bool = False, restore: bool = False):
     """`walk.walk` over this encoder's layers -> `(x, ctx, trace)`."""
     return walk.walk(self.layer, x, ctx, policy, deterministic=deterministic,
-                     layer_on=layer_on, hidden_states=hidden_states)
+                     layer_on=layer_on, hidden_states=hidden_states, restore=restore)
 
 
 def encoder_layer_params(cfg: EncoderConfig, bert_params: dict) -> list:
@@ -325,5 +392,31 @@ def attention_probs(cfg: EncoderConfig, params: dict, input_ids: Array, token_ty
   def run(bert: Bert):
     h0 = bert.embed(input_ids, token_type_ids)
     return bert.encoder(h0, attention_bias, RecordAttention())[2]["attention_probs"]
+
+  return nn.apply(run, Bert(cfg))({"params": params})
+
+
+def encode(cfg: EncoderConfig, params: dict, input_ids: Array, attention_mask: Array | None = None,
+           token_type_ids: Array | None = None) -> Array:
+  """Last hidden states of a `Bert` forward (deterministic), as Hugging Face's
+  `last_hidden_state`.
+
+  Args:
+    cfg: encoder shape. params: `Bert` params (e.g. `load_backbone(...).params`).
+    input_ids: int (batch, seq), padded on the right (with `pad_token_id` for RoBERTa).
+    attention_mask: bool/int (batch, seq), 1 on real tokens; default all real.
+    token_type_ids: int (batch, seq); default all 0.
+  Returns:
+    (batch, seq, hidden); rows at padding are not meaningful.
+  """
+  input_ids = jnp.asarray(input_ids)
+  if attention_mask is None:
+    attention_mask = jnp.ones(input_ids.shape, bool)
+  if token_type_ids is None:
+    token_type_ids = jnp.zeros_like(input_ids)
+  bias = attention_bias_from_mask(jnp.asarray(attention_mask))
+
+  def run(bert: Bert):
+    return bert.encoder(bert.embed(input_ids, jnp.asarray(token_type_ids)), bias)[0]
 
   return nn.apply(run, Bert(cfg))({"params": params})

@@ -1,8 +1,10 @@
-"""The Length-Adaptive Transformer classifier: a `SequenceClassifier` walked under
-attention-significance selection (`reduce.significance`).
+"""The Length-Adaptive Transformer: a fine-tuned model (`SequenceClassifier` or `SpanQA`)
+walked under attention-significance selection (`reduce.significance`).
 
-Its params are those of the fine-tuned classifier, `{"bert", "head"}`: LengthDrop training
-changes values, not shapes. Two forward paths:
+Its params are those of the fine-tuned model, `{"bert", "head"}`: LengthDrop training
+changes values, not shapes. Every forward takes the task's head (`models.heads`: a label
+count for classification, or a `Head`); a span head reads the restored sequence
+(drop-and-restore). Two forward paths:
 
 * `masked_forward`: fixed (B, T) shapes; the length config is a traced array, so sampling
   a new one never recompiles (training, evaluating many configs);
@@ -10,7 +12,7 @@ changes values, not shapes. Two forward paths:
   static widths (inference; the batched `LengthEngine` runs it).
 
 They agree (tested), and with no config (or lengths at least as long as every example)
-both equal the plain classifier.
+both equal the plain model.
 """
 
 from __future__ import annotations
@@ -22,22 +24,25 @@ import jax.numpy as jnp
 
 from adapler_jax.models import walk
 from adapler_jax.models.bert import Bert, EncoderConfig, attention_bias_from_mask
-from adapler_jax.models.heads import ClassificationHead, SequenceClassifier
+from adapler_jax.models.heads import Head, as_head
 from adapler_jax.reduce import lengths
 from adapler_jax.reduce.significance import GatherSelection, MaskedSelection, SelectionFlags
 
 Array = jax.Array
 
 
-def masked_forward(enc: EncoderConfig, num_labels: int, params: dict, batch: dict,
+def masked_forward(enc: EncoderConfig, head: int | Head, params: dict, batch: dict,
                    config: Array | None, *, base: int, flags: SelectionFlags = SelectionFlags(),
                    layer_on: Array | None = None, deterministic: bool = True,
                    rng: Array | None = None):
-  """Logits (B, C) and trace of the classifier under length `config` (L,) int, or of the
-  plain classifier when `config` is None; `layer_on` (L,) bool skips layers (LayerDrop).
+  """Logits and trace of the model under length `config` (L,) int, or of the plain model
+  when `config` is None; `layer_on` (L,) bool skips layers (LayerDrop).
 
-  `base` is the padded length the config refers to (the task's max length).
+  `head`: a label count (classification, logits (B, C)) or a `Head` (`Span()`: logits
+  (B, T, 2) over the restored sequence). `base` is the padded length the config refers to
+  (the task's max length).
   """
+  model = as_head(head).model(enc)
   valid = batch["attention_mask"].astype(bool)
   if config is None:
     policy, ctx = walk.FULL, attention_bias_from_mask(valid)
@@ -46,27 +51,29 @@ def masked_forward(enc: EncoderConfig, num_labels: int, params: dict, batch: dic
     counts = lengths.keep_counts(jnp.asarray(config), n, base, flags.length_base)
     policy = MaskedSelection(valid, counts, flags)
     ctx = policy.initial()
-  logits, _, trace = SequenceClassifier(enc, num_labels).apply(
+  logits, _, trace = model.apply(
       {"params": params}, batch["input_ids"], batch["token_type_ids"], ctx, policy,
-      layer_on=layer_on, deterministic=deterministic, method=SequenceClassifier.reduced,
+      layer_on=layer_on, deterministic=deterministic, method=type(model).reduced,
       rngs=None if deterministic else {"dropout": rng})
   return logits, trace
 
 
-def gather_forward(enc: EncoderConfig, num_labels: int, params: dict, input_ids: Array,
+def gather_forward(enc: EncoderConfig, head: int | Head, params: dict, input_ids: Array,
                    token_type_ids: Array, n: Array, counts: Array, widths: Sequence[int], *,
                    flags: SelectionFlags = SelectionFlags(), chunk_rows: int | None = None,
                    selects: Sequence[bool] | None = None):
-  """Classifier with real token dropping: `counts` (L, B) tokens kept per layer, `widths`
+  """The model with real token dropping: `counts` (L, B) tokens kept per layer, `widths`
   (L,) static widths holding them (`lengths.real_counts`); `selects` (L,) static, False
   where a layer drops nothing (it then skips scoring). Rows hold `n` (B,) real tokens
-  first. Returns logits (B, C) and the trace (`lengths`, `positions` per layer)."""
+  first. Returns logits (B, C), or for a span head (B, T, 2) over the restored sequence
+  (padding holds its embedding output), and the trace (`lengths`, `positions` per layer)."""
+  head = as_head(head)
   bert = params["bert"]
   x = Bert(enc).apply({"params": {"embeddings": bert["embeddings"]}}, input_ids,
                       token_type_ids, method=Bert.embed)
   valid = jnp.arange(input_ids.shape[1]) < n[:, None]
   policy = GatherSelection(counts, widths, flags, selects)
   layers = walk.param_layers(enc, bert, chunk_rows=chunk_rows)
-  x, _, trace = walk.walk(layers, x, policy.initial(valid), policy)
-  logits = ClassificationHead(enc, num_labels).apply({"params": params["head"]}, x[:, :1])
+  x, _, trace = walk.walk(layers, x, policy.initial(valid), policy, restore=head.restore)
+  logits = head.module(enc).apply({"params": params["head"]}, x)
   return logits, trace

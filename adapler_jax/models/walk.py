@@ -8,7 +8,14 @@ the Length-Adaptive Transformer. A layer is split where the two methods decide::
     a, probs = layer.attend(x, policy.bias(ctx))        # attention sub-layer (post-LN)
     a, ctx = policy.after_attention(l, a, probs, ctx)   # LAT: attention significance, keep
     y = layer.feed_forward(a)
-    x, ctx = policy.after_layer(l, x, y, ctx)           # e.g. restore of dropped tokens
+    x, ctx = policy.after_layer(l, x, y, ctx)           # e.g. masked: dropped keep x
+
+Drop-and-restore (`walk(..., restore=True)`, for heads that read every position): a token
+dropped before layer i keeps its layer i-1 output (the embedding output if i = 0) and takes
+it back to its original position in the final (..., T, H) sequence; dropped vectors pass
+through no later layer. A policy whose hidden states keep every position in place (masked
+selection, soft removal) is its own restore; one that removes tokens names the original
+position of each slot (`Policy.positions`) and `walk` scatters each layer's output back.
 
 A policy is a plain Python object (static under jit); its per-walk state `ctx` is a pytree
 (keep weights, masks, positions, lengths: whatever the policy needs). Each hook returns,
@@ -59,6 +66,12 @@ class Policy:
   def after_layer(self, l: int, x: Array, y: Array, ctx) -> tuple[Array, Any]:
     return y, ctx
 
+  def positions(self, ctx) -> Array | None:
+    """The original position of each slot of the hidden states, (B, w) int, -1 on empty
+    slots; None when the hidden states keep every token at its own position (a dropped
+    token's slot holds its last vector), so that they are their own restore."""
+    return None
+
 
 FULL = Policy()
 
@@ -85,9 +98,27 @@ def layer_step(layer, l: int, x: Array, ctx, policy: Policy = FULL, *,
   return x, ctx, {**records, **more}
 
 
+def restore_step(restored: Array, x: Array, positions: Array | None,
+                 examples: Array | None = None) -> Array:
+  """Drop-and-restore after a layer: x's slots (R, w, H) written into the restored
+  sequences (E, T, H) at their original `positions` (R, w), -1 writing nothing.
+
+  `examples` (R, w): the sequence each slot belongs to (default: slot row r is sequence r;
+  packed grids hold several). `positions` None (x keeps every position in place): x itself.
+  """
+  if positions is None:
+    return x
+  if examples is None:
+    examples = jnp.broadcast_to(jnp.arange(positions.shape[0])[:, None], positions.shape)
+  real = positions >= 0
+  rows = jnp.where(real, examples, restored.shape[0])
+  slots = jnp.where(real, positions, 0)
+  return restored.at[rows, slots].set(x.astype(restored.dtype), mode="drop")
+
+
 def walk(layers: Sequence, x: Array, ctx, policy: Policy = FULL, *,
          deterministic: bool = True, layer_on: Array | None = None,
-         hidden_states: bool = False) -> tuple[Array, Any, Records]:
+         hidden_states: bool = False, restore: bool = False) -> tuple[Array, Any, Records]:
   """Runs `layers` in order over x (..., N, H) under `policy`: the library's layer loop.
 
   Args:
@@ -98,19 +129,24 @@ def walk(layers: Sequence, x: Array, ctx, policy: Policy = FULL, *,
     deterministic: False enables dropout.
     layer_on: optional (L,) bool; False skips layer l (LayerDrop).
     hidden_states: also record every layer's output as `hidden_states` (h^1..h^L).
+    restore: drop-and-restore (module docstring): return the final sequence at the input's
+      positions, each dropped token holding the output of the last layer it ran.
   Returns:
-    The last hidden states, the policy's final state, and the trace: each record stacked
-    over layers on axis 0.
+    The last hidden states (with `restore`, the restored (..., T, H) sequence), the
+    policy's final state, and the trace: each record stacked over layers on axis 0.
   """
   trace: list[Records] = []
+  restored = x
   for l, layer in enumerate(layers):
     on = None if layer_on is None else layer_on[l]
     x, ctx, records = layer_step(layer, l, x, ctx, policy, deterministic=deterministic,
                                  layer_on=on)
+    if restore:
+      restored = restore_step(restored, x, policy.positions(ctx))
     if hidden_states:
       records = {**records, "hidden_states": x}
     trace.append(records)
-  return x, ctx, stack(trace)
+  return (restored if restore else x), ctx, stack(trace)
 
 
 def stack(trace: list[Records]) -> Records:

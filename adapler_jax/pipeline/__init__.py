@@ -1,11 +1,12 @@
 """Training pipeline: a small registry of resumable phases per method.
 
-AdapLeR: finetune -> saliency -> adapler -> evaluate. LAT: finetune -> lengthdrop -> evaluate,
-and `search` for its anytime frontier.
+AdapLeR: finetune -> saliency -> adapler -> evaluate. LAT: finetune -> lengthdrop -> evaluate.
+Both have a `search` phase for an anytime frontier (per-layer eta multipliers for AdapLeR,
+per-layer lengths for LAT).
 """
 
 from adapler_jax.errors import UserError
-from adapler_jax.pipeline import lat_phases, lat_search
+from adapler_jax.pipeline import adapler_search, lat_phases, lat_search
 from adapler_jax.pipeline.config import base_config
 from adapler_jax.pipeline.context import Run, prepare, read_config
 from adapler_jax.pipeline.phases import (TrainedRun, extract_saliency, finetune,
@@ -15,7 +16,8 @@ from adapler_jax.pipeline.phases import (TrainedRun, extract_saliency, finetune,
 
 METHOD_PHASES = {
     "adapler": {"all": run_all, "finetune": finetune, "saliency": extract_saliency,
-                "adapler": train_adapler, "evaluate": summarize},
+                "adapler": train_adapler, "search": adapler_search.run_search,
+                "evaluate": summarize},
     "lat": {"all": lat_phases.run_all, "finetune": finetune,
             "lengthdrop": lat_phases.train_lengthdrop, "search": lat_search.run_search,
             "evaluate": lat_phases.summarize},

@@ -28,7 +28,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def check_max_length(config: ml_collections.ConfigDict, encoder: EncoderConfig) -> None:
   """`data.max_length` fits the backbone's position table (beyond it embeddings are NaN)."""
-  positions = encoder.max_position_embeddings
+  positions = encoder.max_length
   if config.data.max_length > positions:
     raise UserError(f"config data.max_length {config.data.max_length} exceeds the {positions} "
                     f"positions of backbone {config.backbone}; pass "

@@ -10,80 +10,93 @@ from adapler_jax.errors import UserError
 
 
 def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
-  """The full config tree with the paper's shared hyperparameters."""
+  """The full config tree with the paper's shared hyperparameters; `HELP` says what each
+  field means."""
   c = ml_collections.ConfigDict()
   c.task = task
-  c.method = "adapler"  # or "lat" (Length-Adaptive Transformer).
-  c.backbone = "minilm"  # embedded all-MiniLM-L6-v2; or a local HF dir, or a hub id.
+  c.method = "adapler"
+  c.backbone = "minilm"
+  c.backbone_revision = ml_collections.config_dict.placeholder(str)
   c.seed = 22
-  c.dtype = "float32"  # compute dtype: float32 or bfloat16.
+  c.dtype = "float32"
+  c.compilation_cache = True
 
   c.data = ml_collections.ConfigDict()
-  c.data.data_dir = ""  # "" = the Hugging Face hub; else the task's local folder.
+  c.data.data_dir = ""
   c.data.max_length = max_length
   c.data.train_split = "train"
   c.data.dev_split = "dev"
-  c.data.test_split = ""  # "" = same as dev.
-  c.data.train_subset = 0  # >0: a seeded subset of this many training examples.
+  c.data.test_split = ""
+  c.data.train_subset = 0
   c.data.dev_subset = 0
-  c.data.resplit_source = ""  # re-split one labelled split into train / held-out ...
-  c.data.resplit_train = 0  # ... of these sizes (0: no re-split). Dev = test = held-out.
+  c.data.resplit_source = ""
+  c.data.resplit_train = 0
   c.data.resplit_test = 0
   c.data.resplit_seed = 0
+  c.data.doc_stride = 128
+  c.data.train_file = ""
+  c.data.dev_file = ""
+  c.data.test_file = ""
+  c.data.text_fields = "text"
+  c.data.label_field = "label"
+  c.data.label_names = ""
+  c.data.id_field = ""
+  c.data.metric = "accuracy"
 
-  c.train = ml_collections.ConfigDict()  # phase 1: fine-tuning.
+  c.train = ml_collections.ConfigDict()
   c.train.epochs = 5
   c.train.batch_size = 32
   c.train.learning_rate = 2e-5
   c.train.weight_decay = 0.1
   c.train.warmup_fraction = 0.06
   c.train.keep_best = 3
-  c.train.eval_every_steps = 0  # 0 = at each epoch's end.
-  c.train.checkpoint_every_steps = 0  # extra resume points between evaluations.
+  c.train.eval_every_steps = 0
+  c.train.checkpoint_every_steps = 0
   c.train.log_every_steps = 50
+  c.train.init_from_hf = ""
 
-  c.saliency = ml_collections.ConfigDict()  # phase 2.
+  c.saliency = ml_collections.ConfigDict()
   c.saliency.batch_size = 64
   c.saliency.num_checkpoints = 3
 
-  c.adapler = ml_collections.ConfigDict()  # phase 3 (paper Table 4 per task).
+  c.adapler = ml_collections.ConfigDict()
   c.adapler.epochs = 5
   c.adapler.batch_size = 32
   c.adapler.learning_rate = 3e-5
   c.adapler.speed_learning_rate = 5e-4
-  c.adapler.predictor_learning_rate = 0.0  # 0 = learning_rate (the paper's setting).
+  c.adapler.predictor_learning_rate = 0.0
   c.adapler.weight_decay = 0.1
   c.adapler.warmup_fraction = 0.06
   c.adapler.gamma = 5e-3
   c.adapler.phi = 5e-4
-  c.adapler.lambda_init = 10.0  # lambda = lambda_init * lambda_rate ** epoch.
+  c.adapler.lambda_init = 10.0
   c.adapler.lambda_rate = 10.0
   c.adapler.beta = 0.1
   c.adapler.eta_init = 0.25
   c.adapler.theta_init = 1.0
-  c.adapler.tolerance = 1.0  # selection: best speedup within this many metric points.
+  c.adapler.tolerance = 1.0
 
-  c.lat = ml_collections.ConfigDict()  # Length-Adaptive Transformer (LAT paper, section 4).
+  c.lat = ml_collections.ConfigDict()
   c.lat.epochs = 5
   c.lat.batch_size = 32
-  c.lat.learning_rate = 2e-5  # linear decay, no warmup, a fresh optimizer.
+  c.lat.learning_rate = 2e-5
   c.lat.weight_decay = 0.0
-  c.lat.length_drop = 0.2  # LengthDrop p.
+  c.lat.length_drop = 0.2
   c.lat.layer_drop = 0.2
-  c.lat.num_sandwich = 2  # random sub-models besides the smallest.
+  c.lat.num_sandwich = 2
   c.lat.smallest_ratio = 0.2
   c.lat.min_length = 2
-  c.lat.kd = "forward"  # or "reverse" (the authors' swapped KL arguments).
+  c.lat.kd = "forward"
   c.lat.teacher_layerdrop = True
   c.lat.keep_cls = True
-  c.lat.include_pad_queries = False  # True: the authors' scoring (padding rows count).
+  c.lat.include_pad_queries = False
   c.lat.include_diagonal = True
-  c.lat.score_from_dropout_probs = False  # True: the authors' (scores after attention dropout).
-  c.lat.length_base = "padded"  # or "actual" (per-example ratios of each input's length).
-  c.lat.eval_length_config = ""  # e.g. "52,42,34,28,23,19"; "" = eval_length_ratio.
+  c.lat.score_from_dropout_probs = False
+  c.lat.length_base = "padded"
+  c.lat.eval_length_config = ""
   c.lat.eval_length_ratio = 0.2
 
-  c.search = ml_collections.ConfigDict()  # evolutionary search (LAT defaults: 30/20/30/30).
+  c.search = ml_collections.ConfigDict()
   c.search.iterations = 30
   c.search.population = 20
   c.search.mutations = 30
@@ -91,16 +104,174 @@ def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
   c.search.mutation_prob = 0.5
   c.search.max_attempts = 1000
   c.search.seed = 0
-  c.search.held_out = 872  # fitness rows, held out of train (never the reported split).
+  c.search.held_out = 872
   c.search.batch_size = 64
-  c.search.cost = "padded"  # frontier cost: "padded" MACs (LAT) or "actual" FLOPs.
+  c.search.eta_multipliers = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
+  c.search.cost = "padded"
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "dev"
   c.eval.batch_size = 32
-  c.eval.engine = "bucketed"  # batched real dropping; or "per-example" (the reference).
-  c.eval.flops = "analytic"  # or "paper" (the reference's fitted BERT-base constants).
+  c.eval.engine = "bucketed"
+  c.eval.flops = "analytic"
   return c
+
+
+# One line of help per section and per field of `base_config`, shown by `--print_config`
+# (tests/test_config_cli.py checks that every field has one).
+HELP = {
+    "task": "a registered task (sst2, qnli, ag_news, imdb, demo, ...) or custom: your own "
+            "files, named by data.train_file and data.dev_file",
+    "method": "adapler (AdapLeR) or lat (Length-Adaptive Transformer)",
+    "backbone": "minilm (embedded all-MiniLM-L6-v2), a local Hugging Face model folder, or "
+                "a hub id",
+    "backbone_revision": "a hub commit, branch or tag to pin a hub backbone to (None: the "
+                         "latest)",
+    "seed": "seed of initialisation, dropout, shuffling and data subsets",
+    "dtype": "compute dtype: float32 or bfloat16",
+    "compilation_cache": "reuse compiled programs across runs (JAX's persistent cache in "
+                         "~/.cache/adapler-jax/jax, or $ADAPLER_JAX_CACHE_DIR)",
+
+    "data": "where the examples come from and how they are cut",
+    "data.data_dir": "'' = the Hugging Face hub; else the task's local folder (custom: the "
+                     "folder of relative file names)",
+    "data.max_length": "tokens per example after truncation, [CLS] and [SEP] included",
+    "data.train_split": "the task's split to train on",
+    "data.dev_split": "split for model selection and the dev metric",
+    "data.test_split": "split reported as test; '' = the dev split",
+    "data.train_subset": ">0: a seeded subset of this many training examples",
+    "data.dev_subset": ">0: a seeded subset of this many dev (and test) examples",
+    "data.resplit_source": "a labelled split to re-split into train and held-out ...",
+    "data.resplit_train": "... with this many train examples (0: no re-split); dev = test = "
+                          "the held-out",
+    "data.resplit_test": "held-out examples of the re-split (span tasks count articles; those "
+                         "left over are the search's)",
+    "data.resplit_seed": "seed of the re-split",
+    "data.doc_stride": "span tasks: tokens shared by consecutive windows of a long context",
+    "data.train_file": "task custom: training file, .csv or .tsv with a header or .jsonl "
+                       "(each may end in .gz)",
+    "data.dev_file": "task custom: dev file (model selection, dev metric)",
+    "data.test_file": "task custom: test file; '' = dev_file",
+    "data.text_fields": "task custom: the text field, or two comma-separated for a pair "
+                        "(question,sentence); a+b joins fields into one text",
+    "data.label_field": "task custom: field holding the label",
+    "data.label_names": "task custom: comma-separated label values in class order; '' = the "
+                        "train file's (0,1,... when numeric, else sorted)",
+    "data.id_field": "task custom: field with unique example ids; '' = <file stem>-<row>",
+    "data.metric": "task custom: accuracy, or f1 (F1 of class 1)",
+
+    "train": "phase 1: fine-tuning the backbone with a classifier (paper Appendix D)",
+    "train.epochs": "fine-tuning epochs",
+    "train.batch_size": "examples per step (split over the devices)",
+    "train.learning_rate": "peak AdamW learning rate (linear warmup, then linear decay to 0)",
+    "train.init_from_hf": "a fine-tuned HF *ForSequenceClassification dir or hub id: its encoder "
+                          "and head are the fine-tuning result (no training); the backbone must "
+                          "match it",
+    "train.weight_decay": "AdamW weight decay",
+    "train.warmup_fraction": "fraction of the steps spent warming up",
+    "train.keep_best": "evaluated checkpoints kept, the best by dev metric",
+    "train.eval_every_steps": "evaluate on dev every this many steps; 0 = at each epoch's end",
+    "train.checkpoint_every_steps": "extra resume points between evaluations; 0 = none",
+    "train.log_every_steps": "log training metrics every this many steps",
+
+    "saliency": "phase 2: gradient x input saliency of the training examples",
+    "saliency.batch_size": "examples per batch",
+    "saliency.num_checkpoints": "best fine-tuned checkpoints the saliency is averaged over",
+
+    "adapler": "phase 3: AdapLeR training (paper Table 4 per task)",
+    "adapler.epochs": "AdapLeR epochs (lambda grows each epoch)",
+    "adapler.batch_size": "examples per step",
+    "adapler.learning_rate": "peak learning rate of the backbone and classifier",
+    "adapler.speed_learning_rate": "Adam learning rate of the speed parameters eta and theta",
+    "adapler.predictor_learning_rate": "learning rate of the contribution predictors; 0 = "
+                                       "learning_rate (the paper's setting)",
+    "adapler.weight_decay": "AdamW weight decay",
+    "adapler.warmup_fraction": "fraction of the steps spent warming up",
+    "adapler.gamma": "weight of the contribution predictors' KL loss to the saliency",
+    "adapler.phi": "weight of the length loss (higher: fewer tokens kept)",
+    "adapler.lambda_init": "soft-removal sharpness of epoch 0: lambda = lambda_init * "
+                           "lambda_rate ** epoch",
+    "adapler.lambda_rate": "growth of lambda per epoch",
+    "adapler.beta": "slope of the soft-removal function (Eq. 4)",
+    "adapler.eta_init": "initial per-layer threshold factor eta (keep if score >= eta / n)",
+    "adapler.theta_init": "initial per-layer [CLS] weight theta of the saliency target",
+    "adapler.tolerance": "selection: best speedup within this many dev metric points of the "
+                         "fine-tuned model",
+
+    "lat": "Length-Adaptive Transformer: LengthDrop training (LAT paper, section 4)",
+    "lat.epochs": "LengthDrop epochs",
+    "lat.batch_size": "examples per step",
+    "lat.learning_rate": "learning rate (linear decay, no warmup, a fresh optimizer)",
+    "lat.weight_decay": "AdamW weight decay",
+    "lat.length_drop": "LengthDrop p: each layer keeps a length in [ceil((1-p) l), l]",
+    "lat.layer_drop": "LayerDrop probability of each layer",
+    "lat.num_sandwich": "random sub-models per step besides the smallest",
+    "lat.smallest_ratio": "per-layer drop ratio of the smallest sub-model",
+    "lat.min_length": "shortest length any layer keeps",
+    "lat.kd": "distillation to the full model: forward, or reverse (the authors' swapped KL)",
+    "lat.teacher_layerdrop": "apply LayerDrop to the full model too",
+    "lat.keep_cls": "always keep [CLS]",
+    "lat.include_pad_queries": "True: padding rows count in the significance (the authors')",
+    "lat.include_diagonal": "a token's attention to itself counts in its significance",
+    "lat.score_from_dropout_probs": "True: significance after attention dropout (the "
+                                    "authors')",
+    "lat.length_base": "padded: lengths on the padded length; actual: per-example ratios of "
+                       "each input's length",
+    "lat.eval_length_config": "per-layer lengths to evaluate, e.g. 52,42,34,28,23,19; '' = "
+                              "eval_length_ratio",
+    "lat.eval_length_ratio": "constant per-layer drop ratio to evaluate at",
+
+    "search": "LAT evolutionary search of length configs (LAT defaults 30/20/30/30)",
+    "search.iterations": "generations",
+    "search.population": "configs kept per generation",
+    "search.mutations": "mutated configs per generation",
+    "search.crossovers": "crossed-over configs per generation",
+    "search.mutation_prob": "probability that a mutation changes each layer",
+    "search.max_attempts": "tries to find new valid configs per generation",
+    "search.seed": "seed of the search",
+    "search.held_out": "fitness rows, held out of train (never the reported split)",
+    "search.batch_size": "examples per fitness batch",
+    "search.cost": "frontier cost: padded MACs (LAT) or actual FLOPs",
+    "search.eta_multipliers": "AdapLeR search: the grid each layer's multiplier of the trained "
+                              "cutoff eta is drawn from",
+
+    "eval": "evaluation with real token removal",
+    "eval.split": "split the summary reports",
+    "eval.batch_size": "examples per batch",
+    "eval.engine": "bucketed (batched real dropping) or per-example (the reference)",
+    "eval.flops": "analytic, or paper (the reference's fitted BERT-base constants)",
+}
+
+
+def format_config(config: ml_collections.ConfigDict) -> str:
+  """The config as `--print_config` shows it: a header per section, then one line per field
+  with its value, its help and, where the value differs, the `base_config` default."""
+  defaults = base_config(config.task, config.data.max_length)
+  order = {k: i for i, k in enumerate(HELP)}
+  fields = sorted(dotted(config), key=lambda k: order.get(k, len(order)))
+  width = min(40, max(len(f"{k} = {_get(config, k)!r}") for k in fields))
+  lines, section = [], ""
+  for key in fields:
+    head = key.rpartition(".")[0]
+    if head != section:
+      section = head
+      lines += ["", f"# {head}: {HELP.get(head, '')}"]
+    value, default = _get(config, key), _get(defaults, key)
+    note = "" if default is _MISSING or default == value else f" [default {default!r}]"
+    lines.append(f"{f'{key} = {value!r}':<{width}}  # {HELP.get(key, '')}{note}")
+  return "\n".join(lines)
+
+
+_MISSING = object()
+
+
+def _get(config: ml_collections.ConfigDict, key: str):
+  node = config
+  for part in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return _MISSING
+    node = node[part]
+  return node
 
 
 def find_field(config: ml_collections.ConfigDict, key: str,
@@ -115,15 +286,16 @@ def find_field(config: ml_collections.ConfigDict, key: str,
     return node, leaf
   siblings = node.keys() if isinstance(node, ml_collections.ConfigDict) else []
   fields = [".".join(parents + [k]) for k in siblings]
-  near = difflib.get_close_matches(key, fields or list(_dotted(config)), n=1)
+  near = difflib.get_close_matches(key, fields or list(dotted(config)), n=1)
   hint = f" (did you mean {near[0]!r}?)" if near else ""
   raise UserError(f"override {item!r}: the config has no field {key!r}{hint}; write "
                   "KEY=VALUE with a dotted key such as adapler.phi=1e-3")
 
 
-def _dotted(config: ml_collections.ConfigDict, prefix: str = ""):
+def dotted(config: ml_collections.ConfigDict, prefix: str = ""):
+  """Every field of `config` as a dotted key (`train.epochs`), sections in order."""
   for k, v in config.items():
-    yield from (_dotted(v, f"{prefix}{k}.") if isinstance(v, ml_collections.ConfigDict)
+    yield from (dotted(v, f"{prefix}{k}.") if isinstance(v, ml_collections.ConfigDict)
                 else [prefix + k])
 
 

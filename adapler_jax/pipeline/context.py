@@ -15,7 +15,11 @@ from jax.sharding import Mesh
 from adapler_jax import weights
 from adapler_jax.data import (TaskSpec, TokenizedDataset, get_task, load_split, resplit, subset,
                               tokenize)
+from adapler_jax.data import squad
+from adapler_jax.data import readers
+from adapler_jax.data.tasks import CUSTOM, custom_task
 from adapler_jax.errors import UserError
+from adapler_jax.eval.metrics import METRICS
 from adapler_jax.models.adapler import AdapLeRConfig
 from adapler_jax.models.bert import EncoderConfig
 from adapler_jax.models.heads import ClassifierConfig
@@ -75,7 +79,8 @@ class Run:
       raise UserError(f"no split {split!r}; use one of {', '.join(SPLITS)} (as the config "
                       "defines them)")
     if split not in self._data:
-      self._data.update(_load_splits(self.config, self.task, self.tokenizer, split))
+      load = _load_span_splits if self.task.is_span else _load_splits
+      self._data.update(load(self.config, self.task, self.tokenizer, split))
     return self._data[split]
 
 
@@ -83,6 +88,8 @@ class Run:
     """A seeded held-out part of train that training never saw (the rows outside
     `data.train_subset`), `size` rows: the fitness split of a search, never a reported one."""
     key = f"search_{size}"
+    if self.task.is_span:
+      return self._span_search_split(size)
     if key not in self._data:
       d = self.config.data
       if d.resplit_train or not d.train_subset:
@@ -101,6 +108,58 @@ class Run:
       self._data[key] = tokenize(train.take(pick, f"{train.source} (held out for search)"),
                                  self.tokenizer, d.max_length)
     return self._data[key]
+
+  def _span_search_split(self, size: int) -> TokenizedDataset:
+    """Span tasks: up to `size` questions of the articles the re-split holds out for search."""
+    key = f"search_{size}"
+    if key not in self._data:
+      self.dataset("train")
+      part = self._data.get("search_questions")
+      if part is None or not len(part):
+        raise UserError("the search scores configs on held-out articles; set "
+                        "--config.data.resplit_test below the articles left after "
+                        "data.resplit_train so some are held out for it")
+      d = self.config.data
+      self._data[key] = squad.span_features(subset(part, size, seed=self.config.seed),
+                                            self.tokenizer, d.max_length, d.doc_stride)
+    return self._data[key]
+
+
+def _load_span_splits(config, task: TaskSpec, tokenizer,
+                      wanted: str) -> dict[str, TokenizedDataset]:
+  """Windows of span QA questions (`data.squad.SpanFeatures`) per split.
+
+  With `data.resplit_train`, one split (`data.resplit_source`) is re-split by article:
+  `resplit_train` articles to train, `resplit_test` (0: all the others) to dev = test, the
+  articles left over held out for a search (`search_questions`). Subsets count questions.
+  """
+  d = config.data
+  data_dir = d.data_dir or None
+  names = {"train": d.train_split, "dev": d.dev_split, "test": d.test_split or d.dev_split}
+  out: dict = {}
+  if d.resplit_train:
+    source = squad.load_squad(d.resplit_source, data_dir, task)
+    rest = len(source.articles()) - d.resplit_train
+    if d.resplit_test > rest:
+      raise UserError(f"data.resplit_test {d.resplit_test}: only {max(rest, 0)} articles of "
+                      f"{source.source} are left after data.resplit_train {d.resplit_train}; "
+                      "lower them (span tasks re-split by article)")
+    parts = squad.split_by_article(source, d.resplit_train, d.resplit_seed,
+                                   num_search_articles=rest - (d.resplit_test or rest))
+    questions = {"train": parts.train, "dev": parts.dev, "test": parts.dev}
+    out["search_questions"] = parts.search
+  else:
+    questions = {wanted: squad.load_squad(names[wanted], data_dir, task)}
+  sizes = {"train": d.train_subset, "dev": d.dev_subset, "test": d.dev_subset}
+  built: dict = {}  # dev and test of a re-split share their windows.
+  for split, ds in questions.items():
+    key = (id(ds), sizes[split])
+    if key not in built:
+      if sizes[split] and sizes[split] < len(ds):
+        ds = subset(ds, sizes[split], seed=config.seed)
+      built[key] = squad.span_features(ds, tokenizer, d.max_length, d.doc_stride)
+    out[split] = built[key]
+  return out
 
 
 def _load_splits(config, task: TaskSpec, tokenizer, wanted: str) -> dict[str, TokenizedDataset]:
@@ -134,8 +193,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
   workdir = workdir_lib.check_dir(workdir)
   checks.check_config(config)
   mesh = parallel.make_data_mesh()
-  task = get_task(config.task)
-  encoder, backbone, tokenizer = weights.load_backbone(config.backbone, dtype=config.dtype)
+  config, task = resolve_task(config)
+  encoder, backbone, tokenizer = weights.load_backbone(
+      config.backbone, revision=config.get("backbone_revision"), dtype=config.dtype)
   checks.check_max_length(config, encoder)
   run = Run(config, workdir, task, encoder, backbone, tokenizer, MetricWriter(workdir), mesh)
   if record:
@@ -147,6 +207,48 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
     if run.is_main_process:
       workdir_lib.atomic_write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2))
   return run
+
+
+FILE_FIELDS = ("train_file", "dev_file", "test_file")
+
+
+def resolve_task(config: ml_collections.ConfigDict
+                 ) -> tuple[ml_collections.ConfigDict, TaskSpec]:
+  """The config's task. For `custom` (the user's files in `data.*_file`), a copy of the
+  config with the files as absolute paths and, without `data.label_names`, the train file's
+  labels in class order, so the workdir records what the run read."""
+  if config.task != CUSTOM:
+    named = [f for f in FILE_FIELDS if config.data.get(f)]
+    if named:
+      raise UserError(f"config data.{named[0]} is set but task is {config.task!r}; pass "
+                      f"--config.task={CUSTOM} to train on your own files")
+    return config, get_task(config.task)
+  config = config.copy_and_resolve_references()
+  d = config.data
+  for f in FILE_FIELDS[:2]:
+    if not d[f]:
+      raise UserError(f"task {CUSTOM} needs data.{f}; pass --config.data.{f}=PATH (a .csv or "
+                      ".tsv with a header, or .jsonl)")
+  for f in FILE_FIELDS:
+    if d[f]:
+      d[f] = str((Path(d.data_dir).expanduser() / Path(d[f]).expanduser()).absolute())
+  groups = tuple(tuple(f.strip() for f in g.split("+")) for g in d.text_fields.split(","))
+  if not 1 <= len(groups) <= 2 or not all(all(g) for g in groups):
+    raise UserError(f"config data.text_fields {d.text_fields!r} must name one text field or "
+                    "two for a pair, e.g. --config.data.text_fields=question,sentence")
+  if d.metric not in METRICS:
+    raise UserError(f"config data.metric {d.metric!r} is not one of {', '.join(METRICS)}; "
+                    "pass e.g. --config.data.metric=accuracy")
+  files = {"train": d.train_file, "dev": d.dev_file, "test": d.test_file or d.dev_file}
+  if not d.label_names:
+    d.label_names = ",".join(readers.file_labels(custom_task(files, groups, d.label_field),
+                                                 "train", "."))
+  names = tuple(n.strip() for n in d.label_names.split(","))
+  if len(names) < 2:
+    raise UserError(f"task {CUSTOM} has the single label {names[0]!r}; a classifier needs two "
+                    "or more (pass --config.data.label_names=NEG,POS)")
+  return config, custom_task(files, groups, d.label_field, names, d.metric, d.id_field,
+                             d.max_length)
 
 
 def read_config(workdir: str | Path) -> ml_collections.ConfigDict:

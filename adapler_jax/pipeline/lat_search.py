@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from adapler_jax import extras
 from adapler_jax.errors import UserError
 from adapler_jax.eval import metrics, report
 from adapler_jax.infer import flops
@@ -110,9 +111,7 @@ def run_search(run: Run) -> dict[str, Any]:
 def plot(store: evo.Store, result: dict[str, Any], path: Path, title: str) -> Path:
   """Every scored config in grey, the frontier highlighted, the full model marked (cost on
   a log axis), and the area under the frontier per iteration."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = extras.pyplot()
   key = f"{result['cost']}_fraction"
   fig, (ax, conv) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
   records = list(store.records.values())
@@ -121,8 +120,12 @@ def plot(store: evo.Store, result: dict[str, Any], path: Path, title: str) -> Pa
   front = result["frontier"]
   ax.plot([r[key] for r in front], [100 * r["held_out_metric"] for r in front], "o-",
           color="C3", label="frontier")
-  full = store.records[tuple(result["full"]["config"])]
-  ax.plot([full[key]], [100 * full["metric"]], "k*", markersize=12, label="full model")
+  ax.plot([1.0], [100 * result["full"]["held_out_metric"]], "k*", markersize=12,
+          label="full model")
+  if "trained" in result:  # AdapLeR: the operating point training chose.
+    trained = result["trained"]
+    ax.plot([trained[key]], [100 * trained["held_out_metric"]], "D", color="C0",
+            markersize=7, label="trained cutoffs")
   ax.set_xscale("log")
   ax.set_xlabel(f"{result['cost']} cost / full model (log)")
   ax.set_ylabel(f"held-out {result['metric_name']}")
@@ -177,7 +180,8 @@ def format_frontier(result: dict[str, Any]) -> str:
           f"{'':<32} {'MACs':>7} {'FLOPs':>7} {result['metric_name'][:9]:>9} {'':>7}")
   lines = [head]
   for r in result["frontier"]:
-    lines.append(f"{','.join(map(str, r['config'])):<32} {r['padded_fraction']:>7.3f} "
+    setting = r.get("eta_multipliers", r["config"])
+    lines.append(f"{','.join(f'{v:g}' for v in setting):<32} {r['padded_fraction']:>7.3f} "
                  f"{r['actual_fraction']:>7.3f} {100 * r['held_out_metric']:>9.2f} "
                  f"{100 * r[f'{split}_metric']:>7.2f}")
   lines.append(f"full model held-out {100 * result['full']['held_out_metric']:.2f}; "

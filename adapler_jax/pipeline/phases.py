@@ -19,9 +19,11 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from adapler_jax import weights
 from adapler_jax.data import TRAIN_BUCKETS, num_train_steps, train_batches
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report
@@ -101,9 +103,12 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
   `train.keep_best` best checkpoints are kept, plus the latest for resuming. A rerun resumes
   from the latest checkpoint and replays the same batches and dropout keys, so the result
   equals an uninterrupted run. `stop_after_steps` simulates an interruption (for tests).
+  With `train.init_from_hf` the result is imported instead (`import_finetuned`).
   """
   run.check_batch_sizes("train.batch_size", "eval.batch_size")
   workdir_lib.record_config(run, FINETUNE)
+  if run.config.train.init_from_hf:
+    return import_finetuned(run)
   c = run.config.train
   train, dev = run.dataset("train"), run.dataset("dev")
   steps_per_epoch = num_train_steps(train, c.batch_size)
@@ -152,6 +157,47 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
     raise UserError(f"{ckpt.directory} has no evaluated checkpoint; rerun --phase finetune")
   ckpt.close()
   return float(ckpt.metrics(best[0])[DEV_METRIC])
+
+
+IMPORTED_FROM = "init_from_hf"
+
+
+def import_finetuned(run: Run) -> float:
+  """Phase 1 from a fine-tuned Hugging Face sequence-classification checkpoint
+  (`train.init_from_hf`): its encoder and head, evaluated on dev, are saved as the one
+  evaluated fine-tuning checkpoint, at the step where fine-tuning would end, so the later
+  phases (and reruns) see a finished fine-tuning. Returns its dev metric."""
+  c = run.config.train
+  ckpt = finetune_checkpointer(run)
+  if ckpt.latest_step() is not None:
+    source = ckpt.restore_json().get(IMPORTED_FROM)
+    if source != c.init_from_hf:
+      ckpt.close()
+      raise UserError(f"{ckpt.directory} holds fine-tuning from "
+                      f"{source or 'train.py'}, not from {c.init_from_hf}; delete it or pass "
+                      "another --workdir")
+    best = ckpt.best_steps(1)
+    metric = float(ckpt.metrics(best[0])[DEV_METRIC])
+    ckpt.close()
+    return metric
+  try:
+    params = weights.load_classifier(c.init_from_hf, run.encoder, run.num_labels)
+  except weights.WeightsError as e:
+    raise UserError(f"train.init_from_hf {c.init_from_hf}: {e}; its architecture must be "
+                    f"the backbone's ({run.config.backbone})") from None
+  dev_metric = report.evaluate_backbone(run.encoder, run.num_labels, params, run.dataset("dev"),
+                                        run.metric_name, run.config.eval.batch_size,
+                                        mesh=run.mesh)["metric"]
+  total = c.epochs * num_train_steps(run.dataset("train"), c.batch_size)
+  optimizer = optim.adamw(optim.warmup_linear_decay(c.learning_rate, total, c.warmup_fraction),
+                          c.weight_decay)
+  state = create_train_state(params, optimizer, jax.random.key(run.config.seed))
+  state = state.replace(step=jnp.asarray(total, jnp.int32))
+  run.writer.write(FINETUNE, total, {DEV_METRIC: dev_metric, IMPORTED_FROM: c.init_from_hf})
+  ckpt.save(total, on_mesh(run, state), metrics={DEV_METRIC: dev_metric},
+            extra_json={IMPORTED_FROM: c.init_from_hf})
+  ckpt.close()
+  return dev_metric
 
 
 def load_finetuned(run: Run, k: int = 1) -> list[tuple[int, dict, float]]:

@@ -32,7 +32,8 @@ def cutoff(eta, n):
 
 
 def keep_rule(scores, eta, n, is_cls, present=True):
-  """Hard keep decision: S~ >= eta / n, [CLS] always, only on present tokens.
+  """Hard keep decision: S~ >= eta / n, [CLS] always (`is_cls`: where it is forced; all
+  False when it may go, as for span QA), only on present tokens.
 
   Works on numpy and jax arrays alike; `n` and `eta` broadcast against `scores`.
   """
@@ -77,14 +78,21 @@ def soft_removal_edit(scores: Array, delta: Array, lam: Array | float, beta: flo
 class SoftRemoval(Policy):
   """Eq. 4 soft removal before every layer; `ctx` is the log keep weights (B, N).
 
+  Every token stays in place (with a fading weight). `keep_cls=False` (span QA) lets [CLS]
+  fade like any token. `restore` (span QA) is the soft form of drop-and-restore: a layer's
+  output replaces a token's vector in proportion to its keep weight, x <- m y + (1 - m) x,
+  so a token removed before layer l keeps its layer l-1 output, as in hard removal with
+  restore; without it a removed token is still updated as a query (harmless for [CLS]).
   Records per layer: `log_scores` log S~, `keep_in` keep weights at the layer's input,
-  `keep` after its edit, `edit`, `lengths` = sum of kept non-[CLS] weights + 1.
+  `keep` after its edit, `edit`, `lengths` = sum of kept non-[CLS] weights + 1 (with
+  `keep_cls=False`: of all kept weights).
   """
 
   def __init__(self, predictors: list[Callable], eta: Array, lam, beta: float,
-               theta_d: Array):
+               theta_d: Array, keep_cls: bool = True, restore: bool = False):
     self.predictors, self.eta, self.lam, self.beta, self.theta_d = (
         predictors, eta, lam, beta, theta_d)
+    self.keep_cls, self.restore = keep_cls, restore
 
   @staticmethod
   def initial(attention_mask: Array) -> Array:
@@ -94,31 +102,44 @@ class SoftRemoval(Policy):
     return jnp.maximum(log_keep, NEG_INF)
 
   def before_layer(self, l, x, log_keep):
-    not_cls = jnp.arange(x.shape[-2]) > 0
+    forced = float(self.keep_cls)
+    not_cls = jnp.arange(x.shape[-2]) >= forced  # the tokens that may go.
     keep = jnp.exp(log_keep)
     log_scores = masked_log_scores(self.predictors[l](x), log_keep, self.theta_d[l])
-    n = jnp.sum(keep * not_cls, axis=-1, keepdims=True) + 1.0
+    n = jnp.sum(keep * not_cls, axis=-1, keepdims=True) + forced
     edit = soft_removal_edit(jnp.exp(log_scores), cutoff(self.eta[l], n), self.lam, self.beta)
     edit = jnp.where(not_cls, edit * keep, 0.0)
     log_keep = log_keep + edit
     new_keep = jnp.exp(log_keep)
     return x, log_keep, {"log_scores": log_scores, "keep_in": keep, "keep": new_keep,
-                         "edit": edit, "lengths": jnp.sum(new_keep * not_cls, -1) + 1.0}
+                         "edit": edit, "lengths": jnp.sum(new_keep * not_cls, -1) + forced}
+
+  def after_layer(self, l, x, y, log_keep):
+    if not self.restore:
+      return y, log_keep
+    keep = jnp.exp(log_keep)[..., None].astype(y.dtype)
+    return keep * y + (1 - keep) * x, log_keep
 
 
 class HardRemoval(Policy):
   """Hard removal of one example on the host; `ctx` is the original positions (n,) of the
   tokens present. Records `scores` (S~ over the tokens entering each layer) and
-  `kept_positions` (the positions each layer runs on)."""
+  `kept_positions` (the positions each layer runs on). `keep_cls=False` (span QA) lets
+  [CLS] go like any token."""
 
-  def __init__(self, scores_fn: Callable[[int, Array], np.ndarray], eta: np.ndarray):
-    self.scores_fn, self.eta = scores_fn, eta
+  def __init__(self, scores_fn: Callable[[int, Array], np.ndarray], eta: np.ndarray,
+               keep_cls: bool = True):
+    self.scores_fn, self.eta, self.keep_cls = scores_fn, eta, keep_cls
 
   def bias(self, positions):
     return jnp.zeros((1, len(positions)), jnp.float32)
 
+  def positions(self, positions):
+    return positions[None]
+
   def before_layer(self, l, x, positions):
     s = self.scores_fn(l, x)
-    keep = keep_rule(s, self.eta[l], len(positions), np.arange(len(positions)) == 0)
+    is_cls = (positions == 0) & self.keep_cls
+    keep = keep_rule(s, self.eta[l], len(positions), is_cls)
     positions = positions[keep]
     return x[:, np.flatnonzero(keep)], positions, {"scores": s, "kept_positions": positions}

@@ -8,7 +8,7 @@ forced for classification. Ties go to the lower position.
 Two forms share `significance` and the keep rule (`top_tokens`, `keep_top`):
 
 * `MaskedSelection`: fixed shapes, a `present` mask and traced lengths; a dropped token
-  keeps its previous layer's output (restore for free). For training and for evaluating
+  keeps its previous layer's output (drop-and-restore for free). For training and evaluating
   many configs without recompiling.
 * `GatherSelection`: the kept tokens are gathered to the front of each row and the rest is
   cut off at a static width, so later layers really run on fewer tokens. For inference.
@@ -136,7 +136,8 @@ class GatherSelection(Policy):
     selects: static, whether layer l drops any token of the batch; a layer that keeps every
       token skips scoring and gathering (default: every layer selects).
   Kept tokens take the front slots in decreasing significance ([CLS] first when forced);
-  attention does not depend on the order. Records per layer: `lengths` (B,) tokens kept
+  attention does not depend on the order; `walk(..., restore=True)` scatters them back to
+  their positions (`positions`). Records per layer: `lengths` (B,) tokens kept
   and `positions` (B, w_l) their original positions.
   """
 
@@ -157,6 +158,9 @@ class GatherSelection(Policy):
 
   def needs_probs(self, l):
     return self.selects[l]
+
+  def positions(self, ctx):
+    return ctx[1]
 
   def bias(self, ctx):
     return jnp.where(ctx[0], 0.0, NEG_INF).astype(jnp.float32)

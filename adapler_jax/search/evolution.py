@@ -1,6 +1,8 @@
-"""The LAT evolutionary search of per-layer length configs, with its defects fixed.
+"""The LAT evolutionary search of per-layer settings, with its defects fixed.
 
-A gene is a non-increasing tuple of per-layer values in [floor_value, upper]. Each
+A gene is a tuple of per-layer integers in a `Space`: LAT's non-increasing lengths in
+[floor_value, upper] (`Lengths`), or indices into a grid of per-layer values such as
+multipliers of AdapLeR's cutoffs (`Grid`). Each
 iteration takes the Pareto frontier (cost, metric) of everything scored so far as the
 population, then adds `mutations` mutated and `crossovers` crossed-over children of it.
 Against the LAT authors' code:
@@ -41,6 +43,35 @@ def mutate(rng: np.random.Generator, parent: Gene, upper: int, floor_value: int,
 def crossover(a: Gene, b: Gene) -> Gene:
   """The ceiling of the mean, layer by layer (non-increasing when both parents are)."""
   return tuple((x + y + 1) // 2 for x, y in zip(a, b))
+
+
+@dataclasses.dataclass(frozen=True)
+class Lengths:
+  """Non-increasing per-layer lengths in [floor_value, upper] (LAT's length configs)."""
+
+  upper: int
+  floor_value: int
+
+  def mutate(self, rng: np.random.Generator, parent: Gene, prob: float) -> Gene:
+    return mutate(rng, parent, self.upper, self.floor_value, prob)
+
+  def crossover(self, a: Gene, b: Gene) -> Gene:
+    return crossover(a, b)
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """Per-layer indices into a grid of `size` values, each layer free of the others."""
+
+  size: int
+
+  def mutate(self, rng: np.random.Generator, parent: Gene, prob: float) -> Gene:
+    """Each layer, with `prob`, redrawn uniformly between its grid neighbours."""
+    return tuple(int(rng.integers(max(v - 1, 0), min(v + 1, self.size - 1) + 1))
+                 if rng.random() < prob else v for v in parent)
+
+  def crossover(self, a: Gene, b: Gene) -> Gene:
+    return crossover(a, b)
 
 
 def pareto_front(scored: dict[Gene, tuple[float, float]]) -> list[Gene]:
@@ -143,40 +174,46 @@ def initial_population(cost: Callable[[Gene], float], make: Callable[[float], Ge
   return genes
 
 
-def evolve(evaluate: Callable[[Gene], float], cost: Callable[[Gene], dict], store: Store, *,
-           initial: Sequence[Gene], upper: int, floor_value: int, floor_cost: float,
-           settings: SearchSettings = SearchSettings(), cost_key: str = "cost",
-           progress: Callable[[int, dict], None] | None = None) -> dict:
+def evolve(evaluate: Callable[[Gene], float | dict], cost: Callable[[Gene], dict] | None,
+           store: Store, *, initial: Sequence[Gene], floor_cost: float,
+           upper: int | None = None, floor_value: int | None = None,
+           space: Lengths | Grid | None = None, settings: SearchSettings = SearchSettings(),
+           cost_key: str = "cost", progress: Callable[[int, dict], None] | None = None) -> dict:
   """Runs the search; returns `{"frontier": [...], "areas": [...], "scored": n}`.
 
   Args:
-    evaluate: gene -> metric (higher is better); called once per distinct gene.
-    cost: gene -> dict of costs (the store keeps them all); `cost_key` is the one the
-      frontier and the floor use.
+    evaluate: gene -> metric (higher is better), or a dict with "metric" and any measured
+      costs (when the cost is only known by running the model); called once per distinct gene.
+    cost: gene -> dict of costs known before scoring (the store keeps them all), or None when
+      `evaluate` measures them; `cost_key` is the one the frontier and the floor use.
     store: the cache (resumes a killed search).
     initial: the initial population.
-    upper, floor_value: bounds of every layer's value.
-    floor_cost: genes cheaper than this are never scored.
+    floor_cost: genes cheaper than this are never scored (when `cost` is given) and never
+      join the population.
+    space: where genes live; by default `Lengths(upper, floor_value)`.
   """
+  space = space if space is not None else Lengths(upper, floor_value)
   rng = np.random.default_rng(settings.seed)
 
   def score(gene: Gene) -> bool:
     """Scores `gene` unless it is cached or below the floor; whether it may join."""
-    costs = cost(gene)
-    if costs[cost_key] < floor_cost:
+    costs = cost(gene) if cost is not None else {}
+    if cost_key in costs and costs[cost_key] < floor_cost:
       return False
     if gene not in store:
       start = time.perf_counter()
-      metric = float(evaluate(gene))
-      store.add(gene, {**costs, "metric": metric, "seconds": time.perf_counter() - start})
-    return True
+      out = evaluate(gene)
+      measured = dict(out) if isinstance(out, dict) else {"metric": out}
+      measured["metric"] = float(measured["metric"])
+      store.add(gene, {**costs, **measured, "seconds": time.perf_counter() - start})
+    return store.records[gene][cost_key] >= floor_cost
 
   def scored() -> dict[Gene, tuple[float, float]]:
     return {g: (r[cost_key], r["metric"]) for g, r in store.records.items()}
 
   population = [g for g in initial if score(g)]
   lower_cost = floor_cost
-  upper_cost = max(cost(g)[cost_key] for g in initial)
+  upper_cost = max(store.records[g][cost_key] for g in population)
   areas = []
   for it in range(settings.iterations + 1):
     table = scored()
@@ -193,12 +230,12 @@ def evolve(evaluate: Callable[[Gene], float], cost: Callable[[Gene], dict], stor
         attempts += 1
         if operator == "mutation":
           parent = population[int(rng.integers(len(population)))]
-          child = mutate(rng, parent, upper, floor_value, settings.mutation_prob)
+          child = space.mutate(rng, parent, settings.mutation_prob)
         else:
           if len(population) < 2:
             break
           i, j = rng.choice(len(population), size=2, replace=False)
-          child = crossover(population[int(i)], population[int(j)])
+          child = space.crossover(population[int(i)], population[int(j)])
         if child in members or not score(child):
           continue
         population.append(child)

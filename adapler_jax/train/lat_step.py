@@ -8,6 +8,9 @@ a new length config never recompiles):
   sub-models (LengthDrop) train towards the full model's detached predictions;
 * loss = (CE + sum of the sub-models' KD terms) / (num_sandwich + 2).
 
+Span QA (a `Span` head for `head`): the task loss is (CE(start) + CE(end)) / 2 and the KD
+terms average the start and the end distributions, each a softmax over all positions.
+
 KD direction: "forward" is the usual soft cross-entropy to the teacher (gradient of
 KL(teacher || student)); "reverse" is KL(student || teacher), what the LAT authors' swapped
 `KLDivLoss(log_softmax(teacher), softmax(student))` computes.
@@ -24,11 +27,12 @@ import optax
 from jax.sharding import Mesh
 
 from adapler_jax.models.bert import EncoderConfig
+from adapler_jax.models.heads import Head, as_head
 from adapler_jax.models.lat import masked_forward
 from adapler_jax.reduce import lengths
 from adapler_jax.reduce.significance import SelectionFlags
 from adapler_jax.train import parallel
-from adapler_jax.train.losses import cross_entropy
+from adapler_jax.train.losses import task_loss
 from adapler_jax.train.state import TrainState
 
 Array = jax.Array
@@ -54,82 +58,99 @@ class LATConfig:
       raise ValueError(f"kd {self.kd!r} is not one of {', '.join(KD_DIRECTIONS)}")
 
 
-def kd_loss(teacher_logits: Array, student_logits: Array, direction: str = "forward") -> Array:
-  """Batch-mean distillation loss; the teacher is detached.
+def kd_loss(teacher_logits: Array, student_logits: Array, direction: str = "forward", *,
+            axis: int = -1) -> Array:
+  """Batch-mean distillation loss over the distributions along `axis`; the teacher is
+  detached. Span logits (B, T, 2) take axis=-2: the mean of the start and end terms.
 
   forward: sum p_t (log p_t - log p_s) = KL(teacher || student);
   reverse: sum p_s (log p_s - log p_t) = KL(student || teacher).
   """
-  log_t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits), axis=-1)
-  log_s = jax.nn.log_softmax(student_logits, axis=-1)
+  log_t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits), axis=axis)
+  log_s = jax.nn.log_softmax(student_logits, axis=axis)
   if direction == "forward":
-    kl = jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=-1)
+    kl = jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=axis)
   elif direction == "reverse":
-    kl = jnp.sum(jnp.exp(log_s) * (log_s - log_t), axis=-1)
+    kl = jnp.sum(jnp.exp(log_s) * (log_s - log_t), axis=axis)
   else:
     raise ValueError(f"kd {direction!r} is not one of {', '.join(KD_DIRECTIONS)}")
   return jnp.mean(kl)
 
 
-def _sub_model(enc, num_labels, lat: LATConfig, params, batch, key, smallest: bool):
+def _sub_model(enc, head, lat: LATConfig, params, batch, key, smallest: bool):
   """One sub-model's logits: its own LayerDrop, then a sampled (or the smallest) config."""
   k_layers, k_lengths, k_dropout = jax.random.split(key, 3)
   layer_on = lengths.layer_drop(k_layers, enc.num_layers, lat.layer_drop)
   ratio = lat.smallest_ratio if smallest else lat.length_drop
   config = lengths.sample_config(None if smallest else k_lengths, lat.base, layer_on,
                                  ratio=ratio, min_length=lat.min_length)
-  logits, trace = masked_forward(enc, num_labels, params, batch, config, base=lat.base,
+  logits, trace = masked_forward(enc, head, params, batch, config, base=lat.base,
                                  flags=lat.flags, layer_on=layer_on, deterministic=False,
                                  rng=k_dropout)
   return logits, config, trace
 
 
-def sandwich_terms(enc: EncoderConfig, num_labels: int, lat: LATConfig, params: dict,
+def sandwich_terms(enc: EncoderConfig, head: int | Head, lat: LATConfig, params: dict,
                    batch: dict, key: Array, teacher_logits: Array | None = None):
   """The sandwich rule's terms, `[CE_full, KD_smallest, KD_1, ..., KD_ns]`, and aux.
+
+  `head`: a label count (classification, `labels`) or a `models.heads` head (`Span()`:
+  `start_positions`, `end_positions`).
 
   `teacher_logits` given: the sub-models distil from them (the full model still runs for
   CE); None: from this forward's full model, detached. Summing the terms of separate calls
   with the same key gives the one-pass loss (tested).
   """
+  head = as_head(head)
+  axis = -2 if head.restore else -1  # span logits (B, T, 2): distributions over positions.
   k_teacher, *k_subs = jax.random.split(key, lat.num_sandwich + 2)
   k_layers, k_dropout = jax.random.split(k_teacher)
   layer_on = (lengths.layer_drop(k_layers, enc.num_layers, lat.layer_drop)
               if lat.teacher_layerdrop else None)
-  logits, _ = masked_forward(enc, num_labels, params, batch, None, base=lat.base,
+  logits, _ = masked_forward(enc, head, params, batch, None, base=lat.base,
                              flags=lat.flags, layer_on=layer_on, deterministic=False,
                              rng=k_dropout)
   teacher = logits if teacher_logits is None else teacher_logits
-  terms, configs = [cross_entropy(logits, batch["labels"])], []
+  terms, configs = [task_loss(head, logits, batch)], []
   for i, k in enumerate(k_subs):
-    sub_logits, config, _ = _sub_model(enc, num_labels, lat, params, batch, k, smallest=i == 0)
-    terms.append(kd_loss(teacher, sub_logits, lat.kd))
+    sub_logits, config, _ = _sub_model(enc, head, lat, params, batch, k, smallest=i == 0)
+    terms.append(kd_loss(teacher, sub_logits, lat.kd, axis=axis))
     configs.append(config)
   return terms, {"logits": logits, "configs": jnp.stack(configs)}
 
 
-def sandwich_loss(enc, num_labels, lat: LATConfig, params, batch, key):
+def sandwich_loss(enc, head, lat: LATConfig, params, batch, key):
   """(CE + sum KD) / (num_sandwich + 2), and aux."""
-  terms, aux = sandwich_terms(enc, num_labels, lat, params, batch, key)
+  terms, aux = sandwich_terms(enc, head, lat, params, batch, key)
   return sum(terms) / len(terms), {**aux, "terms": jnp.stack(terms)}
 
 
-def make_lat_step(enc: EncoderConfig, num_labels: int, lat: LATConfig,
+def _accuracy(head: Head, logits: Array, batch: dict) -> Array:
+  """Share of right labels; for span QA, of right start and end positions."""
+  if head.restore:
+    gold = jnp.stack([batch["start_positions"], batch["end_positions"]], axis=-1)
+    return jnp.mean(jnp.argmax(logits, axis=-2) == gold)
+  return jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
+
+
+def make_lat_step(enc: EncoderConfig, head: int | Head, lat: LATConfig,
                   optimizer: optax.GradientTransformation, mesh: Mesh | None = None
                   ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Jitted `step(state, batch) -> (state, metrics)`; the state is donated. Metrics: `loss`,
-  `ce`, `kd_smallest`, `kd_random`, `accuracy` (full model), `smallest_config` (L,)."""
+  `ce`, `kd_smallest`, `kd_random`, `accuracy` (full model), `smallest_config` (L,).
+  `head`: a label count or a `models.heads` head."""
+  head = as_head(head)
 
   def step(state: TrainState, batch: dict):
     grad_fn = jax.value_and_grad(
-        lambda p: sandwich_loss(enc, num_labels, lat, p, batch, state.step_key()), has_aux=True)
+        lambda p: sandwich_loss(enc, head, lat, p, batch, state.step_key()), has_aux=True)
     (loss, aux), grads = grad_fn(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     terms = aux["terms"]
     metrics = {"loss": loss, "ce": terms[0], "kd_smallest": terms[1],
                "kd_random": jnp.mean(terms[2:]) if len(terms) > 2 else jnp.zeros(()),
-               "accuracy": jnp.mean(jnp.argmax(aux["logits"], -1) == batch["labels"]),
+               "accuracy": _accuracy(head, aux["logits"], batch),
                "smallest_config": aux["configs"][0]}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

@@ -1,4 +1,5 @@
-"""AdapLeR losses: cross-entropy, L_CP (Eq. 6-7) and L_LENGTH (Eq. 8)."""
+"""Losses: cross-entropy (classification and span QA), AdapLeR's L_CP (Eq. 6-7) and
+L_LENGTH (Eq. 8)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,25 @@ def cross_entropy(logits: Array, labels: Array, weights: Array | None = None) ->
   if weights is None:
     return losses.mean()
   return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def span_cross_entropy(logits: Array, starts: Array, ends: Array,
+                       weights: Array | None = None) -> Array:
+  """Span QA loss, (CE(start) + CE(end)) / 2 over positions: logits (B, T, 2) ([..., 0]
+  start, [..., 1] end), gold `starts`/`ends` (B,) token positions ([CLS] = 0 when a window
+  lacks the answer); `weights` (B,) masks rows out of the mean."""
+  start = cross_entropy(logits[..., 0], starts, weights)
+  end = cross_entropy(logits[..., 1], ends, weights)
+  return (start + end) / 2
+
+
+def task_loss(head, logits: Array, batch: dict, weights: Array | None = None) -> Array:
+  """The task's loss for a `models.heads` head: cross-entropy on `labels`, or for a span
+  head `span_cross_entropy` on `start_positions` and `end_positions`."""
+  if head.restore:
+    return span_cross_entropy(logits, batch["start_positions"], batch["end_positions"],
+                              weights)
+  return cross_entropy(logits, batch["labels"], weights)
 
 
 def cp_targets(saliency: Array, keep_in: Array, theta: Array) -> Array:

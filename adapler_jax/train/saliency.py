@@ -1,4 +1,5 @@
-"""Phase 2: gradient x input saliency of the gold-class logit at the embedding output."""
+"""Phase 2: gradient x input saliency of the gold logits at the embedding output: the gold
+class's, or for span QA the gold start's plus the gold end's."""
 
 from __future__ import annotations
 
@@ -17,13 +18,22 @@ from adapler_jax.models.heads import SequenceClassifier
 from adapler_jax.train import parallel
 
 
+def gold_logit_sum(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Sum over the batch of the gold logits: the gold class's (logits (B, C), labels (B,)), or
+  the gold start's plus the gold end's (span logits (B, T, 2), labels (B, 2) positions).
+  Rows are independent, so its gradient splits by row."""
+  if logits.ndim == 3:
+    return jnp.sum(jnp.take_along_axis(logits, labels[:, None, :], axis=1))
+  return jnp.sum(jnp.take_along_axis(logits, labels[:, None], axis=-1))
+
+
 def saliency_batch(encoder: EncoderConfig, num_labels: int, params: dict,
                    batch: dict) -> jax.Array:
   """Per-token saliency `|| (d logit_gold / d h0) * h0 ||_2` of a batch.
 
   Args:
     batch: `input_ids`, `token_type_ids` int (B, N); `attention_mask` bool (B, N);
-      `labels` (B,).
+      `labels` (B,), or (B, 2) start and end positions for span QA.
   Returns:
     (B, N) float32, 0 on padding. Rows are independent (the gradient of the summed gold
     logits splits by row).
@@ -36,7 +46,7 @@ def saliency_batch(encoder: EncoderConfig, num_labels: int, params: dict,
 
   def gold_logits(h):
     logits = model.apply(variables, h, bias, method=SequenceClassifier.logits_from_embeddings)
-    return jnp.sum(jnp.take_along_axis(logits, batch["labels"][:, None], axis=-1))
+    return gold_logit_sum(logits, batch["labels"])
 
   grad = jax.grad(gold_logits)(h0)
   sal = jnp.linalg.norm((grad * h0).astype(jnp.float32), axis=-1)

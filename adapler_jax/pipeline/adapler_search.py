@@ -1,0 +1,145 @@
+"""Anytime AdapLeR: the `search` phase of an AdapLeR run.
+
+One trained model becomes a family of operating points: the evolutionary search of
+`search.evolution` runs over per-layer multipliers of the trained cutoffs eta, each layer's
+multiplier taken from the grid `search.eta_multipliers`. The initial population is the
+global scalings (every layer on the same grid value), so the frontier starts where
+`bench/tradeoff.py --eta-multipliers` ends and can only improve on it.
+
+A gene's cost is known only by running it (how many tokens survive depends on the text),
+so the evaluator measures it with the metric: hard removal through the batched engine on
+rows of train that training never saw (`Run.search_split`), both conventions recorded:
+
+* `actual_fraction`: FLOPs on each example's real tokens (CPs included) over the full model's;
+* `padded_fraction`: the same kept tokens against the full model at the padded length
+  (`data.max_length`, batch 1), the LAT paper's convention.
+
+Outputs (`search/store.jsonl`, `search/frontier.json`, `search/frontier.png`) have LAT's
+layout, so `lat_search.pick` and `evaluate.py --flops-budget / --max-drop` serve both methods.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from adapler_jax.data import TokenizedDataset
+from adapler_jax.errors import UserError
+from adapler_jax.eval import metrics, report, tradeoff
+from adapler_jax.infer import flops
+from adapler_jax.pipeline import lat_search, phases
+from adapler_jax.pipeline.context import Run
+from adapler_jax.search import evolution as evo
+
+
+def multipliers(grid: Sequence[float], gene: evo.Gene) -> np.ndarray:
+  """The per-layer eta multipliers a gene (grid indices) stands for."""
+  return np.asarray([grid[i] for i in gene], np.float32)
+
+
+def check_grid(grid: Sequence[float]) -> tuple[float, ...]:
+  grid = tuple(float(v) for v in grid)
+  if len(grid) < 2 or any(v < 0 for v in grid) or list(grid) != sorted(set(grid)):
+    raise UserError(f"search.eta_multipliers {grid} must be at least two distinct "
+                    "non-negative values in rising order, e.g. 0,0.5,1,1.5,2")
+  if 1.0 not in grid:
+    raise UserError(f"search.eta_multipliers {grid} must contain 1 (the trained cutoffs)")
+  return grid
+
+
+def score(cfg, params: dict, data: TokenizedDataset, metric_name: str, eta_scale: np.ndarray,
+          *, batch_size: int = 32) -> dict[str, float]:
+  """Hard-removal metric and both cost fractions of `params` with eta x `eta_scale` (L,)."""
+  result = report.run_adapler(cfg, tradeoff.with_eta_scaled(params, eta_scale), data,
+                              batch_size=batch_size)
+  dims = flops.FlopsDims.from_config(cfg.encoder, num_classes=cfg.num_labels)
+  actual = flops.flops_report(data.lengths, result.kept_counts, dims)
+  padded = flops.flops_report(np.full_like(data.lengths, data.max_length),
+                              result.kept_counts, dims)
+  return {"metric": metrics.compute(metric_name, np.argmax(result.logits, -1), data.labels),
+          "actual_fraction": 1.0 / actual["flops_speedup"],
+          "padded_fraction": 1.0 / padded["flops_speedup"],
+          "kept_tokens_per_layer": actual["kept_tokens_per_layer"]}
+
+
+def trained_params(run: Run) -> tuple[int, dict]:
+  """The AdapLeR checkpoint the run reports: the one in `summary.json`, else the one the
+  evaluate phase would select (best dev speedup within tolerance)."""
+  summary = run.workdir / "summary.json"
+  if summary.exists():
+    step = json.loads(summary.read_text())["adapler_step"]
+  else:
+    step, _ = phases.select_adapler_step(run, phases.load_finetuned(run, 1)[0][2])
+  return step, jax.device_get(phases.load_adapler(run, step))
+
+
+def run_search(run: Run) -> dict[str, Any]:
+  """Evolutionary search over per-layer eta multipliers; writes the store, the frontier and
+  its plot, and resumes from the store when rerun."""
+  c = run.config.search
+  if c.cost not in lat_search.COSTS:
+    raise UserError(f"search.cost {c.cost!r} is not one of {', '.join(lat_search.COSTS)}")
+  grid = check_grid(c.eta_multipliers)
+  key, layers, cfg = f"{c.cost}_fraction", run.encoder.num_layers, run.adapler_config()
+  held = run.search_split(c.held_out)
+  step, params = trained_params(run)
+  one = grid.index(1.0)
+  initial = [(i,) * layers for i in range(len(grid))]
+  store = evo.Store(run.workdir / lat_search.SEARCH_DIR / "store.jsonl")
+  settings = evo.SearchSettings(c.iterations, c.population, c.mutations, c.crossovers,
+                                c.mutation_prob, c.max_attempts, c.seed)
+  bar = tqdm(total=c.iterations + 1, desc="search", leave=False,
+             disable=not run.is_main_process)
+
+  def progress(it, info):
+    bar.update(1)
+    bar.set_postfix({"frontier": info["frontier"], "scored": info["scored"],
+                     "area": f"{info['area']:.4f}"})
+    run.writer.write("search", it, info)
+
+  evaluate = lambda g: score(cfg, params, held, run.metric_name, multipliers(grid, g),
+                             batch_size=c.batch_size)
+  out = evo.evolve(evaluate, None, store, initial=initial, floor_cost=0.0,
+                   space=evo.Grid(len(grid)), settings=settings, cost_key=key,
+                   progress=progress)
+  bar.close()
+  split = run.config.eval.split
+  dev = run.dataset(split)
+  rows = []
+  for gene in out["frontier"]:
+    record = store.records[gene]
+    on_dev = score(cfg, params, dev, run.metric_name, multipliers(grid, gene),
+                   batch_size=c.batch_size)
+    rows.append({"config": list(gene), "eta_multipliers": multipliers(grid, gene).tolist(),
+                 "padded_fraction": record["padded_fraction"],
+                 "actual_fraction": record["actual_fraction"],
+                 "held_out_metric": record["metric"], f"{split}_metric": on_dev["metric"],
+                 f"{split}_actual_fraction": on_dev["actual_fraction"],
+                 f"{split}_padded_fraction": on_dev["padded_fraction"]})
+  trained = store.records[(one,) * layers]
+  result = {"method": "adapler", "cost": c.cost, "metric_name": run.metric_name,
+            "held_out_rows": len(held), "reported_split": split, "adapler_step": step,
+            "eta_grid": list(grid), "frontier": rows,
+            "trained": {"config": [one] * layers, "held_out_metric": trained["metric"],
+                        "padded_fraction": trained["padded_fraction"],
+                        "actual_fraction": trained["actual_fraction"]},
+            "full": {"config": None, "held_out_metric": _full_metric(run, held)},
+            "areas": out["areas"], "scored": out["scored"], "settings": dict(c)}
+  if run.is_main_process:
+    directory = run.workdir / lat_search.SEARCH_DIR
+    (directory / "frontier.json").write_text(json.dumps(result, indent=2))
+    lat_search.plot(store, result, directory / "frontier.png",
+                    f"{run.task.name}: AdapLeR eta search ({len(held)} held-out rows)")
+  return result
+
+
+def _full_metric(run: Run, data: TokenizedDataset) -> float:
+  """The fine-tuned backbone's metric on `data` (the reference of the max-drop rule)."""
+  _, backbone_params, _ = phases.load_finetuned(run, 1)[0]
+  return report.evaluate_backbone(run.encoder, run.num_labels, backbone_params, data,
+                                  run.metric_name, run.config.eval.batch_size,
+                                  mesh=run.mesh)["metric"]

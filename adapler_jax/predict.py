@@ -1,0 +1,92 @@
+"""Predicts labels of raw texts with an exported model, through the batched engine.
+
+  python -m adapler_jax.predict --model exports/sst2 [--input FILE|-] [--output FILE|-]
+      [--batch-size 32] [--rationales] [--format auto|text|jsonl|glue] [--length-config ...]
+  adapler-predict --model exports/sst2 --input texts.txt
+
+Input (--format auto): text lines (pairs as text<TAB>text), or JSON lines with the task's
+fields (e.g. {"sentence": ...}, {"question": ..., "sentence": ...}; "text" / "text_pair"
+always work). Output: JSON lines with id, label, probabilities, logits, length and
+kept_tokens per layer; with --rationales also tokens, kept_positions and (AdapLeR) scores.
+
+--format glue reads a GLUE test TSV (index + text columns, no label) and writes the
+submission TSV `index<TAB>prediction` (e.g. --output SST-2.tsv).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from absl import flags, logging
+
+from adapler_jax.cli import run_app
+from adapler_jax.errors import UserError
+from adapler_jax.reduce.lengths import parse_config
+from adapler_jax.serve import Predictor, inputs
+
+_MODEL = flags.DEFINE_string("model", None, "An export directory (adapler-export --output).")
+_INPUT = flags.DEFINE_string("input", "-", "Input file, or - for stdin.")
+_OUTPUT = flags.DEFINE_string("output", "-", "Output file, or - for stdout.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Examples per engine batch.", lower_bound=1)
+_RATIONALES = flags.DEFINE_bool("rationales", False, "Also write the tokens, the positions "
+                                "each layer kept and (AdapLeR) the predictor scores.")
+_FORMAT = flags.DEFINE_enum("format", "auto", ["auto", "text", "jsonl", "glue"],
+                            "Input format: auto (JSON lines if the first line is an object, "
+                            "else text), text, jsonl, or glue (a GLUE test TSV -> submission).")
+_LENGTH_CONFIG = flags.DEFINE_string("length_config", None, "LAT: run at this length config "
+                                     "instead of the exported one, e.g. 52,42,34,28,23,19.")
+flags.DEFINE_alias("batch-size", "batch_size")
+flags.DEFINE_alias("length-config", "length_config")
+flags.mark_flag_as_required("model")
+
+
+@contextmanager
+def _open(path: str, mode: str):
+  if path == "-":
+    yield sys.stdin if mode == "r" else sys.stdout
+    return
+  if mode == "r" and not Path(path).is_file():
+    raise UserError(f"--input {path} does not exist; pass a text or JSON-lines file, or -")
+  if mode == "w":
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+  with open(path, mode, encoding="utf-8") as f:
+    yield f
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  length_config = parse_config(_LENGTH_CONFIG.value) if _LENGTH_CONFIG.value else None
+  predictor = Predictor(_MODEL.value, batch_size=_BATCH.value, length_config=length_config)
+  source = "stdin" if _INPUT.value == "-" else _INPUT.value
+  glue = _FORMAT.value == "glue"
+  columns = predictor.model.meta["inputs"].get("tsv_columns")
+  if glue and not columns:
+    raise UserError(f"--format glue needs a model of a GLUE task; this one is "
+                    f"{predictor.model.task}")
+  with _open(_INPUT.value, "r") as f:
+    ids, items = (inputs.read_glue_tsv(f, columns, source) if glue
+                  else inputs.read_lines(f, source, _FORMAT.value))
+  if not items:
+    raise UserError(f"{source} holds no texts; pass one text or JSON record per line")
+  rows = predictor.predict(items, ids, rationales=_RATIONALES.value, progress=True)
+  with _open(_OUTPUT.value, "w") as out:
+    if glue:
+      labels = predictor.model.meta["inputs"]["file_labels"]
+      lines = inputs.glue_lines(ids, [r["label_index"] for r in rows], labels)
+      out.write("\n".join(lines) + "\n")
+    else:
+      out.writelines(json.dumps(row) + "\n" for row in rows)
+  if _OUTPUT.value != "-":
+    print(f"wrote {len(rows)} predictions to {_OUTPUT.value}", file=sys.stderr)
+
+
+def cli() -> None:
+  run_app(main)
+
+
+if __name__ == "__main__":
+  cli()

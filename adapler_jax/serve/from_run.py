@@ -1,0 +1,74 @@
+"""`export_run`: a finished training workdir -> an export directory (`serve.model_dir`).
+
+AdapLeR exports the selected AdapLeR checkpoint (the one `summary.json` names, else the
+selection rule) with its eta / theta. LAT exports the best LengthDrop checkpoint at the
+length config a search chose (`search/chosen.json`), else the run's eval length config,
+and the searched frontier when there is one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from adapler_jax.serve.model_dir import ExportError, export_meta, write_model
+
+
+def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], *,
+               force: bool = False) -> Path:
+  """Exports the trained model of `workdir` to `output`; returns `output`."""
+  from adapler_jax import pipeline  # pylint: disable=g-import-not-at-top
+  workdir, output = Path(workdir), Path(output)
+  config = pipeline.read_config(workdir)
+  resolved = output.resolve()
+  if resolved == workdir.resolve() or resolved in workdir.resolve().parents:
+    raise ExportError(f"--output {output} holds the workdir {workdir}; pass a directory "
+                      "outside it")
+  method = config.get("method", "adapler")
+  if method == "lat":
+    return _export_lat(pipeline, config, workdir, output, force)
+  trained = pipeline.load_run(workdir)
+  speed = {k: np.asarray(trained.adapler_params["speed"][k], np.float64).tolist()
+           for k in ("eta", "theta")}
+  source = {"workdir": str(workdir.resolve()), "backbone": config.backbone,
+            "adapler_step": trained.adapler_step}
+  meta = _meta(trained.run, "adapler", trained.adapler_cfg, speed, source)
+  return write_model(output, meta, trained.adapler_params, trained.tokenizer, force=force)
+
+
+def _export_lat(pipeline, config, workdir: Path, output: Path, force: bool) -> Path:
+  from adapler_jax.pipeline import lat_phases, lat_search  # pylint: disable=g-import-not-at-top
+  run = pipeline.prepare(config, workdir, record=False)
+  step, params = lat_phases.load_lengthdrop(run)
+  search = workdir / lat_search.SEARCH_DIR
+  if (search / "chosen.json").exists():
+    length_config = json.loads((search / "chosen.json").read_text())["config"]
+    chosen_from = "search/chosen.json"
+  else:
+    length_config, chosen_from = lat_phases.eval_length_config(run), "lat.eval_length_config"
+  frontier = None
+  if (search / "frontier.json").exists():
+    found = json.loads((search / "frontier.json").read_text())
+    frontier = {k: found[k] for k in ("cost", "full", "frontier", "metric_name") if k in found}
+  speed = {"length_config": [int(v) for v in length_config], "chosen_from": chosen_from,
+           "base": int(config.data.max_length),
+           "selection": dataclasses.asdict(lat_phases.selection_flags(run)),
+           "frontier": frontier}
+  source = {"workdir": str(workdir.resolve()), "backbone": config.backbone,
+            "lengthdrop_step": step}
+  meta = _meta(run, "lat", run.classifier_config(), speed, source)
+  return write_model(output, meta, params, run.tokenizer, force=force)
+
+
+def _meta(run, method: str, model_config, speed: dict, source: dict) -> dict:
+  task = run.task
+  tsv = task.local if task.local is not None and task.local.kind == "tsv" else None
+  return export_meta(method, model_config, task=task.name, label_names=task.label_names,
+                     max_length=run.config.data.max_length, text_fields=task.text_fields,
+                     speed=speed, tokenizer=run.tokenizer,
+                     tsv_columns=None if tsv is None else tsv.text_columns,
+                     file_labels=None if tsv is None else tsv.label_values, source=source)

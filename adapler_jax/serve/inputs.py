@@ -1,0 +1,130 @@
+"""Prediction inputs: one item -> its texts, text / JSON lines files, GLUE test TSVs.
+
+Everything that turns a user's input into texts goes through `texts_of`, so a new input
+kind (e.g. question + context) is one more branch there.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from adapler_jax.errors import DataError
+
+GENERIC_FIELDS = (("text",), ("text_pair",))  # accepted besides the model's own field names.
+GLUE_FILES = {"sst2": "SST-2.tsv", "mrpc": "MRPC.tsv", "qnli": "QNLI.tsv", "mnli": "MNLI-m.tsv"}
+
+
+def texts_of(item: Any, fields: Sequence[Sequence[Sequence[str]]], num_texts: int,
+             where: str) -> tuple[str, ...]:
+  """The `num_texts` texts (1, or 2 for pairs) of one input.
+
+  Args:
+    item: a string (a pair as `first<TAB>second`), a tuple / list of strings, or a dict
+      holding the texts under one of the `fields` namings.
+    fields: namings to try, each one group of field names per text (a group's values are
+      joined by a space; a list value, e.g. pre-split tokens, too).
+    num_texts: texts the model takes.
+    where: the input's place, for the one-line error.
+  """
+  if isinstance(item, str):
+    texts = tuple(item.split("\t", num_texts - 1)) if num_texts == 2 else (item,)
+  elif isinstance(item, dict):
+    texts = _from_record(item, fields, num_texts, where)
+  elif isinstance(item, (tuple, list)) and all(isinstance(t, str) for t in item):
+    texts = tuple(item)
+  else:
+    raise DataError(f"{where}: {type(item).__name__} is not a text, a pair of texts or a "
+                    "record; pass strings, (text, text) tuples or dicts")
+  if len(texts) != num_texts:
+    shape = "a sentence pair" if num_texts == 2 else "one text"
+    raise DataError(f"{where}: the model takes {shape}, this input has {len(texts)}; give "
+                    + ("text<TAB>text or a record with " + _names(fields[0]) if num_texts == 2
+                       else "one text per input"))
+  return texts
+
+
+def _from_record(record: dict, fields, num_texts: int, where: str) -> tuple[str, ...]:
+  for naming in fields:
+    groups = list(naming)[:num_texts]
+    if len(groups) == num_texts and all(all(f in record for f in g) for g in groups):
+      return tuple(" ".join(_join(record[f]) for f in g) for g in groups)
+  raise DataError(f"{where}: the record lacks the model's input field(s) {_names(fields[0])} "
+                  f"(it has {', '.join(map(str, record)) or 'no fields'}); add them, or use "
+                  "text / text_pair")
+
+
+def _join(value) -> str:
+  return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _names(groups) -> str:
+  return " + ".join("/".join(g) for g in groups)
+
+
+def read_lines(lines: Iterable[str], source: str,
+               kind: str = "auto") -> tuple[list[str], list[Any]]:
+  """`(ids, items)` of a text file (`kind` "text": one text per line) or a JSON-lines file
+  ("jsonl": one record per line); "auto" tells them by the first non-blank line starting
+  with `{`. Blank lines are skipped. Ids are the record's `id` / `idx` / `index` field,
+  else the 1-based line number."""
+  ids, items = [], []
+  is_json = {"auto": None, "text": False, "jsonl": True}[kind]
+  for number, line in enumerate(lines, 1):
+    line = line.rstrip("\r\n")
+    if not line.strip():
+      continue
+    if is_json is None:
+      is_json = line.lstrip().startswith("{")
+    if is_json:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{source} line {number}: not a JSON record ({e.msg}); give one JSON "
+                        "object per line, or plain text lines") from None
+      if not isinstance(record, dict):
+        raise DataError(f"{source} line {number}: a JSON {type(record).__name__}, not an "
+                        "object; give one JSON object per line")
+      key = next((k for k in ("id", "idx", "index") if k in record), None)
+      ids.append(str(record[key]) if key else str(number))
+      items.append(record)
+    else:
+      ids.append(str(number))
+      items.append(line)
+  return ids, items
+
+
+def read_glue_tsv(lines: Iterable[str], columns: Sequence[Sequence[str]],
+                  source: str) -> tuple[list[str], list[tuple[str, ...]]]:
+  """`(indices, texts)` of a GLUE test TSV: a header with `index` and the text `columns`,
+  tab-separated, quoting off."""
+  reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+  header = next(reader, None)
+  if header is None:
+    raise DataError(f"{source} is empty; pass a GLUE test TSV with a header line")
+  header = [h.lstrip("\ufeff") for h in header]
+  wanted = ["index"] + [c for g in columns for c in g]
+  missing = [c for c in wanted if c not in header]
+  if missing:
+    raise DataError(f"{source}: the header lacks {', '.join(missing)} (has "
+                    f"{', '.join(header)}); pass the task's GLUE test TSV")
+  at = {c: header.index(c) for c in wanted}
+  indices, texts = [], []
+  for number, row in enumerate(reader, 2):
+    if not row:
+      continue
+    if len(row) < len(header):
+      raise DataError(f"{source} line {number}: {len(row)} columns, the header has "
+                      f"{len(header)}; check the file is tab-separated")
+    indices.append(row[at["index"]])
+    texts.append(tuple(" ".join(row[at[c]] for c in g) for g in columns))
+  return indices, texts
+
+
+def glue_lines(indices: Sequence[str], predictions: Sequence[int],
+               labels: Sequence[str]) -> list[str]:
+  """The GLUE submission TSV: `index<TAB>prediction`, predictions as the task's file labels
+  (SST-2 / MRPC 0 or 1, QNLI / MNLI label names)."""
+  return ["index\tprediction"] + [f"{i}\t{labels[p]}" for i, p in zip(indices, predictions)]

@@ -1,0 +1,239 @@
+"""The exported model: one self-contained directory, written whole and loaded in one call.
+
+Layout::
+
+  config.json         format, method, architecture (`EncoderConfig` fields), head shape,
+                      label names, input fields, max length, tokenizer settings, and the
+                      method's speed settings (AdapLeR: eta / theta; LAT: the length config
+                      and, after a search, its frontier)
+  model.safetensors   the inference weights, '/'-joined paths of the model tree
+                      (`bert`, `head`, AdapLeR's `predictors_l`); no optimizer state
+  tokenizer/          the tokenizer files (`save_pretrained`)
+
+`load_model` needs nothing else: no workdir, no original backbone, no network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from adapler_jax.errors import UserError
+from adapler_jax.models.adapler import AdapLeRConfig
+from adapler_jax.models.bert import EncoderConfig
+from adapler_jax.models.heads import ClassifierConfig
+from adapler_jax.reduce.significance import SelectionFlags
+
+FORMAT, FORMAT_VERSION = "adapler-jax-export", 1
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
+METHODS = {"adapler": AdapLeRConfig, "lat": ClassifierConfig}
+
+
+class ExportError(UserError):
+  """An export directory that is missing, not an export, or would be overwritten."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedModel:
+  """A restored export: everything prediction needs.
+
+  Attributes:
+    directory: where it was loaded from.
+    method: "adapler" or "lat".
+    config: `AdapLeRConfig` (AdapLeR) or `ClassifierConfig` (LAT).
+    params: AdapLeR `{"model": ..., "speed": {"eta", "theta"}}`; LAT `{"bert", "head"}`.
+    tokenizer: the fast tokenizer saved with it.
+    label_names: class names in index order.
+    max_length: inputs are truncated to this many tokens ([CLS] and [SEP] included).
+    task: the task it was trained on.
+    text_fields: input field names, one group per text (1 group: single text; 2: pairs).
+    meta: the whole `config.json` (speed settings, tsv columns, provenance).
+  """
+
+  directory: Path
+  method: str
+  config: AdapLeRConfig | ClassifierConfig
+  params: dict
+  tokenizer: Any
+  label_names: tuple[str, ...]
+  max_length: int
+  task: str
+  text_fields: tuple[tuple[str, ...], ...]
+  meta: dict
+
+  @property
+  def is_pair(self) -> bool:
+    return len(self.text_fields) == 2
+
+  @property
+  def speed(self) -> dict:
+    """The method's speed settings as stored: AdapLeR `eta`/`theta`; LAT `length_config`,
+    `base`, `selection` and (after a search) `frontier`."""
+    return self.meta[self.method]
+
+  @property
+  def length_config(self) -> tuple[int, ...] | None:
+    """LAT: the length config prediction runs at (None for AdapLeR)."""
+    return tuple(self.speed["length_config"]) if self.method == "lat" else None
+
+  @property
+  def selection_flags(self) -> SelectionFlags:
+    return SelectionFlags(**self.speed.get("selection", {}))
+
+
+def model_tree(method: str, params: dict) -> dict:
+  """The weights an export stores: the model tree without AdapLeR's `speed` group."""
+  return params["model"] if method == "adapler" else {"bert": params["bert"],
+                                                       "head": params["head"]}
+
+
+def write_model(output: str | os.PathLike[str], meta: dict, params: dict, tokenizer, *,
+                force: bool = False) -> Path:
+  """Writes an export to `output` whole: into a temporary sibling, then renamed into place.
+
+  `meta` is the body of `config.json` (see `export_meta`); `params` the method's params.
+  An existing non-empty `output` is replaced only with `force`, and only when it is an
+  export itself; an interrupted write leaves any previous export as it was.
+  """
+  output = Path(output)
+  _check_output(output, force)
+  output.parent.mkdir(parents=True, exist_ok=True)
+  tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir()
+  try:
+    _write(tmp, meta, params, tokenizer)
+    if output.exists():
+      old = output.with_name(f".{output.name}.old-{os.getpid()}")
+      os.replace(output, old)
+      os.replace(tmp, output)
+      shutil.rmtree(old)
+    else:
+      os.replace(tmp, output)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return output
+
+
+def _check_output(output: Path, force: bool) -> None:
+  if output.exists() and not output.is_dir():
+    raise ExportError(f"--output {output} is a file; pass a directory for the export")
+  if not output.is_dir() or not any(output.iterdir()):
+    return
+  if not force:
+    raise ExportError(f"--output {output} is not empty; pass --force to replace the export "
+                      "there, or another --output")
+  if _read_meta(output, strict=False) is None:
+    raise ExportError(f"--output {output} is not empty and holds no export, so --force does "
+                      "not replace it; pass an empty or new --output")
+
+
+def _write(directory: Path, meta: dict, params: dict, tokenizer) -> None:
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  flat = traverse_util.flatten_dict(model_tree(meta["method"], params), sep="/")
+  arrays = {k: np.ascontiguousarray(np.asarray(jax.device_get(v))) for k, v in flat.items()}
+  save_file(arrays, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+  tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
+  (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+  shutil.copymode(directory / CONFIG_FILE, directory / WEIGHTS_FILE)  # safetensors writes 0600.
+
+
+def export_meta(method: str, config: AdapLeRConfig | ClassifierConfig, *, task: str,
+                label_names, max_length: int, text_fields, speed: dict, tokenizer,
+                tsv_columns=None, file_labels=None, source: dict | None = None) -> dict:
+  """The body of `config.json`. `config.encoder` is stored field by field, so encoder
+  fields added later flow through unchanged."""
+  if method not in METHODS:
+    raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
+  head = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+          if f.name != "encoder"}
+  return {
+      "format": FORMAT, "format_version": FORMAT_VERSION, "method": method, "task": task,
+      "architecture": dataclasses.asdict(config.encoder), "model": head,
+      "label_names": list(label_names), "max_length": int(max_length),
+      "inputs": {"text_fields": [list(g) for g in text_fields],
+                 "tsv_columns": None if tsv_columns is None else [list(g) for g in tsv_columns],
+                 "file_labels": None if file_labels is None else list(file_labels)},
+      "tokenizer": {"class": type(tokenizer).__name__, "directory": TOKENIZER_DIR,
+                    "pad_token_id": int(tokenizer.pad_token_id or 0),
+                    "truncation": "longest_first", "max_length": int(max_length)},
+      method: speed,
+      "source": source or {},
+  }
+
+
+def _read_meta(directory: Path, strict: bool = True) -> dict | None:
+  path = directory / CONFIG_FILE
+  try:
+    meta = json.loads(path.read_text())
+  except (OSError, ValueError):
+    meta = None
+  if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not strict:
+      return None
+    raise ExportError(f"{directory} is not an adapler-jax export ({CONFIG_FILE} is missing or "
+                      "not an export's); pass a directory written by adapler-export")
+  return meta
+
+
+def load_model(directory: str | os.PathLike[str]) -> ExportedModel:
+  """Restores an export written by `write_model` (e.g. `adapler-export`)."""
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  from adapler_jax.weights import load_tokenizer  # pylint: disable=g-import-not-at-top
+  path = Path(directory)
+  if not path.is_dir():
+    raise ExportError(f"model directory {path} does not exist; pass the --output of "
+                      "adapler-export")
+  meta = _read_meta(path)
+  if meta.get("format_version", 0) > FORMAT_VERSION or meta.get("method") not in METHODS:
+    raise ExportError(f"{path / CONFIG_FILE} is format {meta.get('format_version')} / method "
+                      f"{meta.get('method')!r}, newer than this adapler-jax reads; upgrade it")
+  try:
+    encoder = EncoderConfig(**meta["architecture"])
+    config = METHODS[meta["method"]](encoder, **meta["model"])
+  except (TypeError, ValueError) as e:
+    raise ExportError(f"{path / CONFIG_FILE}: the architecture does not load ({e}); "
+                      "re-export it with this adapler-jax version") from None
+  if not (path / WEIGHTS_FILE).exists():
+    raise ExportError(f"{path / WEIGHTS_FILE} is missing; re-export the model")
+  tree = traverse_util.unflatten_dict(load_file(str(path / WEIGHTS_FILE)), sep="/")
+  _check_shapes(path, meta["method"], config, tree)
+  if meta["method"] == "adapler":
+    speed = meta["adapler"]
+    params = {"model": tree, "speed": {k: np.asarray(speed[k], np.float32)
+                                       for k in ("eta", "theta")}}
+  else:
+    params = tree
+  inputs = meta["inputs"]
+  return ExportedModel(
+      directory=path, method=meta["method"], config=config, params=params,
+      tokenizer=load_tokenizer(path / meta["tokenizer"]["directory"]),
+      label_names=tuple(meta["label_names"]), max_length=int(meta["max_length"]),
+      task=meta["task"], text_fields=tuple(tuple(g) for g in inputs["text_fields"]),
+      meta=meta)
+
+
+def _check_shapes(path: Path, method: str, config, tree: dict) -> None:
+  """One-line `ExportError` unless the weights have exactly the model's paths and shapes."""
+  from adapler_jax.models import adapler  # pylint: disable=g-import-not-at-top
+  from adapler_jax.train import classifier  # pylint: disable=g-import-not-at-top
+  key = jax.random.key(0)
+  if method == "adapler":
+    init = lambda: model_tree(method, adapler.init(key, config))
+  else:
+    init = lambda: classifier.init_classifier(key, config.encoder, config.num_labels)
+  want = {k: v.shape for k, v in traverse_util.flatten_dict(jax.eval_shape(init), sep="/").items()}
+  have = {k: v.shape for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
+  bad = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+  if bad:
+    raise ExportError(f"{path / WEIGHTS_FILE} does not fit {path / CONFIG_FILE}: "
+                      f"{len(bad)} tensors differ (first {bad[0]}: {have.get(bad[0])} vs "
+                      f"{want.get(bad[0])}); re-export the model")

@@ -1,0 +1,127 @@
+"""`Predictor`: raw texts -> labels, probabilities and kept tokens, through the batched engine.
+
+  predictor = Predictor("exports/sst2")
+  rows = predictor.predict(["a gentle , funny film", "dull"], rationales=True)
+  rows[0]["label"], rows[0]["probabilities"], rows[0]["kept_tokens"]
+
+AdapLeR runs on `AdaptiveEngine` (its eta), LAT on `LengthEngine` (its length config).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from adapler_jax.data.dataset import TextDataset
+from adapler_jax.data.tokenize import TokenizedDataset, tokenize
+from adapler_jax.errors import DataError
+from adapler_jax.infer.engine import AdaptiveEngine, EngineResult, LengthEngine
+from adapler_jax.serve import inputs as inputs_lib
+from adapler_jax.serve.model_dir import ExportedModel, load_model
+
+
+class Predictor:
+  """An exported model with its engine, built once.
+
+  Args:
+    model: an export directory (`adapler-export`) or a loaded `ExportedModel`.
+    batch_size: examples per engine batch.
+    length_config: LAT only: run at this length config instead of the exported one.
+    device: where the engine runs (default: the first local device).
+  """
+
+  def __init__(self, model: str | os.PathLike[str] | ExportedModel, *, batch_size: int = 32,
+               length_config: Sequence[int] | None = None, device=None):
+    self.model = model if isinstance(model, ExportedModel) else load_model(model)
+    m = self.model
+    if m.method == "adapler":
+      if length_config is not None:
+        raise DataError("length_config applies to LAT exports; this one is AdapLeR")
+      self.engine = AdaptiveEngine(m.config, m.params, batch_size=batch_size,
+                                   max_length=m.max_length, device=device)
+    else:
+      self.engine = LengthEngine(m.config, m.params, length_config or m.length_config,
+                                 base=m.speed["base"], flags=m.selection_flags,
+                                 batch_size=batch_size, max_length=m.max_length, device=device)
+
+  @property
+  def label_names(self) -> tuple[str, ...]:
+    return self.model.label_names
+
+  def fields(self) -> list:
+    """Record field namings accepted, in order: the model's, the task's TSV columns, generic."""
+    m = self.model
+    tsv = m.meta["inputs"].get("tsv_columns")
+    return [m.text_fields] + ([tsv] if tsv else []) + [inputs_lib.GENERIC_FIELDS]
+
+  def tokenize(self, items: Sequence[Any], ids: Sequence[str] | None = None) -> TokenizedDataset:
+    """Unlabelled inputs (texts, pairs or records; see `inputs.texts_of`), tokenized."""
+    if len(items) == 0:
+      raise DataError("no inputs to predict; pass at least one text")
+    ids = [str(i) for i in range(len(items))] if ids is None else [str(i) for i in ids]
+    num, fields = len(self.model.text_fields), self.fields()
+    rows = [inputs_lib.texts_of(item, fields, num, f"input {i}") for i, item in zip(ids, items)]
+    data = TextDataset(ids=ids, texts=tuple(list(t) for t in zip(*rows)), labels=None,
+                       task=self.model.task, source="prediction input")
+    return tokenize(data, self.model.tokenizer, self.model.max_length)
+
+  def run(self, items: Sequence[Any], ids: Sequence[str] | None = None, *,
+          rationales: bool = False, progress: bool = False
+          ) -> tuple[TokenizedDataset, EngineResult]:
+    """The tokenized inputs and the engine's raw result (logits, kept counts, ...)."""
+    data = self.tokenize(items, ids)
+    return data, self.engine.run(data, return_rationales=rationales, progress=progress)
+
+  def predict(self, items: Sequence[Any], ids: Sequence[str] | None = None, *,
+              rationales: bool = False, progress: bool = False) -> list[dict[str, Any]]:
+    """One row per input, in input order: `id` (`ids`, default 0, 1, ...), `label`,
+    `label_index`, `probabilities` (by label name), `logits`, `length` (tokens),
+    `kept_tokens` (per layer); with `rationales` also `tokens`, `kept_positions` (per layer,
+    the positions it ran on) and, for AdapLeR, `scores` (per layer, S~ over the positions
+    then present, None on those dropped before)."""
+    data, result = self.run(items, ids, rationales=rationales, progress=progress)
+    return rows(self.model, data, result)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  z = np.asarray(logits, np.float64)
+  z = np.exp(z - z.max(axis=-1, keepdims=True))
+  return z / z.sum(axis=-1, keepdims=True)
+
+
+def rows(model: ExportedModel, data: TokenizedDataset,
+         result: EngineResult) -> list[dict[str, Any]]:
+  """The prediction rows of an engine result (see `Predictor.predict`)."""
+  names = model.label_names
+  probs = softmax(result.logits)
+  out = []
+  for i, p in enumerate(probs):
+    k = int(np.argmax(result.logits[i]))
+    row = {"id": data.ids[i], "label": names[k], "label_index": k,
+           "probabilities": dict(zip(names, p.tolist())),
+           "logits": result.logits[i].tolist(), "length": int(data.lengths[i]),
+           "kept_tokens": result.kept_counts[i].tolist()}
+    if result.kept_positions is not None:
+      n = int(data.lengths[i])
+      row["tokens"] = model.tokenizer.convert_ids_to_tokens(data.input_ids[i, :n].tolist())
+      row["kept_positions"] = [np.asarray(p).tolist() for p in result.kept_positions[i]]
+      if result.scores is not None and result.scores[i] is not None:
+        row["scores"] = _scores_by_position(result.kept_positions[i], result.scores[i], n)
+    out.append(row)
+  return out
+
+
+def _scores_by_position(positions, scores, n: int) -> list[list[float | None]]:
+  """Per layer, S~ at each of the `n` original positions (None where already dropped):
+  layer l's scores are over the tokens layer l-1 ran on (all tokens for layer 0)."""
+  out, entering = [], np.arange(n)
+  for kept, s in zip(positions, scores):
+    layer = [None] * n
+    for pos, value in zip(entering.tolist(), np.asarray(s, np.float64).tolist()):
+      layer[pos] = value
+    out.append(layer)
+    entering = np.asarray(kept)
+  return out

@@ -1,0 +1,179 @@
+"""AdapLeR and LAT on equal terms: one backbone, one data set, one cost model, two conventions.
+
+  python bench/compare_methods.py --adapler runs/sst2,runs/sst2_phi0.005 \
+      --lat runs/sst2_lat --lat-tradeoff docs/lat_tradeoff_sst2.json --out docs/compare_sst2
+
+Series, all on the eval split of the runs (which must share task, split and max length):
+
+* AdapLeR at each trained phi (one point per AdapLeR workdir, its selected checkpoint);
+* AdapLeR's eta-search frontier (`search/frontier.json` of the first AdapLeR workdir), and
+  the global scalings of its eta (every layer by the same multiplier of the search's grid,
+  what `bench/tradeoff.py --eta-multipliers` sweeps);
+* LAT's search frontier (`search/frontier.json` of the LAT workdir);
+* constant-rate reduction of the standard and the LengthDrop models (`bench/lat_tradeoff.py`);
+* the standard fine-tuned model (cost 1).
+
+Cost is a fraction of the full model's, from `adapler_jax.infer.flops`, in the two
+conventions side by side: MACs at the padded length, batch 1 (the LAT paper's), and FLOPs on
+each example's real tokens (the AdapLeR paper's). Writes OUT.json and OUT.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np
+from absl import logging
+
+from adapler_jax import pipeline
+from adapler_jax.cli import run_cli
+from adapler_jax.errors import UserError
+from adapler_jax.pipeline import adapler_search, lat_search
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+CONVENTIONS = (("padded", "padded MACs, batch 1 (LAT paper)"),
+               ("actual", "FLOPs on real tokens (AdapLeR paper)"))
+
+
+def point(label: str, metric: float, padded: float, actual: float, **extra) -> dict:
+  return {"label": label, "metric": float(metric), "padded_fraction": float(padded),
+          "actual_fraction": float(actual), **extra}
+
+
+def global_scalings(workdir: str) -> list[dict]:
+  """The first run's model with every layer's eta scaled alike, over the search's grid."""
+  trained = pipeline.load_run(workdir)
+  data = trained.eval_dataset(trained.config.eval.split)
+  out = []
+  for m in adapler_search.check_grid(trained.config.search.eta_multipliers):
+    scored = adapler_search.score(trained.adapler_cfg, trained.adapler_params, data,
+                                  trained.task.metric,
+                                  np.full(trained.adapler_cfg.num_layers, m))
+    out.append(point(f"eta x{m:g}", scored["metric"], scored["padded_fraction"],
+                     scored["actual_fraction"]))
+  return out
+
+
+def adapler_points(workdirs: list[str]) -> tuple[list[dict], dict]:
+  """One point per trained AdapLeR run, and the runs' shared eval split."""
+  points, split = [], None
+  for workdir in workdirs:
+    trained = pipeline.load_run(workdir)
+    split = trained.config.eval.split
+    data = trained.eval_dataset(split)
+    scored = adapler_search.score(trained.adapler_cfg, trained.adapler_params, data,
+                                  trained.task.metric, np.ones(trained.adapler_cfg.num_layers))
+    phi = trained.config.adapler.phi
+    points.append(point(f"phi={phi:g}", scored["metric"], scored["padded_fraction"],
+                        scored["actual_fraction"], workdir=workdir,
+                        backbone_metric=trained.backbone_dev_metric))
+  return points, {"task": trained.task.name, "split": split,
+                  "max_length": trained.config.data.max_length}
+
+
+def frontier_points(workdir: str, split: str, method: str) -> list[dict]:
+  """A search frontier's points, labelled with the reported split's metric and costs."""
+  frontier = lat_search.load_frontier(workdir)
+  if frontier["reported_split"] != split:
+    raise UserError(f"{workdir}: its frontier reports {frontier['reported_split']}, not {split}")
+  out = []
+  for r in frontier["frontier"]:
+    padded = r.get(f"{split}_padded_fraction", r["padded_fraction"])  # LAT: data-independent.
+    setting = r.get("eta_multipliers", r["config"])
+    out.append(point(f"{method} " + ",".join(f"{v:g}" for v in setting), r[f"{split}_metric"],
+                     padded, r[f"{split}_actual_fraction"], config=r["config"]))
+  return out
+
+
+def compare(adapler_workdirs: list[str], lat_workdir: str | None,
+            lat_tradeoff: str | None) -> dict:
+  trained, shared = adapler_points(adapler_workdirs)
+  split = shared["split"]
+  series = {"AdapLeR (trained at each phi)": trained,
+            "AdapLeR eta-search frontier": frontier_points(adapler_workdirs[0], split, "eta x"),
+            "AdapLeR global eta scaling": global_scalings(adapler_workdirs[0])}
+  if lat_workdir:
+    series["LAT search frontier"] = frontier_points(lat_workdir, split, "lengths")
+  standard = trained[0]["backbone_metric"]
+  if lat_tradeoff:
+    sweep = json.loads(Path(lat_tradeoff).read_text())
+    if (sweep["task"], sweep["split"], sweep["max_length"]) != (
+        shared["task"], split, shared["max_length"]):
+      raise UserError(f"{lat_tradeoff} is {sweep['task']} {sweep['split']} at "
+                      f"{sweep['max_length']} tokens; the AdapLeR runs are {shared}")
+    for model, name in (("standard", "standard model, constant rate"),
+                        ("lat", "LengthDrop model, constant rate")):
+      series[name] = [point(f"r={p['ratio']:g}", p[model], p["padded_fraction"],
+                            p["actual_fraction"]) for p in sweep["points"]]
+  return {**shared, "standard_metric": standard, "series": series}
+
+
+def plot(result: dict, path: Path) -> Path:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  styles = {"AdapLeR (trained at each phi)": dict(color="C3", marker="o", linestyle="none"),
+            "AdapLeR eta-search frontier": dict(color="C3", marker=".", linestyle="-"),
+            "AdapLeR global eta scaling": dict(color="C1", marker="^", linestyle="--",
+                                               markersize=4),
+            "LAT search frontier": dict(color="C0", marker="s", linestyle="-"),
+            "standard model, constant rate": dict(color="0.5", marker="x", linestyle=":"),
+            "LengthDrop model, constant rate": dict(color="C0", marker="+", linestyle=":")}
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+  for ax, (key, title) in zip(axes, CONVENTIONS):
+    for name, points in result["series"].items():
+      pts = sorted(points, key=lambda p: p[f"{key}_fraction"])
+      ax.plot([p[f"{key}_fraction"] for p in pts], [100 * p["metric"] for p in pts],
+              label=name, **styles.get(name, {}))
+    ax.plot([1.0], [100 * result["standard_metric"]], "k*", markersize=13,
+            label="standard model, full length")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"cost / full model, {title} (log)")
+    ax.grid(alpha=0.3, which="both")
+  axes[0].set_ylabel(f"{result['split']} accuracy (%)")
+  axes[1].legend(fontsize=8, loc="lower right")
+  fig.suptitle(f"{result['task']} {result['split']}: AdapLeR and LAT on one backbone, "
+               f"max length {result['max_length']}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def table(result: dict) -> str:
+  lines = [f"{'series':<34} {'point':<30} {'metric':>7} {'padded':>7} {'actual':>7}"]
+  for name, points in result["series"].items():
+    for p in sorted(points, key=lambda p: p["actual_fraction"]):
+      lines.append(f"{name:<34} {p['label'][:30]:<30} {100 * p['metric']:>7.2f} "
+                   f"{p['padded_fraction']:>7.3f} {p['actual_fraction']:>7.3f}")
+  lines.append(f"standard model, full length: {100 * result['standard_metric']:.2f}")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--adapler", required=True,
+                      help="comma-separated AdapLeR workdirs; the first holds the eta search")
+  parser.add_argument("--lat", default=None, help="a LAT workdir with a search")
+  parser.add_argument("--lat-tradeoff", default=None, help="bench/lat_tradeoff.py's JSON")
+  parser.add_argument("--out", required=True, help="output stem: OUT.json and OUT.png")
+  args = parser.parse_args(argv)
+  logging.set_verbosity(logging.WARNING)
+  result = compare(args.adapler.split(","), args.lat, args.lat_tradeoff)
+  out = Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+  plot(result, out.with_suffix(".png"))
+  print(table(result))
+  print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+  run_cli(main)

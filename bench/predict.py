@@ -1,0 +1,111 @@
+"""Prediction overhead: `Predictor.predict` on raw texts vs `engine.run` on tokenized data.
+
+Both run the SST-2 dev sentences through the same engine object (so the same compiled
+shapes), after a warm-up; the repeats interleave the two (alternating which goes first) and
+the median time of each counts. `predict` adds what serving needs around the engine:
+tokenization, softmax and the output rows. The target is `predict` at >= 90 % of the
+engine's throughput::
+
+  adapler-export --workdir runs/demo --output /tmp/demo_export
+  python bench/predict.py --model /tmp/demo_export --data-dir DATA --repeats 5 \
+      --out bench/results/predict_sst2.json
+
+`DATA` is the folder holding `sst2/dev.tsv` (GLUE format). The model may come from any
+task: only its speed on these sentences is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+
+from adapler_jax.cli import run_cli
+from adapler_jax.data import load_split
+from adapler_jax.errors import UserError
+from adapler_jax.serve import Predictor
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+TARGET = 0.9
+
+
+def measure(model: str, texts: list[str], batch_size: int, repeats: int) -> dict:
+  predictor = Predictor(model, batch_size=batch_size)
+  engine = predictor.engine
+  engine.warmup()
+  data = predictor.tokenize(texts)
+  engine.run(data)
+  predictor.predict(texts)
+  times = {"engine.run": [], "Predictor.predict": []}
+  runs = {"engine.run": lambda: engine.run(data),
+          "Predictor.predict": lambda: predictor.predict(texts)}
+  for r in range(repeats):
+    order = list(runs) if r % 2 == 0 else list(runs)[::-1]
+    for name in order:
+      start = time.perf_counter()
+      runs[name]()
+      times[name].append(time.perf_counter() - start)
+  start = time.perf_counter()
+  predictor.tokenize(texts)
+  tokenize_seconds = time.perf_counter() - start
+  median = {k: statistics.median(v) for k, v in times.items()}
+  return {
+      "method": predictor.model.method, "task_trained_on": predictor.model.task,
+      "examples": len(texts), "batch_size": batch_size, "repeats": repeats,
+      "seconds": times, "median_seconds": median,
+      "examples_per_second": {k: len(texts) / v for k, v in median.items()},
+      "tokenize_seconds": tokenize_seconds,
+      "predict_over_engine": median["engine.run"] / median["Predictor.predict"],
+      "target": TARGET,
+  }
+
+
+def table(result: dict) -> str:
+  lines = [f"{'system':<18} {'median s':>9} {'ex/s':>9}"]
+  for name, seconds in result["median_seconds"].items():
+    lines.append(f"{name:<18} {seconds:>9.3f} {result['examples_per_second'][name]:>9.1f}")
+  ratio = result["predict_over_engine"]
+  lines.append(f"predict / engine throughput {100 * ratio:.1f} % (target >= "
+               f"{100 * TARGET:.0f} %: {'met' if ratio >= TARGET else 'missed'}); "
+               f"tokenization {1000 * result['tokenize_seconds']:.1f} ms of it")
+  return "\n".join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--model", required=True, help="An export directory (adapler-export).")
+  parser.add_argument("--data-dir", required=True, help="Folder holding sst2/dev.tsv.")
+  parser.add_argument("--batch-size", type=int, default=32)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--max-examples", type=int, default=0, help="0: all of SST-2 dev.")
+  parser.add_argument("--out", default=str(REPO / "bench" / "results" / "predict_sst2.json"))
+  args = parser.parse_args()
+  sst2 = Path(args.data_dir) / "sst2"
+  if not (sst2 / "dev.tsv").exists():
+    raise UserError(f"--data-dir {args.data_dir} has no sst2/dev.tsv; pass the folder holding "
+                    "the GLUE SST-2 files")
+  texts = load_split("sst2", "dev", sst2).texts[0]
+  texts = texts[:args.max_examples] if args.max_examples else texts
+  result = measure(args.model, list(texts), args.batch_size, args.repeats)
+  result["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
+                       "device": str(jax.devices()[0]), "jax": jax.__version__,
+                       "load_average": os.getloadavg()}
+  print(table(result))
+  Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+  Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  run_cli(main)

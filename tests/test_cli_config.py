@@ -1,0 +1,156 @@
+"""Config discovery from the CLI (--print_config, --help, misspelt fields) and the
+persistent compilation cache the CLIs turn on."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+
+from adapler_jax import cli
+from adapler_jax.pipeline.config import HELP, base_config, dotted
+from tests.test_pipeline import ROOT
+
+LINE = re.compile(r"^(\S+) = (.+?)\s+# (.+)$")
+
+
+def train_py(*args) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+
+
+def config_files():
+  return sorted((ROOT / "configs").glob("*.py"))
+
+
+def load(path) -> ml_collections.ConfigDict:
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, str(ROOT))  # configs/demo_lat.py imports configs.demo.
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(str(ROOT))
+  return module.get_config()
+
+
+def test_every_field_has_help():
+  fields = set(dotted(base_config("demo", 48)))
+  sections = {k.rpartition(".")[0] for k in fields} - {""}
+  assert set(HELP) == fields | sections  # no field without help, no help without a field.
+  assert all(text.strip() for text in HELP.values())
+  for path in config_files():
+    assert set(dotted(load(path))) <= fields, f"{path.name} adds fields without help"
+
+
+def test_fields_named_in_messages_exist():
+  """Every `--config.<field>` a message or docstring tells the user to pass is a field."""
+  fields = set(dotted(base_config("demo", 48)))
+  sources = [*(ROOT / "adapler_jax").rglob("*.py"), ROOT / "train.py", ROOT / "evaluate.py"]
+  named = {m.rstrip(".") for p in sources
+           for m in re.findall(r"--config\.([\w.{}]+)", p.read_text()) if "{" not in m}
+  assert {"data.text_fields", "data.label_field", "data.label_names"} <= named  # readers' hints.
+  assert named <= fields, named - fields
+
+
+def test_print_config_lists_every_field_with_value_default_and_help(tmp_path):
+  proc = train_py("--config", "configs/sst2.py", "--print_config", "--config.train.epochs=3",
+                  "--config.data.label_names=neg,pos")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.splitlines()
+  assert lines[0] == "# configs/sst2.py with overrides; set a field with --config.<field>=VALUE"
+  rows = {m[1]: (m[2], m[3]) for m in map(LINE.match, lines) if m}
+  assert set(rows) == set(dotted(load(ROOT / "configs" / "sst2.py")))
+  assert rows["train.epochs"] == ("3", f"{HELP['train.epochs']} [default 5]")
+  assert rows["data.label_names"] == ("'neg,pos'", f"{HELP['data.label_names']} [default '']")
+  assert rows["adapler.phi"] == ("0.0005", HELP["adapler.phi"])  # the default: no note.
+  assert "# train: " + HELP["train"] in lines
+  assert all(l.startswith("#") or not l or LINE.match(l) for l in lines[1:])
+  assert not list(tmp_path.iterdir())
+
+
+def test_help_names_overrides_and_print_config():
+  proc = train_py("--help")  # absl exits with status 1 after the help.
+  assert "--config.<field>=VALUE" in proc.stdout and "--print_config" in proc.stdout
+
+
+def test_misspelt_field_is_one_line_with_a_hint():
+  proc = train_py("--config", "configs/demo.py", "--print_config", "--config.trian.epochs=1")
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+  assert lines[0] == ("error: override '--config.trian.epochs=1': the config has no field "
+                      "'trian.epochs' (did you mean 'train.epochs'?); write KEY=VALUE with a "
+                      "dotted key such as adapler.phi=1e-3")
+
+
+def test_workdir_is_required_to_train():
+  proc = train_py("--config", "configs/demo.py")
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == ("error: --workdir is missing; pass a directory for the run's "
+                                 "checkpoints, e.g. --workdir runs/demo")
+
+
+def test_cache_folder(monkeypatch, tmp_path):
+  monkeypatch.delenv(cli.CACHE_ENV, raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  assert cli.compilation_cache_dir() == tmp_path / "xdg" / "adapler-jax" / "jax"
+  monkeypatch.delenv("XDG_CACHE_HOME")
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  assert cli.compilation_cache_dir() == tmp_path / "home" / ".cache" / "adapler-jax" / "jax"
+  monkeypatch.setenv(cli.CACHE_ENV, str(tmp_path / "mine"))
+  assert cli.compilation_cache_dir() == tmp_path / "mine"
+  monkeypatch.setenv(cli.CACHE_ENV, "")
+  assert cli.compilation_cache_dir() is None
+
+
+@pytest.fixture
+def jax_cache_options():
+  """The JAX options `enable_compilation_cache` sets, restored afterwards."""
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes", "jax_compilation_cache_max_size")
+  saved = {k: getattr(jax.config, k) for k in names}
+  jax.config.update("jax_compilation_cache_dir", None)
+  yield
+  for k, v in saved.items():
+    jax.config.update(k, v)
+  compilation_cache.reset_cache()
+
+
+def test_enable_compilation_cache(monkeypatch, tmp_path, jax_cache_options):
+  monkeypatch.setenv(cli.CACHE_ENV, str(tmp_path / "cache"))
+  off = base_config("demo", 48)
+  off.compilation_cache = False
+  assert cli.enable_compilation_cache(off) is None
+  assert jax.config.jax_compilation_cache_dir is None
+  monkeypatch.setenv(cli.CACHE_ENV, "")
+  assert cli.enable_compilation_cache(base_config("demo", 48)) is None
+  monkeypatch.setenv(cli.CACHE_ENV, str(tmp_path / "cache"))
+  assert cli.enable_compilation_cache(base_config("demo", 48)) == str(tmp_path / "cache")
+  assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+  assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
+  assert jax.config.jax_persistent_cache_min_entry_size_bytes == -1
+  # A folder chosen through JAX itself (JAX_COMPILATION_CACHE_DIR) is kept.
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_own"))
+  assert cli.enable_compilation_cache(None) == str(tmp_path / "jax_own")
+
+
+
+def test_missing_extra_is_one_line(monkeypatch):
+  from adapler_jax import extras  # pylint: disable=g-import-not-at-top
+  from adapler_jax.data import get_task, hub  # pylint: disable=g-import-not-at-top
+  from adapler_jax.errors import MissingExtraError  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed.
+  monkeypatch.setitem(sys.modules, "datasets", None)
+  with pytest.raises(MissingExtraError) as err:
+    extras.pyplot()
+  assert str(err.value) == ("drawing figures needs the matplotlib package; install it with "
+                            "pip install 'adapler-jax[plots]'")
+  with pytest.raises(MissingExtraError) as err:
+    hub.load_from_hub(get_task("sst2"), "dev")
+  assert str(err.value) == ("downloading sst2 from the Hugging Face hub needs the datasets "
+                            "package; install it with pip install 'adapler-jax[hub]' or pass a "
+                            "local folder with --config.data.data_dir")

@@ -1,0 +1,129 @@
+"""Task `custom`: the user's own CSV / JSON-lines files, from the CLI and through `prepare`."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from adapler_jax import pipeline
+from adapler_jax.errors import DataError, UserError
+from tests.test_pipeline import ROOT, tiny_backbone, tiny_config  # pylint: disable=unused-import
+
+WORDS = {"pos": ("great", "lovely", "moving"), "neg": ("awful", "dull", "clumsy")}
+
+
+def reviews(n: int):
+  for i in range(n):
+    label = ("neg", "pos")[i % 2]
+    yield {"review": f"a {WORDS[label][i % 3]} film, {i} minutes", "sentiment": label}
+
+
+@pytest.fixture
+def files(tmp_path):
+  """train.csv (32 rows) and dev.jsonl (8 rows) with fields review / sentiment."""
+  with open(tmp_path / "train.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, ["review", "sentiment"])
+    writer.writeheader()
+    writer.writerows(reviews(32))
+  (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reviews(8)))
+  return tmp_path
+
+
+def custom_args(backbone, files, *extra):
+  return ["--config", "configs/demo.py", "--config.task=custom",
+          f"--config.backbone={backbone}", f"--config.data.train_file={files / 'train.csv'}",
+          f"--config.data.dev_file={files / 'dev.jsonl'}", "--config.data.text_fields=review",
+          "--config.data.label_field=sentiment", "--config.data.max_length=16",
+          "--config.data.train_subset=0", "--config.data.dev_subset=0", *extra]
+
+
+def train_py(*args, env=None) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, env=env)
+
+
+def test_finetune_on_csv_and_jsonl_from_the_cli(tiny_backbone, files, tmp_path):
+  workdir, cache = tmp_path / "run", tmp_path / "cache"
+  proc = train_py(*custom_args(tiny_backbone, files, "--config.train.epochs=1",
+                               "--config.train.batch_size=32", "--config.train.eval_every_steps=0",
+                               "--config.eval.batch_size=8"),
+                  "--workdir", str(workdir), "--phase", "finetune",
+                  env={**os.environ, "ADAPLER_JAX_CACHE_DIR": str(cache)})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  recorded = json.loads((workdir / "config.json").read_text())
+  assert recorded["task"] == "custom"
+  assert recorded["data"]["label_names"] == "neg,pos"  # read from train.csv, in class order.
+  assert recorded["data"]["train_file"] == str(files / "train.csv")
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  dev = [r for r in rows if r["phase"] == "finetune" and "dev_metric" in r]
+  assert len(dev) == 1 and dev[0]["step"] == 1  # one step of 32 rows, then dev (8 rows).
+  assert dev[0]["dev_metric"] * 8 == round(dev[0]["dev_metric"] * 8)
+  assert [p.name for p in (workdir / "finetune").iterdir() if p.name.isdigit()] == ["1"]
+  assert any(cache.iterdir())  # compiled programs kept for the next run.
+
+
+@pytest.mark.parametrize("override, want", [
+    ("--config.data.train_file={files}/nope.csv",
+     "error: custom train: expected file {files}/nope.csv not found; the folder has: "
+     "dev.jsonl, train.csv; pass an existing .csv, .tsv or .jsonl file with "
+     "--config.data.train_file"),
+    ("--config.data.label_field=stars",
+     "error: {name}/train.csv line 1: no column 'stars'; found columns ['review', "
+     "'sentiment']; pass --config.data.text_fields and --config.data.label_field naming "
+     "columns of the file"),
+])
+def test_cli_errors_are_one_line(files, override, want):
+  proc = train_py(*custom_args("minilm", files, override.format(files=files)),
+                  "--workdir", str(files / "run"))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert proc.stderr.strip() == want.format(files=files, name=files.name)
+  assert not (files / "run").exists()
+
+
+def custom_config(backbone, files, **data):
+  c = tiny_config(backbone)
+  c.task = "custom"
+  c.data.train_subset = c.data.dev_subset = 0
+  c.data.train_file, c.data.dev_file = "train.csv", "dev.jsonl"
+  c.data.data_dir = str(files)
+  c.data.text_fields, c.data.label_field = "review", "sentiment"
+  c.data.update(data)
+  return c
+
+
+def test_prepare_reads_the_files(tiny_backbone, files):
+  run = pipeline.prepare(custom_config(tiny_backbone, files, label_names="pos,neg"),
+                         files / "run", record=False)
+  assert run.task.label_names == ("pos", "neg") and run.num_labels == 2
+  dev = run.dataset("dev")
+  assert len(dev) == 8 and dev.labels.tolist() == [1, 0] * 4  # names give the class order.
+  assert len(run.dataset("test")) == 8  # no test_file: the dev file.
+
+
+@pytest.mark.parametrize("data, want", [
+    ({"text_fields": "title", "label_names": "neg,pos"}, "train.csv line 1: no column "
+     "'title'; found columns ['review', 'sentiment']; pass --config.data.text_fields"),
+    ({"label_names": "neg,positive"}, "train.csv line 3: label 'pos' is not one of ['neg', "
+     "'positive']; fix the label or pass --config.data.label_names"),
+    ({"dev_file": ""}, "task custom needs data.dev_file; pass --config.data.dev_file=PATH"),
+    ({"text_fields": "a,b,c"}, "config data.text_fields 'a,b,c' must name one text field or "
+     "two for a pair"),
+    ({"metric": "auc"}, "config data.metric 'auc' is not one of accuracy, f1"),
+])
+def test_bad_custom_configs(tiny_backbone, files, data, want):
+  config = custom_config(tiny_backbone, files, **data)
+  with pytest.raises((UserError, DataError)) as err:
+    run = pipeline.prepare(config, files / "run")
+    run.dataset("dev")
+  assert want in str(err.value) and "\n" not in str(err.value)
+
+
+def test_files_need_task_custom(tiny_backbone, files):
+  config = tiny_config(tiny_backbone)
+  config.data.train_file = "train.csv"
+  with pytest.raises(UserError, match=r"config data.train_file is set but task is 'demo'; "
+                     r"pass --config.task=custom"):
+    pipeline.prepare(config, files / "run")

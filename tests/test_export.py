@@ -1,0 +1,198 @@
+"""Export, load and predict: a tiny trained run leaves its workdir and predicts from raw text.
+
+The AdapLeR run trains every phase on the tiny model; the LAT run imports that run's
+fine-tuned classifier as a Hugging Face checkpoint (`train.init_from_hf`) instead of
+fine-tuning, then trains LengthDrop. Both are exported, their workdirs and backbone deleted,
+and predicted on SST-2 dev sentences in fresh processes.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import adapler_jax
+from adapler_jax import data as data_lib
+from adapler_jax import pipeline, weights
+from adapler_jax.cli import run_cli
+from adapler_jax.infer import AdaptiveEngine, LengthEngine
+from adapler_jax.pipeline import lat_phases
+from adapler_jax.serve import ExportError
+from adapler_jax.serve.from_run import export_run
+from tests.test_pipeline import tiny_config, write_backbone
+
+pytestmark = pytest.mark.slow  # trains a tiny run: ~1 min on 2 CPU cores.
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+BATCH = 8
+
+
+def _cli(*args, **kw):
+  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300, env=OFFLINE, **kw)
+
+
+def _unlabelled(texts, tokenizer, max_length):
+  ds = data_lib.TextDataset(ids=[str(i) for i in range(len(texts))], texts=(list(texts),),
+                            labels=None, task="demo", source="test")
+  return data_lib.tokenize(ds, tokenizer, max_length)
+
+
+@pytest.fixture(scope="module")
+def sentences(shared_data):
+  dev = data_lib.load_split("sst2", "dev", shared_data / "sst2")
+  return dev.texts[0][:40]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, sentences):
+  """Both exports, each with the reference logits / kept counts its run gave in-process,
+  after the workdirs and the backbone are deleted."""
+  root = tmp_path_factory.mktemp("export")
+  for name in ("backbone_dir", "hf_dir"):
+    (root / name).mkdir()
+  backbone = write_backbone(root / "backbone_dir")
+  config = tiny_config(backbone)
+  config.data.train_subset, config.data.dev_subset = 32, 16  # 2 steps per epoch.
+  config.train.epochs = config.adapler.epochs = 1
+  run = pipeline.prepare(config, root / "adapler")
+  for phase in ("finetune", "saliency", "adapler"):  # export selects without a summary.
+    pipeline.run_phase(run, phase)
+  trained = pipeline.load_run(root / "adapler")
+  tok = _unlabelled(sentences, trained.tokenizer, config.data.max_length)
+  ref = {"adapler": AdaptiveEngine(trained.adapler_cfg, trained.adapler_params,
+                                   batch_size=BATCH, max_length=16).run(tok)}
+
+  # The fine-tuned classifier as a BertForSequenceClassification checkpoint, imported.
+  bert, head = trained.backbone_params["bert"], trained.backbone_params["head"]
+  hf = write_backbone(root / "hf_dir")
+  save_file(weights.to_hf_state_dict(bert, head), str(hf / "model.safetensors"))
+  lat = config.copy_and_resolve_references()
+  lat.method, lat.train.init_from_hf = "lat", str(hf)
+  lat.lat.epochs, lat.lat.batch_size, lat.lat.learning_rate = 1, 16, 1e-3
+  run = pipeline.prepare(lat, root / "lat")
+  for phase in ("finetune", "lengthdrop"):
+    pipeline.run_phase(run, phase)
+  (_, imported, _), = pipeline.load_finetuned(run, 1)
+  _, lengthdrop = lat_phases.load_lengthdrop(run)
+  ref["lat"] = LengthEngine(run.classifier_config(), lengthdrop,
+                            lat_phases.eval_length_config(run), base=16,
+                            flags=lat_phases.selection_flags(run), batch_size=BATCH,
+                            max_length=16).run(tok)
+  ref["imported"] = (imported, trained.backbone_params)
+
+  out = {m: export_run(root / m, root / f"{m}_export") for m in ("adapler", "lat")}
+  for name in ("adapler", "lat", "backbone_dir", "hf_dir"):
+    shutil.rmtree(root / name)
+  return out, ref, root
+
+
+def test_hf_import_is_the_finetuning_result(exported):
+  _, ref, _ = exported
+  imported, original = ref["imported"]
+  for a, b in zip(jax.tree.leaves(imported), jax.tree.leaves(original)):
+    np.testing.assert_array_equal(a, b)
+  assert jax.tree.structure(imported) == jax.tree.structure(original)
+
+
+def test_export_layout(exported):
+  out, _, _ = exported
+  meta = json.loads((out["adapler"] / "config.json").read_text())
+  assert meta["method"] == "adapler" and meta["task"] == "demo"
+  assert meta["architecture"]["hidden_size"] == 32 and meta["architecture"]["num_layers"] == 2
+  assert len(meta["adapler"]["eta"]) == len(meta["adapler"]["theta"]) == 2
+  assert len(meta["label_names"]) == 4 and meta["max_length"] == 16
+  lat = json.loads((out["lat"] / "config.json").read_text())
+  assert lat["lat"]["length_config"] == [13, 11] and lat["lat"]["chosen_from"] == (
+      "lat.eval_length_config")
+  from safetensors.numpy import load_file
+  names = load_file(str(out["adapler"] / "model.safetensors")).keys()
+  assert any(n.startswith("predictors_0/") for n in names)
+  assert not any("opt_state" in n or "mu" in n.split("/") or n.startswith("speed")
+                 for n in names)
+  assert (out["adapler"] / "tokenizer" / "tokenizer.json").exists()
+
+
+def test_round_trip_in_a_fresh_process(exported, tmp_path, sentences):
+  """adapler-predict in a new process, the workdir and backbone gone, offline: the same
+  logits and kept counts as the trained run's engine; JSON lines in, for LAT."""
+  out, ref, _ = exported
+  text_file = tmp_path / "dev.txt"
+  text_file.write_text("\n".join(sentences) + "\n")
+  records = tmp_path / "dev.jsonl"
+  records.write_text("".join(json.dumps({"id": f"s{i}", "text": s}) + "\n"
+                             for i, s in enumerate(sentences)))
+  for method, source in (("adapler", text_file), ("lat", records)):
+    target = tmp_path / f"{method}.jsonl"
+    proc = _cli("adapler_jax.predict", "--model", str(out[method]), "--input", str(source),
+                "--output", str(target), "--batch-size", str(BATCH), "--rationales")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(l) for l in target.read_text().splitlines()]
+    assert len(rows) == len(sentences)
+    names = json.loads((out[method] / "config.json").read_text())["label_names"]
+    for row in rows:
+      assert {"id", "label", "label_index", "probabilities", "logits", "length", "kept_tokens",
+              "tokens", "kept_positions"} <= row.keys()
+      assert row["label"] in names and list(row["probabilities"]) == names
+      assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-9)
+      assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
+      kept = row["kept_tokens"]
+      assert kept == sorted(kept, reverse=True) and kept[0] <= row["length"]
+      assert [len(p) for p in row["kept_positions"]] == kept
+    assert [r["id"] for r in rows] == ([str(i + 1) for i in range(len(sentences))]
+                                       if method == "adapler"
+                                       else [f"s{i}" for i in range(len(sentences))])
+    np.testing.assert_array_equal(np.asarray([r["logits"] for r in rows], np.float32),
+                                  ref[method].logits)
+    np.testing.assert_array_equal([r["kept_tokens"] for r in rows], ref[method].kept_counts)
+    if method == "adapler":  # the predictor scores, None where a token was dropped before.
+      assert all(len(r["scores"]) == 2 and len(r["scores"][0]) == r["length"] for r in rows)
+      assert all(sum(s is not None for s in r["scores"][1]) == r["kept_tokens"][0]
+                 for r in rows)
+
+
+def test_predictor_matches_the_engine(exported, sentences):
+  out, ref, _ = exported
+  predictor = adapler_jax.Predictor(out["adapler"], batch_size=BATCH)
+  rows = predictor.predict(list(sentences))
+  np.testing.assert_array_equal(np.asarray([r["logits"] for r in rows], np.float32),
+                                ref["adapler"].logits)
+  model = adapler_jax.load_model(out["lat"])
+  assert model.method == "lat" and model.length_config == (13, 11)
+  assert model.config.encoder == adapler_jax.EncoderConfig(
+      **json.loads((out["lat"] / "config.json").read_text())["architecture"])
+  longer = adapler_jax.Predictor(model, batch_size=BATCH, length_config=(16, 16))
+  assert max(max(r["kept_tokens"]) for r in longer.predict(list(sentences))) == 16
+
+
+def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
+  out, _, root = exported
+  proc = _cli("adapler_jax.predict", "--model", str(tmp_path / "none"), input="x\n")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      f"error: model directory {tmp_path / 'none'} does not exist; pass the --output of "
+      "adapler-export"]
+  for bad, message in ((tmp_path, f"{tmp_path} is not an adapler-jax export"),
+                       (out["adapler"] / "tokenizer", "is not an adapler-jax export")):
+    with pytest.raises(SystemExit) as e:
+      run_cli(lambda: adapler_jax.load_model(bad))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+  # An existing export is kept unless --force; a non-export is never replaced.
+  before = (out["lat"] / "model.safetensors").read_bytes()
+  with pytest.raises(ExportError, match="is not empty; pass --force"):
+    adapler_jax.serve.write_model(out["lat"], {}, {}, None)
+  (tmp_path / "keep.txt").write_text("mine")
+  with pytest.raises(ExportError, match="holds no export"):
+    adapler_jax.serve.write_model(tmp_path, {}, {}, None, force=True)
+  assert (out["lat"] / "model.safetensors").read_bytes() == before
+  assert sorted(p.name for p in root.iterdir()) == ["adapler_export", "lat_export"]

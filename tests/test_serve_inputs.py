@@ -1,0 +1,75 @@
+"""Unlabelled datasets through tokenization and batching, and the prediction input readers."""
+
+import numpy as np
+import pytest
+
+from adapler_jax import data as data_lib
+from adapler_jax.serve import inputs
+
+
+def test_unlabelled_data_and_inputs():
+  ds = data_lib.TextDataset(ids=["a", "b"], texts=(["x y", "z"],), labels=None, task="t",
+                            source="s")
+  assert not ds.is_labelled and ds.take([1]).labels is None
+  tok = data_lib.tokenize(ds, _Chars(), 6)
+  batch = next(data_lib.eval_batches(tok, 2))
+  assert "labels" not in batch and tok.labels is None
+  with pytest.raises(data_lib.DataError, match="has no labels"):
+    next(data_lib.train_batches(tok, 2, 0, 0))
+
+  fields = [(("sentence1",), ("sentence2",)), inputs.GENERIC_FIELDS]
+  assert inputs.texts_of({"sentence1": "a", "sentence2": "b"}, fields, 2, "x") == ("a", "b")
+  assert inputs.texts_of({"text": "a", "text_pair": "b"}, fields, 2, "x") == ("a", "b")
+  assert inputs.texts_of("a\tb", fields, 2, "x") == ("a", "b")
+  with pytest.raises(data_lib.DataError, match="line 3: the model takes a sentence pair"):
+    inputs.texts_of("a", fields, 2, "line 3")
+  ids, items = inputs.read_lines(["first\n", "\n", "second\n"], "f")
+  assert ids == ["1", "3"] and items == ["first", "second"]
+  tsv = ["index\tsentence\n", "0\tgood .\n", "1\tbad .\n"]
+  ids, texts = inputs.read_glue_tsv(tsv, (("sentence",),), "SST-2/test.tsv")
+  assert ids == ["0", "1"] and texts == [("good .",), ("bad .",)]
+  assert inputs.glue_lines(ids, [1, 0], ("0", "1")) == ["index\tprediction", "0\t1", "1\t0"]
+  with pytest.raises(data_lib.DataError, match="the header lacks sentence"):
+    inputs.read_glue_tsv(["index\tquestion\n"], (("sentence",),), "f")
+
+
+class _Chars:
+  """A stand-in fast tokenizer: one token per character, [CLS]=1 ... [SEP]=2, pad 0."""
+
+  pad_token_id = 0
+
+  def __call__(self, texts, truncation, max_length, padding, return_tensors, **kw):
+    ids = np.zeros((len(texts), max_length), np.int32)
+    mask = np.zeros_like(ids)
+    for i, t in enumerate(texts):
+      row = [1] + [3 + ord(c) % 50 for c in t][:max_length - 2] + [2]
+      ids[i, :len(row)], mask[i, :len(row)] = row, 1
+    return {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": mask}
+
+
+def test_hf_classifier_needs_its_head(tmp_path):
+  """`train.init_from_hf` takes a sequence-classification checkpoint of the task's shape."""
+  import jax
+  from safetensors.numpy import save_file
+  from adapler_jax import weights
+  from adapler_jax.train import classifier
+  from tests.test_pipeline import TINY, write_backbone
+  hf = write_backbone(tmp_path)
+  with pytest.raises(weights.WeightsError, match="has no sequence-classification head"):
+    weights.load_classifier(str(hf), TINY, 2)
+  params = classifier.init_classifier(jax.random.key(0), TINY, 3)
+  save_file(weights.to_hf_state_dict(params["bert"], params["head"]),
+            str(hf / "model.safetensors"))
+  with pytest.raises(weights.WeightsError, match=r"the classifier has shape \(32, 3\), the "
+                     r"task needs \(32, 2\) \(2 labels\)"):
+    weights.load_classifier(str(hf), TINY, 2)
+  loaded = weights.load_classifier(str(hf), TINY, 3)
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_unlabelled_file(tmp_path):
+  path = tmp_path / "test.tsv"
+  path.write_text("index\tsentence\n0\tgood .\n1\tbad .\n")
+  ds = data_lib.load_file(path, "sentence", label_field=None, id_field="index")
+  assert ds.labels is None and ds.ids == ["0", "1"] and ds.texts == (["good .", "bad ."],)
