@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from adapler_jax.infer import flops, packing
+from adapler_jax.models import walk
 from adapler_jax.models.adapler import AdapLeRConfig
 from adapler_jax.models.bert import attention_bias_from_mask
-from adapler_jax.models import walk
 
 Array = jax.Array
 
