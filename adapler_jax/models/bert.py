@@ -19,7 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adapler_jax.models import attention, walk
+from adapler_jax.models import attention, dense, walk
+from adapler_jax.models.dropout import Dropout
 
 Array = jax.Array
 
@@ -108,7 +109,7 @@ class EncoderConfig:
 
 
 def _dense(cfg: EncoderConfig, features: int, name: str) -> nn.Dense:
-  return nn.Dense(features, dtype=cfg.compute_dtype, name=name,
+  return nn.Dense(features, dtype=cfg.compute_dtype, name=name, dot_general=dense.dot_general,
                   kernel_init=nn.initializers.normal(cfg.initializer_range))
 
 
@@ -132,7 +133,7 @@ class Embeddings(nn.Module):
          + embed(cfg.max_position_embeddings, "position_embeddings")(positions)
          + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids))
     x = _layer_norm(cfg)(x.astype(cfg.compute_dtype))
-    return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+    return Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
 
 
 class SelfAttention(nn.Module):
@@ -157,7 +158,7 @@ class SelfAttention(nn.Module):
     use_dropout = not deterministic and cfg.attention_dropout > 0
     probs = None
     if use_dropout or return_probs:
-      dropout, dropped = nn.Dropout(cfg.attention_dropout), []
+      dropout, dropped = Dropout(cfg.attention_dropout), []
       drop = lambda p: dropped.append(dropout(p, deterministic=deterministic)) or dropped[0]
       probs, out = attention.attention_probs_and_output(
           q, k, v, bias, accum_dtype=cfg.accum_dtype, dropout=drop)
@@ -177,7 +178,7 @@ class DenseResidual(nn.Module):
   @nn.compact
   def __call__(self, x: Array, residual: Array, *, deterministic: bool = True) -> Array:
     x = _dense(self.cfg, self.cfg.hidden_size, "dense")(x)
-    x = nn.Dropout(self.cfg.hidden_dropout)(x, deterministic=deterministic)
+    x = Dropout(self.cfg.hidden_dropout)(x, deterministic=deterministic)
     return _layer_norm(self.cfg)(x + residual)
 
 
