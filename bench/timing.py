@@ -44,43 +44,42 @@ def pin_threads(threads: int | None) -> int:
   return len(cpus)
 
 
-def measure(call: Callable[[], Any], min_seconds: float, min_calls: int = 1
-            ) -> tuple[float, int, Any]:
+def measure(call: Callable[[], Any], min_seconds: float) -> tuple[float, list[Any]]:
   """Calls `call()` (which must block until its work is done) until `min_seconds` have
-  passed and at least `min_calls` calls ran -> (seconds per call, calls, last result)."""
-  calls, start, out = 0, time.perf_counter(), None
+  passed, at least once -> (seconds per call, the results of the calls)."""
+  results, start = [], time.perf_counter()
   while True:
-    out = call()
-    calls += 1
+    results.append(call())
     elapsed = time.perf_counter() - start
-    if calls >= min_calls and elapsed >= min_seconds:
-      return elapsed / calls, calls, out
+    if elapsed >= min_seconds:
+      return elapsed / len(results), results
 
 
 def interleaved(systems: Mapping[str, Callable[[], Any]], repeats: int, min_seconds: float,
                 *, warmup: bool = True, log: Callable[[str], None] | None = None
-                ) -> tuple[dict[str, list[float]], dict[str, list[int]], dict[str, Any]]:
-  """Times each system `repeats` times, interleaved (A B C, A B C, ...).
+                ) -> tuple[dict[str, list[float]], dict[str, list[list[Any]]]]:
+  """Times each system `repeats` times, interleaved (A B C, A B C, ...), after one warm-up
+  call each (unless `warmup` is False: the caller warmed them up).
 
   Returns:
-    seconds per call of each system in each repeat, calls per measurement, and each
-    system's last result.
+    seconds per call of each system in each repeat, and the results of its calls in each
+    repeat (`len` of one: the calls that measurement made).
   """
-  last: dict[str, Any] = {}
   if warmup:
-    for name, call in systems.items():
-      last[name] = call()
+    for call in systems.values():
+      call()
   seconds = {name: [] for name in systems}
-  calls = {name: [] for name in systems}
+  results = {name: [] for name in systems}
   for r in range(repeats):
     for name, call in systems.items():
-      s, n, last[name] = measure(call, min_seconds)
+      s, out = measure(call, min_seconds)
       seconds[name].append(s)
-      calls[name].append(n)
+      results[name].append(out)
     if log is not None:
       log(f"repeat {r + 1}/{repeats}: " + ", ".join(
-          f"{name} {1e3 * seconds[name][-1]:.1f} ms" for name in systems))
-  return seconds, calls, last
+          f"{name} {1e3 * seconds[name][-1]:.1f} ms x {len(results[name][-1])}"
+          for name in systems))
+  return seconds, results
 
 
 def summary(values, digits: int = 4) -> dict[str, float]:

@@ -177,12 +177,12 @@ def main(argv=None) -> None:
       print("torch or transformers is not installed: skipping hf-pytorch", file=sys.stderr)
   if "ours-adapler" in args.systems:
     calls["ours-adapler"] = ours_adapler(backbone, batch, args.length)
-  seconds, counts, _ = timing.interleaved(calls, args.repeats, args.min_seconds,
+  seconds, results = timing.interleaved(calls, args.repeats, args.min_seconds,
                                           log=lambda s: print(s, flush=True))
   rows = []
   for name in calls:
     rows.append({"system": name, "step_ms": timing.summary(1e3 * np.asarray(seconds[name]), 1),
-                 "steps_per_measurement": counts[name]})
+                 "steps_per_measurement": [len(r) for r in results[name]]})
   ratios = {}
   if "ours-finetune" in calls and "hf-pytorch" in calls:
     # throughput of ours over PyTorch's: PyTorch's step time over ours.
