@@ -2,6 +2,7 @@
 summarised with EM / F1 and FLOPs, and evaluate.py writes its report and predictions.json."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -59,9 +60,26 @@ def qa_config(name: str, backbone, data_dir):
   c.data.max_length, c.data.doc_stride, c.data.data_dir = 32, 16, str(data_dir)
   c.data.resplit_source, c.data.resplit_train, c.data.resplit_test = "dev", 6, 2
   c.train.epochs = c.adapler.epochs = c.lat.epochs = 1
-  c.lat.batch_size, c.lat.learning_rate = 16, 1e-3
+  c.lat.batch_size, c.lat.learning_rate, c.lat.num_sandwich = 16, 1e-3, 0
   c.search.batch_size = 16
   return c
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_backbone, squad_dir, tmp_path_factory):  # noqa: F811
+  """The span model fine-tuned once (phase 1 is the same for both configs): its `finetune/`
+  checkpoints, which each run below resumes as finished."""
+  workdir = tmp_path_factory.mktemp("squad_finetune")
+  run = pipeline.prepare(qa_config("squad", tiny_backbone, squad_dir), workdir)
+  assert run.adapler_config().head == run.classifier_config().head == "span"
+  pipeline.run_phase(run, "finetune")
+  return workdir / "finetune"
+
+
+def prepare(name: str, backbone, data_dir, finetuned, workdir):
+  workdir.mkdir()
+  shutil.copytree(finetuned, workdir / "finetune")
+  return pipeline.prepare(qa_config(name, backbone, data_dir), workdir)
 
 
 def check_answers(directory, questions: dict[str, str]) -> None:
@@ -82,11 +100,10 @@ def evaluated_questions(run) -> dict[str, str]:
   return {e.id: e.context for e in run.dataset("dev").examples.examples}
 
 
-def test_squad_adapler_end_to_end(tiny_backbone, squad_dir, tmp_path):
+def test_squad_adapler_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path):  # noqa: F811
   """configs/squad.py: finetune -> saliency -> adapler -> summary, then evaluate.py."""
   workdir = tmp_path / "squad"
-  run = pipeline.prepare(qa_config("squad", tiny_backbone, squad_dir), workdir)
-  assert run.adapler_config().head == run.classifier_config().head == "span"
+  run = prepare("squad", tiny_backbone, squad_dir, finetuned, workdir)
   summary = pipeline.run_phase(run, "all")
   assert summary["task"] == "squad" and summary["metric_name"] == "f1"
   for name in ("backbone", "adapler"):
@@ -105,10 +122,10 @@ def test_squad_adapler_end_to_end(tiny_backbone, squad_dir, tmp_path):
   check_answers(tmp_path / "report", questions)
 
 
-def test_squad_lat_end_to_end(tiny_backbone, squad_dir, tmp_path):
+def test_squad_lat_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path):  # noqa: F811
   """configs/squad_lat.py: finetune -> lengthdrop -> summary, then evaluate.py at a ratio."""
   workdir = tmp_path / "squad_lat"
-  run = pipeline.prepare(qa_config("squad_lat", tiny_backbone, squad_dir), workdir)
+  run = prepare("squad_lat", tiny_backbone, squad_dir, finetuned, workdir)
   summary = pipeline.run_phase(run, "all")
   for name in ("standard", "standard_reduced", "lat", "lat_reduced"):
     assert 0 <= summary[f"{name}_exact_match"] <= summary[f"{name}_f1"] <= 100
