@@ -204,10 +204,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
   checks.check_config(config)
   mesh = parallel.make_data_mesh()
   config, task = resolve_task(config)
-  checks.check_flops_mode(config.eval.flops, task)
   encoder, backbone, tokenizer = weights.load_backbone(config.backbone, dtype=config.dtype)
   checks.check_max_length(config, encoder)
   run = Run(config, workdir, task, encoder, backbone, tokenizer, MetricWriter(workdir), mesh)
+  checks.check_flops_mode(config.eval.flops, task)
   if record:
     for split in ("train", "dev"):
       run.dataset(split)  # a bad data_dir fails here, before anything is written.
