@@ -33,6 +33,7 @@ from adapler_jax.cli import enable_compilation_cache, run_app
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.infer import flops
+from adapler_jax.pipeline import checks
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The --workdir of a finished train.py run.")
 _SPLIT = flags.DEFINE_enum("split", "dev", ["dev", "test", "train"], "Split to evaluate "
@@ -84,6 +85,7 @@ def main(argv):
   chosen = pick_from_frontier()
   trained = pipeline.load_run(_WORKDIR.value)
   config = trained.config
+  checks.check_flops_mode(_FLOPS.value, trained.task)
   if _EXPLAIN.value is not None:
     return explain(trained, _EXPLAIN.value)
   if _RATIONALES.value:

@@ -363,7 +363,7 @@ def benchmark(setup: Setup, batch_sizes: list[int], systems: list[str], args,
   cfg, data, rows = setup.cfg, setup.data, []
   kwargs = dict(buckets=args.buckets, max_length=data.max_length)
   hf = hf_model(setup) if "hf-pytorch" in systems else None
-  dims = FlopsDims.from_config(cfg.encoder, cfg.num_labels)
+  dims = FlopsDims.of_model(cfg)
   for batch_size in batch_sizes:
     engines = {"ours-full": FullLengthEngine(cfg, setup.backbone_params, batch_size=batch_size,
                                              folds=args.full_folds, **kwargs)}

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from adapler_jax.data import TokenizedDataset
 from adapler_jax.errors import UserError
-from adapler_jax.eval import metrics, report, tradeoff
+from adapler_jax.eval import report, tradeoff
 from adapler_jax.infer import flops
 from adapler_jax.pipeline import lat_search, phases
 from adapler_jax.pipeline.context import Run
@@ -56,11 +56,11 @@ def score(cfg, params: dict, data: TokenizedDataset, metric_name: str, eta_scale
   """Hard-removal metric and both cost fractions of `params` with eta x `eta_scale` (L,)."""
   result = report.run_adapler(cfg, tradeoff.with_eta_scaled(params, eta_scale), data,
                               batch_size=batch_size)
-  dims = flops.FlopsDims.from_config(cfg.encoder, num_classes=cfg.num_labels)
+  dims = flops.FlopsDims.of_model(cfg)
   actual = flops.flops_report(data.lengths, result.kept_counts, dims)
   padded = flops.flops_report(np.full_like(data.lengths, data.max_length),
                               result.kept_counts, dims)
-  return {"metric": metrics.compute(metric_name, np.argmax(result.logits, -1), data.labels),
+  return {"metric": report.task_scores(metric_name, result.logits, data)["metric"],
           "actual_fraction": 1.0 / actual["flops_speedup"],
           "padded_fraction": 1.0 / padded["flops_speedup"],
           "kept_tokens_per_layer": actual["kept_tokens_per_layer"]}
@@ -140,6 +140,6 @@ def run_search(run: Run) -> dict[str, Any]:
 def _full_metric(run: Run, data: TokenizedDataset) -> float:
   """The fine-tuned backbone's metric on `data` (the reference of the max-drop rule)."""
   _, backbone_params, _ = phases.load_finetuned(run, 1)[0]
-  return report.evaluate_backbone(run.encoder, run.num_labels, backbone_params, data,
+  return report.evaluate_backbone(run.encoder, run.head, backbone_params, data,
                                   run.metric_name, run.config.eval.batch_size,
                                   mesh=run.mesh)["metric"]

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from adapler_jax import extras
 from adapler_jax.errors import UserError
-from adapler_jax.eval import metrics, report
+from adapler_jax.eval import report
 from adapler_jax.infer import flops
 from adapler_jax.pipeline import lat_phases
 from adapler_jax.pipeline.context import Run
@@ -36,8 +36,7 @@ COSTS = ("padded", "actual")
 def cost_model(run: Run, data_lengths: np.ndarray):
   """gene -> {"padded_fraction", "actual_fraction"}: LAT MACs at the padded length, and
   real-token FLOPs over `data_lengths`, each as a fraction of the full model."""
-  base, dims = run.config.data.max_length, flops.FlopsDims.from_config(
-      run.encoder, num_classes=run.num_labels)
+  base, dims = run.config.data.max_length, flops.FlopsDims.of_model(run.classifier_config())
   length_base = run.config.lat.length_base
 
   def cost(gene):
@@ -51,7 +50,7 @@ def _metric(run: Run, params, data, gene) -> float:
                                     base=run.config.data.max_length,
                                     flags=lat_phases.selection_flags(run),
                                     batch_size=run.config.search.batch_size)
-  return metrics.compute(run.metric_name, logits.argmax(-1), data.labels)
+  return report.task_scores(run.metric_name, logits, data)["metric"]
 
 
 def run_search(run: Run) -> dict[str, Any]:
