@@ -22,19 +22,8 @@ def run_cli(main: Callable[[], object]) -> None:
   try:
     main()
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    _silence_stderr()
+    print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-
-
-def _silence_stderr() -> None:
-  """After the one error line nothing else reaches stderr: background threads of libraries
-  (orbax's event loop after a failed restore) may complain while the interpreter shuts down,
-  which would bury the line. Shutdown itself still runs (exit handlers, pending writes)."""
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
-  os.close(devnull)
-  sys.stderr = open(os.devnull, "w", encoding="utf-8")  # pylint: disable=consider-using-with
 
 
 def run_app(main: Callable[[list[str]], object]) -> None:
