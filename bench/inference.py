@@ -24,6 +24,13 @@ FLOPs speedup is in the convention the engine runs (each example's real tokens):
       --systems ours-full,ours-lat --lat-configs padded:0.2,actual:0.2 \
       --out bench/results/inference_lat_sst2.json
 
+Points of a run's search frontier (train.py --phase search), picked per FLOPs budget as
+`evaluate.py --flops-budget` picks them: eta multipliers for AdapLeR, length configs for LAT::
+
+  python bench/inference.py --workdir runs/sst2 --task sst2 --workdir runs/sst2_lat \
+      --task sst2 --frontier-budgets 0.3,0.67 --batch-sizes 1,32 --threads 1 \
+      --out bench/results/frontier_sst2.json
+
 The machinery alone (random-CP mode), on the embedded all-MiniLM-L6-v2 with random
 contribution predictors whose weights are scaled up (so tokens get dropped) and a fixed
 eta; here the generated demo task and 1,000 QNLI dev pairs (`--workdir random-cp` puts one
@@ -57,10 +64,12 @@ from adapler_jax.cli import run_cli
 from adapler_jax.data import (DEFAULT_BUCKETS, eval_batches, get_task, load_split, subset,
                               tokenize, transfer_task)
 from adapler_jax.data.tokenize import TokenizedDataset
+from adapler_jax.errors import UserError
 from adapler_jax.infer import (AdaptiveEngine, FlopsDims, FullLengthEngine, LengthEngine, flops,
                                flops_report)
 from adapler_jax.models import adapler
-from adapler_jax.pipeline import lat_phases, load_run, prepare, read_config
+from adapler_jax.eval import tradeoff
+from adapler_jax.pipeline import lat_phases, lat_search, load_run, prepare, read_config
 from adapler_jax.reduce import lengths as lengths_lib
 from adapler_jax.reduce.significance import SelectionFlags
 from adapler_jax.weights import load_backbone, to_hf_state_dict
@@ -86,6 +95,8 @@ class Setup:
   source: str
   lat_params: dict | None = None  # a LAT run's LengthDrop model (or the backbone).
   lat_flags: SelectionFlags = SelectionFlags()
+  eta_points: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> (L,)
+  lat_points: list[str] = dataclasses.field(default_factory=list)  # 'padded:52-42-...'
 
 
 # ----------------------------------------------------------------------------- data
@@ -164,8 +175,42 @@ def lat_config(spec: str, base: int, num_layers: int) -> tuple[str, tuple[int, .
   return length_base, lengths_lib.constant_ratio_config(base, num_layers, float(value), 2)
 
 
+def frontier_points(workdir: str, budgets: list[float]) -> list[dict[str, Any]]:
+  """The run's search-frontier points `lat_search.pick` chooses for each FLOPs budget (in
+  the search's cost convention), each once, tagged with the budget that chose it."""
+  if not budgets:
+    return []
+  frontier, points = lat_search.load_frontier(workdir), {}
+  for budget in budgets:
+    try:
+      point = lat_search.pick(frontier, flops_budget=budget)
+    except UserError as e:
+      print(f"# {workdir}: {e}; skipping budget {budget:g}", flush=True)
+      continue
+    points.setdefault(tuple(point["config"]), {**point, "budget": budget,
+                                               "cost": frontier["cost"]})
+  return list(points.values())
+
+
+def with_frontier(setup: Setup, workdir: str, args) -> Setup:
+  """`setup` plus the frontier points of `--frontier-budgets`: eta multipliers for an
+  AdapLeR run, length configs for a LAT run."""
+  for point in frontier_points(workdir, args.frontier_budgets):
+    if "eta_multipliers" in point:
+      name = f"ours-adapler eta@{point['budget']:g}{point['cost'][0]}"
+      setup.eta_points[name] = np.asarray(point["eta_multipliers"], np.float32)
+    else:
+      setup.lat_points.append("padded:" + "-".join(str(v) for v in point["config"]))
+  return setup
+
+
 def trained_setup(task: str, workdir: str, args) -> Setup:
-  """A trained run: fine-tuned backbone and AdapLeR model from `load_run(workdir)`."""
+  """A trained run: fine-tuned backbone and AdapLeR model from `load_run(workdir)`, with
+  the frontier points of `--frontier-budgets`."""
+  return with_frontier(run_setup(task, workdir, args), workdir, args)
+
+
+def run_setup(task: str, workdir: str, args) -> Setup:
   if read_config(workdir).get("method", "adapler") == "lat":
     return lat_setup(task, workdir, args)
   run = load_run(workdir)
@@ -371,8 +416,12 @@ def benchmark(setup: Setup, batch_sizes: list[int], systems: list[str], args,
     if "ours-adapler" in systems and setup.adapler_params is not None:
       engines["ours-adapler"] = AdaptiveEngine(cfg, setup.adapler_params, batch_size=batch_size,
                                                folds=args.folds, **kwargs)
+      for name, scale in setup.eta_points.items():
+        engines[name] = AdaptiveEngine(cfg, tradeoff.with_eta_scaled(setup.adapler_params, scale),
+                                       batch_size=batch_size, folds=args.folds, **kwargs)
+        extra[name] = {"eta_multipliers": scale.tolist()}
     if "ours-lat" in systems and setup.lat_params is not None:
-      for spec in args.lat_configs:
+      for spec in [*args.lat_configs, *setup.lat_points]:
         length_base, config = lat_config(spec, data.max_length, cfg.num_layers)
         lat_flags = dataclasses.replace(setup.lat_flags, length_base=length_base)
         engines[f"ours-lat {spec}"] = LengthEngine(
@@ -385,10 +434,13 @@ def benchmark(setup: Setup, batch_sizes: list[int], systems: list[str], args,
     # FLOPs speedups from one pass' exact kept counts (they do not change between passes).
     first = {name: call() for name, call in calls.items()}
     speedups = {"ours-full": 1.0, "hf-pytorch": 1.0}
-    if "ours-adapler" in first:
-      speedups["ours-adapler"] = flops_report(data.lengths, first["ours-adapler"].kept_counts,
-                                              dims)["flops_speedup"]
+    for name in first:
+      if name.startswith("ours-adapler"):
+        speedups[name] = flops_report(data.lengths, first[name].kept_counts,
+                                      dims)["flops_speedup"]
     for name, more in extra.items():
+      if "length_config" not in more:
+        continue
       config = tuple(more["length_config"])
       cost = flops.selection_cost(data.lengths, first[name].kept_counts, config,
                                   data.max_length, dims)
@@ -438,6 +490,10 @@ def parse_args(argv=None):
                            "--folds; default '': one example per row, like HF's batches)")
   parser.add_argument("--lat-configs", default="padded:0.2,actual:0.2",
                       help="ours-lat: length configs, each base:ratio or base:l1-l2-...")
+  parser.add_argument("--frontier-budgets", default="",
+                      help="trained runs with a search frontier (train.py --phase search): "
+                           "also measure the frontier point picked for each FLOPs budget, e.g. "
+                           "0.3,0.67 (fractions of the full model, the search's convention)")
   parser.add_argument("--max-examples", type=int, default=None,
                       help="seeded subset per task, for a quick run")
   parser.add_argument("--repeats", type=int, default=5,
@@ -461,6 +517,7 @@ def parse_args(argv=None):
   args.folds = tuple(int(f) for f in args.folds.split(",") if f)
   args.full_folds = tuple(int(f) for f in args.full_folds.split(",") if f)
   args.lat_configs = [c for c in args.lat_configs.split(",") if c]
+  args.frontier_budgets = [float(b) for b in args.frontier_budgets.split(",") if b]
   if args.random_cp:
     args.workdir = [RANDOM_CP] * len(args.task)
   if len(args.workdir) != len(args.task):
