@@ -69,7 +69,7 @@ from adapler_jax.infer import (AdaptiveEngine, FlopsDims, FullLengthEngine, Leng
                                flops_report)
 from adapler_jax.models import adapler
 from adapler_jax.eval import tradeoff
-from adapler_jax.pipeline import lat_phases, lat_search, load_run, prepare, read_config
+from adapler_jax.pipeline import frontier, lat_phases, load_run, prepare, read_config
 from adapler_jax.reduce import lengths as lengths_lib
 from adapler_jax.reduce.significance import SelectionFlags
 from adapler_jax.weights import load_backbone, to_hf_state_dict
@@ -176,19 +176,19 @@ def lat_config(spec: str, base: int, num_layers: int) -> tuple[str, tuple[int, .
 
 
 def frontier_points(workdir: str, budgets: list[float]) -> list[dict[str, Any]]:
-  """The run's search-frontier points `lat_search.pick` chooses for each FLOPs budget (in
+  """The run's search-frontier points `frontier.pick` chooses for each FLOPs budget (in
   the search's cost convention), each once, tagged with the budget that chose it."""
   if not budgets:
     return []
-  frontier, points = lat_search.load_frontier(workdir), {}
+  search, points = frontier.load(workdir), {}
   for budget in budgets:
     try:
-      point = lat_search.pick(frontier, flops_budget=budget)
+      point = frontier.pick(search, flops_budget=budget)
     except UserError as e:
       print(f"# {workdir}: {e}; skipping budget {budget:g}", flush=True)
       continue
     points.setdefault(tuple(point["config"]), {**point, "budget": budget,
-                                               "cost": frontier["cost"]})
+                                               "cost": search["cost"]})
   return list(points.values())
 
 

@@ -15,7 +15,7 @@ rows of train that training never saw (`Run.search_split`), both conventions rec
   (`data.max_length`, batch 1), the LAT paper's convention.
 
 Outputs (`search/store.jsonl`, `search/frontier.json`, `search/frontier.png`) have LAT's
-layout, so `lat_search.pick` and `evaluate.py --flops-budget / --max-drop` serve both methods.
+layout, so `frontier.pick` and `evaluate.py --flops-budget / --max-drop` serve both methods.
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from adapler_jax.data import TokenizedDataset
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report, tradeoff
 from adapler_jax.infer import flops
-from adapler_jax.pipeline import lat_search, phases
+from adapler_jax.pipeline import frontier, phases
 from adapler_jax.pipeline.context import Run
 from adapler_jax.search import evolution as evo
 
@@ -81,32 +80,17 @@ def run_search(run: Run) -> dict[str, Any]:
   """Evolutionary search over per-layer eta multipliers; writes the store, the frontier and
   its plot, and resumes from the store when rerun."""
   c = run.config.search
-  if c.cost not in lat_search.COSTS:
-    raise UserError(f"search.cost {c.cost!r} is not one of {', '.join(lat_search.COSTS)}")
+  frontier.cost_key(run)
   grid = check_grid(c.eta_multipliers)
-  key, layers, cfg = f"{c.cost}_fraction", run.encoder.num_layers, run.adapler_config()
+  layers, cfg = run.encoder.num_layers, run.adapler_config()
   held = run.search_split(c.held_out)
   step, params = trained_params(run)
   one = grid.index(1.0)
-  initial = [(i,) * layers for i in range(len(grid))]
-  store = evo.Store(run.workdir / lat_search.SEARCH_DIR / "store.jsonl")
-  settings = evo.SearchSettings(c.iterations, c.population, c.mutations, c.crossovers,
-                                c.mutation_prob, c.max_attempts, c.seed)
-  bar = tqdm(total=c.iterations + 1, desc="search", leave=False,
-             disable=not run.is_main_process)
-
-  def progress(it, info):
-    bar.update(1)
-    bar.set_postfix({"frontier": info["frontier"], "scored": info["scored"],
-                     "area": f"{info['area']:.4f}"})
-    run.writer.write("search", it, info)
-
   evaluate = lambda g: score(cfg, params, held, run.metric_name, multipliers(grid, g),
                              batch_size=c.batch_size)
-  out = evo.evolve(evaluate, None, store, initial=initial, floor_cost=0.0,
-                   space=evo.Grid(len(grid)), settings=settings, cost_key=key,
-                   progress=progress)
-  bar.close()
+  store, out = frontier.evolve(run, evaluate, None,
+                               initial=[(i,) * layers for i in range(len(grid))],
+                               floor_cost=0.0, space=evo.Grid(len(grid)))
   split = run.config.eval.split
   dev = run.dataset(split)
   rows = []
@@ -129,11 +113,7 @@ def run_search(run: Run) -> dict[str, Any]:
                         "actual_fraction": trained["actual_fraction"]},
             "full": {"config": None, "held_out_metric": _full_metric(run, held)},
             "areas": out["areas"], "scored": out["scored"], "settings": dict(c)}
-  if run.is_main_process:
-    directory = run.workdir / lat_search.SEARCH_DIR
-    (directory / "frontier.json").write_text(json.dumps(result, indent=2))
-    lat_search.plot(store, result, directory / "frontier.png",
-                    f"{run.task.name}: AdapLeR eta search ({len(held)} held-out rows)")
+  frontier.save(run, store, result, "AdapLeR eta search")
   return result
 
 
