@@ -33,6 +33,7 @@ from adapler_jax.cli import enable_compilation_cache, run_app
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.infer import flops
+from adapler_jax.pipeline import checks
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The --workdir of a finished train.py run.")
 _SPLIT = flags.DEFINE_enum("split", "dev", ["dev", "test", "train"], "Split to evaluate "
@@ -84,6 +85,7 @@ def main(argv):
   chosen = pick_from_frontier()
   trained = pipeline.load_run(_WORKDIR.value)
   config = trained.config
+  checks.check_flops_mode(_FLOPS.value, trained.task)
   if _EXPLAIN.value is not None:
     return explain(trained, _EXPLAIN.value)
   if _RATIONALES.value:
@@ -110,19 +112,19 @@ def main(argv):
 
 def pick_from_frontier() -> dict | None:
   """The frontier point `--flops-budget` / `--max-drop` name, or None without them."""
-  from adapler_jax.pipeline import lat_search  # pylint: disable=g-import-not-at-top
+  from adapler_jax.pipeline import frontier  # pylint: disable=g-import-not-at-top
   if _FLOPS_BUDGET.value is None and _MAX_DROP.value is None:
     return None
-  return lat_search.pick(lat_search.load_frontier(_WORKDIR.value),
-                         flops_budget=_FLOPS_BUDGET.value, max_drop=_MAX_DROP.value)
+  return frontier.pick(frontier.load(_WORKDIR.value),
+                        flops_budget=_FLOPS_BUDGET.value, max_drop=_MAX_DROP.value)
 
 
 def record_choice(chosen: dict) -> dict:
   """The choice with its rule, also kept in WORKDIR/search/chosen.json (export reads it)."""
-  from adapler_jax.pipeline import lat_search  # pylint: disable=g-import-not-at-top
+  from adapler_jax.pipeline import frontier  # pylint: disable=g-import-not-at-top
   choice = {"rule": {"flops_budget": _FLOPS_BUDGET.value, "max_drop": _MAX_DROP.value},
             **chosen}
-  (Path(_WORKDIR.value) / lat_search.SEARCH_DIR / "chosen.json").write_text(
+  (Path(_WORKDIR.value) / frontier.SEARCH_DIR / "chosen.json").write_text(
       json.dumps(choice, indent=2))
   return choice
 
@@ -131,7 +133,6 @@ def evaluate_lat() -> None:
   """A LAT run's LengthDrop model at a length config, through the gather engine."""
   from adapler_jax.pipeline import lat_phases  # pylint: disable=g-import-not-at-top
   from adapler_jax.reduce import lengths  # pylint: disable=g-import-not-at-top
-  from adapler_jax.pipeline import lat_search  # pylint: disable=g-import-not-at-top
   dials = [_LENGTH_CONFIG.value, _LENGTH_RATIO.value is not None, _FLOPS_BUDGET.value is not None,
            _MAX_DROP.value is not None]
   if sum(map(bool, dials)) > 1:

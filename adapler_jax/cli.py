@@ -22,7 +22,8 @@ def run_cli(main: Callable[[], object]) -> None:
   try:
     main()
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
+    sys.stderr.write(f"error: {e}\n")  # one write: no other thread's output inside the line.
+    sys.stderr.flush()
     sys.exit(2)
 
 

@@ -35,7 +35,7 @@ from absl import logging
 from adapler_jax import pipeline
 from adapler_jax.cli import run_cli
 from adapler_jax.errors import UserError
-from adapler_jax.pipeline import adapler_search, lat_search
+from adapler_jax.pipeline import adapler_search, frontier
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 CONVENTIONS = (("padded", "padded MACs, batch 1 (LAT paper)"),
@@ -80,11 +80,11 @@ def adapler_points(workdirs: list[str]) -> tuple[list[dict], dict]:
 
 def frontier_points(workdir: str, split: str, method: str) -> list[dict]:
   """A search frontier's points, labelled with the reported split's metric and costs."""
-  frontier = lat_search.load_frontier(workdir)
-  if frontier["reported_split"] != split:
-    raise UserError(f"{workdir}: its frontier reports {frontier['reported_split']}, not {split}")
+  search = frontier.load(workdir)
+  if search["reported_split"] != split:
+    raise UserError(f"{workdir}: its frontier reports {search['reported_split']}, not {split}")
   out = []
-  for r in frontier["frontier"]:
+  for r in search["frontier"]:
     padded = r.get(f"{split}_padded_fraction", r["padded_fraction"])  # LAT: data-independent.
     setting = r.get("eta_multipliers", r["config"])
     out.append(point(f"{method} " + ",".join(f"{v:g}" for v in setting), r[f"{split}_metric"],

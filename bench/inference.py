@@ -1,10 +1,13 @@
 """Wall-clock inference benchmark: full-length vs AdapLeR and LAT (ours) vs Hugging Face PyTorch.
 
 Every system runs the same examples through the same length-bucketed batches
-(`data.eval_batches`) on this machine, in one process, after a warm-up. Per (system,
-task, batch size) it reports examples/s, p50/p95 latency at batch size 1, the FLOPs
-speedup (`infer.flops.flops_report`, exact kept counts), the wall-clock speedup over
-`ours-full`, their ratio, and the number of compiled shapes.
+(`data.eval_batches`) on this machine, in one process, after a warm-up. The systems are
+timed in `--repeats` interleaved rounds (A B C, A B C, ...), each measurement repeating whole
+passes for at least `--min-seconds` (`bench/timing.py`, docs/benchmarks_method.md). Per
+(system, task, batch size) it reports, as the median with its min-max spread over the rounds:
+examples/s, p50/p95 latency at batch size 1, the wall-clock speedup over `ours-full`, its
+ratio to the FLOPs speedup (`infer.flops.flops_report`, exact kept counts) and the speed over
+`hf-pytorch`, ratios taken per round; and the number of compiled shapes.
 
 Trained runs (`adapler_jax.pipeline.load_run`); a run may be measured on another task
 with the same labels, here the SST-2 model on 1,000 IMDB test reviews at max length 512::
@@ -21,11 +24,20 @@ FLOPs speedup is in the convention the engine runs (each example's real tokens):
       --systems ours-full,ours-lat --lat-configs padded:0.2,actual:0.2 \
       --out bench/results/inference_lat_sst2.json
 
-The machinery alone, on the embedded all-MiniLM-L6-v2 with random contribution
-predictors whose weights are scaled up (so tokens get dropped) and a fixed eta::
+Points of a run's search frontier (train.py --phase search), picked per FLOPs budget as
+`evaluate.py --flops-budget` picks them: eta multipliers for AdapLeR, length configs for LAT::
 
-  python bench/inference.py --random-cp --task sst2 --batch-sizes 1,32 \
-      --max-examples 200 --out bench/results/random_cp_sst2.json
+  python bench/inference.py --workdir runs/sst2 --task sst2 --workdir runs/sst2_lat \
+      --task sst2 --frontier-budgets 0.3,0.67 --batch-sizes 1,32 --threads 1 \
+      --out bench/results/frontier_sst2.json
+
+The machinery alone (random-CP mode), on the embedded all-MiniLM-L6-v2 with random
+contribution predictors whose weights are scaled up (so tokens get dropped) and a fixed
+eta; here the generated demo task and 1,000 QNLI dev pairs (`--workdir random-cp` puts one
+task in this mode next to trained runs)::
+
+  python bench/inference.py --random-cp --task demo --task qnli --batch-sizes 1,32 \
+      --threads 1 --out bench/results/random_cp_demo_qnli.json
 """
 
 from __future__ import annotations
@@ -33,7 +45,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import platform
 import sys
 import time
@@ -46,24 +57,29 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from adapler_jax.cli import run_cli
 from adapler_jax.data import (DEFAULT_BUCKETS, eval_batches, get_task, load_split, subset,
                               tokenize, transfer_task)
 from adapler_jax.data.tokenize import TokenizedDataset
+from adapler_jax.errors import UserError
 from adapler_jax.infer import (AdaptiveEngine, FlopsDims, FullLengthEngine, LengthEngine, flops,
                                flops_report)
 from adapler_jax.models import adapler
-from adapler_jax.pipeline import lat_phases, load_run, prepare, read_config
+from adapler_jax.eval import tradeoff
+from adapler_jax.pipeline import frontier, lat_phases, load_run, prepare, read_config
 from adapler_jax.reduce import lengths as lengths_lib
 from adapler_jax.reduce.significance import SelectionFlags
 from adapler_jax.weights import load_backbone, to_hf_state_dict
+import timing  # bench/timing.py
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 SYSTEMS = ("ours-full", "ours-adapler", "ours-lat", "hf-pytorch")
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
-IMDB_EXAMPLES = 1000
+SUBSETS = {"imdb": 1000, "qnli": 1000}  # seeded subsets of the long or large eval splits.
+RANDOM_CP = "random-cp"  # a --workdir value: this task in random-CP mode.
 SEED = 0
 
 
@@ -79,6 +95,8 @@ class Setup:
   source: str
   lat_params: dict | None = None  # a LAT run's LengthDrop model (or the backbone).
   lat_flags: SelectionFlags = SelectionFlags()
+  eta_points: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> (L,)
+  lat_points: list[str] = dataclasses.field(default_factory=list)  # 'padded:52-42-...'
 
 
 # ----------------------------------------------------------------------------- data
@@ -110,8 +128,10 @@ def eval_split(task: str, override: str | None = None) -> str:
 def task_examples(task: str, split: str, tokenizer, args) -> TokenizedDataset:
   """A seeded subset of `task`'s `split` read from `--data-dir`, tokenized at the task's
   max length (subsampled before tokenizing: IMDB has 25,000 long reviews)."""
-  texts = load_split(task, split, data_dir=Path(args.data_dir) / task)
-  n = IMDB_EXAMPLES if task == "imdb" else None
+  # demo: generated from the embedded backbone's vocabulary, no data folder.
+  data_dir = None if task == "demo" else Path(args.data_dir) / task
+  texts = load_split(task, split, data_dir=data_dir)
+  n = SUBSETS.get(task)
   n = min(n or len(texts), args.max_examples or len(texts))
   return tokenize(subset(texts, n, args.seed), tokenizer, get_task(task).max_length)
 
@@ -155,8 +175,42 @@ def lat_config(spec: str, base: int, num_layers: int) -> tuple[str, tuple[int, .
   return length_base, lengths_lib.constant_ratio_config(base, num_layers, float(value), 2)
 
 
+def frontier_points(workdir: str, budgets: list[float]) -> list[dict[str, Any]]:
+  """The run's search-frontier points `frontier.pick` chooses for each FLOPs budget (in
+  the search's cost convention), each once, tagged with the budget that chose it."""
+  if not budgets:
+    return []
+  search, points = frontier.load(workdir), {}
+  for budget in budgets:
+    try:
+      point = frontier.pick(search, flops_budget=budget)
+    except UserError as e:
+      print(f"# {workdir}: {e}; skipping budget {budget:g}", flush=True)
+      continue
+    points.setdefault(tuple(point["config"]), {**point, "budget": budget,
+                                               "cost": search["cost"]})
+  return list(points.values())
+
+
+def with_frontier(setup: Setup, workdir: str, args) -> Setup:
+  """`setup` plus the frontier points of `--frontier-budgets`: eta multipliers for an
+  AdapLeR run, length configs for a LAT run."""
+  for point in frontier_points(workdir, args.frontier_budgets):
+    if "eta_multipliers" in point:
+      name = f"ours-adapler eta@{point['budget']:g}{point['cost'][0]}"
+      setup.eta_points[name] = np.asarray(point["eta_multipliers"], np.float32)
+    else:
+      setup.lat_points.append("padded:" + "-".join(str(v) for v in point["config"]))
+  return setup
+
+
 def trained_setup(task: str, workdir: str, args) -> Setup:
-  """A trained run: fine-tuned backbone and AdapLeR model from `load_run(workdir)`."""
+  """A trained run: fine-tuned backbone and AdapLeR model from `load_run(workdir)`, with
+  the frontier points of `--frontier-budgets`."""
+  return with_frontier(run_setup(task, workdir, args), workdir, args)
+
+
+def run_setup(task: str, workdir: str, args) -> Setup:
   if read_config(workdir).get("method", "adapler") == "lat":
     return lat_setup(task, workdir, args)
   run = load_run(workdir)
@@ -165,8 +219,7 @@ def trained_setup(task: str, workdir: str, args) -> Setup:
     data = run.eval_dataset(split)
     if not isinstance(data, TokenizedDataset):  # texts: tokenize as the run was trained.
       data = tokenize(data, run.tokenizer, run.config.data.max_length)
-    n = IMDB_EXAMPLES if task == "imdb" else None
-    data = limit(limit(data, n, args.seed), args.max_examples, args.seed)
+    data = limit(limit(data, SUBSETS.get(task), args.seed), args.max_examples, args.seed)
     source = f"{workdir} ({split}, {len(data)} rows)"
   else:  # e.g. a sentiment model trained on SST-2, measured on long IMDB reviews.
     transfer_task(task, run.task, workdir)
@@ -181,22 +234,29 @@ def trained_setup(task: str, workdir: str, args) -> Setup:
 
 @dataclasses.dataclass
 class Timing:
+  """One pass of a system over the data."""
+
   seconds: float
   batch_seconds: np.ndarray
   logits: np.ndarray
   kept_counts: np.ndarray | None = None
-  compiled_shapes: int | None = None
   slots: np.ndarray | None = None
-  shape_bound: int | None = None
 
 
-def run_ours(engine, data: TokenizedDataset, repeats: int) -> Timing:
-  """Warm-up (compiles every shape), then the best of `repeats` timed runs."""
+def ours_pass(engine, data: TokenizedDataset):
+  """Compiles every shape of `engine` (its warm-up), then returns one timed pass."""
   engine.warmup()
-  best = min((engine.run(data) for _ in range(repeats)), key=lambda r: r.seconds)
+
+  def call() -> Timing:
+    r = engine.run(data)
+    return Timing(r.seconds, r.batch_seconds, r.logits, r.kept_counts, r.slots)
+  return call
+
+
+def shapes(engine) -> dict[str, int]:
+  """Compiled (rows, width) shapes, and the most the engine may compile."""
   rows = len(engine.row_counts()) if hasattr(engine, "row_counts") else 1
-  return Timing(best.seconds, best.batch_seconds, best.logits, best.kept_counts,
-                engine.compiled_shapes, best.slots, rows * len(engine.widths))
+  return {"compiled_shapes": engine.compiled_shapes, "shape_bound": rows * len(engine.widths)}
 
 
 def hf_model(setup: Setup):
@@ -216,11 +276,12 @@ def hf_model(setup: Setup):
   return model
 
 
-def run_hf(model, data: TokenizedDataset, batch_size: int, buckets, repeats: int) -> Timing:
-  """The same length-bucketed batches through PyTorch, under `torch.inference_mode`."""
+def hf_pass(model, data: TokenizedDataset, batch_size: int, buckets):
+  """The same length-bucketed batches through PyTorch, under `torch.inference_mode`;
+  warms up on three batches, then returns one timed pass."""
   import torch  # pylint: disable=g-import-not-at-top
 
-  def once(limit_batches=None):
+  def once(limit_batches=None) -> Timing:
     logits = np.zeros((len(data), model.config.num_labels), np.float32)
     times = []
     start = time.perf_counter()
@@ -238,57 +299,108 @@ def run_hf(model, data: TokenizedDataset, batch_size: int, buckets, repeats: int
     return Timing(time.perf_counter() - start, np.asarray(times), logits)
 
   once(limit_batches=3)  # warm-up: allocator and kernels.
-  return min((once() for _ in range(repeats)), key=lambda t: t.seconds)
+  return once
+
+
+def measure_systems(calls: dict, args, flops_speedups: dict[str, float]):
+  """`timing.interleaved` over the systems; while a ratio's spread exceeds +-10 %, measures
+  again with twice the seconds per measurement (`--retries` times at most).
+
+  Returns:
+    (seconds per pass of each system in each repeat, passes per repeat, min seconds used).
+  """
+  min_seconds = args.min_seconds
+  for attempt in range(args.retries + 1):
+    seconds, passes = timing.interleaved(
+        calls, args.repeats, min_seconds, warmup=False,
+        log=(lambda m: print(f"  {m}", flush=True)) if args.verbose else None)
+    unstable = [k for k, r in ratios(seconds, flops_speedups).items()
+                for name, v in r.items() if isinstance(v, dict) and not v["stable"]]
+    if not unstable or attempt == args.retries:
+      return seconds, passes, min_seconds
+    min_seconds *= 2
+    print(f"  spread over +-10 % ({', '.join(sorted(set(unstable)))}): measuring again "
+          f"with {min_seconds:g} s per measurement", flush=True)
+  raise AssertionError("unreachable")
+
+
+def ratios(seconds: dict[str, list[float]], flops_speedups: dict[str, float]
+           ) -> dict[str, dict[str, Any]]:
+  """Per system, the per-repeat ratios summarised: `wall_speedup` (ours-full's time over
+  its time), `wall_over_flops` and `speed_over_hf` (HF's time over its time)."""
+  full, hf = seconds["ours-full"], seconds.get("hf-pytorch")
+  out = {}
+  for system, sec in seconds.items():
+    r = {}
+    if system != "ours-full":
+      r["wall_speedup"] = timing.ratio(full, sec)
+      fs = flops_speedups.get(system)
+      if fs:
+        r["wall_over_flops"] = timing.ratio(np.asarray(full) / fs, sec)
+    if hf is not None and system != "hf-pytorch":
+      r["speed_over_hf"] = timing.ratio(hf, sec)
+    out[system] = r
+  return out
 
 
 # ----------------------------------------------------------------------------- report
 
 
-def row(system: str, setup: Setup, batch_size: int, timing: Timing, full: Timing,
-        flops_speedup: float, meta: dict[str, Any]) -> dict[str, Any]:
-  data = setup.data
-  wall = full.seconds / timing.seconds
+def row(system: str, setup: Setup, batch_size: int, seconds: list[float],
+        passes: list[list[Timing]], full: Timing, flops_speedup: float, ratio: dict,
+        meta: dict[str, Any]) -> dict[str, Any]:
+  """A system's row: medians as plain numbers (as before), and under `spread` every figure
+  and ratio as {median, min, max} over the repeats."""
+  data, last = setup.data, passes[-1][-1]
+  ex_s = timing.summary(len(data) / np.asarray(seconds), 2)
+  spread = {"seconds": timing.summary(seconds), "examples_per_second": ex_s, **ratio}
+  med = lambda k, default=1.0: ratio[k]["median"] if k in ratio else default
   out = {
       "system": system, "task": setup.task, "batch_size": batch_size,
-      "examples": len(data), "seconds": round(timing.seconds, 4),
-      "examples_per_second": round(len(data) / timing.seconds, 2),
-      "flops_speedup": round(flops_speedup, 3), "wall_speedup": round(wall, 3),
-      "wall_over_flops": round(wall / flops_speedup, 3),
-      "compiled_shapes": timing.compiled_shapes,
-      "shape_bound": timing.shape_bound,  # row counts x bucket widths the engine may use.
-      "accuracy": round(float(np.mean(np.argmax(timing.logits, -1) == data.labels)), 4),
+      "examples": len(data), "seconds": round(float(np.median(seconds)), 4),
+      "examples_per_second": ex_s["median"],
+      "flops_speedup": round(flops_speedup, 3), "wall_speedup": med("wall_speedup"),
+      "wall_over_flops": med("wall_over_flops", round(med("wall_speedup") / flops_speedup, 3)),
+      "speed_over_hf": med("speed_over_hf", None),
+      "accuracy": round(float(np.mean(np.argmax(last.logits, -1) == data.labels)), 4),
       "agreement_with_full": round(float(np.mean(
-          np.argmax(timing.logits, -1) == np.argmax(full.logits, -1))), 4),
+          np.argmax(last.logits, -1) == np.argmax(full.logits, -1))), 4),
       "max_length": data.max_length, "mean_length": round(float(data.lengths.mean()), 1),
-      "source": setup.source, **meta,
+      "passes_per_repeat": [len(p) for p in passes], "source": setup.source, **meta,
   }
-  if timing.kept_counts is not None:
-    out["kept_tokens_per_layer"] = np.round(timing.kept_counts.mean(0), 2).tolist()
-  if timing.slots is not None:  # token slots computed per example, padding included.
-    out["slots_per_layer"] = np.round(timing.slots / len(data), 2).tolist()
+  if last.kept_counts is not None:
+    out["kept_tokens_per_layer"] = np.round(last.kept_counts.mean(0), 2).tolist()
+  if last.slots is not None:  # token slots computed per example, padding included.
+    out["slots_per_layer"] = np.round(last.slots / len(data), 2).tolist()
   if batch_size == 1:
-    ms = 1e3 * timing.batch_seconds
-    out["latency_p50_ms"] = round(float(np.percentile(ms, 50)), 3)
-    out["latency_p95_ms"] = round(float(np.percentile(ms, 95)), 3)
+    ms = [1e3 * np.concatenate([t.batch_seconds for t in p]) for p in passes]
+    for q in (50, 95):
+      spread[f"latency_p{q}_ms"] = timing.summary([np.percentile(m, q) for m in ms], 3)
+      out[f"latency_p{q}_ms"] = spread[f"latency_p{q}_ms"]["median"]
   if system == "hf-pytorch":
-    out["max_abs_logit_diff_vs_ours_full"] = float(np.abs(timing.logits - full.logits).max())
+    out["max_abs_logit_diff_vs_ours_full"] = float(np.abs(last.logits - full.logits).max())
+  out["spread"] = spread
   return out
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-  cols = [("system", 22), ("task", 8), ("batch_size", 5), ("examples_per_second", 9),
-          ("latency_p50_ms", 8), ("latency_p95_ms", 8), ("flops_speedup", 7),
-          ("wall_speedup", 7), ("wall_over_flops", 7), ("compiled_shapes", 6)]
-  names = {"batch_size": "batch", "examples_per_second": "ex/s", "latency_p50_ms": "p50 ms",
-           "latency_p95_ms": "p95 ms", "flops_speedup": "FLOPs x", "wall_speedup": "wall x",
-           "wall_over_flops": "wall/FL", "compiled_shapes": "shapes"}
-  print("  ".join(f"{names.get(c, c):>{w}}" for c, w in cols))
+  """Medians, with [min-max] over the repeats for throughput and the ratios."""
+  def cell(r, key, digits):
+    s = r["spread"].get(key)
+    if s is None:
+      return "-"
+    text = f"{s['median']:.{digits}f} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]"
+    return text + ("" if s.get("stable", True) else " !")
+  cols = [("system", 22), ("task", 8), ("batch", 5), ("ex/s", 24), ("p50 ms", 8),
+          ("FLOPs x", 7), ("wall x", 20), ("wall/FL", 20), ("/ HF", 20), ("shapes", 6)]
+  print("  ".join(f"{name:>{w}}" for name, w in cols))
   for r in rows:
-    cells = []
-    for c, w in cols:
-      v = r.get(c)
-      cells.append(f"{'-' if v is None else v:>{w}}")
-    print("  ".join(cells))
+    cells = [r["system"], r["task"], r["batch_size"], cell(r, "examples_per_second", 1),
+             r.get("latency_p50_ms") or "-", r["flops_speedup"], cell(r, "wall_speedup", 3),
+             cell(r, "wall_over_flops", 3), cell(r, "speed_over_hf", 3),
+             "-" if r.get("compiled_shapes") is None else r["compiled_shapes"]]
+    print("  ".join(f"{c!s:>{w}}" for c, (_, w) in zip(cells, cols)))
+  print("[min-max] over the interleaved repeats; ! marks a ratio whose spread exceeds +-10 %")
 
 
 def benchmark(setup: Setup, batch_sizes: list[int], systems: list[str], args,
@@ -296,51 +408,57 @@ def benchmark(setup: Setup, batch_sizes: list[int], systems: list[str], args,
   cfg, data, rows = setup.cfg, setup.data, []
   kwargs = dict(buckets=args.buckets, max_length=data.max_length)
   hf = hf_model(setup) if "hf-pytorch" in systems else None
-  dims = FlopsDims.from_config(cfg.encoder, cfg.num_labels)
+  dims = FlopsDims.of_model(cfg)
   for batch_size in batch_sizes:
-    full = run_ours(FullLengthEngine(cfg, setup.backbone_params, batch_size=batch_size,
-                                     folds=args.full_folds, **kwargs), data, args.repeats)
-    timings = {"ours-full": (full, 1.0)}
+    engines = {"ours-full": FullLengthEngine(cfg, setup.backbone_params, batch_size=batch_size,
+                                             folds=args.full_folds, **kwargs)}
+    extra: dict[str, dict] = {}
     if "ours-adapler" in systems and setup.adapler_params is not None:
-      engine = AdaptiveEngine(cfg, setup.adapler_params, batch_size=batch_size,
-                              folds=args.folds, **kwargs)
-      ours = run_ours(engine, data, args.repeats)
-      speedup = flops_report(data.lengths, ours.kept_counts, dims)["flops_speedup"]
-      timings["ours-adapler"] = (ours, speedup)
+      engines["ours-adapler"] = AdaptiveEngine(cfg, setup.adapler_params, batch_size=batch_size,
+                                               folds=args.folds, **kwargs)
+      for name, scale in setup.eta_points.items():
+        engines[name] = AdaptiveEngine(cfg, tradeoff.with_eta_scaled(setup.adapler_params, scale),
+                                       batch_size=batch_size, folds=args.folds, **kwargs)
+        extra[name] = {"eta_multipliers": scale.tolist()}
     if "ours-lat" in systems and setup.lat_params is not None:
-      for spec in args.lat_configs:
+      for spec in [*args.lat_configs, *setup.lat_points]:
         length_base, config = lat_config(spec, data.max_length, cfg.num_layers)
         lat_flags = dataclasses.replace(setup.lat_flags, length_base=length_base)
-        engine = LengthEngine(cfg, setup.lat_params, config, base=data.max_length,
-                              flags=lat_flags, batch_size=batch_size, **kwargs)
-        ours = run_ours(engine, data, args.repeats)
-        cost = flops.selection_cost(data.lengths, ours.kept_counts, config, data.max_length,
-                                    dims)
-        timings[f"ours-lat {spec}"] = (ours, 1.0 / cost["actual_fraction"], {
-            "length_config": list(config), "length_base": length_base,
-            "flops_speedup_padded": round(1.0 / cost["padded_fraction"], 3)})
+        engines[f"ours-lat {spec}"] = LengthEngine(
+            cfg, setup.lat_params, config, base=data.max_length, flags=lat_flags,
+            batch_size=batch_size, **kwargs)
+        extra[f"ours-lat {spec}"] = {"length_config": list(config), "length_base": length_base}
+    calls = {name: ours_pass(engine, data) for name, engine in engines.items()}
     if hf is not None:
-      timings["hf-pytorch"] = (run_hf(hf, data, batch_size, args.buckets, args.repeats), 1.0)
-    for system, (timing, speedup, *extra) in timings.items():
-      if system not in systems and not system.startswith("ours-lat"):
+      calls["hf-pytorch"] = hf_pass(hf, data, batch_size, args.buckets)
+    # FLOPs speedups from one pass' exact kept counts (they do not change between passes).
+    first = {name: call() for name, call in calls.items()}
+    speedups = {"ours-full": 1.0, "hf-pytorch": 1.0}
+    for name in first:
+      if name.startswith("ours-adapler"):
+        speedups[name] = flops_report(data.lengths, first[name].kept_counts,
+                                      dims)["flops_speedup"]
+    for name, more in extra.items():
+      if "length_config" not in more:
         continue
-      rows.append(row(system, setup, batch_size, timing, full, speedup,
-                      {**meta, **(extra[0] if extra else {})}))
+      config = tuple(more["length_config"])
+      cost = flops.selection_cost(data.lengths, first[name].kept_counts, config,
+                                  data.max_length, dims)
+      speedups[name] = 1.0 / cost["actual_fraction"]
+      more["flops_speedup_padded"] = round(1.0 / cost["padded_fraction"], 3)
+    print(f"# {setup.task}, batch {batch_size}: {len(calls)} systems x {args.repeats} "
+          f"interleaved repeats", flush=True)
+    seconds, passes, min_seconds = measure_systems(calls, args, speedups)
+    per_system = ratios(seconds, speedups)
+    full = passes["ours-full"][-1][-1]
+    for system in calls:
+      more = {**meta, "min_seconds": min_seconds, **extra.get(system, {}),
+              **(shapes(engines[system]) if system in engines else {})}
+      rows.append(row(system, setup, batch_size, seconds[system], passes[system], full,
+                      speedups[system], per_system[system], more))
       if args.verbose:
         print_table(rows[-1:])
   return rows
-
-
-def pin_threads(threads: int | None) -> int:
-  """Restricts this process to `threads` CPUs (XLA sizes its pool from the affinity
-  mask when its backend starts) and gives PyTorch as many threads. Returns the count."""
-  cpus = sorted(os.sched_getaffinity(0))
-  if threads:
-    if jax._src.xla_bridge.backends_are_initialized():  # pylint: disable=protected-access
-      raise RuntimeError("pin threads before JAX starts its backend")
-    cpus = cpus[:threads]
-    os.sched_setaffinity(0, cpus)
-  return len(cpus)
 
 
 def parse_args(argv=None):
@@ -348,14 +466,16 @@ def parse_args(argv=None):
   parser.add_argument("--task", action="append", required=True,
                       help="task name; repeat for several (paired with --workdir in order)")
   parser.add_argument("--workdir", action="append", default=[],
-                      help="trained run directory (adapler_jax.pipeline.load_run), per --task")
+                      help="trained run directory (adapler_jax.pipeline.load_run), per --task; "
+                           f"'{RANDOM_CP}' runs that task in random-CP mode")
   parser.add_argument("--random-cp", action="store_true",
-                      help="embedded MiniLM with random, scaled predictors (no trained run)")
+                      help="every task in random-CP mode: embedded MiniLM with random, scaled "
+                           "predictors (no trained run)")
   parser.add_argument("--cp-scale", type=float, default=1.5,
-                      help="--random-cp: multiplier of the predictors' weights")
-  parser.add_argument("--eta", type=float, default=0.7, help="--random-cp: eta of every layer")
+                      help="random-CP mode: multiplier of the predictors' weights")
+  parser.add_argument("--eta", type=float, default=0.7, help="random-CP mode: eta of every layer")
   parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR),
-                      help="folder with one sub-folder per task (--random-cp, or a --task "
+                      help="folder with one sub-folder per task (random-CP mode, or a --task "
                            "other than the one its --workdir was trained on)")
   parser.add_argument("--split", default=None,
                       help="evaluation split (default: dev where the task has one, else test)")
@@ -370,22 +490,40 @@ def parse_args(argv=None):
                            "--folds; default '': one example per row, like HF's batches)")
   parser.add_argument("--lat-configs", default="padded:0.2,actual:0.2",
                       help="ours-lat: length configs, each base:ratio or base:l1-l2-...")
+  parser.add_argument("--frontier-budgets", default="",
+                      help="trained runs with a search frontier (train.py --phase search): "
+                           "also measure the frontier point picked for each FLOPs budget, e.g. "
+                           "0.3,0.67 (fractions of the full model, the search's convention)")
   parser.add_argument("--max-examples", type=int, default=None,
                       help="seeded subset per task, for a quick run")
-  parser.add_argument("--repeats", type=int, default=1, help="timed runs; the best is kept")
+  parser.add_argument("--repeats", type=int, default=5,
+                      help="interleaved repeats (A B C, A B C, ...); medians and min-max "
+                           "spreads are over these")
+  parser.add_argument("--min-seconds", type=float, default=2.0,
+                      help="each measurement repeats whole passes over the data for at least "
+                           "this long")
+  parser.add_argument("--retries", type=int, default=1,
+                      help="while a ratio's spread exceeds +-10 %%, measure again with twice "
+                           "--min-seconds, at most this many times")
   parser.add_argument("--threads", type=int, default=None,
                       help="pin the process to this many CPUs, for JAX and PyTorch alike "
                            "(default: all the CPUs it may use)")
   parser.add_argument("--seed", type=int, default=SEED)
   parser.add_argument("--out", default=str(REPO / "bench" / "results" / "inference.json"))
-  parser.add_argument("--verbose", action="store_true", help="print each row as it is measured")
+  parser.add_argument("--verbose", action="store_true",
+                      help="print each repeat and each row as it is measured")
   args = parser.parse_args(argv)
   args.buckets = tuple(int(b) for b in args.buckets.split(","))
   args.folds = tuple(int(f) for f in args.folds.split(",") if f)
   args.full_folds = tuple(int(f) for f in args.full_folds.split(",") if f)
   args.lat_configs = [c for c in args.lat_configs.split(",") if c]
-  if not args.random_cp and len(args.workdir) != len(args.task):
-    parser.error("give one --workdir per --task, or --random-cp")
+  args.frontier_budgets = [float(b) for b in args.frontier_budgets.split(",") if b]
+  if args.random_cp:
+    args.workdir = [RANDOM_CP] * len(args.task)
+  if len(args.workdir) != len(args.task):
+    parser.error(f"give one --workdir (a run, or '{RANDOM_CP}') per --task, or --random-cp")
+  if args.repeats < 1:
+    parser.error("--repeats must be at least 1 (5 or more for a spread worth reading)")
   systems = [s for s in args.systems.split(",") if s]
   unknown = set(systems) - set(SYSTEMS)
   if unknown:
@@ -396,26 +534,25 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
   args = parse_args(argv)
-  threads = pin_threads(args.threads)
+  threads = timing.pin_threads(args.threads)
   systems = list(args.systems)
   if "hf-pytorch" in systems:
     try:
-      import torch  # pylint: disable=g-import-not-at-top
-      torch.set_num_threads(threads)
+      import torch  # pylint: disable=g-import-not-at-top,unused-import
     except ImportError:
       print("torch is not installed: skipping hf-pytorch", file=sys.stderr)
       systems.remove("hf-pytorch")
   meta = {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
           "cpu_threads": threads, "machine": platform.machine(),
-          "mode": "random-cp" if args.random_cp else "trained",
           "folds": list(args.folds), "full_folds": list(args.full_folds),
-          "buckets": list(args.buckets)}
+          "buckets": list(args.buckets), "repeats": args.repeats}
   rows = []
-  for i, task in enumerate(args.task):
-    setup = (random_cp_setup(task, args) if args.random_cp
-             else trained_setup(task, args.workdir[i], args))
+  for task, workdir in zip(args.task, args.workdir):
+    random_cp = workdir == RANDOM_CP
+    setup = random_cp_setup(task, args) if random_cp else trained_setup(task, workdir, args)
     print(f"# {task}: {setup.source}", flush=True)
-    rows += benchmark(setup, [int(b) for b in args.batch_sizes.split(",")], systems, args, meta)
+    rows += benchmark(setup, [int(b) for b in args.batch_sizes.split(",")], systems, args,
+                      {**meta, "mode": "random-cp" if random_cp else "trained"})
   print_table(rows)
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from absl import logging
 
 from adapler_jax import extras, pipeline
 from adapler_jax.cli import run_cli
-from adapler_jax.eval import metrics, report
+from adapler_jax.eval import report
 from adapler_jax.infer import flops
 from adapler_jax.pipeline import lat_phases
 from adapler_jax.reduce import lengths
@@ -42,7 +42,7 @@ def sweep(workdir: str, ratios=RATIOS) -> dict:
   data = run.dataset(run.config.eval.split)
   models = {"standard": pipeline.load_finetuned(run, 1)[0][1],
             "lat": lat_phases.load_lengthdrop(run)[1]}
-  dims = flops.FlopsDims.from_config(run.encoder, num_classes=run.num_labels)
+  dims = flops.FlopsDims.of_model(cfg)
   points = []
   for r in ratios:
     config = (lengths.constant_ratio_config(base, cfg.num_layers, r, run.config.lat.min_length)
@@ -54,7 +54,7 @@ def sweep(workdir: str, ratios=RATIOS) -> dict:
     for name, params in models.items():
       logits = report.masked_lat_logits(cfg, params, data, config, base=base, flags=flags,
                                         batch_size=run.config.eval.batch_size)
-      row[name] = metrics.compute(run.metric_name, logits.argmax(-1), data.labels)
+      row[name] = report.task_scores(run.metric_name, logits, data)["metric"]
     points.append(row)
     print(f"r={r:.2f} padded {row['padded_fraction']:.3f} actual {row['actual_fraction']:.3f} "
           f"standard {100 * row['standard']:.2f} lat {100 * row['lat']:.2f}", flush=True)

@@ -84,7 +84,7 @@ def eta_points(workdir: Path, multipliers: list[float], split: str | None) -> di
   trained = pipeline.load_run(workdir)
   split = split or trained.config.eval.split
   data = trained.eval_dataset(split)
-  backbone = report.evaluate_backbone(trained.adapler_cfg.encoder, trained.adapler_cfg.num_labels,
+  backbone = report.evaluate_backbone(trained.adapler_cfg.encoder, trained.adapler_cfg.task_head,
                                       trained.backbone_params, data, trained.task.metric)
   points = tradeoff.eta_sweep(trained.adapler_cfg, trained.adapler_params, data, multipliers,
                               trained.task.metric, batch_size=trained.config.eval.batch_size)

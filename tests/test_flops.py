@@ -101,3 +101,20 @@ def test_dims_from_config():
   assert flops.FlopsDims.from_config(hf, num_classes=2).num_classes == 2
   with pytest.raises(ValueError, match="num_classes"):
     flops.FlopsDims.from_config(hf)
+
+
+def test_span_head_counts_every_position():
+  """Span QA: Dense H->2 at each of the n positions (4nH), no pooler, in every count."""
+  span = dataclasses.replace(TINY, head="span")
+  assert flops.head_flops(5, span) == 4 * 5 * 4 and flops.head_flops(5, TINY) == 48
+  assert flops.backbone_flops(5, span) == flops.backbone_flops(5, TINY) - 48 + 80
+  assert flops.adapler_flops([2, 1], 5, span) == flops.adapler_flops([2, 1], 5, TINY) - 48 + 80
+  report = flops.flops_report(np.array([3, 5]), np.array([[2, 1], [5, 5]]), span)
+  assert report["backbone_flops"] == flops.backbone_flops(3, span) + flops.backbone_flops(5, span)
+  base = dataclasses.replace(BERT_BASE, head="span")
+  assert flops.lat_macs(None, 384, base) == flops.lat_macs(None, 384, BERT_BASE, "span")
+  with pytest.raises(ValueError, match="analytic"):
+    flops.flops_report(np.array([3]), np.array([[2, 1]]), span, mode="paper")
+  cfg = types.SimpleNamespace(encoder=types.SimpleNamespace(
+      num_layers=2, hidden_size=4, intermediate_size=8), num_labels=2, head="span")
+  assert flops.FlopsDims.of_model(cfg) == span

@@ -3,6 +3,7 @@ on a tiny demo run."""
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -101,7 +102,8 @@ def test_bench_inference_on_a_trained_run(run):
   out = root / "inference.json"
   systems = "ours-full,ours-adapler" + (",hf-pytorch" if _has_torch() else "")
   inference.main(["--workdir", str(root / "run"), "--task", "demo", "--batch-sizes", "1,4",
-                  "--max-examples", "12", "--systems", systems, "--out", str(out)])
+                  "--max-examples", "12", "--systems", systems, "--out", str(out),
+                  "--repeats", "2", "--min-seconds", "0", "--retries", "0"])
   rows = json.loads(out.read_text())
   assert [(r["system"], r["batch_size"]) for r in rows] == [
       (s, b) for b in (1, 4) for s in systems.split(",")]
@@ -119,6 +121,34 @@ def test_bench_inference_on_a_trained_run(run):
              for r in rows if r["system"] == "hf-pytorch")
   with pytest.raises(DataError, match="pair sst2 with a run trained on the same labels"):
     inference.main(["--workdir", str(root / "run"), "--task", "sst2", "--out", str(out)])
+
+
+def test_bench_inference_measures_picked_frontier_points(run, tmp_path):
+  root, _ = run
+  workdir = Path(shutil.copytree(root / "run", tmp_path / "run", symlinks=True))
+  point = lambda m, cost, metric: {"config": [0, 0], "eta_multipliers": [m, m],
+                                   "actual_fraction": cost, "held_out_metric": metric}
+  (workdir / "search").mkdir()
+  (workdir / "search" / "frontier.json").write_text(json.dumps({  # a synthetic frontier.
+      "method": "adapler", "cost": "actual", "full": {"held_out_metric": 0.9},
+      "frontier": [dict(point(4.0, 0.2, 0.6), config=[2, 2]),
+                   dict(point(0.0, 1.1, 0.9), config=[0, 0])]}))
+  out = tmp_path / "frontier.json"
+  _script("inference").main([
+      "--workdir", str(workdir), "--task", "demo", "--batch-sizes", "4", "--max-examples", "12",
+      "--systems", "ours-full,ours-adapler", "--frontier-budgets", "0.1,0.5,0.3,2",
+      "--repeats", "1", "--min-seconds", "0", "--retries", "0", "--out", str(out)])
+  rows = {r["system"]: r for r in json.loads(out.read_text())}
+  # 0.1 has no point; 0.5 and 0.3 pick the same one, measured once; 2 picks the best.
+  assert list(rows) == ["ours-full", "ours-adapler", "ours-adapler eta@0.5a",
+                        "ours-adapler eta@2a"]
+  assert rows["ours-adapler eta@0.5a"]["eta_multipliers"] == [4.0, 4.0]
+  assert rows["ours-adapler eta@2a"]["eta_multipliers"] == [0.0, 0.0]
+  speedup = lambda name: rows[name]["flops_speedup"]
+  keep_all, trained, drop_more = (speedup(f"ours-adapler{s}")
+                                  for s in (" eta@2a", "", " eta@0.5a"))
+  assert keep_all < 1.0  # eta x 0 keeps every token and still pays for the predictors.
+  assert keep_all <= trained <= drop_more and keep_all < drop_more
 
 
 def _has_torch() -> bool:

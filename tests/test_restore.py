@@ -1,4 +1,4 @@
-"""Drop-and-restore and the span head (LAT.md test 4): every token dropped before layer i
+"""Drop-and-restore and the span head (docs/squad_restore.md): every token dropped before layer i
 ends with its layer i-1 output, kept tokens with the last layer's, for LAT (masked and
 gather paths) and AdapLeR (hard and soft removal), and in the batched engines.
 

@@ -57,7 +57,7 @@ def evaluate_adapler(cfg: adapler.AdapLeRConfig, params: dict, data: TokenizedDa
   result = run_adapler(cfg, params, data, engine=engine, batch_size=batch_size,
                        progress=progress)
   seconds = getattr(result, "seconds", None) or time.perf_counter() - start
-  dims = flops.FlopsDims.from_config(cfg.encoder, num_classes=cfg.num_labels)
+  dims = flops.FlopsDims.of_model(cfg)
   report = flops.flops_report(data.lengths, result.kept_counts, dims, mode=flops_mode)
   return {
       "num_examples": len(data),
@@ -86,7 +86,7 @@ def evaluate_lat(cfg, params: dict, data: TokenizedDataset, metric_name: str, co
   engine = infer.LengthEngine(cfg, params, config, base=base, flags=flags or SelectionFlags(),
                               batch_size=batch_size, max_length=data.max_length)
   result = engine.run(data, progress=progress)
-  dims = flops.FlopsDims.from_config(cfg.encoder, num_classes=cfg.num_labels)
+  dims = flops.FlopsDims.of_model(cfg)
   cost = flops.selection_cost(data.lengths, result.kept_counts, config, base, dims)
   return {
       "num_examples": len(data), "metric_name": metric_name,
@@ -101,37 +101,48 @@ def evaluate_lat(cfg, params: dict, data: TokenizedDataset, metric_name: str, co
 
 def masked_lat_logits(cfg, params: dict, data: TokenizedDataset, config, *, base: int,
                       flags=None, batch_size: int = 32) -> np.ndarray:
-  """(E, C) logits at a length config through the masked path: one compilation per
-  bucket width serves every config (for sweeps and searches over many configs)."""
+  """Logits at a length config through the masked path: one compilation per bucket width
+  serves every config (for sweeps and searches over many configs). (E, C), or for a span
+  head (E, max_length, 2) with `engine.PAD_LOGIT` at and past each example's length, as the
+  engines give them."""
   import jax  # pylint: disable=g-import-not-at-top
   from adapler_jax.data import eval_batches  # pylint: disable=g-import-not-at-top
+  from adapler_jax.infer.engine import PAD_LOGIT  # pylint: disable=g-import-not-at-top
   from adapler_jax.reduce.significance import SelectionFlags  # pylint: disable=g-import-not-at-top
-  fn = _masked_logits_fn(cfg.encoder, cfg.num_labels, base, flags or SelectionFlags())
+  head = cfg.task_head
+  fn = _masked_logits_fn(cfg.encoder, head, base, flags or SelectionFlags())
   config = np.full((cfg.num_layers,), base, np.int32) if config is None else np.asarray(
       config, np.int32)
-  out = np.zeros((len(data), cfg.num_labels), np.float32)
+  shape = (len(data), data.max_length, 2) if head.restore else (len(data), head.num_labels)
+  out = np.full(shape, PAD_LOGIT, np.float32)
   for batch in eval_batches(data, batch_size):
     inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
     rows = np.flatnonzero(batch["real"])
-    out[batch["index"][rows]] = jax.device_get(fn(params, inputs, config))[rows]
+    logits = jax.device_get(fn(params, inputs, config))[rows]
+    if head.restore:
+      valid = np.asarray(batch["attention_mask"], bool)[rows, :, None]
+      out[batch["index"][rows], :logits.shape[1]] = np.where(valid, logits, PAD_LOGIT)
+    else:
+      out[batch["index"][rows]] = logits
   return out
 
 
 @functools.lru_cache(maxsize=None)
-def _masked_logits_fn(enc, num_labels, base, flags):
-  """The jitted masked forward for a static (model, base, flags), built once per process."""
+def _masked_logits_fn(enc, head, base, flags):
+  """The jitted masked forward for a static (model, head, base, flags), built once per
+  process."""
   import jax  # pylint: disable=g-import-not-at-top
   from adapler_jax.models import lat  # pylint: disable=g-import-not-at-top
-  return jax.jit(lambda p, b, c: lat.masked_forward(enc, num_labels, p, b, c, base=base,
+  return jax.jit(lambda p, b, c: lat.masked_forward(enc, head, p, b, c, base=base,
                                                     flags=flags)[0])
 
 
-def evaluate_backbone(encoder, num_labels: int, params: dict, data: TokenizedDataset,
-                      metric_name: str, batch_size: int = 64, mesh=None) -> dict[str, Any]:
-  """Full-length metric of the fine-tuned classifier (`{"bert", "head"}` params); with a
-  `mesh`, batches are split over its devices."""
+def evaluate_backbone(encoder, head, params: dict, data: TokenizedDataset, metric_name: str,
+                      batch_size: int = 64, mesh=None) -> dict[str, Any]:
+  """Full-length metric of the fine-tuned model (`{"bert", "head"}` params; `head` a label
+  count or a `models.heads` head); with a `mesh`, batches are split over its devices."""
   start = time.perf_counter()
-  logits = classifier.predict(encoder, num_labels, params, data, batch_size, mesh=mesh)
+  logits = classifier.predict(encoder, head, params, data, batch_size, mesh=mesh)
   seconds = time.perf_counter() - start
   return {"num_examples": len(data), "metric_name": metric_name,
           **task_scores(metric_name, logits, data),

@@ -55,8 +55,9 @@ def points_from_workdirs(workdirs: Sequence[str | Path]) -> dict[str, Any]:
           "points": sorted(points, key=lambda p: p["flops_speedup"])}
 
 
-def with_eta_scaled(params: dict, multiplier: float) -> dict:
-  """AdapLeR params whose cutoff multipliers eta are scaled by `multiplier`."""
+def with_eta_scaled(params: dict, multiplier: float | np.ndarray) -> dict:
+  """AdapLeR params whose cutoff multipliers eta are scaled by `multiplier` (a scalar, or
+  one value per layer)."""
   speed = dict(params["speed"], eta=np.asarray(params["speed"]["eta"]) * multiplier)
   return {**params, "speed": speed}
 

@@ -12,12 +12,15 @@ Two modes:
     (Dense H->32, Dense 32->1): ``2 n_in (32H + 32)``;
   - embeddings, once, on all n input tokens: ``8nH`` (two additions of the
     word/position/type vectors and a layer norm, counted as 6 ops per element);
-  - classifier, once, on [CLS]: ``2H^2 + 2HC`` (pooler dense + output dense).
+  - head: classification, once, on [CLS]: ``2H^2 + 2HC`` (pooler dense + output dense);
+    span QA (`head="span"`), Dense H->2 at each of the n positions of the restored
+    sequence, no pooler: ``4nH``.
   Biases, softmax, GELU and residual additions are not counted.
 * ``"paper"``: the reference implementation's constants fitted on BERT-base
   (12 layers, H=768), for comparison with the paper's numbers:
   backbone ``37872 n^2 + 170216500 n + 1181953 + 1537 C``; AdapLeR
-  ``1182000 + 1537 C + 6152 n_1 + sum_l (3156 n_l^2 + 14233554 n_l)``.
+  ``1182000 + 1537 C + 6152 n_1 + sum_l (3156 n_l^2 + 14233554 n_l)`` (classification
+  only: the constants include the pooler).
 
 Speedup is the ratio of totals over examples (not a mean of ratios).
 """
@@ -30,21 +33,28 @@ from typing import Any, Sequence
 import numpy as np
 
 MODES = ("analytic", "paper")
+HEADS = ("classification", "span")
 PAPER_NUM_LAYERS = 12
 
 
 @dataclasses.dataclass(frozen=True)
 class FlopsDims:
-  """Model shape needed to count FLOPs."""
+  """Model shape needed to count FLOPs; `head` is "classification" or "span" (span QA)."""
 
   num_layers: int
   hidden: int
   intermediate: int
   num_classes: int
   cp_hidden: int = 32
+  head: str = "classification"
+
+  def __post_init__(self):
+    if self.head not in HEADS:
+      raise ValueError(f"head {self.head!r} is not one of {', '.join(HEADS)}")
 
   @classmethod
-  def from_config(cls, cfg: Any, num_classes: int | None = None) -> FlopsDims:
+  def from_config(cls, cfg: Any, num_classes: int | None = None,
+                  head: str = "classification") -> FlopsDims:
     """Reads the shape from any config object with the usual attribute names.
 
     Uses ``num_layers`` (or HF's ``num_hidden_layers``), ``hidden_size``,
@@ -68,7 +78,15 @@ class FlopsDims:
         intermediate=int(cfg.intermediate_size),
         num_classes=int(num_classes),
         cp_hidden=int(getattr(cfg, "cp_hidden", 32)),
+        head=head,
     )
+
+  @classmethod
+  def of_model(cls, cfg: Any) -> FlopsDims:
+    """The shape of a model config with an `encoder`, `num_labels` and `head`
+    (`ClassifierConfig`, `AdapLeRConfig`)."""
+    return cls.from_config(cfg.encoder, num_classes=cfg.num_labels,
+                           head=getattr(cfg, "head", "classification"))
 
 
 # ---------------------------------------------------------------------------
@@ -107,11 +125,19 @@ def classifier_flops(hidden: int, num_classes: int) -> int:
   return 2 * hidden**2 + 2 * hidden * num_classes
 
 
+def head_flops(n, dims: FlopsDims):
+  """The task head of an example of n tokens: the classifier on [CLS], or for span QA
+  Dense H->2 at every position (the restored sequence, no pooler): 4nH."""
+  if dims.head == "span":
+    return 2 * n * dims.hidden * 2
+  return classifier_flops(dims.hidden, dims.num_classes)
+
+
 def backbone_flops(length: int, dims: FlopsDims) -> int:
   """Full model on the unpadded length: every layer runs on all tokens."""
   return (embedding_flops(length, dims.hidden)
           + dims.num_layers * layer_flops(length, dims.hidden, dims.intermediate)
-          + classifier_flops(dims.hidden, dims.num_classes))
+          + head_flops(length, dims))
 
 
 def adapler_flops(kept_per_layer: Sequence[int], length: int,
@@ -131,7 +157,7 @@ def adapler_flops(kept_per_layer: Sequence[int], length: int,
   for n_in, n in zip(entering, kept):
     total += predictor_flops(n_in, dims.hidden, dims.cp_hidden)
     total += layer_flops(n, dims.hidden, dims.intermediate)
-  return total + classifier_flops(dims.hidden, dims.num_classes)
+  return total + head_flops(length, dims)
 
 
 def selection_flops(lengths, kept, dims: FlopsDims):
@@ -144,7 +170,7 @@ def selection_flops(lengths, kept, dims: FlopsDims):
   k = np.asarray(kept, np.float64)
   entering = np.concatenate([n[:, None], k[:, :-1]], axis=1)
   h, i = dims.hidden, dims.intermediate
-  return (embedding_flops(n, h) + classifier_flops(h, dims.num_classes)
+  return (embedding_flops(n, h) + head_flops(n, dims)
           + np.sum(layer_flops(entering, h, i, k), axis=1))
 
 
@@ -158,15 +184,17 @@ def selection_cost(lengths, kept, config, base: int, dims: FlopsDims) -> dict[st
 
 
 def lat_macs(config: Sequence[int] | None, length: int, dims: FlopsDims,
-             head: str = "classification") -> int:
+             head: str | None = None) -> int:
   """Multiply-accumulates at the padded `length`, batch 1: the LAT paper's convention
   ("FLOPs" in its tables are these MACs, counted as torchprofile does).
 
   Embedding LayerNorm T*d; per layer, at the previous length p and kept length k:
   4pd^2 + 2p^2 d + pd (projections, QK^T, AV, LayerNorm) + 2kd*d_ff + kd (FFN, LayerNorm);
   the head (classification d^2 + dC on [CLS]; span QA 2Td); T for the mask. BERT-base QA
-  at 384 counts 35,340,779,904 in full. `config` None is the full model.
+  at 384 counts 35,340,779,904 in full. `config` None is the full model; `head` None is
+  `dims.head`.
   """
+  head = dims.head if head is None else head
   t, d, f = int(length), dims.hidden, dims.intermediate
   config = [t] * dims.num_layers if config is None else [int(c) for c in config]
   total, prev = t * d, t
@@ -219,13 +247,16 @@ def _per_example(lengths: np.ndarray, kept: np.ndarray, dims: FlopsDims,
   n = lengths.astype(np.float64)
   k = kept.astype(np.float64)
   if mode == "paper":
+    if dims.head != "classification":
+      raise ValueError("the paper's FLOPs constants are fitted on BERT-base classification; "
+                       "count a span QA model with mode='analytic'")
     c = dims.num_classes
     backbone = paper_backbone_flops(n, c)
     adapler = (1_182_000 + 1_537 * c + 6_152 * n
                + np.sum(3_156 * k**2 + 14_233_554 * k, axis=1))
     return backbone, adapler
   h, i = dims.hidden, dims.intermediate
-  once = embedding_flops(n, h) + classifier_flops(h, dims.num_classes)
+  once = embedding_flops(n, h) + head_flops(n, dims)
   backbone = once + dims.num_layers * layer_flops(n, h, i)
   entering = np.concatenate([n[:, None], k[:, :-1]], axis=1)
   adapler = once + np.sum(

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adapler_jax.errors import InputError
-from adapler_jax.models import walk
+from adapler_jax.models import dense, walk
 from adapler_jax.models.bert import Bert, EncoderConfig, encoder_layer_params
 from adapler_jax.models.heads import Head, check_head, task_head
 from adapler_jax.reduce.adapler import (PAD_LOG_KEEP, HardRemoval, SoftRemoval,  # noqa: F401
@@ -73,8 +73,9 @@ class ContributionPredictor(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype, name="dense")(x), approximate=False)
-    return nn.Dense(1, dtype=self.dtype, name="out")(x)[..., 0].astype(jnp.float32)
+    layer = functools.partial(nn.Dense, dtype=self.dtype, dot_general=dense.dot_general)
+    x = nn.gelu(layer(self.hidden, name="dense")(x), approximate=False)
+    return layer(1, name="out")(x)[..., 0].astype(jnp.float32)
 
 
 class AdapLeRModel(nn.Module):

@@ -21,7 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adapler_jax.models import attention, walk
+from adapler_jax.models import attention, dense, walk
+from adapler_jax.models.dropout import Dropout
 
 Array = jax.Array
 
@@ -152,7 +153,7 @@ class EncoderConfig:
 
 
 def _dense(cfg: EncoderConfig, features: int, name: str) -> nn.Dense:
-  return nn.Dense(features, dtype=cfg.compute_dtype, name=name,
+  return nn.Dense(features, dtype=cfg.compute_dtype, name=name, dot_general=dense.dot_general,
                   kernel_init=nn.initializers.normal(cfg.initializer_range))
 
 
@@ -188,7 +189,7 @@ class Embeddings(nn.Module):
       types = token_type_ids if cfg.type_vocab_size > 1 else jnp.zeros_like(input_ids)
       x = x + embed(cfg.type_vocab_size, "token_type_embeddings")(types)
     x = _layer_norm(cfg)(x.astype(cfg.compute_dtype))
-    x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+    x = Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
     if width != cfg.hidden_size:
       x = _dense(cfg, cfg.hidden_size, "embeddings_project")(x)
     return x
@@ -224,7 +225,7 @@ class SelfAttention(nn.Module):
     use_dropout = not deterministic and cfg.attention_dropout > 0
     probs = None
     if use_dropout or return_probs:
-      dropout, dropped = nn.Dropout(cfg.attention_dropout), []
+      dropout, dropped = Dropout(cfg.attention_dropout), []
       drop = lambda p: dropped.append(dropout(p, deterministic=deterministic)) or dropped[0]
       probs, out = attention.attention_probs_and_output(
           q, k, v, bias, accum_dtype=cfg.accum_dtype, dropout=drop)
@@ -244,7 +245,7 @@ class DenseResidual(nn.Module):
   @nn.compact
   def __call__(self, x: Array, residual: Array, *, deterministic: bool = True) -> Array:
     x = _dense(self.cfg, self.cfg.hidden_size, "dense")(x)
-    x = nn.Dropout(self.cfg.hidden_dropout)(x, deterministic=deterministic)
+    x = Dropout(self.cfg.hidden_dropout)(x, deterministic=deterministic)
     return _layer_norm(self.cfg)(x + residual)
 
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from adapler_jax.models import walk
 from adapler_jax.models.bert import Bert, EncoderConfig, _dense
+from adapler_jax.models.dropout import Dropout
 
 Array = jax.Array
 
@@ -121,7 +122,7 @@ class ClassificationHead(nn.Module):
   def __call__(self, hidden: Array, *, deterministic: bool = True) -> Array:
     cls = hidden[..., 0, :]
     pooled = jnp.tanh(Pooler(self.cfg, name="pooler")(cls))
-    pooled = nn.Dropout(self.cfg.hidden_dropout)(pooled, deterministic=deterministic)
+    pooled = Dropout(self.cfg.hidden_dropout)(pooled, deterministic=deterministic)
     logits = _dense(self.cfg, self.num_labels, "classifier")(pooled)
     return logits.astype(self.cfg.accum_dtype)
 

@@ -6,7 +6,7 @@ per-layer lengths for LAT).
 """
 
 from adapler_jax.errors import UserError
-from adapler_jax.pipeline import adapler_search, lat_phases, lat_search
+from adapler_jax.pipeline import adapler_search, frontier, lat_phases, lat_search
 from adapler_jax.pipeline.config import base_config
 from adapler_jax.pipeline.context import Run, prepare, read_config
 from adapler_jax.pipeline.phases import (TrainedRun, extract_saliency, finetune,
@@ -40,7 +40,7 @@ def run_phase(run: Run, phase: str):
 def format_result(run: Run, summary: dict) -> str:
   """The terminal table of a summary, for the run's method."""
   if "frontier" in summary:
-    return lat_search.format_frontier(summary)
+    return frontier.format_table(summary)
   if run.config.get("method", "adapler") == "lat":
     return lat_phases.format_summary(summary)
   return format_summary(summary)

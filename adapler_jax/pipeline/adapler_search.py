@@ -15,7 +15,7 @@ rows of train that training never saw (`Run.search_split`), both conventions rec
   (`data.max_length`, batch 1), the LAT paper's convention.
 
 Outputs (`search/store.jsonl`, `search/frontier.json`, `search/frontier.png`) have LAT's
-layout, so `lat_search.pick` and `evaluate.py --flops-budget / --max-drop` serve both methods.
+layout, so `frontier.pick` and `evaluate.py --flops-budget / --max-drop` serve both methods.
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from adapler_jax.data import TokenizedDataset
 from adapler_jax.errors import UserError
-from adapler_jax.eval import metrics, report, tradeoff
+from adapler_jax.eval import report, tradeoff
 from adapler_jax.infer import flops
-from adapler_jax.pipeline import lat_search, phases
+from adapler_jax.pipeline import frontier, phases
 from adapler_jax.pipeline.context import Run
 from adapler_jax.search import evolution as evo
 
@@ -56,11 +55,11 @@ def score(cfg, params: dict, data: TokenizedDataset, metric_name: str, eta_scale
   """Hard-removal metric and both cost fractions of `params` with eta x `eta_scale` (L,)."""
   result = report.run_adapler(cfg, tradeoff.with_eta_scaled(params, eta_scale), data,
                               batch_size=batch_size)
-  dims = flops.FlopsDims.from_config(cfg.encoder, num_classes=cfg.num_labels)
+  dims = flops.FlopsDims.of_model(cfg)
   actual = flops.flops_report(data.lengths, result.kept_counts, dims)
   padded = flops.flops_report(np.full_like(data.lengths, data.max_length),
                               result.kept_counts, dims)
-  return {"metric": metrics.compute(metric_name, np.argmax(result.logits, -1), data.labels),
+  return {"metric": report.task_scores(metric_name, result.logits, data)["metric"],
           "actual_fraction": 1.0 / actual["flops_speedup"],
           "padded_fraction": 1.0 / padded["flops_speedup"],
           "kept_tokens_per_layer": actual["kept_tokens_per_layer"]}
@@ -81,32 +80,17 @@ def run_search(run: Run) -> dict[str, Any]:
   """Evolutionary search over per-layer eta multipliers; writes the store, the frontier and
   its plot, and resumes from the store when rerun."""
   c = run.config.search
-  if c.cost not in lat_search.COSTS:
-    raise UserError(f"search.cost {c.cost!r} is not one of {', '.join(lat_search.COSTS)}")
+  frontier.cost_key(run)
   grid = check_grid(c.eta_multipliers)
-  key, layers, cfg = f"{c.cost}_fraction", run.encoder.num_layers, run.adapler_config()
+  layers, cfg = run.encoder.num_layers, run.adapler_config()
   held = run.search_split(c.held_out)
   step, params = trained_params(run)
   one = grid.index(1.0)
-  initial = [(i,) * layers for i in range(len(grid))]
-  store = evo.Store(run.workdir / lat_search.SEARCH_DIR / "store.jsonl")
-  settings = evo.SearchSettings(c.iterations, c.population, c.mutations, c.crossovers,
-                                c.mutation_prob, c.max_attempts, c.seed)
-  bar = tqdm(total=c.iterations + 1, desc="search", leave=False,
-             disable=not run.is_main_process)
-
-  def progress(it, info):
-    bar.update(1)
-    bar.set_postfix({"frontier": info["frontier"], "scored": info["scored"],
-                     "area": f"{info['area']:.4f}"})
-    run.writer.write("search", it, info)
-
   evaluate = lambda g: score(cfg, params, held, run.metric_name, multipliers(grid, g),
                              batch_size=c.batch_size)
-  out = evo.evolve(evaluate, None, store, initial=initial, floor_cost=0.0,
-                   space=evo.Grid(len(grid)), settings=settings, cost_key=key,
-                   progress=progress)
-  bar.close()
+  store, out = frontier.evolve(run, evaluate, None,
+                               initial=[(i,) * layers for i in range(len(grid))],
+                               floor_cost=0.0, space=evo.Grid(len(grid)))
   split = run.config.eval.split
   dev = run.dataset(split)
   rows = []
@@ -129,17 +113,13 @@ def run_search(run: Run) -> dict[str, Any]:
                         "actual_fraction": trained["actual_fraction"]},
             "full": {"config": None, "held_out_metric": _full_metric(run, held)},
             "areas": out["areas"], "scored": out["scored"], "settings": dict(c)}
-  if run.is_main_process:
-    directory = run.workdir / lat_search.SEARCH_DIR
-    (directory / "frontier.json").write_text(json.dumps(result, indent=2))
-    lat_search.plot(store, result, directory / "frontier.png",
-                    f"{run.task.name}: AdapLeR eta search ({len(held)} held-out rows)")
+  frontier.save(run, store, result, "AdapLeR eta search")
   return result
 
 
 def _full_metric(run: Run, data: TokenizedDataset) -> float:
   """The fine-tuned backbone's metric on `data` (the reference of the max-drop rule)."""
   _, backbone_params, _ = phases.load_finetuned(run, 1)[0]
-  return report.evaluate_backbone(run.encoder, run.num_labels, backbone_params, data,
+  return report.evaluate_backbone(run.encoder, run.head, backbone_params, data,
                                   run.metric_name, run.config.eval.batch_size,
                                   mesh=run.mesh)["metric"]

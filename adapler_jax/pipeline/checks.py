@@ -35,12 +35,20 @@ def check_max_length(config: ml_collections.ConfigDict, encoder: EncoderConfig) 
                     f"--config.data.max_length={positions} or less")
 
 
+def check_flops_mode(mode: str, task) -> None:
+  """The paper's fitted FLOPs constants count BERT-base classifiers, not span QA."""
+  if mode == "paper" and task.is_span:
+    raise UserError(f"FLOPs mode 'paper' (the AdapLeR paper's BERT-base classification "
+                    f"constants) does not fit span QA task {task.name}; use --flops analytic "
+                    "(--config.eval.flops=analytic)")
+
+
 def check_checkpoints(run) -> None:
   """The workdir's checkpoints, if any, fit the models this run builds (same backbone shape,
   labels); raises a one-line `CheckpointError` before anything is overwritten."""
   from adapler_jax.pipeline import lat_phases, phases  # pylint: disable=g-import-not-at-top
   key = jax.random.key(0)
-  classifier_params = lambda: classifier.init_classifier(key, run.encoder, run.num_labels,
+  classifier_params = lambda: classifier.init_classifier(key, run.encoder, run.head,
                                                          run.backbone)
   models = {
       phases.FINETUNE: classifier_params,

@@ -22,7 +22,7 @@ from adapler_jax.errors import UserError
 from adapler_jax.eval.metrics import METRICS
 from adapler_jax.models.adapler import AdapLeRConfig
 from adapler_jax.models.bert import EncoderConfig
-from adapler_jax.models.heads import ClassifierConfig
+from adapler_jax.models.heads import ClassifierConfig, Head
 from adapler_jax.pipeline import checks
 from adapler_jax.pipeline import workdir as workdir_lib
 from adapler_jax.train import parallel
@@ -51,6 +51,16 @@ class Run:
     return self.task.num_labels
 
   @property
+  def head_kind(self) -> str:
+    """The model head the task needs: "span" for span QA, else "classification"."""
+    return "span" if self.task.is_span else "classification"
+
+  @property
+  def head(self) -> Head:
+    """The task's `models.heads` head (`Span()` or `Classification(num_labels)`)."""
+    return self.classifier_config().task_head
+
+  @property
   def metric_name(self) -> str:
     return self.task.metric
 
@@ -68,10 +78,10 @@ class Run:
   def adapler_config(self) -> AdapLeRConfig:
     c = self.config.adapler
     return AdapLeRConfig(self.encoder, self.num_labels, beta=c.beta, eta_init=c.eta_init,
-                         theta_init=c.theta_init)
+                         theta_init=c.theta_init, head=self.head_kind)
 
   def classifier_config(self) -> ClassifierConfig:
-    return ClassifierConfig(self.encoder, self.num_labels)
+    return ClassifierConfig(self.encoder, self.num_labels, head=self.head_kind)
 
   def dataset(self, split: str) -> TokenizedDataset:
     """Tokenized split: `train`, `dev` or `test` as the config defines them (cached)."""
@@ -198,6 +208,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
       config.backbone, revision=config.get("backbone_revision"), dtype=config.dtype)
   checks.check_max_length(config, encoder)
   run = Run(config, workdir, task, encoder, backbone, tokenizer, MetricWriter(workdir), mesh)
+  checks.check_flops_mode(config.eval.flops, task)
   if record:
     for split in ("train", "dev"):
       run.dataset(split)  # a bad data_dir fails here, before anything is written.

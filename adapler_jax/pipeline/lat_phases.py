@@ -85,7 +85,7 @@ def train_lengthdrop(run: Run) -> None:
   ckpt = lengthdrop_checkpointer(run)
   state = phases.restore_latest(
       ckpt, phases.on_mesh(run, create_train_state(params, optimizer, key)))
-  step_fn = lat_step.make_lat_step(run.encoder, run.num_labels, lat_config(run), optimizer,
+  step_fn = lat_step.make_lat_step(run.encoder, run.head, lat_config(run), optimizer,
                                    run.mesh)
   # Upstream scoring counts padded query rows, so it needs the authors' full padding.
   buckets = (run.config.data.max_length,) if c.include_pad_queries else TRAIN_BUCKETS
@@ -167,6 +167,9 @@ def summarize(run: Run, seconds: float | None = None, config=None) -> dict[str, 
       "train_examples": len(run.dataset("train")), "seconds": seconds,
       "backbone": run.config.backbone,
   }
+  if run.task.is_span:
+    for name, r in rows.items():
+      summary.update(phases.span_scores(name, r))
   if run.is_main_process:
     (run.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary
@@ -184,15 +187,14 @@ def run_all(run: Run) -> dict[str, Any]:
 
 def format_summary(summary: dict[str, Any]) -> str:
   """A short table for the terminal."""
-  pct = lambda k: f"{100 * summary[k]:.2f}"
+  score = lambda name: phases.format_score(summary, name)
+  label = phases.score_label(summary)
   rows = [
       ("task / split", f"{summary['task']} / {summary['split']} ({summary['eval_examples']} "
                        f"examples, mean length {summary['mean_length']:.1f})"),
       ("length config", f"{summary['length_config']} ({summary['length_base']} base)"),
-      (f"standard {summary['metric_name']}", f"{pct('standard_metric')} full, "
-                                             f"{pct('standard_reduced_metric')} reduced"),
-      (f"LAT {summary['metric_name']}", f"{pct('lat_metric')} full, "
-                                        f"{pct('lat_reduced_metric')} reduced"),
+      (f"standard {label}", f"{score('standard')} full, {score('standard_reduced')} reduced"),
+      (f"LAT {label}", f"{score('lat')} full, {score('lat_reduced')} reduced"),
       ("FLOPs speedup", f"{summary['flops_speedup_padded']:.2f}x padded MACs, "
                         f"{summary['flops_speedup_actual']:.2f}x actual-length FLOPs"),
       ("kept tokens / layer", " ".join(f"{k:.1f}" for k in summary["mean_kept_tokens_per_layer"])),

@@ -116,10 +116,10 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
   optimizer = optim.adamw(optim.warmup_linear_decay(c.learning_rate, total, c.warmup_fraction),
                           c.weight_decay)
   key = jax.random.key(run.config.seed)
-  params = classifier.init_classifier(key, run.encoder, run.num_labels, run.backbone)
+  params = classifier.init_classifier(key, run.encoder, run.head, run.backbone)
   ckpt = finetune_checkpointer(run)
   state = restore_latest(ckpt, on_mesh(run, create_train_state(params, optimizer, key)))
-  step_fn = classifier.make_finetune_step(run.encoder, run.num_labels, optimizer, run.mesh)
+  step_fn = classifier.make_finetune_step(run.encoder, run.head, optimizer, run.mesh)
   eval_every = c.eval_every_steps or steps_per_epoch
   step = int(state.step)
   run.writer.rewind(FINETUNE, step)
@@ -136,7 +136,7 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
         run.writer.write(FINETUNE, step, {**metrics, "epoch": epoch})
       if step % eval_every == 0 or step == total:
         guard.before_save(step, state.params)
-        dev_metric = report.evaluate_backbone(run.encoder, run.num_labels, state.params, dev,
+        dev_metric = report.evaluate_backbone(run.encoder, run.head, state.params, dev,
                                               run.metric_name, run.config.eval.batch_size,
                                               mesh=run.mesh)["metric"]
         run.writer.write(FINETUNE, step, {DEV_METRIC: dev_metric, "epoch": epoch})
@@ -185,7 +185,7 @@ def import_finetuned(run: Run) -> float:
   except weights.WeightsError as e:
     raise UserError(f"train.init_from_hf {c.init_from_hf}: {e}; its architecture must be "
                     f"the backbone's ({run.config.backbone})") from None
-  dev_metric = report.evaluate_backbone(run.encoder, run.num_labels, params, run.dataset("dev"),
+  dev_metric = report.evaluate_backbone(run.encoder, run.head, params, run.dataset("dev"),
                                         run.metric_name, run.config.eval.batch_size,
                                         mesh=run.mesh)["metric"]
   total = c.epochs * num_train_steps(run.dataset("train"), c.batch_size)
@@ -229,7 +229,7 @@ def extract_saliency(run: Run) -> np.ndarray:
   total = np.zeros(train.input_ids.shape, np.float32)
   bar = progress_bar(run, len(train) * len(checkpoints), "saliency")
   for _, params, _ in checkpoints:
-    sal = saliency_lib.compute_saliency(run.encoder, run.num_labels, params, train,
+    sal = saliency_lib.compute_saliency(run.encoder, run.head, params, train,
                                         run.config.saliency.batch_size, progress=bar,
                                         mesh=run.mesh)
     total += saliency_lib.normalise(sal)
@@ -391,7 +391,7 @@ def summarize(run: Run, backbone_metric: float | None = None,
   split = run.config.eval.split
   data = run.dataset(split)
   _, backbone_params, _ = load_finetuned(run, 1)[0]
-  backbone = report.evaluate_backbone(run.encoder, run.num_labels, backbone_params, data,
+  backbone = report.evaluate_backbone(run.encoder, run.head, backbone_params, data,
                                       run.metric_name, run.config.eval.batch_size,
                                       mesh=run.mesh)
   if backbone_metric is None:
@@ -417,20 +417,41 @@ def summarize(run: Run, backbone_metric: float | None = None,
       "selection": rule,
       "backbone": run.config.backbone,
   }
+  if run.task.is_span:
+    summary.update({**span_scores("backbone", backbone), **span_scores("adapler", result)})
   if run.is_main_process:
     workdir_lib.atomic_write_text(run.workdir / "summary.json", json.dumps(summary, indent=2))
   return summary
 
 
+def span_scores(name: str, result: dict[str, Any]) -> dict[str, float]:
+  """Span QA: a report's exact match and F1 (percent) as `{name}_exact_match`, `{name}_f1`."""
+  return {f"{name}_exact_match": result["exact_match"], f"{name}_f1": result["f1"]}
+
+
+def score_label(summary: dict[str, Any]) -> str:
+  """What `format_score` shows: the metric's name, or "EM / F1" for span QA."""
+  return ("EM / F1" if any(k.endswith("_exact_match") for k in summary)
+          else summary["metric_name"])
+
+
+def format_score(summary: dict[str, Any], name: str) -> str:
+  """`name`'s metric in percent; span QA: exact match / F1."""
+  if f"{name}_exact_match" in summary:
+    return f"{summary[f'{name}_exact_match']:.2f} / {summary[f'{name}_f1']:.2f}"
+  return f"{100 * summary[f'{name}_metric']:.2f}"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
   """A short table for the terminal."""
   kept = " ".join(f"{k:.1f}" for k in summary["mean_kept_tokens_per_layer"])
+  label = score_label(summary)
   rows = [
       ("task / split", f"{summary['task']} / {summary['split']} "
                        f"({summary['eval_examples']} examples, mean length "
                        f"{summary['mean_length']:.1f})"),
-      (f"backbone {summary['metric_name']}", f"{100 * summary['backbone_metric']:.2f}"),
-      (f"AdapLeR {summary['metric_name']}", f"{100 * summary['adapler_metric']:.2f}"),
+      (f"backbone {label}", format_score(summary, "backbone")),
+      (f"AdapLeR {label}", format_score(summary, "adapler")),
       ("FLOPs speedup", f"{summary['flops_speedup']:.2f}x"),
       ("kept tokens / layer", kept),
       ("train examples", str(summary["train_examples"])),

@@ -41,10 +41,10 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
 
 
 def _export_lat(pipeline, config, workdir: Path, output: Path, force: bool) -> Path:
-  from adapler_jax.pipeline import lat_phases, lat_search  # pylint: disable=g-import-not-at-top
+  from adapler_jax.pipeline import frontier, lat_phases  # pylint: disable=g-import-not-at-top
   run = pipeline.prepare(config, workdir, record=False)
   step, params = lat_phases.load_lengthdrop(run)
-  search = workdir / lat_search.SEARCH_DIR
+  search = workdir / frontier.SEARCH_DIR
   if (search / "chosen.json").exists():
     length_config = json.loads((search / "chosen.json").read_text())["config"]
     chosen_from = "search/chosen.json"

@@ -3,7 +3,8 @@
 The model group (backbone, predictors, head) descends L_CE + gamma * L_CP; the speed
 group (eta, theta) descends L_CE + phi * L_LENGTH. theta is not in the forward graph:
 its gradient is that of the dummy [CLS] multiplier theta_d = 1, divided by theta
-(paper Appendix B).
+(paper Appendix B). Span QA heads read every position, not [CLS]: removal does not force
+[CLS], its CP target is its saliency like any token's, and theta is not trained.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def adapler_grads(cfg: AdapLeRConfig, params: dict, batch: dict, lam: Array,
   Args:
     cfg: model shape. params: `{"model", "speed": {"eta", "theta"}}`.
     batch: `input_ids`, `token_type_ids` (B, N) int, `attention_mask` (B, N) bool,
-      `labels` (B,) int, `saliency` (B, N) float.
+      `labels` (B,) int (span QA: `start_positions`, `end_positions` (B,)), `saliency`
+      (B, N) float.
     lam: scalar lambda. weights: loss weights.
   Returns:
     `(grads, aux)`: grads shaped like `params`; aux holds the three losses, logits and
@@ -56,8 +58,9 @@ def adapler_grads(cfg: AdapLeRConfig, params: dict, batch: dict, lam: Array,
   def forward(model, eta, theta_d):
     logits, trace = soft_forward(cfg, {"model": model, "speed": {"eta": eta}}, batch, lam,
                                  theta_d=theta_d, deterministic=deterministic, rng=rng)
-    targets = losses.cp_targets(batch["saliency"], trace["keep_in"], theta_target)
-    terms = (losses.cross_entropy(logits, batch["labels"]),
+    targets = losses.cp_targets(batch["saliency"], trace["keep_in"], theta_target,
+                                keep_cls=cfg.keep_cls)
+    terms = (losses.task_loss(cfg.task_head, logits, batch),
              losses.cp_loss(trace["log_scores"], targets),
              losses.length_loss(trace["lengths"]))
     return terms, (logits, trace)
@@ -68,7 +71,9 @@ def adapler_grads(cfg: AdapLeRConfig, params: dict, batch: dict, lam: Array,
   cotangent = lambda *ws: tuple(jnp.asarray(w, t.dtype) for w, t in zip(ws, terms))
   g_model, _, _ = vjp(cotangent(weights.ce, weights.gamma, 0.0))
   _, g_eta, g_theta_d = vjp(cotangent(weights.ce, 0.0, weights.phi))
-  g_theta = jnp.where(jnp.arange(num_layers) > 0, g_theta_d / speed["theta"], 0.0)
+  # theta only shapes the CP targets of [CLS]; span heads do not amplify it (it stays put).
+  trains_theta = (jnp.arange(num_layers) > 0) & cfg.keep_cls
+  g_theta = jnp.where(trains_theta, g_theta_d / speed["theta"], 0.0)
   grads = {"model": g_model, "speed": {"eta": g_eta, "theta": g_theta}}
   ce, cp, length = terms
   return grads, {"ce": ce, "cp": cp, "length": length, "logits": logits, "trace": trace,
@@ -101,7 +106,7 @@ def make_train_step(cfg: AdapLeRConfig, optimizer: optax.GradientTransformation,
     params = clip_speed(optax.apply_updates(state.params, updates))
     metrics = {
         "ce": aux["ce"], "cp": aux["cp"], "length": aux["length"],
-        "accuracy": jnp.mean(jnp.argmax(aux["logits"], -1) == batch["labels"]),
+        "accuracy": losses.task_accuracy(cfg.task_head, aux["logits"], batch),
         "eta": params["speed"]["eta"], "theta": params["speed"]["theta"],
         "kept": aux["trace"]["lengths"].mean(axis=1),
     }

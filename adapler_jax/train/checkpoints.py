@@ -99,14 +99,27 @@ def _checksums_by_path(tree: PyTree) -> dict[str, str | None]:
           for path, x in leaves}
 
 
-def _collect_quietly() -> None:
-  """Collects the reads orbax leaves pending after a failed restore, without their
-  'Exception ignored' tracebacks on stderr."""
-  hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
-  try:
-    gc.collect()
-  finally:
+def _silence_abandoned_reads() -> None:
+  """Silences the reads orbax leaves pending after a failed restore.
+
+  Their coroutines fail with the same error and are finalised later (by this collection,
+  by orbax's event loop, or at interpreter exit), each printing an 'Exception ignored'
+  traceback; the restore has already raised the one error that matters. Only those
+  coroutines are dropped; every other unraisable exception still reaches the hook.
+  """
+  if not getattr(sys.unraisablehook, "_drops_abandoned_reads", False):
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+      if getattr(unraisable.object, "__qualname__", "") not in _ABANDONED_READS:
+        previous(unraisable)
+
+    hook._drops_abandoned_reads = True  # pylint: disable=protected-access
     sys.unraisablehook = hook
+  gc.collect()
+
+
+_ABANDONED_READS = ("_read_array_index_and_device_put",)  # orbax's per-shard read coroutine.
 
 
 def _first_line(e: BaseException) -> str:
@@ -264,7 +277,7 @@ class Checkpointer:
     else:
       self._verify(step, restored[STATE])
       return restored[STATE], dict(restored[CONFIG] or {})
-    _collect_quietly()
+    _silence_abandoned_reads()
     raise self._damaged(step, problem)
 
   def restore_latest_intact(self, target: PyTree | None = None, *,

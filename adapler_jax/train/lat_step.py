@@ -32,7 +32,7 @@ from adapler_jax.models.lat import masked_forward
 from adapler_jax.reduce import lengths
 from adapler_jax.reduce.significance import SelectionFlags
 from adapler_jax.train import parallel
-from adapler_jax.train.losses import task_loss
+from adapler_jax.train.losses import task_accuracy, task_loss
 from adapler_jax.train.state import TrainState
 
 Array = jax.Array
@@ -125,14 +125,6 @@ def sandwich_loss(enc, head, lat: LATConfig, params, batch, key):
   return sum(terms) / len(terms), {**aux, "terms": jnp.stack(terms)}
 
 
-def _accuracy(head: Head, logits: Array, batch: dict) -> Array:
-  """Share of right labels; for span QA, of right start and end positions."""
-  if head.restore:
-    gold = jnp.stack([batch["start_positions"], batch["end_positions"]], axis=-1)
-    return jnp.mean(jnp.argmax(logits, axis=-2) == gold)
-  return jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
-
-
 def make_lat_step(enc: EncoderConfig, head: int | Head, lat: LATConfig,
                   optimizer: optax.GradientTransformation, mesh: Mesh | None = None
                   ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
@@ -150,7 +142,7 @@ def make_lat_step(enc: EncoderConfig, head: int | Head, lat: LATConfig,
     terms = aux["terms"]
     metrics = {"loss": loss, "ce": terms[0], "kd_smallest": terms[1],
                "kd_random": jnp.mean(terms[2:]) if len(terms) > 2 else jnp.zeros(()),
-               "accuracy": _accuracy(head, aux["logits"], batch),
+               "accuracy": task_accuracy(head, aux["logits"], batch),
                "smallest_config": aux["configs"][0]}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

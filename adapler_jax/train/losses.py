@@ -38,19 +38,30 @@ def task_loss(head, logits: Array, batch: dict, weights: Array | None = None) ->
   return cross_entropy(logits, batch["labels"], weights)
 
 
-def cp_targets(saliency: Array, keep_in: Array, theta: Array) -> Array:
+def task_accuracy(head, logits: Array, batch: dict) -> Array:
+  """Share of right labels (argmax class); for a span head, of right start and end positions
+  (argmax over positions)."""
+  if head.restore:
+    gold = jnp.stack([batch["start_positions"], batch["end_positions"]], axis=-1)
+    return jnp.mean(jnp.argmax(logits, axis=-2) == gold)
+  return jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
+
+
+def cp_targets(saliency: Array, keep_in: Array, theta: Array, keep_cls: bool = True) -> Array:
   """Eq. 7: saliency over the tokens still kept, [CLS] amplified by theta, renormalised.
 
   Args:
     saliency: (B, N) non-negative, 0 on padding.
     keep_in: (L, B, N) keep weights at each layer's input (treated as constants).
     theta: (L,) [CLS] multipliers.
+    keep_cls: False for heads that do not read [CLS] (span QA): removal does not force it
+      and its target is its saliency like any token's, theta unused.
   Returns:
     (L, B, N) target distributions.
   """
   s = saliency[None] * jax.lax.stop_gradient(keep_in)
-  cls_scale = jnp.where(jnp.arange(s.shape[-1]) == 0, theta[:, None, None], 1.0)
-  s = s * cls_scale
+  if keep_cls:
+    s = s * jnp.where(jnp.arange(s.shape[-1]) == 0, theta[:, None, None], 1.0)
   return s / jnp.maximum(jnp.sum(s, axis=-1, keepdims=True), 1e-12)
 
 

@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 from adapler_jax.data import TokenizedDataset
 from adapler_jax.errors import UserError
 from adapler_jax.models.bert import EncoderConfig, attention_bias_from_mask
-from adapler_jax.models.heads import SequenceClassifier
+from adapler_jax.models.heads import Head, as_head
 from adapler_jax.train import parallel
 
 
@@ -27,25 +27,26 @@ def gold_logit_sum(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.sum(jnp.take_along_axis(logits, labels[:, None], axis=-1))
 
 
-def saliency_batch(encoder: EncoderConfig, num_labels: int, params: dict,
+def saliency_batch(encoder: EncoderConfig, head: int | Head, params: dict,
                    batch: dict) -> jax.Array:
   """Per-token saliency `|| (d logit_gold / d h0) * h0 ||_2` of a batch.
 
   Args:
+    head: a label count (classification) or a `models.heads` head (`Span()`: span QA).
     batch: `input_ids`, `token_type_ids` int (B, N); `attention_mask` bool (B, N);
       `labels` (B,), or (B, 2) start and end positions for span QA.
   Returns:
     (B, N) float32, 0 on padding. Rows are independent (the gradient of the summed gold
     logits splits by row).
   """
-  model = SequenceClassifier(encoder, num_labels)
+  model = as_head(head).model(encoder)
   variables = {"params": params}
   h0 = model.apply(variables, batch["input_ids"], batch["token_type_ids"],
                    method=lambda m, i, t: m.bert.embed(i, t))
   bias = attention_bias_from_mask(batch["attention_mask"])
 
   def gold_logits(h):
-    logits = model.apply(variables, h, bias, method=SequenceClassifier.logits_from_embeddings)
+    logits = model.apply(variables, h, bias, method=type(model).logits_from_embeddings)
     return gold_logit_sum(logits, batch["labels"])
 
   grad = jax.grad(gold_logits)(h0)
@@ -53,7 +54,7 @@ def saliency_batch(encoder: EncoderConfig, num_labels: int, params: dict,
   return jnp.where(batch["attention_mask"], sal, 0.0)
 
 
-def compute_saliency(encoder: EncoderConfig, num_labels: int, params: dict,
+def compute_saliency(encoder: EncoderConfig, head: int | Head, params: dict,
                      data: TokenizedDataset, batch_size: int = 64,
                      progress=None, mesh: Mesh | None = None) -> np.ndarray:
   """(E, max_length) saliency of every example, rows in dataset order.
@@ -63,7 +64,7 @@ def compute_saliency(encoder: EncoderConfig, num_labels: int, params: dict,
   """
   out = np.zeros(data.input_ids.shape, np.float32)
   keys = ("input_ids", "token_type_ids", "attention_mask", "labels")
-  for rows, sal in parallel.map_eval_batches(saliency_batch, encoder, num_labels, params, data,
+  for rows, sal in parallel.map_eval_batches(saliency_batch, encoder, head, params, data,
                                              batch_size, keys, mesh):
     out[rows, :sal.shape[1]] = sal
     if progress is not None:

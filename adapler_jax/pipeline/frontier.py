@@ -1,0 +1,159 @@
+"""The `search` phase's shared machinery, for both methods' searches (`lat_search`,
+`adapler_search`): the evolution in a run, its outputs, and the budget dial.
+
+Workdir outputs::
+
+  search/store.jsonl    every scored config: gene, both costs, held-out metric, seconds
+  search/frontier.json  the Pareto frontier (cost convention `search.cost`), each point with
+                        its held-out and dev metric, the full model, the area per iteration
+  search/frontier.png   every scored config, the frontier, the full model; area per iteration
+  search/chosen.json    the last point picked by `--flops-budget` / `--max-drop`
+
+Fitness is the metric on rows of train that training never saw (`Run.search_split`); dev,
+the reported split, only labels the frontier's points afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+from adapler_jax import extras
+from adapler_jax.errors import UserError
+from adapler_jax.pipeline.context import Run
+from adapler_jax.search import evolution as evo
+
+SEARCH_DIR = "search"
+COSTS = ("padded", "actual")
+
+
+def cost_key(run: Run) -> str:
+  """The record key of the run's cost convention, `search.cost`: '<cost>_fraction'."""
+  cost = run.config.search.cost
+  if cost not in COSTS:
+    raise UserError(f"search.cost {cost!r} is not one of {', '.join(COSTS)}")
+  return f"{cost}_fraction"
+
+
+def evolve(run: Run, evaluate: Callable, cost: Callable | None, *, initial,
+           **kwargs) -> tuple[evo.Store, dict[str, Any]]:
+  """`evo.evolve` with the run's `search` settings, its store in the workdir (a rerun
+  resumes from it), a progress bar and a metrics row per iteration.
+
+  Returns:
+    (the store of every scored gene, `evo.evolve`'s result).
+  """
+  c = run.config.search
+  store = evo.Store(run.workdir / SEARCH_DIR / "store.jsonl")
+  settings = evo.SearchSettings(c.iterations, c.population, c.mutations, c.crossovers,
+                                c.mutation_prob, c.max_attempts, c.seed)
+  bar = tqdm(total=c.iterations + 1, desc="search", leave=False,
+             disable=not run.is_main_process)
+
+  def progress(it, info):
+    bar.update(1)
+    bar.set_postfix({"frontier": info["frontier"], "scored": info["scored"],
+                     "area": f"{info['area']:.4f}"})
+    run.writer.write("search", it, info)
+
+  try:
+    out = evo.evolve(evaluate, cost, store, initial=initial, settings=settings,
+                     cost_key=cost_key(run), progress=progress, **kwargs)
+  finally:
+    bar.close()
+  return store, out
+
+
+def save(run: Run, store: evo.Store, result: dict[str, Any], title: str) -> None:
+  """Writes `frontier.json` and its plot (main process only)."""
+  if run.is_main_process:
+    directory = run.workdir / SEARCH_DIR
+    (directory / "frontier.json").write_text(json.dumps(result, indent=2))
+    plot(store, result, directory / "frontier.png", f"{run.task.name}: {title} "
+         f"({result['held_out_rows']} held-out rows)")
+
+
+def plot(store: evo.Store, result: dict[str, Any], path: Path, title: str) -> Path:
+  """Every scored config in grey, the frontier highlighted, the full model marked (cost on
+  a log axis), and the area under the frontier per iteration."""
+  plt = extras.pyplot()
+  key = f"{result['cost']}_fraction"
+  fig, (ax, conv) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+  records = list(store.records.values())
+  ax.scatter([r[key] for r in records], [100 * r["metric"] for r in records], s=12,
+             color="0.7", label=f"scored ({len(records)})")
+  front = result["frontier"]
+  ax.plot([r[key] for r in front], [100 * r["held_out_metric"] for r in front], "o-",
+          color="C3", label="frontier")
+  ax.plot([1.0], [100 * result["full"]["held_out_metric"]], "k*", markersize=12,
+          label="full model")
+  if "trained" in result:  # AdapLeR: the operating point training chose.
+    trained = result["trained"]
+    ax.plot([trained[key]], [100 * trained["held_out_metric"]], "D", color="C0",
+            markersize=7, label="trained cutoffs")
+  ax.set_xscale("log")
+  ax.set_xlabel(f"{result['cost']} cost / full model (log)")
+  ax.set_ylabel(f"held-out {result['metric_name']}")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  conv.plot(range(len(result["areas"])), result["areas"], "o-")
+  conv.set_xlabel("iteration")
+  conv.set_ylabel("area under the frontier")
+  conv.grid(alpha=0.3)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def load(workdir: str | Path) -> dict[str, Any]:
+  """A run's `search/frontier.json`."""
+  path = Path(workdir) / SEARCH_DIR / "frontier.json"
+  if not path.exists():
+    raise UserError(f"{path} is missing; run train.py --phase search on this workdir first")
+  return json.loads(path.read_text())
+
+
+def pick(frontier: dict[str, Any], *, flops_budget: float | None = None,
+         max_drop: float | None = None) -> dict[str, Any]:
+  """A frontier point: the best held-out metric costing at most `flops_budget` (a fraction
+  of the full model in the search's cost convention), or the cheapest within `max_drop`
+  metric points (percent) of the full model."""
+  if (flops_budget is None) == (max_drop is None):
+    raise UserError("pick with one of --flops-budget or --max-drop")
+  key = f"{frontier['cost']}_fraction"
+  scored = {tuple(r["config"]): (r[key], r["held_out_metric"]) for r in frontier["frontier"]}
+  front = evo.pareto_front(scored)
+  if flops_budget is not None:
+    gene = evo.pick_budget(front, scored, flops_budget)
+    if gene is None:
+      cheapest = min(v[0] for v in scored.values())
+      raise UserError(f"no frontier point costs {flops_budget} of the full model or less "
+                      f"({frontier['cost']} convention); the cheapest costs {cheapest:.3f}")
+  else:
+    gene = evo.pick_max_drop(front, scored, frontier["full"]["held_out_metric"],
+                             max_drop / 100.0)
+    if gene is None:
+      raise UserError(f"no frontier point is within {max_drop} points of the full model")
+  return next(r for r in frontier["frontier"] if tuple(r["config"]) == gene)
+
+
+def format_table(result: dict[str, Any]) -> str:
+  """The frontier as a table: config, both costs, held-out and reported metric."""
+  split = result["reported_split"]
+  head = (f"{'config':<32} {'padded':>7} {'actual':>7} {'held-out':>9} {split:>7}\n"
+          f"{'':<32} {'MACs':>7} {'FLOPs':>7} {result['metric_name'][:9]:>9} {'':>7}")
+  lines = [head]
+  for r in result["frontier"]:
+    setting = r.get("eta_multipliers", r["config"])
+    lines.append(f"{','.join(f'{v:g}' for v in setting):<32} {r['padded_fraction']:>7.3f} "
+                 f"{r['actual_fraction']:>7.3f} {100 * r['held_out_metric']:>9.2f} "
+                 f"{100 * r[f'{split}_metric']:>7.2f}")
+  lines.append(f"full model held-out {100 * result['full']['held_out_metric']:.2f}; "
+               f"{result['scored']} configs scored; frontier area by iteration "
+               + " ".join(f"{a:.4f}" for a in result["areas"][::max(1, len(result['areas']) // 8)]))
+  return "\n".join(lines)

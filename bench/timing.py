@@ -1,0 +1,106 @@
+"""Timing on a shared, noisy machine: interleaved repeats, medians and their spread.
+
+Every benchmark here measures its systems the same way:
+
+* each system gets one warm-up call first (compilation, allocator, kernels);
+* a repeat times every system once, in turn (A B C, A B C, ...), so that a slow spell of
+  the machine hits all of them rather than one;
+* one measurement calls the system until `min_seconds` have passed (at least once) and
+  divides: the time per call of a fast system is averaged over many calls;
+* a figure is reported as the median over repeats with its spread (min and max), and a
+  ratio between two systems is computed per repeat first, then summarised the same way.
+
+`pin_threads` restricts the process to N CPUs before JAX starts its backend: XLA sizes its
+thread pool from the affinity mask, and PyTorch is given the same count.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+
+SPREAD_TOLERANCE = 0.10  # a ratio's min and max within +-10 % of its median.
+
+
+def pin_threads(threads: int | None) -> int:
+  """Restricts this process to `threads` CPUs (XLA sizes its pool from the affinity mask
+  when its backend starts) and gives PyTorch, when installed, as many threads. Returns the
+  count (all the CPUs the process may use when `threads` is None)."""
+  cpus = sorted(os.sched_getaffinity(0))
+  if threads:
+    if jax._src.xla_bridge.backends_are_initialized():  # pylint: disable=protected-access
+      raise RuntimeError("pin threads before JAX starts its backend")
+    cpus = cpus[:threads]
+    os.sched_setaffinity(0, cpus)
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(len(cpus))
+  except ImportError:
+    pass
+  return len(cpus)
+
+
+def measure(call: Callable[[], Any], min_seconds: float) -> tuple[float, list[Any]]:
+  """Calls `call()` (which must block until its work is done) until `min_seconds` have
+  passed, at least once -> (seconds per call, the results of the calls)."""
+  results, start = [], time.perf_counter()
+  while True:
+    results.append(call())
+    elapsed = time.perf_counter() - start
+    if elapsed >= min_seconds:
+      return elapsed / len(results), results
+
+
+def interleaved(systems: Mapping[str, Callable[[], Any]], repeats: int, min_seconds: float,
+                *, warmup: bool = True, log: Callable[[str], None] | None = None
+                ) -> tuple[dict[str, list[float]], dict[str, list[list[Any]]]]:
+  """Times each system `repeats` times, interleaved (A B C, A B C, ...), after one warm-up
+  call each (unless `warmup` is False: the caller warmed them up).
+
+  Returns:
+    seconds per call of each system in each repeat, and the results of its calls in each
+    repeat (`len` of one: the calls that measurement made).
+  """
+  if warmup:
+    for call in systems.values():
+      call()
+  seconds = {name: [] for name in systems}
+  results = {name: [] for name in systems}
+  for r in range(repeats):
+    for name, call in systems.items():
+      s, out = measure(call, min_seconds)
+      seconds[name].append(s)
+      results[name].append(out)
+    if log is not None:
+      log(f"repeat {r + 1}/{repeats}: " + ", ".join(
+          f"{name} {1e3 * seconds[name][-1]:.1f} ms x {len(results[name][-1])}"
+          for name in systems))
+  return seconds, results
+
+
+def summary(values, digits: int = 4) -> dict[str, float]:
+  """{median, min, max} of per-repeat values."""
+  v = np.asarray(values, np.float64)
+  return {"median": round(float(np.median(v)), digits), "min": round(float(v.min()), digits),
+          "max": round(float(v.max()), digits)}
+
+
+def ratio(numerator, denominator, digits: int = 3) -> dict[str, Any]:
+  """Per-repeat `numerator / denominator`, summarised, with its half-spread relative to the
+  median (`spread`) and whether that stays within `SPREAD_TOLERANCE` (`stable`)."""
+  r = np.asarray(numerator, np.float64) / np.asarray(denominator, np.float64)
+  out = summary(r, digits)
+  med = float(np.median(r))
+  half = max(med - r.min(), r.max() - med) / med if med else float("inf")
+  return {**out, "spread": round(float(half), 3), "stable": bool(half <= SPREAD_TOLERANCE),
+          "per_repeat": [round(float(x), digits) for x in r]}
+
+
+def fmt(s: Mapping[str, float], scale: float = 1.0, precision: int = 2) -> str:
+  """'median [min-max]' of a summary, values times `scale`."""
+  f = lambda x: f"{scale * x:.{precision}f}"
+  return f"{f(s['median'])} [{f(s['min'])}-{f(s['max'])}]"

@@ -1,0 +1,46 @@
+"""Dropout masks (`models.dropout`) and the dense layers' kernel gradient (`models.dense`)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adapler_jax.models import dense, dropout
+
+
+def test_keep_mask_drops_at_the_rate_and_is_a_function_of_the_key():
+  key = jax.random.key(0)
+  mask = np.asarray(dropout.keep_mask(key, 0.1, (16, 4, 64, 64)))
+  assert abs((1 - mask.mean()) - 0.1) < 0.003  # 262k draws: std 6e-4.
+  np.testing.assert_array_equal(mask, dropout.keep_mask(key, 0.1, (16, 4, 64, 64)))
+  assert (mask != np.asarray(dropout.keep_mask(jax.random.key(1), 0.1, mask.shape))).mean() > 0.1
+
+
+def test_rows_do_not_depend_on_how_many_rows_there_are():
+  # Hashes are counted per row, so a data-parallel shard of rows draws the same bits.
+  key = jax.random.key(3)
+  small, large = dropout.random_uint16(key, (4, 10)), dropout.random_uint16(key, (9, 10))
+  np.testing.assert_array_equal(small, large[:4])
+  assert len(np.unique(np.asarray(large))) > 80  # four draws per hash, all distinct.
+
+
+def test_dropout_scales_kept_values_and_other_key_impls_work():
+  x = jnp.ones((16, 33))
+  y = np.asarray(dropout.dropout(jax.random.key(0), 0.25, x))
+  assert set(np.unique(y)) <= {0.0, np.float32(1 / 0.75)}
+  mask = dropout.keep_mask(jax.random.key(0, impl="rbg"), 0.5, (100, 101))
+  assert mask.shape == (100, 101) and 0.45 < float(mask.mean()) < 0.55
+  assert float(dropout.dropout(jax.random.key(0), 1.0, x).sum()) == 0.0
+
+
+def test_dense_dot_general_has_the_gradients_of_lax_dot_general():
+  x = jax.random.normal(jax.random.key(0), (3, 5, 8))
+  w = jax.random.normal(jax.random.key(1), (8, 6))
+  dims = (((2,), (0,)), ((), ()))
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w, dims)))
+  ours = jax.grad(loss(dense.dot_general), argnums=(0, 1))(x, w)
+  ref = jax.grad(loss(jax.lax.dot_general), argnums=(0, 1))(x, w)
+  for a, b in zip(ours, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(dense.dot_general(x, w, dims), jax.lax.dot_general(x, w, dims))
