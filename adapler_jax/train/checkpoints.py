@@ -104,14 +104,15 @@ def _silence_abandoned_reads() -> None:
 
   Their coroutines fail with the same error and are finalised later (by this collection,
   by orbax's event loop, or at interpreter exit), each printing an 'Exception ignored'
-  traceback; the restore has already raised the one error that matters. Only those
-  coroutines are dropped; every other unraisable exception still reaches the hook.
+  traceback, and those still running when orbax's event loop closes report that it is
+  closed; the restore has already raised the one error that matters. Only those two kinds
+  are dropped; every other unraisable exception still reaches the hook.
   """
   if not getattr(sys.unraisablehook, "_drops_abandoned_reads", False):
     previous = sys.unraisablehook
 
     def hook(unraisable):
-      if getattr(unraisable.object, "__qualname__", "") not in _ABANDONED_READS:
+      if not _abandoned_read(unraisable):
         previous(unraisable)
 
     hook._drops_abandoned_reads = True  # pylint: disable=protected-access
@@ -119,7 +120,11 @@ def _silence_abandoned_reads() -> None:
   gc.collect()
 
 
-_ABANDONED_READS = ("_read_array_index_and_device_put",)  # orbax's per-shard read coroutine.
+def _abandoned_read(unraisable) -> bool:
+  if getattr(unraisable.object, "__qualname__", "") == "_read_array_index_and_device_put":
+    return True  # orbax's per-shard read coroutine.
+  return (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed")
 
 
 def _first_line(e: BaseException) -> str:
