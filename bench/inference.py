@@ -524,11 +524,7 @@ def parse_args(argv=None):
     parser.error(f"give one --workdir (a run, or '{RANDOM_CP}') per --task, or --random-cp")
   if args.repeats < 1:
     parser.error("--repeats must be at least 1 (5 or more for a spread worth reading)")
-  systems = [s for s in args.systems.split(",") if s]
-  unknown = set(systems) - set(SYSTEMS)
-  if unknown:
-    parser.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
-  args.systems = [s for s in SYSTEMS if s in systems]
+  args.systems = timing.systems_arg(parser, args.systems, SYSTEMS)
   return args
 
 

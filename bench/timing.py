@@ -26,6 +26,15 @@ import numpy as np
 SPREAD_TOLERANCE = 0.10  # a ratio's min and max within +-10 % of its median.
 
 
+def systems_arg(parser, text: str, known: tuple[str, ...]) -> list[str]:
+  """`--systems a,b`: the named systems in `known`'s order; an unknown one is a usage error."""
+  systems = [s for s in text.split(",") if s]
+  unknown = set(systems) - set(known)
+  if unknown:
+    parser.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(known)}")
+  return [s for s in known if s in systems]
+
+
 def pin_threads(threads: int | None) -> int:
   """Restricts this process to `threads` CPUs (XLA sizes its pool from the affinity mask
   when its backend starts) and gives PyTorch, when installed, as many threads. Returns the

@@ -150,11 +150,7 @@ def parse_args(argv=None):
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train_step.json"))
   args = parser.parse_args(argv)
-  systems = [s for s in args.systems.split(",") if s]
-  unknown = set(systems) - set(SYSTEMS)
-  if unknown:
-    parser.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
-  args.systems = [s for s in SYSTEMS if s in systems]
+  args.systems = timing.systems_arg(parser, args.systems, SYSTEMS)
   return args
 
 
