@@ -6,8 +6,8 @@
 Series, all on the eval split of the runs (which must share task, split and max length):
 
 * AdapLeR at each trained phi (one point per AdapLeR workdir, its selected checkpoint);
-* AdapLeR's eta-search frontier (`search/frontier.json` of the first AdapLeR workdir), and
-  the global scalings of its eta (every layer by the same multiplier of the search's grid,
+* AdapLeR's eta-search frontier (`search/frontier.json` of the first AdapLeR workdir, when
+  it has one), and the global scalings of its eta (every layer by the same multiplier of the search's grid,
   what `bench/tradeoff.py --eta-multipliers` sweeps);
 * LAT's search frontier (`search/frontier.json` of the LAT workdir);
 * constant-rate reduction of the standard and the LengthDrop models (`bench/lat_tradeoff.py`);
@@ -16,6 +16,13 @@ Series, all on the eval split of the runs (which must share task, split and max 
 Cost is a fraction of the full model's, from `adapler_jax.infer.flops`, in the two
 conventions side by side: MACs at the padded length, batch 1 (the LAT paper's), and FLOPs on
 each example's real tokens (the AdapLeR paper's). Writes OUT.json and OUT.png.
+
+`--reference FILE` adds published points measured elsewhere (another backbone, another split),
+JSON `{"label": ..., "points": [{"label", "metric", "padded_fraction"}]}`: they go on the
+padded panel against a right-hand axis of their own, never on the measured axis.
+
+  python bench/compare_methods.py --adapler runs/squad --lat-tradeoff docs/lat_tradeoff_squad.json \
+      --reference bench/reference/lat_paper_squad.json --out docs/compare_squad
 """
 
 from __future__ import annotations
@@ -93,12 +100,13 @@ def frontier_points(workdir: str, split: str, method: str) -> list[dict]:
 
 
 def compare(adapler_workdirs: list[str], lat_workdir: str | None,
-            lat_tradeoff: str | None) -> dict:
+            lat_tradeoff: str | None, reference: str | None = None) -> dict:
   trained, shared = adapler_points(adapler_workdirs)
   split = shared["split"]
-  series = {"AdapLeR (trained at each phi)": trained,
-            "AdapLeR eta-search frontier": frontier_points(adapler_workdirs[0], split, "eta x"),
-            "AdapLeR global eta scaling": global_scalings(adapler_workdirs[0])}
+  series = {"AdapLeR (trained at each phi)": trained}
+  if (Path(adapler_workdirs[0]) / frontier.FRONTIER_FILE).exists():
+    series["AdapLeR eta-search frontier"] = frontier_points(adapler_workdirs[0], split, "eta x")
+  series["AdapLeR global eta scaling"] = global_scalings(adapler_workdirs[0])
   if lat_workdir:
     series["LAT search frontier"] = frontier_points(lat_workdir, split, "lengths")
   standard = trained[0]["backbone_metric"]
@@ -112,7 +120,30 @@ def compare(adapler_workdirs: list[str], lat_workdir: str | None,
                         ("lat", "LengthDrop model, constant rate")):
       series[name] = [point(f"r={p['ratio']:g}", p[model], p["padded_fraction"],
                             p["actual_fraction"]) for p in sweep["points"]]
-  return {**shared, "standard_metric": standard, "series": series}
+  out = {**shared, "metric_name": metric_label(shared["task"]), "standard_metric": standard,
+         "series": series}
+  if reference:
+    out["reference"] = read_reference(reference)
+  return out
+
+
+def metric_label(task: str) -> str:
+  return "F1" if task == "squad" else "accuracy"
+
+
+def read_reference(path: str) -> dict:
+  """Published points: `{"label", "points": [{"label", "metric", "padded_fraction"}]}`."""
+  try:
+    ref = json.loads(Path(path).read_text())
+    for p in ref["points"]:
+      float(p["metric"]), float(p["padded_fraction"]), str(p["label"])
+    str(ref["label"])
+    if not any(float(p["padded_fraction"]) == 1.0 for p in ref["points"]):
+      raise ValueError("no point at padded_fraction 1.0 (the published standard model)")
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise UserError(f"--reference {path}: not a reference file ({e!r}); give JSON "
+                    '{"label": ..., "points": [{"label", "metric", "padded_fraction"}]}') from e
+  return ref
 
 
 def plot(result: dict, path: Path) -> Path:
@@ -137,7 +168,25 @@ def plot(result: dict, path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel(f"cost / full model, {title} (log)")
     ax.grid(alpha=0.3, which="both")
-  axes[0].set_ylabel(f"{result['split']} accuracy (%)")
+  metric = result.get("metric_name", "accuracy")
+  axes[0].set_ylabel(f"{result['split']} {metric} (%)")
+  if "reference" in result:  # published numbers: an axis of their own, at the same scale,
+    ref = result["reference"]  # shifted so that the two standard models sit level.
+    right = axes[0].twinx()
+    pts = ref["points"]
+    right.plot([p["padded_fraction"] for p in pts], [p["metric"] for p in pts], "D",
+               color="C2", markerfacecolor="none", label=ref["label"])
+    for p in pts:
+      right.annotate(f"{p['label']} {p['metric']:g}", (p["padded_fraction"], p["metric"]),
+                     fontsize=7, textcoords="offset points", xytext=(4, -10), color="C2")
+    shift = max(p["metric"] for p in pts if float(p["padded_fraction"]) == 1.0) - (
+        100 * result["standard_metric"])
+    lo, hi = axes[0].get_ylim()
+    right.set_ylim(lo + shift, hi + shift)
+    right.set_ylabel(f"published {metric} (%), same scale, standard models level",
+                     color="C2", fontsize=8)
+    right.tick_params(axis="y", colors="C2")
+    right.legend(fontsize=7, loc="upper left")
   axes[1].legend(fontsize=8, loc="lower right")
   fig.suptitle(f"{result['task']} {result['split']}: AdapLeR and LAT on one backbone, "
                f"max length {result['max_length']}")
@@ -154,6 +203,9 @@ def table(result: dict) -> str:
       lines.append(f"{name:<34} {p['label'][:30]:<30} {100 * p['metric']:>7.2f} "
                    f"{p['padded_fraction']:>7.3f} {p['actual_fraction']:>7.3f}")
   lines.append(f"standard model, full length: {100 * result['standard_metric']:.2f}")
+  for p in result.get("reference", {}).get("points", []):
+    lines.append(f"{result['reference']['label']}: {p['label']} {p['metric']:.1f} at "
+                 f"{p['padded_fraction']:.2f} padded")
   return "\n".join(lines)
 
 
@@ -163,10 +215,12 @@ def main(argv=None) -> None:
                       help="comma-separated AdapLeR workdirs; the first holds the eta search")
   parser.add_argument("--lat", default=None, help="a LAT workdir with a search")
   parser.add_argument("--lat-tradeoff", default=None, help="bench/lat_tradeoff.py's JSON")
+  parser.add_argument("--reference", default=None,
+                      help="published points to draw on their own axis (see the docstring)")
   parser.add_argument("--out", required=True, help="output stem: OUT.json and OUT.png")
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.WARNING)
-  result = compare(args.adapler.split(","), args.lat, args.lat_tradeoff)
+  result = compare(args.adapler.split(","), args.lat, args.lat_tradeoff, args.reference)
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.with_suffix(".json").write_text(json.dumps(result, indent=2))

@@ -27,6 +27,7 @@ from adapler_jax.pipeline.context import Run
 from adapler_jax.search import evolution as evo
 
 SEARCH_DIR = "search"
+FRONTIER_FILE = f"{SEARCH_DIR}/frontier.json"  # relative to the workdir.
 COSTS = ("padded", "actual")
 
 
@@ -71,7 +72,7 @@ def save(run: Run, store: evo.Store, result: dict[str, Any], title: str) -> None
   """Writes `frontier.json` and its plot (main process only)."""
   if run.is_main_process:
     directory = run.workdir / SEARCH_DIR
-    (directory / "frontier.json").write_text(json.dumps(result, indent=2))
+    (run.workdir / FRONTIER_FILE).write_text(json.dumps(result, indent=2))
     plot(store, result, directory / "frontier.png", f"{run.task.name}: {title} "
          f"({result['held_out_rows']} held-out rows)")
 
@@ -112,7 +113,7 @@ def plot(store: evo.Store, result: dict[str, Any], path: Path, title: str) -> Pa
 
 def load(workdir: str | Path) -> dict[str, Any]:
   """A run's `search/frontier.json`."""
-  path = Path(workdir) / SEARCH_DIR / "frontier.json"
+  path = Path(workdir) / FRONTIER_FILE
   if not path.exists():
     raise UserError(f"{path} is missing; run train.py --phase search on this workdir first")
   return json.loads(path.read_text())

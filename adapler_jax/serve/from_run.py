@@ -50,14 +50,14 @@ def _export_lat(pipeline, config, workdir: Path, output: Path, force: bool) -> P
     chosen_from = "search/chosen.json"
   else:
     length_config, chosen_from = lat_phases.eval_length_config(run), "lat.eval_length_config"
-  frontier = None
-  if (search / "frontier.json").exists():
-    found = json.loads((search / "frontier.json").read_text())
-    frontier = {k: found[k] for k in ("cost", "full", "frontier", "metric_name") if k in found}
+  searched, found_file = None, workdir / frontier.FRONTIER_FILE
+  if found_file.exists():
+    found = json.loads(found_file.read_text())
+    searched = {k: found[k] for k in ("cost", "full", "frontier", "metric_name") if k in found}
   speed = {"length_config": [int(v) for v in length_config], "chosen_from": chosen_from,
            "base": int(config.data.max_length),
            "selection": dataclasses.asdict(lat_phases.selection_flags(run)),
-           "frontier": frontier}
+           "frontier": searched}
   source = {"workdir": str(workdir.resolve()), "backbone": config.backbone,
             "lengthdrop_step": step}
   meta = _meta(run, "lat", run.classifier_config(), speed, source)
