@@ -232,6 +232,24 @@ def test_adapler_without_removal_equals_plain_forward():
   np.testing.assert_allclose(result.logits, plain, atol=1e-5)
 
 
+def test_adapler_soft_restore_updates_every_token_above_the_cutoffs_in_full():
+  """Training at a small lambda, predictors giving every token the same score 1/n and eta
+  0.5: no token falls below its cutoff, so the soft forward is the plain span model, as
+  hard removal is; Eq. 4's small fade of tokens above the cutoff must not damp their
+  updates."""
+  cfg, params = adapler_config(), adapler_params()
+  model = {k: (jax.tree.map(jnp.zeros_like, v) if k.startswith("predictors_") else v)
+           for k, v in params["model"].items()}
+  params = {"model": model, "speed": {**params["speed"], "eta": jnp.full((L,), 0.5)}}
+  batch = _batch((13, 9))
+  logits, trace = soft_forward(cfg, params, batch, 10.0)
+  real = np.asarray(batch["attention_mask"])
+  assert np.all(np.asarray(trace["keep"])[-1][real] < 1.0)  # faded, never below a cutoff.
+  plain = _plain_logits({"bert": model["bert"], "head": model["head"]}, batch)
+  np.testing.assert_allclose(np.where(real[..., None], logits, 0),
+                             np.where(real[..., None], plain, 0), atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- losses
 
 
