@@ -1,5 +1,5 @@
-"""Shared fixtures: the embedded backbone's tokenizer, the optional real-data folder, and a
-temporary compilation cache for the CLIs that tests start."""
+"""Shared fixtures: the embedded backbone's tokenizer, the optional real-data folder, and one
+temporary compilation cache for the session."""
 
 import importlib.util
 import os
@@ -30,14 +30,27 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def cli_compilation_cache(tmp_path_factory):
-  """train.py / evaluate.py started by tests keep compiled programs in a temporary folder,
-  never in the user's cache (`adapler_jax.cli.enable_compilation_cache`)."""
-  from adapler_jax.cli import CACHE_ENV  # pylint: disable=g-import-not-at-top
-  saved = os.environ.get(CACHE_ENV)
-  os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("jax_cache"))
+def compilation_cache(tmp_path_factory):
+  """One persistent compilation cache for the session, in a temporary folder, never the
+  user's: for in-process runs (each pipeline phase and engine builds fresh jitted functions,
+  which would otherwise compile the same programs again in every test) and for the train.py
+  / evaluate.py processes tests start (`adapler_jax.cli.enable_compilation_cache`)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
+  from adapler_jax import cli  # pylint: disable=g-import-not-at-top
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes", "jax_compilation_cache_max_size")
+  saved_options = {k: getattr(jax.config, k) for k in names}
+  saved_env = os.environ.get(cli.CACHE_ENV)
+  os.environ[cli.CACHE_ENV] = str(tmp_path_factory.mktemp("jax_cache"))
+  jax.config.update("jax_compilation_cache_dir", None)
+  cli.enable_compilation_cache()
+  cc.reset_cache()
   yield
-  if saved is None:
-    os.environ.pop(CACHE_ENV, None)
+  for k, v in saved_options.items():
+    jax.config.update(k, v)
+  cc.reset_cache()
+  if saved_env is None:
+    os.environ.pop(cli.CACHE_ENV, None)
   else:
-    os.environ[CACHE_ENV] = saved
+    os.environ[cli.CACHE_ENV] = saved_env

@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from adapler_jax import pipeline
 from adapler_jax.data import load_split
@@ -36,28 +35,6 @@ def small_config(backbone: Path):
   c.data.train_subset, c.data.dev_subset = 32, 8
   c.train.epochs = 1
   return c
-
-
-CACHE_OPTIONS = {"jax_persistent_cache_min_compile_time_secs": 0,
-                 "jax_persistent_cache_min_entry_size_bytes": 0}
-_cache_env: dict[str, str] = {}  # the same cache for CLI subprocesses.
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  """One persistent compilation cache for this module's runs and CLI calls: every phase
-  builds fresh jitted functions, which would otherwise compile again in each test."""
-  options = dict(CACHE_OPTIONS, jax_compilation_cache_dir=str(tmp_path_factory.mktemp("xla")))
-  saved = {k: getattr(jax.config, k) for k in options}
-  for k, v in options.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-  _cache_env.update({k.upper(): str(v) for k, v in options.items()})
-  yield
-  _cache_env.clear()
-  for k, v in saved.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +61,7 @@ def snapshot(workdir: Path) -> dict[str, tuple[str, int]]:
 
 def cli(*args, timeout=300) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                        timeout=timeout, env={**os.environ, **_cache_env})
+                        timeout=timeout)
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
