@@ -255,3 +255,24 @@ def test_train_step_compiles_once_while_lambda_changes():
   jax.block_until_ready(metrics)
   assert step.jitted._cache_size() == 1
   assert compiles == []
+
+
+# --------------------------------------------------------------------------- initialisation
+
+def test_from_finetuned_takes_encoder_and_head_and_keeps_predictors_and_speed():
+  from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  from adapler_jax.pipeline.phases import with_finetuned  # pylint: disable=g-import-not-at-top
+  fresh = init_params(seed=0)
+  other = init_params(seed=1)["model"]
+  finetuned = {"bert": other["bert"], "head": other["head"]}
+  params = with_finetuned(fresh, finetuned)
+  for part in ("bert", "head"):
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)),
+                                     params["model"][part], finetuned[part]))
+  for l in range(L):
+    assert params["model"][f"predictors_{l}"] is fresh["model"][f"predictors_{l}"]
+  assert params["speed"] is fresh["speed"]
+  two_labels = adapler.init(jax.random.key(0), adapler.AdapLeRConfig(EncoderConfig.tiny(),
+                                                                    num_labels=2))["model"]
+  with pytest.raises(UserError, match="from_finetuned=false"):
+    with_finetuned(fresh, {"bert": other["bert"], "head": two_labels["head"]})

@@ -75,6 +75,7 @@ def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
   c.adapler.eta_init = 0.25
   c.adapler.theta_init = 1.0
   c.adapler.tolerance = 1.0
+  c.adapler.from_finetuned = False
 
   c.lat = ml_collections.ConfigDict()
   c.lat.epochs = 5
@@ -197,6 +198,9 @@ HELP = {
     "adapler.theta_init": "initial per-layer [CLS] weight theta of the saliency target",
     "adapler.tolerance": "selection: best speedup within this many dev metric points of the "
                          "fine-tuned model",
+    "adapler.from_finetuned": "start from the best fine-tuned model (backbone and head) instead "
+                              "of the pre-trained backbone with a fresh head (the paper's "
+                              "recipe); for short trainings, e.g. span QA on a CPU",
 
     "lat": "Length-Adaptive Transformer: LengthDrop training (LAT paper, section 4)",
     "lat.epochs": "LengthDrop epochs",

@@ -213,6 +213,16 @@ def load_finetuned(run: Run, k: int = 1) -> list[tuple[int, dict, float]]:
   return out
 
 
+def with_finetuned(params: dict, finetuned: dict) -> dict:
+  """AdapLeR params whose encoder and head are those of a fine-tuned classifier
+  (`{"bert", "head"}`); the predictors and speed parameters stay as they are."""
+  model = params["model"]
+  if jax.tree.map(np.shape, finetuned["head"]) != jax.tree.map(np.shape, model["head"]):
+    raise UserError("the fine-tuned head does not fit the AdapLeR model (another task or "
+                    "label count); set --config.adapler.from_finetuned=false")
+  return {**params, "model": {**model, "bert": finetuned["bert"], "head": finetuned["head"]}}
+
+
 # ----------------------------------------------------------------------------- phase 2
 
 
@@ -287,6 +297,8 @@ def train_adapler(run: Run) -> None:
                                       predictor_learning_rate=c.predictor_learning_rate or None)
   key = jax.random.key(run.config.seed + 1)
   params = adapler.init(key, cfg, backbone=run.backbone)
+  if c.from_finetuned:
+    params = with_finetuned(params, load_finetuned(run, 1)[0][1])
   ckpt = adapler_checkpointer(run)
   state = restore_latest(ckpt, on_mesh(run, create_train_state(params, optimizer, key)))
   _check_trained_on(ckpt, source)
