@@ -54,12 +54,13 @@ def point(label: str, metric: float, padded: float, actual: float, **extra) -> d
           "actual_fraction": float(actual), **extra}
 
 
-def global_scalings(workdir: str) -> list[dict]:
-  """The first run's model with every layer's eta scaled alike, over the search's grid."""
+def global_scalings(workdir: str, multipliers=None) -> list[dict]:
+  """The first run's model with every layer's eta scaled alike, over `multipliers` (default:
+  the search's grid)."""
   trained = pipeline.load_run(workdir)
   data = trained.eval_dataset(trained.config.eval.split)
   out = []
-  for m in adapler_search.check_grid(trained.config.search.eta_multipliers):
+  for m in adapler_search.check_grid(multipliers or trained.config.search.eta_multipliers):
     scored = adapler_search.score(trained.adapler_cfg, trained.adapler_params, data,
                                   trained.task.metric,
                                   np.full(trained.adapler_cfg.num_layers, m))
@@ -100,13 +101,14 @@ def frontier_points(workdir: str, split: str, method: str) -> list[dict]:
 
 
 def compare(adapler_workdirs: list[str], lat_workdir: str | None,
-            lat_tradeoff: str | None, reference: str | None = None) -> dict:
+            lat_tradeoff: str | None, reference: str | None = None,
+            eta_multipliers=None) -> dict:
   trained, shared = adapler_points(adapler_workdirs)
   split = shared["split"]
   series = {"AdapLeR (trained at each phi)": trained}
   if (Path(adapler_workdirs[0]) / frontier.FRONTIER_FILE).exists():
     series["AdapLeR eta-search frontier"] = frontier_points(adapler_workdirs[0], split, "eta x")
-  series["AdapLeR global eta scaling"] = global_scalings(adapler_workdirs[0])
+  series["AdapLeR global eta scaling"] = global_scalings(adapler_workdirs[0], eta_multipliers)
   if lat_workdir:
     series["LAT search frontier"] = frontier_points(lat_workdir, split, "lengths")
   standard = trained[0]["backbone_metric"]
@@ -217,10 +219,18 @@ def main(argv=None) -> None:
   parser.add_argument("--lat-tradeoff", default=None, help="bench/lat_tradeoff.py's JSON")
   parser.add_argument("--reference", default=None,
                       help="published points to draw on their own axis (see the docstring)")
+  parser.add_argument("--eta-multipliers", default="",
+                      help="global eta scalings to draw, e.g. 0.5,1,2 (default: the search grid)")
   parser.add_argument("--out", required=True, help="output stem: OUT.json and OUT.png")
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.WARNING)
-  result = compare(args.adapler.split(","), args.lat, args.lat_tradeoff, args.reference)
+  try:
+    multipliers = [float(m) for m in args.eta_multipliers.split(",") if m] or None
+  except ValueError as e:
+    raise UserError(f"--eta-multipliers {args.eta_multipliers!r} is not a list of numbers; "
+                    "pass e.g. 0.5,1,2") from e
+  result = compare(args.adapler.split(","), args.lat, args.lat_tradeoff, args.reference,
+                   multipliers)
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.with_suffix(".json").write_text(json.dumps(result, indent=2))
