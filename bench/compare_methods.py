@@ -82,7 +82,7 @@ def adapler_points(workdirs: list[str]) -> tuple[list[dict], dict]:
     points.append(point(f"phi={phi:g}", scored["metric"], scored["padded_fraction"],
                         scored["actual_fraction"], workdir=workdir,
                         backbone_metric=trained.backbone_dev_metric))
-  return points, {"task": trained.task.name, "split": split,
+  return points, {"task": trained.task.name, "split": split, "metric_name": trained.task.metric,
                   "max_length": trained.config.data.max_length}
 
 
@@ -122,15 +122,10 @@ def compare(adapler_workdirs: list[str], lat_workdir: str | None,
                         ("lat", "LengthDrop model, constant rate")):
       series[name] = [point(f"r={p['ratio']:g}", p[model], p["padded_fraction"],
                             p["actual_fraction"]) for p in sweep["points"]]
-  out = {**shared, "metric_name": metric_label(shared["task"]), "standard_metric": standard,
-         "series": series}
+  out = {**shared, "standard_metric": standard, "series": series}
   if reference:
     out["reference"] = read_reference(reference)
   return out
-
-
-def metric_label(task: str) -> str:
-  return "F1" if task == "squad" else "accuracy"
 
 
 def read_reference(path: str) -> dict:
