@@ -225,3 +225,21 @@ def test_lat_phases_and_evaluation(tiny_backbone, tmp_path):
   best = max(result["frontier"], key=lambda r: r["held_out_metric"])
   assert chosen["config"] == best["config"] == json.loads(out.read_text())["length_config"]
   assert json.loads((workdir / "search" / "chosen.json").read_text())["config"] == best["config"]
+
+
+def test_search_split_holds_out_train_rows_of_a_resplit(tmp_path, tokenizer):
+  """A re-split task (AG News: one labelled file) still gives the search train rows that
+  training never saw, and never a row of the reported split."""
+  from adapler_jax import data
+  from adapler_jax.errors import UserError
+  from adapler_jax.pipeline import context
+  c = pipeline.base_config("demo", max_length=16)
+  c.data.update(resplit_source="train", resplit_train=60, resplit_test=20, train_subset=45)
+  run = context.Run(c, tmp_path, data.get_task("demo"), None, {}, tokenizer, None)
+  train, dev, held = run.dataset("train"), run.dataset("dev"), run.search_split(100)
+  assert (len(train), len(dev), len(held)) == (45, 20, 15)
+  assert not set(held.ids) & set(train.ids) and not set(held.ids) & set(dev.ids)
+  assert run.search_split(100) is held
+  c.data.train_subset = 0
+  with pytest.raises(UserError, match="train_subset 0 uses all 60 train rows.*below 60"):
+    context.Run(c, tmp_path, data.get_task("demo"), None, {}, tokenizer, None).search_split(8)

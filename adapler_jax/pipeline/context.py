@@ -13,8 +13,8 @@ import ml_collections
 from jax.sharding import Mesh
 
 from adapler_jax import weights
-from adapler_jax.data import (TaskSpec, TokenizedDataset, get_task, load_split, resplit, subset,
-                              tokenize)
+from adapler_jax.data import (TaskSpec, TextDataset, TokenizedDataset, get_task, load_split,
+                              resplit, subset, tokenize)
 from adapler_jax.data import squad
 from adapler_jax.data import readers
 from adapler_jax.data.tasks import CUSTOM, custom_task
@@ -102,16 +102,13 @@ class Run:
       return self._span_search_split(size)
     if key not in self._data:
       d = self.config.data
-      if d.resplit_train or not d.train_subset:
-        raise UserError("the search scores configs on train rows that training never saw; "
-                        "set --config.data.train_subset below the train split's size")
-      train = load_split(self.task, d.train_split, d.data_dir or None, tokenizer=self.tokenizer,
-                         max_length=d.max_length)
-      if d.train_subset >= len(train):
-        raise UserError(f"data.train_subset {d.train_subset} uses all {len(train)} train rows; "
-                        "lower it so the search has held-out rows")
+      train = _text_splits(self.config, self.task, self.tokenizer, "train")["train"]
+      if not d.train_subset or d.train_subset >= len(train):
+        raise UserError(f"data.train_subset {d.train_subset} uses all {len(train)} train rows, "
+                        "but the search scores configs on train rows that training never saw; "
+                        f"set --config.data.train_subset below {len(train)}")
       used = np.random.default_rng(self.config.seed).choice(len(train), d.train_subset,
-                                                             replace=False)
+                                                             replace=False)  # as `subset` draws.
       rest = np.setdiff1d(np.arange(len(train)), used)
       pick = np.sort(np.random.default_rng(self.config.seed + 1).choice(
           rest, min(size, len(rest)), replace=False))
@@ -172,20 +169,24 @@ def _load_span_splits(config, task: TaskSpec, tokenizer,
   return out
 
 
-def _load_splits(config, task: TaskSpec, tokenizer, wanted: str) -> dict[str, TokenizedDataset]:
+def _text_splits(config, task: TaskSpec, tokenizer, wanted: str) -> dict[str, TextDataset]:
+  """Untokenized splits before any subset: all three of a re-split (`data.resplit_train`),
+  else `wanted` read from its file."""
   d = config.data
-  data_dir = d.data_dir or None
-  names = {"train": d.train_split, "dev": d.dev_split, "test": d.test_split or d.dev_split}
   windowing = {"tokenizer": tokenizer, "max_length": d.max_length}  # long-document tasks.
   if d.resplit_train:
-    source = load_split(task, d.resplit_source, data_dir, **windowing)
+    source = load_split(task, d.resplit_source, d.data_dir or None, **windowing)
     train, held_out = resplit(source, d.resplit_train, d.resplit_test, seed=d.resplit_seed)
-    texts = {"train": train, "dev": held_out, "test": held_out}
-  else:
-    texts = {wanted: load_split(task, names[wanted], data_dir, **windowing)}
+    return {"train": train, "dev": held_out, "test": held_out}
+  names = {"train": d.train_split, "dev": d.dev_split, "test": d.test_split or d.dev_split}
+  return {wanted: load_split(task, names[wanted], d.data_dir or None, **windowing)}
+
+
+def _load_splits(config, task: TaskSpec, tokenizer, wanted: str) -> dict[str, TokenizedDataset]:
+  d = config.data
   sizes = {"train": d.train_subset, "dev": d.dev_subset, "test": d.dev_subset}
   out = {}
-  for split, ds in texts.items():
+  for split, ds in _text_splits(config, task, tokenizer, wanted).items():
     if sizes[split] and sizes[split] < len(ds):
       ds = subset(ds, sizes[split], seed=config.seed)
     out[split] = tokenize(ds, tokenizer, d.max_length)
