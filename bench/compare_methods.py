@@ -23,6 +23,10 @@ padded panel against a right-hand axis of their own, never on the measured axis.
 
   python bench/compare_methods.py --adapler runs/squad --lat-tradeoff docs/lat_tradeoff_squad.json \
       --reference bench/reference/lat_paper_squad.json --out docs/compare_squad
+
+`--budgets 0.15,0.3` adds, per budget, each series' best point that costs at most that
+(`--budget-cost`, default real-token FLOPs): where a search frontier beats the global scaling
+and the trained point.
 """
 
 from __future__ import annotations
@@ -206,6 +210,29 @@ def table(result: dict) -> str:
   return "\n".join(lines)
 
 
+def under_budgets(result: dict, budgets: list[float], key: str = "actual") -> dict:
+  """Per budget (a fraction of the full model's cost in convention `key`), each series' best
+  metric among its points that cost at most that: `{budget: {series: point or None}}`. One
+  rule for every series, so a search frontier and the global scaling compare point for point."""
+  out = {}
+  for budget in budgets:
+    out[budget] = {}
+    for name, points in result["series"].items():
+      fits = [p for p in points if p[f"{key}_fraction"] <= budget]
+      out[budget][name] = max(fits, key=lambda p: p["metric"]) if fits else None
+  return out
+
+
+def budget_table(picked: dict, key: str) -> str:
+  names = list(next(iter(picked.values())))
+  lines = [f"best {key}-cost point under each budget: " + " | ".join(names)]
+  for budget, row in picked.items():
+    cells = [f"{100 * p['metric']:.2f} ({p['label']}, {p[f'{key}_fraction']:.3f})" if p else "-"
+             for p in row.values()]
+    lines.append(f"{budget:g}: " + " | ".join(cells))
+  return "\n".join(lines)
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--adapler", required=True,
@@ -216,21 +243,32 @@ def main(argv=None) -> None:
                       help="published points to draw on their own axis (see the docstring)")
   parser.add_argument("--eta-multipliers", default="",
                       help="global eta scalings to draw, e.g. 0.5,1,2 (default: the search grid)")
+  parser.add_argument("--budgets", default="",
+                      help="cost budgets to tabulate each series' best point under, e.g. 0.15,0.3")
+  parser.add_argument("--budget-cost", default="actual", choices=[k for k, _ in CONVENTIONS],
+                      help="the convention --budgets are fractions of")
   parser.add_argument("--out", required=True, help="output stem: OUT.json and OUT.png")
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.WARNING)
   try:
     multipliers = [float(m) for m in args.eta_multipliers.split(",") if m] or None
+    budgets = [float(b) for b in args.budgets.split(",") if b]
   except ValueError as e:
-    raise UserError(f"--eta-multipliers {args.eta_multipliers!r} is not a list of numbers; "
-                    "pass e.g. 0.5,1,2") from e
+    raise UserError(f"--eta-multipliers {args.eta_multipliers!r} or --budgets {args.budgets!r} "
+                    "is not a list of numbers; pass e.g. 0.5,1,2") from e
   result = compare(args.adapler.split(","), args.lat, args.lat_tradeoff, args.reference,
                    multipliers)
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
+  if budgets:
+    picked = under_budgets(result, budgets, args.budget_cost)
+    result["under_budgets"] = {"cost": args.budget_cost,
+                               "points": {f"{b:g}": row for b, row in picked.items()}}
   out.with_suffix(".json").write_text(json.dumps(result, indent=2))
   plot(result, out.with_suffix(".png"))
   print(table(result))
+  if budgets:
+    print(budget_table(picked, args.budget_cost))
   print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
 
 

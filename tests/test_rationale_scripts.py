@@ -153,3 +153,18 @@ def test_bench_inference_measures_picked_frontier_points(run, tmp_path):
 
 def _has_torch() -> bool:
   return importlib.util.find_spec("torch") is not None
+
+
+def test_compare_methods_best_point_under_each_budget():
+  pt = lambda metric, padded, actual: {"label": f"{metric}", "metric": metric,
+                                       "padded_fraction": padded, "actual_fraction": actual}
+  result = {"series": {"frontier": [pt(0.6, 0.1, 0.2), pt(0.8, 0.3, 0.5), pt(0.9, 0.5, 1.0)],
+                       "global": [pt(0.7, 0.2, 0.45), pt(0.95, 0.6, 1.2)]}}
+  compare = _script("compare_methods")
+  picked = compare.under_budgets(result, [0.1, 0.5, 1.0], "actual")
+  assert picked[0.1] == {"frontier": None, "global": None}
+  assert [picked[0.5][k]["metric"] for k in ("frontier", "global")] == [0.8, 0.7]
+  assert [picked[1.0][k]["metric"] for k in ("frontier", "global")] == [0.9, 0.7]
+  padded = compare.under_budgets(result, [0.25], "padded")[0.25]
+  assert [padded[k]["metric"] for k in ("frontier", "global")] == [0.6, 0.7]
+  assert "0.5: 80.00 (0.8, 0.500) | 70.00 (0.7, 0.450)" in compare.budget_table(picked, "actual")
