@@ -34,6 +34,7 @@ from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.infer import flops
 from adapler_jax.pipeline import checks
+from adapler_jax.pipeline import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The --workdir of a finished train.py run.")
 _SPLIT = flags.DEFINE_enum("split", "dev", ["dev", "test", "train"], "Split to evaluate "
@@ -101,11 +102,17 @@ def main(argv):
       batch_size=_BATCH.value or config.eval.batch_size, flops_mode=_FLOPS.value,
       predictions_dir=predictions_dir(trained.task))
   out = {"task": trained.task.name, "split": _SPLIT.value, **result}
+  write_result(out, chosen)
+
+
+def write_result(out: dict, chosen: dict | None) -> None:
+  """`out` (with the frontier point it used, if any) to --output or WORKDIR/eval_SPLIT.json,
+  whole or not at all, and its summary to stdout."""
   if chosen is not None:
     out["chosen_from_frontier"] = record_choice(chosen)
   path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"eval_{_SPLIT.value}.json")
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(out, indent=2))
+  workdir_lib.atomic_write_text(path, json.dumps(out, indent=2))
   print(json.dumps({k: v for k, v in out.items() if k != "kept_tokens_per_layer"}, indent=2))
   print(f"wrote {path}")
 
@@ -164,13 +171,7 @@ def evaluate_lat() -> None:
          "lengthdrop_step": step, "full_metric": full["metric"], **reduced}
   if run.task.is_span:
     out.update(full_exact_match=full["exact_match"], full_f1=full["f1"])
-  if chosen is not None:
-    out["chosen_from_frontier"] = record_choice(chosen)
-  path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"eval_{_SPLIT.value}.json")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(out, indent=2))
-  print(json.dumps({k: v for k, v in out.items() if k != "kept_tokens_per_layer"}, indent=2))
-  print(f"wrote {path}")
+  write_result(out, chosen)
 
 
 def predictions_dir(task) -> Path | None:
