@@ -206,8 +206,14 @@ def with_frontier(setup: Setup, workdir: str, args) -> Setup:
 
 def trained_setup(task: str, workdir: str, args) -> Setup:
   """A trained run: fine-tuned backbone and AdapLeR model from `load_run(workdir)`, with
-  the frontier points of `--frontier-budgets`."""
-  return with_frontier(run_setup(task, workdir, args), workdir, args)
+  the frontier points of `--frontier-budgets` and the global eta scalings of
+  `--eta-scales`."""
+  setup = with_frontier(run_setup(task, workdir, args), workdir, args)
+  if setup.adapler_params is not None:
+    for scale in args.eta_scales:
+      setup.eta_points[f"ours-adapler eta x{scale:g}"] = np.full(setup.cfg.num_layers, scale,
+                                                                np.float32)
+  return setup
 
 
 def run_setup(task: str, workdir: str, args) -> Setup:
@@ -494,6 +500,9 @@ def parse_args(argv=None):
                       help="trained runs with a search frontier (train.py --phase search): "
                            "also measure the frontier point picked for each FLOPs budget, e.g. "
                            "0.3,0.67 (fractions of the full model, the search's convention)")
+  parser.add_argument("--eta-scales", default="",
+                      help="AdapLeR runs: also measure the model with every layer's eta times "
+                           "each of these, e.g. 0.1 for a model that drops few tokens")
   parser.add_argument("--max-examples", type=int, default=None,
                       help="seeded subset per task, for a quick run")
   parser.add_argument("--repeats", type=int, default=5,
@@ -518,6 +527,7 @@ def parse_args(argv=None):
   args.full_folds = tuple(int(f) for f in args.full_folds.split(",") if f)
   args.lat_configs = [c for c in args.lat_configs.split(",") if c]
   args.frontier_budgets = [float(b) for b in args.frontier_budgets.split(",") if b]
+  args.eta_scales = [float(s) for s in args.eta_scales.split(",") if s]
   if args.random_cp:
     args.workdir = [RANDOM_CP] * len(args.task)
   if len(args.workdir) != len(args.task):

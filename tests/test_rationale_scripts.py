@@ -137,11 +137,15 @@ def test_bench_inference_measures_picked_frontier_points(run, tmp_path):
   _script("inference").main([
       "--workdir", str(workdir), "--task", "demo", "--batch-sizes", "4", "--max-examples", "12",
       "--systems", "ours-full,ours-adapler", "--frontier-budgets", "0.1,0.5,0.3,2",
+      "--eta-scales", "0",
       "--repeats", "1", "--min-seconds", "0", "--retries", "0", "--out", str(out)])
   rows = {r["system"]: r for r in json.loads(out.read_text())}
   # 0.1 has no point; 0.5 and 0.3 pick the same one, measured once; 2 picks the best.
   assert list(rows) == ["ours-full", "ours-adapler", "ours-adapler eta@0.5a",
-                        "ours-adapler eta@2a"]
+                        "ours-adapler eta@2a", "ours-adapler eta x0"]
+  assert rows["ours-adapler eta x0"]["eta_multipliers"] == [0.0, 0.0]
+  assert rows["ours-adapler eta x0"]["flops_speedup"] == rows["ours-adapler eta@2a"][
+      "flops_speedup"]  # the same model reached by a global scaling and by the frontier.
   assert rows["ours-adapler eta@0.5a"]["eta_multipliers"] == [4.0, 4.0]
   assert rows["ours-adapler eta@2a"]["eta_multipliers"] == [0.0, 0.0]
   speedup = lambda name: rows[name]["flops_speedup"]
