@@ -18,7 +18,6 @@ A trained model, exported with `adapler-export`, predicts from raw text::
 
 from adapler_jax.models.adapler import (AdapLeRConfig, AdapLeRModel, HardRemovalResult,
                                         hard_forward, init, soft_forward, soft_removal_edit)
-from adapler_jax.cli import configure_xla_cpu
 from adapler_jax.models.bert import Bert, EncoderConfig, encode
 from adapler_jax.models.heads import SequenceClassifier, SpanQA
 from adapler_jax.serve import ExportedModel, Predictor, load_model
@@ -30,7 +29,7 @@ from adapler_jax.weights import load_backbone
 __all__ = [
     "AdapLeRConfig", "AdapLeRModel", "Bert", "EncoderConfig", "ExportedModel",
     "HardRemovalResult", "LossWeights", "Predictor", "SequenceClassifier", "SpanQA",
-    "TrainState", "adapler_grads", "adapler_optimizer", "configure_xla_cpu",
-    "create_train_state", "encode", "hard_forward", "init", "load_backbone", "load_model",
-    "make_train_step", "soft_forward", "soft_removal_edit",
+    "TrainState", "adapler_grads", "adapler_optimizer", "create_train_state", "encode",
+    "hard_forward", "init", "load_backbone", "load_model", "make_train_step", "soft_forward",
+    "soft_removal_edit",
 ]

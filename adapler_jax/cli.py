@@ -16,15 +16,9 @@ from adapler_jax.errors import UserError
 CONFIG_FLAG = "config"
 CACHE_ENV = "ADAPLER_JAX_CACHE_DIR"  # where compiled programs go; "" turns the cache off.
 CACHE_MAX_BYTES = 2 << 30  # least recently used programs are evicted beyond this.
-# XLA:CPU hands dots to YNNPACK by default, which is 2-2.5x slower than XLA's own kernels on
-# few-row matmuls (8 x 384 @ 384 x 1536: 600 vs 250 us, one core) and no faster on large
-# ones: the shapes of batch-1 inference and of the narrow grids after dropping.
-CPU_DOT_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
-KEEP_XLA_ENV = "ADAPLER_JAX_KEEP_XLA_FLAGS"  # "1": leave XLA_FLAGS as the user set them.
 
 
 def run_cli(main: Callable[[], object]) -> None:
-  configure_xla_cpu()
   try:
     main()
   except UserError as e:
@@ -74,20 +68,6 @@ def _unknown_override(argv: list[str]) -> str:
       except UserError as e:
         return str(e)
   return f"a --{CONFIG_FLAG}.<field> override does not fit the config file {path}"
-
-
-def configure_xla_cpu() -> bool:
-  """Keeps XLA:CPU's own kernels for dots (`CPU_DOT_FLAG`): appended to `XLA_FLAGS` unless
-  they already set it, `$ADAPLER_JAX_KEEP_XLA_FLAGS` is 1, or JAX's backends are already
-  running (too late: call it before the first computation). CPU only; accelerators ignore
-  it. Returns whether it changed `XLA_FLAGS`."""
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-  current = os.environ.get("XLA_FLAGS", "")
-  if (os.environ.get(KEEP_XLA_ENV) == "1" or CPU_DOT_FLAG.split("=")[0] in current
-      or xla_bridge.backends_are_initialized()):
-    return False
-  os.environ["XLA_FLAGS"] = f"{current} {CPU_DOT_FLAG}".strip()
-  return True
 
 
 def compilation_cache_dir() -> Path | None:

@@ -154,27 +154,3 @@ def test_missing_extra_is_one_line(monkeypatch):
   assert str(err.value) == ("downloading sst2 from the Hugging Face hub needs the datasets "
                             "package; install it with pip install 'adapler-jax[hub]' or pass a "
                             "local folder with --config.data.data_dir")
-
-
-def test_configure_xla_cpu_sets_the_dot_flag_once_and_respects_the_user():
-  """In a fresh interpreter: set before the first computation, kept when the user set it or
-  asked to keep XLA_FLAGS, and never changed once the backend runs."""
-  script = """
-import os, jax.numpy as jnp
-from adapler_jax import cli
-os.environ.pop("XLA_FLAGS", None); os.environ.pop(cli.KEEP_XLA_ENV, None)
-assert cli.configure_xla_cpu() and os.environ["XLA_FLAGS"] == cli.CPU_DOT_FLAG
-assert not cli.configure_xla_cpu() and os.environ["XLA_FLAGS"] == cli.CPU_DOT_FLAG
-os.environ["XLA_FLAGS"] = "--xla_cpu_experimental_ynn_fusion_type=dot --other"
-assert not cli.configure_xla_cpu() and "=dot --other" in os.environ["XLA_FLAGS"]
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
-os.environ[cli.KEEP_XLA_ENV] = "1"
-assert not cli.configure_xla_cpu()
-del os.environ[cli.KEEP_XLA_ENV]
-float(jnp.ones(2).sum())  # the backend starts with the user's flags.
-assert not cli.configure_xla_cpu() and cli.CPU_DOT_FLAG not in os.environ["XLA_FLAGS"]
-print("ok")
-"""
-  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                        cwd=ROOT, timeout=120)
-  assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
