@@ -1,12 +1,14 @@
-"""XLA:CPU's dot kernels: its default (dots handed to YNNPACK) against XLA's own, which the CLIs
-pick (`adapler_jax.cli.configure_xla_cpu`), on the shapes token dropping produces.
+"""XLA:CPU's dot kernels: its default (dots handed to YNNPACK) against its own, which the
+engines take for inputs under `kernels.SMALL_GRID_TOKENS` slots (`adapler_jax.infer.kernels`),
+on the shapes token dropping produces.
 
-The flag is fixed when JAX's backend starts, so each setting runs in a worker process of its
-own, both alive for the whole run; a repeat asks each worker in turn (A B, A B, ...) to time
-every case, and the ratios are taken per repeat (`bench/timing.py`). Cases, on the embedded
-MiniLM's weights: one feed-forward matmul (rows x 384 @ 384 x 1536) over six layers' worth of
-distinct weight matrices (so none stays in cache), and one whole encoder layer at batch x
-width tokens::
+Each case is jitted twice, without and with `kernels.XLA_DOTS` as compiler options, and the
+two are timed interleaved (A B, A B, ...; `bench/timing.py`), the ratios taken per repeat.
+Cases, on the embedded MiniLM's weights: one feed-forward matmul (rows x 384 @ 384 x 1536) over
+six layers' worth of distinct weight matrices (so none stays in cache; time per matrix), one
+whole encoder layer at batch x width tokens, and whole forward passes of the engines' programs
+(full length; AdapLeR with random predictors scaled x4 and eta 0.9, which keeps about a third
+of the tokens) on inputs of 64 positions, 44 of them real::
 
   python bench/cpu_dots.py --threads 1 --out bench/results/cpu_dots.json
 """
@@ -15,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,53 +26,63 @@ sys.path.insert(0, str(REPO / "bench"))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import timing  # bench/timing.py
-from adapler_jax import cli
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-MATMUL_ROWS = (1, 8, 16, 64, 2048)
-LAYER_SHAPES = ((1, 8), (1, 16), (1, 32), (1, 64), (8, 64), (32, 64))
-SETTINGS = {"xla-default": "", "ours": cli.CPU_DOT_FLAG}
+MATMUL_ROWS = (1, 8, 16, 64, 256, 2048)
+LAYER_SHAPES = ((1, 8), (1, 16), (1, 32), (1, 64), (4, 64), (8, 64), (32, 64))
+PROGRAM_BATCHES = (1, 4, 32)
 
 
 def cases():
-  """{name: call} of every case, each call blocking until its result is ready."""
+  """{name: (call with XLA's default kernels, call with its own, calls per matrix)}."""
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from adapler_jax.infer import packing
+  from adapler_jax.infer import engine, kernels, packing
+  from adapler_jax.models import adapler
   from adapler_jax.models.bert import attention_bias_from_mask, encoder_layer_params
   from adapler_jax.weights import load_backbone
   backbone = load_backbone("minilm")
   enc, layers = backbone.config, encoder_layer_params(backbone.config, backbone.params)
   rng = np.random.default_rng(0)
+  both = lambda fn, **kw: (jax.jit(fn, **kw), jax.jit(fn, compiler_options=kernels.XLA_DOTS,
+                                                      **kw))
+  ready = lambda f, *a, **kw: (lambda: jax.block_until_ready(f(*a, **kw)))
   mats = [jnp.asarray(rng.normal(size=(enc.hidden_size, enc.intermediate_size)), jnp.float32)
           for _ in range(2 * enc.num_layers)]
-  matmuls = jax.jit(lambda x, ws: [x @ w for w in ws])
-  layer = jax.jit(lambda p, x, bias: packing.run_layer(enc, p, x, bias, None))
+  matmuls = both(lambda x, ws: [x @ w for w in ws])
+  layer = both(lambda p, x, bias: packing.run_layer(enc, p, x, bias, None))
   out = {}
   for m in MATMUL_ROWS:
     x = jnp.asarray(rng.normal(size=(m, enc.hidden_size)), jnp.float32)
     out[f"matmul {m} x {enc.hidden_size} @ {enc.hidden_size} x {enc.intermediate_size}"] = (
-        lambda x=x: jax.block_until_ready(matmuls(x, mats)), len(mats))
+        *(ready(f, x, mats) for f in matmuls), len(mats))
   for b, w in LAYER_SHAPES:
     x = jnp.asarray(rng.normal(size=(b, w, enc.hidden_size)), jnp.float32)
     bias = attention_bias_from_mask(jnp.ones((b, w), bool))
-    out[f"layer {b} x {w} tokens"] = (
-        lambda x=x, bias=bias: jax.block_until_ready(layer(layers[0], x, bias)), 1)
+    out[f"layer {b} x {w} tokens"] = (*(ready(f, layers[0], x, bias) for f in layer), 1)
+  cfg = adapler.AdapLeRConfig(enc, num_labels=2)
+  params = adapler.init(jax.random.key(0), cfg, backbone=backbone.params)
+  model = {k: jax.tree.map(lambda w: 4 * w, v) if k.startswith("predictors_") else v
+           for k, v in params["model"].items()}
+  speed = {**params["speed"], "eta": jnp.full((cfg.num_layers,), 0.9)}
+  for b in PROGRAM_BATCHES:
+    ids = rng.integers(1000, 20000, (b, 64)).astype(np.int32)
+    types, lengths = np.zeros_like(ids), np.full((b,), 44, np.int32)
+    full = engine.FullLengthEngine(cfg, {"bert": model["bert"], "head": model["head"]},
+                                   batch_size=b, max_length=64, folds=())
+    adaptive = engine.AdaptiveEngine(cfg, {"model": model, "speed": speed}, batch_size=b,
+                                     max_length=64)
+    f, a = engine._FULL_FORWARD, engine._FORWARD  # pylint: disable=protected-access
+    full_args = (cfg.encoder, 2, full._params, ids, types, lengths)  # pylint: disable=protected-access
+    out[f"full forward {b} x 64"] = (*(ready(g, *full_args, chunk_rows=full.ffn_chunk_rows)
+                                       for g in (f.default, f.small)), 1)
+    adaptive_args = (cfg, adaptive.row_counts(), adaptive.widths, adaptive._params,  # pylint: disable=protected-access
+                     ids, types, lengths)
+    out[f"AdapLeR forward {b} x 64"] = (
+        *(ready(g, *adaptive_args, chunk_rows=adaptive.ffn_chunk_rows)
+          for g in (a.default, a.small)), 1)
   return out
-
-
-def worker(min_seconds: float) -> None:
-  """Reads one line per repeat from stdin; answers with the seconds of every case (JSON)."""
-  calls = cases()
-  for call, _ in calls.values():
-    call()  # compile and warm up.
-  print(json.dumps(list(calls)), flush=True)
-  for _ in sys.stdin:
-    out = {}
-    for name, (call, per) in calls.items():
-      out[name] = timing.measure(call, min_seconds)[0] / per
-    print(json.dumps(out), flush=True)
 
 
 def main(argv=None) -> None:
@@ -81,47 +91,25 @@ def main(argv=None) -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--min-seconds", type=float, default=0.5)
   parser.add_argument("--out", default=None)
-  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  if args.worker:
-    return worker(args.min_seconds)
-  threads = timing.pin_threads(args.threads)  # workers inherit the affinity.
-  procs = {}
-  for name, flag in SETTINGS.items():
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip(),
-           cli.KEEP_XLA_ENV: "1"}
-    procs[name] = subprocess.Popen(
-        [sys.executable, __file__, "--worker", "--min-seconds", str(args.min_seconds)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-  names = [json.loads(p.stdout.readline()) for p in procs.values()][0]
-  seconds = {s: {n: [] for n in names} for s in procs}
-  for r in range(args.repeats):
-    for setting, p in procs.items():
-      p.stdin.write("go\n")
-      p.stdin.flush()
-      for n, s in json.loads(p.stdout.readline()).items():
-        seconds[setting][n].append(s)
-    print(f"repeat {r + 1}/{args.repeats}", flush=True)
-  for p in procs.values():
-    p.stdin.close()
-    p.wait()
+  threads = timing.pin_threads(args.threads)
   rows = []
-  for n in names:
-    base, ours = seconds["xla-default"][n], seconds["ours"][n]
-    rows.append({"case": n, "xla_default_ms": timing.summary([1e3 * s for s in base], 3),
-                 "ours_ms": timing.summary([1e3 * s for s in ours], 3),
+  for name, (default, xla, per) in cases().items():
+    seconds, _ = timing.interleaved({"default": default, "xla": xla}, args.repeats,
+                                    args.min_seconds)
+    base, ours = ([s / per for s in seconds[k]] for k in ("default", "xla"))
+    rows.append({"case": name, "xla_default_ms": timing.summary([1e3 * s for s in base], 3),
+                 "xla_dots_ms": timing.summary([1e3 * s for s in ours], 3),
                  "speedup": timing.ratio(base, ours)})
-  print(f"{threads} thread(s), {args.repeats} interleaved repeats; ms per call, median "
-        "[min-max]")
-  print(f"{'case':<36} {'XLA default':>22} {'ours':>22} {'speedup':>20}")
-  for row in rows:
-    print(f"{row['case']:<36} {timing.fmt(row['xla_default_ms'], precision=3):>22} "
-          f"{timing.fmt(row['ours_ms'], precision=3):>22} "
-          f"{timing.fmt(row['speedup']):>20}")
+    print(f"{name:<36} {timing.fmt(rows[-1]['xla_default_ms'], precision=3):>24} "
+          f"{timing.fmt(rows[-1]['xla_dots_ms'], precision=3):>24} "
+          f"{timing.fmt(rows[-1]['speedup']):>18}", flush=True)
+  print(f"({threads} thread(s), {args.repeats} interleaved repeats; ms per call, median "
+        "[min-max]: XLA default, XLA dots, speedup)")
   if args.out:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"threads": threads, "repeats": args.repeats,
-                                          "flag": cli.CPU_DOT_FLAG, "rows": rows}, indent=2))
+                                          "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -393,3 +393,20 @@ def test_hf_pytorch_matches_full_engine(minilm, shared_data):
                 token_type_ids=torch.tensor(data.token_type_ids, dtype=torch.long),
                 attention_mask=torch.tensor(np.arange(64) < data.lengths[:, None])).logits
   np.testing.assert_allclose(logits.numpy(), ours.logits, atol=1e-4, rtol=0)
+
+
+def test_small_input_grids_take_xla_dot_kernels_and_agree():
+  """Below `SMALL_GRID_TOKENS` input slots a program compiles with XLA's own dot kernels (no
+  YNNPACK fusion in its HLO), from there on with XLA's default; both compute the same."""
+  from adapler_jax.infer import kernels
+  w = jnp.asarray(np.random.default_rng(0).normal(size=(384, 1536)), jnp.float32)
+  f = kernels.ByGridSize(lambda w, ids: (ids.astype(jnp.float32) @ w[:ids.shape[1]]).sum(),
+                         grid_arg=1)
+  small, large = np.ones((1, 128), np.int32), np.ones((2, 128), np.int32)
+  assert kernels.SMALL_GRID_TOKENS == 256 and f.pick(small) is f.small
+  assert f.pick(large) is f.default
+  f(w, small), f(w, large)
+  assert (f.small._cache_size(), f.default._cache_size()) == (1, 1)  # pylint: disable=protected-access
+  lowered = lambda jitted: jitted.lower(w, large).compile().as_text()
+  assert "ynn" in lowered(f.default) and "ynn" not in lowered(f.small)
+  np.testing.assert_allclose(f.small(w, large), f.default(w, large), rtol=1e-5)

@@ -44,7 +44,7 @@ import numpy as np
 
 from adapler_jax.data.batching import DEFAULT_BUCKETS, bucket_lengths, eval_batches
 from adapler_jax.data.tokenize import TokenizedDataset
-from adapler_jax.infer import layout, packing, program
+from adapler_jax.infer import kernels, layout, packing, program
 from adapler_jax.models.adapler import AdapLeRConfig, hard_forward, predictor_params
 from adapler_jax.models import lat
 from adapler_jax.models.bert import NEG_INF, encoder_layer_params
@@ -57,16 +57,16 @@ Batch = dict[str, np.ndarray]
 CPU_FFN_CHUNK_ROWS = 512  # feed-forward rows per chunk on CPU (see `packing.feed_forward`).
 PAD_LOGIT = NEG_INF  # span logits at or past an example's length.
 
-# Compiled once per process for each static configuration and shape, shared by engines.
-_FORWARD = jax.jit(program.forward, static_argnums=(0, 1, 2),
-                   static_argnames=("rationales", "chunk_rows", "scan_layers"))
-_FULL_FORWARD = jax.jit(packing.full_forward, static_argnums=(0, 1),
-                        static_argnames="chunk_rows")
-_PACKED_FULL_FORWARD = jax.jit(packing.packed_full_forward, static_argnums=(0, 1),
-                               static_argnames="chunk_rows")
-_GATHER_FORWARD = jax.jit(lat.gather_forward, static_argnums=(0, 1, 7),
-                          static_argnames=("flags", "chunk_rows", "selects"))
-
+# Compiled once per process for each static configuration and shape, shared by engines; each
+# with XLA:CPU's default dot kernels and with its own for small inputs (`kernels`).
+_FORWARD = kernels.ByGridSize(program.forward, grid_arg=4, static_argnums=(0, 1, 2),
+                              static_argnames=("rationales", "chunk_rows", "scan_layers"))
+_FULL_FORWARD = kernels.ByGridSize(packing.full_forward, grid_arg=3, static_argnums=(0, 1),
+                                   static_argnames="chunk_rows")
+_PACKED_FULL_FORWARD = kernels.ByGridSize(packing.packed_full_forward, grid_arg=3,
+                                          static_argnums=(0, 1), static_argnames="chunk_rows")
+_GATHER_FORWARD = kernels.ByGridSize(lat.gather_forward, grid_arg=3, static_argnums=(0, 1, 7),
+                                     static_argnames=("flags", "chunk_rows", "selects"))
 
 @dataclasses.dataclass
 class EngineResult:
