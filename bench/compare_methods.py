@@ -189,7 +189,9 @@ def plot(result: dict, path: Path) -> Path:
     right.tick_params(axis="y", colors="C2")
     right.legend(fontsize=7, loc="upper left")
   axes[1].legend(fontsize=8, loc="lower right")
-  fig.suptitle(f"{result['task']} {result['split']}: AdapLeR and LAT on one backbone, "
+  methods = ("AdapLeR and LAT" if any("LAT" in n or "LengthDrop" in n for n in result["series"])
+             else "AdapLeR")
+  fig.suptitle(f"{result['task']} {result['split']}: {methods} on one backbone, "
                f"max length {result['max_length']}")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
