@@ -552,17 +552,17 @@ def main(argv=None) -> None:
           "cpu_threads": threads, "machine": platform.machine(),
           "folds": list(args.folds), "full_folds": list(args.full_folds),
           "buckets": list(args.buckets), "repeats": args.repeats}
-  rows = []
+  rows, out = [], Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
   for task, workdir in zip(args.task, args.workdir):
     random_cp = workdir == RANDOM_CP
     setup = random_cp_setup(task, args) if random_cp else trained_setup(task, workdir, args)
     print(f"# {task}: {setup.source}", flush=True)
     rows += benchmark(setup, [int(b) for b in args.batch_sizes.split(",")], systems, args,
                       {**meta, "mode": "random-cp" if random_cp else "trained"})
+    out.write_text(json.dumps(rows, indent=1) + "\n")  # each task's rows survive a later one.
+    jax.clear_caches()  # a task's programs: a long multi-task run once ran out of JIT memory.
   print_table(rows)
-  out = Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(rows, indent=1) + "\n")
   print(f"wrote {len(rows)} rows to {out}")
 
 
