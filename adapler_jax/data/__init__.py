@@ -10,7 +10,7 @@ Typical use::
 
 from adapler_jax.data.batching import (DEFAULT_BUCKETS, TRAIN_BUCKETS, bucket_lengths,
                                        eval_batches, num_train_steps, train_batches)
-from adapler_jax.data.dataset import TextDataset, resplit, subset
+from adapler_jax.data.dataset import TextDataset, resplit, subset, subset_indices
 from adapler_jax.data.demo import make_demo_task
 from adapler_jax.data.eraser import load_eraser
 from adapler_jax.data.loading import load_split
@@ -26,6 +26,6 @@ __all__ = [
     "DEFAULT_BUCKETS", "DataError", "TRAIN_BUCKETS", "LocalFormat", "TASKS", "TaskSpec", "TextDataset",
     "TokenizedDataset", "bucket_lengths", "eval_batches", "get_task", "load_file",
     "load_eraser", "load_split", "load_squad", "make_demo_task", "num_train_steps", "resplit",
-    "SpanFeatures", "span_features", "split_by_article", "SquadDataset", "subset", "task_names",
-    "tokenize", "train_batches", "transfer_task", "valid_mask",
+    "SpanFeatures", "span_features", "split_by_article", "SquadDataset", "subset", "subset_indices",
+    "task_names", "tokenize", "train_batches", "transfer_task", "valid_mask",
 ]

@@ -68,13 +68,17 @@ class TextDataset:
         rationales=None if self.rationales is None else [self.rationales[i] for i in idx])
 
 
+def subset_indices(size: int, n: int, seed: int) -> np.ndarray:
+  """The sorted rows `subset` draws: `n` of `size` without replacement with `seed`."""
+  return np.sort(np.random.default_rng(seed).choice(size, size=n, replace=False))
+
+
 def subset(dataset: TextDataset, n: int, seed: int) -> TextDataset:
   """`n` rows drawn without replacement with `seed`, kept in file order (all rows if n >= len)."""
   if n >= len(dataset):
     return dataset
-  rng = np.random.default_rng(seed)
-  idx = np.sort(rng.choice(len(dataset), size=n, replace=False))
-  return dataset.take(idx, f"{dataset.source} (subset of {n} rows, seed {seed})")
+  return dataset.take(subset_indices(len(dataset), n, seed),
+                      f"{dataset.source} (subset of {n} rows, seed {seed})")
 
 
 def _stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 
 from adapler_jax import weights
 from adapler_jax.data import (TaskSpec, TextDataset, TokenizedDataset, get_task, load_split,
-                              resplit, subset, tokenize)
+                              resplit, subset, subset_indices, tokenize)
 from adapler_jax.data import squad
 from adapler_jax.data import readers
 from adapler_jax.data.tasks import CUSTOM, custom_task
@@ -107,8 +107,7 @@ class Run:
         raise UserError(f"data.train_subset {d.train_subset} uses all {len(train)} train rows, "
                         "but the search scores configs on train rows that training never saw; "
                         f"set --config.data.train_subset below {len(train)}")
-      used = np.random.default_rng(self.config.seed).choice(len(train), d.train_subset,
-                                                             replace=False)  # as `subset` draws.
+      used = subset_indices(len(train), d.train_subset, self.config.seed)
       rest = np.setdiff1d(np.arange(len(train)), used)
       pick = np.sort(np.random.default_rng(self.config.seed + 1).choice(
           rest, min(size, len(rest)), replace=False))
