@@ -94,7 +94,7 @@ def run_search(run: Run) -> dict[str, Any]:
   split = run.config.eval.split
   dev = run.dataset(split)
   rows = []
-  for gene in out["frontier"]:
+  for gene in frontier.on_reported_split(run, out["frontier"], split):
     record = store.records[gene]
     on_dev = score(cfg, params, dev, run.metric_name, multipliers(grid, gene),
                    batch_size=c.batch_size)

@@ -68,6 +68,11 @@ def evolve(run: Run, evaluate: Callable, cost: Callable | None, *, initial,
   return store, out
 
 
+def on_reported_split(run: Run, genes, split: str):
+  """The frontier's genes with a progress bar, for scoring each on the reported split."""
+  return tqdm(genes, desc=f"frontier on {split}", leave=False, disable=not run.is_main_process)
+
+
 def save(run: Run, store: evo.Store, result: dict[str, Any], title: str) -> None:
   """Writes `frontier.json` and its plot (main process only)."""
   if run.is_main_process:

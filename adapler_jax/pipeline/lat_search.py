@@ -54,7 +54,7 @@ def run_search(run: Run) -> dict[str, Any]:
   dev = run.dataset(split)
   dev_cost = cost_model(run, dev.lengths)
   rows = []
-  for gene in out["frontier"]:
+  for gene in frontier.on_reported_split(run, out["frontier"], split):
     record = store.records[gene]
     rows.append({"config": list(gene), "padded_fraction": record["padded_fraction"],
                  "actual_fraction": record["actual_fraction"],
