@@ -25,7 +25,7 @@ import numpy as np
 from adapler_jax.errors import InputError
 from adapler_jax.models import dense, walk
 from adapler_jax.models.bert import Bert, EncoderConfig, encoder_layer_params
-from adapler_jax.models.heads import Head, check_head, task_head
+from adapler_jax.models.heads import Head, HeadedConfig
 from adapler_jax.reduce.adapler import (PAD_LOG_KEEP, HardRemoval, SoftRemoval,  # noqa: F401
                                         masked_log_scores, soft_removal_edit)
 
@@ -33,7 +33,7 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class AdapLeRConfig:
+class AdapLeRConfig(HeadedConfig):
   """Static shape of an AdapLeR model: a classifier, or with `head="span"` (num_labels 2)
   span QA, whose removal lets [CLS] go and restores dropped tokens for the head."""
 
@@ -44,17 +44,6 @@ class AdapLeRConfig:
   eta_init: float = 0.25
   theta_init: float = 1.0
   head: str = "classification"
-
-  def __post_init__(self):
-    check_head(self.head, self.num_labels)
-
-  @property
-  def num_layers(self) -> int:
-    return self.encoder.num_layers
-
-  @property
-  def task_head(self) -> Head:
-    return task_head(self)
 
   @property
   def keep_cls(self) -> bool:

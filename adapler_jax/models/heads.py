@@ -88,14 +88,9 @@ def check_head(kind: str, num_labels: int) -> None:
                      f"num_labels={num_labels}, pass 2")
 
 
-@dataclasses.dataclass(frozen=True)
-class ClassifierConfig:
-  """Static shape of a fine-tuned model: an encoder, a label count and the head
-  ("classification", or "span" with num_labels=2)."""
-
-  encoder: EncoderConfig
-  num_labels: int
-  head: str = "classification"
+class HeadedConfig:
+  """What every model config derives from its `encoder`, `num_labels` and `head` fields: the
+  head check at construction, the layer count and the `Head`."""
 
   def __post_init__(self):
     check_head(self.head, self.num_labels)
@@ -107,6 +102,16 @@ class ClassifierConfig:
   @property
   def task_head(self) -> Head:
     return task_head(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig(HeadedConfig):
+  """Static shape of a fine-tuned model: an encoder, a label count and the head
+  ("classification", or "span" with num_labels=2)."""
+
+  encoder: EncoderConfig
+  num_labels: int
+  head: str = "classification"
 
 
 class ClassificationHead(nn.Module):
