@@ -7,6 +7,7 @@ import pytest
 
 from adapler_jax.models import adapler
 from adapler_jax.models.bert import EncoderConfig
+from adapler_jax.models.heads import ClassifierConfig
 from adapler_jax.train import adapler_step, losses, optim
 
 CFG = adapler.AdapLeRConfig(EncoderConfig.tiny(), num_labels=3)
@@ -276,3 +277,14 @@ def test_from_finetuned_takes_encoder_and_head_and_keeps_predictors_and_speed():
                                                                     num_labels=2))["model"]
   with pytest.raises(UserError, match="from_finetuned=false"):
     with_finetuned(fresh, {"bert": other["bert"], "head": two_labels["head"]})
+
+
+@pytest.mark.parametrize("make", [adapler.AdapLeRConfig, ClassifierConfig])
+def test_model_configs_check_their_head_at_construction(make):
+  enc = EncoderConfig.tiny()
+  assert make(enc, num_labels=2, head="span").task_head.restore
+  assert make(enc, num_labels=3).num_layers == enc.num_layers
+  with pytest.raises(ValueError, match="num_labels=3, pass 2"):
+    make(enc, num_labels=3, head="span")
+  with pytest.raises(ValueError, match="'tagging' is not one of"):
+    make(enc, num_labels=3, head="tagging")
