@@ -258,6 +258,8 @@ def main(argv=None) -> None:
   except ValueError as e:
     raise UserError(f"--eta-multipliers {args.eta_multipliers!r} or --budgets {args.budgets!r} "
                     "is not a list of numbers; pass e.g. 0.5,1,2") from e
+  if multipliers:  # before any run is loaded: a bad grid fails in a second, not minutes.
+    adapler_search.check_grid(multipliers, "--eta-multipliers")
   result = compare(args.adapler.split(","), args.lat, args.lat_tradeoff, args.reference,
                    multipliers)
   out = Path(args.out)

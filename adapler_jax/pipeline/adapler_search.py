@@ -40,13 +40,14 @@ def multipliers(grid: Sequence[float], gene: evo.Gene) -> np.ndarray:
   return np.asarray([grid[i] for i in gene], np.float32)
 
 
-def check_grid(grid: Sequence[float]) -> tuple[float, ...]:
+def check_grid(grid: Sequence[float], name: str = "search.eta_multipliers") -> tuple[float, ...]:
+  """The multiplier grid as floats; a `UserError` naming `name` unless it rises and holds 1."""
   grid = tuple(float(v) for v in grid)
   if len(grid) < 2 or any(v < 0 for v in grid) or list(grid) != sorted(set(grid)):
-    raise UserError(f"search.eta_multipliers {grid} must be at least two distinct "
+    raise UserError(f"{name} {grid} must be at least two distinct "
                     "non-negative values in rising order, e.g. 0,0.5,1,1.5,2")
   if 1.0 not in grid:
-    raise UserError(f"search.eta_multipliers {grid} must contain 1 (the trained cutoffs)")
+    raise UserError(f"{name} {grid} must contain 1 (the trained cutoffs)")
   return grid
 
 
