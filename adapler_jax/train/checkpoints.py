@@ -29,6 +29,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import logging as py_logging
 import math
 import os
 import sys
@@ -117,7 +118,20 @@ def _silence_abandoned_reads() -> None:
 
     hook._drops_abandoned_reads = True  # pylint: disable=protected-access
     sys.unraisablehook = hook
+  asyncio_log = py_logging.getLogger("asyncio")
+  if not any(isinstance(f, _AbandonedReadTasks) for f in asyncio_log.filters):
+    asyncio_log.addFilter(_AbandonedReadTasks())
   gc.collect()
+
+
+class _AbandonedReadTasks(py_logging.Filter):
+  """Drops asyncio's 'Task exception was never retrieved' for orbax's abandoned shard reads
+  (newer orbax runs them as tasks; their failure is the one the restore already raised)."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    msg = record.getMessage()
+    return not (msg.startswith("Task exception was never retrieved")
+                and "_read_array_index_and_device_put" in msg)
 
 
 def _abandoned_read(unraisable) -> bool:
