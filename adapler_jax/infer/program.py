@@ -9,10 +9,10 @@ many slots it holds, dropped ones included). Each layer::
   decision l (scores, keep, counts: in the previous layer's branch, or after embedding)
   -> plan: the cheapest grid holding the survivors (`choose`: the cost model
      `flops.grid_cost` over (row counts x widths), packing first-fit decreasing)
-  -> move: the survivors to that grid (a stable scatter), or, when the grid is the one
-     they are in, only mark the dropped slots (no data moves)
-  -> `lax.switch` on the grid: layer l on the first R * w buffer rows, written back in
-     place, then decision l + 1 on its output.
+  -> move: the survivors' labels to that grid, in order (`seg`, `pos`, and `src`, the
+     buffer row each new slot takes: integer work over all N slots)
+  -> `lax.switch` on the grid: gather its R * w rows from the buffer (`src`), layer l on
+     them, written back to the first R * w buffer rows, then decision l + 1 on its output.
 
 Every branch returns the buffer's shape, so one program per (rows, input width) serves
 any data; the work of each layer still shrinks with its grid. Nothing reaches the host
@@ -125,26 +125,23 @@ class Tokens(NamedTuple):
 
 
 def move(tokens: Tokens, keep: Array, counts: Array, place: Placement,
-         widths: Array) -> Tokens:
-  """The kept slots (keep (N,)) to grid `place`, each example's in order; in place
-  (dropped slots only marked) when `place` is the grid they are in."""
-  same = ((place.index == tokens.place.index) & jnp.all(place.row == tokens.place.row)
-          & jnp.all(place.off == tokens.place.off))
+         widths: Array) -> tuple[Tokens, Array]:
+  """The kept slots (keep (N,)) relabelled for grid `place`, each example's in order.
 
-  def mark(t: Tokens) -> Tokens:
-    return t._replace(seg=jnp.where(keep, t.seg, -1), pos=jnp.where(keep, t.pos, -1))
-
-  def compact(t: Tokens) -> Tokens:
-    size = t.seg.shape[0]
-    e = jnp.maximum(t.seg, 0)
-    before = jnp.cumsum(keep, dtype=jnp.int32) - keep  # kept slots before each slot.
-    rank = before - before[t.starts(widths)][e]
-    dest = place.row[e] * widths[place.index] + place.off[e] + rank
-    dest = jnp.where(keep, dest, size)  # out of range: dropped.
-    scatter = lambda a, fill: jnp.full_like(a, fill).at[dest].set(a, mode="drop")
-    return Tokens(scatter(t.buffer, 0), scatter(t.seg, -1), scatter(t.pos, -1), place, counts)
-
-  return jax.lax.cond(same, mark, compact, tokens)
+  Only the per-slot labels move here (int32, all N slots). The buffer stays as it is;
+  `src` (N,) names, for each slot of the new layout, the buffer row it takes (N: none),
+  and the layer's branch gathers just its grid's first rows x width of them.
+  """
+  size = tokens.seg.shape[0]
+  e = jnp.maximum(tokens.seg, 0)
+  before = jnp.cumsum(keep, dtype=jnp.int32) - keep  # kept slots before each slot.
+  rank = before - before[tokens.starts(widths)][e]
+  dest = place.row[e] * widths[place.index] + place.off[e] + rank
+  dest = jnp.where(keep, dest, size)  # out of range: dropped.
+  src = jnp.full((size,), size, jnp.int32).at[dest].set(jnp.arange(size, dtype=jnp.int32),
+                                                        mode="drop")
+  take = lambda a: jnp.take(a, src, mode="fill", fill_value=-1)
+  return Tokens(tokens.buffer, take(tokens.seg), take(tokens.pos), place, counts), src
 
 
 def per_example(tokens: Tokens, flat: Array, widths: Array, width: int, fill) -> Array:
@@ -159,9 +156,10 @@ def per_example(tokens: Tokens, flat: Array, widths: Array, width: int, fill) ->
 def _layer_branch(cfg: AdapLeRConfig, grid: Grid, num: int, chunk_rows: int | None):
   """Layer l on grid `grid` (the first rows x width slots), then decision l + 1."""
 
-  def run(buffer, seg, pos, layer_params, cp_params, eta):
+  def run(buffer, src, seg, pos, layer_params, cp_params, eta):
     size, hidden = grid.rows * grid.width, buffer.shape[1]
-    x = buffer[:size].reshape(grid.rows, grid.width, hidden)
+    x = jnp.take(buffer, src[:size], axis=0, mode="fill", fill_value=0)
+    x = x.reshape(grid.rows, grid.width, hidden)
     s = seg[:size].reshape(grid.rows, grid.width)
     bias = packing.packed_bias(s) if grid.rows < num else attention_bias_from_mask(s >= 0)
     x = packing.run_layer(cfg.encoder, layer_params, x, bias, chunk_rows)
@@ -236,9 +234,9 @@ def forward(cfg: AdapLeRConfig, row_counts: tuple[int, ...], widths: tuple[int, 
       ys["keep"] = per_example(tokens, keep, grid_widths, width, False)
       ys["positions"] = per_example(tokens, tokens.pos, grid_widths, width, -1)
     place = choose(counts, options, costs)
-    tokens = move(tokens, keep, counts, place, grid_widths)
+    tokens, src = move(tokens, keep, counts, place, grid_widths)
     ys["slots"], ys["packed"] = grid_slots[place.index], grid_packed[place.index]
-    buffer, scores, keep, counts = jax.lax.switch(place.index, branches, tokens.buffer,
+    buffer, scores, keep, counts = jax.lax.switch(place.index, branches, tokens.buffer, src,
                                                   tokens.seg, tokens.pos, layer_params, cp, eta)
     if restored is not None:
       restored = walk.restore_step(restored, buffer[:, None], tokens.pos[:, None],
