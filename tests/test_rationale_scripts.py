@@ -185,3 +185,28 @@ def test_compare_methods_checks_the_eta_grid_before_loading_a_run(tmp_path, grid
   line, = proc.stderr.strip().splitlines()[-1:]
   assert line.startswith("error: --eta-multipliers (") and message in line
   assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_profile_ops_exclusive_times_subtract_nested_events():
+  profile_ops = _script("profile_ops")
+  event = lambda start, duration, name: type("E", (), dict(start_ns=start, duration_ns=duration,
+                                                           name=name))
+  events = [event(50, 10, "b"), event(0, 100, "cond.3"), event(10, 30, "dot.7.clone"),
+            event(20, 10, "gather.1")]
+  assert dict(profile_ops.exclusive_times(events)) == {"cond.3": 60, "dot.7.clone": 20,
+                                                       "gather.1": 10, "b": 10}
+  assert [profile_ops.op_kind(n) for n in ("dot.7.clone", "ynn_fusion.616", "cond_1", "copy")] == [
+      "dot", "ynn_fusion", "cond", "copy"]
+
+
+def test_profile_ops_attributes_a_traced_pass(run):
+  root, _ = run
+  out = root / "profile.json"
+  _script("profile_ops").main(["--workdir", str(root / "run"), "--task", "demo",
+                               "--batch-size", "4", "--max-examples", "8", "--out", str(out)])
+  result = json.loads(out.read_text())
+  assert result["rows"] == 8 and result["op_ms"] > 0
+  assert abs(sum(op["share"] for op in result["ops"]) - 1.0) < 1e-6
+  kinds = {op["kind"] for op in result["ops"]}
+  assert kinds & {"dot", "ynn_fusion"}  # the layers' matmuls are attributed by kind.
+  assert result["threads"]
