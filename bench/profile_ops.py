@@ -26,6 +26,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import timing  # bench/timing.py  # pylint: disable=wrong-import-position
+from adapler_jax.cli import run_cli  # pylint: disable=wrong-import-position
+from adapler_jax.errors import UserError  # pylint: disable=wrong-import-position
 
 EXECUTOR = ("ThunkExecutor::Execute", "ThreadpoolListener")
 
@@ -110,8 +112,8 @@ def main(argv=None) -> None:
   kw = dict(batch_size=args.batch_size, max_length=setup.data.max_length)
   if args.system == "adapler":
     if setup.adapler_params is None:
-      sys.exit(f"error: {args.workdir} has no AdapLeR model; fix: pass an AdapLeR run or "
-               "--system full")
+      raise UserError(f"{args.workdir} has no AdapLeR model; pass an AdapLeR run or "
+                      "--system full")
     scale = np.full(setup.cfg.num_layers, args.eta_scale, np.float32)
     engine = AdaptiveEngine(setup.cfg, tradeoff.with_eta_scaled(setup.adapler_params, scale), **kw)
   else:
@@ -137,4 +139,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  run_cli(main)

@@ -100,6 +100,9 @@ def _checksums_by_path(tree: PyTree) -> dict[str, str | None]:
           for path, x in leaves}
 
 
+_SHARD_READ = "_read_array_index_and_device_put"  # orbax's per-shard read coroutine.
+
+
 def _silence_abandoned_reads() -> None:
   """Silences the reads orbax leaves pending after a failed restore.
 
@@ -107,7 +110,8 @@ def _silence_abandoned_reads() -> None:
   by orbax's event loop, or at interpreter exit), each printing an 'Exception ignored'
   traceback, and those still running when orbax's event loop closes report that it is
   closed; the restore has already raised the one error that matters. Only those two kinds
-  are dropped; every other unraisable exception still reaches the hook.
+  are dropped; every other unraisable exception still reaches the hook. Where orbax runs
+  the reads as asyncio tasks, asyncio logs them instead; a filter drops those records.
   """
   if not getattr(sys.unraisablehook, "_drops_abandoned_reads", False):
     previous = sys.unraisablehook
@@ -131,12 +135,12 @@ class _AbandonedReadTasks(py_logging.Filter):
   def filter(self, record: py_logging.LogRecord) -> bool:
     msg = record.getMessage()
     return not (msg.startswith("Task exception was never retrieved")
-                and "_read_array_index_and_device_put" in msg)
+                and _SHARD_READ in msg)
 
 
 def _abandoned_read(unraisable) -> bool:
-  if getattr(unraisable.object, "__qualname__", "") == "_read_array_index_and_device_put":
-    return True  # orbax's per-shard read coroutine.
+  if getattr(unraisable.object, "__qualname__", "") == _SHARD_READ:
+    return True
   return (isinstance(unraisable.exc_value, RuntimeError)
           and str(unraisable.exc_value) == "Event loop is closed")
 
