@@ -7,6 +7,14 @@ from pathlib import Path
 
 import pytest
 
+# Tests run tiny programs, where XLA:CPU's LLVM optimisation costs more than it saves: compile
+# at -O0 (2-3x faster compiles; dots still call the optimised library kernels). Set before any
+# test starts JAX's backend; inherited by the CLI processes tests start. An explicit level in
+# XLA_FLAGS wins.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = " ".join(
+      filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

@@ -18,6 +18,11 @@ from adapler_jax.train import lat_step
 ENC = EncoderConfig.tiny(num_layers=4, hidden_size=64, num_heads=4, intermediate_size=128)
 T = 16
 
+# Compiled once per shape: eager dispatch of these tiny models costs far more than compiling.
+masked_forward = jax.jit(lat.masked_forward, static_argnums=(0, 1),
+                         static_argnames=("base", "flags", "deterministic"))
+plain_logits = jax.jit(classifier.classifier_logits, static_argnums=(0, 1))
+
 
 @pytest.fixture(scope="module")
 def params():
@@ -44,16 +49,16 @@ def _gather(params, batch, config, flags=SelectionFlags()):
 
 def test_identity_without_config_or_layerdrop_is_plain_bert(params):
   batch = _batch()
-  plain = classifier.classifier_logits(ENC, 3, params, batch)
-  logits, _ = lat.masked_forward(ENC, 3, params, batch, None, base=T)
+  plain = plain_logits(ENC, 3, params, batch)
+  logits, _ = masked_forward(ENC, 3, params, batch, None, base=T)
   np.testing.assert_array_equal(logits, plain)
 
 
 @pytest.mark.parametrize("n", [(16, 16, 16, 16), (16, 12, 9, 5)])  # without, with padding.
 def test_full_lengths_equal_plain_bert(params, n):
   batch = _batch(n)
-  plain = classifier.classifier_logits(ENC, 3, params, batch)
-  masked, trace = lat.masked_forward(ENC, 3, params, batch, jnp.full((4,), T), base=T)
+  plain = plain_logits(ENC, 3, params, batch)
+  masked, trace = masked_forward(ENC, 3, params, batch, jnp.full((4,), T), base=T)
   np.testing.assert_allclose(masked, plain, atol=1e-5)
   np.testing.assert_array_equal(np.asarray(trace["lengths"])[:, 0], [n[0]] * 4)
   gathered, _, _ = _gather(params, batch, (T,) * 4)
@@ -64,10 +69,10 @@ def test_padding_goes_first(params):
   """A config at least as long as every example equals the unpadded model, per example."""
   batch = _batch((12, 9, 5))
   config = jnp.array([12, 12, 12, 12])
-  logits, trace = lat.masked_forward(ENC, 3, params, batch, config, base=T)
+  logits, trace = masked_forward(ENC, 3, params, batch, config, base=T)
   for b, n in enumerate((12, 9, 5)):
     alone = {k: v[b:b + 1, :n] for k, v in batch.items() if k != "labels"}
-    np.testing.assert_allclose(logits[b], classifier.classifier_logits(ENC, 3, params, alone)[0],
+    np.testing.assert_allclose(logits[b], plain_logits(ENC, 3, params, alone)[0],
                                atol=1e-5)
   assert np.asarray(trace["lengths"]).tolist() == [[12, 9, 5]] * 4
 
@@ -98,7 +103,7 @@ def test_masked_path_equals_gather_path(params, base):
   batch = _batch()
   flags = SelectionFlags(length_base=base)
   config = (14, 11, 8, 6)
-  masked, trace = lat.masked_forward(ENC, 3, params, batch, jnp.asarray(config), base=T,
+  masked, trace = masked_forward(ENC, 3, params, batch, jnp.asarray(config), base=T,
                                      flags=flags)
   gathered, real, _ = _gather(params, batch, config, flags)
   np.testing.assert_allclose(masked, gathered, atol=1e-4)
@@ -116,7 +121,7 @@ def test_selection_is_padding_free_unless_pad_queries_count(params):
   batch = _batch((16, 6))
   config = jnp.array([5, 4, 3, 2])
   alone = {k: v[1:, :6] for k, v in batch.items() if k != "labels"}
-  run = lambda b, flags=SelectionFlags(): lat.masked_forward(ENC, 3, params, b, config, base=T,
+  run = lambda b, flags=SelectionFlags(): masked_forward(ENC, 3, params, b, config, base=T,
                                                               flags=flags)[1]
   padded, single = run(batch), run(alone)
   np.testing.assert_array_equal(np.asarray(padded["kept"])[:, 1, :6],
@@ -160,13 +165,13 @@ def test_a_layerdropped_layer_is_the_identity(params):
   """Skipping layer 1 equals the 3-layer model without it; its length entry is never used."""
   batch = _batch()
   off = jnp.array([True, False, True, True])
-  logits, _ = lat.masked_forward(ENC, 3, params, batch, jnp.array([12, 10, 8, 6]), base=T,
+  logits, _ = masked_forward(ENC, 3, params, batch, jnp.array([12, 10, 8, 6]), base=T,
                                  layer_on=off)
   enc3 = EncoderConfig.tiny(num_layers=3, hidden_size=64, num_heads=4, intermediate_size=128)
   layers = params["bert"]["encoder"]
   three = {**params, "bert": {**params["bert"], "encoder": {
       "layer_0": layers["layer_0"], "layer_1": layers["layer_2"], "layer_2": layers["layer_3"]}}}
-  want, _ = lat.masked_forward(enc3, 3, three, batch, jnp.array([12, 8, 6]), base=T)
+  want, _ = masked_forward(enc3, 3, three, batch, jnp.array([12, 8, 6]), base=T)
   np.testing.assert_allclose(logits, want, atol=1e-5)
 
 
@@ -181,17 +186,22 @@ def test_kd_directions_match_hand_computed_values():
   assert forward != pytest.approx(reverse, rel=1e-3)
 
 
-def test_sandwich_gradient_is_the_sum_of_the_separate_terms(params):
+def test_sandwich_gradient_is_the_sum_of_the_separate_terms():
+  # Two layers and one random sub-model keep every kind of term and the compile short.
+  enc = EncoderConfig.tiny(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64)
+  params = classifier.init_classifier(jax.random.key(1), enc, 3)
   batch = _batch()
-  cfg = lat_step.LATConfig(base=T)
+  cfg = lat_step.LATConfig(base=T, num_sandwich=1)
   key = jax.random.key(3)
-  one_pass = jax.grad(lambda p: lat_step.sandwich_loss(ENC, 3, cfg, p, batch, key)[0])(params)
-  teacher = lat_step.sandwich_terms(ENC, 3, cfg, params, batch, key)[1]["logits"]
-  total = None
-  for i in range(cfg.num_sandwich + 2):  # four separate backward passes, as upstream.
-    g = jax.grad(lambda p: lat_step.sandwich_terms(ENC, 3, cfg, p, batch, key, teacher)[0][i]
-                 / (cfg.num_sandwich + 2))(params)
-    total = g if total is None else jax.tree.map(jnp.add, total, g)
+  one_pass = jax.jit(jax.grad(
+      lambda p: lat_step.sandwich_loss(enc, 3, cfg, p, batch, key)[0]))(params)
+  teacher = jax.jit(lambda p: lat_step.sandwich_terms(enc, 3, cfg, p, batch, key)[1]["logits"])(
+      params)
+  # One backward pass per term (as upstream), then their sum.
+  terms = lambda p: jnp.stack(lat_step.sandwich_terms(enc, 3, cfg, p, batch, key, teacher)[0])
+  per_term = jax.jit(jax.jacrev(terms))(params)  # leaves (num_sandwich + 2, ...).
+  assert jax.tree.leaves(per_term)[0].shape[0] == cfg.num_sandwich + 2 == 3
+  total = jax.tree.map(lambda g: jnp.sum(g, axis=0) / (cfg.num_sandwich + 2), per_term)
   for a, b in zip(jax.tree.leaves(one_pass), jax.tree.leaves(total)):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
