@@ -1,5 +1,6 @@
 """Tests for adapler_jax.train.checkpoints."""
 
+import logging
 import shutil
 
 import jax
@@ -275,3 +276,13 @@ def test_a_save_killed_midway_is_ignored(tmp_path):
     np.testing.assert_array_equal(state["w"], _big_state(1.0)["w"])
     assert ckpt.save(2, _big_state(2.0))
     assert ckpt.all_steps() == [1, 2]
+
+
+def test_only_orbax_abandoned_read_tasks_are_silenced():
+  keep = checkpoints._AbandonedReadTasks().filter  # pylint: disable=protected-access
+  record = lambda msg: logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None, None)
+  coro = "coro=<_read_array_index_and_device_put() running at serialization.py:1>"
+  assert not keep(record(f"Task exception was never retrieved\nfuture: <Task {coro}>"))
+  assert not keep(record(f"Task was destroyed but it is pending!\ntask: <Task pending {coro}>"))
+  assert keep(record("Task exception was never retrieved\nfuture: <Task coro=<train()>>"))
+  assert keep(record(f"Unclosed client session {coro}"))

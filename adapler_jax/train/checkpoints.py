@@ -129,13 +129,15 @@ def _silence_abandoned_reads() -> None:
 
 
 class _AbandonedReadTasks(py_logging.Filter):
-  """Drops asyncio's 'Task exception was never retrieved' for orbax's abandoned shard reads
-  (newer orbax runs them as tasks; their failure is the one the restore already raised)."""
+  """Drops asyncio's reports of orbax's abandoned shard reads (newer orbax runs them as
+  tasks): 'Task exception was never retrieved' (their failure is the one the restore already
+  raised) and 'Task was destroyed but it is pending!' (one still running at exit)."""
+
+  _REPORTS = ("Task exception was never retrieved", "Task was destroyed but it is pending")
 
   def filter(self, record: py_logging.LogRecord) -> bool:
     msg = record.getMessage()
-    return not (msg.startswith("Task exception was never retrieved")
-                and _SHARD_READ in msg)
+    return not (msg.startswith(self._REPORTS) and _SHARD_READ in msg)
 
 
 def _abandoned_read(unraisable) -> bool:
