@@ -409,6 +409,23 @@ def print_table(rows: list[dict[str, Any]]) -> None:
   print("[min-max] over the interleaved repeats; ! marks a ratio whose spread exceeds +-10 %")
 
 
+def full_engine(setup: Setup, batch_size: int, args) -> FullLengthEngine:
+  """The benchmark's `ours-full` (`--full-folds`, `--buckets`)."""
+  return FullLengthEngine(setup.cfg, setup.backbone_params, batch_size=batch_size,
+                          folds=args.full_folds, buckets=args.buckets,
+                          max_length=setup.data.max_length)
+
+
+def adapler_engine(setup: Setup, batch_size: int, args,
+                   eta_scale: np.ndarray | None = None) -> AdaptiveEngine:
+  """The benchmark's `ours-adapler` (`--folds`, `--buckets`), its eta scaled per layer by
+  `eta_scale` when given."""
+  params = (setup.adapler_params if eta_scale is None
+            else tradeoff.with_eta_scaled(setup.adapler_params, eta_scale))
+  return AdaptiveEngine(setup.cfg, params, batch_size=batch_size, folds=args.folds,
+                        buckets=args.buckets, max_length=setup.data.max_length)
+
+
 def benchmark(setup: Setup, batch_sizes: list[int], systems: list[str], args,
               meta: dict[str, Any]) -> list[dict[str, Any]]:
   cfg, data, rows = setup.cfg, setup.data, []
@@ -416,15 +433,12 @@ def benchmark(setup: Setup, batch_sizes: list[int], systems: list[str], args,
   hf = hf_model(setup) if "hf-pytorch" in systems else None
   dims = FlopsDims.of_model(cfg)
   for batch_size in batch_sizes:
-    engines = {"ours-full": FullLengthEngine(cfg, setup.backbone_params, batch_size=batch_size,
-                                             folds=args.full_folds, **kwargs)}
+    engines = {"ours-full": full_engine(setup, batch_size, args)}
     extra: dict[str, dict] = {}
     if "ours-adapler" in systems and setup.adapler_params is not None:
-      engines["ours-adapler"] = AdaptiveEngine(cfg, setup.adapler_params, batch_size=batch_size,
-                                               folds=args.folds, **kwargs)
+      engines["ours-adapler"] = adapler_engine(setup, batch_size, args)
       for name, scale in setup.eta_points.items():
-        engines[name] = AdaptiveEngine(cfg, tradeoff.with_eta_scaled(setup.adapler_params, scale),
-                                       batch_size=batch_size, folds=args.folds, **kwargs)
+        engines[name] = adapler_engine(setup, batch_size, args, scale)
         extra[name] = {"eta_multipliers": scale.tolist()}
     if "ours-lat" in systems and setup.lat_params is not None:
       for spec in [*args.lat_configs, *setup.lat_points]:

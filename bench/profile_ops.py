@@ -102,22 +102,20 @@ def main(argv=None) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import inference  # bench/inference.py  # pylint: disable=g-import-not-at-top
-  from adapler_jax.eval import tradeoff  # pylint: disable=g-import-not-at-top
-  from adapler_jax.infer.engine import AdaptiveEngine, FullLengthEngine  # pylint: disable=g-import-not-at-top
 
+  # The engines exactly as bench/inference.py times them (its default folds and buckets).
   bench_args = inference.parse_args(["--workdir", args.workdir, "--task", args.task]
                                     + (["--max-examples", str(args.max_examples)]
                                        if args.max_examples else []))
   setup = inference.run_setup(args.task, args.workdir, bench_args)
-  kw = dict(batch_size=args.batch_size, max_length=setup.data.max_length)
   if args.system == "adapler":
     if setup.adapler_params is None:
       raise UserError(f"{args.workdir} has no AdapLeR model; pass an AdapLeR run or "
                       "--system full")
     scale = np.full(setup.cfg.num_layers, args.eta_scale, np.float32)
-    engine = AdaptiveEngine(setup.cfg, tradeoff.with_eta_scaled(setup.adapler_params, scale), **kw)
+    engine = inference.adapler_engine(setup, args.batch_size, bench_args, scale)
   else:
-    engine = FullLengthEngine(setup.cfg, setup.backbone_params, **kw)
+    engine = inference.full_engine(setup, args.batch_size, bench_args)
   engine.warmup()
   engine.run(setup.data)
   with tempfile.TemporaryDirectory() as trace_dir:

@@ -104,7 +104,7 @@ def test_masked_path_equals_gather_path(params, base):
   flags = SelectionFlags(length_base=base)
   config = (14, 11, 8, 6)
   masked, trace = masked_forward(ENC, 3, params, batch, jnp.asarray(config), base=T,
-                                     flags=flags)
+                                 flags=flags)
   gathered, real, _ = _gather(params, batch, config, flags)
   np.testing.assert_allclose(masked, gathered, atol=1e-4)
   np.testing.assert_array_equal(np.asarray(trace["lengths"]).T, real)
@@ -122,7 +122,7 @@ def test_selection_is_padding_free_unless_pad_queries_count(params):
   config = jnp.array([5, 4, 3, 2])
   alone = {k: v[1:, :6] for k, v in batch.items() if k != "labels"}
   run = lambda b, flags=SelectionFlags(): masked_forward(ENC, 3, params, b, config, base=T,
-                                                              flags=flags)[1]
+                                                          flags=flags)[1]
   padded, single = run(batch), run(alone)
   np.testing.assert_array_equal(np.asarray(padded["kept"])[:, 1, :6],
                                 np.asarray(single["kept"])[:, 0])
@@ -166,7 +166,7 @@ def test_a_layerdropped_layer_is_the_identity(params):
   batch = _batch()
   off = jnp.array([True, False, True, True])
   logits, _ = masked_forward(ENC, 3, params, batch, jnp.array([12, 10, 8, 6]), base=T,
-                                 layer_on=off)
+                             layer_on=off)
   enc3 = EncoderConfig.tiny(num_layers=3, hidden_size=64, num_heads=4, intermediate_size=128)
   layers = params["bert"]["encoder"]
   three = {**params, "bert": {**params["bert"], "encoder": {
