@@ -163,8 +163,18 @@ def test_flipped_checkpoint_bytes_stop_evaluation(run_dir):
   before = snapshot(run_dir)
   with pytest.raises(DamagedCheckpointError) as err:
     pipeline.load_run(run_dir)
-  assert str(err.value).startswith(f"checkpoint {run_dir / 'adapler' / str(step)} is damaged: ")
-  assert "arrays differ from their saved checksums" in str(err.value)
+  # Which arrays the flipped bytes land in depends on the order orbax's concurrent writes
+  # reached the data file: values that still decode fail their checksums, a hit on the
+  # file's structure fails the read. Either stops with one line naming the step
+  # (test_checkpoints pins the checksum message on a one-array layout).
+  msg = str(err.value)
+  damaged = f"checkpoint {run_dir / 'adapler' / str(step)} "
+  assert "\n" not in msg and msg.startswith(damaged)
+  assert (msg.startswith(damaged + "is damaged: ")
+          and "arrays differ from their saved checksums" in msg) or (
+              msg.startswith(damaged + "cannot be read (")
+              and msg.endswith("fix: delete that step directory (an earlier checkpoint is "
+                               "used) or rerun training in a new workdir"))
   assert snapshot(run_dir) == before
 
 
