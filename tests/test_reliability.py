@@ -149,6 +149,10 @@ def test_each_phase_records_the_config_it_ran_with(tiny_backbone, run_dir):
 # ----------------------------------------------------------------- 3. damaged checkpoints
 
 
+DAMAGED_FIX = ("fix: delete that step directory (an earlier checkpoint is used) or rerun "
+               "training in a new workdir")
+
+
 def _array_files(step_dir: Path) -> list[Path]:
   files = [p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
   return sorted(files, key=lambda p: p.stat().st_size, reverse=True)
@@ -165,16 +169,13 @@ def test_flipped_checkpoint_bytes_stop_evaluation(run_dir):
     pipeline.load_run(run_dir)
   # Which arrays the flipped bytes land in depends on the order orbax's concurrent writes
   # reached the data file: values that still decode fail their checksums, a hit on the
-  # file's structure fails the read. Either stops with one line naming the step
+  # file's structure fails the read. Either is one line naming the step and the fix
   # (test_checkpoints pins the checksum message on a one-array layout).
   msg = str(err.value)
-  damaged = f"checkpoint {run_dir / 'adapler' / str(step)} "
-  assert "\n" not in msg and msg.startswith(damaged)
-  assert (msg.startswith(damaged + "is damaged: ")
-          and "arrays differ from their saved checksums" in msg) or (
-              msg.startswith(damaged + "cannot be read (")
-              and msg.endswith("fix: delete that step directory (an earlier checkpoint is "
-                               "used) or rerun training in a new workdir"))
+  problem = msg.removeprefix(f"checkpoint {run_dir / 'adapler' / str(step)} ")
+  assert "\n" not in msg and problem != msg and msg.endswith(DAMAGED_FIX)
+  assert (problem.startswith("is damaged: ") and "arrays differ from their saved checksums"
+          in problem) or problem.startswith("cannot be read (")
   assert snapshot(run_dir) == before
 
 
@@ -186,8 +187,7 @@ def test_truncated_checkpoint_is_one_line_from_evaluate(run_dir):
   proc = cli("evaluate.py", "--workdir", str(run_dir))
   msg = one_line_error(proc)  # not one traceback from the reads the failure abandoned.
   assert msg.startswith(f"checkpoint {run_dir / 'adapler' / str(step)} cannot be read (")
-  assert msg.endswith("fix: delete that step directory (an earlier checkpoint is used) or "
-                      "rerun training in a new workdir")
+  assert msg.endswith(DAMAGED_FIX)
   assert snapshot(run_dir) == before
 
 
