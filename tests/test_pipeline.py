@@ -136,6 +136,15 @@ def test_all_phases_and_evaluation(tiny_backbone, tmp_path):
   assert result["chosen_from_frontier"]["eta_multipliers"] == cheapest["eta_multipliers"]
   assert result["metric"] == pytest.approx(cheapest["dev_metric"])
 
+  # Another eta grid gives each gene another meaning: the store refuses it and stays as it is.
+  from adapler_jax.errors import UserError
+  store = (workdir / "search" / "store.jsonl").read_bytes()
+  config.search.eta_multipliers = (0.0, 1.0, 2.0)
+  with pytest.raises(UserError, match=r"store\.jsonl holds scores of another eta_multipliers "
+                     r"than this search scores; move \S+search aside"):
+    pipeline.run_phase(pipeline.prepare(config, workdir), "search")
+  assert (workdir / "search" / "store.jsonl").read_bytes() == store
+
 
 def test_finetune_resumes_to_the_same_parameters(tiny_backbone, tmp_path):
   config = tiny_config(tiny_backbone)
@@ -216,6 +225,8 @@ def test_lat_phases_and_evaluation(tiny_backbone, tmp_path):
   assert costs == sorted(costs) and all(b > a for a, b in zip(scores, scores[1:]))
   stored = (workdir / "search" / "store.jsonl").read_text().splitlines()
   assert len(stored) == result["scored"] == len({tuple(json.loads(l)["gene"]) for l in stored})
+  source = json.loads((workdir / "search" / "store.source.json").read_text())
+  assert source["keep_cls"] == config.lat.keep_cls and len(source["checkpoint"]) == 16
   budget = max(costs)
   proc = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(workdir),
                          "--flops-budget", str(budget), "--output", str(out)],

@@ -1,6 +1,7 @@
 """The evolutionary search: operators, frontier, floor, cache, resume, budget picks."""
 
 import numpy as np
+import pytest
 
 from adapler_jax.search import evolution as evo
 
@@ -126,6 +127,26 @@ def test_a_killed_search_resumes_from_its_store_without_rescoring(tmp_path):
   resumed, _ = _run(tmp_path, resumed_calls, settings, "killed.jsonl")
   assert resumed["frontier"] == full["frontier"]
   assert len(resumed_calls) == len(calls) - 10  # the 10 stored genes are never re-scored.
+
+
+def test_a_store_resumes_only_on_the_source_it_scored(tmp_path):
+  """Scores of one model never serve another: a store saved with another source refuses
+  and stays as it is; the same source (or a store written before sources) resumes."""
+  path = tmp_path / "store.jsonl"
+  store = evo.Store(path, {"checkpoint": "aaa", "held_out_rows": "h1"})
+  store.add((3, 2), {"cost": 0.5, "metric": 0.7})
+  before = path.read_bytes(), store.source_path.read_bytes()
+  with pytest.raises(evo.SourceMismatch, match=r"store\.jsonl holds scores of another "
+                     r"checkpoint, eta$"):
+    evo.Store(path, {"checkpoint": "bbb", "held_out_rows": "h1", "eta": [1.0]})
+  assert (path.read_bytes(), store.source_path.read_bytes()) == before
+  again = evo.Store(path, {"held_out_rows": "h1", "checkpoint": "aaa"})
+  assert again.records == store.records and again.source == store.source
+  store.source_path.unlink()  # a store written before sources: taken as it is, not claimed.
+  legacy = evo.Store(path, {"checkpoint": "bbb"})
+  assert (3, 2) in legacy and legacy.source is None and not store.source_path.exists()
+  fresh = evo.Store(tmp_path / "new.jsonl", {"checkpoint": "bbb"})
+  assert fresh.source == {"checkpoint": "bbb"} and fresh.source_path.exists()
 
 
 def test_loops_end_under_their_attempt_cap(tmp_path):

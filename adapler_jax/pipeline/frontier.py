@@ -4,6 +4,7 @@
 Workdir outputs::
 
   search/store.jsonl    every scored config: gene, both costs, held-out metric, seconds
+  search/store.source.json  what the store scored: checkpoint, held-out rows, settings
   search/frontier.json  the Pareto frontier (cost convention `search.cost`), each point with
                         its held-out and dev metric, the full model, the area per iteration
   search/frontier.png   every scored config, the frontier, the full model; area per iteration
@@ -15,13 +16,16 @@ the reported split, only labels the frontier's points afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from adapler_jax import extras
+from adapler_jax.data import TokenizedDataset
 from adapler_jax.errors import UserError
 from adapler_jax.pipeline.context import Run
 from adapler_jax.search import evolution as evo
@@ -39,16 +43,34 @@ def cost_key(run: Run) -> str:
   return f"{cost}_fraction"
 
 
+def source(checkpoint: str, held_out: TokenizedDataset, **scoring) -> dict[str, Any]:
+  """What a search's scores depend on: the checkpoint's fingerprint, a digest of the
+  held-out rows (their tokens and labels: data, split and tokenizer settings alike), and
+  the settings that change a config's score."""
+  digest = hashlib.sha256()
+  for array in (held_out.input_ids, held_out.token_type_ids, held_out.lengths,
+                held_out.labels):
+    if array is not None:
+      digest.update(np.ascontiguousarray(array).tobytes())
+  return {"checkpoint": checkpoint, "held_out_rows": digest.hexdigest()[:16], **scoring}
+
+
 def evolve(run: Run, evaluate: Callable, cost: Callable | None, *, initial,
-           **kwargs) -> tuple[evo.Store, dict[str, Any]]:
+           source: dict[str, Any], **kwargs) -> tuple[evo.Store, dict[str, Any]]:
   """`evo.evolve` with the run's `search` settings, its store in the workdir (a rerun
-  resumes from it), a progress bar and a metrics row per iteration.
+  resumes from it when it scored the same `source`), a progress bar and a metrics row per
+  iteration.
 
   Returns:
     (the store of every scored gene, `evo.evolve`'s result).
   """
   c = run.config.search
-  store = evo.Store(run.workdir / SEARCH_DIR / "store.jsonl")
+  path = run.workdir / SEARCH_DIR / "store.jsonl"
+  try:
+    store = evo.Store(path, source)
+  except evo.SourceMismatch as e:
+    raise UserError(f"{e} than this search scores; move {path.parent} aside (or search in "
+                    "a workdir of its own) to search again") from None
   settings = evo.SearchSettings(c.iterations, c.population, c.mutations, c.crossovers,
                                 c.mutation_prob, c.max_attempts, c.seed)
   bar = tqdm(total=c.iterations + 1, desc="search", leave=False,

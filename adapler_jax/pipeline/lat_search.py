@@ -3,6 +3,7 @@ per-layer lengths (outputs and budget dial: `pipeline.frontier`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -41,15 +42,19 @@ def run_search(run: Run) -> dict[str, Any]:
   key = frontier.cost_key(run)
   base, layers = run.config.data.max_length, run.encoder.num_layers
   held = run.search_split(c.held_out)
-  _, params = lat_phases.load_lengthdrop(run)
+  step, params = lat_phases.load_lengthdrop(run)
   cost = cost_model(run, held.lengths)
   lower = lat_phases.smallest_config(run)
   upper = (base,) * layers
   make = lambda r: lengths.constant_ratio_config(base, layers, r, lat.min_length) if r else upper
   initial = evo.initial_population(lambda g: cost(g)[key], make, lower, upper, c.population)
+  checkpoint = lat_phases.lengthdrop_checkpointer(run, read_only=True)
+  source = frontier.source(checkpoint.fingerprint([step]), held,
+                           **dataclasses.asdict(lat_phases.selection_flags(run)))
+  checkpoint.close()
   store, out = frontier.evolve(run, lambda g: _metric(run, params, held, g), cost,
-                               initial=initial, upper=base, floor_value=lat.min_length,
-                               floor_cost=cost(lower)[key])
+                               initial=initial, source=source, upper=base,
+                               floor_value=lat.min_length, floor_cost=cost(lower)[key])
   split = run.config.eval.split
   dev = run.dataset(split)
   dev_cost = cost_model(run, dev.lengths)

@@ -11,7 +11,8 @@ Against the LAT authors' code:
 * every loop has an attempt cap, so a population that yields no new child ends;
 * genes cheaper than `floor_cost` are never scored;
 * a `Store` (JSON lines, one scored gene per line) caches every evaluation, so the
-  evaluator runs once per distinct gene and a killed search resumes without re-scoring;
+  evaluator runs once per distinct gene and a killed search resumes without re-scoring,
+  and it refuses to resume on another model, rows or scoring settings than it scored;
 * the same seed gives the same search (cached genes consume no randomness).
 """
 
@@ -113,14 +114,23 @@ def pick_max_drop(front: Sequence[Gene], scored: dict, reference: float,
   return min(within, key=lambda g: (scored[g][0], -scored[g][1])) if within else None
 
 
+class SourceMismatch(ValueError):
+  """A store's genes were scored on another source (model, rows or scoring settings)."""
+
+
 class Store:
   """Scored genes, one JSON object per line: `{"gene", "cost", "metric", "seconds", ...}`.
 
   Appends are flushed line by line, so a killed search keeps everything it scored; a line
   cut short by the kill is ignored when the store is read back.
+
+  `source` (JSON-able) names what the genes are scored on. A new store saves it beside
+  itself (`<name>.source.json`); a store saved with another source raises `SourceMismatch`
+  and is left as it is, so a retrained model never reuses the old model's scores. A store
+  written without a source file is taken as it is.
   """
 
-  def __init__(self, path: str | Path):
+  def __init__(self, path: str | Path, source: dict | None = None):
     self.path = Path(path)
     self.records: dict[Gene, dict] = {}
     if self.path.exists():
@@ -130,6 +140,27 @@ class Store:
         except json.JSONDecodeError:
           continue  # a line cut short by a kill.
         self.records[tuple(record["gene"])] = record
+    self.source = self._bind(json.loads(json.dumps(source)) if source is not None else None)
+
+  @property
+  def source_path(self) -> Path:
+    return self.path.with_name(self.path.stem + ".source.json")
+
+  def _bind(self, source: dict | None) -> dict | None:
+    saved = (json.loads(self.source_path.read_text(encoding="utf-8"))
+             if self.source_path.exists() else None)
+    if source is None or saved == source:
+      return saved
+    if saved is not None and self.records:
+      differ = sorted(k for k in set(saved) | set(source) if saved.get(k) != source.get(k))
+      raise SourceMismatch(f"{self.path} holds scores of another {', '.join(differ)}")
+    if saved is None and self.records:
+      return None  # written before sources were saved: taken as it is.
+    self.source_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = self.source_path.with_name(self.source_path.name + ".tmp")
+    tmp.write_text(json.dumps(source, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(self.source_path)
+    return source
 
   def __contains__(self, gene: Gene) -> bool:
     return gene in self.records
