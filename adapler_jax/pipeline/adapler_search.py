@@ -89,9 +89,8 @@ def run_search(run: Run) -> dict[str, Any]:
   one = grid.index(1.0)
   evaluate = lambda g: score(cfg, params, held, run.metric_name, multipliers(grid, g),
                              batch_size=c.batch_size)
-  checkpoint = phases.adapler_checkpointer(run, read_only=True)
-  source = frontier.source(checkpoint.fingerprint([step]), held, eta_multipliers=list(grid))
-  checkpoint.close()
+  source = frontier.source(phases.adapler_checkpointer(run, read_only=True), step, held,
+                           eta_multipliers=list(grid))
   store, out = frontier.evolve(run, evaluate, None,
                                initial=[(i,) * layers for i in range(len(grid))],
                                source=source, floor_cost=0.0, space=evo.Grid(len(grid)))

@@ -29,6 +29,7 @@ from adapler_jax.data import TokenizedDataset
 from adapler_jax.errors import UserError
 from adapler_jax.pipeline.context import Run
 from adapler_jax.search import evolution as evo
+from adapler_jax.train.checkpoints import Checkpointer
 
 SEARCH_DIR = "search"
 FRONTIER_FILE = f"{SEARCH_DIR}/frontier.json"  # relative to the workdir.
@@ -43,10 +44,13 @@ def cost_key(run: Run) -> str:
   return f"{cost}_fraction"
 
 
-def source(checkpoint: str, held_out: TokenizedDataset, **scoring) -> dict[str, Any]:
-  """What a search's scores depend on: the checkpoint's fingerprint, a digest of the
-  held-out rows (their tokens and labels: data, split and tokenizer settings alike), and
-  the settings that change a config's score."""
+def source(checkpointer: Checkpointer, step: int, held_out: TokenizedDataset,
+           **scoring) -> dict[str, Any]:
+  """What a search's scores depend on: the fingerprint of checkpoint `step` (closes
+  `checkpointer`), a digest of the held-out rows (their tokens and labels: data, split and
+  tokenizer settings alike), and the settings that change a config's score."""
+  checkpoint = checkpointer.fingerprint([step])
+  checkpointer.close()
   digest = hashlib.sha256()
   for array in (held_out.input_ids, held_out.token_type_ids, held_out.lengths,
                 held_out.labels):

@@ -48,10 +48,8 @@ def run_search(run: Run) -> dict[str, Any]:
   upper = (base,) * layers
   make = lambda r: lengths.constant_ratio_config(base, layers, r, lat.min_length) if r else upper
   initial = evo.initial_population(lambda g: cost(g)[key], make, lower, upper, c.population)
-  checkpoint = lat_phases.lengthdrop_checkpointer(run, read_only=True)
-  source = frontier.source(checkpoint.fingerprint([step]), held,
+  source = frontier.source(lat_phases.lengthdrop_checkpointer(run, read_only=True), step, held,
                            **dataclasses.asdict(lat_phases.selection_flags(run)))
-  checkpoint.close()
   store, out = frontier.evolve(run, lambda g: _metric(run, params, held, g), cost,
                                initial=initial, source=source, upper=base,
                                floor_value=lat.min_length, floor_cost=cost(lower)[key])
