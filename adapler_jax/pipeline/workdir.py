@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from adapler_jax.errors import UserError
+from adapler_jax.files import atomic_write_text  # noqa: F401  (the workdir's writer)
 
 LOCK_FILE = ".lock"
 _held: dict[Path, int] = {}  # workdir -> the open lock file of this process.
@@ -26,17 +27,6 @@ def check_dir(workdir: str | os.PathLike[str]) -> Path:
     raise UserError(f"--workdir {path} is a file, not a directory; pass a directory "
                     "(it is created if missing)")
   return path
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-  """Writes `text` to `path` whole: a reader sees the old file or the new one, never a part."""
-  path = Path(path)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def lock(workdir: str | os.PathLike[str]) -> None:

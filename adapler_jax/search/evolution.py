@@ -26,6 +26,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from adapler_jax.files import atomic_write_text
+
 Gene = tuple[int, ...]
 
 
@@ -157,9 +159,7 @@ class Store:
     if saved is None and self.records:
       return None  # written before sources were saved: taken as it is.
     self.source_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = self.source_path.with_name(self.source_path.name + ".tmp")
-    tmp.write_text(json.dumps(source, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(self.source_path)
+    atomic_write_text(self.source_path, json.dumps(source, sort_keys=True) + "\n")
     return source
 
   def __contains__(self, gene: Gene) -> bool:

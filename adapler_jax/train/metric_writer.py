@@ -10,6 +10,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from adapler_jax.files import atomic_write_text
+
 
 def _plain(value: Any) -> Any:
   value = np.asarray(jax.device_get(value))
@@ -57,10 +59,7 @@ class MetricWriter:
       lines = f.read().splitlines()
     kept = [l for l in lines if _kept(l, phases, step)]
     if len(kept) < len(lines):
-      tmp = self.path + ".tmp"
-      with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(l + "\n" for l in kept))
-      os.replace(tmp, self.path)
+      atomic_write_text(self.path, "".join(l + "\n" for l in kept))
 
   def write(self, phase: str, step: int, metrics: Mapping[str, Any]) -> dict:
     row = {"phase": phase, "step": int(step), "time": time.time(),
