@@ -26,6 +26,7 @@ from adapler_jax.models.heads import ClassificationHead, SequenceClassifier
 from adapler_jax.weights import convert_state_dict, load_backbone, to_hf_state_dict
 
 TINY = EncoderConfig.tiny(vocab_size=30522, max_position_embeddings=512)
+KERNEL_SETS = 2 if jax.default_backend() == "cpu" else 1  # dot kernels per program (`kernels`).
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -207,13 +208,35 @@ def test_compiled_shapes_are_bounded(tokenizer, shared_data, folds):
     else:
       result = engine.run(data)
     assert len(engine.row_counts()) == 1 + len(folds)
-    # One program per input bucket, whatever grids its layers ran on.
+    # One program per input bucket and dot-kernel set (two on CPU, `kernels`), whatever
+    # grids its layers ran on.
     assert engine.compile_counts == {"forward": engine.compiled_shapes}
-    assert engine.compiled_shapes <= len(buckets)
+    assert engine.compiled_shapes <= KERNEL_SETS * len(buckets)
     total += engine.compiled_shapes
     assert (result.kept_counts[:, -1] < result.lengths).mean() > 0.5
     assert result.packed_batches.any() == bool(folds)
-  assert 0 < total <= len(batch_sizes) * len(buckets)
+  assert 0 < total <= KERNEL_SETS * len(batch_sizes) * len(buckets)
+
+
+def test_a_bucket_whose_layers_shrink_takes_the_small_grid_dot_kernels():
+  """On CPU the next batch of an input shape takes XLA's own dots when most layers of the
+  last such batch ran on small grids (`kernels.small_dots`); either way the outputs
+  equal the reference, and a model that drops nothing keeps the default kernels."""
+  from adapler_jax.infer import kernels
+  cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
+  data = synthetic(24, 64, seed=7)
+  data = dataclasses.replace(data, lengths=np.full(24, 64, np.int32))  # one input shape.
+  for eta, shrinks in ((0.9, True), (0.0, False)):
+    params = scaled_params(cfg, seed=4, scale=8.0, eta=eta)
+    engine = AdaptiveEngine(cfg, params, batch_size=8, max_length=64, buckets=(64,))
+    assert not engine.small_dots((8, 64))  # 512 input slots: the default kernels first.
+    result = engine.run(data)
+    assert_same_outputs(result, per_example_run(cfg, params, data))
+    assert engine.small_dots((8, 64)) == shrinks
+    assert (result.slots < 3 * 256).all() == shrinks  # three batches, each layer's grid.
+    assert engine.compiled_shapes == (1 + shrinks if KERNEL_SETS == 2 else 1)
+  assert kernels.small_dots([512, 128]) and kernels.small_dots([1024, 2048, 255, 8])
+  assert not kernels.small_dots([512, 255, 256]) and not kernels.small_dots(256)
 
 
 @pytest.mark.parametrize("committed", [False, True], ids=["fresh", "restored"])

@@ -258,10 +258,11 @@ class AdaptiveEngine(_Engine):
     self._forward = self._tracked("forward", functools.partial(
         _FORWARD, cfg, self.row_counts(), self.widths, chunk_rows=self.ffn_chunk_rows,
         scan_layers=scan_layers))
+    self._layer_slots: dict[tuple[int, ...], np.ndarray] = {}  # last batch's, per input shape.
 
   @property
   def compiled_shapes(self) -> int:
-    """Distinct (rows, input bucket, rationales) programs compiled so far."""
+    """Distinct (rows, input bucket, rationales, dot kernels) programs compiled so far."""
     return self.compile_counts["forward"]
 
   @property
@@ -274,15 +275,31 @@ class AdaptiveEngine(_Engine):
     return _row_counts(self.batch_size, self.folds)
 
   def warmup(self, rationales: bool = False) -> None:
-    """Compiles the program of every input bucket ahead of time, on placeholder inputs."""
+    """Compiles the program of every input bucket ahead of time, on placeholder inputs:
+    on CPU, with each dot-kernel set a batch of that bucket may pick (`small_dots`)."""
     for width in self.widths:
       ids = np.zeros((self.batch_size, width), np.int32)
-      jax.block_until_ready(self._call(ids, ids, np.full((self.batch_size,), width, np.int32),
-                                       rationales))
+      n = np.full((self.batch_size,), width, np.int32)
+      for small in sorted({self.small_dots(ids.shape), self._on_cpu}):
+        jax.block_until_ready(self._call(ids, ids, n, rationales, small))
 
-  def _call(self, input_ids, token_type_ids, lengths, rationales: bool) -> dict[str, jax.Array]:
+  @property
+  def _on_cpu(self) -> bool:
+    return self.device.platform == "cpu"
+
+  def small_dots(self, shape: tuple[int, ...]) -> bool:
+    """Whether the next batch of input `shape` runs with XLA's own dot kernels
+    (`kernels.small_dots`, CPU only): the grids its layers will run on are not known
+    before it runs, so those of the last batch of that shape stand in for them, and the
+    input grid before the first."""
+    return self._on_cpu and kernels.small_dots(self._layer_slots.get(shape, np.prod(shape)))
+
+  def _call(self, input_ids, token_type_ids, lengths, rationales: bool,
+            small: bool | None = None) -> dict[str, jax.Array]:
+    if small is None:
+      small = self.small_dots(np.shape(input_ids))
     return self._forward(self._params, self._put(input_ids), self._put(token_type_ids),
-                         self._put(lengths), rationales=rationales)
+                         self._put(lengths), rationales=rationales, small=small)
 
   def dispatch(self, batch: Batch, *, rationales: bool = False) -> dict[str, jax.Array]:
     """Starts one batch (`data.eval_batches`) on the device; returns the program's
@@ -295,6 +312,7 @@ class AdaptiveEngine(_Engine):
     result = {"logits": np.asarray(out["logits"]), "kept": np.asarray(out["kept"], np.int32),
               "slots": np.asarray(out["slots"], np.int64),
               "packed": np.asarray(out["packed"], np.int64)}
+    self._layer_slots[batch["input_ids"].shape] = result["slots"]
     if rationales:
       result["positions"], result["scores"] = _rationales(out)
     return result
@@ -450,15 +468,20 @@ class LengthEngine(_Engine):
     for width in self.widths:
       ids = np.zeros((self.batch_size, width), np.int32)
       n = np.full((self.batch_size,), width, np.int32)
-      counts, _, widths, selects = self.plan(n)
-      jax.block_until_ready(self._forward(self._params, ids, ids, n, counts, widths,
-                                          selects=selects))
+      jax.block_until_ready(self._call(ids, ids, n)[0])
+
+  def _call(self, input_ids, token_type_ids, n):
+    """The program's outputs on one batch, the real tokens each layer keeps and the layer
+    widths, both planned here on the host."""
+    counts, real, widths, selects = self.plan(n)
+    small = kernels.small_dots([len(n) * w for w in widths])  # the grids the layers run on.
+    out = self._forward(self._params, input_ids, token_type_ids, n, counts, widths,
+                        selects=selects, small=small)
+    return out, real, widths
 
   def _run_batch(self, batch: Batch, rationales: bool) -> dict[str, Any]:
     n = batch["attention_mask"].sum(axis=1, dtype=np.int32)
-    counts, real, widths, selects = self.plan(n)
-    logits, trace = self._forward(self._params, batch["input_ids"], batch["token_type_ids"],
-                                  n, counts, widths, selects=selects)
+    (logits, trace), real, widths = self._call(batch["input_ids"], batch["token_type_ids"], n)
     rows = len(n)
     out = {"logits": np.asarray(logits), "kept": real,
            "slots": np.asarray([rows * w for w in widths]),

@@ -1,12 +1,15 @@
-"""Which XLA:CPU dot kernels a program compiles with, picked per call by its input grid.
+"""Which XLA:CPU dot kernels a program compiles with, picked per call by its layers' grids.
 
-XLA:CPU hands dots to YNNPACK by default. On the few-row matmuls of small inputs, batch 1
-and the narrow grids left after dropping, XLA's own kernels are 2x faster (8 x 384 @ 384 x
-1536: 0.27 ms against 0.60, one core); from about 256 rows on, YNNPACK is as fast or up to
-10 % faster (`bench/cpu_dots.py`). So each engine program is jitted both ways and every call
-takes XLA's kernels when its input grid holds fewer than `SMALL_GRID_TOKENS` token slots.
-The choice is a per-program compiler option (nothing global changes) and only applies on
-CPU; both variants compute the same function.
+XLA:CPU hands dots to YNNPACK by default. On the few-row matmuls of small grids, batch 1
+and the narrow grids left after dropping, XLA's own kernels are up to 2x faster (8 x 384 @
+384 x 1536: 0.27 ms against 0.60, one core); from about 256 rows on, YNNPACK is as fast or
+up to 10 % faster (`bench/cpu_dots.py`). A layer's dense matmuls have one row per token
+slot of its grid, so each engine program is jitted both ways and a call takes XLA's
+kernels when most of its layers run on grids under `SMALL_GRID_TOKENS` token slots
+(`small_dots`). The full model's layers all run on the input grid; the
+engines that drop tokens say which grids their layers run on (`ByGridSize.__call__`'s
+`small`). The choice is a per-program compiler option (nothing global changes) and only
+applies on CPU; both variants compute the same function.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import numpy as np
 
 SMALL_GRID_TOKENS = 256
 XLA_DOTS = {"xla_cpu_experimental_ynn_fusion_type": ""}  # no dot goes to YNNPACK.
@@ -27,19 +31,33 @@ def on_cpu(x) -> bool:
   return jax.default_backend() == "cpu"
 
 
+def small_dots(layer_slots) -> bool:
+  """Whether a program whose layers compute `layer_slots` token slots (one grid each, or
+  one count for them all) suits XLA's own dots: at least half of its layers run on grids
+  under `SMALL_GRID_TOKENS`. (XLA's kernels win up to 2x on a small grid and lose at most
+  about 7 % on a large one, so a small grid counts as much as a large one.)"""
+  slots = np.asarray(layer_slots, np.int64).reshape(-1)
+  return 2 * int(np.sum(slots < SMALL_GRID_TOKENS)) >= slots.size
+
+
 class ByGridSize:
-  """`fn` jitted twice, with XLA:CPU's default dot kernels and with its own ones (`XLA_DOTS`);
-  a call takes the second when argument `grid_arg` (the input ids, rows x width) has fewer
-  than `SMALL_GRID_TOKENS` elements and runs on a CPU."""
+  """`fn` jitted twice, with XLA:CPU's default dot kernels and with its own ones (`XLA_DOTS`).
+
+  A call on a CPU takes the second when `small` says so, or, when `small` is None, when
+  argument `grid_arg` (the input ids, rows x width: the grid every layer runs on when
+  none drops tokens) has fewer than `SMALL_GRID_TOKENS` elements. Elsewhere it always
+  takes the first.
+  """
 
   def __init__(self, fn: Callable[..., Any], *, grid_arg: int, **jit_kwargs):
     self.default = jax.jit(fn, **jit_kwargs)
     self.small = jax.jit(fn, compiler_options=XLA_DOTS, **jit_kwargs)
     self.grid_arg = grid_arg
 
-  def pick(self, ids) -> Callable[..., Any]:
-    small = ids.size < SMALL_GRID_TOKENS and on_cpu(ids)
-    return self.small if small else self.default
+  def pick(self, ids, small: bool | None = None) -> Callable[..., Any]:
+    if small is None:
+      small = small_dots(np.size(ids))
+    return self.small if small and on_cpu(ids) else self.default
 
-  def __call__(self, *args, **kwargs):
-    return self.pick(args[self.grid_arg])(*args, **kwargs)
+  def __call__(self, *args, small: bool | None = None, **kwargs):
+    return self.pick(args[self.grid_arg], small)(*args, **kwargs)
