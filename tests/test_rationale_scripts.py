@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 from adapler_jax.data import DEFAULT_BUCKETS, DataError, bucket_lengths
@@ -112,8 +113,10 @@ def test_bench_inference_on_a_trained_run(run):
     assert r["examples"] == 12 and r["task"] == "demo"
     if r["system"] == "ours-full":  # restored params, one batch size per engine.
       assert 1 <= r["compiled_shapes"] <= r["shape_bound"] == widths
-    if r["system"] == "ours-adapler":  # (batch, batch // 2, batch // 4) rows x widths.
-      assert 1 <= r["compiled_shapes"] <= r["shape_bound"] == widths * min(3, r["batch_size"])
+    if r["system"] == "ours-adapler":  # (batch, batch // 2, batch // 4) rows x widths,
+      kernel_sets = 2 if jax.default_backend() == "cpu" else 1  # x dot-kernel sets on CPU.
+      assert (1 <= r["compiled_shapes"] <= r["shape_bound"]
+              == widths * min(3, r["batch_size"]) * kernel_sets)
     if r["system"] != "ours-adapler":
       assert r["flops_speedup"] == 1.0 and r["agreement_with_full"] == 1.0
   assert {"latency_p50_ms", "latency_p95_ms"} <= rows[0].keys()
