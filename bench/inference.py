@@ -263,7 +263,7 @@ def shapes(engine) -> dict[str, int]:
   """Compiled (rows, width) shapes, and the most the engine may compile: on CPU an AdapLeR
   bucket compiles with either dot-kernel set (`infer.kernels`)."""
   rows = len(engine.row_counts()) if hasattr(engine, "row_counts") else 1
-  kernel_sets = 2 if isinstance(engine, AdaptiveEngine) and engine.device.platform == "cpu" else 1
+  kernel_sets = engine.kernel_sets if isinstance(engine, AdaptiveEngine) else 1
   return {"compiled_shapes": engine.compiled_shapes,
           "shape_bound": rows * len(engine.widths) * kernel_sets}
 

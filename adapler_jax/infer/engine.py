@@ -149,12 +149,16 @@ class _Engine:
     # uncommitted array of the same shape are different cache keys, hence compilations.
     self.device = device or jax.local_devices()[0]
     if ffn_chunk_rows == "auto":
-      ffn_chunk_rows = CPU_FFN_CHUNK_ROWS if self.device.platform == "cpu" else None
+      ffn_chunk_rows = CPU_FFN_CHUNK_ROWS if self.on_cpu else None
     elif ffn_chunk_rows is not None and (not isinstance(ffn_chunk_rows, int) or ffn_chunk_rows < 1):
       raise ValueError(f"ffn_chunk_rows must be 'auto', None or a positive int, got "
                        f"{ffn_chunk_rows!r}")
     self.ffn_chunk_rows = ffn_chunk_rows
     self._shapes: dict[str, set] = {}
+
+  @property
+  def on_cpu(self) -> bool:
+    return self.device.platform == "cpu"
 
   def _put(self, tree):
     return jax.device_put(tree, self.device)
@@ -280,19 +284,20 @@ class AdaptiveEngine(_Engine):
     for width in self.widths:
       ids = np.zeros((self.batch_size, width), np.int32)
       n = np.full((self.batch_size,), width, np.int32)
-      for small in sorted({self.small_dots(ids.shape), self._on_cpu}):
+      for small in sorted({self.small_dots(ids.shape), self.kernel_sets == 2}):
         jax.block_until_ready(self._call(ids, ids, n, rationales, small))
 
   @property
-  def _on_cpu(self) -> bool:
-    return self.device.platform == "cpu"
+  def kernel_sets(self) -> int:
+    """Dot-kernel sets a bucket's program may compile with: both on CPU (`kernels`)."""
+    return 2 if self.on_cpu else 1
 
   def small_dots(self, shape: tuple[int, ...]) -> bool:
     """Whether the next batch of input `shape` runs with XLA's own dot kernels
     (`kernels.small_dots`, CPU only): the grids its layers will run on are not known
     before it runs, so those of the last batch of that shape stand in for them, and the
     input grid before the first."""
-    return self._on_cpu and kernels.small_dots(self._layer_slots.get(shape, np.prod(shape)))
+    return self.on_cpu and kernels.small_dots(self._layer_slots.get(shape, np.prod(shape)))
 
   def _call(self, input_ids, token_type_ids, lengths, rationales: bool,
             small: bool | None = None) -> dict[str, jax.Array]:
