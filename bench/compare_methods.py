@@ -147,7 +147,14 @@ def read_reference(path: str) -> dict:
   return ref
 
 
-def plot(result: dict, path: Path) -> Path:
+def drawn(points: list[dict], key: str, min_cost: float | None = None) -> list[dict]:
+  """The points of one series a panel draws: those costing at least `min_cost` (a fraction
+  of the full model in convention `key`; None: all), cheapest first."""
+  keep = [p for p in points if min_cost is None or p[f"{key}_fraction"] >= min_cost]
+  return sorted(keep, key=lambda p: p[f"{key}_fraction"])
+
+
+def plot(result: dict, path: Path, min_cost: float | None = None) -> Path:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -161,7 +168,7 @@ def plot(result: dict, path: Path) -> Path:
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
   for ax, (key, title) in zip(axes, CONVENTIONS):
     for name, points in result["series"].items():
-      pts = sorted(points, key=lambda p: p[f"{key}_fraction"])
+      pts = drawn(points, key, min_cost)
       ax.plot([p[f"{key}_fraction"] for p in pts], [100 * p["metric"] for p in pts],
               label=name, **styles.get(name, {}))
     ax.plot([1.0], [100 * result["standard_metric"]], "k*", markersize=13,
@@ -191,8 +198,9 @@ def plot(result: dict, path: Path) -> Path:
   axes[1].legend(fontsize=8, loc="lower right")
   methods = ("AdapLeR and LAT" if any("LAT" in n or "LengthDrop" in n for n in result["series"])
              else "AdapLeR")
+  shown = f"; costs below {min_cost:g} not drawn" if min_cost is not None else ""
   fig.suptitle(f"{result['task']} {result['split']}: {methods} on one backbone, "
-               f"max length {result['max_length']}")
+               f"max length {result['max_length']}{shown}")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -250,7 +258,13 @@ def main(argv=None) -> None:
   parser.add_argument("--budget-cost", default="actual", choices=[k for k, _ in CONVENTIONS],
                       help="the convention --budgets are fractions of")
   parser.add_argument("--out", required=True, help="output stem: OUT.json and OUT.png")
+  parser.add_argument("--min-cost", type=float, default=None,
+                      help="draw only points costing at least this fraction of the full model "
+                           "(e.g. 0.4, to read the region near it); the JSON keeps every point")
   args = parser.parse_args(argv)
+  if args.min_cost is not None and not 0 < args.min_cost < 1:
+    raise UserError(f"--min-cost {args.min_cost:g} is not a fraction of the full model's cost; "
+                    "pass a number between 0 and 1, e.g. 0.4")
   logging.set_verbosity(logging.WARNING)
   try:
     multipliers = [float(m) for m in args.eta_multipliers.split(",") if m] or None
@@ -269,7 +283,7 @@ def main(argv=None) -> None:
     result["under_budgets"] = {"cost": args.budget_cost,
                                "points": {f"{b:g}": row for b, row in picked.items()}}
   out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-  plot(result, out.with_suffix(".png"))
+  plot(result, out.with_suffix(".png"), args.min_cost)
   print(table(result))
   if budgets:
     print(budget_table(picked, args.budget_cost))

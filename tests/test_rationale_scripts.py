@@ -175,6 +175,11 @@ def test_compare_methods_best_point_under_each_budget():
   padded = compare.under_budgets(result, [0.25], "padded")[0.25]
   assert [padded[k]["metric"] for k in ("frontier", "global")] == [0.6, 0.7]
   assert "0.5: 80.00 (0.8, 0.500) | 70.00 (0.7, 0.450)" in compare.budget_table(picked, "actual")
+  # --min-cost draws a panel's points from that cost up, cheapest first, per convention.
+  frontier = result["series"]["frontier"]
+  assert [p["metric"] for p in compare.drawn(frontier[::-1], "actual", 0.5)] == [0.8, 0.9]
+  assert [p["metric"] for p in compare.drawn(frontier, "padded", 0.5)] == [0.9]
+  assert compare.drawn(frontier[::-1], "padded") == frontier
 
 
 @pytest.mark.parametrize("grid, message", [("0.25,0.5", "must contain 1"),
@@ -187,6 +192,17 @@ def test_compare_methods_checks_the_eta_grid_before_loading_a_run(tmp_path, grid
   assert proc.returncode == 2
   line, = proc.stderr.strip().splitlines()[-1:]
   assert line.startswith("error: --eta-multipliers (") and message in line
+  assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_compare_methods_refuses_a_min_cost_outside_0_1(tmp_path):
+  proc = subprocess.run([sys.executable, str(ROOT / "bench" / "compare_methods.py"),
+                         "--adapler", str(tmp_path / "no_such_run"), "--min-cost", "1.5",
+                         "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 2
+  line, = proc.stderr.strip().splitlines()[-1:]
+  assert line.startswith("error: --min-cost 1.5 ") and "between 0 and 1" in line
   assert not list(tmp_path.iterdir())  # nothing written
 
 
