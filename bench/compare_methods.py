@@ -26,7 +26,8 @@ padded panel against a right-hand axis of their own, never on the measured axis.
 
 `--budgets 0.15,0.3` adds, per budget, each series' best point that costs at most that
 (`--budget-cost`, default real-token FLOPs): where a search frontier beats the global scaling
-and the trained point.
+and the trained point. `--min-cost 0.4` leaves the points below 0.4 of the full model's cost
+off the plot (not the JSON), to read the region near the full model.
 """
 
 from __future__ import annotations
