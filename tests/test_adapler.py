@@ -237,6 +237,35 @@ def test_eta_and_theta_stay_in_range():
   assert np.any(eta == 1.0)  # a length weight this large pushes eta to the bound.
 
 
+@pytest.mark.parametrize("frozen", [("speed",), ("speed", "predictors"), ("model",)])
+def test_frozen_groups_keep_their_values(frozen):
+  params = init_params(cp_scale=5.0, eta=0.3)
+  opt = optim.adapler_optimizer(1e-3, 10, speed_learning_rate=0.5, warmup_fraction=0.0,
+                                frozen=frozen)
+  free = optim.adapler_optimizer(1e-3, 10, speed_learning_rate=0.5, warmup_fraction=0.0)
+  state = adapler_step.create_train_state(params, opt, jax.random.key(0))
+  # Same optimizer-state structure frozen or not: a run resumes either way.
+  assert (jax.tree.structure(state.opt_state)
+          == jax.tree.structure(adapler_step.create_train_state(params, free,
+                                                                jax.random.key(0)).opt_state))
+  step = adapler_step.make_train_step(CFG, opt, adapler_step.LossWeights(0.1, 5.0))
+  for lam in (10.0, 100.0):
+    state, _ = step(state, make_batch([10, 6, 3, 8]), lam)
+  labels = optim.label_params(params, optim.ADAPLER_GROUPS)
+  moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                       params, state.params)
+  by_group = {}
+  for label, changed in zip(jax.tree.leaves(labels), jax.tree.leaves(moved)):
+    by_group.setdefault(label, []).append(changed)
+  for group, changed in by_group.items():
+    assert any(changed) == (group not in frozen), group
+
+
+def test_unknown_frozen_group_is_refused():
+  with pytest.raises(ValueError, match="unknown AdapLeR parameter groups \\['eta'\\]"):
+    optim.adapler_optimizer(1e-3, 10, frozen=("eta",))
+
+
 # --------------------------------------------------------------------------- compilation
 
 def test_train_step_compiles_once_while_lambda_changes():

@@ -294,6 +294,17 @@ def test_max_length_below_two(tiny_backbone, tmp_path, length):
                             "([CLS] and [SEP]), e.g. --config.data.max_length=128")
 
 
+def test_unknown_frozen_group(tiny_backbone, tmp_path):
+  config = small_config(tiny_backbone)
+  config.adapler.frozen = "speed, cutoffs"
+  with pytest.raises(UserError) as err:
+    pipeline.prepare(config, tmp_path / "run")
+  assert str(err.value) == ("config adapler.frozen names cutoffs, not a parameter group; use "
+                            "any of speed,predictors,model, e.g. "
+                            "--config.adapler.frozen=speed,predictors")
+  assert not (tmp_path / "run").exists()
+
+
 def test_non_utf8_data_file_names_the_file_and_line(tmp_path):
   (tmp_path / "train.tsv").write_bytes(b"sentence\tlabel\na fine film\t1\nun caf\xe9\t0\n")
   with pytest.raises(DataError) as err:

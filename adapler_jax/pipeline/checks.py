@@ -8,7 +8,7 @@ import ml_collections
 from adapler_jax.errors import UserError
 from adapler_jax.models import adapler
 from adapler_jax.models.bert import EncoderConfig
-from adapler_jax.train import classifier
+from adapler_jax.train import classifier, optim
 from adapler_jax.train.checkpoints import Checkpointer
 
 MIN_LENGTH = 2  # [CLS] and [SEP].
@@ -24,6 +24,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.data.max_length < MIN_LENGTH:
     raise UserError(f"config data.max_length is {config.data.max_length}; it must be at least "
                     f"{MIN_LENGTH} ([CLS] and [SEP]), e.g. --config.data.max_length=128")
+  frozen_groups(config)
+
+
+def frozen_groups(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The AdapLeR parameter groups `adapler.frozen` names (comma-separated), each known."""
+  names = tuple(n.strip() for n in config.adapler.get("frozen", "").split(",") if n.strip())
+  unknown = [n for n in names if n not in optim.ADAPLER_GROUP_NAMES]
+  if unknown:
+    raise UserError(f"config adapler.frozen names {', '.join(unknown)}, not a parameter group; "
+                    f"use any of {','.join(optim.ADAPLER_GROUP_NAMES)}, e.g. "
+                    "--config.adapler.frozen=speed,predictors")
+  return names
 
 
 def check_max_length(config: ml_collections.ConfigDict, encoder: EncoderConfig) -> None:

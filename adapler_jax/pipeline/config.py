@@ -65,6 +65,7 @@ def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
   c.adapler.learning_rate = 3e-5
   c.adapler.speed_learning_rate = 5e-4
   c.adapler.predictor_learning_rate = 0.0
+  c.adapler.frozen = ""
   c.adapler.weight_decay = 0.1
   c.adapler.warmup_fraction = 0.06
   c.adapler.gamma = 5e-3
@@ -186,6 +187,9 @@ HELP = {
     "adapler.speed_learning_rate": "Adam learning rate of the speed parameters eta and theta",
     "adapler.predictor_learning_rate": "learning rate of the contribution predictors; 0 = "
                                        "learning_rate (the paper's setting)",
+    "adapler.frozen": "parameter groups held fixed, comma-separated: speed (eta, theta), "
+                      "predictors, model (backbone and head); e.g. speed,predictors to "
+                      "train the backbone alone at fixed cutoffs",
     "adapler.weight_decay": "AdamW weight decay",
     "adapler.warmup_fraction": "fraction of the steps spent warming up",
     "adapler.gamma": "weight of the contribution predictors' KL loss to the saliency",

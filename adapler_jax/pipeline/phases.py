@@ -28,6 +28,7 @@ from adapler_jax.data import TRAIN_BUCKETS, num_train_steps, train_batches
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.models import adapler
+from adapler_jax.pipeline import checks
 from adapler_jax.pipeline import workdir as workdir_lib
 from adapler_jax.pipeline.context import Run
 from adapler_jax.train import adapler_step, classifier, optim, parallel
@@ -294,7 +295,8 @@ def train_adapler(run: Run) -> None:
   optimizer = optim.adapler_optimizer(c.learning_rate, total, weight_decay=c.weight_decay,
                                       warmup_fraction=c.warmup_fraction,
                                       speed_learning_rate=c.speed_learning_rate,
-                                      predictor_learning_rate=c.predictor_learning_rate or None)
+                                      predictor_learning_rate=c.predictor_learning_rate or None,
+                                      frozen=checks.frozen_groups(run.config))
   key = jax.random.key(run.config.seed + 1)
   params = adapler.init(key, cfg, backbone=run.backbone)
   if c.from_finetuned:

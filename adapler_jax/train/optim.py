@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Collection, Sequence
 
 import jax
 import optax
@@ -64,25 +64,35 @@ def adamw(learning_rate: optax.ScalarOrSchedule, weight_decay: float = 0.1,
 
 ADAPLER_GROUPS = (("^speed/", "speed"), ("^model/predictors_", "predictors"),
                   ("^model/", "model"))
+ADAPLER_GROUP_NAMES = tuple(name for _, name in ADAPLER_GROUPS)
 
 
 def adapler_optimizer(learning_rate: float, total_steps: int, *, weight_decay: float = 0.1,
                       warmup_fraction: float = 0.06, speed_learning_rate: float = 5e-4,
                       predictor_learning_rate: float | None = None,
+                      frozen: Collection[str] = (),
                       clip_norm: float = 1.0) -> optax.GradientTransformation:
   """One `optax.partition` over the labelled groups of `ADAPLER_GROUPS`.
 
   model (backbone, head) and predictors: clipped AdamW with warmup and linear decay, the
   predictors at `predictor_learning_rate` (default: `learning_rate`, as in the paper; a
   larger one lets the fresh predictors learn in short runs). speed (eta, theta): clipped Adam.
+  The groups named in `frozen` keep their values: their learning rate is zero, so the
+  optimizer state has the same structure either way and a run can resume frozen or not.
   """
-  model_tx = adamw(warmup_linear_decay(learning_rate, total_steps, warmup_fraction),
-                   weight_decay, clip_norm)
-  predictor_tx = model_tx if predictor_learning_rate is None else adamw(
-      warmup_linear_decay(predictor_learning_rate, total_steps, warmup_fraction),
-      weight_decay, clip_norm)
+  unknown = set(frozen) - set(ADAPLER_GROUP_NAMES)
+  if unknown:
+    raise ValueError(f"unknown AdapLeR parameter groups {sorted(unknown)}; "
+                     f"choose from {', '.join(ADAPLER_GROUP_NAMES)}")
+  rate = lambda group, value: 0.0 if group in frozen else value
+  if predictor_learning_rate is None:
+    predictor_learning_rate = learning_rate
+  decayed = lambda group, peak: adamw(
+      warmup_linear_decay(rate(group, peak), total_steps, warmup_fraction), weight_decay,
+      clip_norm)
   return optax.partition(
-      {"model": model_tx, "predictors": predictor_tx,
+      {"model": decayed("model", learning_rate),
+       "predictors": decayed("predictors", predictor_learning_rate),
        "speed": optax.chain(optax.clip_by_global_norm(clip_norm),
-                            optax.adam(speed_learning_rate))},
+                            optax.adam(rate("speed", speed_learning_rate)))},
       lambda params: label_params(params, ADAPLER_GROUPS))
