@@ -88,6 +88,8 @@ def parse_args(argv=None):
   p.add_argument("--eta-scale", type=float, default=1.0,
                  help="AdapLeR: every layer's eta times this (e.g. 0.25: few tokens drop)")
   p.add_argument("--max-examples", type=int, default=None)
+  p.add_argument("--buckets", default=None,
+                 help="padded widths, comma-separated (default: bench/inference.py's)")
   p.add_argument("--threads", type=int, default=None,
                  help="pin the process to this many CPUs (as bench/inference.py; default: all)")
   p.add_argument("--top", type=int, default=15)
@@ -106,7 +108,8 @@ def main(argv=None) -> None:
   # The engines exactly as bench/inference.py times them (its default folds and buckets).
   bench_args = inference.parse_args(["--workdir", args.workdir, "--task", args.task]
                                     + (["--max-examples", str(args.max_examples)]
-                                       if args.max_examples else []))
+                                       if args.max_examples else [])
+                                    + (["--buckets", args.buckets] if args.buckets else []))
   setup = inference.run_setup(args.task, args.workdir, bench_args)
   if args.system == "adapler":
     if setup.adapler_params is None:

@@ -183,6 +183,41 @@ def test_rationales_match_per_example(real_runs):
         assert abs(got.scores[i][l].sum() - 1) < 1e-5
 
 
+def test_batch_one_on_fine_grids_matches_per_example_on_real_data(real_runs, minilm):
+  """At batch 1 the layers' grids follow one example's survivors down to 2 tokens
+  (`FINE_GRID_WIDTHS`): same outputs, fewer slots than on the buckets alone."""
+  data, _, want = real_runs["sst2"]
+  short = np.flatnonzero(data.lengths <= 32)[:12]  # one input bucket: one program.
+  data = take_rows(data, short)
+  cfg = adapler.AdapLeRConfig(minilm.config, num_labels=2)
+  params = scaled_params(cfg, seed=0, scale=4.0, eta=0.5, bert=minilm.params)
+  engine = AdaptiveEngine(cfg, params, batch_size=1, max_length=64, buckets=(32, 64))
+  assert engine.grid_widths == (2, 4, 12, 32, 64)
+  got = engine.run(data)
+  np.testing.assert_array_equal(got.kept_counts, want.kept_counts[short])
+  np.testing.assert_allclose(got.logits, want.logits[short], atol=1e-4, rtol=0)
+  assert (got.slots < 32 * len(short)).all()  # every layer ran below the input bucket.
+  assert (got.slots[1:] <= 12 * len(short)).all()
+
+
+def test_fine_grids_cut_slots_not_outputs():
+  cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
+  params = scaled_params(cfg, seed=4, scale=4.0, eta=0.9)
+  data = synthetic(12, 16, seed=5)
+  kwargs = dict(batch_size=1, max_length=16, buckets=(16,))  # one input bucket: one program.
+  fine, coarse = AdaptiveEngine(cfg, params, **kwargs), AdaptiveEngine(cfg, params, grid_widths=(),
+                                                                       **kwargs)
+  assert fine.grid_widths == (2, 4, 12, 16) and coarse.grid_widths == (16,)
+  assert AdaptiveEngine(cfg, params, **{**kwargs, "batch_size": 8}).grid_widths == (16,)
+  want = per_example_run(cfg, params, data)
+  got, base = fine.run(data), coarse.run(data)
+  assert_same_outputs(got, want)
+  assert_same_outputs(base, want)
+  assert got.slots.sum() < base.slots.sum() and (got.slots <= base.slots).all()
+  with pytest.raises(ValueError, match="grid_widths must be positive ints"):
+    AdaptiveEngine(cfg, params, max_length=32, grid_widths=(0, 4))
+
+
 # ----------------------------------------------------------------------------- compiles
 
 

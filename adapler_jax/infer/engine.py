@@ -55,6 +55,11 @@ from adapler_jax.reduce.significance import SelectionFlags
 Batch = dict[str, np.ndarray]
 
 CPU_FFN_CHUNK_ROWS = 512  # feed-forward rows per chunk on CPU (see `packing.feed_forward`).
+# Grid widths the AdapLeR engine adds below and between the input buckets when a batch has
+# at most `FINE_GRID_MAX_ROWS` rows: there a layer's grid follows one or a few examples'
+# survivors, often 2-5 tokens late in the model (docs/engine.md, "Fine grids at batch 1").
+FINE_GRID_WIDTHS = (2, 4, 12)
+FINE_GRID_MAX_ROWS = 4
 PAD_LOGIT = NEG_INF  # span logits at or past an example's length.
 
 # Compiled once per process for each static configuration and shape, shared by engines; each
@@ -242,15 +247,26 @@ class AdaptiveEngine(_Engine):
     folds: packed grids have `batch_size // f` rows for each f here; () never packs.
       Compiled programs: one per input bucket (and per rationale setting).
     scan_layers: see `program.forward` (default: layers unrolled, faster to run).
+    grid_widths: widths the layers' grids may take beyond the buckets (inputs are still
+      padded to buckets only). Default: `FINE_GRID_WIDTHS` up to `FINE_GRID_MAX_ROWS`
+      rows, none above, where packing already fits the survivors and each width would
+      only add branches to compile.
   """
 
   def __init__(self, cfg: AdapLeRConfig, params: dict, *, batch_size: int = 32,
                buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int = 512,
                device: jax.Device | None = None, ffn_chunk_rows: int | None | str = "auto",
-               folds: Sequence[int] = (2, 4), scan_layers: bool = False):
+               folds: Sequence[int] = (2, 4), scan_layers: bool = False,
+               grid_widths: Sequence[int] | None = None):
     super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length,
                      device=device, ffn_chunk_rows=ffn_chunk_rows)
     self.folds = _check_folds(folds)
+    if grid_widths is None:
+      grid_widths = FINE_GRID_WIDTHS if batch_size <= FINE_GRID_MAX_ROWS else ()
+    if not all(isinstance(w, int) and w > 0 for w in grid_widths):
+      raise ValueError(f"grid_widths must be positive ints, got {tuple(grid_widths)!r}")
+    self.grid_widths = tuple(sorted(set(self.widths) | {w for w in grid_widths
+                                                         if w < max_length}))
     model = params["model"]
     eta = np.asarray(params["speed"]["eta"], np.float32)
     if eta.shape != (cfg.num_layers,):
@@ -260,7 +276,7 @@ class AdaptiveEngine(_Engine):
         "layers": encoder_layer_params(cfg.encoder, model["bert"]),
         "predictors": predictor_params(cfg, model), "head": model["head"], "eta": eta})
     self._forward = self._tracked("forward", functools.partial(
-        _FORWARD, cfg, self.row_counts(), self.widths, chunk_rows=self.ffn_chunk_rows,
+        _FORWARD, cfg, self.row_counts(), self.grid_widths, chunk_rows=self.ffn_chunk_rows,
         scan_layers=scan_layers))
     self._layer_slots: dict[tuple[int, ...], np.ndarray] = {}  # last batch's, per input shape.
 

@@ -181,7 +181,7 @@ def forward(cfg: AdapLeRConfig, row_counts: tuple[int, ...], widths: tuple[int, 
 
   Args:
     cfg: the model shape. row_counts: the grids' row counts (E first, then packed ones).
-    widths: ascending bucket widths (those below W are used, and W). rationales: also return
+    widths: ascending grid widths (those below W are used, and W). rationales: also return
       the per-layer scores, keep decisions and positions.
     chunk_rows: see `packing.feed_forward`.
     scan_layers: run the layers as a `lax.scan` over stacked params: the program holds
