@@ -264,8 +264,11 @@ def shapes(engine) -> dict[str, int]:
   bucket compiles with either dot-kernel set (`infer.kernels`)."""
   rows = len(engine.row_counts()) if hasattr(engine, "row_counts") else 1
   kernel_sets = engine.kernel_sets if isinstance(engine, AdaptiveEngine) else 1
-  return {"compiled_shapes": engine.compiled_shapes,
-          "shape_bound": rows * len(engine.widths) * kernel_sets}
+  out = {"compiled_shapes": engine.compiled_shapes,
+         "shape_bound": rows * len(engine.widths) * kernel_sets}
+  if isinstance(engine, AdaptiveEngine):  # the widths its layers' grids may take.
+    out["grid_widths"] = list(engine.grid_widths)
+  return out
 
 
 def hf_model(setup: Setup):
@@ -419,14 +422,15 @@ def full_engine(setup: Setup, batch_size: int, args) -> FullLengthEngine:
                           max_length=setup.data.max_length)
 
 
-def adapler_engine(setup: Setup, batch_size: int, args,
-                   eta_scale: np.ndarray | None = None) -> AdaptiveEngine:
+def adapler_engine(setup: Setup, batch_size: int, args, eta_scale: np.ndarray | None = None,
+                   grid_widths: tuple[int, ...] | None = None) -> AdaptiveEngine:
   """The benchmark's `ours-adapler` (`--folds`, `--buckets`), its eta scaled per layer by
-  `eta_scale` when given."""
+  `eta_scale` when given; `grid_widths` as the engine takes it (None: its default)."""
   params = (setup.adapler_params if eta_scale is None
             else tradeoff.with_eta_scaled(setup.adapler_params, eta_scale))
   return AdaptiveEngine(setup.cfg, params, batch_size=batch_size, folds=args.folds,
-                        buckets=args.buckets, max_length=setup.data.max_length)
+                        buckets=args.buckets, max_length=setup.data.max_length,
+                        grid_widths=grid_widths)
 
 
 def benchmark(setup: Setup, batch_sizes: list[int], systems: list[str], args,
@@ -440,9 +444,14 @@ def benchmark(setup: Setup, batch_sizes: list[int], systems: list[str], args,
     extra: dict[str, dict] = {}
     if "ours-adapler" in systems and setup.adapler_params is not None:
       engines["ours-adapler"] = adapler_engine(setup, batch_size, args)
+      fine = engines["ours-adapler"].grid_widths != engines["ours-adapler"].widths
       for name, scale in setup.eta_points.items():
         engines[name] = adapler_engine(setup, batch_size, args, scale)
         extra[name] = {"eta_multipliers": scale.tolist()}
+      if args.coarse_grids and fine:  # the same engines on the bucket widths alone.
+        for name, scale in [("ours-adapler", None), *setup.eta_points.items()]:
+          engines[f"{name} coarse"] = adapler_engine(setup, batch_size, args, scale, ())
+          extra[f"{name} coarse"] = extra.get(name, {})
     if "ours-lat" in systems and setup.lat_params is not None:
       for spec in [*args.lat_configs, *setup.lat_points]:
         length_base, config = lat_config(spec, data.max_length, cfg.num_layers)
@@ -505,6 +514,9 @@ def parse_args(argv=None):
   parser.add_argument("--batch-sizes", default="1,8,32,128")
   parser.add_argument("--systems", default=",".join(SYSTEMS))
   parser.add_argument("--buckets", default=",".join(map(str, DEFAULT_BUCKETS)))
+  parser.add_argument("--coarse-grids", action="store_true",
+                      help="also time each AdapLeR engine with its layers' grids on the bucket "
+                           "widths alone, where its default adds finer ones (batch <= 4)")
   parser.add_argument("--folds", default="2,4",
                       help="AdapLeR engine: survivors may be packed into batch/f rows, for "
                            "each f here, when that is cheaper ('': one example per row)")

@@ -104,11 +104,16 @@ def test_bench_inference_on_a_trained_run(run):
   systems = "ours-full,ours-adapler" + (",hf-pytorch" if _has_torch() else "")
   inference.main(["--workdir", str(root / "run"), "--task", "demo", "--batch-sizes", "1,4",
                   "--max-examples", "12", "--systems", systems, "--out", str(out),
-                  "--repeats", "2", "--min-seconds", "0", "--retries", "0"])
+                  "--repeats", "2", "--min-seconds", "0", "--retries", "0", "--coarse-grids"])
   rows = json.loads(out.read_text())
-  assert [(r["system"], r["batch_size"]) for r in rows] == [
-      (s, b) for b in (1, 4) for s in systems.split(",")]
+  names = systems.replace("ours-adapler", "ours-adapler,ours-adapler coarse").split(",")
+  assert [(r["system"], r["batch_size"]) for r in rows] == [(s, b) for b in (1, 4) for s in names]
   widths = len(bucket_lengths(16, DEFAULT_BUCKETS))  # the run's max_length is 16.
+  for fine, coarse in zip(rows[1::len(names)], rows[2::len(names)]):  # batches <= 4.
+    assert fine["grid_widths"] == sorted({2, 4, 12, *bucket_lengths(16, DEFAULT_BUCKETS)})
+    assert coarse["grid_widths"] == list(bucket_lengths(16, DEFAULT_BUCKETS))
+    assert fine["kept_tokens_per_layer"] == coarse["kept_tokens_per_layer"]
+    assert sum(fine["slots_per_layer"]) <= sum(coarse["slots_per_layer"])
   for r in rows:
     assert r["examples"] == 12 and r["task"] == "demo"
     if r["system"] == "ours-full":  # restored params, one batch size per engine.
@@ -117,7 +122,7 @@ def test_bench_inference_on_a_trained_run(run):
       kernel_sets = 2 if jax.default_backend() == "cpu" else 1  # x dot-kernel sets on CPU.
       assert (1 <= r["compiled_shapes"] <= r["shape_bound"]
               == widths * min(3, r["batch_size"]) * kernel_sets)
-    if r["system"] != "ours-adapler":
+    if not r["system"].startswith("ours-adapler"):
       assert r["flops_speedup"] == 1.0 and r["agreement_with_full"] == 1.0
   assert {"latency_p50_ms", "latency_p95_ms"} <= rows[0].keys()
   assert all(r["max_abs_logit_diff_vs_ours_full"] < 1e-4
