@@ -21,7 +21,9 @@ import numpy as np
 
 from adapler_jax import pipeline
 from adapler_jax.errors import UserError
+from adapler_jax.data.batching import eval_batches
 from adapler_jax.eval import report
+from adapler_jax.infer import AdaptiveEngine
 from adapler_jax.models import adapler
 from adapler_jax.models.bert import EncoderConfig
 from adapler_jax.pipeline.phases import SALIENCY_FILE, adapler_checkpointer
@@ -135,10 +137,19 @@ def train(backbone: str, workdir: str) -> dict:
   np.save(Path(workdir) / "dev_logits_4.npy", logits)
   with adapler_checkpointer(run) as ckpt:
     adapler_steps = ckpt.all_steps()
+  engine_runs = {}  # the AdapLeR engine on the first and the last device.
+  for device in (jax.devices()[0], jax.devices()[-1]):
+    engine = AdaptiveEngine(run.adapler_config(), pipeline.load_adapler(run, adapler_steps[-1]),
+                            batch_size=1, max_length=dev.max_length, device=device)
+    batch = next(iter(eval_batches(dev, 1, engine.widths)))
+    engine_runs[device.id] = jax.block_until_ready(engine.dispatch(batch))
+  first, last = engine_runs.values()
   return {"mesh": run.mesh.size, "params_spec": sorted({str(x.sharding.spec)
                                                         for x in jax.tree.leaves(params)}),
           "backbone_metric": metric,
           "adapler_steps": adapler_steps,
+          "engine_devices": sorted({d.id for x in last.values() for d in x.devices()}),
+          "engine_device_diff": _max_diff(_host(first), _host(last)),
           "cpu_seconds_train": time.process_time() - start}
 
 

