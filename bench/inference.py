@@ -448,10 +448,15 @@ def benchmark(setup: Setup, batch_sizes: list[int], systems: list[str], args,
       for name, scale in setup.eta_points.items():
         engines[name] = adapler_engine(setup, batch_size, args, scale)
         extra[name] = {"eta_multipliers": scale.tolist()}
-      if args.coarse_grids and fine:  # the same engines on the bucket widths alone.
+      # The same engines on the bucket widths alone, and on --grid-widths.
+      variants = {"coarse": ()} if args.coarse_grids and fine else {}
+      if args.grid_widths:
+        variants["alt-grids"] = args.grid_widths
+      for suffix, grid_widths in variants.items():
         for name, scale in [("ours-adapler", None), *setup.eta_points.items()]:
-          engines[f"{name} coarse"] = adapler_engine(setup, batch_size, args, scale, ())
-          extra[f"{name} coarse"] = extra.get(name, {})
+          engines[f"{name} {suffix}"] = adapler_engine(setup, batch_size, args, scale,
+                                                       grid_widths)
+          extra[f"{name} {suffix}"] = extra.get(name, {})
     if "ours-lat" in systems and setup.lat_params is not None:
       for spec in [*args.lat_configs, *setup.lat_points]:
         length_base, config = lat_config(spec, data.max_length, cfg.num_layers)
@@ -517,6 +522,10 @@ def parse_args(argv=None):
   parser.add_argument("--coarse-grids", action="store_true",
                       help="also time each AdapLeR engine with its layers' grids on the bucket "
                            "widths alone, where its default adds finer ones (batch <= 4)")
+  parser.add_argument("--grid-widths", default="",
+                      help="also time each AdapLeR engine (`... alt-grids`) with these widths "
+                           "added to the buckets in place of its default's, e.g. "
+                           "2,4,12,20,28,36,44,52,60 (every batch size given)")
   parser.add_argument("--folds", default="2,4",
                       help="AdapLeR engine: survivors may be packed into batch/f rows, for "
                            "each f here, when that is cheaper ('': one example per row)")
@@ -553,6 +562,7 @@ def parse_args(argv=None):
   args = parser.parse_args(argv)
   args.buckets = tuple(int(b) for b in args.buckets.split(","))
   args.folds = tuple(int(f) for f in args.folds.split(",") if f)
+  args.grid_widths = tuple(int(w) for w in args.grid_widths.split(",") if w)
   args.full_folds = tuple(int(f) for f in args.full_folds.split(",") if f)
   args.lat_configs = [c for c in args.lat_configs.split(",") if c]
   args.frontier_budgets = [float(b) for b in args.frontier_budgets.split(",") if b]

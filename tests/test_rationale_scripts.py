@@ -104,15 +104,20 @@ def test_bench_inference_on_a_trained_run(run):
   systems = "ours-full,ours-adapler" + (",hf-pytorch" if _has_torch() else "")
   inference.main(["--workdir", str(root / "run"), "--task", "demo", "--batch-sizes", "1,4",
                   "--max-examples", "12", "--systems", systems, "--out", str(out),
-                  "--repeats", "2", "--min-seconds", "0", "--retries", "0", "--coarse-grids"])
+                  "--repeats", "2", "--min-seconds", "0", "--retries", "0", "--coarse-grids",
+                  "--grid-widths", "2,6,10"])
   rows = json.loads(out.read_text())
-  names = systems.replace("ours-adapler", "ours-adapler,ours-adapler coarse").split(",")
+  names = systems.replace(
+      "ours-adapler", "ours-adapler,ours-adapler coarse,ours-adapler alt-grids").split(",")
   assert [(r["system"], r["batch_size"]) for r in rows] == [(s, b) for b in (1, 4) for s in names]
   widths = len(bucket_lengths(16, DEFAULT_BUCKETS))  # the run's max_length is 16.
-  for fine, coarse in zip(rows[1::len(names)], rows[2::len(names)]):  # batches <= 4.
+  for b in range(2):  # batches <= 4: the default engine on fine grids.
+    fine, coarse, alt = rows[b * len(names) + 1:b * len(names) + 4]
     assert fine["grid_widths"] == sorted({2, 4, 12, *bucket_lengths(16, DEFAULT_BUCKETS)})
     assert coarse["grid_widths"] == list(bucket_lengths(16, DEFAULT_BUCKETS))
+    assert alt["grid_widths"] == sorted({2, 6, 10, *bucket_lengths(16, DEFAULT_BUCKETS)})
     assert fine["kept_tokens_per_layer"] == coarse["kept_tokens_per_layer"]
+    assert alt["kept_tokens_per_layer"] == coarse["kept_tokens_per_layer"]
     assert sum(fine["slots_per_layer"]) <= sum(coarse["slots_per_layer"])
   for r in rows:
     assert r["examples"] == 12 and r["task"] == "demo"
