@@ -214,8 +214,13 @@ def test_fine_grids_cut_slots_not_outputs():
   assert_same_outputs(got, want)
   assert_same_outputs(base, want)
   assert got.slots.sum() < base.slots.sum() and (got.slots <= base.slots).all()
-  with pytest.raises(ValueError, match="grid_widths must be positive ints"):
-    AdaptiveEngine(cfg, params, max_length=32, grid_widths=(0, 4))
+  for bad in [(0, 4), (True,), (4.0,)]:
+    with pytest.raises(ValueError, match="grid_widths must be positive ints"):
+      AdaptiveEngine(cfg, params, max_length=32, grid_widths=bad)
+  numpy_ints = AdaptiveEngine(cfg, params, max_length=32, buckets=(16,),
+                              grid_widths=iter(np.asarray([4, 6, 6, 40])))  # 40: past the input.
+  assert numpy_ints.grid_widths == (4, 6, 16, 32)
+  assert all(type(w) is int for w in numpy_ints.grid_widths)
 
 
 # ----------------------------------------------------------------------------- compiles
@@ -468,3 +473,30 @@ def test_small_input_grids_take_xla_dot_kernels_and_agree():
   lowered = lambda jitted: jitted.lower(w, large).compile().as_text()
   assert "ynn" in lowered(f.default) and "ynn" not in lowered(f.small)
   np.testing.assert_allclose(f.small(w, large), f.default(w, large), rtol=1e-5)
+
+
+def test_dot_kernels_follow_the_engines_device_not_the_default_backend(monkeypatch):
+  """Engines hand jit host arrays, which say nothing of a device, so each engine decides
+  the kernels by its own: a CPU engine takes XLA's own dots on a small grid even where the
+  default backend is an accelerator."""
+  from adapler_jax.infer import engine as engine_lib, kernels
+  f = kernels.ByGridSize(lambda ids: ids.sum(), grid_arg=0)
+  ids = np.ones((1, 8), np.int32)
+  monkeypatch.setattr(kernels.jax, "default_backend", lambda: "gpu")
+  assert f.pick(ids) is f.default  # no caller's word: host data goes to the default backend.
+  assert f.pick(ids, small=True) is f.small and f.pick(ids, small=False) is f.default
+  picked = []
+  for name in ("_FORWARD", "_FULL_FORWARD", "_GATHER_FORWARD"):
+    jitted = getattr(engine_lib, name)
+    spy = lambda ids, small=None, jitted=jitted: picked.append(
+        kernels.ByGridSize.pick(jitted, ids, small) is jitted.small) or jitted.small
+    monkeypatch.setattr(jitted, "pick", spy)
+  cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
+  params = scaled_params(cfg, seed=4, scale=4.0, eta=0.9)
+  data = synthetic(2, 16, seed=5)
+  kwargs = dict(batch_size=1, max_length=16, buckets=(16,))
+  for make in (AdaptiveEngine, FullLengthEngine,
+               lambda cfg, params, **kw: engine_lib.LengthEngine(cfg, params, None, **kw)):
+    picked.clear()
+    make(cfg, params, **kwargs).run(data)
+    assert picked and all(picked), make  # 1 x 16 input slots: XLA's own dots, on the CPU.

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -168,6 +169,12 @@ class _Engine:
   def _put(self, tree):
     return jax.device_put(tree, self.device)
 
+  def _small_dots(self, layer_slots) -> bool:
+    """Whether a program whose layers run on `layer_slots` token slots (one count, or one
+    per layer) takes XLA's own dot kernels: on this engine's device, only when it is a CPU
+    (`kernels.small_dots`). Decided here, not from the inputs, which are host arrays."""
+    return self.on_cpu and kernels.small_dots(layer_slots)
+
   def _tracked(self, name: str, fn):
     """`fn` (a partial of a module-level jit), noting each argument shape it runs on: the
     compiled shapes this engine needs. The jit caches are shared, so a second engine or a
@@ -248,7 +255,8 @@ class AdaptiveEngine(_Engine):
       Compiled programs: one per input bucket (and per rationale setting).
     scan_layers: see `program.forward` (default: layers unrolled, faster to run).
     grid_widths: widths the layers' grids may take beyond the buckets (inputs are still
-      padded to buckets only). Default: `FINE_GRID_WIDTHS` up to `FINE_GRID_MAX_ROWS`
+      padded to buckets only; those from `max_length` on are never needed and are
+      dropped). Default: `FINE_GRID_WIDTHS` up to `FINE_GRID_MAX_ROWS`
       rows, none above, where packing already fits the survivors and each width would
       only add branches to compile.
   """
@@ -263,9 +271,11 @@ class AdaptiveEngine(_Engine):
     self.folds = _check_folds(folds)
     if grid_widths is None:
       grid_widths = FINE_GRID_WIDTHS if batch_size <= FINE_GRID_MAX_ROWS else ()
-    if not all(isinstance(w, int) and w > 0 for w in grid_widths):
-      raise ValueError(f"grid_widths must be positive ints, got {tuple(grid_widths)!r}")
-    self.grid_widths = tuple(sorted(set(self.widths) | {w for w in grid_widths
+    grid_widths = tuple(grid_widths)
+    if not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w > 0
+               for w in grid_widths):
+      raise ValueError(f"grid_widths must be positive ints, got {grid_widths!r}")
+    self.grid_widths = tuple(sorted(set(self.widths) | {int(w) for w in grid_widths
                                                          if w < max_length}))
     model = params["model"]
     eta = np.asarray(params["speed"]["eta"], np.float32)
@@ -313,7 +323,7 @@ class AdaptiveEngine(_Engine):
     (`kernels.small_dots`, CPU only): the grids its layers will run on are not known
     before it runs, so those of the last batch of that shape stand in for them, and the
     input grid before the first."""
-    return self.on_cpu and kernels.small_dots(self._layer_slots.get(shape, np.prod(shape)))
+    return self._small_dots(self._layer_slots.get(shape, np.prod(shape)))
 
   def _call(self, input_ids, token_type_ids, lengths, rationales: bool,
             small: bool | None = None) -> dict[str, jax.Array]:
@@ -325,8 +335,8 @@ class AdaptiveEngine(_Engine):
                          rationales=rationales, small=small)
 
   def dispatch(self, batch: Batch, *, rationales: bool = False) -> dict[str, jax.Array]:
-    """Starts one batch (`data.eval_batches`) on the device; returns the program's
-    outputs (`program.forward`) as device arrays, without waiting for them."""
+    """Starts one batch (`data.eval_batches`: host arrays) on the device; returns the
+    program's outputs (`program.forward`) as device arrays, without waiting for them."""
     lengths = batch["attention_mask"].sum(axis=1, dtype=np.int32)
     return self._call(batch["input_ids"], batch["token_type_ids"], lengths, rationales)
 
@@ -400,11 +410,13 @@ class FullLengthEngine(_Engine):
     for width in self.widths:
       ids = np.zeros((self.batch_size, width), np.int32)
       n = np.full((self.batch_size,), width, np.int32)
-      jax.block_until_ready(self._forward(self._params, ids, ids, n))
+      jax.block_until_ready(self._forward(self._params, ids, ids, n,
+                                          small=self._small_dots(ids.size)))
       for rows in self.row_counts()[1:]:
         grid = np.zeros((rows, width), np.int32)
         cls = np.zeros((self.batch_size,), np.int32)
-        jax.block_until_ready(self._packed(self._params, grid, grid, grid, grid - 1, cls))
+        jax.block_until_ready(self._packed(self._params, grid, grid, grid, grid - 1, cls,
+                                           small=self._small_dots(grid.size)))
 
   def _run_batch(self, batch: Batch, rationales: bool) -> dict[str, Any]:
     lengths = batch["attention_mask"].sum(axis=1, dtype=np.int32)
@@ -419,10 +431,11 @@ class FullLengthEngine(_Engine):
       cls = (grid.row * grid.width + grid.offset).astype(np.int32)
       logits = self._packed(self._params, take(batch["input_ids"]),
                             take(batch["token_type_ids"]),
-                            np.where(real, idx % width, 0).astype(np.int32), seg, cls)
+                            np.where(real, idx % width, 0).astype(np.int32), seg, cls,
+                            small=self._small_dots(seg.size))
     else:
       logits = self._forward(self._params, batch["input_ids"], batch["token_type_ids"],
-                             lengths)
+                             lengths, small=self._small_dots(batch["input_ids"].size))
     kept = np.repeat(lengths[:, None], self.cfg.num_layers, axis=1)
     out = {"logits": np.asarray(logits), "kept": kept,
            "slots": np.full((self.cfg.num_layers,), grid.slots if grid.packed else num * width),
@@ -497,7 +510,7 @@ class LengthEngine(_Engine):
     """The program's outputs on one batch, the real tokens each layer keeps and the layer
     widths, both planned here on the host."""
     counts, real, widths, selects = self.plan(n)
-    small = kernels.small_dots([len(n) * w for w in widths])  # the grids the layers run on.
+    small = self._small_dots([len(n) * w for w in widths])  # the grids the layers run on.
     out = self._forward(self._params, input_ids, token_type_ids, n, counts, widths,
                         selects=selects, small=small)
     return out, real, widths

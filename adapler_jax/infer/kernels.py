@@ -43,10 +43,11 @@ def small_dots(layer_slots) -> bool:
 class ByGridSize:
   """`fn` jitted twice, with XLA:CPU's default dot kernels and with its own ones (`XLA_DOTS`).
 
-  A call on a CPU takes the second when `small` says so, or, when `small` is None, when
-  argument `grid_arg` (the input ids, rows x width: the grid every layer runs on when
-  none drops tokens) has fewer than `SMALL_GRID_TOKENS` elements. Elsewhere it always
-  takes the first.
+  A call takes the second when `small` says so (the caller, which knows its device, has
+  checked it is a CPU), or, when `small` is None, when argument `grid_arg` (the input ids,
+  rows x width: the grid every layer runs on when none drops tokens) has fewer than
+  `SMALL_GRID_TOKENS` elements and lives on a CPU (host data: the default backend is one).
+  Otherwise it takes the first.
   """
 
   def __init__(self, fn: Callable[..., Any], *, grid_arg: int, **jit_kwargs):
@@ -56,8 +57,8 @@ class ByGridSize:
 
   def pick(self, ids, small: bool | None = None) -> Callable[..., Any]:
     if small is None:
-      small = small_dots(np.size(ids))
-    return self.small if small and on_cpu(ids) else self.default
+      small = small_dots(np.size(ids)) and on_cpu(ids)
+    return self.small if small else self.default
 
   def __call__(self, *args, small: bool | None = None, **kwargs):
     return self.pick(args[self.grid_arg], small)(*args, **kwargs)
