@@ -562,7 +562,10 @@ def parse_args(argv=None):
   args = parser.parse_args(argv)
   args.buckets = tuple(int(b) for b in args.buckets.split(","))
   args.folds = tuple(int(f) for f in args.folds.split(",") if f)
-  args.grid_widths = tuple(int(w) for w in args.grid_widths.split(",") if w)
+  widths = [w for w in args.grid_widths.split(",") if w]
+  if not all(w.isdigit() and int(w) > 0 for w in widths):
+    parser.error(f"--grid-widths takes positive ints, e.g. 2,4,12,20; got {args.grid_widths!r}")
+  args.grid_widths = tuple(int(w) for w in widths)
   args.full_folds = tuple(int(f) for f in args.full_folds.split(",") if f)
   args.lat_configs = [c for c in args.lat_configs.split(",") if c]
   args.frontier_budgets = [float(b) for b in args.frontier_budgets.split(",") if b]
