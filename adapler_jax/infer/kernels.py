@@ -36,8 +36,9 @@ def small_dots(layer_slots) -> bool:
   one count for them all) suits XLA's own dots: at least half of its layers run on grids
   under `SMALL_GRID_TOKENS`. (XLA's kernels win up to 2x on a small grid and lose at most
   about 7 % on a large one, so a small grid counts as much as a large one.)"""
-  slots = np.asarray(layer_slots, np.int64).reshape(-1)
-  return 2 * int(np.sum(slots < SMALL_GRID_TOKENS)) >= slots.size
+  # Plain Python on a handful of ints: at batch 1 this runs once a batch, a few us.
+  slots = layer_slots if isinstance(layer_slots, list) else np.ravel(layer_slots).tolist()
+  return 2 * sum(s < SMALL_GRID_TOKENS for s in slots) >= len(slots)
 
 
 class ByGridSize:
