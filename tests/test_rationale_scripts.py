@@ -97,6 +97,22 @@ def test_tradeoff_phi_sweep_eta_sweep_and_plot_only(run):
   assert speedups == sorted(speedups) and (root / "eta.png").exists()
 
 
+def test_bench_batch_steps_on_a_trained_run(run):
+  """Per-batch minima for the full model and two AdapLeR engines: one row each, the full
+  model the unit of speed."""
+  root, _ = run
+  out = root / "batch_steps.json"
+  _script("batch_steps").main(["--workdir", str(root / "run"), "--task", "demo",
+                               "--eta-scales", "0,1", "--passes", "2", "--max-examples", "6",
+                               "--out", str(out)])
+  rows = json.loads(out.read_text())
+  assert [r["system"] for r in rows] == ["ours-full", "ours-adapler eta x0",
+                                         "ours-adapler eta x1"]
+  assert rows[0]["speed_over_full"] == 1.0
+  for r in rows:
+    assert r["examples"] == 6 and r["step_ms_per_example"] > 0 and r["speed_over_full"] > 0
+
+
 def test_bench_inference_on_a_trained_run(run):
   root, _ = run
   inference = _script("inference")

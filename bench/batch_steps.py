@@ -1,0 +1,88 @@
+"""Per-batch minimum times of the engines' steps: robust where whole passes are noisy.
+
+For each batch of a trained run's evaluation rows (`bench/inference.py`'s data), times one
+engine's whole batch step (host inputs, the compiled program, the outputs read back), in
+turn for every engine, `--passes` times over. Each batch keeps its fastest time of the
+passes; the sums of those minima give each engine's time per example and its speed relative
+to the full model.
+A slow spell of a shared machine then costs nothing unless it lasts all passes.
+
+  python bench/batch_steps.py --workdir runs/demo --task demo --eta-scales 0,0.25 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import timing  # bench/timing.py  # pylint: disable=wrong-import-position
+from adapler_jax.cli import run_cli  # pylint: disable=wrong-import-position
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--workdir", required=True, help="trained run (adapler_jax.pipeline.load_run)")
+  p.add_argument("--task", required=True)
+  p.add_argument("--batch-size", type=int, default=1)
+  p.add_argument("--eta-scales", default="1,0.25",
+                 help="AdapLeR engines: every layer's eta times each of these")
+  p.add_argument("--passes", type=int, default=7)
+  p.add_argument("--max-examples", type=int, default=200)
+  p.add_argument("--threads", type=int, default=None)
+  p.add_argument("--out", default=None, help="also write the rows as JSON")
+  args = p.parse_args(argv)
+  args.eta_scales = [float(s) for s in args.eta_scales.split(",") if s]
+  if args.passes < 1:
+    p.error("--passes must be at least 1")
+  return args
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  if args.threads:
+    timing.pin_threads(args.threads)
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import inference  # bench/inference.py  # pylint: disable=g-import-not-at-top
+  from adapler_jax.data.batching import eval_batches  # pylint: disable=g-import-not-at-top
+
+  bench_args = inference.parse_args(["--workdir", args.workdir, "--task", args.task,
+                                     "--max-examples", str(args.max_examples)])
+  setup = inference.run_setup(args.task, args.workdir, bench_args)
+  engines = {"ours-full": inference.full_engine(setup, args.batch_size, bench_args)}
+  for scale in args.eta_scales:
+    engines[f"ours-adapler eta x{scale:g}"] = inference.adapler_engine(
+        setup, args.batch_size, bench_args, np.full(setup.cfg.num_layers, scale, np.float32))
+  for engine in engines.values():
+    engine.warmup()
+    engine.run(setup.data)
+  batches = list(eval_batches(setup.data, args.batch_size, bench_args.buckets))
+  step = {name: np.full(len(batches), np.inf) for name in engines}
+  for _ in range(args.passes):
+    for i, batch in enumerate(batches):
+      for name, engine in engines.items():
+        start = time.perf_counter()
+        engine._run_batch(batch, False)  # pylint: disable=protected-access
+        step[name][i] = min(step[name][i], time.perf_counter() - start)
+  rows = []
+  for name in engines:
+    rows.append({
+        "system": name, "task": args.task, "batch_size": args.batch_size,
+        "examples": len(setup.data), "passes": args.passes,
+        "step_ms_per_example": round(1e3 * step[name].sum() / len(setup.data), 4),
+        "speed_over_full": round(step["ours-full"].sum() / step[name].sum(), 4)})
+    print(f"{name:28s} {rows[-1]['step_ms_per_example']:.3f} ms per example, "
+          f"{rows[-1]['speed_over_full']:.3f} of ours-full's speed")
+  if args.out:
+    pathlib.Path(args.out).write_text(json.dumps(rows, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  run_cli(main)
