@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     for i, batch in enumerate(batches):
       for name, engine in engines.items():
         start = time.perf_counter()
-        engine._run_batch(batch, False)  # pylint: disable=protected-access
+        engine.run_batch(batch)
         step[name][i] = min(step[name][i], time.perf_counter() - start)
   rows = []
   for name in engines:

@@ -341,6 +341,24 @@ def test_a_layer_that_drops_nothing_stays_in_place():
   np.testing.assert_array_equal(got.slots, full.slots)
 
 
+@pytest.mark.parametrize("engine_cls", [AdaptiveEngine, FullLengthEngine])
+def test_one_batch_step_gives_that_batchs_rows_of_a_run(engine_cls):
+  """`run_batch`, the public per-batch step (benchmarks time it), returns the batch's rows
+  of what `run` returns for the whole dataset; padding rows are left for the caller."""
+  cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
+  params = scaled_params(cfg, seed=4, scale=4.0, eta=0.9)
+  data = synthetic(12, 32, seed=9)
+  engine = engine_cls(cfg, params, batch_size=8, max_length=32, buckets=(8, 16, 32))
+  whole = engine.run(data)
+  batch = next(iter(eval_batches(data, 8, engine.widths)))
+  out = engine.run_batch(batch)
+  rows = np.flatnonzero(batch["real"])
+  index = batch["index"][rows]
+  np.testing.assert_array_equal(out["kept"][rows], whole.kept_counts[index])
+  np.testing.assert_allclose(out["logits"][rows], whole.logits[index], atol=1e-6, rtol=0)
+  assert out["slots"].shape == (cfg.num_layers,) and out["slots"].min() > 0
+
+
 @pytest.mark.parametrize("total,rows,count", [(4096, 512, 8), (768, 512, 2), (1792, 512, 4),
                                               (100, 512, 1), (97, 16, 1)])
 def test_row_chunks(total, rows, count):

@@ -213,7 +213,7 @@ class _Engine:
     for batch in _progress(batches, _num_batches(data, self.batch_size), progress,
                            type(self).__name__):
       t0 = time.perf_counter()
-      out = self._run_batch(batch, return_rationales)
+      out = self.run_batch(batch, rationales=return_rationales)
       rows = np.flatnonzero(batch["real"])
       index = batch["index"][rows]
       _put_rows(logits, index, out["logits"][rows])
@@ -229,7 +229,11 @@ class _Engine:
     return EngineResult(logits, kept, np.asarray(data.lengths).copy(), positions, scores,
                         seconds, np.asarray(batch_seconds), slots, packed)
 
-  def _run_batch(self, batch: Batch, rationales: bool) -> dict[str, Any]:
+  def run_batch(self, batch: Batch, *, rationales: bool = False) -> dict[str, Any]:
+    """One batch of `data.eval_batches` (host arrays) through the engine, its outputs read
+    back to the host: per row ``logits`` and ``kept`` (tokens kept per layer), per layer
+    ``slots`` and ``packed`` (token slots run and those in packed rows), and with
+    `rationales` per row ``positions`` and ``scores``. `run` is this over every batch."""
     raise NotImplementedError
 
 
@@ -343,7 +347,7 @@ class AdaptiveEngine(_Engine):
     lengths = batch["attention_mask"].sum(axis=1, dtype=np.int32)
     return self._call(batch["input_ids"], batch["token_type_ids"], lengths, rationales)
 
-  def _run_batch(self, batch: Batch, rationales: bool) -> dict[str, Any]:
+  def run_batch(self, batch: Batch, *, rationales: bool = False) -> dict[str, Any]:
     # Each output read on its own: `jax.device_get` of the dict costs ~0.2 ms more a batch.
     out = {k: np.asarray(v) for k, v in self.dispatch(batch, rationales=rationales).items()}
     result = {"logits": out["logits"], "kept": np.asarray(out["kept"], np.int32),
@@ -422,7 +426,7 @@ class FullLengthEngine(_Engine):
         jax.block_until_ready(self._packed(self._params, grid, grid, grid, grid - 1, cls,
                                            small=self._small_dots(grid.size)))
 
-  def _run_batch(self, batch: Batch, rationales: bool) -> dict[str, Any]:
+  def run_batch(self, batch: Batch, *, rationales: bool = False) -> dict[str, Any]:
     lengths = batch["attention_mask"].sum(axis=1, dtype=np.int32)
     num, width = batch["input_ids"].shape
     enc = self.cfg.encoder
@@ -519,7 +523,7 @@ class LengthEngine(_Engine):
                         selects=selects, small=small)
     return out, real, widths
 
-  def _run_batch(self, batch: Batch, rationales: bool) -> dict[str, Any]:
+  def run_batch(self, batch: Batch, *, rationales: bool = False) -> dict[str, Any]:
     n = batch["attention_mask"].sum(axis=1, dtype=np.int32)
     (logits, trace), real, widths = self._call(batch["input_ids"], batch["token_type_ids"], n)
     rows = len(n)
