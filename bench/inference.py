@@ -60,6 +60,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from adapler_jax import environment
 from adapler_jax.cli import run_cli
 from adapler_jax.data import (DEFAULT_BUCKETS, eval_batches, get_task, load_split, subset,
                               tokenize, transfer_task)
@@ -591,7 +592,7 @@ def main(argv=None) -> None:
       print("torch is not installed: skipping hf-pytorch", file=sys.stderr)
       systems.remove("hf-pytorch")
   meta = {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
-          "cpu_threads": threads, "machine": platform.machine(),
+          "cpu_threads": threads, "machine": platform.machine(), "cpu": environment.cpu_model(),
           "folds": list(args.folds), "full_folds": list(args.full_folds),
           "buckets": list(args.buckets), "repeats": args.repeats}
   rows, out = [], Path(args.out)

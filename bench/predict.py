@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ sys.path.insert(0, str(REPO))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 
+from adapler_jax import environment
 from adapler_jax.cli import run_cli
 from adapler_jax.data import load_split
 from adapler_jax.errors import UserError
@@ -98,9 +98,7 @@ def main() -> None:
   texts = load_split("sst2", "dev", sst2).texts[0]
   texts = texts[:args.max_examples] if args.max_examples else texts
   result = measure(args.model, list(texts), args.batch_size, args.repeats)
-  result["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
-                       "device": str(jax.devices()[0]), "jax": jax.__version__,
-                       "load_average": os.getloadavg()}
+  result["environment"] = {**environment.describe(), "load_average": os.getloadavg()}
   print(table(result))
   Path(args.out).parent.mkdir(parents=True, exist_ok=True)
   Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -158,6 +157,7 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   threads = timing.pin_threads(args.threads)
   import jax  # pylint: disable=g-import-not-at-top
+  from adapler_jax import environment  # pylint: disable=g-import-not-at-top
   from adapler_jax.weights import load_backbone  # pylint: disable=g-import-not-at-top
   backbone = load_backbone("minilm")
   batch = padded_batch(backbone.config.vocab_size, args.batch_size, args.length, args.seed)
@@ -197,8 +197,7 @@ def main(argv=None) -> None:
     print(f"{name:>30}: {timing.fmt(r, 1, 3)}{note}")
   result = {"batch_size": args.batch_size, "length": args.length, "cpu_threads": threads,
             "repeats": args.repeats, "min_seconds": args.min_seconds,
-            "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
-            "machine": platform.machine(), "jax": jax.__version__,
+            "environment": environment.describe(),
             "jax_default_prng_impl": jax.config.jax_default_prng_impl,
             "rows": rows, "ratios": ratios}
   try:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adapler_jax import pipeline
+from adapler_jax import environment, pipeline
 from adapler_jax.data import load_split
 from adapler_jax.errors import DataError, InputError, UserError
 from adapler_jax.models import adapler
@@ -144,6 +144,24 @@ def test_each_phase_records_the_config_it_ran_with(tiny_backbone, run_dir):
   assert json.loads((run_dir / "config.adapler.json").read_text())["train"][
       "learning_rate"] == 1e-3
   assert snapshot(run_dir / "finetune") == checkpoints
+
+
+def test_each_phase_records_what_it_ran_on(finished):
+  for phase in ("finetune", "saliency", "adapler", "evaluate"):
+    recorded = json.loads((finished / f"environment.{phase}.json").read_text())
+    assert recorded["versions"]["jax"] == jax.__version__
+    assert recorded["backend"] == jax.default_backend()
+    assert recorded["local_devices"] == jax.local_device_count()
+
+
+def test_the_cpu_is_read_from_cpuinfo(tmp_path):
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\n"
+                     "flags\t\t: fpu sse2 avx2 fma avx512f\n\n"
+                     "processor\t: 1\nmodel name\t: Another CPU\nflags\t\t: amx_tile\n")
+  assert environment.cpu_model(cpuinfo) == "Test CPU 9000"
+  assert environment.cpu_features(cpuinfo) == ["avx2", "fma", "avx512f"]
+  assert environment.cpu_features(tmp_path / "absent") == []
 
 
 # ----------------------------------------------------------------- 3. damaged checkpoints

@@ -8,11 +8,13 @@ never blocks the next one. Files are written to a temporary name and renamed int
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import socket
 import sys
 from pathlib import Path
 
+from adapler_jax import environment
 from adapler_jax.errors import UserError
 from adapler_jax.files import atomic_write_text  # noqa: F401  (the workdir's writer)
 
@@ -61,8 +63,11 @@ def unlock(workdir: str | os.PathLike[str]) -> None:
 
 
 def record_config(run, phase: str) -> None:
-  """Writes the config `phase` runs with to `WORKDIR/config.<phase>.json` (process 0)."""
+  """Writes the config `phase` runs with to `WORKDIR/config.<phase>.json`, and what it runs
+  on (versions, devices, CPU) to `WORKDIR/environment.<phase>.json` (process 0)."""
   if run.is_main_process:
     run.workdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.workdir / f"config.{phase}.json",
                       run.config.to_json_best_effort(indent=2))
+    atomic_write_text(run.workdir / f"environment.{phase}.json",
+                      json.dumps(environment.describe(), indent=2) + "\n")
