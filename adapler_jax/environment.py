@@ -74,3 +74,21 @@ def describe() -> dict[str, Any]:
       "machine": platform.machine(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
+
+
+# What changes a result's rounding: not the core count or the architecture's name.
+_NUMERIC_KEYS = ("versions", "backend", "device_kind", "local_devices", "processes", "cpu",
+                 "cpu_features", "xla_flags")
+
+
+def differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+  """`key: old -> new` for each field of two `describe()` records that can change rounding."""
+  changed = []
+  for key in _NUMERIC_KEYS:
+    old, new = before.get(key), now.get(key)
+    if key == "versions" and isinstance(old, dict) and isinstance(new, dict):
+      changed += [f"{p} {old.get(p)} -> {new.get(p)}" for p in sorted(set(old) | set(new))
+                  if old.get(p) != new.get(p)]
+    elif old != new:
+      changed.append(f"{key} {old} -> {new}")
+  return changed

@@ -10,10 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -152,6 +154,25 @@ def test_each_phase_records_what_it_ran_on(finished):
     assert recorded["versions"]["jax"] == jax.__version__
     assert recorded["backend"] == jax.default_backend()
     assert recorded["local_devices"] == jax.local_device_count()
+
+
+def test_a_phase_rerun_elsewhere_says_what_changed(tmp_path, caplog):
+  run = types.SimpleNamespace(is_main_process=True, workdir=tmp_path,
+                              config=ml_collections.ConfigDict({"seed": 0}))
+  workdir_lib.record_config(run, "adapler")
+  assert not caplog.records  # the first run has nothing to differ from
+  workdir_lib.record_config(run, "adapler")
+  assert not caplog.records  # nor does a rerun on the same machine
+  path = tmp_path / "environment.adapler.json"
+  earlier = json.loads(path.read_text())
+  earlier["cpu"], earlier["versions"]["jax"] = "Other CPU", "0.0.1"
+  path.write_text(json.dumps(earlier))
+  workdir_lib.record_config(run, "adapler")
+  [warning] = [r.getMessage() for r in caplog.records]
+  assert warning.startswith(f"{path}: the adapler phase last ran elsewhere (")
+  assert f"jax 0.0.1 -> {jax.__version__}" in warning
+  assert f"cpu Other CPU -> {environment.cpu_model()}" in warning
+  assert json.loads(path.read_text()) == environment.describe()  # the record is now this run's
 
 
 def test_the_cpu_is_read_from_cpuinfo(tmp_path):

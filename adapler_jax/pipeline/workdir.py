@@ -14,6 +14,8 @@ import socket
 import sys
 from pathlib import Path
 
+from absl import logging
+
 from adapler_jax import environment
 from adapler_jax.errors import UserError
 from adapler_jax.files import atomic_write_text  # noqa: F401  (the workdir's writer)
@@ -69,5 +71,14 @@ def record_config(run, phase: str) -> None:
     run.workdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.workdir / f"config.{phase}.json",
                       run.config.to_json_best_effort(indent=2))
-    atomic_write_text(run.workdir / f"environment.{phase}.json",
-                      json.dumps(environment.describe(), indent=2) + "\n")
+    path, now = run.workdir / f"environment.{phase}.json", environment.describe()
+    try:
+      before = json.loads(path.read_text())
+    except (OSError, ValueError):
+      before = None
+    changed = environment.differences(before, now) if isinstance(before, dict) else []
+    if changed:
+      logging.warning("%s: the %s phase last ran elsewhere (%s); a resumed or repeated run "
+                      "will not match the earlier one bit for bit", path, phase,
+                      "; ".join(changed))
+    atomic_write_text(path, json.dumps(now, indent=2) + "\n")
