@@ -66,19 +66,25 @@ def unlock(workdir: str | os.PathLike[str]) -> None:
 
 def record_config(run, phase: str) -> None:
   """Writes the config `phase` runs with to `WORKDIR/config.<phase>.json`, and what it runs
-  on (versions, devices, CPU) to `WORKDIR/environment.<phase>.json` (process 0)."""
+  on to `WORKDIR/environment.<phase>.json` (process 0)."""
   if run.is_main_process:
     run.workdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.workdir / f"config.{phase}.json",
                       run.config.to_json_best_effort(indent=2))
-    path, now = run.workdir / f"environment.{phase}.json", environment.describe()
-    try:
-      before = json.loads(path.read_text())
-    except (OSError, ValueError):
-      before = None
-    changed = environment.differences(before, now) if isinstance(before, dict) else []
-    if changed:
-      logging.warning("%s: the %s phase last ran elsewhere (%s); a resumed or repeated run "
-                      "will not match the earlier one bit for bit", path, phase,
-                      "; ".join(changed))
-    atomic_write_text(path, json.dumps(now, indent=2) + "\n")
+    _record_environment(run.workdir / f"environment.{phase}.json", phase)
+
+
+def _record_environment(path: Path, phase: str) -> None:
+  """Writes `environment.describe()` to `path`, warning first if it differs from the record
+  an earlier run of `phase` left there (a resumed run will not repeat it bit for bit)."""
+  now = environment.describe()
+  try:
+    before = json.loads(path.read_text())
+  except (OSError, ValueError):
+    before = None
+  changed = environment.differences(before, now) if isinstance(before, dict) else []
+  if changed:
+    logging.warning("%s: the %s phase last ran elsewhere (%s); a resumed or repeated run "
+                    "will not match the earlier one bit for bit", path, phase,
+                    "; ".join(changed))
+  atomic_write_text(path, json.dumps(now, indent=2) + "\n")
