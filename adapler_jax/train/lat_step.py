@@ -6,7 +6,8 @@ a new length config never recompiles):
 * the full model (with LayerDrop when `teacher_layerdrop`) trains with cross-entropy;
 * the smallest sub-model (constant ratio at every running layer) and `num_sandwich` random
   sub-models (LengthDrop) train towards the full model's detached predictions;
-* loss = (CE + sum of the sub-models' KD terms) / (num_sandwich + 2).
+* loss = (CE + sum of the sub-models' KD terms) / (num_sandwich + 2), differentiated one
+  pass at a time (`sandwich_grads`), so memory holds one pass's activations, not all of them.
 
 Span QA (a `Span` head for `head`): the task loss is (CE(start) + CE(end)) / 2 and the KD
 terms average the start and the end distributions, each a softmax over all positions.
@@ -77,17 +78,33 @@ def kd_loss(teacher_logits: Array, student_logits: Array, direction: str = "forw
   return jnp.mean(kl)
 
 
-def _sub_model(enc, head, lat: LATConfig, params, batch, key, smallest: bool):
-  """One sub-model's logits: its own LayerDrop, then a sampled (or the smallest) config."""
+def _sub_model(enc, head, lat: LATConfig, params, batch, key, smallest):
+  """One sub-model's logits: its own LayerDrop, then a sampled (or the smallest) config.
+  `smallest` may be a traced bool: both configs are sampled from the same key and one kept."""
   k_layers, k_lengths, k_dropout = jax.random.split(key, 3)
   layer_on = lengths.layer_drop(k_layers, enc.num_layers, lat.layer_drop)
-  ratio = lat.smallest_ratio if smallest else lat.length_drop
-  config = lengths.sample_config(None if smallest else k_lengths, lat.base, layer_on,
-                                 ratio=ratio, min_length=lat.min_length)
+  sample = lambda k, ratio: lengths.sample_config(k, lat.base, layer_on, ratio=ratio,
+                                                  min_length=lat.min_length)
+  if isinstance(smallest, bool):
+    config = sample(None, lat.smallest_ratio) if smallest else sample(k_lengths, lat.length_drop)
+  else:
+    config = jnp.where(smallest, sample(None, lat.smallest_ratio),
+                       sample(k_lengths, lat.length_drop))
   logits, trace = masked_forward(enc, head, params, batch, config, base=lat.base,
                                  flags=lat.flags, layer_on=layer_on, deterministic=False,
                                  rng=k_dropout)
   return logits, config, trace
+
+
+def _full_model(enc, head: Head, lat: LATConfig, params, batch, key):
+  """The full model's logits (the teacher), with LayerDrop when `teacher_layerdrop`."""
+  k_layers, k_dropout = jax.random.split(key)
+  layer_on = (lengths.layer_drop(k_layers, enc.num_layers, lat.layer_drop)
+              if lat.teacher_layerdrop else None)
+  logits, _ = masked_forward(enc, head, params, batch, None, base=lat.base,
+                             flags=lat.flags, layer_on=layer_on, deterministic=False,
+                             rng=k_dropout)
+  return logits
 
 
 def sandwich_terms(enc: EncoderConfig, head: int | Head, lat: LATConfig, params: dict,
@@ -104,12 +121,7 @@ def sandwich_terms(enc: EncoderConfig, head: int | Head, lat: LATConfig, params:
   head = as_head(head)
   axis = -2 if head.restore else -1  # span logits (B, T, 2): distributions over positions.
   k_teacher, *k_subs = jax.random.split(key, lat.num_sandwich + 2)
-  k_layers, k_dropout = jax.random.split(k_teacher)
-  layer_on = (lengths.layer_drop(k_layers, enc.num_layers, lat.layer_drop)
-              if lat.teacher_layerdrop else None)
-  logits, _ = masked_forward(enc, head, params, batch, None, base=lat.base,
-                             flags=lat.flags, layer_on=layer_on, deterministic=False,
-                             rng=k_dropout)
+  logits = _full_model(enc, head, lat, params, batch, k_teacher)
   teacher = logits if teacher_logits is None else teacher_logits
   terms, configs = [task_loss(head, logits, batch)], []
   for i, k in enumerate(k_subs):
@@ -125,6 +137,43 @@ def sandwich_loss(enc, head, lat: LATConfig, params, batch, key):
   return sum(terms) / len(terms), {**aux, "terms": jnp.stack(terms)}
 
 
+def sandwich_grads(enc, head, lat: LATConfig, params, batch, key):
+  """`sandwich_loss` and its gradient, one backward pass per term as the LAT authors run it.
+
+  The full model's forward and backward come first; then the sub-models, one at a time in a
+  `lax.scan` whose carry starts from the full model's gradient. Only one pass's activations
+  are alive at once, so peak memory is about 1 / (num_sandwich + 2) of differentiating the
+  summed loss, with the same keys, configs and gradient (up to summation order).
+  Returns `(loss, aux, grads)` with `sandwich_loss`'s aux.
+  """
+  head = as_head(head)
+  axis = -2 if head.restore else -1
+  keys = jax.random.split(key, lat.num_sandwich + 2)
+  k_teacher, k_subs = keys[0], keys[1:]
+
+  def full(p):
+    logits = _full_model(enc, head, lat, p, batch, k_teacher)
+    return task_loss(head, logits, batch), logits
+
+  (ce, logits), grads = jax.value_and_grad(full, has_aux=True)(params)
+  teacher = jax.lax.stop_gradient(logits)
+
+  def sub_model(total, xs):
+    k, smallest = xs
+    def kd(p):
+      sub_logits, config, _ = _sub_model(enc, head, lat, p, batch, k, smallest)
+      return kd_loss(teacher, sub_logits, lat.kd, axis=axis), config
+    (term, config), g = jax.value_and_grad(kd, has_aux=True)(params)
+    return jax.tree.map(jnp.add, total, g), (term, config)
+
+  is_smallest = jnp.arange(lat.num_sandwich + 1) == 0
+  grads, (kds, configs) = jax.lax.scan(sub_model, grads, (k_subs, is_smallest))
+  n = lat.num_sandwich + 2
+  terms = jnp.concatenate([ce[None], kds])
+  grads = jax.tree.map(lambda g: g / n, grads)
+  return jnp.sum(terms) / n, {"logits": logits, "configs": configs, "terms": terms}, grads
+
+
 def make_lat_step(enc: EncoderConfig, head: int | Head, lat: LATConfig,
                   optimizer: optax.GradientTransformation, mesh: Mesh | None = None
                   ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
@@ -134,9 +183,7 @@ def make_lat_step(enc: EncoderConfig, head: int | Head, lat: LATConfig,
   head = as_head(head)
 
   def step(state: TrainState, batch: dict):
-    grad_fn = jax.value_and_grad(
-        lambda p: sandwich_loss(enc, head, lat, p, batch, state.step_key()), has_aux=True)
-    (loss, aux), grads = grad_fn(state.params)
+    loss, aux, grads = sandwich_grads(enc, head, lat, state.params, batch, state.step_key())
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     terms = aux["terms"]
