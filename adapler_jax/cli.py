@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -22,9 +23,41 @@ def run_cli(main: Callable[[], object]) -> None:
   try:
     main()
   except UserError as e:
-    sys.stderr.write(f"error: {e}\n")  # one write: no other thread's output inside the line.
-    sys.stderr.flush()
-    sys.exit(2)
+    _fail(str(e))
+  except RuntimeError as e:
+    message = out_of_memory_message(e)
+    if message is None:
+      raise
+    _fail(message)
+
+
+def _fail(message: str) -> None:
+  _close_progress_bars()
+  sys.stderr.write(f"error: {message}\n")  # one write: no other thread's output inside the line.
+  sys.stderr.flush()
+  sys.exit(2)
+
+
+def _close_progress_bars() -> None:
+  """Ends the bars a failed loop left open, so the error starts its own line."""
+  tqdm = sys.modules.get("tqdm")
+  for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+    bar.close()
+
+
+def out_of_memory_message(e: BaseException) -> str | None:
+  """One line for XLA's out-of-memory error (`RESOURCE_EXHAUSTED`), naming the knobs that
+  shrink the program; None for any other error. Raised inside a step, before any save, so
+  the checkpoints already written stay as they were."""
+  text = str(e)
+  if type(e).__name__ not in ("JaxRuntimeError", "XlaRuntimeError") or (
+      "RESOURCE_EXHAUSTED" not in text):
+    return None
+  size = re.search(r"allocating (\d+) bytes", text)
+  wanted = f" (XLA asked for {int(size.group(1)) / 2**30:.1f} GiB)" if size else ""
+  return (f"the device ran out of memory{wanted}; lower the batch size of the phase "
+          "(--config.<train|saliency|adapler|lat|search|eval>.batch_size) or "
+          "--config.data.max_length; the checkpoints already saved are kept")
 
 
 def run_app(main: Callable[[list[str]], object]) -> None:

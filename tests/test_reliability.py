@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from adapler_jax import environment, pipeline
+from adapler_jax.cli import run_cli
 from adapler_jax.data import load_split
 from adapler_jax.errors import DataError, InputError, UserError
 from adapler_jax.models import adapler
@@ -112,6 +113,37 @@ def test_non_finite_loss_stops_training_before_a_checkpoint(tiny_backbone, tmp_p
   assert str(err.value) == ("finetune step 1: loss is nan; stopped before saving it. Lower "
                             "the learning rate and rerun")
   assert not [p for p in (workdir / "finetune").iterdir() if p.name.isdigit()]
+
+
+def test_out_of_memory_is_one_line_and_keeps_the_saved_checkpoints(tiny_backbone, tmp_path,
+                                                                   monkeypatch, capsys):
+  workdir = tmp_path / "run"
+  real, saved = classifier.make_finetune_step, []
+
+  def oom_after_the_first_save(*args, **kwargs):
+    step = real(*args, **kwargs)
+
+    def oom_step(state, batch):
+      if any(p.name.isdigit() for p in (workdir / "finetune").iterdir()):
+        saved.append(snapshot(workdir / "finetune"))
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory allocating 25656557760 bytes.")
+      return step(state, batch)
+    return oom_step
+
+  monkeypatch.setattr(classifier, "make_finetune_step", oom_after_the_first_save)
+  config = small_config(tiny_backbone)
+  config.train.epochs = 2
+  with pytest.raises(SystemExit) as exit_info:
+    run_cli(lambda: pipeline.finetune(pipeline.prepare(config, workdir)))
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err.splitlines()[-1] == (  # after the progress bar.
+      "error: the device ran out of memory (XLA asked for 23.9 GiB); lower the batch size of "
+      "the phase (--config.<train|saliency|adapler|lat|search|eval>.batch_size) or "
+      "--config.data.max_length; the checkpoints already saved are kept")
+  assert saved and snapshot(workdir / "finetune") == saved[0]
+  with pytest.raises(RuntimeError, match="^INTERNAL"):  # other runtime errors keep their trace.
+    run_cli(lambda: (_ for _ in ()).throw(jax.errors.JaxRuntimeError("INTERNAL: boom")))
 
 
 # ----------------------------------------------------------------- 2. config.json on a rerun
