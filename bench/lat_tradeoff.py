@@ -26,6 +26,7 @@ from absl import logging
 
 from adapler_jax import extras, pipeline
 from adapler_jax.cli import run_cli
+from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.infer import flops
 from adapler_jax.pipeline import lat_phases
@@ -81,7 +82,9 @@ def plot(result: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
   axes[0].set_ylabel(f"{result['metric']} ({result['split']}, {result['examples']} examples)")
   axes[0].legend()
-  fig.suptitle(f"{result['task']}: constant-rate length reduction, ratios 0 to 0.2 per layer")
+  ratios = [p["ratio"] for p in pts]
+  fig.suptitle(f"{result['task']}: constant-rate length reduction, ratios {min(ratios):g} to "
+               f"{max(ratios):g} per layer")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
 
@@ -90,9 +93,19 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--out", required=True, help="output stem: OUT.json and OUT.png")
+  parser.add_argument("--ratios", default=",".join(map(str, RATIOS)),
+                      help="comma-separated per-layer ratios (0: the full model); ratios past "
+                           "lat.smallest_ratio are configs LengthDrop never trained")
   args = parser.parse_args()
   logging.set_verbosity(logging.WARNING)
-  result = sweep(args.workdir)
+  try:
+    ratios = tuple(sorted(float(r) for r in args.ratios.split(",") if r.strip()))
+  except ValueError:
+    raise UserError(f"--ratios {args.ratios!r} is not a comma-separated list of numbers, "
+                    "e.g. 0,0.1,0.2") from None
+  if not ratios or not all(0 <= r < 1 for r in ratios):
+    raise UserError(f"--ratios {args.ratios!r}: each ratio must lie in [0, 1), e.g. 0,0.1,0.2")
+  result = sweep(args.workdir, ratios)
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.with_suffix(".json").write_text(json.dumps(result, indent=2))
