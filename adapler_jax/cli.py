@@ -32,17 +32,22 @@ def run_cli(main: Callable[[], object]) -> None:
 
 
 def _fail(message: str) -> None:
-  _close_progress_bars()
-  sys.stderr.write(f"error: {message}\n")  # one write: no other thread's output inside the line.
+  newline = _stop_progress_bars()
+  # One write: no other thread's output inside the line.
+  sys.stderr.write(f"{newline}error: {message}\n")
   sys.stderr.flush()
   sys.exit(2)
 
 
-def _close_progress_bars() -> None:
-  """Ends the bars a failed loop left open, so the error starts its own line."""
-  tqdm = sys.modules.get("tqdm")
-  for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
-    bar.close()
+def _stop_progress_bars() -> str:
+  """Freezes the bars a failed loop left open as last drawn (nothing is redrawn or cleared,
+  now or at exit); returns the newlines that move below them (a bar at position p draws p
+  lines down and comes back), so the error starts its own line."""
+  tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
+  bars = [bar for bar in list(getattr(tqdm, "_instances", ())) if not bar.disable]
+  for bar in bars:
+    bar.disable = True
+  return "\n" * (1 + max(abs(getattr(bar, "pos", 0)) for bar in bars)) if bars else ""
 
 
 def out_of_memory_message(e: BaseException) -> str | None:

@@ -137,7 +137,8 @@ def test_out_of_memory_is_one_line_and_keeps_the_saved_checkpoints(tiny_backbone
   with pytest.raises(SystemExit) as exit_info:
     run_cli(lambda: pipeline.finetune(pipeline.prepare(config, workdir)))
   assert exit_info.value.code == 2
-  assert capsys.readouterr().err.splitlines()[-1] == (  # after the progress bar.
+  err = capsys.readouterr().err
+  assert err.endswith("\n") and err.split("\n")[-2] == (  # a line of its own after the bar.
       "error: the device ran out of memory (XLA asked for 23.9 GiB); lower the batch size of "
       "the phase (--config.<train|saliency|adapler|lat|search|eval>.batch_size) or "
       "--config.data.max_length; the checkpoints already saved are kept")
