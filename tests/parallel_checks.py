@@ -27,7 +27,7 @@ from adapler_jax.infer import AdaptiveEngine
 from adapler_jax.models import adapler
 from adapler_jax.models.bert import EncoderConfig
 from adapler_jax.pipeline.phases import SALIENCY_FILE, adapler_checkpointer
-from adapler_jax.train import adapler_step, classifier, optim, parallel
+from adapler_jax.train import adapler_step, classifier, lat_step, optim, parallel
 from adapler_jax.train import saliency as saliency_lib
 from adapler_jax.train.checkpoints import Checkpointer
 from adapler_jax.train.state import create_train_state
@@ -57,8 +57,8 @@ def _host(tree):
 
 
 def steps() -> dict:
-  """One fine-tuning step and one AdapLeR step on 4 devices and on device 0 without a mesh
-  (the single-device code path)."""
+  """One fine-tuning, AdapLeR and LengthDrop step each on 4 devices and on device 0 without
+  a mesh (the single-device code path)."""
   assert jax.device_count() == 4, jax.devices()
   meshes = {"4": parallel.make_data_mesh(), "none": None}
   batch = _batch()
@@ -106,6 +106,20 @@ def steps() -> dict:
     trained[name] = _host((new.params, new.opt_state, metrics))
   out["adapler_4_vs_none"] = _max_diff(trained["4"], trained["none"])
   out["adapler_update"] = _max_diff(trained["4"][0], aparams)
+
+  # LengthDrop: the full model, then the sub-models one backward at a time in a scan.
+  lat = lat_step.LATConfig(base=WIDTH, num_sandwich=1)
+  lat_trained = {}
+  for name, mesh in meshes.items():
+    state = create_train_state(params, opt, jax.random.key(5))
+    step = lat_step.make_lat_step(ENCODER, NUM_LABELS, lat, opt, mesh)
+    inputs = batch
+    if mesh is not None:
+      state, inputs = parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh)
+    new, metrics = step(state, inputs)
+    lat_trained[name] = _host((new.params, new.opt_state, metrics["loss"]))
+  out["lat_4_vs_none"] = _max_diff(lat_trained["4"], lat_trained["none"])
+  out["lat_update"] = _max_diff(lat_trained["4"][0], params)
 
   out["cpu_seconds_steps"] = time.process_time() - start
   return out

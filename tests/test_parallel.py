@@ -57,6 +57,12 @@ def test_adapler_step_is_device_count_invariant(four):
   assert r["adapler_4_vs_none"] <= TOL
 
 
+def test_lengthdrop_step_is_device_count_invariant(four):
+  _, r = four
+  assert r["lat_update"] > 100 * TOL
+  assert r["lat_4_vs_none"] <= TOL
+
+
 def test_every_training_phase_runs_on_4_devices(four):
   workdir, r = four
   assert r["mesh"] == 4 and r["params_spec"] == ["P()"]
