@@ -119,16 +119,34 @@ def sandwich_terms(enc: EncoderConfig, head: int | Head, lat: LATConfig, params:
   with the same key gives the one-pass loss (tested).
   """
   head = as_head(head)
-  axis = -2 if head.restore else -1  # span logits (B, T, 2): distributions over positions.
-  k_teacher, *k_subs = jax.random.split(key, lat.num_sandwich + 2)
-  logits = _full_model(enc, head, lat, params, batch, k_teacher)
+  k_teacher, k_subs = _pass_keys(lat, key)
+  ce, logits = _full_term(enc, head, lat, params, batch, k_teacher)
   teacher = logits if teacher_logits is None else teacher_logits
-  terms, configs = [task_loss(head, logits, batch)], []
-  for i, k in enumerate(k_subs):
-    sub_logits, config, _ = _sub_model(enc, head, lat, params, batch, k, smallest=i == 0)
-    terms.append(kd_loss(teacher, sub_logits, lat.kd, axis=axis))
+  terms, configs = [ce], []
+  for i in range(lat.num_sandwich + 1):
+    term, config = _sub_term(enc, head, lat, params, batch, k_subs[i], i == 0, teacher)
+    terms.append(term)
     configs.append(config)
   return terms, {"logits": logits, "configs": jnp.stack(configs)}
+
+
+def _pass_keys(lat: LATConfig, key):
+  """The full model's key and the sub-models' keys (num_sandwich + 1,), the smallest first."""
+  keys = jax.random.split(key, lat.num_sandwich + 2)
+  return keys[0], keys[1:]
+
+
+def _full_term(enc, head: Head, lat: LATConfig, params, batch, key):
+  """The full model's task loss and its logits."""
+  logits = _full_model(enc, head, lat, params, batch, key)
+  return task_loss(head, logits, batch), logits
+
+
+def _sub_term(enc, head: Head, lat: LATConfig, params, batch, key, smallest, teacher):
+  """One sub-model's distillation loss towards `teacher`, and its config. Span logits
+  (B, T, 2) are distributions over positions (axis -2)."""
+  logits, config, _ = _sub_model(enc, head, lat, params, batch, key, smallest)
+  return kd_loss(teacher, logits, lat.kd, axis=-2 if head.restore else -1), config
 
 
 def sandwich_loss(enc, head, lat: LATConfig, params, batch, key):
@@ -147,22 +165,14 @@ def sandwich_grads(enc, head, lat: LATConfig, params, batch, key):
   Returns `(loss, aux, grads)` with `sandwich_loss`'s aux.
   """
   head = as_head(head)
-  axis = -2 if head.restore else -1
-  keys = jax.random.split(key, lat.num_sandwich + 2)
-  k_teacher, k_subs = keys[0], keys[1:]
-
-  def full(p):
-    logits = _full_model(enc, head, lat, p, batch, k_teacher)
-    return task_loss(head, logits, batch), logits
-
+  k_teacher, k_subs = _pass_keys(lat, key)
+  full = lambda p: _full_term(enc, head, lat, p, batch, k_teacher)
   (ce, logits), grads = jax.value_and_grad(full, has_aux=True)(params)
   teacher = jax.lax.stop_gradient(logits)
 
   def sub_model(total, xs):
     k, smallest = xs
-    def kd(p):
-      sub_logits, config, _ = _sub_model(enc, head, lat, p, batch, k, smallest)
-      return kd_loss(teacher, sub_logits, lat.kd, axis=axis), config
+    kd = lambda p: _sub_term(enc, head, lat, p, batch, k, smallest, teacher)
     (term, config), g = jax.value_and_grad(kd, has_aux=True)(params)
     return jax.tree.map(jnp.add, total, g), (term, config)
 
