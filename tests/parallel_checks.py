@@ -56,6 +56,18 @@ def _host(tree):
   return jax.tree.map(np.asarray, tree)
 
 
+def _one_step_each(meshes: dict, make_step, params, opt, seed: int, batch: dict, *args) -> dict:
+  """{mesh name: (state, metrics)}: one step from the same state, batch and key on each mesh
+  (None: the single-device code path). Each state gets its own key: steps donate it."""
+  out = {}
+  for name, mesh in meshes.items():
+    state, inputs = create_train_state(params, opt, jax.random.key(seed)), batch
+    if mesh is not None:
+      state, inputs = parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh)
+    out[name] = make_step(mesh)(state, inputs, *args)
+  return out
+
+
 def steps() -> dict:
   """One fine-tuning, AdapLeR and LengthDrop step each on 4 devices and on device 0 without
   a mesh (the single-device code path)."""
@@ -69,22 +81,17 @@ def steps() -> dict:
   # Fine-tuning: same params, batch and dropout key; only the device count differs.
   params = classifier.init_classifier(key, ENCODER, NUM_LABELS)
   opt = optim.adamw(1e-3, 0.01)
-  tuned, shardings, steps_by_mesh = {}, {}, {}
-  for name, mesh in meshes.items():
-    state = create_train_state(params, opt, jax.random.key(1))
-    step = steps_by_mesh[name] = classifier.make_finetune_step(ENCODER, NUM_LABELS, opt, mesh)
-    inputs = batch
-    if mesh is not None:
-      state, inputs = parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh)
-    new, metrics = step(state, inputs)
-    shardings[name] = sorted({str(x.sharding.spec) for x in jax.tree.leaves(new)
-                              if mesh is not None})
-    tuned[name] = _host((new.params, new.opt_state, metrics["loss"]))
+  finetune_step = lambda mesh: classifier.make_finetune_step(ENCODER, NUM_LABELS, opt, mesh)
+  stepped = _one_step_each(meshes, finetune_step, params, opt, 1, batch)
+  tuned = {name: _host((new.params, new.opt_state, metrics["loss"]))
+           for name, (new, metrics) in stepped.items()}
   out["finetune_4_vs_none"] = _max_diff(tuned["4"], tuned["none"])
   out["finetune_update"] = _max_diff(tuned["4"][0], params)
-  out["finetune_out_spec"] = shardings["4"]
+  out["finetune_out_spec"] = sorted({str(x.sharding.spec)
+                                     for x in jax.tree.leaves(stepped["4"][0])})
   # Another dropout key moves the params more than sharding does: dropout is on.
-  other = steps_by_mesh["none"](create_train_state(params, opt, jax.random.key(2)), batch)[0]
+  other = _one_step_each({"none": None}, finetune_step, params, opt, 2,
+                         batch)["none"][0]
   out["finetune_other_key"] = _max_diff(_host(other.params), tuned["none"][0])
 
   # AdapLeR: one forward, two VJPs, partitioned update.
@@ -95,29 +102,21 @@ def steps() -> dict:
   saliency = np.random.default_rng(1).random((BATCH, WIDTH), np.float32)
   abatch = {**batch, "saliency": saliency * batch["attention_mask"]}
   weights = adapler_step.LossWeights(gamma=0.1, phi=0.05)
-  trained = {}
-  for name, mesh in meshes.items():
-    state = create_train_state(aparams, aopt, jax.random.key(4))
-    step = adapler_step.make_train_step(cfg, aopt, weights, mesh=mesh)
-    inputs = abatch
-    if mesh is not None:
-      state, inputs = parallel.replicate(state, mesh), parallel.shard_batch(abatch, mesh)
-    new, metrics = step(state, inputs, 10.0)
-    trained[name] = _host((new.params, new.opt_state, metrics))
+  stepped = _one_step_each(
+      meshes, lambda mesh: adapler_step.make_train_step(cfg, aopt, weights, mesh=mesh),
+      aparams, aopt, 4, abatch, 10.0)
+  trained = {name: _host((new.params, new.opt_state, metrics))
+             for name, (new, metrics) in stepped.items()}
   out["adapler_4_vs_none"] = _max_diff(trained["4"], trained["none"])
   out["adapler_update"] = _max_diff(trained["4"][0], aparams)
 
   # LengthDrop: the full model, then the sub-models one backward at a time in a scan.
   lat = lat_step.LATConfig(base=WIDTH, num_sandwich=1)
-  lat_trained = {}
-  for name, mesh in meshes.items():
-    state = create_train_state(params, opt, jax.random.key(5))
-    step = lat_step.make_lat_step(ENCODER, NUM_LABELS, lat, opt, mesh)
-    inputs = batch
-    if mesh is not None:
-      state, inputs = parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh)
-    new, metrics = step(state, inputs)
-    lat_trained[name] = _host((new.params, new.opt_state, metrics["loss"]))
+  stepped = _one_step_each(
+      meshes, lambda mesh: lat_step.make_lat_step(ENCODER, NUM_LABELS, lat, opt, mesh),
+      params, opt, 5, batch)
+  lat_trained = {name: _host((new.params, new.opt_state, metrics["loss"]))
+                 for name, (new, metrics) in stepped.items()}
   out["lat_4_vs_none"] = _max_diff(lat_trained["4"], lat_trained["none"])
   out["lat_update"] = _max_diff(lat_trained["4"][0], params)
 
