@@ -1,7 +1,9 @@
 """Tests for adapler_jax.train.checkpoints."""
 
+import asyncio
 import logging
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -286,3 +288,24 @@ def test_only_orbax_abandoned_read_tasks_are_silenced():
   assert not keep(record(f"Task was destroyed but it is pending!\ntask: <Task pending {coro}>"))
   assert keep(record("Task exception was never retrieved\nfuture: <Task coro=<train()>>"))
   assert keep(record(f"Unclosed client session {coro}"))
+
+
+def test_only_a_closed_loop_woken_from_c_is_dropped_from_excepthook(monkeypatch):
+  seen = []
+  monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: seen.append(value))
+  monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+  checkpoints._silence_abandoned_reads()  # pylint: disable=protected-access
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(print)
+  except RuntimeError as e:
+    closed = e
+  from_c = closed.__traceback__.tb_next  # TensorStore's thread: no Python frame above it.
+  assert from_c.tb_frame.f_code.co_name == "call_soon_threadsafe"
+  sys.excepthook(RuntimeError, closed, from_c)
+  assert not seen
+  sys.excepthook(RuntimeError, closed, closed.__traceback__)  # raised by Python code.
+  other = RuntimeError("Event loop is running")
+  sys.excepthook(RuntimeError, other, from_c)
+  assert seen == [closed, other]

@@ -111,7 +111,10 @@ def _silence_abandoned_reads() -> None:
   traceback, and those still running when orbax's event loop closes report that it is
   closed; the restore has already raised the one error that matters. Only those two kinds
   are dropped; every other unraisable exception still reaches the hook. Where orbax runs
-  the reads as asyncio tasks, asyncio logs them instead; a filter drops those records.
+  the reads as asyncio tasks, asyncio logs them instead; a filter drops those records. A
+  read that completes on a TensorStore thread after the loop closed fails in the
+  `call_soon_threadsafe` that TensorStore calls from C, which prints it through
+  `sys.excepthook`; that one report is dropped too.
   """
   if not getattr(sys.unraisablehook, "_drops_abandoned_reads", False):
     previous = sys.unraisablehook
@@ -122,6 +125,15 @@ def _silence_abandoned_reads() -> None:
 
     hook._drops_abandoned_reads = True  # pylint: disable=protected-access
     sys.unraisablehook = hook
+  if not getattr(sys.excepthook, "_drops_abandoned_reads", False):
+    previous_excepthook = sys.excepthook
+
+    def excepthook(kind, value, tb):
+      if not _wake_of_closed_loop(value, tb):
+        previous_excepthook(kind, value, tb)
+
+    excepthook._drops_abandoned_reads = True  # pylint: disable=protected-access
+    sys.excepthook = excepthook
   asyncio_log = py_logging.getLogger("asyncio")
   if not any(isinstance(f, _AbandonedReadTasks) for f in asyncio_log.filters):
     asyncio_log.addFilter(_AbandonedReadTasks())
@@ -143,8 +155,17 @@ class _AbandonedReadTasks(py_logging.Filter):
 def _abandoned_read(unraisable) -> bool:
   if getattr(unraisable.object, "__qualname__", "") == _SHARD_READ:
     return True
-  return (isinstance(unraisable.exc_value, RuntimeError)
-          and str(unraisable.exc_value) == "Event loop is closed")
+  return _is_closed_loop(unraisable.exc_value)
+
+
+def _wake_of_closed_loop(value: BaseException, tb) -> bool:
+  """A closed loop's `call_soon_threadsafe` called from C: no Python frame above it."""
+  return (_is_closed_loop(value) and tb is not None
+          and tb.tb_frame.f_code.co_name == "call_soon_threadsafe")
+
+
+def _is_closed_loop(e: BaseException) -> bool:
+  return isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
 
 
 def _first_line(e: BaseException) -> str:
