@@ -116,28 +116,27 @@ def _silence_abandoned_reads() -> None:
   `call_soon_threadsafe` that TensorStore calls from C, which prints it through
   `sys.excepthook`; that one report is dropped too.
   """
-  if not getattr(sys.unraisablehook, "_drops_abandoned_reads", False):
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-      if not _abandoned_read(unraisable):
-        previous(unraisable)
-
-    hook._drops_abandoned_reads = True  # pylint: disable=protected-access
-    sys.unraisablehook = hook
-  if not getattr(sys.excepthook, "_drops_abandoned_reads", False):
-    previous_excepthook = sys.excepthook
-
-    def excepthook(kind, value, tb):
-      if not _wake_of_closed_loop(value, tb):
-        previous_excepthook(kind, value, tb)
-
-    excepthook._drops_abandoned_reads = True  # pylint: disable=protected-access
-    sys.excepthook = excepthook
+  _filter_hook("unraisablehook", _abandoned_read)
+  _filter_hook("excepthook", lambda kind, value, tb: _wake_of_closed_loop(value, tb))
   asyncio_log = py_logging.getLogger("asyncio")
   if not any(isinstance(f, _AbandonedReadTasks) for f in asyncio_log.filters):
     asyncio_log.addFilter(_AbandonedReadTasks())
   gc.collect()
+
+
+def _filter_hook(name: str, drop) -> None:
+  """Wraps `sys.<name>` once so that the reports `drop(*args)` accepts go nowhere; every
+  other report still reaches the hook that was there before."""
+  previous = getattr(sys, name)
+  if getattr(previous, "_drops_abandoned_reads", False):
+    return
+
+  def hook(*args):
+    if not drop(*args):
+      previous(*args)
+
+  hook._drops_abandoned_reads = True  # pylint: disable=protected-access
+  setattr(sys, name, hook)
 
 
 class _AbandonedReadTasks(py_logging.Filter):
