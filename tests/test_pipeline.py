@@ -237,6 +237,19 @@ def test_lat_phases_and_evaluation(tiny_backbone, tmp_path):
   assert chosen["config"] == best["config"] == json.loads(out.read_text())["length_config"]
   assert json.loads((workdir / "search" / "chosen.json").read_text())["config"] == best["config"]
 
+  # An explicit floor below the smallest trained sub-model, (13, 11): the search, resumed from
+  # its store, also scores configs LengthDrop never sampled, down to (8, 4).
+  def stored_costs():
+    rows = (workdir / "search" / "store.jsonl").read_text().splitlines()
+    return {tuple(r["gene"]): r["padded_fraction"] for r in map(json.loads, rows)}
+  trained_floor = stored_costs()
+  assert min(trained_floor.values()) == trained_floor[(13, 11)]
+  config.search.floor_ratio = 0.5
+  pipeline.run_phase(pipeline.prepare(config, workdir), "search")
+  lowered = stored_costs()
+  assert trained_floor.items() <= lowered.items()
+  assert min(lowered.values()) == lowered[(8, 4)] < trained_floor[(13, 11)]
+
 
 def test_search_split_holds_out_train_rows_of_a_resplit(tmp_path, tokenizer):
   """A re-split task (AG News: one labelled file) still gives the search train rows that

@@ -110,6 +110,7 @@ def base_config(task: str, max_length: int) -> ml_collections.ConfigDict:
   c.search.batch_size = 64
   c.search.eta_multipliers = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
   c.search.cost = "padded"
+  c.search.floor_ratio = 0.0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "dev"
@@ -240,6 +241,8 @@ HELP = {
     "search.held_out": "fitness rows, held out of train (never the reported split)",
     "search.batch_size": "examples per fitness batch",
     "search.cost": "frontier cost: padded MACs (LAT) or actual FLOPs",
+    "search.floor_ratio": "LAT search: configs cheaper than this constant ratio are never "
+                          "scored; 0 = lat.smallest_ratio (the smallest trained sub-model)",
     "search.eta_multipliers": "AdapLeR search: the grid each layer's multiplier of the trained "
                               "cutoff eta is drawn from",
 

@@ -49,10 +49,15 @@ def lat_config(run: Run) -> lat_step.LATConfig:
                             teacher_layerdrop=c.teacher_layerdrop, flags=selection_flags(run))
 
 
-def smallest_config(run: Run) -> tuple[int, ...]:
-  c = run.config.lat
+def ratio_config(run: Run, ratio: float) -> tuple[int, ...]:
+  """The run's constant-ratio length config: each layer keeps ceil((1 - ratio) x) of the x
+  tokens before it, never fewer than `lat.min_length`."""
   return lengths.constant_ratio_config(run.config.data.max_length, run.encoder.num_layers,
-                                       c.smallest_ratio, c.min_length)
+                                       ratio, run.config.lat.min_length)
+
+
+def smallest_config(run: Run) -> tuple[int, ...]:
+  return ratio_config(run, run.config.lat.smallest_ratio)
 
 
 def lengthdrop_checkpointer(run: Run, read_only: bool = False) -> Checkpointer:
@@ -138,8 +143,7 @@ def eval_length_config(run: Run) -> tuple[int, ...]:
   if c.eval_length_config:
     config = lengths.parse_config(c.eval_length_config)
   else:
-    config = lengths.constant_ratio_config(base, run.encoder.num_layers, c.eval_length_ratio,
-                                           c.min_length)
+    config = ratio_config(run, c.eval_length_ratio)
   return lengths.validate_config(config, base, run.encoder.num_layers, keep_cls=c.keep_cls)
 
 

@@ -27,6 +27,14 @@ def cost_model(run: Run, data_lengths: np.ndarray):
   return cost
 
 
+def floor_config(run: Run) -> tuple[int, ...]:
+  """The cheapest config the search scores: the smallest trained sub-model, or the constant
+  ratio `search.floor_ratio` when set (a floor below the trained one scores configs LengthDrop
+  never sampled)."""
+  return lat_phases.ratio_config(run, run.config.search.floor_ratio
+                                 or run.config.lat.smallest_ratio)
+
+
 def _metric(run: Run, params, data, gene) -> float:
   logits = report.masked_lat_logits(run.classifier_config(), params, data, gene,
                                     base=run.config.data.max_length,
@@ -44,9 +52,9 @@ def run_search(run: Run) -> dict[str, Any]:
   held = run.search_split(c.held_out)
   step, params = lat_phases.load_lengthdrop(run)
   cost = cost_model(run, held.lengths)
-  lower = lat_phases.smallest_config(run)
+  lower = floor_config(run)
   upper = (base,) * layers
-  make = lambda r: lengths.constant_ratio_config(base, layers, r, lat.min_length) if r else upper
+  make = lambda r: lat_phases.ratio_config(run, r) if r else upper
   initial = evo.initial_population(lambda g: cost(g)[key], make, lower, upper, c.population)
   source = frontier.source(lat_phases.lengthdrop_checkpointer(run, read_only=True), step, held,
                            **dataclasses.asdict(lat_phases.selection_flags(run)))
