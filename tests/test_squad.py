@@ -3,8 +3,10 @@ real dev questions), span post-processing and the official exact match / F1."""
 
 import gzip
 import json
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -329,6 +331,39 @@ def test_squad_metrics_max_over_gold_answers_in_percent():
   m = squad_eval.squad_metrics(predictions, examples)
   assert m["exact_match"] == pytest.approx(100 / 3)
   assert m["f1"] == pytest.approx(100 * (1 + 2 * 1 * 0.5 / 1.5) / 3)
+  per_question = squad_eval.question_scores(predictions, examples)  # in the order of examples.
+  np.testing.assert_allclose(per_question["exact_match"], [1, 0, 0])
+  np.testing.assert_allclose(per_question["f1"], [1, 2 * 1 * 0.5 / 1.5, 0])
+
+
+def test_paired_comparison_of_two_prediction_files(tmp_path):
+  """bench/squad_paired.py: candidate minus baseline on the same questions, with a paired
+  bootstrap interval; files of different questions get one line and exit 2."""
+  _file(tmp_path, [{"context": CONTEXT, "qas": [_qa(f"q{i}") for i in range(4)]}])
+  baseline = {f"q{i}": "Broncos" for i in range(4)}
+  files = {"a": baseline, "b": {**baseline, "q3": "the Panthers"}, "c": {"q0": "Broncos"}}
+  for name, predictions in files.items():
+    (tmp_path / f"{name}.json").write_text(json.dumps(predictions))
+
+  def paired(candidate, *extra):
+    return subprocess.run([sys.executable, "bench/squad_paired.py", "--data-dir", str(tmp_path),
+                           "--baseline", str(tmp_path / "a.json"),
+                           "--candidate", str(tmp_path / candidate), *extra],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=300)
+
+  out = tmp_path / "paired.json"
+  proc = paired("b.json", "--resamples", "2000", "--within", "30", "--out", str(out))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  f1 = json.loads(out.read_text())["f1"]
+  assert (f1["baseline"], f1["candidate"], f1["mean"]) == (100, 75, -25)
+  assert -100 <= f1["low"] <= -50 and f1["high"] == 0  # q3 is drawn 0-4 times of 4.
+  # At least -30 when q3 is drawn at most once: 0.75^4 + 4 * 0.25 * 0.75^3 = 0.738.
+  assert f1["share_at_least"] == pytest.approx(0.738, abs=0.04)
+  bad = paired("c.json")
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+      "error: the two files answer different questions (4 and 1 ids, 3 not in both); "
+      "compare predictions of the same split and subset"]
 
 
 # Pipeline pieces ------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Task metrics over predictions: accuracy, and F1 of the positive class (MRPC)."""
+"""Task metrics over predictions: accuracy, and F1 of the positive class (MRPC); a paired
+bootstrap interval for the difference of two systems' per-example scores."""
 
 from __future__ import annotations
 
@@ -29,3 +30,24 @@ def compute(name: str, predictions: np.ndarray, labels: np.ndarray | None) -> fl
   if name not in METRICS:
     raise ValueError(f"metric {name!r} is not one of {sorted(METRICS)}")
   return METRICS[name](predictions, labels)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int = 10_000, seed: int = 0,
+                     level: float = 0.95, at_least: float | None = None) -> dict[str, float]:
+  """The mean of per-example scores `b - a` and its percentile bootstrap interval: the
+  examples are resampled with replacement, the same draw for both systems. With `at_least`,
+  also the share of resamples whose mean difference is at least that."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.shape != b.shape or a.ndim != 1 or not len(a):
+    raise ValueError(f"paired scores need two equal, non-empty 1-D arrays, got {a.shape} "
+                     f"and {b.shape}")
+  diff, rng = b - a, np.random.default_rng(seed)
+  means = np.concatenate([diff[rng.integers(0, len(diff), (n, len(diff)))].mean(axis=1)
+                          for n in np.diff(np.r_[0:resamples:1000, resamples])])
+  tail = (1 - level) / 2
+  low, high = np.quantile(means, [tail, 1 - tail])
+  out = {"mean": float(diff.mean()), "low": float(low), "high": float(high), "level": level,
+         "resamples": resamples}
+  if at_least is not None:
+    out["share_at_least"] = float((means >= at_least).mean())
+  return out

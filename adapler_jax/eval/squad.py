@@ -55,19 +55,25 @@ def f1(prediction: str, gold: str) -> float:
   return 2 * precision * recall / (precision + recall)
 
 
-def squad_metrics(predictions: Mapping[str, str],
-                  examples: SquadDataset | Sequence[SquadExample]) -> dict[str, float]:
-  """`{"exact_match", "f1"}` in percent over `examples`, each scored on its best gold answer."""
+def question_scores(predictions: Mapping[str, str],
+                    examples: SquadDataset | Sequence[SquadExample]) -> dict[str, np.ndarray]:
+  """Per-question `{"exact_match", "f1"}` in [0, 1], in the order of `examples`, each on its
+  best gold answer; a question without a prediction scores 0."""
   examples = examples.examples if isinstance(examples, SquadDataset) else examples
   if not examples:
     raise ValueError("no examples to score")
-  em = f = 0.0
-  for e in examples:
-    if e.id not in predictions:
-      continue
-    em += max(exact_match(predictions[e.id], g) for g in e.answer_texts)
-    f += max(f1(predictions[e.id], g) for g in e.answer_texts)
-  return {"exact_match": 100.0 * em / len(examples), "f1": 100.0 * f / len(examples)}
+  em, f = np.zeros(len(examples)), np.zeros(len(examples))
+  for i, e in enumerate(examples):
+    if e.id in predictions:
+      em[i] = max(exact_match(predictions[e.id], g) for g in e.answer_texts)
+      f[i] = max(f1(predictions[e.id], g) for g in e.answer_texts)
+  return {"exact_match": em, "f1": f}
+
+
+def squad_metrics(predictions: Mapping[str, str],
+                  examples: SquadDataset | Sequence[SquadExample]) -> dict[str, float]:
+  """`{"exact_match", "f1"}` in percent over `examples`, each scored on its best gold answer."""
+  return {k: 100.0 * float(v.mean()) for k, v in question_scores(predictions, examples).items()}
 
 
 def best_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray,

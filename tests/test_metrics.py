@@ -1,0 +1,37 @@
+"""The paired bootstrap interval over per-example scores."""
+
+import numpy as np
+import pytest
+
+from adapler_jax.eval.metrics import paired_bootstrap
+
+
+def test_a_constant_shift_has_a_point_interval():
+  a = np.random.default_rng(0).random(50)
+  out = paired_bootstrap(a, a + 0.25, resamples=300)
+  assert out["mean"] == pytest.approx(0.25)
+  assert out["low"] == pytest.approx(0.25) and out["high"] == pytest.approx(0.25)
+  assert paired_bootstrap(a, a + 0.25, resamples=300, at_least=0.2)["share_at_least"] == 1.0
+  assert paired_bootstrap(a, a + 0.25, resamples=300, at_least=0.3)["share_at_least"] == 0.0
+
+
+def test_interval_matches_the_normal_approximation_and_is_seeded():
+  rng = np.random.default_rng(1)
+  n, sd = 400, 0.3
+  a = rng.random(n)
+  b = a - 0.05 + rng.normal(0, sd, n)
+  out = paired_bootstrap(a, b, resamples=4000, seed=3)
+  diff = b - a
+  half = 1.96 * diff.std() / np.sqrt(n)
+  assert out["mean"] == pytest.approx(diff.mean())
+  assert out["low"] < out["mean"] < out["high"]
+  assert (out["high"] - out["low"]) / 2 == pytest.approx(half, rel=0.1)
+  assert paired_bootstrap(a, b, resamples=4000, seed=3) == out  # the same draws.
+  assert paired_bootstrap(a, b, resamples=4000, seed=4) != out
+
+
+def test_unpaired_scores_are_refused():
+  with pytest.raises(ValueError, match="two equal, non-empty 1-D arrays"):
+    paired_bootstrap(np.zeros(3), np.zeros(4))
+  with pytest.raises(ValueError, match="two equal, non-empty 1-D arrays"):
+    paired_bootstrap(np.zeros(0), np.zeros(0))
