@@ -1,7 +1,7 @@
 """Is one SQuAD predictions file really better than another? The difference of their exact
 match and F1 on the same questions, with a paired bootstrap interval.
 
-  python bench/squad_paired.py --data-dir ../shared/data/squad \
+  python bench/squad_paired.py --data-dir data/squad \
       --baseline runs/full/predictions.json --candidate runs/pick/predictions.json \
       --out bench/results/paired.json
 
