@@ -42,7 +42,7 @@ def _predictions(path: Path) -> dict[str, str]:
 
 def compare(baseline: dict[str, str], candidate: dict[str, str], examples, *,
             resamples: int, seed: int, within: float) -> dict:
-  """Candidate minus baseline, in points, per metric, on the questions both answer."""
+  """Candidate minus baseline, in points, per metric, on the same questions."""
   if set(baseline) != set(candidate):
     raise UserError(f"the two files answer different questions ({len(baseline)} and "
                     f"{len(candidate)} ids, {len(set(baseline) ^ set(candidate))} not in both); "
@@ -72,19 +72,20 @@ def main() -> None:
                       help="points: report the share of resamples at most this far below")
   parser.add_argument("--out", type=Path, help="JSON file for the result")
   args = parser.parse_args()
-  if args.resamples < 100:
-    raise UserError(f"--resamples {args.resamples} is too few for an interval; use 1000 or more")
+  if args.resamples < 1000:
+    raise UserError(f"--resamples {args.resamples} is too few for a 95 % interval; use 1000 "
+                    "or more")
   result = compare(_predictions(args.baseline), _predictions(args.candidate),
                    load_squad("dev", args.data_dir).examples, resamples=args.resamples,
                    seed=args.seed, within=args.within)
   result.update(baseline_file=str(args.baseline), candidate_file=str(args.candidate))
   print(f"{result['questions']} questions, {args.resamples} paired resamples")
   print(f"{'metric':12} {'baseline':>9} {'candidate':>9} {'difference [95%]':>24} "
-        f"{'share >= -' + str(args.within):>12}")
+        f"{'share >= -' + str(args.within):>13}")
   for name in ("exact_match", "f1"):
     r = result[name]
     print(f"{name:12} {r['baseline']:9.2f} {r['candidate']:9.2f} "
-          f"{r['mean']:+8.2f} [{r['low']:+.2f}, {r['high']:+.2f}] {r['share_at_least']:12.3f}")
+          f"{r['mean']:+8.2f} [{r['low']:+.2f}, {r['high']:+.2f}] {r['share_at_least']:13.3f}")
   if args.out:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

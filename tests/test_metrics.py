@@ -35,3 +35,7 @@ def test_unpaired_scores_are_refused():
     paired_bootstrap(np.zeros(3), np.zeros(4))
   with pytest.raises(ValueError, match="two equal, non-empty 1-D arrays"):
     paired_bootstrap(np.zeros(0), np.zeros(0))
+  with pytest.raises(ValueError, match="resamples >= 1 and a level in"):
+    paired_bootstrap(np.zeros(3), np.zeros(3), resamples=0)
+  with pytest.raises(ValueError, match="resamples >= 1 and a level in"):
+    paired_bootstrap(np.zeros(3), np.zeros(3), level=1.0)

@@ -247,6 +247,8 @@ def test_lat_phases_and_evaluation(tiny_backbone, tmp_path):
   config.search.floor_ratio = 0.5
   pipeline.run_phase(pipeline.prepare(config, workdir), "search")
   lowered = stored_costs()
+  rows = (workdir / "search" / "store.jsonl").read_text().splitlines()
+  assert len(rows) == len(lowered)  # the resumed search scored no gene twice.
   assert trained_floor.items() <= lowered.items()
   assert min(lowered.values()) == lowered[(8, 4)] < trained_floor[(13, 11)]
 

@@ -356,6 +356,17 @@ def test_batch_sizes_below_one_are_refused_first(tiny_backbone, tmp_path, sectio
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("ratio", [-0.1, 1.0])
+def test_search_floor_ratio_outside_zero_one_is_refused_first(tiny_backbone, tmp_path, ratio):
+  config = small_config(tiny_backbone)
+  config.search.floor_ratio = ratio
+  with pytest.raises(UserError) as err:
+    pipeline.prepare(config, tmp_path / "run")
+  assert str(err.value) == (f"config search.floor_ratio is {ratio}; it must lie in [0, 1) (0: "
+                            "the smallest trained sub-model), e.g. --config.search.floor_ratio=0.25")
+  assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("length", [1, 0])
 def test_max_length_below_two(tiny_backbone, tmp_path, length):
   config = small_config(tiny_backbone)

@@ -41,6 +41,9 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int = 10_000, s
   if a.shape != b.shape or a.ndim != 1 or not len(a):
     raise ValueError(f"paired scores need two equal, non-empty 1-D arrays, got {a.shape} "
                      f"and {b.shape}")
+  if resamples < 1 or not 0 < level < 1:
+    raise ValueError(f"paired bootstrap needs resamples >= 1 and a level in (0, 1), got "
+                     f"{resamples} and {level}")
   diff, rng = b - a, np.random.default_rng(seed)
   means = np.concatenate([diff[rng.integers(0, len(diff), (n, len(diff)))].mean(axis=1)
                           for n in np.diff(np.r_[0:resamples:1000, resamples])])

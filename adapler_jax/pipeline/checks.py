@@ -15,7 +15,8 @@ MIN_LENGTH = 2  # [CLS] and [SEP].
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Every `<section>.batch_size` is at least 1 and `data.max_length` at least 2."""
+  """Every `<section>.batch_size` is at least 1, `data.max_length` at least 2 and
+  `search.floor_ratio` in [0, 1)."""
   for section, fields in config.items():
     if isinstance(fields, ml_collections.ConfigDict) and "batch_size" in fields:
       if fields.batch_size < 1:
@@ -24,6 +25,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.data.max_length < MIN_LENGTH:
     raise UserError(f"config data.max_length is {config.data.max_length}; it must be at least "
                     f"{MIN_LENGTH} ([CLS] and [SEP]), e.g. --config.data.max_length=128")
+  if not 0 <= config.search.floor_ratio < 1:
+    raise UserError(f"config search.floor_ratio is {config.search.floor_ratio}; it must lie in "
+                    "[0, 1) (0: the smallest trained sub-model), e.g. "
+                    "--config.search.floor_ratio=0.25")
   frozen_groups(config)
 
 

@@ -241,8 +241,8 @@ HELP = {
     "search.held_out": "fitness rows, held out of train (never the reported split)",
     "search.batch_size": "examples per fitness batch",
     "search.cost": "frontier cost: padded MACs (LAT) or actual FLOPs",
-    "search.floor_ratio": "LAT search: configs cheaper than this constant ratio are never "
-                          "scored; 0 = lat.smallest_ratio (the smallest trained sub-model)",
+    "search.floor_ratio": "LAT search: configs cheaper than this constant ratio in [0, 1) are "
+                          "never scored; 0 = lat.smallest_ratio (the smallest trained sub-model)",
     "search.eta_multipliers": "AdapLeR search: the grid each layer's multiplier of the trained "
                               "cutoff eta is drawn from",
 

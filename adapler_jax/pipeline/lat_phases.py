@@ -50,8 +50,7 @@ def lat_config(run: Run) -> lat_step.LATConfig:
 
 
 def ratio_config(run: Run, ratio: float) -> tuple[int, ...]:
-  """The run's constant-ratio length config: each layer keeps ceil((1 - ratio) x) of the x
-  tokens before it, never fewer than `lat.min_length`."""
+  """`lengths.constant_ratio_config` at this run's length, layers and `lat.min_length`."""
   return lengths.constant_ratio_config(run.config.data.max_length, run.encoder.num_layers,
                                        ratio, run.config.lat.min_length)
 
