@@ -344,48 +344,44 @@ def test_unknown_config_field():
                  "a dotted key such as adapler.phi=1e-3")
 
 
+def refused_first(tiny_backbone, tmp_path, dotted: str, value) -> str:
+  """The one-line error `pipeline.prepare` raises with config `dotted` set to `value`; the
+  workdir is never created."""
+  config = small_config(tiny_backbone)
+  section, field = dotted.split(".")
+  config[section][field] = value
+  with pytest.raises(UserError) as err:
+    pipeline.prepare(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+  return str(err.value)
+
+
 @pytest.mark.parametrize("section", ["train", "eval", "saliency", "adapler"])
 @pytest.mark.parametrize("size", [0, -4])
 def test_batch_sizes_below_one_are_refused_first(tiny_backbone, tmp_path, section, size):
-  config = small_config(tiny_backbone)
-  config[section].batch_size = size
-  with pytest.raises(UserError) as err:
-    pipeline.prepare(config, tmp_path / "run")
-  assert str(err.value) == (f"config {section}.batch_size is {size}; it must be at least 1 "
-                            f"(e.g. --config.{section}.batch_size=32)")
-  assert not (tmp_path / "run").exists()
+  assert refused_first(tiny_backbone, tmp_path, f"{section}.batch_size", size) == (
+      f"config {section}.batch_size is {size}; it must be at least 1 "
+      f"(e.g. --config.{section}.batch_size=32)")
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.0])
 def test_search_floor_ratio_outside_zero_one_is_refused_first(tiny_backbone, tmp_path, ratio):
-  config = small_config(tiny_backbone)
-  config.search.floor_ratio = ratio
-  with pytest.raises(UserError) as err:
-    pipeline.prepare(config, tmp_path / "run")
-  assert str(err.value) == (f"config search.floor_ratio is {ratio}; it must lie in [0, 1) (0: "
-                            "the smallest trained sub-model), e.g. --config.search.floor_ratio=0.25")
-  assert not (tmp_path / "run").exists()
+  assert refused_first(tiny_backbone, tmp_path, "search.floor_ratio", ratio) == (
+      f"config search.floor_ratio is {ratio}; it must lie in [0, 1) (0: the smallest trained "
+      "sub-model), e.g. --config.search.floor_ratio=0.25")
 
 
 @pytest.mark.parametrize("length", [1, 0])
 def test_max_length_below_two(tiny_backbone, tmp_path, length):
-  config = small_config(tiny_backbone)
-  config.data.max_length = length
-  with pytest.raises(UserError) as err:
-    pipeline.prepare(config, tmp_path / "run")
-  assert str(err.value) == (f"config data.max_length is {length}; it must be at least 2 "
-                            "([CLS] and [SEP]), e.g. --config.data.max_length=128")
+  assert refused_first(tiny_backbone, tmp_path, "data.max_length", length) == (
+      f"config data.max_length is {length}; it must be at least 2 ([CLS] and [SEP]), e.g. "
+      "--config.data.max_length=128")
 
 
 def test_unknown_frozen_group(tiny_backbone, tmp_path):
-  config = small_config(tiny_backbone)
-  config.adapler.frozen = "speed, cutoffs"
-  with pytest.raises(UserError) as err:
-    pipeline.prepare(config, tmp_path / "run")
-  assert str(err.value) == ("config adapler.frozen names cutoffs, not a parameter group; use "
-                            "any of speed,predictors,model, e.g. "
-                            "--config.adapler.frozen=speed,predictors")
-  assert not (tmp_path / "run").exists()
+  assert refused_first(tiny_backbone, tmp_path, "adapler.frozen", "speed, cutoffs") == (
+      "config adapler.frozen names cutoffs, not a parameter group; use any of "
+      "speed,predictors,model, e.g. --config.adapler.frozen=speed,predictors")
 
 
 def test_non_utf8_data_file_names_the_file_and_line(tmp_path):
