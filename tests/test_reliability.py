@@ -378,6 +378,21 @@ def test_max_length_below_two(tiny_backbone, tmp_path, length):
       "--config.data.max_length=128")
 
 
+def test_a_run_written_before_a_field_existed_still_loads(tmp_path):
+  """A stored config gets the fields added since at their defaults; its own values stay, and
+  it passes the checks a run makes before it starts."""
+  config = pipeline.base_config("demo", 16)
+  config.search.iterations = 3
+  stored = json.loads(config.to_json())
+  del stored["search"]["floor_ratio"], stored["compilation_cache"]
+  (tmp_path / "config.json").write_text(json.dumps(stored))
+  loaded = pipeline.read_config(tmp_path)
+  assert loaded.search.floor_ratio == 0.0 and loaded.compilation_cache is True
+  assert loaded.search.iterations == 3 and loaded.to_dict().keys() == config.to_dict().keys()
+  from adapler_jax.pipeline import checks  # pylint: disable=g-import-not-at-top
+  checks.check_config(loaded)
+
+
 def test_unknown_frozen_group(tiny_backbone, tmp_path):
   assert refused_first(tiny_backbone, tmp_path, "adapler.frozen", "speed, cutoffs") == (
       "config adapler.frozen names cutoffs, not a parameter group; use any of "

@@ -303,6 +303,23 @@ def find_field(config: ml_collections.ConfigDict, key: str,
                   "KEY=VALUE with a dotted key such as adapler.phi=1e-3")
 
 
+def with_new_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config`, a run's stored config, given every field of `base_config` it lacks at that
+  field's default, in place: a run written before a field existed still loads, and the
+  default keeps the behaviour the run had."""
+  defaults = base_config(config.task, config.data.max_length)
+  for key in dotted(defaults):
+    if _get(config, key) is _MISSING:
+      *sections, leaf = key.split(".")
+      node = config
+      for section in sections:
+        if section not in node:
+          node[section] = ml_collections.ConfigDict()
+        node = node[section]
+      node[leaf] = _get(defaults, key)
+  return config
+
+
 def dotted(config: ml_collections.ConfigDict, prefix: str = ""):
   """Every field of `config` as a dotted key (`train.epochs`), sections in order."""
   for k, v in config.items():

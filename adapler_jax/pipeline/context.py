@@ -24,6 +24,7 @@ from adapler_jax.models.adapler import AdapLeRConfig
 from adapler_jax.models.bert import EncoderConfig
 from adapler_jax.models.heads import ClassifierConfig, Head
 from adapler_jax.pipeline import checks
+from adapler_jax.pipeline import config as config_lib
 from adapler_jax.pipeline import workdir as workdir_lib
 from adapler_jax.train import parallel
 from adapler_jax.train.metric_writer import MetricWriter
@@ -266,4 +267,4 @@ def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
   path = workdir_lib.check_dir(workdir) / CONFIG_FILE
   if not path.exists():
     raise UserError(f"{path} is missing; pass the --workdir of a train.py run")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return config_lib.with_new_fields(ml_collections.ConfigDict(json.loads(path.read_text())))
