@@ -45,8 +45,9 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int = 10_000, s
     raise ValueError(f"paired bootstrap needs resamples >= 1 and a level in (0, 1), got "
                      f"{resamples} and {level}")
   diff, rng = b - a, np.random.default_rng(seed)
+  chunks = [min(1000, resamples - start) for start in range(0, resamples, 1000)]  # bounded memory.
   means = np.concatenate([diff[rng.integers(0, len(diff), (n, len(diff)))].mean(axis=1)
-                          for n in np.diff(np.r_[0:resamples:1000, resamples])])
+                          for n in chunks])
   tail = (1 - level) / 2
   low, high = np.quantile(means, [tail, 1 - tail])
   out = {"mean": float(diff.mean()), "low": float(low), "high": float(high), "level": level,
