@@ -19,7 +19,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adapler_jax.models import walk
 from adapler_jax.models.bert import Bert, EncoderConfig, _dense
 from adapler_jax.models.dropout import Dropout
 

@@ -9,18 +9,17 @@ Workdir layout (besides the shared `config.json`, `finetune/`, `metrics.jsonl`):
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import jax
-import numpy as np
 import optax
 
 from adapler_jax.data import TRAIN_BUCKETS, num_train_steps
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.pipeline import phases
+from adapler_jax.pipeline import summary as summary_lib
 from adapler_jax.pipeline import workdir as workdir_lib
 from adapler_jax.pipeline.context import Run
 from adapler_jax.reduce import lengths
@@ -158,23 +157,18 @@ def summarize(run: Run, seconds: float | None = None, config=None) -> dict[str, 
           "lat": evaluate_at(run, params, data, None),
           "lat_reduced": evaluate_at(run, params, data, config)}
   summary = {
-      "task": run.task.name, "method": "lat", "split": run.config.eval.split,
-      "metric_name": run.metric_name, "length_config": list(config),
-      "length_base": run.config.lat.length_base, "lengthdrop_step": step,
-      "backbone_dev_metric": backbone_dev,
+      **summary_lib.common_fields(run, data, seconds), "method": "lat",
+      "length_config": list(config), "length_base": run.config.lat.length_base,
+      "lengthdrop_step": step, "backbone_dev_metric": backbone_dev,
       **{f"{name}_metric": r["metric"] for name, r in rows.items()},
       "flops_speedup_padded": rows["lat_reduced"]["flops_speedup_padded"],
       "flops_speedup_actual": rows["lat_reduced"]["flops_speedup_actual"],
       "mean_kept_tokens_per_layer": rows["lat_reduced"]["kept_tokens_per_layer"],
-      "mean_length": float(np.mean(data.lengths)), "eval_examples": len(data),
-      "train_examples": len(run.dataset("train")), "seconds": seconds,
-      "backbone": run.config.backbone,
   }
   if run.task.is_span:
     for name, r in rows.items():
-      summary.update(phases.span_scores(name, r))
-  if run.is_main_process:
-    (run.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+      summary.update(summary_lib.span_scores(name, r))
+  summary_lib.write(run, summary)
   return summary
 
 
@@ -190,19 +184,13 @@ def run_all(run: Run) -> dict[str, Any]:
 
 def format_summary(summary: dict[str, Any]) -> str:
   """A short table for the terminal."""
-  score = lambda name: phases.format_score(summary, name)
-  label = phases.score_label(summary)
-  rows = [
-      ("task / split", f"{summary['task']} / {summary['split']} ({summary['eval_examples']} "
-                       f"examples, mean length {summary['mean_length']:.1f})"),
+  score = lambda name: summary_lib.format_score(summary, name)
+  label = summary_lib.score_label(summary)
+  return summary_lib.format_table(summary, [
       ("length config", f"{summary['length_config']} ({summary['length_base']} base)"),
       (f"standard {label}", f"{score('standard')} full, {score('standard_reduced')} reduced"),
       (f"LAT {label}", f"{score('lat')} full, {score('lat_reduced')} reduced"),
       ("FLOPs speedup", f"{summary['flops_speedup_padded']:.2f}x padded MACs, "
                         f"{summary['flops_speedup_actual']:.2f}x actual-length FLOPs"),
-      ("kept tokens / layer", " ".join(f"{k:.1f}" for k in summary["mean_kept_tokens_per_layer"])),
-  ]
-  if summary.get("seconds"):
-    rows.append(("wall time", f"{summary['seconds'] / 60:.1f} min"))
-  width = max(len(k) for k, _ in rows)
-  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+      ("kept tokens / layer", summary_lib.format_kept(summary)),
+  ])

@@ -29,6 +29,7 @@ from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.models import adapler
 from adapler_jax.pipeline import checks
+from adapler_jax.pipeline import summary as summary_lib
 from adapler_jax.pipeline import workdir as workdir_lib
 from adapler_jax.pipeline.context import Run
 from adapler_jax.train import adapler_step, classifier, optim, parallel
@@ -416,64 +417,31 @@ def summarize(run: Run, backbone_metric: float | None = None,
                                    batch_size=run.config.eval.batch_size,
                                    flops_mode=run.config.eval.flops)
   summary = {
-      "task": run.task.name,
-      "split": split,
-      "metric_name": run.metric_name,
+      **summary_lib.common_fields(run, data, seconds),
       "backbone_metric": backbone["metric"],
       "adapler_metric": result["metric"],
       "flops_speedup": result["flops_speedup"],
       "mean_kept_tokens_per_layer": result["kept_tokens_per_layer"],
-      "mean_length": float(np.mean(data.lengths)),
-      "train_examples": len(run.dataset("train")),
-      "eval_examples": len(data),
-      "seconds": seconds,
       "adapler_step": step,
       "selection": rule,
-      "backbone": run.config.backbone,
   }
   if run.task.is_span:
-    summary.update({**span_scores("backbone", backbone), **span_scores("adapler", result)})
-  if run.is_main_process:
-    workdir_lib.atomic_write_text(run.workdir / "summary.json", json.dumps(summary, indent=2))
+    summary.update({**summary_lib.span_scores("backbone", backbone),
+                    **summary_lib.span_scores("adapler", result)})
+  summary_lib.write(run, summary)
   return summary
-
-
-def span_scores(name: str, result: dict[str, Any]) -> dict[str, float]:
-  """Span QA: a report's exact match and F1 (percent) as `{name}_exact_match`, `{name}_f1`."""
-  return {f"{name}_exact_match": result["exact_match"], f"{name}_f1": result["f1"]}
-
-
-def score_label(summary: dict[str, Any]) -> str:
-  """What `format_score` shows: the metric's name, or "EM / F1" for span QA."""
-  return ("EM / F1" if any(k.endswith("_exact_match") for k in summary)
-          else summary["metric_name"])
-
-
-def format_score(summary: dict[str, Any], name: str) -> str:
-  """`name`'s metric in percent; span QA: exact match / F1."""
-  if f"{name}_exact_match" in summary:
-    return f"{summary[f'{name}_exact_match']:.2f} / {summary[f'{name}_f1']:.2f}"
-  return f"{100 * summary[f'{name}_metric']:.2f}"
 
 
 def format_summary(summary: dict[str, Any]) -> str:
   """A short table for the terminal."""
-  kept = " ".join(f"{k:.1f}" for k in summary["mean_kept_tokens_per_layer"])
-  label = score_label(summary)
-  rows = [
-      ("task / split", f"{summary['task']} / {summary['split']} "
-                       f"({summary['eval_examples']} examples, mean length "
-                       f"{summary['mean_length']:.1f})"),
-      (f"backbone {label}", format_score(summary, "backbone")),
-      (f"AdapLeR {label}", format_score(summary, "adapler")),
+  label = summary_lib.score_label(summary)
+  return summary_lib.format_table(summary, [
+      (f"backbone {label}", summary_lib.format_score(summary, "backbone")),
+      (f"AdapLeR {label}", summary_lib.format_score(summary, "adapler")),
       ("FLOPs speedup", f"{summary['flops_speedup']:.2f}x"),
-      ("kept tokens / layer", kept),
+      ("kept tokens / layer", summary_lib.format_kept(summary)),
       ("train examples", str(summary["train_examples"])),
-  ]
-  if summary.get("seconds"):
-    rows.append(("wall time", f"{summary['seconds'] / 60:.1f} min"))
-  width = max(len(k) for k, _ in rows)
-  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+  ])
 
 
 # ----------------------------------------------------------------------------- trained runs
@@ -511,7 +479,7 @@ def load_run(workdir) -> TrainedRun:
   from adapler_jax.pipeline.context import prepare, read_config  # pylint: disable=g-import-not-at-top
   run = prepare(read_config(workdir), workdir, record=False)
   _, backbone_params, backbone_metric = load_finetuned(run, 1)[0]
-  summary_path = run.workdir / "summary.json"
+  summary_path = run.workdir / summary_lib.FILE
   if summary_path.exists():
     step = json.loads(summary_path.read_text())["adapler_step"]
   else:

@@ -3,7 +3,6 @@ class's, or for span QA the gold start's plus the gold end's."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import jax
