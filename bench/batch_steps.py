@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import timing  # bench/timing.py  # pylint: disable=wrong-import-position
 from adapler_jax.cli import run_cli  # pylint: disable=wrong-import-position
+from adapler_jax.files import atomic_write_text  # pylint: disable=wrong-import-position
 
 
 def parse_args(argv=None):
@@ -80,7 +81,7 @@ def main(argv=None) -> None:
     print(f"{name:28s} {rows[-1]['step_ms_per_example']:.3f} ms per example, "
           f"{rows[-1]['speed_over_full']:.3f} of ours-full's speed")
   if args.out:
-    pathlib.Path(args.out).write_text(json.dumps(rows, indent=1))
+    atomic_write_text(pathlib.Path(args.out), json.dumps(rows, indent=1))
     print(f"wrote {args.out}")
 
 

@@ -47,6 +47,7 @@ from absl import logging
 from adapler_jax import pipeline
 from adapler_jax.cli import run_cli
 from adapler_jax.errors import UserError
+from adapler_jax.files import atomic_write_text
 from adapler_jax.pipeline import adapler_search, frontier
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -283,7 +284,7 @@ def main(argv=None) -> None:
     picked = under_budgets(result, budgets, args.budget_cost)
     result["under_budgets"] = {"cost": args.budget_cost,
                                "points": {f"{b:g}": row for b, row in picked.items()}}
-  out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+  atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2))
   plot(result, out.with_suffix(".png"), args.min_cost)
   print(table(result))
   if budgets:

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from adapler_jax.cli import CACHE_ENV  # pylint: disable=g-import-not-at-top,wrong-import-position
+from adapler_jax.files import atomic_write_text  # pylint: disable=wrong-import-position
 
 
 def entries(cache: Path) -> int:
@@ -79,7 +80,7 @@ def main() -> None:
         f"{result['first_over_second_cpu']}x CPU; new entries in the second run: "
         f"{result['new_entries_in_second_run']}")
   if args.out:
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -107,9 +107,10 @@ def main(argv=None) -> None:
   print(f"({threads} thread(s), {args.repeats} interleaved repeats; ms per call, median "
         "[min-max]: XLA default, XLA dots, speedup)")
   if args.out:
+    from adapler_jax.files import atomic_write_text  # pylint: disable=g-import-not-at-top
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"threads": threads, "repeats": args.repeats,
-                                          "rows": rows}, indent=2))
+    atomic_write_text(Path(args.out), json.dumps({"threads": threads, "repeats": args.repeats,
+                                                  "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 
 

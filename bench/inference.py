@@ -62,6 +62,7 @@ sys.path.insert(0, str(REPO / "bench"))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from adapler_jax import environment
 from adapler_jax.cli import run_cli
+from adapler_jax.files import atomic_write_text
 from adapler_jax.data import (DEFAULT_BUCKETS, eval_batches, get_task, load_split, subset,
                               tokenize, transfer_task)
 from adapler_jax.data.tokenize import TokenizedDataset
@@ -603,7 +604,7 @@ def main(argv=None) -> None:
     print(f"# {task}: {setup.source}", flush=True)
     rows += benchmark(setup, [int(b) for b in args.batch_sizes.split(",")], systems, args,
                       {**meta, "mode": "random-cp" if random_cp else "trained"})
-    out.write_text(json.dumps(rows, indent=1) + "\n")  # each task's rows survive a later one.
+    atomic_write_text(out, json.dumps(rows, indent=1) + "\n")  # each task's rows survive a later one.
     jax.clear_caches()  # a task's programs: a long multi-task run once ran out of JIT memory.
   print_table(rows)
   print(f"wrote {len(rows)} rows to {out}")

@@ -74,9 +74,10 @@ def main(argv=None) -> None:
   result = {"backbone": "minilm", "head": args.head, "batch_size": b, "length": t,
             "num_sandwich": args.num_sandwich, "bytes": rows, "scratch_ratio": ratio,
             "environment": environment.describe()}
+  from adapler_jax.files import atomic_write_text  # pylint: disable=g-import-not-at-top
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2) + "\n")
+  atomic_write_text(out, json.dumps(result, indent=2) + "\n")
   print(f"wrote {out}")
 
 

@@ -27,6 +27,7 @@ from absl import logging
 from adapler_jax import extras, pipeline
 from adapler_jax.cli import run_cli
 from adapler_jax.errors import UserError
+from adapler_jax.files import atomic_write_text
 from adapler_jax.eval import report
 from adapler_jax.infer import flops
 from adapler_jax.pipeline import lat_phases
@@ -108,7 +109,7 @@ def main() -> None:
   result = sweep(args.workdir, ratios)
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+  atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2))
   plot(result, out.with_suffix(".png"))
   print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.png')}")
 

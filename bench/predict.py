@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from adapler_jax import environment
 from adapler_jax.cli import run_cli
+from adapler_jax.files import atomic_write_text
 from adapler_jax.data import load_split
 from adapler_jax.errors import UserError
 from adapler_jax.serve import Predictor
@@ -100,7 +101,7 @@ def main() -> None:
   result["environment"] = {**environment.describe(), "load_average": os.getloadavg()}
   print(table(result))
   Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+  atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
   print(f"wrote {args.out}")
 
 

@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 from adapler_jax.cli import run_cli
 from adapler_jax.data.squad import load_squad
 from adapler_jax.errors import UserError
+from adapler_jax.files import atomic_write_text
 from adapler_jax.eval import squad as squad_eval
 from adapler_jax.eval.metrics import paired_bootstrap
 
@@ -88,7 +89,7 @@ def main() -> None:
           f"{r['mean']:+8.2f} [{r['low']:+.2f}, {r['high']:+.2f}] {r['share_at_least']:13.3f}")
   if args.out:
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

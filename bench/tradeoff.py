@@ -40,6 +40,7 @@ from absl import logging
 from adapler_jax import pipeline
 from adapler_jax.cli import run_cli
 from adapler_jax.errors import UserError
+from adapler_jax.files import atomic_write_text
 from adapler_jax.eval import report, tradeoff
 from adapler_jax.pipeline.config import apply_overrides
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -128,7 +129,7 @@ def main(argv=None) -> None:
   out = Path(args.out or REPO / "bench" / "results" / f"tradeoff_{result['task']}")
   out.parent.mkdir(parents=True, exist_ok=True)
   json_path = out.with_name(out.name + ".json")
-  json_path.write_text(json.dumps(result, indent=2))
+  atomic_write_text(json_path, json.dumps(result, indent=2))
   png = tradeoff.plot_tradeoff(result, out.with_name(out.name + ".png"), args.title)
   for p in result["points"]:
     print(f"{p['label']:>14}  {result['metric_name']} {100 * p['metric']:6.2f}  "

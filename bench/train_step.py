@@ -205,9 +205,10 @@ def main(argv=None) -> None:
     result["torch"] = torch.__version__
   except ImportError:
     pass
+  from adapler_jax.files import atomic_write_text  # pylint: disable=g-import-not-at-top
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=1) + "\n")
+  atomic_write_text(out, json.dumps(result, indent=1) + "\n")
   print(f"wrote {out}")
 
 

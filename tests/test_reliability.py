@@ -23,6 +23,8 @@ from adapler_jax import environment, pipeline
 from adapler_jax.cli import run_cli
 from adapler_jax.data import load_split
 from adapler_jax.errors import DataError, InputError, UserError
+from adapler_jax.eval import rationale
+from adapler_jax.eval import squad as squad_eval
 from adapler_jax.models import adapler
 from adapler_jax.models.bert import EncoderConfig
 from adapler_jax.pipeline import workdir as workdir_lib
@@ -482,4 +484,17 @@ def test_atomic_write_keeps_the_old_file_until_the_rename(tmp_path, monkeypatch)
   monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
   with pytest.raises(KeyboardInterrupt):
     workdir_lib.atomic_write_text(path, "new " * 1000)
+  assert path.read_text() == "old"
+
+
+@pytest.mark.parametrize("write", [
+    lambda path: squad_eval.write_predictions({"q1": "new " * 1000}, path.parent),
+    lambda path: rationale.write_json({"new": "new " * 1000}, path),
+], ids=["squad_predictions", "rationale_report"])
+def test_result_writers_keep_the_old_file_until_the_rename(tmp_path, monkeypatch, write):
+  path = tmp_path / squad_eval.PREDICTIONS_FILE
+  path.write_text("old")
+  monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+  with pytest.raises(KeyboardInterrupt):
+    write(path)
   assert path.read_text() == "old"

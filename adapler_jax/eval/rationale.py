@@ -48,6 +48,7 @@ import numpy as np
 from adapler_jax import extras
 from adapler_jax.data import TokenizedDataset, eval_batches
 from adapler_jax.errors import UserError
+from adapler_jax.files import atomic_write_text
 from adapler_jax.models import walk
 from adapler_jax.models.bert import (EncoderConfig, Embeddings, attention_bias_from_mask,
                                      attention_probs)
@@ -411,7 +412,7 @@ def chance_levels(data: TokenizedDataset) -> dict[str, float | None]:
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(result, indent=2))
+  atomic_write_text(path, json.dumps(result, indent=2))
   return path
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from adapler_jax.data.squad import SpanFeatures, SquadDataset, SquadExample, windows_of
+from adapler_jax.files import atomic_write_text
 
 N_BEST = 20
 MAX_ANSWER_LENGTH = 30
@@ -124,8 +125,7 @@ def span_predictions(start_logits: np.ndarray, end_logits: np.ndarray, features:
 def write_predictions(predictions: Mapping[str, str], directory: str | os.PathLike[str]) -> Path:
   """`predictions.json` (`{id: text}`, the official format) in `directory`; its path."""
   path = Path(directory) / PREDICTIONS_FILE
-  path.write_text(json.dumps(dict(predictions), ensure_ascii=False, indent=1) + "\n",
-                  encoding="utf-8")
+  atomic_write_text(path, json.dumps(dict(predictions), ensure_ascii=False, indent=1) + "\n")
   return path
 
 

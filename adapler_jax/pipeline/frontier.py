@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from adapler_jax import extras
 from adapler_jax.data import TokenizedDataset
 from adapler_jax.errors import UserError
+from adapler_jax.files import atomic_write_text
 from adapler_jax.pipeline.context import Run
 from adapler_jax.search import evolution as evo
 from adapler_jax.train.checkpoints import Checkpointer
@@ -103,7 +104,7 @@ def save(run: Run, store: evo.Store, result: dict[str, Any], title: str) -> None
   """Writes `frontier.json` and its plot (main process only)."""
   if run.is_main_process:
     directory = run.workdir / SEARCH_DIR
-    (run.workdir / FRONTIER_FILE).write_text(json.dumps(result, indent=2))
+    atomic_write_text(run.workdir / FRONTIER_FILE, json.dumps(result, indent=2))
     plot(store, result, directory / "frontier.png", f"{run.task.name}: {title} "
          f"({result['held_out_rows']} held-out rows)")
 
