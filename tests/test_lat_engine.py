@@ -72,3 +72,18 @@ def test_a_second_adaptive_engine_compiles_nothing():
                             buckets=(8, 16, 32)).run(data)
   assert counter.count == 0
   np.testing.assert_array_equal(first.logits, second.logits)
+
+
+def test_data_tokenized_off_the_engine_buckets_runs_at_its_own_width():
+  """Rows padded to 24, an engine whose buckets jump from 16 to 32: no layer is planned
+  wider than its input, and the engine equals the masked path."""
+  cfg = ClassifierConfig(TINY, 2)
+  params = classifier.init_classifier(jax.random.key(1), TINY, 2)
+  data = synthetic(20, 24, seed=7)
+  for base in ("padded", "actual"):
+    flags = SelectionFlags(length_base=base)
+    got = LengthEngine(cfg, params, (30, 20), base=32, flags=flags, batch_size=8,
+                       max_length=32, buckets=(8, 16, 32)).run(data)
+    masked = report.masked_lat_logits(cfg, params, data, (30, 20), base=32, flags=flags,
+                                      batch_size=8)
+    np.testing.assert_allclose(got.logits, masked, atol=1e-5, rtol=0)

@@ -195,6 +195,11 @@ class _Engine:
   def _batch_widths(self, data: TokenizedDataset) -> tuple[int, ...]:
     return bucket_lengths(data.max_length, self.buckets)
 
+  def _grid_widths(self, width: int) -> tuple[int, ...]:
+    """The widths a batch padded to `width` may run on: the engine's narrower ones and its
+    own (data tokenized at a length that is not one of the engine's buckets pads to it)."""
+    return (*(w for w in self.widths if w < width), width)
+
   def run(self, data: TokenizedDataset, *, return_rationales: bool = False,
           progress: bool = False) -> EngineResult:
     """Runs every example of `data` once; results come back in dataset order."""
@@ -430,8 +435,8 @@ class FullLengthEngine(_Engine):
     lengths = batch["attention_mask"].sum(axis=1, dtype=np.int32)
     num, width = batch["input_ids"].shape
     enc = self.cfg.encoder
-    grid = layout.plan(lengths, self.widths, self.row_counts()[1:], enc.hidden_size,
-                       enc.intermediate_size)
+    grid = layout.plan(lengths, self._grid_widths(width), self.row_counts()[1:],
+                       enc.hidden_size, enc.intermediate_size)
     if grid.packed:
       idx, seg = layout.gather_indices(grid, lengths, np.arange(num) * width, num * width)
       real = seg >= 0
@@ -495,13 +500,15 @@ class LengthEngine(_Engine):
     """Distinct (rows, input width, layer widths) programs run so far."""
     return self._shape_counts("forward")["forward"]
 
-  def plan(self, n: np.ndarray):
-    """For lengths n (E,): tokens to keep (L, E), real tokens kept (E, L), layer widths
-    and whether each layer drops anything (a layer that keeps all skips the selection)."""
+  def plan(self, n: np.ndarray, width: int):
+    """For lengths n (E,) padded to `width`: tokens to keep (L, E), real tokens kept (E, L),
+    layer widths and whether each layer drops anything (a layer that keeps all skips the
+    selection)."""
     config = self.config or (self.base,) * self.cfg.num_layers
     counts = lengths_lib.keep_counts(np.asarray(config), n, self.base, self.flags.length_base)
     real = lengths_lib.real_counts(config, n, self.base, self.flags.length_base)
-    widths = tuple(layout.smallest_width(int(c), self.widths) for c in real.max(axis=0))
+    widths = tuple(layout.smallest_width(int(c), self._grid_widths(width))
+                   for c in real.max(axis=0))
     entering = np.concatenate([np.asarray(n)[:, None], real[:, :-1]], axis=1)
     selects = tuple(bool(s) for s in (real < entering).any(axis=0))
     return counts.astype(np.int32), real, widths, selects
@@ -517,7 +524,7 @@ class LengthEngine(_Engine):
   def _call(self, input_ids, token_type_ids, n):
     """The program's outputs on one batch, the real tokens each layer keeps and the layer
     widths, both planned here on the host."""
-    counts, real, widths, selects = self.plan(n)
+    counts, real, widths, selects = self.plan(n, input_ids.shape[1])
     small = self._small_dots([len(n) * w for w in widths])  # the grids the layers run on.
     out = self._forward(self._params, input_ids, token_type_ids, n, counts, widths,
                         selects=selects, small=small)
