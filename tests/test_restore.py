@@ -354,3 +354,21 @@ def test_engines_with_restore_equal_references_on_squad_windows(shared_data, tok
   if not path.exists():
     pytest.skip(f"{path} is absent")
   check_engines(*squad_windows(path, tokenizer, 5))
+
+
+def test_a_span_model_that_drops_every_token_restores_them_all():
+  """eta far above 1 at the last layer (a search may scale it so): no token enters that
+  layer, every one comes back with its first layer's output, in the engine and the
+  per-example reference alike."""
+  n = np.array([16, 13, 9, 6], np.int32)
+  batch = _batch(n)
+  data = TokenizedDataset(batch["input_ids"], batch["token_type_ids"], n,
+                          np.zeros(len(n), np.int32), [str(i) for i in range(len(n))], "span")
+  cfg, params = adapler_config(), adapler_params()
+  params["speed"]["eta"] = params["speed"]["eta"].at[-1].set(100.0)  # S~ <= 1 < 100 / n.
+  want = per_example_run(cfg, params, data)
+  got = AdaptiveEngine(cfg, params, batch_size=4, max_length=T, buckets=(8, 16)).run(data)
+  assert (want.kept_counts[:, -1] == 0).all() and (want.kept_counts[:, 0] > 0).all()
+  np.testing.assert_array_equal(got.kept_counts, want.kept_counts)
+  real = batch["attention_mask"]
+  np.testing.assert_allclose(got.logits[real], want.logits[real], atol=1e-4, rtol=0)

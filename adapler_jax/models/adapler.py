@@ -216,16 +216,18 @@ def _feed_forward(enc: EncoderConfig, layer_params, x):
 
 
 class _JitLayer:
-  """A layer whose halves run as jitted calls (for the host-side reference walk)."""
+  """A layer whose halves run as jitted calls (for the host-side reference walk). A span
+  model may drop every token (eta above 1, as a search scales it): the layers after that
+  run on nothing and hand back their empty input."""
 
   def __init__(self, enc: EncoderConfig, params):
     self.enc, self.params = enc, params
 
   def attend(self, x, bias, *, deterministic=True, return_probs=False):
-    return _attend(self.enc, self.params, x, bias), None
+    return (x if x.shape[-2] == 0 else _attend(self.enc, self.params, x, bias)), None
 
   def feed_forward(self, x, *, deterministic=True):
-    return _feed_forward(self.enc, self.params, x)
+    return x if x.shape[-2] == 0 else _feed_forward(self.enc, self.params, x)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
