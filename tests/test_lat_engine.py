@@ -1,5 +1,7 @@
 """The batched LAT engine (gather path) against the masked path, and compile reuse."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from adapler_jax.data import load_split, subset, tokenize
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.infer import LengthEngine
+from adapler_jax.models import lat
 from adapler_jax.models.heads import ClassifierConfig
 from adapler_jax.reduce import lengths
 from adapler_jax.reduce.significance import SelectionFlags
@@ -55,6 +58,22 @@ def test_engine_validates_the_config():
   params = classifier.init_classifier(jax.random.key(1), TINY, 2)
   with pytest.raises(UserError, match="non-increasing"):
     LengthEngine(cfg, params, (8, 12), max_length=32)
+
+
+def test_a_classifier_refuses_a_selection_that_lets_cls_go():
+  """The head reads [CLS]: both paths refuse `keep_cls=False` rather than read another
+  token (gather path) or [CLS]'s stale vector (masked path)."""
+  cfg = ClassifierConfig(TINY, 2)
+  params = classifier.init_classifier(jax.random.key(1), TINY, 2)
+  flags = SelectionFlags(keep_cls=False)
+  message = "SelectionFlags(keep_cls=False) lets [CLS] go, but a classification head reads it"
+  with pytest.raises(UserError, match=re.escape(message)):
+    LengthEngine(cfg, params, (8, 4), flags=flags, max_length=32)
+  data = synthetic(4, 16, seed=1)
+  batch = {"input_ids": data.input_ids, "token_type_ids": data.token_type_ids,
+           "attention_mask": np.arange(16) < data.lengths[:, None]}
+  with pytest.raises(UserError, match=re.escape(message)):
+    lat.masked_forward(TINY, 2, params, batch, np.array([8, 4]), base=16, flags=flags)
 
 
 def test_a_second_adaptive_engine_compiles_nothing():

@@ -346,10 +346,11 @@ def test_unknown_config_field():
                  "a dotted key such as adapler.phi=1e-3")
 
 
-def refused_first(tiny_backbone, tmp_path, dotted: str, value) -> str:
-  """The one-line error `pipeline.prepare` raises with config `dotted` set to `value`; the
-  workdir is never created."""
+def refused_first(tiny_backbone, tmp_path, dotted: str, value, method: str = "adapler") -> str:
+  """The one-line error `pipeline.prepare` raises with config `dotted` set to `value` (in a
+  run of `method`); the workdir is never created."""
   config = small_config(tiny_backbone)
+  config.method = method
   section, field = dotted.split(".")
   config[section][field] = value
   with pytest.raises(UserError) as err:
@@ -364,6 +365,12 @@ def test_batch_sizes_below_one_are_refused_first(tiny_backbone, tmp_path, sectio
   assert refused_first(tiny_backbone, tmp_path, f"{section}.batch_size", size) == (
       f"config {section}.batch_size is {size}; it must be at least 1 "
       f"(e.g. --config.{section}.batch_size=32)")
+
+
+def test_lat_letting_cls_go_on_a_classification_task_is_refused_first(tiny_backbone, tmp_path):
+  assert refused_first(tiny_backbone, tmp_path, "lat.keep_cls", False, method="lat") == (
+      "config lat.keep_cls is False, but task demo classifies from [CLS]; keep it "
+      "(--config.lat.keep_cls=True)")
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.0])

@@ -486,6 +486,7 @@ class LengthEngine(_Engine):
     super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length,
                      device=device, ffn_chunk_rows=ffn_chunk_rows)
     self.base = base or max_length
+    lat.check_flags(task_head(cfg), flags)
     self.flags = flags
     self.config = (None if config is None else lengths_lib.validate_config(
         config, self.base, cfg.num_layers, keep_cls=flags.keep_cls))

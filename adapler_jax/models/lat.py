@@ -22,6 +22,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from adapler_jax.errors import InputError
 from adapler_jax.models import walk
 from adapler_jax.models.bert import Bert, EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import Head, as_head
@@ -29,6 +30,13 @@ from adapler_jax.reduce import lengths
 from adapler_jax.reduce.significance import GatherSelection, MaskedSelection, SelectionFlags
 
 Array = jax.Array
+
+
+def check_flags(head: Head, flags: SelectionFlags) -> None:
+  """A head that reads [CLS] needs the selection to keep it."""
+  if head.keep_cls and not flags.keep_cls:
+    raise InputError("SelectionFlags(keep_cls=False) lets [CLS] go, but a classification head "
+                     "reads it; keep it (keep_cls=True) or use a span head")
 
 
 def masked_forward(enc: EncoderConfig, head: int | Head, params: dict, batch: dict,
@@ -42,7 +50,9 @@ def masked_forward(enc: EncoderConfig, head: int | Head, params: dict, batch: di
   (B, T, 2) over the restored sequence). `base` is the padded length the config refers to
   (the task's max length).
   """
-  model = as_head(head).model(enc)
+  head = as_head(head)
+  check_flags(head, flags)
+  model = head.model(enc)
   valid = batch["attention_mask"].astype(bool)
   if config is None:
     policy, ctx = walk.FULL, attention_bias_from_mask(valid)
@@ -68,6 +78,7 @@ def gather_forward(enc: EncoderConfig, head: int | Head, params: dict, input_ids
   first. Returns logits (B, C), or for a span head (B, T, 2) over the restored sequence
   (padding holds its embedding output), and the trace (`lengths`, `positions` per layer)."""
   head = as_head(head)
+  check_flags(head, flags)
   bert = params["bert"]
   x = Bert(enc).apply({"params": {"embeddings": bert["embeddings"]}}, input_ids,
                       token_type_ids, method=Bert.embed)

@@ -60,6 +60,13 @@ def check_flops_mode(mode: str, task) -> None:
                     "(--config.eval.flops=analytic)")
 
 
+def check_keep_cls(config: ml_collections.ConfigDict, task) -> None:
+  """LAT may let [CLS] go only where the head reads every position (span QA)."""
+  if config.get("method") == "lat" and not config.lat.keep_cls and not task.is_span:
+    raise UserError(f"config lat.keep_cls is False, but task {task.name} classifies from [CLS]; "
+                    "keep it (--config.lat.keep_cls=True)")
+
+
 def check_checkpoints(run) -> None:
   """The workdir's checkpoints, if any, fit the models this run builds (same backbone shape,
   labels); raises a one-line `CheckpointError` before anything is overwritten."""

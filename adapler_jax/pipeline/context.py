@@ -210,6 +210,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
   checks.check_max_length(config, encoder)
   run = Run(config, workdir, task, encoder, backbone, tokenizer, MetricWriter(workdir), mesh)
   checks.check_flops_mode(config.eval.flops, task)
+  checks.check_keep_cls(config, task)
   if record:
     for split in ("train", "dev"):
       run.dataset(split)  # a bad data_dir fails here, before anything is written.
