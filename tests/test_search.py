@@ -157,3 +157,13 @@ def test_loops_end_under_their_attempt_cap(tmp_path):
                    initial=[(2, 2)], upper=2, floor_value=2, floor_cost=0.0,
                    settings=evo.SearchSettings(iterations=2, max_attempts=50))
   assert out["frontier"] == [(2, 2)] and calls == [(2, 2)]
+
+
+def test_frontier_area_counts_a_point_past_the_upper_cost_at_the_end():
+  """A costlier child with a better metric joins the frontier past `upper`: the area over
+  [lower, upper] may not shrink (its step would otherwise have a negative width)."""
+  scored = {(0,): (0.2, 0.80), (1,): (0.6, 0.85), (2,): (1.0, 0.90)}
+  before = evo.frontier_area(evo.pareto_front(scored), scored, 0.0, 1.0)
+  assert before == pytest.approx(0.8 * 0.4 + 0.85 * 0.4)
+  scored[(3,)] = (1.4, 0.95)
+  assert evo.frontier_area(evo.pareto_front(scored), scored, 0.0, 1.0) == pytest.approx(before)

@@ -94,10 +94,12 @@ def pareto_front(scored: dict[Gene, tuple[float, float]]) -> list[Gene]:
 
 def frontier_area(front: Sequence[Gene], scored: dict, lower: float, upper: float) -> float:
   """Normalised area under the frontier's step function over [lower, upper] cost (the
-  LAT paper's convergence measure): each point's metric holds until the next point."""
+  LAT paper's convergence measure): each point's metric holds until the next point. Costs
+  outside the range count at its ends, so a point past `upper` adds nothing and takes nothing
+  away."""
   if not front or upper <= lower:
     return 0.0
-  costs = [scored[g][0] for g in front] + [upper]
+  costs = [min(max(scored[g][0], lower), upper) for g in front] + [upper]
   return float(sum((costs[i + 1] - costs[i]) * scored[g][1] for i, g in enumerate(front))
                / (upper - lower))
 
