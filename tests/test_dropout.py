@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from adapler_jax.models import dense, dropout
 
@@ -44,3 +45,9 @@ def test_dense_dot_general_has_the_gradients_of_lax_dot_general():
   for a, b in zip(ours, ref):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(dense.dot_general(x, w, dims), jax.lax.dot_general(x, w, dims))
+
+
+@pytest.mark.parametrize("rate", [1 - 2 ** -18, 0.999999])
+def test_a_rate_that_rounds_to_one_drops_everything(rate):
+  mask = dropout.keep_mask(jax.random.key(0), rate, (4, 8))
+  assert mask.shape == (4, 8) and not mask.any()

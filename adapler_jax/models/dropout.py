@@ -62,6 +62,8 @@ def random_uint16(key: Array, shape: tuple[int, ...]) -> Array:
 def keep_mask(key: Array, rate: float, shape: tuple[int, ...]) -> Array:
   """Bool mask of `shape`, each element False with probability `rate` (to 2**-17)."""
   threshold = int(round(rate * 2 ** _BITS))
+  if threshold >= 2 ** _BITS:  # rate within 2**-17 of 1: every draw falls below it.
+    return jnp.zeros(shape, bool)
   return random_uint16(key, shape) >= jnp.uint16(threshold)
 
 
