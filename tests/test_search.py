@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from adapler_jax.errors import UserError
 from adapler_jax.search import evolution as evo
 
 UPPER, FLOOR_VALUE, LAYERS = 64, 2, 6
@@ -167,3 +168,13 @@ def test_frontier_area_counts_a_point_past_the_upper_cost_at_the_end():
   assert before == pytest.approx(0.8 * 0.4 + 0.85 * 0.4)
   scored[(3,)] = (1.4, 0.95)
   assert evo.frontier_area(evo.pareto_front(scored), scored, 0.0, 1.0) == pytest.approx(before)
+
+
+def test_a_search_whose_every_initial_config_is_below_the_floor_says_so(tmp_path):
+  calls = []
+  with pytest.raises(UserError, match=r"every initial config costs less than the search floor "
+                                      r"\(2 cost\)"):
+    evo.evolve(lambda g: calls.append(g) or 1.0, lambda g: {"cost": 1.0},
+               evo.Store(tmp_path / "s.jsonl"), initial=[(2, 2)], upper=2, floor_value=1,
+               floor_cost=2.0, settings=evo.SearchSettings(iterations=1))
+  assert calls == []  # nothing was scored.

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from adapler_jax.errors import UserError
 from adapler_jax.files import atomic_write_text
 
 Gene = tuple[int, ...]
@@ -245,6 +246,9 @@ def evolve(evaluate: Callable[[Gene], float | dict], cost: Callable[[Gene], dict
     return {g: (r[cost_key], r["metric"]) for g, r in store.records.items()}
 
   population = [g for g in initial if score(g)]
+  if not population:
+    raise UserError(f"every initial config costs less than the search floor ({floor_cost:g} "
+                    f"{cost_key}); lower the floor or start from costlier configs")
   lower_cost = floor_cost
   upper_cost = max(store.records[g][cost_key] for g in population)
   areas = []
