@@ -163,23 +163,20 @@ def stack(trace: list[Records]) -> Records:
 
 @dataclasses.dataclass(frozen=True)
 class ParamLayer:
-  """A `Layer` applied to its params: the layer interface for pure functions.
+  """A `Layer` applied to its params: the layer interface for pure functions at inference
+  (no dropout; training walks the Flax modules).
 
   `chunk_rows` runs the feed-forward block that many token rows at a time (it is
   position-wise, so values do not change; on CPU it keeps activations in cache).
-  `rng` enables dropout when a caller walks with `deterministic=False`.
   """
 
   cfg: Any  # EncoderConfig
   params: Any
   chunk_rows: int | None = None
-  rng: Array | None = None
 
   def _apply(self, *args, method, **kwargs):
     from adapler_jax.models.bert import Layer  # pylint: disable=g-import-not-at-top
-    rngs = None if self.rng is None else {"dropout": self.rng}
-    return Layer(self.cfg).apply({"params": self.params}, *args, method=method, rngs=rngs,
-                                 **kwargs)
+    return Layer(self.cfg).apply({"params": self.params}, *args, method=method, **kwargs)
 
   def attend(self, x: Array, bias: Array, *, deterministic: bool = True,
              return_probs: bool = False):
@@ -207,10 +204,7 @@ def row_chunks(total: int, rows: int) -> int:
   return 1
 
 
-def param_layers(cfg, bert_params, *, chunk_rows: int | None = None,
-                 rng: Array | None = None) -> list[ParamLayer]:
-  """The layers of a `Bert` params tree, in order, as `ParamLayer`s (dropout keys folded
-  per layer from `rng`)."""
+def param_layers(cfg, bert_params, *, chunk_rows: int | None = None) -> list[ParamLayer]:
+  """The layers of a `Bert` params tree, in order, as `ParamLayer`s."""
   from adapler_jax.models.bert import encoder_layer_params  # pylint: disable=g-import-not-at-top
-  return [ParamLayer(cfg, p, chunk_rows, None if rng is None else jax.random.fold_in(rng, l))
-          for l, p in enumerate(encoder_layer_params(cfg, bert_params))]
+  return [ParamLayer(cfg, p, chunk_rows) for p in encoder_layer_params(cfg, bert_params)]
