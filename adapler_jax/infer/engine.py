@@ -2,7 +2,7 @@
 
 Both iterate a `TokenizedDataset` in length-sorted batches padded to a bucket width
 (`data.eval_batches`), so the compiled shapes are bounded by (row counts x buckets)
-whatever the data, and speed comparisons between them are fair (README, "Batched inference engine").
+whatever the data, and speed comparisons between them are fair (docs/engine.md).
 
 AdapLeR runs each batch as one compiled program per (rows, input bucket)
 (`program.forward`, docs/engine.md)::
@@ -14,8 +14,8 @@ Each decision scores the tokens present, keeps those with S~ >= eta^l / n_exampl
 always). On the device, the survivors then go to the cheapest grid by the cost model
 (`flops.grid_cost`): one example per row at the smallest bucket holding the largest
 count, or several examples per row in fewer rows (attention stays within each example);
-a layer whose grid does not change only masks its dropped tokens. `per_example_run` is
-the reference: `hard_forward`, one example at a time.
+each layer gathers its grid's slots from the buffer, so its work follows its survivors.
+`per_example_run` is the reference: `hard_forward`, one example at a time.
 
 Use from Python::
 
@@ -383,9 +383,9 @@ class FullLengthEngine(_Engine):
       full AdapLeR params `{"model": ..., "speed": ...}` (predictors are ignored).
     batch_size, buckets, max_length, device, ffn_chunk_rows: as for `AdaptiveEngine`.
     folds: as for `AdaptiveEngine`: each batch runs on the cheaper of its padded grid and
-      a packed one of `batch_size // f` rows (bucket padding skipped), by the cost model
-      the adaptive engine's grids use (`layout.plan`). () runs one example per row, as
-      padded batches (and Hugging Face) do.
+      a packed one of `batch_size // f` rows (bucket padding skipped), planned on the host
+      (`layout.plan`) by the cost model the adaptive engine's grids use. () runs one
+      example per row, as padded batches (and Hugging Face) do.
   """
 
   def __init__(self, cfg: AdapLeRConfig, params: dict, *, batch_size: int = 32,

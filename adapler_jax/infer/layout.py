@@ -1,7 +1,7 @@
-"""Host-side planning: where each example's surviving tokens sit for the next layer.
-
-After every keep decision the host reads one count per example and lays the survivors out
-in a (rows, width) grid for the next layer call:
+"""Host-side planning of a batch's grid from one count per example: the full-length
+engine's choice between a padded and a packed batch (`FullLengthEngine`). The AdapLeR
+engine makes the same kind of choice per layer on the device (`program.choose`). The
+candidates:
 
 * unpacked: one example per row (`rows` = examples), `width` the smallest bucket holding
   the largest count: what a padded batch does;

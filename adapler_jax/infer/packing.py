@@ -1,4 +1,4 @@
-"""Pure, jittable pieces of bucketed inference (README, "Batched inference engine").
+"""Pure, jittable pieces of bucketed inference (docs/engine.md).
 
 A grid (rows, width) holds one example per row (unpacked, rows == examples) or several
 (packed, fewer rows): `seg` names each slot's example (-1 on padding and dropped

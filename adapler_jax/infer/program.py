@@ -16,8 +16,9 @@ many slots it holds, dropped ones included). Each layer::
 
 Every branch returns the buffer's shape, so one program per (rows, input width) serves
 any data; the work of each layer still shrinks with its grid. Nothing reaches the host
-until the outputs. The grids are static: `grids` lists them, the host's `layout.plan`
-makes the same choice (cheapest, padded on ties).
+until the outputs. The grids are static: `grids` lists them (widths up to the input's,
+plus the fine ones at few rows); `choose` takes the cheapest, padded on ties, as the host's
+`layout.plan` does for the full-length engine over its own candidates.
 
 Drop-and-restore (span heads, `head.restore`): beside the buffer, each example's sequence
 (E, W, H) at its original positions starts as the embeddings; after every layer the

@@ -1,4 +1,5 @@
-"""The AdapLeR train step: one forward pass, two gradients, one partitioned update.
+"""The AdapLeR train step: one forward pass, two backward passes (one per objective, both
+pulled through the same `jax.vjp`), one partitioned update.
 
 The model group (backbone, predictors, head) descends L_CE + gamma * L_CP; the speed
 group (eta, theta) descends L_CE + phi * L_LENGTH. theta is not in the forward graph:
@@ -39,7 +40,7 @@ class LossWeights:
 def adapler_grads(cfg: AdapLeRConfig, params: dict, batch: dict, lam: Array,
                   weights: LossWeights, *, rng: Array | None = None,
                   deterministic: bool = False):
-  """Gradients of both objectives from one forward pass.
+  """Gradients of both objectives from one forward pass (and two backward passes).
 
   Args:
     cfg: model shape. params: `{"model", "speed": {"eta", "theta"}}`.
