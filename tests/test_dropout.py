@@ -51,3 +51,20 @@ def test_dense_dot_general_has_the_gradients_of_lax_dot_general():
 def test_a_rate_that_rounds_to_one_drops_everything(rate):
   mask = dropout.keep_mask(jax.random.key(0), rate, (4, 8))
   assert mask.shape == (4, 8) and not mask.any()
+
+
+def test_plain_dots_off_cpu_or_on_request_allow_forward_mode(monkeypatch):
+  """The custom VJP is a CPU layout fix: elsewhere, or with ADAPLER_PLAIN_DOTS=1, the dense
+  matmul is `lax.dot_general` itself, so `jax.jvp` goes through it."""
+  x = jax.random.normal(jax.random.key(0), (4, 8))
+  w = jax.random.normal(jax.random.key(1), (8, 3))
+  dims = (((1,), (0,)), ((), ()))
+  f = lambda w: dense.dot_general(x, w, dims).sum()
+  with pytest.raises(TypeError, match="custom_vjp"):  # on this CPU backend, by default.
+    jax.jvp(f, (w,), (w,))
+  for backend, env in (("gpu", None), ("cpu", "1")):
+    monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+    if env:
+      monkeypatch.setenv("ADAPLER_PLAIN_DOTS", env)
+    value, tangent = jax.jvp(f, (w,), (w,))
+    np.testing.assert_allclose(tangent, value, rtol=1e-5)  # f is linear in w.

@@ -11,11 +11,15 @@ speed of the forward matmuls of the same size (MiniLM's feed-forward kernels: 25
 into an array of its own first (`optimization_barrier` stops XLA from folding the
 transpose back into the dot), so that the product is a plain (in, tokens) x (tokens, out)
 matmul. The forward, the input gradient and the values are those of `lax.dot_general`.
+Only programs traced for a CPU backend take it: elsewhere, and for forward-mode
+differentiation (`jax.jvp`, `jax.jacfwd`), which a custom VJP does not support, set
+`ADAPLER_PLAIN_DOTS=1` or trace for another backend to get `lax.dot_general` itself.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 
@@ -43,12 +47,18 @@ def _matmul_bwd(precision, res, g):
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+def cpu_kernel_gradients() -> bool:
+  """Whether dense layers take the CPU kernel-gradient layout: on a CPU backend, unless
+  `ADAPLER_PLAIN_DOTS=1`."""
+  return jax.default_backend() == "cpu" and os.environ.get("ADAPLER_PLAIN_DOTS") != "1"
+
+
 def dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
                 preferred_element_type=None) -> Array:
   """`lax.dot_general` for `flax.linen.Dense` (`dot_general=`): (..., in) x (in, out)."""
   (lc, rc), (lb, rb) = dimension_numbers
   if (tuple(lc), tuple(rc), tuple(lb), tuple(rb)) != ((lhs.ndim - 1,), (0,), (), ()) or (
-      preferred_element_type is not None):
+      preferred_element_type is not None) or not cpu_kernel_gradients():
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type)
   return _matmul(lhs, rhs, precision)
