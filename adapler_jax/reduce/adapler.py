@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adapler_jax.models.bert import NEG_INF
 from adapler_jax.models.walk import Policy
 
 Array = jax.Array
 
-NEG_INF = -1e4  # additive bias of a removed key (as `models.bert.NEG_INF`).
 PAD_LOG_KEEP = -1e9  # log keep weight of padding: exp() is 0, and it stays finite.
 
 

@@ -22,10 +22,10 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from adapler_jax.models.bert import NEG_INF
 from adapler_jax.models.walk import Policy
 
 Array = jax.Array
-NEG_INF = -1e4
 
 
 @dataclasses.dataclass(frozen=True)
