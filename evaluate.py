@@ -28,7 +28,7 @@ from pathlib import Path
 
 from absl import flags, logging
 
-from adapler_jax import pipeline
+from adapler_jax import files, pipeline
 from adapler_jax.cli import enable_compilation_cache, run_app
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report
@@ -73,12 +73,13 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  if _EXPLAIN.value is not None and not _EXPLAIN.value.strip():
-    raise UserError("--explain got an empty text; pass the text to explain, e.g. "
-                    "--explain \"a gentle, funny film\"")
+  check_flags()
   run_config = pipeline.read_config(_WORKDIR.value)
   enable_compilation_cache(run_config)
   if run_config.get("method", "adapler") == "lat":
+    if _EXPLAIN.value is not None or _RATIONALES.value:
+      raise UserError("--explain and --rationales read AdapLeR's contribution predictors; "
+                      "this run is LAT: evaluate it at a length config, or pass an AdapLeR run")
     return evaluate_lat()
   if _LENGTH_CONFIG.value or _LENGTH_RATIO.value is not None:
     raise UserError("--length-config and --length-ratio apply to LAT runs; this run is "
@@ -103,6 +104,23 @@ def main(argv):
       predictions_dir=predictions_dir(trained.task))
   out = {"task": trained.task.name, "split": _SPLIT.value, **result}
   write_result(out, chosen)
+
+
+def check_flags() -> None:
+  """One line, before any work, for flags that cannot go together or hold a bad value."""
+  if _EXPLAIN.value is not None and not _EXPLAIN.value.strip():
+    raise UserError("--explain got an empty text; pass the text to explain, e.g. "
+                    "--explain \"a gentle, funny film\"")
+  if _EXPLAIN.value is not None and _RATIONALES.value:
+    raise UserError("pass one of --explain and --rationales")
+  if _FLOPS_BUDGET.value is not None and not 0 < _FLOPS_BUDGET.value <= 1:
+    raise UserError(f"--flops-budget {_FLOPS_BUDGET.value} must be in (0, 1]: a fraction of "
+                    "the full model's cost, e.g. --flops-budget 0.5")
+  if _MAX_DROP.value is not None and not _MAX_DROP.value >= 0:
+    raise UserError(f"--max-drop {_MAX_DROP.value} must be at least 0: metric points below "
+                    "the full model, e.g. --max-drop 1")
+  if _OUTPUT.value is not None:
+    files.check_output(_OUTPUT.value, _WORKDIR.value)
 
 
 def write_result(out: dict, chosen: dict | None) -> None:

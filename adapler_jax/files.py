@@ -1,9 +1,43 @@
-"""Files that are whole or absent: written to a temporary name, then renamed into place."""
+"""Files that are whole or absent (written to a temporary name, then renamed into place),
+and result paths that never land on a run's or an export's own files."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from adapler_jax.errors import UserError
+
+
+def check_output(path: str | os.PathLike[str], owned: str | os.PathLike[str] | None = None,
+                 flag: str = "--output") -> Path:
+  """`path` as a file a command may write its result to: one-line `UserError` when it is a
+  directory, or one of the files of the run or export `owned` keeps (see `owns`)."""
+  path = Path(path)
+  if path.is_dir():
+    raise UserError(f"{flag} {path} is a directory; pass a file name in it, e.g. "
+                    f"{flag} {path / 'result.json'}")
+  if owned is not None and owns(owned, path):
+    raise UserError(f"{flag} {path} would overwrite a file {owned} keeps; write the result "
+                    "elsewhere, e.g. beside it under another name")
+  return path
+
+
+# What a workdir or an export keeps: top-level files, and folders with all they hold.
+OWNED_FILES = ("summary.json", "metrics.jsonl", "saliency.npz", ".lock", "model.safetensors")
+OWNED_PREFIXES = ("config.", "environment.")
+OWNED_DIRS = ("finetune", "adapler", "lengthdrop", "search", "tensorboard", "tokenizer")
+
+
+def owns(directory: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+  """Whether `path` is one of the files a run's workdir (or an export) `directory` keeps."""
+  root, path = Path(directory).resolve(), Path(path).resolve()
+  if root not in path.parents:
+    return False
+  first = path.relative_to(root).parts[0]
+  if len(path.relative_to(root).parts) > 1:
+    return first in OWNED_DIRS
+  return first in OWNED_FILES or (first.startswith(OWNED_PREFIXES) and first.endswith(".json"))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

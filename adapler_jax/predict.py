@@ -22,6 +22,7 @@ from pathlib import Path
 
 from absl import flags, logging
 
+from adapler_jax import files
 from adapler_jax.cli import run_app
 from adapler_jax.errors import UserError
 from adapler_jax.reduce.lengths import parse_config
@@ -44,21 +45,32 @@ flags.mark_flag_as_required("model")
 
 
 @contextmanager
-def _open(path: str, mode: str):
+def _open_input(path: str):
   if path == "-":
-    yield sys.stdin if mode == "r" else sys.stdout
+    yield sys.stdin
     return
-  if mode == "r" and not Path(path).is_file():
+  if Path(path).is_dir():
+    raise UserError(f"--input {path} is a directory; pass a text or JSON-lines file, or -")
+  if not Path(path).is_file():
     raise UserError(f"--input {path} does not exist; pass a text or JSON-lines file, or -")
-  if mode == "w":
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-  with open(path, mode, encoding="utf-8") as f:
+  with open(path, "r", encoding="utf-8") as f:
     yield f
+
+
+def _write_output(path: str, text: str) -> None:
+  """To stdout, or to the file whole (a kill mid-write leaves any earlier file as it was)."""
+  if path == "-":
+    sys.stdout.write(text)
+    return
+  Path(path).parent.mkdir(parents=True, exist_ok=True)
+  files.atomic_write_text(path, text)
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  if _OUTPUT.value != "-":
+    files.check_output(_OUTPUT.value, _MODEL.value)
   length_config = parse_config(_LENGTH_CONFIG.value) if _LENGTH_CONFIG.value else None
   predictor = Predictor(_MODEL.value, batch_size=_BATCH.value, length_config=length_config)
   source = "stdin" if _INPUT.value == "-" else _INPUT.value
@@ -67,19 +79,18 @@ def main(argv):
   if glue and not columns:
     raise UserError(f"--format glue needs a model of a GLUE task; this one is "
                     f"{predictor.model.task}")
-  with _open(_INPUT.value, "r") as f:
+  with _open_input(_INPUT.value) as f:
     ids, items = (inputs.read_glue_tsv(f, columns, source) if glue
                   else inputs.read_lines(f, source, _FORMAT.value))
   if not items:
     raise UserError(f"{source} holds no texts; pass one text or JSON record per line")
   rows = predictor.predict(items, ids, rationales=_RATIONALES.value, progress=True)
-  with _open(_OUTPUT.value, "w") as out:
-    if glue:
-      labels = predictor.model.meta["inputs"]["file_labels"]
-      lines = inputs.glue_lines(ids, [r["label_index"] for r in rows], labels)
-      out.write("\n".join(lines) + "\n")
-    else:
-      out.writelines(json.dumps(row) + "\n" for row in rows)
+  if glue:
+    labels = predictor.model.meta["inputs"]["file_labels"]
+    lines = inputs.glue_lines(ids, [r["label_index"] for r in rows], labels)
+  else:
+    lines = [json.dumps(row) for row in rows]
+  _write_output(_OUTPUT.value, "\n".join(lines) + "\n")
   if _OUTPUT.value != "-":
     print(f"wrote {len(rows)} predictions to {_OUTPUT.value}", file=sys.stderr)
 

@@ -48,7 +48,7 @@ from adapler_jax import pipeline
 from adapler_jax.cli import run_cli
 from adapler_jax.errors import UserError
 from adapler_jax.files import atomic_write_text
-from adapler_jax.pipeline import adapler_search, frontier
+from adapler_jax.pipeline import adapler_search, checks, frontier
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 CONVENTIONS = (("padded", "padded MACs, batch 1 (LAT paper)"),
@@ -66,7 +66,7 @@ def global_scalings(workdir: str, multipliers=None) -> list[dict]:
   trained = pipeline.load_run(workdir)
   data = trained.eval_dataset(trained.config.eval.split)
   out = []
-  for m in adapler_search.check_grid(multipliers or trained.config.search.eta_multipliers):
+  for m in checks.check_grid(multipliers or trained.config.search.eta_multipliers):
     scored = adapler_search.score(trained.adapler_cfg, trained.adapler_params, data,
                                   trained.task.metric,
                                   np.full(trained.adapler_cfg.num_layers, m))
@@ -275,7 +275,7 @@ def main(argv=None) -> None:
     raise UserError(f"--eta-multipliers {args.eta_multipliers!r} or --budgets {args.budgets!r} "
                     "is not a list of numbers; pass e.g. 0.5,1,2") from e
   if multipliers:  # before any run is loaded: a bad grid fails in a second, not minutes.
-    adapler_search.check_grid(multipliers, "--eta-multipliers")
+    checks.check_grid(multipliers, "--eta-multipliers")
   result = compare(args.adapler.split(","), args.lat, args.lat_tradeoff, args.reference,
                    multipliers)
   out = Path(args.out)

@@ -187,6 +187,18 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+  # --output never lands on the export's own files, nor on a folder.
+  config = out["adapler"] / "config.json"
+  before = config.read_bytes()
+  proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--output", str(config),
+              input="x\n")
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+      f"error: --output {config} would overwrite a file {out['adapler']} keeps; write the "
+      "result elsewhere, e.g. beside it under another name"]
+  assert config.read_bytes() == before
+  proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--output", str(tmp_path),
+              input="x\n")
+  assert proc.returncode == 2 and "is a directory; pass a file name in it" in proc.stderr
   # An existing export is kept unless --force; a non-export is never replaced.
   before = (out["lat"] / "model.safetensors").read_bytes()
   with pytest.raises(ExportError, match="is not empty; pass --force"):

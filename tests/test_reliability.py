@@ -351,8 +351,8 @@ def refused_first(tiny_backbone, tmp_path, dotted: str, value, method: str = "ad
   run of `method`); the workdir is never created."""
   config = small_config(tiny_backbone)
   config.method = method
-  section, field = dotted.split(".")
-  config[section][field] = value
+  section, _, field = dotted.rpartition(".")
+  (config[section] if section else config)[field] = value
   with pytest.raises(UserError) as err:
     pipeline.prepare(config, tmp_path / "run")
   assert not (tmp_path / "run").exists()
@@ -365,6 +365,61 @@ def test_batch_sizes_below_one_are_refused_first(tiny_backbone, tmp_path, sectio
   assert refused_first(tiny_backbone, tmp_path, f"{section}.batch_size", size) == (
       f"config {section}.batch_size is {size}; it must be at least 1 "
       f"(e.g. --config.{section}.batch_size=32)")
+
+
+@pytest.mark.parametrize("dotted, value, message", [
+    ("method", "foo", "config method is 'foo'; it must be one of adapler, lat, e.g. "
+                      "--config.method=adapler"),
+    ("eval.engine", "warp", "config eval.engine is 'warp'; it must be one of bucketed, "
+                            "per-example, e.g. --config.eval.engine=bucketed"),
+    ("eval.flops", "bogus", "config eval.flops is 'bogus'; it must be one of analytic, paper, "
+                            "e.g. --config.eval.flops=analytic"),
+    ("lat.kd", "sideways", "config lat.kd is 'sideways'; it must be one of forward, reverse, "
+                           "e.g. --config.lat.kd=forward"),
+    ("data.train_subset", -5, "config data.train_subset is -5; it must be at least 0, e.g. "
+                              "--config.data.train_subset=5000"),
+    ("train.log_every_steps", 0, "config train.log_every_steps is 0; it must be at least 1, "
+                                 "e.g. --config.train.log_every_steps=50"),
+    ("train.epochs", 0, "config train.epochs is 0; it must be at least 1, e.g. "
+                        "--config.train.epochs=3"),
+    ("search.held_out", 0, "config search.held_out is 0; it must be at least 1, e.g. "
+                           "--config.search.held_out=872"),
+    ("train.warmup_fraction", 2.0, "config train.warmup_fraction is 2.0; it must be in [0, 1), "
+                                   "e.g. --config.train.warmup_fraction=0.06"),
+    ("search.mutation_prob", float("nan"), "config search.mutation_prob is nan; it must be in "
+                                           "[0, 1], e.g. --config.search.mutation_prob=0.5"),
+    ("train.learning_rate", float("nan"), "config train.learning_rate is nan; it must be a "
+                                          "positive number, e.g. --config.train.learning_rate=2e-5"),
+    ("search.eta_multipliers", ("abc",), "search.eta_multipliers ('abc',) must be numbers, "
+                                         "e.g. 0,0.5,1,1.5,2"),
+])
+def test_out_of_range_and_unknown_values_are_refused_first(tiny_backbone, tmp_path, dotted,
+                                                           value, message):
+  """Checked before the workdir exists, rather than stored in config.json and failing (or
+  not) phases later."""
+  assert refused_first(tiny_backbone, tmp_path, dotted, value) == message
+
+
+def test_a_config_of_the_other_method_leaves_the_run_alone(tiny_backbone, tmp_path):
+  workdir = tmp_path / "run"
+  pipeline.prepare(small_config(tiny_backbone), workdir)  # an AdapLeR run's config.json.
+  before = (workdir / "config.json").read_bytes()
+  config = small_config(tiny_backbone)
+  config.method = "lat"
+  with pytest.raises(UserError) as err:
+    pipeline.prepare(config, workdir)
+  assert str(err.value) == (f"{workdir} holds a adapler run (config.json method 'adapler'), "
+                            "not lat; pass that run's config (--config.method=adapler) or "
+                            "another --workdir")
+  assert (workdir / "config.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("text", ['{"task": "demo", "da', "", "[1, 2]"])
+def test_a_damaged_stored_config_is_one_line(tmp_path, text):
+  (tmp_path / "config.json").write_text(text)
+  with pytest.raises(UserError, match=r"config.json is damaged \(.+\); rerun train.py with the "
+                                      r"run's --config and this --workdir to write it again$"):
+    pipeline.read_config(tmp_path)
 
 
 def test_lat_letting_cls_go_on_a_classification_task_is_refused_first(tiny_backbone, tmp_path):
@@ -459,6 +514,37 @@ def test_explain_refuses_an_empty_text_and_announces_truncation(finished, tmp_pa
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.splitlines()[0] == ("note: the text has 42 tokens; the map shows its "
                                          "first 16 (data.max_length)")
+
+
+def test_evaluate_refuses_bad_flags_before_touching_the_run(run_dir, tmp_path):
+  """An --output on the run's own files or on a folder, and flags that cannot go together or
+  hold a bad value: one line each, and the workdir as it was."""
+  before = snapshot(run_dir)
+  config = run_dir / "config.json"
+  cases = [
+      (["--output", str(config)], f"--output {config} would overwrite a file {run_dir} keeps; "
+                                  "write the result elsewhere, e.g. beside it under another name"),
+      (["--output", str(tmp_path)], f"--output {tmp_path} is a directory; pass a file name in "
+                                    f"it, e.g. --output {tmp_path / 'result.json'}"),
+      (["--explain", "a film", "--rationales"], "pass one of --explain and --rationales"),
+      (["--flops-budget", "0"], "--flops-budget 0.0 must be in (0, 1]: a fraction of the full "
+                                "model's cost, e.g. --flops-budget 0.5"),
+      (["--max-drop", "-3"], "--max-drop -3.0 must be at least 0: metric points below the full "
+                             "model, e.g. --max-drop 1"),
+  ]
+  for flags, message in cases:
+    assert one_line_error(cli("evaluate.py", "--workdir", str(run_dir), *flags)) == message
+  assert snapshot(run_dir) == before
+
+
+def test_evaluate_refuses_token_maps_of_a_lat_run(tiny_backbone, tmp_path):
+  config = small_config(tiny_backbone)
+  config.method = "lat"
+  pipeline.prepare(config, tmp_path / "lat")  # the run's config.json is all this reads.
+  for flags in (["--explain", "a film"], ["--rationales"]):
+    assert one_line_error(cli("evaluate.py", "--workdir", str(tmp_path / "lat"), *flags)) == (
+        "--explain and --rationales read AdapLeR's contribution predictors; this run is LAT: "
+        "evaluate it at a length config, or pass an AdapLeR run")
 
 
 def test_hard_forward_takes_one_example():

@@ -27,10 +27,9 @@ import jax
 import numpy as np
 
 from adapler_jax.data import TokenizedDataset
-from adapler_jax.errors import UserError
 from adapler_jax.eval import report, tradeoff
 from adapler_jax.infer import flops
-from adapler_jax.pipeline import frontier, phases
+from adapler_jax.pipeline import checks, frontier, phases
 from adapler_jax.pipeline.context import Run
 from adapler_jax.search import evolution as evo
 
@@ -38,17 +37,6 @@ from adapler_jax.search import evolution as evo
 def multipliers(grid: Sequence[float], gene: evo.Gene) -> np.ndarray:
   """The per-layer eta multipliers a gene (grid indices) stands for."""
   return np.asarray([grid[i] for i in gene], np.float32)
-
-
-def check_grid(grid: Sequence[float], name: str = "search.eta_multipliers") -> tuple[float, ...]:
-  """The multiplier grid as floats; a `UserError` naming `name` unless it rises and holds 1."""
-  grid = tuple(float(v) for v in grid)
-  if len(grid) < 2 or any(v < 0 for v in grid) or list(grid) != sorted(set(grid)):
-    raise UserError(f"{name} {grid} must be at least two distinct "
-                    "non-negative values in rising order, e.g. 0,0.5,1,1.5,2")
-  if 1.0 not in grid:
-    raise UserError(f"{name} {grid} must contain 1 (the trained cutoffs)")
-  return grid
 
 
 def score(cfg, params: dict, data: TokenizedDataset, metric_name: str, eta_scale: np.ndarray,
@@ -82,7 +70,7 @@ def run_search(run: Run) -> dict[str, Any]:
   its plot, and resumes from the store when rerun."""
   c = run.config.search
   frontier.cost_key(run)
-  grid = check_grid(c.eta_multipliers)
+  grid = checks.check_grid(c.eta_multipliers)
   layers, cfg = run.encoder.num_layers, run.adapler_config()
   held = run.search_split(c.held_out)
   step, params = trained_params(run)

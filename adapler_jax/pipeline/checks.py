@@ -2,21 +2,88 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import jax
 import ml_collections
 
 from adapler_jax.errors import UserError
+from adapler_jax.eval.report import ENGINES
+from adapler_jax.infer.flops import MODES as FLOPS_MODES
 from adapler_jax.models import adapler
 from adapler_jax.models.bert import EncoderConfig
+from adapler_jax.reduce.lengths import BASES
 from adapler_jax.train import classifier, optim
 from adapler_jax.train.checkpoints import Checkpointer
+from adapler_jax.train.lat_step import KD_DIRECTIONS
 
 MIN_LENGTH = 2  # [CLS] and [SEP].
+METHODS = ("adapler", "lat")
+SEARCH_COSTS = ("padded", "actual")
+
+# Fields holding one of a few names.
+CHOICES = {"method": METHODS, "eval.engine": ENGINES, "eval.flops": FLOPS_MODES,
+           "search.cost": SEARCH_COSTS, "lat.kd": KD_DIRECTIONS, "lat.length_base": BASES}
+
+# Numeric fields: (lowest, highest, whether the highest is excluded, an example value).
+RANGES = {
+    "data.train_subset": (0, None, False, 5000), "data.dev_subset": (0, None, False, 1000),
+    "train.epochs": (1, None, False, 3), "adapler.epochs": (1, None, False, 3),
+    "lat.epochs": (1, None, False, 3),
+    "train.keep_best": (1, None, False, 3), "train.log_every_steps": (1, None, False, 50),
+    "train.eval_every_steps": (0, None, False, 0),
+    "train.checkpoint_every_steps": (0, None, False, 0),
+    "train.warmup_fraction": (0, 1, True, 0.06), "adapler.warmup_fraction": (0, 1, True, 0.06),
+    "adapler.predictor_learning_rate": (0, None, False, 0),
+    "lat.length_drop": (0, 1, True, 0.2), "lat.layer_drop": (0, 1, True, 0.2),
+    "search.held_out": (1, None, False, 872), "search.population": (1, None, False, 20),
+    "search.iterations": (0, None, False, 30), "search.mutations": (0, None, False, 30),
+    "search.crossovers": (0, None, False, 30), "search.mutation_prob": (0, 1, False, 0.5),
+    "search.floor_ratio": (0, 1, True, 0.25),
+}
+LEARNING_RATES = ("train.learning_rate", "adapler.learning_rate",
+                  "adapler.speed_learning_rate", "lat.learning_rate")
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str):
+  section, _, field = dotted.rpartition(".")
+  return (config[section] if section else config).get(field)
+
+
+def _range_text(low, high, high_open: bool) -> str:
+  if high is None:
+    return f"at least {low}"
+  return f"in [{low}, {high})" if high_open else f"in [{low}, {high}]"
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Every `<section>.batch_size` is at least 1, `data.max_length` at least 2 and
-  `search.floor_ratio` in [0, 1)."""
+  """Every name-valued field holds one of its names, every numeric field lies in its range
+  (`CHOICES`, `RANGES`; learning rates positive and finite), every `<section>.batch_size` is
+  at least 1 and `data.max_length` at least 2."""
+  for dotted, names in CHOICES.items():
+    value = _get(config, dotted)
+    if value is not None and value not in names:
+      raise UserError(f"config {dotted} is {value!r}; it must be one of {', '.join(names)}, "
+                      f"e.g. --config.{dotted}={names[0]}")
+  for dotted, (low, high, high_open, example) in RANGES.items():
+    value = _get(config, dotted)
+    if value is None:
+      continue
+    inside = math.isfinite(value) and value >= low and (
+        high is None or (value < high if high_open else value <= high))
+    if not inside:
+      if dotted == "search.floor_ratio":  # 0 has a meaning worth saying.
+        raise UserError(f"config search.floor_ratio is {value}; it must lie in [0, 1) (0: the "
+                        "smallest trained sub-model), e.g. --config.search.floor_ratio=0.25")
+      raise UserError(f"config {dotted} is {value}; it must be {_range_text(low, high, high_open)}"
+                      f", e.g. --config.{dotted}={example}")
+  for dotted in LEARNING_RATES:
+    value = _get(config, dotted)
+    if value is not None and not (math.isfinite(value) and value > 0):
+      raise UserError(f"config {dotted} is {value}; it must be a positive number, e.g. "
+                      f"--config.{dotted}=2e-5")
+  check_grid(config.search.eta_multipliers)
   for section, fields in config.items():
     if isinstance(fields, ml_collections.ConfigDict) and "batch_size" in fields:
       if fields.batch_size < 1:
@@ -25,11 +92,21 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.data.max_length < MIN_LENGTH:
     raise UserError(f"config data.max_length is {config.data.max_length}; it must be at least "
                     f"{MIN_LENGTH} ([CLS] and [SEP]), e.g. --config.data.max_length=128")
-  if not 0 <= config.search.floor_ratio < 1:
-    raise UserError(f"config search.floor_ratio is {config.search.floor_ratio}; it must lie in "
-                    "[0, 1) (0: the smallest trained sub-model), e.g. "
-                    "--config.search.floor_ratio=0.25")
   frozen_groups(config)
+
+
+def check_grid(grid: Sequence[float], name: str = "search.eta_multipliers") -> tuple[float, ...]:
+  """The multiplier grid as floats; a `UserError` naming `name` unless it rises and holds 1."""
+  try:
+    grid = tuple(float(v) for v in grid)
+  except (TypeError, ValueError):
+    raise UserError(f"{name} {grid!r} must be numbers, e.g. 0,0.5,1,1.5,2") from None
+  if len(grid) < 2 or any(not v >= 0 for v in grid) or list(grid) != sorted(set(grid)):
+    raise UserError(f"{name} {grid} must be at least two distinct "
+                    "non-negative values in rising order, e.g. 0,0.5,1,1.5,2")
+  if 1.0 not in grid:
+    raise UserError(f"{name} {grid} must contain 1 (the trained cutoffs)")
+  return grid
 
 
 def frozen_groups(config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -203,6 +203,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
   """
   workdir = workdir_lib.check_dir(workdir)
   checks.check_config(config)
+  if record:
+    check_same_method(config, workdir)
   mesh = parallel.make_data_mesh()
   config, task = resolve_task(config)
   encoder, backbone, tokenizer = weights.load_backbone(
@@ -265,7 +267,35 @@ def resolve_task(config: ml_collections.ConfigDict
 
 
 def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
+  """The config a train.py run stored in `workdir`, with fields added since at their
+  defaults; one line when it is missing or damaged."""
   path = workdir_lib.check_dir(workdir) / CONFIG_FILE
   if not path.exists():
     raise UserError(f"{path} is missing; pass the --workdir of a train.py run")
-  return config_lib.with_new_fields(ml_collections.ConfigDict(json.loads(path.read_text())))
+  try:
+    stored = json.loads(path.read_text())
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    stored = e
+  if not isinstance(stored, dict) or not isinstance(stored.get("data"), dict):
+    problem = stored if isinstance(stored, Exception) else "not a run's config"
+    raise UserError(f"{path} is damaged ({problem}); rerun train.py with the run's --config "
+                    "and this --workdir to write it again")
+  return config_lib.with_new_fields(ml_collections.ConfigDict(stored))
+
+
+def stored_method(workdir: Path) -> str | None:
+  """The method of the run whose config `workdir` holds, or None without one."""
+  try:
+    return read_config(workdir).get("method", "adapler")
+  except UserError:
+    return None
+
+
+def check_same_method(config: ml_collections.ConfigDict, workdir: Path) -> None:
+  """A workdir holds one method's run: a config of the other is refused before it is
+  written over the stored one."""
+  stored = stored_method(workdir)
+  if stored is not None and stored != config.method:
+    raise UserError(f"{workdir} holds a {stored} run (config.json method {stored!r}), not "
+                    f"{config.method}; pass that run's config (--config.method={stored}) or "
+                    "another --workdir")

@@ -28,13 +28,14 @@ from adapler_jax import extras
 from adapler_jax.data import TokenizedDataset
 from adapler_jax.errors import UserError
 from adapler_jax.files import atomic_write_text
+from adapler_jax.pipeline import checks
 from adapler_jax.pipeline.context import Run
 from adapler_jax.search import evolution as evo
 from adapler_jax.train.checkpoints import Checkpointer
 
 SEARCH_DIR = "search"
 FRONTIER_FILE = f"{SEARCH_DIR}/frontier.json"  # relative to the workdir.
-COSTS = ("padded", "actual")
+COSTS = checks.SEARCH_COSTS
 
 
 def cost_key(run: Run) -> str:
