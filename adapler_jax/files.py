@@ -3,8 +3,10 @@ and result paths that never land on a run's or an export's own files."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from adapler_jax.errors import UserError
 
@@ -38,6 +40,15 @@ def owns(directory: str | os.PathLike[str], path: str | os.PathLike[str]) -> boo
   if len(path.relative_to(root).parts) > 1:
     return first in OWNED_DIRS
   return first in OWNED_FILES or (first.startswith(OWNED_PREFIXES) and first.endswith(".json"))
+
+
+def read_json(path: str | os.PathLike[str], fix: str) -> Any:
+  """The JSON in `path`; one-line `UserError` naming the file and `fix` when it is damaged
+  (truncated by a kill, say)."""
+  try:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UserError(f"{path} is damaged ({e}); {fix}") from None
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

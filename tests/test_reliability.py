@@ -422,6 +422,29 @@ def test_a_damaged_stored_config_is_one_line(tmp_path, text):
     pipeline.read_config(tmp_path)
 
 
+def test_damaged_run_files_are_one_line(run_dir):
+  """summary.json, saliency.npz and search/frontier.json cut short (a kill while a copy was
+  made, say): one line naming the file and the fix, never a JSON or zip traceback."""
+  from adapler_jax.pipeline import frontier  # pylint: disable=g-import-not-at-top
+  from adapler_jax.train import saliency  # pylint: disable=g-import-not-at-top
+  summary = run_dir / "summary.json"
+  summary.write_text(summary.read_text()[:20])
+  with pytest.raises(UserError, match=re.escape(f"{summary} is damaged (") + r".*\); delete "
+                     "it to select the checkpoint again, or rerun --phase evaluate$"):
+    pipeline.load_run(run_dir)
+  npz = run_dir / "saliency.npz"
+  npz.write_bytes(npz.read_bytes()[:300])
+  with pytest.raises(UserError, match=re.escape(f"{npz} is damaged (") + r".*\); rerun --phase "
+                     "saliency$"):
+    saliency.load_for(npz, None)  # the file fails before any data is read.
+  assert saliency.source(npz) is None  # run_all computes it again.
+  (run_dir / "search").mkdir()
+  (run_dir / "search" / "frontier.json").write_text('{"frontier": [')
+  with pytest.raises(UserError, match=r"frontier.json is damaged \(.*\); rerun train.py "
+                     r"--phase search"):
+    frontier.load(run_dir)
+
+
 def test_lat_letting_cls_go_on_a_classification_task_is_refused_first(tiny_backbone, tmp_path):
   assert refused_first(tiny_backbone, tmp_path, "lat.keep_cls", False, method="lat") == (
       "config lat.keep_cls is False, but task demo classifies from [CLS]; keep it "

@@ -20,7 +20,6 @@ layout, so `frontier.pick` and `evaluate.py --flops-budget / --max-drop` serve b
 
 from __future__ import annotations
 
-import json
 from typing import Any, Sequence
 
 import jax
@@ -57,11 +56,7 @@ def score(cfg, params: dict, data: TokenizedDataset, metric_name: str, eta_scale
 def trained_params(run: Run) -> tuple[int, dict]:
   """The AdapLeR checkpoint the run reports: the one in `summary.json`, else the one the
   evaluate phase would select (best dev speedup within tolerance)."""
-  summary = run.workdir / "summary.json"
-  if summary.exists():
-    step = json.loads(summary.read_text())["adapler_step"]
-  else:
-    step, _ = phases.select_adapler_step(run, phases.load_finetuned(run, 1)[0][2])
+  step = phases.reported_adapler_step(run)
   return step, jax.device_get(phases.load_adapler(run, step))
 
 

@@ -24,10 +24,9 @@ from typing import Any, Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from adapler_jax import extras
+from adapler_jax import extras, files
 from adapler_jax.data import TokenizedDataset
 from adapler_jax.errors import UserError
-from adapler_jax.files import atomic_write_text
 from adapler_jax.pipeline import checks
 from adapler_jax.pipeline.context import Run
 from adapler_jax.search import evolution as evo
@@ -105,7 +104,7 @@ def save(run: Run, store: evo.Store, result: dict[str, Any], title: str) -> None
   """Writes `frontier.json` and its plot (main process only)."""
   if run.is_main_process:
     directory = run.workdir / SEARCH_DIR
-    atomic_write_text(run.workdir / FRONTIER_FILE, json.dumps(result, indent=2))
+    files.atomic_write_text(run.workdir / FRONTIER_FILE, json.dumps(result, indent=2))
     plot(store, result, directory / "frontier.png", f"{run.task.name}: {title} "
          f"({result['held_out_rows']} held-out rows)")
 
@@ -149,7 +148,8 @@ def load(workdir: str | Path) -> dict[str, Any]:
   path = Path(workdir) / FRONTIER_FILE
   if not path.exists():
     raise UserError(f"{path} is missing; run train.py --phase search on this workdir first")
-  return json.loads(path.read_text())
+  return files.read_json(path, "rerun train.py --phase search (it replays the configs its "
+                               "store has scored)")
 
 
 def pick(frontier: dict[str, Any], *, flops_budget: float | None = None,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import time
 from typing import Any
 
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from adapler_jax import weights
+from adapler_jax import files, weights
 from adapler_jax.data import TRAIN_BUCKETS, num_train_steps, train_batches
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report
@@ -474,15 +473,26 @@ class TrainedRun:
     return self.run.dataset(split)
 
 
+def reported_adapler_step(run: Run, backbone_metric: float | None = None) -> int:
+  """The AdapLeR checkpoint the run reports: the one in `summary.json`, else the one the
+  evaluate phase would select (best dev speedup within tolerance)."""
+  path = run.workdir / summary_lib.FILE
+  if path.exists():
+    fix = "delete it to select the checkpoint again, or rerun --phase evaluate"
+    summary = files.read_json(path, fix)
+    if not isinstance(summary, dict) or "adapler_step" not in summary:
+      raise UserError(f"{path} is damaged (no adapler_step); {fix}")
+    return int(summary["adapler_step"])
+  if backbone_metric is None:
+    backbone_metric = load_finetuned(run, 1)[0][2]
+  return select_adapler_step(run, backbone_metric)[0]
+
+
 def load_run(workdir) -> TrainedRun:
   """Rebuilds a finished run from its workdir (config, selected AdapLeR and backbone)."""
   from adapler_jax.pipeline.context import prepare, read_config  # pylint: disable=g-import-not-at-top
   run = prepare(read_config(workdir), workdir, record=False)
   _, backbone_params, backbone_metric = load_finetuned(run, 1)[0]
-  summary_path = run.workdir / summary_lib.FILE
-  if summary_path.exists():
-    step = json.loads(summary_path.read_text())["adapler_step"]
-  else:
-    step, _ = select_adapler_step(run, backbone_metric)
+  step = reported_adapler_step(run, backbone_metric)
   return TrainedRun(run, run.adapler_config(), load_adapler(run, step), step, backbone_params,
                     backbone_metric)

@@ -9,12 +9,12 @@ and the searched frontier when there is one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from adapler_jax import files
 from adapler_jax.serve.model_dir import ExportError, export_meta, write_model
 
 
@@ -46,13 +46,14 @@ def _export_lat(pipeline, config, workdir: Path, output: Path, force: bool) -> P
   step, params = lat_phases.load_lengthdrop(run)
   search = workdir / frontier.SEARCH_DIR
   if (search / "chosen.json").exists():
-    length_config = json.loads((search / "chosen.json").read_text())["config"]
+    length_config = files.read_json(search / "chosen.json", "rerun evaluate.py with "
+                                    "--flops-budget or --max-drop, or delete it")["config"]
     chosen_from = "search/chosen.json"
   else:
     length_config, chosen_from = lat_phases.eval_length_config(run), "lat.eval_length_config"
   searched, found_file = None, workdir / frontier.FRONTIER_FILE
   if found_file.exists():
-    found = json.loads(found_file.read_text())
+    found = frontier.load(workdir)
     searched = {k: found[k] for k in ("cost", "full", "frontier", "metric_name") if k in found}
   speed = {"length_config": [int(v) for v in length_config], "chosen_from": chosen_from,
            "base": int(config.data.max_length),

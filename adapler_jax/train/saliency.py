@@ -3,6 +3,7 @@ class's, or for span QA the gold start's plus the gold end's."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import jax
@@ -89,19 +90,33 @@ def save(path: Path, data: TokenizedDataset, saliency: np.ndarray, steps: list[i
   tmp.replace(path)
 
 
+def _read(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+  """The arrays `names` stored at `path` (those it has); one-line `UserError` when the file
+  is damaged."""
+  try:
+    with np.load(path) as stored:
+      return {k: stored[k] for k in names if k in stored}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise UserError(f"{path} is damaged ({e}); rerun --phase saliency") from None
+
+
 def source(path: Path) -> str | None:
-  """The `source` stored with the saliency at `path`; None if there is none."""
+  """The `source` stored with the saliency at `path`; None if there is none (or the file is
+  damaged: `run_all` then computes it again)."""
   if not path.exists():
     return None
-  with np.load(path) as stored:
-    return str(stored["source"]) if "source" in stored else None
+  try:
+    stored = _read(path, ("source",))
+  except UserError:
+    return None
+  return str(stored["source"]) if "source" in stored else None
 
 
 def load_for(path: Path, data: TokenizedDataset) -> np.ndarray:
   """Saliency rows aligned to `data` (by example id), checked against its token ids."""
   if not path.exists():
     raise UserError(f"{path} is missing; run --phase saliency first")
-  stored = np.load(path)
+  stored = _read(path, ("ids", "input_ids", "saliency"))
   row_of = {i: r for r, i in enumerate(stored["ids"].tolist())}
   missing = [i for i in data.ids if i not in row_of]
   if missing:
