@@ -64,6 +64,7 @@ def test_reads_official_layout_gz_and_task(tmp_path):
     (lambda p: p["qas"][1]["answers"][0].update(answer_start=5),
      "question q2 answer 1: answer_start 5 points at 'roncos ', not the answer 'Broncos'"),
     (lambda p: p.update(context="  "), "question q1: empty context"),
+    (lambda p: p["qas"][1].update(answers=[]), "question q2: no answers"),
     (lambda p: p.pop("context"), "question q1: no field 'context'"),
     (lambda p: p["qas"][1].pop("id"), "article 1 paragraph 1 question 2: no field 'id'"),
 ])

@@ -101,8 +101,8 @@ def _field(record: Any, name: str, kind: type, where: str) -> Any:
 def make_example(where: str, title: str, context: str, qa: Any, position: str) -> SquadExample:
   """One checked question; `where` names the file, `position` the question when it lacks an id.
 
-  DataError (one line naming the file and the question) on a missing field, an empty context or
-  an `answer_start` whose context text differs from the answer.
+  DataError (one line naming the file and the question) on a missing field, an empty context,
+  no answer, or an `answer_start` whose context text differs from the answer.
   """
   if not isinstance(qa, dict) or "id" not in qa:
     raise DataError(format_message(f"{where} {position}", "no field 'id'", LAYOUT_FIX))
@@ -111,8 +111,12 @@ def make_example(where: str, title: str, context: str, qa: Any, position: str) -
   question = _field(qa, "question", str, at)
   if not context.strip():
     raise DataError(format_message(at, "empty context", "fill in the paragraph or remove it"))
+  answers = _field(qa, "answers", list, at)
+  if not answers:
+    raise DataError(format_message(at, "no answers (SQuAD v1.1 answers every question)",
+                                   "add its answer, or remove the question"))
   texts, starts = [], []
-  for k, answer in enumerate(_field(qa, "answers", list, at), start=1):
+  for k, answer in enumerate(answers, start=1):
     text = _field(answer, "text", str, f"{at} answer {k}")
     start = _field(answer, "answer_start", int, f"{at} answer {k}")
     found = context[start:start + len(text)] if start >= 0 else ""
