@@ -125,3 +125,18 @@ def test_unknown_split_and_task():
   _raises(r"task 'imdb' has no split 'dev'; use one of train, test", data.load_split, "imdb",
           "dev", "/nonexistent")
   _raises(r"unknown task 'glue'", data.load_split, "glue", "dev")
+
+
+@pytest.mark.parametrize("name", ["train.csv.gz", "train.jsonl.gz"])
+def test_truncated_or_fake_gzip_is_one_line(tmp_path, name):
+  import gzip  # pylint: disable=g-import-not-at-top
+  rows = "text,label\n" + "a fine film,1\n" * 200 if "csv" in name else (
+      '{"text": "a fine film", "label": 1}\n' * 200)
+  whole = gzip.compress(rows.encode())
+  path = tmp_path / "mine" / name
+  path.parent.mkdir()
+  for content, problem in ((whole[:len(whole) // 2], "Compressed file ended"),
+                           (b"not gzip at all", "Not a gzipped file")):
+    path.write_bytes(content)
+    _raises(re.escape(f"mine/{name}: cannot be read (") + f".*{problem}.*" +
+            re.escape("); use the unmodified file, or gzip it again"), data.load_file, path)

@@ -8,6 +8,7 @@ records into a `TextDataset`, raising `DataError` with one line on bad input.
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import gzip
 import json
@@ -62,29 +63,39 @@ def _not_utf8(path: Path, e: UnicodeDecodeError) -> DataError:
                                   "convert the file to UTF-8"))
 
 
-def _utf8_rows(path: Path, rows: Rows) -> Rows:
-  """`rows`, with a decoding error raised as a one-line DataError naming the line."""
+UNREADABLE_FIX = "use the unmodified file, or gzip it again"
+
+
+@contextlib.contextmanager
+def reading(path: Path):
+  """Reads of `path` inside raise one-line DataErrors: text that is not UTF-8 (naming the
+  line), or a file that cannot be read (a truncated or mislabelled .gz)."""
   try:
-    yield from rows
+    yield
   except UnicodeDecodeError as e:
     raise _not_utf8(path, e) from None
+  except (OSError, EOFError) as e:
+    raise DataError(format_message(location(path), f"cannot be read ({e})",
+                                   UNREADABLE_FIX)) from None
+
+
+def _utf8_rows(path: Path, rows: Rows) -> Rows:
+  """`rows`, with a decoding or reading error raised as a one-line DataError."""
+  with reading(path):
+    yield from rows
 
 
 def read_utf8(path: Path) -> str:
   """The text of `path`; a one-line DataError naming the line when it is not UTF-8."""
-  try:
+  with reading(path):
     return path.read_text(encoding="utf-8")
-  except UnicodeDecodeError as e:
-    raise _not_utf8(path, e) from None
 
 
 def read_tsv(path: Path) -> tuple[list[str], Rows]:
   """Header and rows of a tab-separated file read with quoting off (a UTF-8 BOM is dropped)."""
-  try:
+  with reading(path):
     with _open_text(path) as f:
       header_line = f.readline().rstrip("\r\n")
-  except UnicodeDecodeError as e:
-    raise _not_utf8(path, e) from None
   header = header_line.split("\t") if header_line else []
 
   def rows() -> Rows:
@@ -108,11 +119,9 @@ def read_csv(path: Path, has_header: bool) -> tuple[list[str] | None, Rows]:
   """Header (or None) and rows of a comma-separated file with standard double-quote escaping."""
   header = None
   if has_header:
-    try:
+    with reading(path):
       with _open_text(path) as f:
         header = next(csv.reader(f), [])
-    except UnicodeDecodeError as e:
-      raise _not_utf8(path, e) from None
 
   def rows() -> Rows:
     with _open_text(path) as f:

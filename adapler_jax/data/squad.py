@@ -25,6 +25,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from adapler_jax.data.readers import UNREADABLE_FIX
 from adapler_jax.data.tasks import TaskSpec, get_task
 from adapler_jax.data.tokenize import TokenizedDataset
 from adapler_jax.errors import DataError, format_message, location
@@ -144,7 +145,7 @@ def read_squad_json(path: str | os.PathLike[str]) -> SquadDataset:
                                    LAYOUT_FIX)) from None
   except (OSError, EOFError) as e:  # a truncated or mislabelled .gz.
     raise DataError(format_message(where, f"cannot be read ({e})",
-                                   "use the unmodified file, or gzip it again")) from None
+                                   UNREADABLE_FIX)) from None
   examples = []
   for a, article in enumerate(_field(root, "data", list, where), start=1):
     title = _field(article, "title", str, f"{where} article {a}")
