@@ -57,6 +57,15 @@ def _open_input(path: str):
     yield f
 
 
+@contextmanager
+def _decoding(source: str):
+  try:
+    yield
+  except UnicodeDecodeError as e:
+    raise UserError(f"{source} is not UTF-8 text (byte 0x{e.object[e.start]:02x}); convert "
+                    "it to UTF-8") from None
+
+
 def _write_output(path: str, text: str) -> None:
   """To stdout, or to the file whole (a kill mid-write leaves any earlier file as it was)."""
   if path == "-":
@@ -79,7 +88,7 @@ def main(argv):
   if glue and not columns:
     raise UserError(f"--format glue needs a model of a GLUE task; this one is "
                     f"{predictor.model.task}")
-  with _open_input(_INPUT.value) as f:
+  with _open_input(_INPUT.value) as f, _decoding(source):
     ids, items = (inputs.read_glue_tsv(f, columns, source) if glue
                   else inputs.read_lines(f, source, _FORMAT.value))
   if not items:

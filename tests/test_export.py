@@ -199,6 +199,11 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
   proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--output", str(tmp_path),
               input="x\n")
   assert proc.returncode == 2 and "is a directory; pass a file name in it" in proc.stderr
+  binary = tmp_path / "latin1.txt"
+  binary.write_bytes(b"caf\xe9 au lait\n")
+  proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--input", str(binary))
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+      f"error: {binary} is not UTF-8 text (byte 0xe9); convert it to UTF-8"]
   # An existing export is kept unless --force; a non-export is never replaced.
   before = (out["lat"] / "model.safetensors").read_bytes()
   with pytest.raises(ExportError, match="is not empty; pass --force"):

@@ -23,6 +23,11 @@ def test_unlabelled_data_and_inputs():
   assert inputs.texts_of("a\tb", fields, 2, "x") == ("a", "b")
   with pytest.raises(data_lib.DataError, match="line 3: the model takes a sentence pair"):
     inputs.texts_of("a", fields, 2, "line 3")
+  assert inputs.texts_of({"text": ["a", "b"]}, [inputs.GENERIC_FIELDS], 1, "x") == ("a b",)
+  for value, kind in ((None, "NoneType"), (5, "int"), ({"a": 1}, "dict")):
+    with pytest.raises(data_lib.DataError, match=f"^line 4: field 'text' holds {kind}, not "
+                                                 "text; give it a string$"):
+      inputs.texts_of({"text": value}, [inputs.GENERIC_FIELDS], 1, "line 4")
   ids, items = inputs.read_lines(["first\n", "\n", "second\n"], "f")
   assert ids == ["1", "3"] and items == ["first", "second"]
   tsv = ["index\tsentence\n", "0\tgood .\n", "1\tbad .\n"]

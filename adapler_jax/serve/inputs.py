@@ -50,14 +50,20 @@ def _from_record(record: dict, fields, num_texts: int, where: str) -> tuple[str,
   for naming in fields:
     groups = list(naming)[:num_texts]
     if len(groups) == num_texts and all(all(f in record for f in g) for g in groups):
-      return tuple(" ".join(_join(record[f]) for f in g) for g in groups)
+      return tuple(" ".join(_join(record[f], f, where) for f in g) for g in groups)
   raise DataError(f"{where}: the record lacks the model's input field(s) {_names(fields[0])} "
                   f"(it has {', '.join(map(str, record)) or 'no fields'}); add them, or use "
                   "text / text_pair")
 
 
-def _join(value) -> str:
-  return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+def _join(value, field: str, where: str) -> str:
+  """A field's text: a string, or a list of strings (words) joined by spaces."""
+  if isinstance(value, str):
+    return value
+  if isinstance(value, list) and all(isinstance(v, str) for v in value):
+    return " ".join(value)
+  raise DataError(f"{where}: field {field!r} holds {type(value).__name__}, not text; give it "
+                  "a string")
 
 
 def _names(groups) -> str:
