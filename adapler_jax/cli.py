@@ -73,6 +73,9 @@ def run_app(main: Callable[[list[str]], object]) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """`flags.FLAGS(argv)`, raising `UserError` with one line instead of printing usage."""
+  path = _config_path(argv)
+  if path is not None and CONFIG_FLAG in flags.FLAGS:
+    _load_config(path)  # its own errors first, as one line, not as a bad override.
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:
@@ -89,16 +92,40 @@ def parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
+def _config_path(argv: list[str]) -> str | None:
+  """The `--config` file named in `argv`, if any."""
+  name = f"--{CONFIG_FLAG}"
+  return next((a.split("=", 1)[1] if "=" in a else b for a, b in zip(argv, argv[1:] + [""])
+               if a == name or a.startswith(name + "=")), None)
+
+
+def _load_config(path: str):
+  """`get_config()` of the config file at `path`; one-line `UserError` when the file cannot
+  be run or does not give a config of `base_config`'s shape."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  fix = "pass --config configs/<task>.py, or a copy of one"
+  if not Path(path).is_file():
+    return None  # config_flags says so itself.
+  try:
+    spec = importlib.util.spec_from_file_location("_config_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  except Exception as e:  # pylint: disable=broad-except  (any error of the user's file)
+    reason = f"{type(e).__name__}: {e}".splitlines()[0]
+    raise UserError(f"config file {path} cannot be loaded ({reason}); {fix}") from None
+  if not isinstance(config, ml_collections.ConfigDict) or "data" not in config:
+    raise UserError(f"config file {path}: get_config() returns {type(config).__name__}, not "
+                    "the ConfigDict of pipeline.base_config(task, max_length); build it as "
+                    "configs/<task>.py do")
+  return config
+
+
 def _unknown_override(argv: list[str]) -> str:
   """The message of `find_field` for the first `--config.<key>` the config file lacks."""
   from adapler_jax.pipeline.config import find_field  # pylint: disable=g-import-not-at-top
-  prefix, name = f"--{CONFIG_FLAG}.", f"--{CONFIG_FLAG}"
-  path = next(a.split("=", 1)[1] if "=" in a else b for a, b in zip(argv, argv[1:] + [""])
-              if a == name or a.startswith(name + "="))
-  spec = importlib.util.spec_from_file_location("_config_file", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  prefix, path = f"--{CONFIG_FLAG}.", _config_path(argv)
+  config = _load_config(path)
   for arg in argv:
     if arg.startswith(prefix):
       try:

@@ -154,3 +154,29 @@ def test_missing_extra_is_one_line(monkeypatch):
   assert str(err.value) == ("downloading sst2 from the Hugging Face hub needs the datasets "
                             "package; install it with pip install 'adapler-jax[hub]' or pass a "
                             "local folder with --config.data.data_dir")
+
+
+@pytest.mark.parametrize("source, reason", [
+    ("def get_config(:\n", r"SyntaxError: invalid syntax \(.*\)"),
+    ("x = 1\n", "AttributeError: module '_config_file' has no attribute 'get_config'"),
+    ("def get_config():\n  raise KeyError('boom')\n", "KeyError: 'boom'"),
+])
+def test_a_config_file_that_cannot_be_loaded_is_one_line(tmp_path, source, reason):
+  path = tmp_path / "mine.py"
+  path.write_text(source)
+  proc = train_py("--config", str(path), "--workdir", str(tmp_path / "run"),
+                  "--config.train.epochs=1")
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+  assert re.fullmatch(re.escape(f"error: config file {path} cannot be loaded (") + reason +
+                      re.escape("); pass --config configs/<task>.py, or a copy of one"), lines[0])
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_config_file_returning_a_plain_dict_is_one_line(tmp_path):
+  path = tmp_path / "mine.py"
+  path.write_text("def get_config():\n  return {'task': 'demo'}\n")
+  proc = train_py("--config", str(path), "--workdir", str(tmp_path / "run"))
+  assert proc.returncode == 2 and proc.stderr.strip() == (
+      f"error: config file {path}: get_config() returns dict, not the ConfigDict of "
+      "pipeline.base_config(task, max_length); build it as configs/<task>.py do")
