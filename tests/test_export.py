@@ -7,6 +7,7 @@ and predicted on SST-2 dev sentences in fresh processes.
 """
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ import adapler_jax
 from adapler_jax import data as data_lib
 from adapler_jax import pipeline, weights
 from adapler_jax.cli import run_cli
+from adapler_jax.errors import UserError
 from adapler_jax.infer import AdaptiveEngine, LengthEngine
 from adapler_jax.pipeline import lat_phases
 from adapler_jax.serve import ExportError
@@ -90,6 +92,12 @@ def exported(tmp_path_factory, sentences):
   ref["imported"] = (imported, trained.backbone_params)
 
   out = {m: export_run(root / m, root / f"{m}_export") for m in ("adapler", "lat")}
+  # The point an evaluate.py dial picked from an eta search goes out with the model.
+  (root / "adapler" / "search").mkdir()
+  (root / "adapler" / "search" / "chosen.json").write_text(json.dumps(
+      {"rule": {"flops_budget": 0.5, "max_drop": None}, "eta_multipliers": [2.0, 0.5]}))
+  out["adapler_chosen"] = export_run(root / "adapler", root / "adapler_chosen_export")
+  ref["trained_eta"] = np.asarray(trained.adapler_params["speed"]["eta"])
   for name in ("adapler", "lat", "backbone_dir", "hf_dir"):
     shutil.rmtree(root / name)
   return out, ref, root
@@ -212,4 +220,21 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
   with pytest.raises(ExportError, match="holds no export"):
     adapler_jax.serve.write_model(tmp_path, {}, {}, None, force=True)
   assert (out["lat"] / "model.safetensors").read_bytes() == before
-  assert sorted(p.name for p in root.iterdir()) == ["adapler_export", "lat_export"]
+  assert sorted(p.name for p in root.iterdir()) == ["adapler_chosen_export", "adapler_export",
+                                                    "lat_export"]
+
+
+def test_an_eta_search_pick_is_what_the_export_holds(exported, tmp_path):
+  out, ref, _ = exported
+  chosen = adapler_jax.load_model(out["adapler_chosen"])
+  np.testing.assert_allclose(chosen.params["speed"]["eta"], ref["trained_eta"] * [2.0, 0.5],
+                             rtol=1e-6)
+  assert chosen.speed["chosen_from"] == "search/chosen.json"
+  assert adapler_jax.load_model(out["adapler"]).speed["chosen_from"] == "trained eta"
+  bad = tmp_path / "cut"
+  shutil.copytree(out["adapler"], bad)
+  weights_file = bad / "model.safetensors"
+  weights_file.write_bytes(weights_file.read_bytes()[:5000])
+  with pytest.raises(UserError, match=re.escape(f"{weights_file} cannot be read (") + ".*" +
+                     re.escape("); re-export the model")):
+    adapler_jax.load_model(bad)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from adapler_jax import files
+from adapler_jax.errors import UserError
 from adapler_jax.serve.model_dir import ExportError, export_meta, write_model
 
 
@@ -32,23 +33,53 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
   if method == "lat":
     return _export_lat(pipeline, config, workdir, output, force)
   trained = pipeline.load_run(workdir)
-  speed = {k: np.asarray(trained.adapler_params["speed"][k], np.float64).tolist()
-           for k in ("eta", "theta")}
+  params, chosen_from = trained.adapler_params, "trained eta"
+  chosen = _chosen(workdir)
+  if chosen is not None:
+    from adapler_jax.eval import tradeoff  # pylint: disable=g-import-not-at-top
+    multipliers = chosen.get("eta_multipliers")
+    if not isinstance(multipliers, list) or len(multipliers) != trained.adapler_cfg.num_layers:
+      raise ExportError(f"{workdir / CHOSEN} holds no eta multiplier per layer; rerun "
+                        "evaluate.py with --flops-budget or --max-drop, or delete it")
+    params = tradeoff.with_eta_scaled(params, np.asarray(multipliers, np.float32))
+    chosen_from = CHOSEN
+  speed = {k: np.asarray(params["speed"][k], np.float64).tolist() for k in ("eta", "theta")}
+  speed["chosen_from"] = chosen_from
   source = {"workdir": str(workdir.resolve()), "backbone": config.backbone,
             "adapler_step": trained.adapler_step}
   meta = _meta(trained.run, "adapler", trained.adapler_cfg, speed, source)
-  return write_model(output, meta, trained.adapler_params, trained.tokenizer, force=force)
+  return write_model(output, meta, params, trained.tokenizer, force=force)
+
+
+CHOSEN = "search/chosen.json"  # the frontier point the last evaluate.py dial picked.
+
+
+def _chosen(workdir: Path) -> dict | None:
+  path = workdir / CHOSEN
+  if not path.exists():
+    return None
+  chosen = files.read_json(path, "rerun evaluate.py with --flops-budget or --max-drop, or "
+                                 "delete it")
+  if not isinstance(chosen, dict):
+    raise ExportError(f"{path} is damaged (not a JSON object); rerun evaluate.py with "
+                      "--flops-budget or --max-drop, or delete it")
+  return chosen
 
 
 def _export_lat(pipeline, config, workdir: Path, output: Path, force: bool) -> Path:
   from adapler_jax.pipeline import frontier, lat_phases  # pylint: disable=g-import-not-at-top
+  from adapler_jax.reduce import lengths  # pylint: disable=g-import-not-at-top
   run = pipeline.prepare(config, workdir, record=False)
   step, params = lat_phases.load_lengthdrop(run)
-  search = workdir / frontier.SEARCH_DIR
-  if (search / "chosen.json").exists():
-    length_config = files.read_json(search / "chosen.json", "rerun evaluate.py with "
-                                    "--flops-budget or --max-drop, or delete it")["config"]
-    chosen_from = "search/chosen.json"
+  chosen = _chosen(workdir)
+  if chosen is not None:
+    try:
+      length_config = lengths.validate_config(chosen.get("config") or (),
+                                              config.data.max_length, run.encoder.num_layers,
+                                              keep_cls=config.lat.keep_cls)
+    except UserError as e:
+      raise ExportError(f"{workdir / CHOSEN}: {e}") from None
+    chosen_from = CHOSEN
   else:
     length_config, chosen_from = lat_phases.eval_length_config(run), "lat.eval_length_config"
   searched, found_file = None, workdir / frontier.FRONTIER_FILE

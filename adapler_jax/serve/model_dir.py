@@ -204,7 +204,12 @@ def load_model(directory: str | os.PathLike[str]) -> ExportedModel:
                       "re-export it with this adapler-jax version") from None
   if not (path / WEIGHTS_FILE).exists():
     raise ExportError(f"{path / WEIGHTS_FILE} is missing; re-export the model")
-  tree = traverse_util.unflatten_dict(load_file(str(path / WEIGHTS_FILE)), sep="/")
+  try:
+    flat = load_file(str(path / WEIGHTS_FILE))
+  except Exception as e:  # pylint: disable=broad-except  (safetensors' own error types)
+    raise ExportError(f"{path / WEIGHTS_FILE} cannot be read ({e}); re-export the "
+                      "model") from None
+  tree = traverse_util.unflatten_dict(flat, sep="/")
   _check_shapes(path, meta["method"], config, tree)
   if meta["method"] == "adapler":
     speed = meta["adapler"]
