@@ -112,6 +112,9 @@ def test_prepare_reads_the_files(tiny_backbone, files):
     ({"text_fields": "a,b,c"}, "config data.text_fields 'a,b,c' must name one text field or "
      "two for a pair"),
     ({"metric": "auc"}, "config data.metric 'auc' is not one of accuracy, f1"),
+    ({"label_names": "neg,pos,neg"}, "config data.label_names 'neg,pos,neg' must name each "
+     "class once, with no empty name, e.g. --config.data.label_names=neg,pos"),
+    ({"label_names": "neg,,pos"}, "config data.label_names 'neg,,pos' must name each class once"),
 ])
 def test_bad_custom_configs(tiny_backbone, files, data, want):
   config = custom_config(tiny_backbone, files, **data)

@@ -370,6 +370,8 @@ def test_batch_sizes_below_one_are_refused_first(tiny_backbone, tmp_path, sectio
 @pytest.mark.parametrize("dotted, value, message", [
     ("method", "foo", "config method is 'foo'; it must be one of adapler, lat, e.g. "
                       "--config.method=adapler"),
+    ("dtype", "float8", "config dtype is 'float8'; it must be one of float32, bfloat16, "
+                        "float16, e.g. --config.dtype=float32"),
     ("eval.engine", "warp", "config eval.engine is 'warp'; it must be one of bucketed, "
                             "per-example, e.g. --config.eval.engine=bucketed"),
     ("eval.flops", "bogus", "config eval.flops is 'bogus'; it must be one of analytic, paper, "
@@ -497,7 +499,7 @@ def test_non_utf8_data_file_names_the_file_and_line(tmp_path):
 def test_workdir_that_is_a_file(tiny_backbone, tmp_path):
   path = tmp_path / "file"
   path.write_text("not a directory")
-  want = f"--workdir {path} is a file, not a directory; pass a directory (it is created if missing)"
+  want = f"--workdir {path} is a file, not a directory; pass a directory"
   with pytest.raises(UserError, match="^" + re.escape(want) + "$"):
     pipeline.prepare(small_config(tiny_backbone), path)
   assert one_line_error(cli("evaluate.py", "--workdir", str(path))) == want

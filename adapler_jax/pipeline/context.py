@@ -259,6 +259,9 @@ def resolve_task(config: ml_collections.ConfigDict
     d.label_names = ",".join(readers.file_labels(custom_task(files, groups, d.label_field),
                                                  "train", "."))
   names = tuple(n.strip() for n in d.label_names.split(","))
+  if "" in names or len(set(names)) < len(names):
+    raise UserError(f"config data.label_names {d.label_names!r} must name each class once, "
+                    "with no empty name, e.g. --config.data.label_names=neg,pos")
   if len(names) < 2:
     raise UserError(f"task {CUSTOM} has the single label {names[0]!r}; a classifier needs two "
                     "or more (pass --config.data.label_names=NEG,POS)")

@@ -28,8 +28,7 @@ def check_dir(workdir: str | os.PathLike[str]) -> Path:
   """`workdir` as a Path; one-line `UserError` when it exists and is not a directory."""
   path = Path(workdir)
   if path.exists() and not path.is_dir():
-    raise UserError(f"--workdir {path} is a file, not a directory; pass a directory "
-                    "(it is created if missing)")
+    raise UserError(f"--workdir {path} is a file, not a directory; pass a directory")
   return path
 
 
