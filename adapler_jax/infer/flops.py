@@ -140,24 +140,23 @@ def backbone_flops(length: int, dims: FlopsDims) -> int:
           + head_flops(length, dims))
 
 
-def adapler_flops(kept_per_layer: Sequence[int], length: int,
-                  dims: FlopsDims) -> int:
+def adapler_flops(kept_per_layer, length, dims: FlopsDims):
   """AdapLeR model: layer l runs on kept_per_layer[l] tokens.
 
   The predictor of layer l runs on the tokens entering layer l: `length` for
-  l = 0, kept_per_layer[l - 1] afterwards.
+  l = 0, kept_per_layer[l - 1] afterwards. Elementwise over examples: `kept_per_layer`
+  (..., L) with `length` (...); an int for one example given as ints.
   """
-  kept = [int(k) for k in kept_per_layer]
-  if len(kept) != dims.num_layers:
+  kept, n = np.asarray(kept_per_layer), np.asarray(length)
+  if kept.shape[-1] != dims.num_layers:
     raise ValueError(
-        f"kept_per_layer has {len(kept)} entries; the model has "
+        f"kept_per_layer has {kept.shape[-1]} entries; the model has "
         f"{dims.num_layers} layers")
-  entering = [length] + kept[:-1]
-  total = embedding_flops(length, dims.hidden)
-  for n_in, n in zip(entering, kept):
-    total += predictor_flops(n_in, dims.hidden, dims.cp_hidden)
-    total += layer_flops(n, dims.hidden, dims.intermediate)
-  return total + head_flops(length, dims)
+  entering = np.concatenate([n[..., None], kept[..., :-1]], axis=-1)
+  per_layer = (predictor_flops(entering, dims.hidden, dims.cp_hidden)
+               + layer_flops(kept, dims.hidden, dims.intermediate))
+  total = embedding_flops(n, dims.hidden) + np.sum(per_layer, axis=-1) + head_flops(n, dims)
+  return total.item() if total.ndim == 0 else total
 
 
 def selection_flops(lengths, kept, dims: FlopsDims):
@@ -220,14 +219,13 @@ def paper_backbone_flops(length, num_classes: int):
   return 37_872 * n**2 + 170_216_500 * n + 1_181_953 + 1_537 * num_classes
 
 
-def paper_adapler_flops(kept_per_layer: Sequence[int], length: int,
-                        num_classes: int) -> int:
-  """Reference AdapLeR FLOPs for BERT-base; n_1 = length, n_l = kept counts."""
-  total = 1_182_000 + 1_537 * num_classes + 6_152 * length
-  for n in kept_per_layer:
-    n = int(n)
-    total += 3_156 * n**2 + 14_233_554 * n
-  return total
+def paper_adapler_flops(kept_per_layer, length, num_classes: int):
+  """Reference AdapLeR FLOPs for BERT-base; n_1 = length, n_l = kept counts. Elementwise
+  over examples as `adapler_flops`."""
+  k = np.asarray(kept_per_layer)
+  total = (1_182_000 + 1_537 * num_classes + 6_152 * np.asarray(length)
+           + np.sum(3_156 * k**2 + 14_233_554 * k, axis=-1))
+  return total.item() if total.ndim == 0 else total
 
 
 # ---------------------------------------------------------------------------
@@ -250,19 +248,9 @@ def _per_example(lengths: np.ndarray, kept: np.ndarray, dims: FlopsDims,
     if dims.head != "classification":
       raise ValueError("the paper's FLOPs constants are fitted on BERT-base classification; "
                        "count a span QA model with mode='analytic'")
-    c = dims.num_classes
-    backbone = paper_backbone_flops(n, c)
-    adapler = (1_182_000 + 1_537 * c + 6_152 * n
-               + np.sum(3_156 * k**2 + 14_233_554 * k, axis=1))
-    return backbone, adapler
-  h, i = dims.hidden, dims.intermediate
-  once = embedding_flops(n, h) + head_flops(n, dims)
-  backbone = once + dims.num_layers * layer_flops(n, h, i)
-  entering = np.concatenate([n[:, None], k[:, :-1]], axis=1)
-  adapler = once + np.sum(
-      predictor_flops(entering, h, dims.cp_hidden) + layer_flops(k, h, i),
-      axis=1)
-  return backbone, adapler
+    return (paper_backbone_flops(n, dims.num_classes),
+            paper_adapler_flops(k, n, dims.num_classes))
+  return backbone_flops(n, dims), adapler_flops(k, n, dims)
 
 
 def flops_report(lengths: Any, kept: Any, dims: FlopsDims,
