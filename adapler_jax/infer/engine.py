@@ -161,6 +161,7 @@ class _Engine:
       raise ValueError(f"ffn_chunk_rows must be 'auto', None or a positive int, got "
                        f"{ffn_chunk_rows!r}")
     self.ffn_chunk_rows = ffn_chunk_rows
+    self.folds: tuple[int, ...] = ()  # packed grids' folds; engines that pack set theirs.
     self._shapes: dict[str, set] = {}
 
   @property
@@ -191,6 +192,11 @@ class _Engine:
 
   def _shape_counts(self, *names: str) -> dict[str, int]:
     return {k: len(self._shapes.get(k, ())) for k in names}
+
+  def row_counts(self) -> tuple[int, ...]:
+    """Rows a grid may have, descending: `batch_size` (one example per row), then
+    `batch_size // f` for each fold f of `self.folds` (packed grids)."""
+    return _row_counts(self.batch_size, self.folds)
 
   def _batch_widths(self, data: TokenizedDataset) -> tuple[int, ...]:
     return bucket_lengths(data.max_length, self.buckets)
@@ -310,10 +316,6 @@ class AdaptiveEngine(_Engine):
   def compile_counts(self) -> dict[str, int]:
     return self._shape_counts("forward")
 
-  def row_counts(self) -> tuple[int, ...]:
-    """Rows a layer's grid may have, descending: `batch_size` (one example per row), then
-    `batch_size // f` for each fold f (packed grids)."""
-    return _row_counts(self.batch_size, self.folds)
 
   def warmup(self, rationales: bool = False) -> None:
     """Compiles the program of every input bucket ahead of time, on placeholder inputs:
@@ -405,9 +407,6 @@ class FullLengthEngine(_Engine):
         _FULL_FORWARD, cfg.encoder, task_head(cfg), chunk_rows=chunk))
     self._packed = self._tracked("packed forward", functools.partial(
         _PACKED_FULL_FORWARD, cfg.encoder, cfg.num_labels, chunk_rows=chunk))
-
-  def row_counts(self) -> tuple[int, ...]:
-    return _row_counts(self.batch_size, self.folds)
 
   @property
   def compiled_shapes(self) -> int:

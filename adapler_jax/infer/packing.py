@@ -12,9 +12,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from adapler_jax.models import bert as bert_lib
 from adapler_jax.models import walk
 from adapler_jax.models.adapler import AdapLeRConfig, ContributionPredictor
-from adapler_jax.models.bert import NEG_INF, Bert, EncoderConfig, attention_bias_from_mask
+from adapler_jax.models.bert import NEG_INF, EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import ClassificationHead, Head, as_head
 from adapler_jax.reduce.adapler import PAD_LOG_KEEP, keep_rule, masked_log_scores
 
@@ -24,13 +25,6 @@ Array = jax.Array
 def valid_positions(n: Array, width: int) -> Array:
   """(B, width) bool: True on the first `n[b]` slots of row b."""
   return jnp.arange(width) < n[:, None]
-
-
-def embed(enc: EncoderConfig, embedding_params, input_ids: Array, token_type_ids: Array,
-          position_ids: Array | None = None) -> Array:
-  """Embedding lookup: ids (B, W) -> x (B, W, H); positions 0..W-1 unless given."""
-  return Bert(enc).apply({"params": {"embeddings": embedding_params}}, input_ids,
-                         token_type_ids, position_ids=position_ids, method=Bert.embed)
 
 
 def same_example(seg: Array) -> Array:
@@ -120,7 +114,7 @@ def full_forward(enc: EncoderConfig, head: int | Head, params, input_ids: Array,
   that the feed-forward blocks can run in `chunk_rows` chunks (see `feed_forward`).
   """
   bert = params["bert"]
-  x = embed(enc, bert["embeddings"], input_ids, token_type_ids)
+  x = bert_lib.embed(enc, bert["embeddings"], input_ids, token_type_ids)
   bias = attention_bias_from_mask(valid_positions(n, x.shape[1]))
   x = _encode(enc, bert, x, bias, chunk_rows)
   return as_head(head).module(enc).apply({"params": params["head"]}, x)
@@ -137,7 +131,7 @@ def packed_full_forward(enc: EncoderConfig, num_labels: int, params, input_ids: 
     cls_slots: (E,) int32 flat slot (row * width + column) of each example's [CLS].
   """
   bert = params["bert"]
-  x = embed(enc, bert["embeddings"], input_ids, token_type_ids, position_ids)
+  x = bert_lib.embed(enc, bert["embeddings"], input_ids, token_type_ids, position_ids)
   x = _encode(enc, bert, x, packed_bias(seg), chunk_rows)
   cls = jnp.take(x.reshape(-1, x.shape[-1]), cls_slots, axis=0)[:, None, :]
   return ClassificationHead(enc, num_labels).apply({"params": params["head"]}, cls)

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adapler_jax.infer import flops, packing
+from adapler_jax.models import bert as bert_lib
 from adapler_jax.models import walk
 from adapler_jax.models.adapler import AdapLeRConfig
 from adapler_jax.models.bert import attention_bias_from_mask
@@ -207,7 +208,7 @@ def forward(cfg: AdapLeRConfig, row_counts: tuple[int, ...], widths: tuple[int, 
   grid_packed = jnp.asarray([g.rows < num for g in options])
 
   # Decision 0, on the embedded input grid (padded, E x W: the last padded option).
-  x = packing.embed(enc, params["embeddings"], input_ids, token_type_ids)
+  x = bert_lib.embed(enc, params["embeddings"], input_ids, token_type_ids)
   real = packing.valid_positions(n, width)
   seg = jnp.where(real, jnp.arange(num, dtype=jnp.int32)[:, None], -1)
   pos = jnp.where(real, jnp.arange(width, dtype=jnp.int32), -1)

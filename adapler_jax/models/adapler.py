@@ -24,7 +24,7 @@ import numpy as np
 
 from adapler_jax.errors import InputError
 from adapler_jax.models import dense, walk
-from adapler_jax.models.bert import Bert, EncoderConfig, encoder_layer_params
+from adapler_jax.models.bert import Bert, EncoderConfig, embed, encoder_layer_params
 from adapler_jax.models.heads import Head, HeadedConfig
 from adapler_jax.reduce.adapler import (PAD_LOG_KEEP, HardRemoval, SoftRemoval,  # noqa: F401
                                         masked_log_scores, soft_removal_edit)
@@ -195,8 +195,7 @@ class HardRemovalResult(NamedTuple):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _embed(enc: EncoderConfig, bert_params, input_ids, token_type_ids):
-  return Bert(enc).apply({"params": bert_params}, input_ids, token_type_ids,
-                         method=Bert.embed)
+  return embed(enc, bert_params["embeddings"], input_ids, token_type_ids)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

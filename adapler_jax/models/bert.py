@@ -397,6 +397,14 @@ def attention_probs(cfg: EncoderConfig, params: dict, input_ids: Array, token_ty
   return nn.apply(run, Bert(cfg))({"params": params})
 
 
+def embed(cfg: EncoderConfig, embedding_params: dict, input_ids: Array, token_type_ids: Array,
+          position_ids: Array | None = None) -> Array:
+  """The embedding output h^0 (B, W, H) of ids (B, W), deterministic: positions 0..W-1
+  unless given. `embedding_params` is a `Bert` params tree's `embeddings`."""
+  return Bert(cfg).apply({"params": {"embeddings": embedding_params}}, input_ids,
+                         token_type_ids, position_ids=position_ids, method=Bert.embed)
+
+
 def encode(cfg: EncoderConfig, params: dict, input_ids: Array, attention_mask: Array | None = None,
            token_type_ids: Array | None = None) -> Array:
   """Last hidden states of a `Bert` forward (deterministic), as Hugging Face's

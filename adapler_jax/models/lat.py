@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from adapler_jax.errors import InputError
 from adapler_jax.models import walk
-from adapler_jax.models.bert import Bert, EncoderConfig, attention_bias_from_mask
+from adapler_jax.models.bert import EncoderConfig, attention_bias_from_mask, embed
 from adapler_jax.models.heads import Head, as_head
 from adapler_jax.reduce import lengths
 from adapler_jax.reduce.significance import GatherSelection, MaskedSelection, SelectionFlags
@@ -80,8 +80,7 @@ def gather_forward(enc: EncoderConfig, head: int | Head, params: dict, input_ids
   head = as_head(head)
   check_flags(head, flags)
   bert = params["bert"]
-  x = Bert(enc).apply({"params": {"embeddings": bert["embeddings"]}}, input_ids,
-                      token_type_ids, method=Bert.embed)
+  x = embed(enc, bert["embeddings"], input_ids, token_type_ids)
   valid = jnp.arange(input_ids.shape[1]) < n[:, None]
   policy = GatherSelection(counts, widths, flags, selects)
   layers = walk.param_layers(enc, bert, chunk_rows=chunk_rows)
