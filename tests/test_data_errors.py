@@ -140,3 +140,9 @@ def test_truncated_or_fake_gzip_is_one_line(tmp_path, name):
     path.write_bytes(content)
     _raises(re.escape(f"mine/{name}: cannot be read (") + f".*{problem}.*" +
             re.escape("); use the unmodified file, or gzip it again"), data.load_file, path)
+
+
+def test_a_folder_where_the_data_file_should_be(tmp_path):
+  (tmp_path / "mine" / "train.csv").mkdir(parents=True)
+  _raises(re.escape(f"mine train: {tmp_path / 'mine' / 'train.csv'} is a folder, not the data "
+                    "file"), data.load_file, tmp_path / "mine" / "train.csv", task="mine")

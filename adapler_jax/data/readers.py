@@ -261,6 +261,9 @@ def _missing_file(spec_name: str, split: str, path: Path, data_dir: Path,
   if not data_dir.is_dir():
     return DataError(format_message(f"{spec_name} {split}",
                                     f"data folder {data_dir} does not exist", fix))
+  if path.is_dir():
+    return DataError(format_message(f"{spec_name} {split}",
+                                    f"{path} is a folder, not the data file", fix))
   names = sorted(p.name for p in data_dir.iterdir())
   listing = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "") or "nothing"
   return DataError(format_message(f"{spec_name} {split}",
