@@ -317,3 +317,9 @@ def test_model_configs_check_their_head_at_construction(make):
     make(enc, num_labels=3, head="span")
   with pytest.raises(ValueError, match="'tagging' is not one of"):
     make(enc, num_labels=3, head="tagging")
+
+
+def test_adapler_grads_with_dropout_needs_a_key():
+  cfg = adapler.AdapLeRConfig(EncoderConfig.tiny(), num_labels=2)
+  with pytest.raises(ValueError, match="needs a key: pass rng= or deterministic=True"):
+    adapler_step.adapler_grads(cfg, {}, {}, 1.0, adapler_step.LossWeights(gamma=1.0, phi=1.0))

@@ -155,3 +155,22 @@ def test_no_distributed_start_on_a_single_machine(monkeypatch):
   assert parallel._cluster_processes() == 2
   monkeypatch.setenv(parallel.DISTRIBUTED_ENV, "0")
   assert not parallel.maybe_initialize_distributed()
+
+
+def test_a_partial_train_step_jits_on_a_mesh():
+  """The replicated extra arguments are counted from the step's signature, so a
+  `functools.partial` of a step (which has no `__code__`) jits too."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
+
+  def step(state, batch, lam, scale):
+    new = state + scale * lam * batch.sum()
+    return new, {"sum": new}
+
+  mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
+  jitted = parallel.jit_train_step(functools.partial(step, scale=2.0), mesh, donate=False)
+  state, metrics = jitted(jnp.float32(1.0), jnp.ones((4, 3)), jnp.float32(0.5))
+  assert float(state) == float(metrics["sum"]) == 13.0

@@ -52,6 +52,9 @@ def adapler_grads(cfg: AdapLeRConfig, params: dict, batch: dict, lam: Array,
     `(grads, aux)`: grads shaped like `params`; aux holds the three losses, logits and
     the forward's per-layer trace.
   """
+  if not deterministic and rng is None:
+    raise ValueError("adapler_grads with dropout (deterministic=False) needs a key: pass rng= "
+                     "or deterministic=True")
   speed = params["speed"]
   num_layers = cfg.num_layers
   theta_target = speed["theta"].at[0].set(1.0)  # theta^0 = 1: [CLS] has no context yet.

@@ -22,6 +22,7 @@ floating-point sums (`tests/test_parallel.py` checks 1e-5).
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 from typing import Any
@@ -200,7 +201,9 @@ def jit_train_step(step, mesh: Mesh | None, *, donate: bool = True):
   if mesh is None:
     return jax.jit(step, donate_argnums=donate_argnums)
   rep = replicated(mesh)
-  extra = step.__code__.co_argcount - 2
+  positional = [p for p in inspect.signature(step).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+  extra = len(positional) - 2  # (also for a functools.partial of a step.)
   return jax.jit(step, donate_argnums=donate_argnums,
                  in_shardings=(rep, data_sharded(mesh)) + (rep,) * extra, out_shardings=rep)
 
