@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,13 @@ def owns(directory: str | os.PathLike[str], path: str | os.PathLike[str]) -> boo
   if len(path.relative_to(root).parts) > 1:
     return first in OWNED_DIRS
   return first in OWNED_FILES or (first.startswith(OWNED_PREFIXES) and first.endswith(".json"))
+
+
+def array_crc32(array) -> str:
+  """CRC-32 of an array's bytes as 8 hex digits (checkpoints and exports store these)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  data = np.ascontiguousarray(np.asarray(array)).reshape(-1).view(np.uint8)
+  return f"{zlib.crc32(data):08x}"
 
 
 def read_json(path: str | os.PathLike[str], fix: str) -> Any:

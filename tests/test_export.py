@@ -231,6 +231,15 @@ def test_an_eta_search_pick_is_what_the_export_holds(exported, tmp_path):
                              rtol=1e-6)
   assert chosen.speed["chosen_from"] == "search/chosen.json"
   assert adapler_jax.load_model(out["adapler"]).speed["chosen_from"] == "trained eta"
+  flipped = tmp_path / "flipped"
+  shutil.copytree(out["adapler"], flipped)
+  weights_file = flipped / "model.safetensors"
+  raw = bytearray(weights_file.read_bytes())
+  raw[-3] ^= 0x10  # one bit of the last array's data.
+  weights_file.write_bytes(bytes(raw))
+  with pytest.raises(UserError, match=re.escape(f"{weights_file}: ") + r"\S+ fails its checksum "
+                     r"\(1 arrays do\); the file changed after export: re-export the model$"):
+    adapler_jax.load_model(flipped)
   bad = tmp_path / "cut"
   shutil.copytree(out["adapler"], bad)
   weights_file = bad / "model.safetensors"

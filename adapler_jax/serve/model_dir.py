@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from adapler_jax import files
 from adapler_jax.errors import UserError
 from adapler_jax.models.adapler import AdapLeRConfig
 from adapler_jax.models.bert import EncoderConfig
@@ -141,6 +142,7 @@ def _write(directory: Path, meta: dict, params: dict, tokenizer) -> None:
   flat = traverse_util.flatten_dict(model_tree(meta["method"], params), sep="/")
   arrays = {k: np.ascontiguousarray(np.asarray(jax.device_get(v))) for k, v in flat.items()}
   save_file(arrays, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+  meta = {**meta, "weights_crc32": {k: files.array_crc32(a) for k, a in arrays.items()}}
   tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
   (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
   shutil.copymode(directory / CONFIG_FILE, directory / WEIGHTS_FILE)  # safetensors writes 0600.
@@ -209,6 +211,12 @@ def load_model(directory: str | os.PathLike[str]) -> ExportedModel:
   except Exception as e:  # pylint: disable=broad-except  (safetensors' own error types)
     raise ExportError(f"{path / WEIGHTS_FILE} cannot be read ({e}); re-export the "
                       "model") from None
+  stored = meta.get("weights_crc32")  # absent in exports written before checksums.
+  if stored is not None:
+    bad = sorted(k for k, a in flat.items() if files.array_crc32(a) != stored.get(k))
+    if bad:
+      raise ExportError(f"{path / WEIGHTS_FILE}: {bad[0]} fails its checksum ({len(bad)} "
+                        "arrays do); the file changed after export: re-export the model")
   tree = traverse_util.unflatten_dict(flat, sep="/")
   _check_shapes(path, meta["method"], config, tree)
   if meta["method"] == "adapler":

@@ -33,7 +33,6 @@ import logging as py_logging
 import math
 import os
 import sys
-import zlib
 from typing import Any, Mapping
 
 from absl import logging
@@ -44,6 +43,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from adapler_jax.errors import UserError
+from adapler_jax.files import array_crc32
 
 PyTree = Any
 STATE = "state"
@@ -91,7 +91,7 @@ def _crc32(x: Any) -> str | None:
     if not (x.is_fully_addressable or x.is_fully_replicated):
       return None
     x = x.addressable_data(0) if x.is_fully_replicated else x
-  return f"{zlib.crc32(np.ascontiguousarray(np.asarray(x)).reshape(-1).view(np.uint8)):08x}"
+  return array_crc32(x)
 
 
 def _checksums_by_path(tree: PyTree) -> dict[str, str | None]:
