@@ -223,6 +223,19 @@ def test_fine_grids_cut_slots_not_outputs():
   assert all(type(w) is int for w in numpy_ints.grid_widths)
 
 
+def test_scanned_layers_give_the_unrolled_outputs():
+  """`scan_layers=True` (the layers as one `lax.scan` over stacked weights) gives the
+  reference's outputs, as the unrolled default does."""
+  cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
+  params = scaled_params(cfg, seed=4, scale=4.0, eta=0.9)
+  data = synthetic(12, 16, seed=6)
+  want = per_example_run(cfg, params, data)
+  got = AdaptiveEngine(cfg, params, batch_size=4, max_length=16, buckets=(8, 16),
+                       scan_layers=True).run(data, return_rationales=True)
+  assert_same_outputs(got, want)
+  assert (got.kept_counts[:, -1] < got.lengths).any()  # tokens really dropped.
+
+
 # ----------------------------------------------------------------------------- compiles
 
 

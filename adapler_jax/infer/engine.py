@@ -316,7 +316,6 @@ class AdaptiveEngine(_Engine):
   def compile_counts(self) -> dict[str, int]:
     return self._shape_counts("forward")
 
-
   def warmup(self, rationales: bool = False) -> None:
     """Compiles the program of every input bucket ahead of time, on placeholder inputs:
     on CPU, with each dot-kernel set a batch of that bucket may pick (`small_dots`)."""
