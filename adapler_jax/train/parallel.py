@@ -208,12 +208,13 @@ def jit_train_step(step, mesh: Mesh | None, *, donate: bool = True):
                  in_shardings=(rep, data_sharded(mesh)) + (rep,) * extra, out_shardings=rep)
 
 
-def map_eval_batches(fn, encoder, num_labels: int, params: PyTree, data, batch_size: int,
+def map_eval_batches(fn, encoder, head, params: PyTree, data, batch_size: int,
                      keys: tuple[str, ...], mesh: Mesh | None = None):
-  """Yields `(dataset rows, output rows)` of `fn(encoder, num_labels, params, inputs)` over
+  """Yields `(dataset rows, output rows)` of `fn(encoder, head, params, inputs)` over
   the length-bucketed evaluation batches of `data`, filler rows dropped.
 
-  `fn` is jitted with `encoder` and `num_labels` static; `inputs` holds the batch's `keys`.
+  `fn` is jitted with `encoder` and `head` (a `models.heads` head, hashable) static;
+  `inputs` holds the batch's `keys`.
   With a `mesh`, each batch is split over its devices (`batch_size` must divide by their
   number), params are replicated and every process gets every output row.
   """
@@ -227,7 +228,7 @@ def map_eval_batches(fn, encoder, num_labels: int, params: PyTree, data, batch_s
     inputs = {k: batch[k] for k in keys}
     if mesh is not None:
       inputs = shard_global_batch(inputs, mesh)
-    out = np.asarray(run(encoder, num_labels, params, inputs))
+    out = np.asarray(run(encoder, head, params, inputs))
     real = batch["real"]
     yield batch["index"][real], out[real]
 
