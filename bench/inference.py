@@ -604,7 +604,8 @@ def main(argv=None) -> None:
     print(f"# {task}: {setup.source}", flush=True)
     rows += benchmark(setup, [int(b) for b in args.batch_sizes.split(",")], systems, args,
                       {**meta, "mode": "random-cp" if random_cp else "trained"})
-    atomic_write_text(out, json.dumps(rows, indent=1) + "\n")  # each task's rows survive a later one.
+    # Each task's rows are written as it ends, so they survive a later task's failure.
+    atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
     jax.clear_caches()  # a task's programs: a long multi-task run once ran out of JIT memory.
   print_table(rows)
   print(f"wrote {len(rows)} rows to {out}")

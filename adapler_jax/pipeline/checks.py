@@ -23,8 +23,9 @@ METHODS = ("adapler", "lat")
 SEARCH_COSTS = ("padded", "actual")
 
 # Fields holding one of a few names.
-CHOICES = {"method": METHODS, "dtype": ("float32", "bfloat16", "float16"), "eval.engine": ENGINES, "eval.flops": FLOPS_MODES,
-           "search.cost": SEARCH_COSTS, "lat.kd": KD_DIRECTIONS, "lat.length_base": BASES}
+CHOICES = {"method": METHODS, "dtype": ("float32", "bfloat16", "float16"),
+           "eval.engine": ENGINES, "eval.flops": FLOPS_MODES, "search.cost": SEARCH_COSTS,
+           "lat.kd": KD_DIRECTIONS, "lat.length_base": BASES}
 
 # Numeric fields: (lowest, highest, whether the highest is excluded, an example value).
 RANGES = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import numpy as np
 import ml_collections
 from jax.sharding import Mesh
 
-from adapler_jax import weights
+from adapler_jax import files, weights
 from adapler_jax.data import (TaskSpec, TextDataset, TokenizedDataset, get_task, load_split,
                               resplit, subset, subset_indices, tokenize)
 from adapler_jax.data import squad
@@ -254,9 +253,9 @@ def resolve_task(config: ml_collections.ConfigDict
   if d.metric not in METRICS:
     raise UserError(f"config data.metric {d.metric!r} is not one of {', '.join(METRICS)}; "
                     "pass e.g. --config.data.metric=accuracy")
-  files = {"train": d.train_file, "dev": d.dev_file, "test": d.test_file or d.dev_file}
+  split_files = {"train": d.train_file, "dev": d.dev_file, "test": d.test_file or d.dev_file}
   if not d.label_names:
-    d.label_names = ",".join(readers.file_labels(custom_task(files, groups, d.label_field),
+    d.label_names = ",".join(readers.file_labels(custom_task(split_files, groups, d.label_field),
                                                  "train", "."))
   names = tuple(n.strip() for n in d.label_names.split(","))
   if "" in names or len(set(names)) < len(names):
@@ -265,7 +264,7 @@ def resolve_task(config: ml_collections.ConfigDict
   if len(names) < 2:
     raise UserError(f"task {CUSTOM} has the single label {names[0]!r}; a classifier needs two "
                     "or more (pass --config.data.label_names=NEG,POS)")
-  return config, custom_task(files, groups, d.label_field, names, d.metric, d.id_field,
+  return config, custom_task(split_files, groups, d.label_field, names, d.metric, d.id_field,
                              d.max_length)
 
 
@@ -275,14 +274,10 @@ def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
   path = workdir_lib.check_dir(workdir) / CONFIG_FILE
   if not path.exists():
     raise UserError(f"{path} is missing; pass the --workdir of a train.py run")
-  try:
-    stored = json.loads(path.read_text())
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    stored = e
+  fix = "rerun train.py with the run's --config and this --workdir to write it again"
+  stored = files.read_json(path, fix)
   if not isinstance(stored, dict) or not isinstance(stored.get("data"), dict):
-    problem = stored if isinstance(stored, Exception) else "not a run's config"
-    raise UserError(f"{path} is damaged ({problem}); rerun train.py with the run's --config "
-                    "and this --workdir to write it again")
+    raise UserError(f"{path} is damaged (not a run's config); {fix}")
   return config_lib.with_new_fields(ml_collections.ConfigDict(stored))
 
 
