@@ -149,7 +149,7 @@ def record_choice(chosen: dict) -> dict:
   from adapler_jax.pipeline import frontier  # pylint: disable=g-import-not-at-top
   choice = {"rule": {"flops_budget": _FLOPS_BUDGET.value, "max_drop": _MAX_DROP.value},
             **chosen}
-  workdir_lib.atomic_write_text(Path(_WORKDIR.value) / frontier.SEARCH_DIR / "chosen.json",
+  workdir_lib.atomic_write_text(Path(_WORKDIR.value) / frontier.CHOSEN_FILE,
                                 json.dumps(choice, indent=2))
   return choice
 

@@ -72,23 +72,33 @@ def run_app(main: Callable[[list[str]], object]) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """`flags.FLAGS(argv)`, raising `UserError` with one line instead of printing usage."""
-  path = _config_path(argv)
-  if path is not None and CONFIG_FLAG in flags.FLAGS:
-    _load_config(path)  # its own errors first, as one line, not as a bad override.
+  """`flags.FLAGS(argv)`, raising `UserError` with one line instead of printing usage. The
+  config file runs once, in `config_flags`; only when that fails does `_load_config` run it
+  again to name the file's own error."""
+  path = _config_path(argv) if CONFIG_FLAG in flags.FLAGS else None
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:
     raise UserError(" ".join(str(e).split())) from None
-  except (AttributeError, KeyError):  # config_flags on an override of a field it lacks.
-    raise UserError(_unknown_override(argv)) from None
-  if CONFIG_FLAG in flags.FLAGS:
+  except Exception as e:  # pylint: disable=broad-except  (the config file's, or an override's)
+    if path is None:
+      raise
+    _load_config(path)  # a file that cannot be loaded: one line naming it.
+    if isinstance(e, (AttributeError, KeyError)):  # an override of a field the config lacks.
+      raise UserError(_unknown_override(argv)) from None
+    raise
+  if path is not None:
     try:
-      getattr(flags.FLAGS[CONFIG_FLAG].value, "keys", None)  # a failed load raises here.
+      config = flags.FLAGS[CONFIG_FLAG].value  # without overrides the file loads here,
+      getattr(config, "keys", None)  # and a failed load raises on first use.
     except OSError as e:
       reason = [l.strip() for l in str(e).splitlines() if l.strip()][-1]
       raise UserError(f"config file {flags.FLAGS[CONFIG_FLAG].config_filename} cannot be "
                       f"loaded ({reason}); pass --config configs/<task>.py") from None
+    except Exception:  # pylint: disable=broad-except
+      _load_config(path)
+      raise
+    _check_loaded(path, config)
   return rest
 
 
@@ -102,7 +112,6 @@ def _config_path(argv: list[str]) -> str | None:
 def _load_config(path: str):
   """`get_config()` of the config file at `path`; one-line `UserError` when the file cannot
   be run or does not give a config of `base_config`'s shape."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   fix = "pass --config configs/<task>.py, or a copy of one"
   if not Path(path).is_file():
     return None  # config_flags says so itself.
@@ -114,11 +123,17 @@ def _load_config(path: str):
   except Exception as e:  # pylint: disable=broad-except  (any error of the user's file)
     reason = f"{type(e).__name__}: {e}".splitlines()[0]
     raise UserError(f"config file {path} cannot be loaded ({reason}); {fix}") from None
+  _check_loaded(path, config)
+  return config
+
+
+def _check_loaded(path: str, config) -> None:
+  """One line unless the file's `get_config()` gave a config of `base_config`'s shape."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
   if not isinstance(config, ml_collections.ConfigDict) or "data" not in config:
     raise UserError(f"config file {path}: get_config() returns {type(config).__name__}, not "
                     "the ConfigDict of pipeline.base_config(task, max_length); build it as "
                     "configs/<task>.py do")
-  return config
 
 
 def _unknown_override(argv: list[str]) -> str:

@@ -34,6 +34,7 @@ from adapler_jax.train.checkpoints import Checkpointer
 
 SEARCH_DIR = "search"
 FRONTIER_FILE = f"{SEARCH_DIR}/frontier.json"  # relative to the workdir.
+CHOSEN_FILE = f"{SEARCH_DIR}/chosen.json"  # the last point an evaluate.py dial picked.
 COSTS = checks.SEARCH_COSTS
 
 

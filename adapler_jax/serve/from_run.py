@@ -39,10 +39,10 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
     from adapler_jax.eval import tradeoff  # pylint: disable=g-import-not-at-top
     multipliers = chosen.get("eta_multipliers")
     if not isinstance(multipliers, list) or len(multipliers) != trained.adapler_cfg.num_layers:
-      raise ExportError(f"{workdir / CHOSEN} holds no eta multiplier per layer; rerun "
+      raise ExportError(f"{_chosen_path(workdir)} holds no eta multiplier per layer; rerun "
                         "evaluate.py with --flops-budget or --max-drop, or delete it")
     params = tradeoff.with_eta_scaled(params, np.asarray(multipliers, np.float32))
-    chosen_from = CHOSEN
+    chosen_from = pipeline.frontier.CHOSEN_FILE
   speed = {k: np.asarray(params["speed"][k], np.float64).tolist() for k in ("eta", "theta")}
   speed["chosen_from"] = chosen_from
   source = {"workdir": str(workdir.resolve()), "backbone": config.backbone,
@@ -51,11 +51,14 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
   return write_model(output, meta, params, trained.tokenizer, force=force)
 
 
-CHOSEN = "search/chosen.json"  # the frontier point the last evaluate.py dial picked.
+def _chosen_path(workdir: Path) -> Path:
+  from adapler_jax.pipeline.frontier import CHOSEN_FILE  # pylint: disable=g-import-not-at-top
+  return workdir / CHOSEN_FILE
 
 
 def _chosen(workdir: Path) -> dict | None:
-  path = workdir / CHOSEN
+  """The point the last evaluate.py dial picked from the run's search, or None."""
+  path = _chosen_path(workdir)
   if not path.exists():
     return None
   chosen = files.read_json(path, "rerun evaluate.py with --flops-budget or --max-drop, or "
@@ -78,8 +81,8 @@ def _export_lat(pipeline, config, workdir: Path, output: Path, force: bool) -> P
                                               config.data.max_length, run.encoder.num_layers,
                                               keep_cls=config.lat.keep_cls)
     except UserError as e:
-      raise ExportError(f"{workdir / CHOSEN}: {e}") from None
-    chosen_from = CHOSEN
+      raise ExportError(f"{_chosen_path(workdir)}: {e}") from None
+    chosen_from = pipeline.frontier.CHOSEN_FILE
   else:
     length_config, chosen_from = lat_phases.eval_length_config(run), "lat.eval_length_config"
   searched, found_file = None, workdir / frontier.FRONTIER_FILE
