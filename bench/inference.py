@@ -263,9 +263,9 @@ def ours_pass(engine, data: TokenizedDataset):
 
 def shapes(engine) -> dict[str, int]:
   """Compiled (rows, width) shapes, and the most the engine may compile: on CPU an AdapLeR
-  bucket compiles with either dot-kernel set (`infer.kernels`)."""
+  or LAT bucket compiles with either dot-kernel set (`infer.kernels`)."""
   rows = len(engine.row_counts()) if hasattr(engine, "row_counts") else 1
-  kernel_sets = engine.kernel_sets if isinstance(engine, AdaptiveEngine) else 1
+  kernel_sets = getattr(engine, "kernel_sets", 1)
   out = {"compiled_shapes": engine.compiled_shapes,
          "shape_bound": rows * len(engine.widths) * kernel_sets}
   if isinstance(engine, AdaptiveEngine):  # the widths its layers' grids may take.

@@ -5,8 +5,10 @@ import re
 import jax
 import numpy as np
 import pytest
+from jax._src import array as jax_array
 
 from adapler_jax.data import load_split, subset, tokenize
+from adapler_jax.data.batching import eval_batches
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.infer import LengthEngine
@@ -15,7 +17,8 @@ from adapler_jax.models.heads import ClassifierConfig
 from adapler_jax.reduce import lengths
 from adapler_jax.reduce.significance import SelectionFlags
 from adapler_jax.train import classifier
-from tests.test_engine import TINY, CompileCounter, minilm, synthetic  # noqa: F401 (fixture)
+from tests.test_engine import (KERNEL_SETS, TINY, CompileCounter, minilm,  # noqa: F401 (fixture)
+                               synthetic)
 
 
 @pytest.mark.parametrize("base", ["padded", "actual"])
@@ -106,3 +109,52 @@ def test_data_tokenized_off_the_engine_buckets_runs_at_its_own_width():
     masked = report.masked_lat_logits(cfg, params, data, (30, 20), base=32, flags=flags,
                                       batch_size=8)
     np.testing.assert_allclose(got.logits, masked, atol=1e-5, rtol=0)
+
+
+def test_one_program_per_bucket_serves_every_config():
+  """Layer widths are data of the program, not shapes: after one engine's warm-up, engines
+  at other configs (and batches of any lengths) compile nothing, and each still equals
+  the masked path."""
+  cfg = ClassifierConfig(TINY, 2)
+  params = classifier.init_classifier(jax.random.key(3), TINY, 2)
+  data = synthetic(40, 32, seed=8)
+  kwargs = dict(base=32, batch_size=8, max_length=32, buckets=(8, 16, 32))
+  first = LengthEngine(cfg, params, (20, 12), **kwargs)
+  first.warmup()
+  assert first.compiled_shapes <= KERNEL_SETS * 3  # one program per bucket and kernel set.
+  configs = ((20, 12), (30, 20), (12, 4), (6, 2), None)
+  with CompileCounter() as counter:
+    runs = [LengthEngine(cfg, params, config, **kwargs) for config in configs]
+    results = [engine.run(data) for engine in runs]
+  assert counter.count == 0
+  for config, engine, got in zip(configs, runs, results):
+    masked = report.masked_lat_logits(cfg, params, data, config, base=32, batch_size=8)
+    np.testing.assert_allclose(got.logits, masked, atol=1e-5, rtol=0)
+    assert engine.compiled_shapes <= KERNEL_SETS * 3
+  assert (got.kept_counts == got.lengths[:, None]).all()  # None: every token, every layer.
+
+
+def test_no_transfer_to_the_host_between_layers(monkeypatch):
+  """The host plans a batch from its lengths and reads only the outputs (on CPU every
+  read of an array's value is counted; the guard stops them on accelerators)."""
+  cfg = ClassifierConfig(TINY, 2)
+  params = classifier.init_classifier(jax.random.key(3), TINY, 2)
+  data = synthetic(8, 32, seed=9)
+  engine = LengthEngine(cfg, params, (20, 6), base=32, batch_size=8, max_length=32,
+                        buckets=(8, 16, 32))
+  batch = next(iter(eval_batches(data, 8, engine.widths)))
+  n = batch["attention_mask"].sum(axis=1, dtype=np.int32)
+  args = batch["input_ids"], batch["token_type_ids"], n
+  engine._call(*args)  # pylint: disable=protected-access  # compiles outside the guard.
+  reads = []
+  value = jax_array.ArrayImpl._value  # pylint: disable=protected-access
+  monkeypatch.setattr(jax_array.ArrayImpl, "_value",
+                      property(lambda a: reads.append(a.shape) or value.fget(a)))
+  with jax.transfer_guard_device_to_host("disallow_explicit"):
+    (logits, trace), real, widths = jax.block_until_ready(
+        engine._call(*args))  # pylint: disable=protected-access
+  assert not reads
+  assert widths[-1] < 32 and (real[:, -1] < n).sum() == 7  # the layers did shrink.
+  positions = jax.device_get(trace["positions"])
+  assert reads  # the count sees reads.
+  np.testing.assert_array_equal((positions >= 0).sum(-1).T, real)

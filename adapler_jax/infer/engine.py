@@ -46,7 +46,7 @@ import numpy as np
 
 from adapler_jax.data.batching import DEFAULT_BUCKETS, bucket_lengths, eval_batches
 from adapler_jax.data.tokenize import TokenizedDataset
-from adapler_jax.infer import kernels, layout, packing, program
+from adapler_jax.infer import kernels, lat_program, layout, packing, program
 from adapler_jax.models.adapler import AdapLeRConfig, hard_forward, predictor_params
 from adapler_jax.models import lat
 from adapler_jax.models.bert import NEG_INF, encoder_layer_params
@@ -72,8 +72,8 @@ _FULL_FORWARD = kernels.ByGridSize(packing.full_forward, grid_arg=3, static_argn
                                    static_argnames="chunk_rows")
 _PACKED_FULL_FORWARD = kernels.ByGridSize(packing.packed_full_forward, grid_arg=3,
                                           static_argnums=(0, 1), static_argnames="chunk_rows")
-_GATHER_FORWARD = kernels.ByGridSize(lat.gather_forward, grid_arg=3, static_argnums=(0, 1, 7),
-                                     static_argnames=("flags", "chunk_rows", "selects"))
+_LAT_FORWARD = kernels.ByGridSize(lat_program.forward, grid_arg=4, static_argnums=(0, 1, 2),
+                                  static_argnames=("flags", "chunk_rows"))
 
 @dataclasses.dataclass
 class EngineResult:
@@ -460,12 +460,14 @@ class FullLengthEngine(_Engine):
 class LengthEngine(_Engine):
   """A Length-Adaptive Transformer at one length config, with real token dropping.
 
-  Each batch runs as one compiled program (`models.lat.gather_forward`): after each
-  layer's attention, the tokens kept by attention significance are gathered to the front
-  and the rest of the row is cut off at a bucket width, so the feed-forward block and every
-  later layer run on fewer tokens. How many tokens each example keeps follows from the
+  Each batch runs as one compiled program per (rows, input bucket) (`lat_program.forward`):
+  after each layer's attention, the tokens kept by attention significance are gathered to
+  the front of each row, and the feed-forward block and every later layer run on the
+  narrowest bucket width holding them. How many tokens each example keeps follows from the
   config and its length alone (`reduce.lengths.real_counts`), so the host plans every
-  width before the batch starts and reads only the outputs.
+  width before the batch starts, hands the plan to the program as data, and reads only the
+  outputs. Configs and lengths never change the compiled shapes: one program per input
+  bucket (and dot-kernel set, `kernels`) serves them all.
 
   Args:
     cfg: a `ClassifierConfig` (or any config with `encoder`, `num_labels`).
@@ -491,13 +493,17 @@ class LengthEngine(_Engine):
     params = params.get("model", params)
     self._params = self._put({"bert": params["bert"], "head": params["head"]})
     self._forward = self._tracked("forward", functools.partial(
-        _GATHER_FORWARD, cfg.encoder, task_head(cfg), flags=flags,
-        chunk_rows=self.ffn_chunk_rows))
+        _LAT_FORWARD, cfg.encoder, task_head(cfg), flags=flags, chunk_rows=self.ffn_chunk_rows))
 
   @property
   def compiled_shapes(self) -> int:
-    """Distinct (rows, input width, layer widths) programs run so far."""
+    """Distinct (rows, input width, dot kernels) programs run so far."""
     return self._shape_counts("forward")["forward"]
+
+  @property
+  def kernel_sets(self) -> int:
+    """Dot-kernel sets a bucket's program may compile with: both on CPU (`kernels`)."""
+    return 2 if self.on_cpu else 1
 
   def plan(self, n: np.ndarray, width: int):
     """For lengths n (E,) padded to `width`: tokens to keep (L, E), real tokens kept (E, L),
@@ -513,20 +519,24 @@ class LengthEngine(_Engine):
     return counts.astype(np.int32), real, widths, selects
 
   def warmup(self) -> None:
-    """Compiles the program of a full batch of each input bucket (shorter batches may
-    need other layer widths, compiled when first met)."""
+    """Compiles the program of each input bucket ahead of time, on placeholder inputs: on
+    CPU, with each dot-kernel set a batch of that bucket may pick (`kernels`)."""
     for width in self.widths:
       ids = np.zeros((self.batch_size, width), np.int32)
       n = np.full((self.batch_size,), width, np.int32)
-      jax.block_until_ready(self._call(ids, ids, n)[0])
+      for small in sorted({self._small_dots(ids.size), self.kernel_sets == 2}):
+        jax.block_until_ready(self._call(ids, ids, n, small)[0])
 
-  def _call(self, input_ids, token_type_ids, n):
+  def _call(self, input_ids, token_type_ids, n, small: bool | None = None):
     """The program's outputs on one batch, the real tokens each layer keeps and the layer
     widths, both planned here on the host."""
     counts, real, widths, selects = self.plan(n, input_ids.shape[1])
-    small = self._small_dots([len(n) * w for w in widths])  # the grids the layers run on.
-    out = self._forward(self._params, input_ids, token_type_ids, n, counts, widths,
-                        selects=selects, small=small)
+    if small is None:
+      small = self._small_dots([len(n) * w for w in widths])  # the grids the layers run on.
+    candidates = self._grid_widths(input_ids.shape[1])
+    index = np.asarray([candidates.index(w) for w in widths], np.int32)
+    out = self._forward(candidates, self._params, input_ids, token_type_ids, n, counts, index,
+                        np.asarray(selects), small=small)
     return out, real, widths
 
   def run_batch(self, batch: Batch, *, rationales: bool = False) -> dict[str, Any]:
@@ -537,7 +547,7 @@ class LengthEngine(_Engine):
            "slots": np.asarray([rows * w for w in widths]),
            "packed": np.zeros(len(widths), np.int64)}
     if rationales:
-      positions = jax.device_get(trace["positions"])
+      positions = np.asarray(trace["positions"])
       out["positions"] = [[p[e][p[e] >= 0] for p in positions] for e in range(rows)]
       out["scores"] = [None] * rows
     return out

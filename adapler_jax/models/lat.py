@@ -9,7 +9,8 @@ count for classification, or a `Head`); a span head reads the restored sequence
 * `masked_forward`: fixed (B, T) shapes; the length config is a traced array, so sampling
   a new one never recompiles (training, evaluating many configs);
 * `gather_forward`: kept tokens are gathered and later layers run on fewer of them, at
-  static widths (inference; the batched `LengthEngine` runs it).
+  static widths (the reference for inference; the batched `LengthEngine` runs the same
+  rule with the widths as data, `infer.lat_program`).
 
 They agree (tested), and with no config (or lengths at least as long as every example)
 both equal the plain model.
