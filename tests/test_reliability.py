@@ -183,6 +183,16 @@ def test_each_phase_records_the_config_it_ran_with(tiny_backbone, run_dir):
   assert snapshot(run_dir / "finetune") == checkpoints
 
 
+def test_a_phase_without_its_inputs_records_nothing(tiny_backbone, tmp_path):
+  """A phase refused at once (no fine-tuned checkpoint, no saliency) leaves no
+  config.<phase>.json or environment.<phase>.json claiming it ran."""
+  run = pipeline.prepare(small_config(tiny_backbone), tmp_path / "run")
+  for phase in (pipeline.extract_saliency, pipeline.train_adapler, pipeline.summarize):
+    with pytest.raises(UserError):
+      phase(run)
+  assert sorted(p.name for p in run.workdir.glob("*.json")) == ["config.json"]
+
+
 def test_each_phase_records_what_it_ran_on(finished):
   for phase in ("finetune", "saliency", "adapler", "evaluate"):
     recorded = json.loads((finished / f"environment.{phase}.json").read_text())
@@ -528,6 +538,20 @@ def test_evaluate_half_finished_workdir_creates_nothing(run_dir):
   msg = one_line_error(cli("evaluate.py", "--workdir", str(run_dir)))
   assert msg == f"no AdapLeR checkpoint in {run_dir / 'adapler'}; run --phase adapler"
   assert not (run_dir / "adapler").exists() and snapshot(run_dir) == before
+
+
+def test_a_run_whose_backbone_moved_names_its_config(run_dir, tmp_path):
+  """evaluate.py has no backbone flag: the fix is the folder, or the run's config.json."""
+  config = json.loads((run_dir / "config.json").read_text())
+  config["backbone"] = str(tmp_path / "moved")
+  (run_dir / "config.json").write_text(json.dumps(config))
+  before = snapshot(run_dir)
+  msg = one_line_error(cli("evaluate.py", "--workdir", str(run_dir)))
+  assert msg == (f"the run's backbone {tmp_path / 'moved'} (\"backbone\" in "
+                 f"{run_dir / 'config.json'}) does not load: checkpoint directory "
+                 f"{tmp_path / 'moved'} does not exist; put it back, or set \"backbone\" there "
+                 "to where it is now")
+  assert snapshot(run_dir) == before
 
 
 def test_explain_refuses_an_empty_text_and_announces_truncation(finished, tmp_path):

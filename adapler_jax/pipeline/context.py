@@ -196,6 +196,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
             record: bool = True) -> Run:
   """Loads the task, backbone and tokenizer and builds the data mesh over every device.
 
+  Without `record` the config is a finished run's (`read_config`), and a backbone that no
+  longer loads is reported against the workdir's config.json.
+
   `record` is for runs that train: the config, the data and the checkpoints already in the
   workdir are checked first, then the workdir is locked for this process and the config
   written to it atomically, so a rerun that fails leaves the workdir as it was.
@@ -206,8 +209,16 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
     check_same_method(config, workdir)
   mesh = parallel.make_data_mesh()
   config, task = resolve_task(config)
-  encoder, backbone, tokenizer = weights.load_backbone(
-      config.backbone, revision=config.get("backbone_revision"), dtype=config.dtype)
+  try:
+    encoder, backbone, tokenizer = weights.load_backbone(
+        config.backbone, revision=config.get("backbone_revision"), dtype=config.dtype)
+  except weights.WeightsError as e:
+    if record:  # the backbone came from the user's config: its own message names the fix.
+      raise
+    raise weights.WeightsError(
+        f"the run's backbone {config.backbone} (\"backbone\" in {workdir / CONFIG_FILE}) "
+        f"does not load: {str(e).split('; ')[0]}; put it back, or set \"backbone\" there to "
+        "where it is now") from e
   checks.check_max_length(config, encoder)
   run = Run(config, workdir, task, encoder, backbone, tokenizer, MetricWriter(workdir), mesh)
   checks.check_flops_mode(config.eval.flops, task)

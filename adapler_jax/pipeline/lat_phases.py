@@ -76,7 +76,6 @@ def train_lengthdrop(run: Run) -> None:
   (linear decay, no warmup). After each epoch the full model and the smallest sub-model
   are evaluated on dev and a checkpoint is saved; a rerun resumes at the last epoch."""
   run.check_batch_sizes("lat.batch_size")
-  workdir_lib.record_config(run, LENGTHDROP)
   c = run.config.lat
   train, dev = run.dataset("train"), run.dataset("dev")
   steps_per_epoch = num_train_steps(train, c.batch_size)
@@ -84,6 +83,7 @@ def train_lengthdrop(run: Run) -> None:
   schedule = optax.linear_schedule(c.learning_rate, 0.0, max(1, total))
   optimizer = optim.adamw(schedule, c.weight_decay)
   _, params, _ = phases.load_finetuned(run, 1)[0]
+  workdir_lib.record_config(run, LENGTHDROP)  # once its inputs are there.
   key = jax.random.key(run.config.seed + 2)
   ckpt = lengthdrop_checkpointer(run)
   state = phases.restore_latest(

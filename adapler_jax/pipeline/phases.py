@@ -234,9 +234,9 @@ def extract_saliency(run: Run) -> np.ndarray:
   checkpoint weighs the same. Stored in `saliency.npz` keyed by example id.
   """
   run.check_batch_sizes("saliency.batch_size")
-  workdir_lib.record_config(run, "saliency")
   train = run.dataset("train")
   checkpoints = load_finetuned(run, run.config.saliency.num_checkpoints)
+  workdir_lib.record_config(run, "saliency")  # once its inputs are there.
   total = np.zeros(train.input_ids.shape, np.float32)
   bar = progress_bar(run, len(train) * len(checkpoints), "saliency")
   for _, params, _ in checkpoints:
@@ -284,10 +284,10 @@ def train_adapler(run: Run) -> None:
   checkpoint with the dev metric and FLOPs speedup. A rerun resumes at the last epoch saved.
   """
   run.check_batch_sizes("adapler.batch_size")
-  workdir_lib.record_config(run, ADAPLER)
   c = run.config.adapler
   train, dev = run.dataset("train"), run.dataset("dev")
   sal = saliency_lib.load_for(run.workdir / SALIENCY_FILE, train)
+  workdir_lib.record_config(run, ADAPLER)  # once its inputs are there.
   source = saliency_lib.source(run.workdir / SALIENCY_FILE)
   cfg = run.adapler_config()
   steps_per_epoch = num_train_steps(train, c.batch_size)
@@ -401,10 +401,10 @@ def summarize(run: Run, backbone_metric: float | None = None,
               seconds: float | None = None) -> dict[str, Any]:
   """Evaluates the selected checkpoints on the eval split and writes `summary.json`."""
   run.check_batch_sizes("eval.batch_size")
-  workdir_lib.record_config(run, "evaluate")
   split = run.config.eval.split
   data = run.dataset(split)
   _, backbone_params, _ = load_finetuned(run, 1)[0]
+  workdir_lib.record_config(run, "evaluate")  # once its inputs are there.
   backbone = report.evaluate_backbone(run.encoder, run.head, backbone_params, data,
                                       run.metric_name, run.config.eval.batch_size,
                                       mesh=run.mesh)
