@@ -28,6 +28,10 @@ def test_unlabelled_data_and_inputs():
     with pytest.raises(data_lib.DataError, match=f"^line 4: field 'text' holds {kind}, not "
                                                  "text; give it a string$"):
       inputs.texts_of({"text": value}, [inputs.GENERIC_FIELDS], 1, "line 4")
+  for empty, num_texts in (({"text": ""}, 1), (" ", 1), ("a\t ", 2), (("a", ""), 2)):
+    with pytest.raises(data_lib.DataError, match=r"^line 5: empty text; give every input some "
+                                                 r"text \(blank lines of a text file"):
+      inputs.texts_of(empty, fields, num_texts, "line 5")
   ids, items = inputs.read_lines(["first\n", "\n", "second\n"], "f")
   assert ids == ["1", "3"] and items == ["first", "second"]
   tsv = ["index\tsentence\n", "0\tgood .\n", "1\tbad .\n"]

@@ -28,16 +28,20 @@ Rows = Iterator[tuple[str, Record]]
 
 
 class Hints(NamedTuple):
-  """Fix suggestions appended to messages about columns and labels."""
+  """Fix suggestions appended to messages about columns and labels; `empty`: the message
+  (problem; fix) for a split without rows, `{split}` standing for its name."""
   column: str
   label: str
+  empty: str
 
 
 TASK_HINTS = Hints(column="use the task's standard file format",
-                   label="fix the label or remove the row")
+                   label="fix the label or remove the row",
+                   empty="split '{split}' has no examples; add data rows or use another split")
 FILE_HINTS = Hints(column="pass --config.data.text_fields and --config.data.label_field "
                           "naming columns of the file",
-                   label="fix the label or pass --config.data.label_names")
+                   label="fix the label or pass --config.data.label_names",
+                   empty="no data rows; add data rows or pass another file")
 
 
 def _open_text(path: Path):
@@ -195,7 +199,11 @@ def _missing_column(where: str, column: Any, record: Record, hints: Hints) -> Da
 
 def check_columns(where: str, header: Sequence[Any], columns: Iterable[Any],
                   hints: Hints) -> None:
-  """DataError naming the first of `columns` missing from `header` and the columns found."""
+  """DataError naming the first of `columns` missing from `header` and the columns found
+  (or saying the file is empty)."""
+  if not header:
+    raise DataError(format_message(where, "the file is empty (no header row)",
+                                   "write a header row naming the columns, then data rows"))
   for c in columns:
     if c not in header:
       raise _missing_column(where, c, dict.fromkeys(header), hints)
@@ -249,8 +257,7 @@ def build_examples(
       labels.append(_parse_label(record[label_column], index, where, hints))
     ids.append("-".join(str(record[c]) for c in id_columns) if id_columns else f"{split}-{row}")
   if not ids:
-    raise DataError(format_message(source, f"split '{split}' has no examples",
-                                   "add data rows or use another split"))
+    raise DataError(format_message(source, hints.empty.format(split=split)))
   return TextDataset(ids=ids, texts=texts, labels=np.asarray(labels, np.int32) if labelled
                      else None, task=task, source=source)
 
@@ -453,8 +460,7 @@ def file_labels(spec: TaskSpec, split: str, data_dir: str | os.PathLike[str]) ->
       raise _missing_column(where, field, record, FILE_HINTS)
     values.add(str(record[field]).strip())
   if not values:
-    raise DataError(format_message(location(path), f"split '{split}' has no examples",
-                                   "add data rows or use another split"))
+    raise DataError(format_message(location(path), FILE_HINTS.empty))
   if all(v.isdigit() for v in values):
     return tuple(str(i) for i in range(max(map(int, values)) + 1))
   return tuple(sorted(values))
