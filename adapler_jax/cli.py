@@ -91,11 +91,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
       config = flags.FLAGS[CONFIG_FLAG].value  # without overrides the file loads here,
       getattr(config, "keys", None)  # and a failed load raises on first use.
-    except OSError as e:
-      reason = [l.strip() for l in str(e).splitlines() if l.strip()][-1]
-      raise UserError(f"config file {flags.FLAGS[CONFIG_FLAG].config_filename} cannot be "
-                      f"loaded ({reason}); pass --config configs/<task>.py") from None
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # pylint: disable=broad-except  (a file missing, a folder, or failing)
       _load_config(path)
       raise
     _check_loaded(path, config)
@@ -113,8 +109,11 @@ def _load_config(path: str):
   """`get_config()` of the config file at `path`; one-line `UserError` when the file cannot
   be run or does not give a config of `base_config`'s shape."""
   fix = "pass --config configs/<task>.py, or a copy of one"
-  if not Path(path).is_file():
-    return None  # config_flags says so itself.
+  try:
+    Path(path).open("rb").close()
+  except OSError as e:  # missing, a folder, unreadable: as config_flags words it.
+    raise UserError(f"config file {path} cannot be loaded ({e}); pass --config "
+                    "configs/<task>.py") from None
   try:
     spec = importlib.util.spec_from_file_location("_config_file", path)
     module = importlib.util.module_from_spec(spec)

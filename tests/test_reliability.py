@@ -342,8 +342,13 @@ def test_resumed_adapler_epoch_logs_each_row_once(tiny_backbone, run_dir):
 # ----------------------------------------------------------------- bad inputs: one line each
 
 
-def test_missing_config_file():
-  msg = one_line_error(cli("train.py", "--config", "configs/nope.py", "--workdir", "/tmp/x"))
+@pytest.mark.parametrize("overrides", [(), ("--config.train.epochs=1",)],
+                         ids=["alone", "with-overrides"])
+def test_missing_config_file(overrides):
+  """With overrides the file loads while the flags parse; without, on first use: one line
+  either way."""
+  msg = one_line_error(cli("train.py", "--config", "configs/nope.py", "--workdir", "/tmp/x",
+                           *overrides))
   assert msg == ("config file configs/nope.py cannot be loaded ([Errno 2] No such file or "
                  "directory: 'configs/nope.py'); pass --config configs/<task>.py")
 
