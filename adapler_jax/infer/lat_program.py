@@ -83,7 +83,7 @@ def forward(enc: EncoderConfig, head: Head, widths: tuple[int, ...], params: dic
     -1 on empty slots.
   """
   check_flags(head, flags)
-  num, width = input_ids.shape
+  width = input_ids.shape[1]
   if widths[-1] != width:
     raise ValueError(f"the last candidate width must be the input's {width}, got {widths}")
   bert = params["bert"]
