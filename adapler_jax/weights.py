@@ -42,6 +42,10 @@ class WeightsError(UserError):
   """A checkpoint that cannot be found, read or matched to the model."""
 
 
+class MissingCheckpointError(WeightsError):
+  """A local checkpoint directory that does not exist."""
+
+
 class Backbone(NamedTuple):
   config: EncoderConfig
   params: dict  # {"embeddings": ..., "encoder": ...}, the `Bert` module's params.
@@ -100,8 +104,9 @@ def resolve_checkpoint_dir(name_or_path: str, *, revision: str | None = None) ->
   if path.is_dir():
     return path
   if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-    raise WeightsError(f"checkpoint directory {name_or_path} does not exist; pass a directory "
-                       "with config.json and model.safetensors, 'minilm', or a hub id")
+    raise MissingCheckpointError(f"checkpoint directory {name_or_path} does not exist; pass a "
+                                 "directory with config.json and model.safetensors, 'minilm', "
+                                 "or a hub id")
   return _download(name_or_path, revision)
 
 

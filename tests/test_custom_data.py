@@ -129,15 +129,17 @@ def test_bad_custom_configs(tiny_backbone, files, data, want):
      "another file"),
     ("header.csv", "review,sentiment\n", "dev_file", "header.csv: no data rows; add data "
      "rows or pass another file"),
-    ("empty.csv", "", "train_file", "empty.csv line 1: the file is empty (no header row); "
-     "write a header row naming the columns, then data rows"),
+    ("empty.csv", "", "train_file", "empty.csv line 1: the first line is empty, so there is "
+     "no header row; write the column names on the first line, then the rows"),
+    ("blank.csv", "\nreview,sentiment\n", "train_file", "blank.csv line 1: the first line is "
+     "empty, so there is no header row"),
 ])
 def test_a_custom_file_without_rows_says_so(tiny_backbone, files, name, text, field, want):
   (files / name).write_text(text)
   config = custom_config(tiny_backbone, files, **{field: name})
   with pytest.raises(DataError) as err:
     pipeline.prepare(config, files / "run")
-  assert str(err.value).endswith(f"/{want}") and "\n" not in str(err.value)
+  assert f"/{want}" in str(err.value) and "\n" not in str(err.value)
   assert not (files / "run" / "config.json").exists()
 
 

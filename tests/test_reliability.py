@@ -193,6 +193,19 @@ def test_a_phase_without_its_inputs_records_nothing(tiny_backbone, tmp_path):
   assert sorted(p.name for p in run.workdir.glob("*.json")) == ["config.json"]
 
 
+def test_evaluation_before_adapler_training_records_nothing(run_dir):
+  """Fine-tuned, no AdapLeR checkpoint: the evaluate phase stops before it evaluates the
+  backbone or records a config."""
+  shutil.rmtree(run_dir / "adapler")
+  for name in ("summary.json", "config.evaluate.json", "environment.evaluate.json"):
+    (run_dir / name).unlink()
+  run = pipeline.prepare(pipeline.read_config(run_dir), run_dir, record=False)
+  with pytest.raises(UserError, match="^no AdapLeR checkpoint in "):
+    pipeline.summarize(run)
+  assert not (run_dir / "config.evaluate.json").exists()
+  assert not (run_dir / "environment.evaluate.json").exists()
+
+
 def test_each_phase_records_what_it_ran_on(finished):
   for phase in ("finetune", "saliency", "adapler", "evaluate"):
     recorded = json.loads((finished / f"environment.{phase}.json").read_text())

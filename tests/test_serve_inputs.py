@@ -28,7 +28,8 @@ def test_unlabelled_data_and_inputs():
     with pytest.raises(data_lib.DataError, match=f"^line 4: field 'text' holds {kind}, not "
                                                  "text; give it a string$"):
       inputs.texts_of({"text": value}, [inputs.GENERIC_FIELDS], 1, "line 4")
-  for empty, num_texts in (({"text": ""}, 1), (" ", 1), ("a\t ", 2), (("a", ""), 2)):
+  assert inputs.texts_of("a\t", fields, 2, "x") == ("a", "")  # one side of a pair may be.
+  for empty, num_texts in (({"text": ""}, 1), (" ", 1), (" \t ", 2), (("", ""), 2)):
     with pytest.raises(data_lib.DataError, match=r"^line 5: empty text; give every input some "
                                                  r"text \(blank lines of a text file"):
       inputs.texts_of(empty, fields, num_texts, "line 5")

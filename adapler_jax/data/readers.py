@@ -200,10 +200,10 @@ def _missing_column(where: str, column: Any, record: Record, hints: Hints) -> Da
 def check_columns(where: str, header: Sequence[Any], columns: Iterable[Any],
                   hints: Hints) -> None:
   """DataError naming the first of `columns` missing from `header` and the columns found
-  (or saying the file is empty)."""
+  (or that there is no header: an empty file, or an empty first line)."""
   if not header:
-    raise DataError(format_message(where, "the file is empty (no header row)",
-                                   "write a header row naming the columns, then data rows"))
+    raise DataError(format_message(where, "the first line is empty, so there is no header row",
+                                   "write the column names on the first line, then the rows"))
   for c in columns:
     if c not in header:
       raise _missing_column(where, c, dict.fromkeys(header), hints)

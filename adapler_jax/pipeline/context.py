@@ -212,7 +212,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
   try:
     encoder, backbone, tokenizer = weights.load_backbone(
         config.backbone, revision=config.get("backbone_revision"), dtype=config.dtype)
-  except weights.WeightsError as e:
+  except weights.MissingCheckpointError as e:
     if record:  # the backbone came from the user's config: its own message names the fix.
       raise
     raise weights.WeightsError(

@@ -403,14 +403,13 @@ def summarize(run: Run, backbone_metric: float | None = None,
   run.check_batch_sizes("eval.batch_size")
   split = run.config.eval.split
   data = run.dataset(split)
-  _, backbone_params, _ = load_finetuned(run, 1)[0]
+  _, backbone_params, dev_metric = load_finetuned(run, 1)[0]
+  step, rule = select_adapler_step(run, dev_metric if backbone_metric is None
+                                   else backbone_metric)
   workdir_lib.record_config(run, "evaluate")  # once its inputs are there.
   backbone = report.evaluate_backbone(run.encoder, run.head, backbone_params, data,
                                       run.metric_name, run.config.eval.batch_size,
                                       mesh=run.mesh)
-  if backbone_metric is None:
-    backbone_metric = load_finetuned(run, 1)[0][2]
-  step, rule = select_adapler_step(run, backbone_metric)
   result = report.evaluate_adapler(run.adapler_config(), load_adapler(run, step), data,
                                    run.metric_name, engine=run.config.eval.engine,
                                    batch_size=run.config.eval.batch_size,

@@ -43,7 +43,7 @@ def texts_of(item: Any, fields: Sequence[Sequence[Sequence[str]]], num_texts: in
     raise DataError(f"{where}: the model takes {shape}, this input has {len(texts)}; give "
                     + ("text<TAB>text or a record with " + _names(fields[0]) if num_texts == 2
                        else "one text per input"))
-  if not all(t.strip() for t in texts):
+  if not any(t.strip() for t in texts):
     raise DataError(f"{where}: empty text; give every input some text (blank lines of a "
                     "text file are skipped)")
   return texts
