@@ -122,13 +122,16 @@ def test_one_program_per_bucket_serves_every_config():
   first = LengthEngine(cfg, params, (20, 12), **kwargs)
   first.warmup()
   assert first.compiled_shapes <= KERNEL_SETS * 3  # one program per bucket and kernel set.
-  configs = ((20, 12), (30, 20), (12, 4), (6, 2), None)
+  configs = [((20, 12), "padded"), ((30, 20), "padded"), ((12, 4), "padded"),
+             ((6, 2), "padded"), ((20, 12), "actual"), (None, "padded")]
   with CompileCounter() as counter:
-    runs = [LengthEngine(cfg, params, config, **kwargs) for config in configs]
+    runs = [LengthEngine(cfg, params, config, flags=SelectionFlags(length_base=base), **kwargs)
+            for config, base in configs]
     results = [engine.run(data) for engine in runs]
   assert counter.count == 0
-  for config, engine, got in zip(configs, runs, results):
-    masked = report.masked_lat_logits(cfg, params, data, config, base=32, batch_size=8)
+  for (config, base), engine, got in zip(configs, runs, results):
+    masked = report.masked_lat_logits(cfg, params, data, config, base=32, batch_size=8,
+                                      flags=SelectionFlags(length_base=base))
     np.testing.assert_allclose(got.logits, masked, atol=1e-5, rtol=0)
     assert engine.compiled_shapes <= KERNEL_SETS * 3
   assert (got.kept_counts == got.lengths[:, None]).all()  # None: every token, every layer.

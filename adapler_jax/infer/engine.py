@@ -72,7 +72,7 @@ _FULL_FORWARD = kernels.ByGridSize(packing.full_forward, grid_arg=3, static_argn
                                    static_argnames="chunk_rows")
 _PACKED_FULL_FORWARD = kernels.ByGridSize(packing.packed_full_forward, grid_arg=3,
                                           static_argnums=(0, 1), static_argnames="chunk_rows")
-_LAT_FORWARD = kernels.ByGridSize(lat_program.forward, grid_arg=4, static_argnums=(0, 1, 2),
+_GATHER_FORWARD = kernels.ByGridSize(lat_program.forward, grid_arg=4, static_argnums=(0, 1, 2),
                                   static_argnames=("flags", "chunk_rows"))
 
 @dataclasses.dataclass
@@ -492,8 +492,12 @@ class LengthEngine(_Engine):
         config, self.base, cfg.num_layers, keep_cls=flags.keep_cls))
     params = params.get("model", params)
     self._params = self._put({"bert": params["bert"], "head": params["head"]})
+    # The host turns the config into counts; the program never reads `length_base`, so
+    # both bases share its compilations.
+    program_flags = dataclasses.replace(flags, length_base="padded")
     self._forward = self._tracked("forward", functools.partial(
-        _LAT_FORWARD, cfg.encoder, task_head(cfg), flags=flags, chunk_rows=self.ffn_chunk_rows))
+        _GATHER_FORWARD, cfg.encoder, task_head(cfg), flags=program_flags,
+        chunk_rows=self.ffn_chunk_rows))
 
   @property
   def compiled_shapes(self) -> int:

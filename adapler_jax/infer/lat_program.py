@@ -4,20 +4,21 @@ input width): the layer widths are data, not shapes.
 `models.lat.gather_forward` takes each layer's width as a static argument, so every new
 length config, and every batch whose lengths plan other widths, compiles a new program.
 Here the hidden states keep the input's shape (E, W, H), kept tokens at the front of each
-row, and each layer runs two `lax.switch`es over the static candidate widths `widths`::
+row. The width layer l keeps is the width layer l + 1 attends at, so after layer 0's
+attention (at W) each layer is one `lax.switch` over the static candidate `widths`::
 
-  attention at the width entering the layer (scoring, and the significance order, only
-  where the layer selects) -> feed-forward at the width the layer keeps
+  layer l's feed-forward block, then layer l + 1's attention and selection, both at the
+  width layer l keeps                              (the last layer: its feed-forward only)
 
 `plan` (L,) names each layer's width (an index into `widths`) and `selects` (L,) whether
 it drops any token; both come from the lengths alone (`LengthEngine.plan`), and go in
 beside `counts` as arrays. A selecting layer orders every present token by significance
 and keeps the first `counts[l]` of them: the rule of `GatherSelection`, whose top-k over
-the kept width takes the same prefix. Slots past a layer's width hold no token.
-Drop-and-restore (span heads) writes each layer's slots back to their original positions
-(`walk.restore_step`), as `walk` does for the static path.
+the kept width takes the same prefix; a layer that drops nothing leaves its slots as they
+are. Slots past a layer's width hold no token. Drop-and-restore (span heads) writes each
+layer's slots back to their original positions (`walk.restore_step`), as `walk` does for
+the static path.
 """
-
 from __future__ import annotations
 
 import jax
@@ -38,29 +39,47 @@ def _pad_to(a: Array, width: int, fill) -> Array:
   return jnp.pad(a, pad, constant_values=fill)
 
 
-def _attend_branch(enc: EncoderConfig, flags: SelectionFlags, width: int, select: bool,
-                   chunk_rows: int | None):
-  """Attention over the first `width` slots; with `select`, the significance order and
-  the keep counts (the rest of the row stays empty)."""
+def _attend(enc: EncoderConfig, flags: SelectionFlags, chunk_rows: int | None, x, present,
+            positions, layer_params, count, select):
+  """Attention over all of x's slots (E, w, H); where `select` (a traced bool), the kept
+  tokens in significance order at the front (`GatherSelection`'s rule), else the slots as
+  they were."""
+  layer = walk.ParamLayer(enc, layer_params, chunk_rows)
+  ctx = (present, positions)
+  policy = GatherSelection(count[None], (x.shape[1],), flags)
+  a, probs = layer.attend(x, policy.bias(ctx), return_probs=True)
+  chosen, (kept, kept_positions), _ = policy.after_attention(0, a, probs, ctx)
+  pick = lambda new, old: jnp.where(select, new, old)
+  return pick(chosen, a), pick(kept, present), pick(kept_positions, positions)
 
-  def run(x, present, positions, layer_params, count):
-    full = x.shape[1]
-    layer = walk.ParamLayer(enc, layer_params, chunk_rows)
-    ctx = (present[:, :width], positions[:, :width])
-    policy = GatherSelection(count[None], (width,), flags, (select,))
-    a, probs = layer.attend(x[:, :width], policy.bias(ctx), return_probs=select)
-    a, (present, positions), _ = policy.after_attention(0, a, probs, ctx)
-    return _pad_to(a, full, 0), _pad_to(present, full, False), _pad_to(positions, full, -1)
+
+def _step_branch(enc: EncoderConfig, flags: SelectionFlags, width: int, restore: bool,
+                 chunk_rows: int | None):
+  """Layer l's feed-forward block, then layer l + 1's attention, both over the first
+  `width` slots (the width layer l keeps is the width layer l + 1 enters at)."""
+
+  def run(a, present, positions, restored, ffn_params, attend_params, count, select):
+    full = a.shape[1]
+    y = walk.ParamLayer(enc, ffn_params, chunk_rows).feed_forward(a[:, :width])
+    present, positions = present[:, :width], positions[:, :width]
+    if restore:
+      restored = walk.restore_step(restored, y, positions)
+    a, present, positions = _attend(enc, flags, chunk_rows, y, present, positions,
+                                    attend_params, count, select)
+    return (_pad_to(a, full, 0), _pad_to(present, full, False), _pad_to(positions, full, -1),
+            restored)
 
   return run
 
 
-def _feed_forward_branch(enc: EncoderConfig, width: int, chunk_rows: int | None):
-  """The feed-forward block over the first `width` slots, written over them."""
+def _last_branch(enc: EncoderConfig, width: int, restore: bool, chunk_rows: int | None):
+  """The last layer's feed-forward block over the first `width` slots."""
 
-  def run(a, layer_params):
-    y = walk.ParamLayer(enc, layer_params, chunk_rows).feed_forward(a[:, :width])
-    return jax.lax.dynamic_update_slice(a, y.astype(a.dtype), (0, 0, 0))
+  def run(a, positions, restored, ffn_params):
+    y = walk.ParamLayer(enc, ffn_params, chunk_rows).feed_forward(a[:, :width])
+    if restore:
+      restored = walk.restore_step(restored, y, positions[:, :width])
+    return _pad_to(y, a.shape[1], 0), restored
 
   return run
 
@@ -76,7 +95,7 @@ def forward(enc: EncoderConfig, head: Head, widths: tuple[int, ...], params: dic
     params: the classifier `{"bert", "head"}`.
     counts: (L, E) int tokens kept per layer; plan: (L,) int index into `widths` of each
       layer's width (it must hold the largest real count); selects: (L,) bool, False where
-      a layer drops nothing (it then skips scoring).
+      a layer drops nothing (its slots then stay in order).
   Returns:
     logits (E, C), or (E, W, 2) over the restored sequence for a span head, and the trace
     `positions` (L, E, W): the original position of each slot after layer l's selection,
@@ -89,21 +108,20 @@ def forward(enc: EncoderConfig, head: Head, widths: tuple[int, ...], params: dic
   bert = params["bert"]
   x = embed(enc, bert["embeddings"], input_ids, token_type_ids)
   present, positions = GatherSelection.initial(jnp.arange(width) < n[:, None])
-  attend = [_attend_branch(enc, flags, w, s, chunk_rows) for w in widths for s in (False, True)]
-  feed_forward = [_feed_forward_branch(enc, w, chunk_rows) for w in widths]
   layer_params = encoder_layer_params(enc, bert)
   restored = x if head.restore else None
-  entering = jnp.int32(len(widths) - 1)
-  trace = []
-  for l, lp in enumerate(layer_params):
-    branch = 2 * entering + selects[l].astype(jnp.int32)
-    a, present, positions = jax.lax.switch(branch, attend, x, present, positions, lp,
-                                           counts[l])
-    x = jax.lax.switch(plan[l], feed_forward, a, lp)
-    if restored is not None:
-      restored = walk.restore_step(restored, x, positions)
+  # Layer 0 attends at the input width; then one switch per layer, on the width it keeps.
+  a, present, positions = _attend(enc, flags, chunk_rows, x, present, positions,
+                                  layer_params[0], counts[0], selects[0])
+  trace = [positions]
+  steps = [_step_branch(enc, flags, w, head.restore, chunk_rows) for w in widths]
+  for l in range(len(layer_params) - 1):
+    a, present, positions, restored = jax.lax.switch(
+        plan[l], steps, a, present, positions, restored, layer_params[l], layer_params[l + 1],
+        counts[l + 1], selects[l + 1])
     trace.append(positions)
-    entering = plan[l]
+  lasts = [_last_branch(enc, w, head.restore, chunk_rows) for w in widths]
+  x, restored = jax.lax.switch(plan[-1], lasts, a, positions, restored, layer_params[-1])
   logits = head.module(enc).apply({"params": params["head"]},
                                   x if restored is None else restored)
   return logits, {"positions": jnp.stack(trace)}
