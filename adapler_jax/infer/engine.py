@@ -73,7 +73,7 @@ _FULL_FORWARD = kernels.ByGridSize(packing.full_forward, grid_arg=3, static_argn
 _PACKED_FULL_FORWARD = kernels.ByGridSize(packing.packed_full_forward, grid_arg=3,
                                           static_argnums=(0, 1), static_argnames="chunk_rows")
 _GATHER_FORWARD = kernels.ByGridSize(lat_program.forward, grid_arg=4, static_argnums=(0, 1, 2),
-                                  static_argnames=("flags", "chunk_rows"))
+                                     static_argnames=("flags", "chunk_rows"))
 
 @dataclasses.dataclass
 class EngineResult:
