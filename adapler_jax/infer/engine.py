@@ -516,8 +516,8 @@ class LengthEngine(_Engine):
     config = self.config or (self.base,) * self.cfg.num_layers
     counts = lengths_lib.keep_counts(np.asarray(config), n, self.base, self.flags.length_base)
     real = lengths_lib.real_counts(config, n, self.base, self.flags.length_base)
-    widths = tuple(layout.smallest_width(int(c), self._grid_widths(width))
-                   for c in real.max(axis=0))
+    candidates = self._grid_widths(width)  # once a batch, not once a layer.
+    widths = tuple(layout.smallest_width(int(c), candidates) for c in real.max(axis=0))
     entering = np.concatenate([np.asarray(n)[:, None], real[:, :-1]], axis=1)
     selects = tuple(bool(s) for s in (real < entering).any(axis=0))
     return counts.astype(np.int32), real, widths, selects
