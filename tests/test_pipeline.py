@@ -195,6 +195,9 @@ def test_lat_phases_and_evaluation(tiny_backbone, tmp_path):
   epochs = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()
             if '"lengthdrop_epoch"' in l]
   assert [e["epoch"] for e in epochs] == [0] and "dev_metric_smallest" in epochs[0]
+  for phase in ("finetune", "lengthdrop", "evaluate"):  # each phase records what it ran with.
+    assert json.loads((workdir / f"config.{phase}.json").read_text())["method"] == "lat"
+    assert "versions" in json.loads((workdir / f"environment.{phase}.json").read_text())
 
   out = tmp_path / "eval.json"
   proc = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(workdir),

@@ -152,6 +152,7 @@ def summarize(run: Run, seconds: float | None = None, config=None) -> dict[str, 
   config = eval_length_config(run) if config is None else config
   _, backbone, backbone_dev = phases.load_finetuned(run, 1)[0]
   step, params = load_lengthdrop(run)
+  workdir_lib.record_config(run, "evaluate")  # once its inputs are there.
   rows = {"standard": evaluate_at(run, backbone, data, None),
           "standard_reduced": evaluate_at(run, backbone, data, config),
           "lat": evaluate_at(run, params, data, None),
