@@ -1,5 +1,6 @@
 """The batched LAT engine (gather path) against the masked path, and compile reuse."""
 
+import dataclasses
 import re
 
 import jax
@@ -41,6 +42,36 @@ def test_engine_equals_masked_path_on_real_text(minilm, shared_data, base):
   np.testing.assert_array_equal(got.kept_counts,
                                 lengths.real_counts(config, data.lengths, 64, base))
   assert got.kept_counts[:, -1].sum() < got.lengths.sum()  # tokens really dropped.
+
+
+def test_scores_counting_padded_queries_pad_to_the_full_length():
+  """`include_pad_queries=True` (the authors' scores count padded query rows): the engine,
+  which drops padding first, refuses it when built; the masked path pads every batch to
+  `max_length`, as LengthDrop trains, so an example's logits do not depend on the lengths
+  batched beside it; `evaluate_lat` runs through that path."""
+  cfg = ClassifierConfig(TINY, 2)
+  params = classifier.init_classifier(jax.random.key(2), TINY, 2)
+  data = synthetic(24, 32, seed=7)
+  flags = SelectionFlags(include_pad_queries=True)
+  config = (8, 4)  # real tokens drop from examples of 5 tokens or more.
+  with pytest.raises(UserError, match="include_pad_queries"):
+    LengthEngine(cfg, params, config, flags=flags, max_length=32)
+  every = report.masked_lat_logits(cfg, params, data, config, base=32, flags=flags,
+                                   batch_size=len(data))  # one batch, as long as the longest.
+  short = np.flatnonzero(data.lengths <= 16)  # alone, they pad to 16 slots, not 32.
+  assert 0 < len(short) < len(data)
+  alone = dataclasses.replace(data, input_ids=data.input_ids[short],
+                              token_type_ids=data.token_type_ids[short],
+                              lengths=data.lengths[short], labels=data.labels[short],
+                              ids=[data.ids[i] for i in short])
+  np.testing.assert_allclose(report.masked_lat_logits(cfg, params, alone, config, base=32,
+                                                      flags=flags, batch_size=8),
+                             every[short], atol=1e-6, rtol=0)
+  result = report.evaluate_lat(cfg, params, data, "accuracy", config, base=32, flags=flags,
+                               batch_size=8)
+  assert result["metric"] == (every.argmax(-1) == data.labels).mean()
+  np.testing.assert_allclose(result["kept_tokens_per_layer"], lengths.real_counts(
+      config, data.lengths, 32, "padded").mean(axis=0))
 
 
 def test_a_second_engine_compiles_nothing():

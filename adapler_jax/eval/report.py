@@ -77,25 +77,39 @@ def evaluate_lat(cfg, params: dict, data: TokenizedDataset, metric_name: str, co
                  base: int, flags=None, batch_size: int = 32, progress: bool = False,
                  predictions_dir=None) -> dict[str, Any]:
   """Metric and FLOPs of a classifier at a length config (None: full length), run with
-  real dropping (`LengthEngine`). FLOPs in two conventions: `flops_speedup_padded` is the
+  real dropping (`LengthEngine`; with `flags.include_pad_queries`, whose scores count
+  padded query rows, through the masked path padded to `data.max_length`). FLOPs in two conventions: `flops_speedup_padded` is the
   LAT paper's (MACs at the padded length, batch 1); `flops_speedup_actual` counts each
   example's real tokens, min(n, l_i) (what the engine runs). Span QA: the answers go to
   `predictions_dir/predictions.json` when given."""
   from adapler_jax import infer  # pylint: disable=g-import-not-at-top
+  from adapler_jax.reduce import lengths  # pylint: disable=g-import-not-at-top
   from adapler_jax.reduce.significance import SelectionFlags  # pylint: disable=g-import-not-at-top
-  engine = infer.LengthEngine(cfg, params, config, base=base, flags=flags or SelectionFlags(),
-                              batch_size=batch_size, max_length=data.max_length)
-  result = engine.run(data, progress=progress)
+  flags = flags or SelectionFlags()
+  if flags.include_pad_queries:
+    # Scores that count padded query rows exist only where the padding does: the masked path.
+    start = time.perf_counter()
+    logits = masked_lat_logits(cfg, params, data, config, base=base, flags=flags,
+                               batch_size=batch_size)
+    speed = len(data) / (time.perf_counter() - start)
+    full = (base,) * cfg.num_layers
+    kept = lengths.real_counts(full if config is None else config, data.lengths, base,
+                               flags.length_base)
+  else:
+    engine = infer.LengthEngine(cfg, params, config, base=base, flags=flags,
+                                batch_size=batch_size, max_length=data.max_length)
+    result = engine.run(data, progress=progress)
+    logits, kept, speed = result.logits, result.kept_counts, result.examples_per_second
   dims = flops.FlopsDims.of_model(cfg)
-  cost = flops.selection_cost(data.lengths, result.kept_counts, config, base, dims)
+  cost = flops.selection_cost(data.lengths, kept, config, base, dims)
   return {
       "num_examples": len(data), "metric_name": metric_name,
-      **task_scores(metric_name, result.logits, data, predictions_dir),
+      **task_scores(metric_name, logits, data, predictions_dir),
       "length_config": None if config is None else list(map(int, config)),
       "flops_speedup_padded": 1.0 / cost["padded_fraction"],
       "flops_speedup_actual": 1.0 / cost["actual_fraction"],
-      "kept_tokens_per_layer": result.kept_counts.mean(axis=0).tolist(),
-      "examples_per_second": result.examples_per_second,
+      "kept_tokens_per_layer": kept.mean(axis=0).tolist(),
+      "examples_per_second": speed,
   }
 
 
@@ -104,18 +118,22 @@ def masked_lat_logits(cfg, params: dict, data: TokenizedDataset, config, *, base
   """Logits at a length config through the masked path: one compilation per bucket width
   serves every config (for sweeps and searches over many configs). (E, C), or for a span
   head (E, max_length, 2) with `engine.PAD_LOGIT` at and past each example's length, as the
-  engines give them."""
+  engines give them. With `flags.include_pad_queries` every batch is padded to
+  `data.max_length`, as LengthDrop trains: padded query rows then count in the scores, so
+  a narrower bucket would change them."""
   import jax  # pylint: disable=g-import-not-at-top
-  from adapler_jax.data import eval_batches  # pylint: disable=g-import-not-at-top
+  from adapler_jax.data import DEFAULT_BUCKETS, eval_batches  # pylint: disable=g-import-not-at-top
   from adapler_jax.infer.engine import PAD_LOGIT  # pylint: disable=g-import-not-at-top
   from adapler_jax.reduce.significance import SelectionFlags  # pylint: disable=g-import-not-at-top
   head = cfg.task_head
-  fn = _masked_logits_fn(cfg.encoder, head, base, flags or SelectionFlags())
+  flags = flags or SelectionFlags()
+  fn = _masked_logits_fn(cfg.encoder, head, base, flags)
+  buckets = (data.max_length,) if flags.include_pad_queries else DEFAULT_BUCKETS
   config = np.full((cfg.num_layers,), base, np.int32) if config is None else np.asarray(
       config, np.int32)
   shape = (len(data), data.max_length, 2) if head.restore else (len(data), head.num_labels)
   out = np.full(shape, PAD_LOGIT, np.float32)
-  for batch in eval_batches(data, batch_size):
+  for batch in eval_batches(data, batch_size, buckets):
     inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
     rows = np.flatnonzero(batch["real"])
     logits = jax.device_get(fn(params, inputs, config))[rows]

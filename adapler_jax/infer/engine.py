@@ -46,6 +46,7 @@ import numpy as np
 
 from adapler_jax.data.batching import DEFAULT_BUCKETS, bucket_lengths, eval_batches
 from adapler_jax.data.tokenize import TokenizedDataset
+from adapler_jax.errors import InputError
 from adapler_jax.infer import kernels, lat_program, layout, packing, program
 from adapler_jax.models.adapler import AdapLeRConfig, hard_forward, predictor_params
 from adapler_jax.models import lat
@@ -487,6 +488,10 @@ class LengthEngine(_Engine):
                      device=device, ffn_chunk_rows=ffn_chunk_rows)
     self.base = base or max_length
     lat.check_flags(task_head(cfg), flags)
+    if flags.include_pad_queries:
+      raise InputError("LengthEngine drops padding before it scores, so "
+                       "SelectionFlags(include_pad_queries=True) has no padded query rows to "
+                       "count; run it through the masked path (eval.report.masked_lat_logits)")
     self.flags = flags
     self.config = (None if config is None else lengths_lib.validate_config(
         config, self.base, cfg.num_layers, keep_cls=flags.keep_cls))
