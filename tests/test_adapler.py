@@ -8,6 +8,7 @@ import pytest
 from adapler_jax.models import adapler
 from adapler_jax.models.bert import EncoderConfig
 from adapler_jax.models.heads import ClassifierConfig
+from adapler_jax.reduce import adapler as reduce_adapler
 from adapler_jax.train import adapler_step, losses, optim
 
 CFG = adapler.AdapLeRConfig(EncoderConfig.tiny(), num_labels=3)
@@ -102,6 +103,24 @@ def test_soft_keeps_cls_and_never_padding():
   keep = np.asarray(trace["keep"])
   assert np.all(keep[:, :, 0] == 1.0)
   assert np.all(keep[:, ~np.asarray(batch["attention_mask"])] == 0.0)
+
+
+@pytest.mark.parametrize("lam", [1e3, 1e4])
+def test_span_soft_removal_at_eta_one_keeps_a_token_and_no_nan(lam):
+  """keep_cls=False (span QA), eta = 1, twelve layers: once the kept weights sum below 1,
+  counting them as one token (as hard removal counts) keeps the cutoff at most 1, so the
+  top-scoring token stays, as hard removal keeps it, and no keep weight turns NaN."""
+  rng = np.random.default_rng(0)
+  layers, rows, tokens = 12, 20, 40
+  scores = [jnp.asarray(rng.normal(0, 2, (rows, tokens)), jnp.float32) for _ in range(layers)]
+  policy = reduce_adapler.SoftRemoval(
+      [lambda x, s=s: s for s in scores], jnp.ones(layers), lam, 0.1, jnp.ones(layers),
+      keep_cls=False, restore=True)
+  ctx = policy.initial(jnp.ones((rows, tokens), bool))
+  for l in range(layers):
+    _, ctx, record = policy.before_layer(l, jnp.zeros((rows, tokens, 8)), ctx)
+    assert not np.isnan(np.asarray(ctx[0])).any(), l
+    assert (np.asarray(record["lengths"]) > 0.9).all(), l
 
 
 # --------------------------------------------------------------------------- losses

@@ -113,7 +113,9 @@ class SoftRemoval(Policy):
     not_cls = jnp.arange(x.shape[-2]) >= forced  # the tokens that may go.
     keep = jnp.exp(log_keep)
     log_scores = masked_log_scores(self.predictors[l](x), log_keep, self.theta_d[l])
-    n = jnp.sum(keep * not_cls, axis=-1, keepdims=True) + forced
+    # At least one token, as hard removal counts: with keep_cls=False the kept weights may
+    # sum below 1, and eta / n above 1 would put every token below the cutoff.
+    n = jnp.maximum(jnp.sum(keep * not_cls, axis=-1, keepdims=True) + forced, 1.0)
     scores, delta = jnp.exp(log_scores), cutoff(self.eta[l], n)
     edit = soft_removal_edit(scores, delta, self.lam, self.beta)
     edit = jnp.where(not_cls, edit * keep, 0.0)
