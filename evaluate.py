@@ -81,7 +81,7 @@ def main(argv):
       raise UserError("--explain and --rationales read AdapLeR's contribution predictors; "
                       "this run is LAT: evaluate it at a length config, or pass an AdapLeR run")
     return evaluate_lat()
-  if _LENGTH_CONFIG.value or _LENGTH_RATIO.value is not None:
+  if _LENGTH_CONFIG.value is not None or _LENGTH_RATIO.value is not None:
     raise UserError("--length-config and --length-ratio apply to LAT runs; this run is "
                     "AdapLeR (--flops-budget / --max-drop pick from its eta search)")
   chosen = pick_from_frontier()
@@ -158,8 +158,8 @@ def evaluate_lat() -> None:
   """A LAT run's LengthDrop model at a length config, through the gather engine."""
   from adapler_jax.pipeline import lat_phases  # pylint: disable=g-import-not-at-top
   from adapler_jax.reduce import lengths  # pylint: disable=g-import-not-at-top
-  dials = [_LENGTH_CONFIG.value, _LENGTH_RATIO.value is not None, _FLOPS_BUDGET.value is not None,
-           _MAX_DROP.value is not None]
+  dials = [_LENGTH_CONFIG.value is not None, _LENGTH_RATIO.value is not None,
+           _FLOPS_BUDGET.value is not None, _MAX_DROP.value is not None]
   if sum(map(bool, dials)) > 1:
     raise UserError("pass one of --length-config, --length-ratio, --flops-budget, --max-drop")
   chosen = pick_from_frontier()
@@ -170,7 +170,7 @@ def evaluate_lat() -> None:
   base, layers = run.config.data.max_length, run.encoder.num_layers
   if chosen is not None:
     lengths_ = tuple(chosen["config"])
-  elif _LENGTH_CONFIG.value:
+  elif _LENGTH_CONFIG.value is not None:
     lengths_ = lengths.validate_config(lengths.parse_config(_LENGTH_CONFIG.value), base, layers,
                                        keep_cls=run.config.lat.keep_cls)
   elif _LENGTH_RATIO.value is not None:

@@ -43,6 +43,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO.
   enable_compilation_cache(_CONFIG.value)
   parallel.maybe_initialize_distributed()  # multi-host jobs only; before any other JAX call.
+  pipeline.check_phase(_CONFIG.value, _PHASE.value)  # before prepare writes config.json.
   run = pipeline.prepare(_CONFIG.value, _WORKDIR.value)
   result = pipeline.run_phase(run, _PHASE.value)
   if isinstance(result, dict) and run.is_main_process:

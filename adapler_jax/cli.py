@@ -19,11 +19,21 @@ CACHE_ENV = "ADAPLER_JAX_CACHE_DIR"  # where compiled programs go; "" turns the 
 CACHE_MAX_BYTES = 2 << 30  # least recently used programs are evicted beyond this.
 
 
+# File-system errors that name a path the user chose (permissions, a file where a folder
+# must be): reported as one line. Others, e.g. a missing file, keep their traceback.
+PATH_ERRORS = (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
 def run_cli(main: Callable[[], object]) -> None:
   try:
     main()
   except UserError as e:
     _fail(str(e))
+  except PATH_ERRORS as e:
+    if not e.filename:
+      raise
+    _fail(f"{e.filename}: {(e.strerror or type(e).__name__).lower()}; check the path and its "
+          "permissions")
   except RuntimeError as e:
     message = out_of_memory_message(e)
     if message is None:

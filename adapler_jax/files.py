@@ -23,7 +23,21 @@ def check_output(path: str | os.PathLike[str], owned: str | os.PathLike[str] | N
   if owned is not None and owns(owned, path):
     raise UserError(f"{flag} {path} would overwrite a file {owned} keeps; write the result "
                     "elsewhere, e.g. beside it under another name")
+  check_writable(path, flag)
   return path
+
+
+def check_writable(path: Path, flag: str) -> None:
+  """One line, before any work, when `path` cannot be created: a file stands where one of
+  its folders would go, or the nearest existing folder is not writable."""
+  parent = path.absolute().parent
+  while not parent.exists():
+    parent = parent.parent
+  if not parent.is_dir():
+    raise UserError(f"{flag} {path}: {parent} is a file, not a folder; pass a path in a folder")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f"{flag} {path}: cannot write in {parent}; pass a path in a folder you "
+                    "can write to")
 
 
 # What a workdir or an export keeps: top-level files, and folders with all they hold.

@@ -79,7 +79,10 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   if _OUTPUT.value != "-":
-    files.check_output(_OUTPUT.value, _MODEL.value)
+    output = files.check_output(_OUTPUT.value, _MODEL.value)
+    if _INPUT.value != "-" and output.resolve() == Path(_INPUT.value).resolve():
+      raise UserError(f"--output {_OUTPUT.value} is the --input file; the predictions would "
+                      "replace the texts: write them to another file")
   length_config = parse_config(_LENGTH_CONFIG.value) if _LENGTH_CONFIG.value else None
   predictor = Predictor(_MODEL.value, batch_size=_BATCH.value, length_config=length_config)
   source = "stdin" if _INPUT.value == "-" else _INPUT.value

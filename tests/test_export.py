@@ -207,6 +207,19 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
   proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--output", str(tmp_path),
               input="x\n")
   assert proc.returncode == 2 and "is a directory; pass a file name in it" in proc.stderr
+  texts = tmp_path / "texts.txt"  # --output on --input would replace the texts.
+  texts.write_text("a film\n")
+  proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--input", str(texts),
+              "--output", str(texts))
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+      f"error: --output {texts} is the --input file; the predictions would replace the "
+      "texts: write them to another file"]
+  assert texts.read_text() == "a film\n"
+  proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--input", str(texts),
+              "--output", str(texts / "p.jsonl"))  # a file where a folder would go.
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+      f"error: --output {texts / 'p.jsonl'}: {texts} is a file, not a folder; pass a path in "
+      "a folder"]
   binary = tmp_path / "latin1.txt"
   binary.write_bytes(b"caf\xe9 au lait\n")
   proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--input", str(binary))

@@ -149,6 +149,22 @@ def test_out_of_memory_is_one_line_and_keeps_the_saved_checkpoints(tiny_backbone
     run_cli(lambda: (_ for _ in ()).throw(jax.errors.JaxRuntimeError("INTERNAL: boom")))
 
 
+def test_a_path_the_system_refuses_is_one_line(tmp_path, capsys):
+  """A folder where a file must be read, a file where a folder would go: one line naming the
+  path; an OSError without a path keeps its traceback."""
+  for action, path in ((lambda: open(tmp_path), tmp_path),
+                       (lambda: (tmp_path / "f").write_text("x") and open(tmp_path / "f" / "g"),
+                        tmp_path / "f" / "g")):
+    with pytest.raises(SystemExit) as exit_info:
+      run_cli(action)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: ") and err[0].endswith(
+        "; check the path and its permissions")
+  with pytest.raises(PermissionError, match="^no path$"):
+    run_cli(lambda: (_ for _ in ()).throw(PermissionError("no path")))
+
+
 # ----------------------------------------------------------------- 2. config.json on a rerun
 
 
@@ -422,12 +438,48 @@ def test_batch_sizes_below_one_are_refused_first(tiny_backbone, tmp_path, sectio
                                           "positive number, e.g. --config.train.learning_rate=2e-5"),
     ("search.eta_multipliers", ("abc",), "search.eta_multipliers ('abc',) must be numbers, "
                                          "e.g. 0,0.5,1,1.5,2"),
+    ("seed", -1, "config seed is -1; it must be at least 0, e.g. --config.seed=22"),
+    ("lat.num_sandwich", -1, "config lat.num_sandwich is -1; it must be at least 0, e.g. "
+                             "--config.lat.num_sandwich=2"),
+    ("adapler.phi", float("nan"), "config adapler.phi is nan; it must be at least 0, e.g. "
+                                  "--config.adapler.phi=0.0005"),
+    ("adapler.beta", 0.0, "config adapler.beta is 0.0; it must be a positive number, e.g. "
+                          "--config.adapler.beta=0.1"),
+    ("saliency.num_checkpoints", 0, "config saliency.num_checkpoints is 0; it must be at "
+                                    "least 1, e.g. --config.saliency.num_checkpoints=3"),
+    ("lat.eval_length_ratio", 2.0, "config lat.eval_length_ratio is 2.0; it must be in "
+                                   "[0, 1), e.g. --config.lat.eval_length_ratio=0.2"),
+    ("lat.smallest_ratio", 0.1, "config lat.smallest_ratio 0.1 is below lat.length_drop 0.2: "
+                                "LengthDrop would sample sub-models smaller than the smallest "
+                                "one the sandwich trains; set both alike, e.g. "
+                                "--config.lat.smallest_ratio=0.2"),
 ])
 def test_out_of_range_and_unknown_values_are_refused_first(tiny_backbone, tmp_path, dotted,
                                                            value, message):
   """Checked before the workdir exists, rather than stored in config.json and failing (or
   not) phases later."""
   assert refused_first(tiny_backbone, tmp_path, dotted, value) == message
+
+
+def test_a_bad_lat_eval_length_config_is_refused_first(tiny_backbone, tmp_path):
+  assert refused_first(tiny_backbone, tmp_path, "lat.eval_length_config", "a,b", "lat") == (
+      "config lat.eval_length_config 'a,b' is not a comma-separated list of ints, e.g. "
+      "52,42,34,28,23,19")
+
+
+def test_a_phase_the_method_lacks_leaves_the_stored_config_alone(run_dir, tmp_path):
+  """train.py with a phase the run's method does not have, and an override: one line, and
+  config.json (which evaluate.py reads) as it was."""
+  config_file = tmp_path / "same_run.py"
+  config_file.write_text("from adapler_jax import pipeline\n\n\ndef get_config():\n"
+                         f"  return pipeline.read_config({str(run_dir)!r})\n")
+  before = snapshot(run_dir)
+  assert one_line_error(cli("train.py", "--config", str(config_file), "--workdir",
+                            str(run_dir), "--phase", "lengthdrop",
+                            "--config.data.dev_subset=8")) == (
+      "phase 'lengthdrop' is not a phase of adapler; choose one of all, finetune, saliency, "
+      "adapler, search, evaluate")
+  assert snapshot(run_dir) == before
 
 
 def test_a_config_of_the_other_method_leaves_the_run_alone(tiny_backbone, tmp_path):
@@ -442,6 +494,21 @@ def test_a_config_of_the_other_method_leaves_the_run_alone(tiny_backbone, tmp_pa
                             "not lat; pass that run's config (--config.method=adapler) or "
                             "another --workdir")
   assert (workdir / "config.json").read_bytes() == before
+
+
+def test_a_model_folder_given_as_workdir_is_left_alone(tiny_backbone, tmp_path):
+  """A Hugging Face model folder (or an export) has a config.json of its own: train.py
+  refuses the folder rather than writing its run config over it."""
+  folder = tmp_path / "model"
+  shutil.copytree(tiny_backbone, folder)
+  before = snapshot(folder)
+  with pytest.raises(UserError) as err:
+    pipeline.prepare(small_config(tiny_backbone), folder)
+  assert str(err.value) == (
+      f"{folder / 'config.json'} is not a train.py run's config (it has no \"task\" and "
+      "\"data\"; an export or a model folder?); pass the --workdir of a train.py run, or a "
+      "new one")
+  assert snapshot(folder) == before
 
 
 @pytest.mark.parametrize("text", ['{"task": "demo", "da', "", "[1, 2]"])

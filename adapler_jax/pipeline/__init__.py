@@ -25,16 +25,21 @@ METHOD_PHASES = {
 PHASES = ("all", "finetune", "saliency", "adapler", "lengthdrop", "search", "evaluate")
 
 
-def run_phase(run: Run, phase: str):
-  """Runs one phase (or `all`) of the run's method; returns the summary for `all`/`evaluate`."""
-  method = run.config.get("method", "adapler")
+def check_phase(config, phase: str):
+  """The function of `phase` (or `all`) for the config's method; one line if it has none."""
+  method = config.get("method", "adapler")
   if method not in METHOD_PHASES:
     raise UserError(f"config method {method!r} is not one of {', '.join(METHOD_PHASES)}")
   phases = METHOD_PHASES[method]
   if phase not in phases:
     raise UserError(f"phase {phase!r} is not a phase of {method}; choose one of "
                     f"{', '.join(phases)}")
-  return phases[phase](run)
+  return phases[phase]
+
+
+def run_phase(run: Run, phase: str):
+  """Runs one phase (or `all`) of the run's method; returns the summary for `all`/`evaluate`."""
+  return check_phase(run.config, phase)(run)
 
 
 def format_result(run: Run, summary: dict) -> str:

@@ -25,7 +25,8 @@ SEARCH_COSTS = ("padded", "actual")
 # Fields holding one of a few names.
 CHOICES = {"method": METHODS, "dtype": ("float32", "bfloat16", "float16"),
            "eval.engine": ENGINES, "eval.flops": FLOPS_MODES, "search.cost": SEARCH_COSTS,
-           "lat.kd": KD_DIRECTIONS, "lat.length_base": BASES}
+           "lat.kd": KD_DIRECTIONS, "lat.length_base": BASES,
+           "eval.split": ("dev", "test", "train")}
 
 # Numeric fields: (lowest, highest, whether the highest is excluded, an example value).
 RANGES = {
@@ -42,9 +43,22 @@ RANGES = {
     "search.iterations": (0, None, False, 30), "search.mutations": (0, None, False, 30),
     "search.crossovers": (0, None, False, 30), "search.mutation_prob": (0, 1, False, 0.5),
     "search.floor_ratio": (0, 1, True, 0.25),
+    "seed": (0, None, False, 22), "search.seed": (0, None, False, 0),
+    "search.max_attempts": (1, None, False, 1000),
+    "data.resplit_train": (0, None, False, 38), "data.resplit_test": (0, None, False, 8),
+    "data.resplit_seed": (0, None, False, 0), "data.doc_stride": (1, None, False, 128),
+    "train.weight_decay": (0, None, False, 0.1), "adapler.weight_decay": (0, None, False, 0.1),
+    "lat.weight_decay": (0, None, False, 0.0), "saliency.num_checkpoints": (1, None, False, 3),
+    "adapler.gamma": (0, None, False, 5e-3), "adapler.phi": (0, None, False, 5e-4),
+    "adapler.tolerance": (0, None, False, 1.0), "adapler.eta_init": (0, 1, False, 0.25),
+    "lat.num_sandwich": (0, None, False, 2), "lat.min_length": (1, None, False, 2),
+    "lat.smallest_ratio": (0, 1, True, 0.2), "lat.eval_length_ratio": (0, 1, True, 0.2),
 }
-LEARNING_RATES = ("train.learning_rate", "adapler.learning_rate",
-                  "adapler.speed_learning_rate", "lat.learning_rate")
+# Fields that must be positive and finite (rates, scales), with an example value.
+POSITIVE = {"train.learning_rate": "2e-5", "adapler.learning_rate": "2e-5",
+            "adapler.speed_learning_rate": "2e-5", "lat.learning_rate": "2e-5",
+            "adapler.beta": "0.1", "adapler.lambda_init": "10", "adapler.lambda_rate": "10",
+            "adapler.theta_init": "1"}
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):
@@ -60,7 +74,7 @@ def _range_text(low, high, high_open: bool) -> str:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Every name-valued field holds one of its names, every numeric field lies in its range
-  (`CHOICES`, `RANGES`; learning rates positive and finite), every `<section>.batch_size` is
+  (`CHOICES`, `RANGES`; `POSITIVE` fields positive and finite), every `<section>.batch_size` is
   at least 1 and `data.max_length` at least 2."""
   for dotted, names in CHOICES.items():
     value = _get(config, dotted)
@@ -79,11 +93,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                         "smallest trained sub-model), e.g. --config.search.floor_ratio=0.25")
       raise UserError(f"config {dotted} is {value}; it must be {_range_text(low, high, high_open)}"
                       f", e.g. --config.{dotted}={example}")
-  for dotted in LEARNING_RATES:
+  for dotted, example in POSITIVE.items():
     value = _get(config, dotted)
     if value is not None and not (math.isfinite(value) and value > 0):
       raise UserError(f"config {dotted} is {value}; it must be a positive number, e.g. "
-                      f"--config.{dotted}=2e-5")
+                      f"--config.{dotted}={example}")
+  lat = config.get("lat")
+  if lat is not None and lat.smallest_ratio < lat.length_drop:
+    raise UserError(f"config lat.smallest_ratio {lat.smallest_ratio} is below lat.length_drop "
+                    f"{lat.length_drop}: LengthDrop would sample sub-models smaller than the "
+                    "smallest one the sandwich trains; set both alike, e.g. "
+                    f"--config.lat.smallest_ratio={lat.length_drop}")
   check_grid(config.search.eta_multipliers)
   for section, fields in config.items():
     if isinstance(fields, ml_collections.ConfigDict) and "batch_size" in fields:
@@ -143,6 +163,13 @@ def check_keep_cls(config: ml_collections.ConfigDict, task) -> None:
   if config.get("method") == "lat" and not config.lat.keep_cls and not task.is_span:
     raise UserError(f"config lat.keep_cls is False, but task {task.name} classifies from [CLS]; "
                     "keep it (--config.lat.keep_cls=True)")
+
+
+def check_lat_eval_config(run) -> None:
+  """A LAT run's `lat.eval_length_config` parses and fits the model (before it is stored)."""
+  from adapler_jax.pipeline import lat_phases  # pylint: disable=g-import-not-at-top
+  if run.config.get("method") == "lat":
+    lat_phases.eval_length_config(run)
 
 
 def check_checkpoints(run) -> None:

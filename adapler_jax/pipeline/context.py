@@ -224,6 +224,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
   checks.check_flops_mode(config.eval.flops, task)
   checks.check_keep_cls(config, task)
   if record:
+    checks.check_lat_eval_config(run)
     for split in ("train", "dev"):
       run.dataset(split)  # a bad data_dir fails here, before anything is written.
     if run.is_main_process:
@@ -287,15 +288,28 @@ def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
     raise UserError(f"{path} is missing; pass the --workdir of a train.py run")
   fix = "rerun train.py with the run's --config and this --workdir to write it again"
   stored = files.read_json(path, fix)
-  if not isinstance(stored, dict) or not isinstance(stored.get("data"), dict):
-    raise UserError(f"{path} is damaged (not a run's config); {fix}")
+  if not isinstance(stored, dict):
+    raise UserError(f"{path} is damaged (not a JSON object); {fix}")
+  if not (isinstance(stored.get("task"), str) and isinstance(stored.get("data"), dict)):
+    raise ForeignConfigError(
+        f"{path} is not a train.py run's config (it has no \"task\" and \"data\"; an "
+        "export or a model folder?); pass the --workdir of a train.py run, or a new one")
   return config_lib.with_new_fields(ml_collections.ConfigDict(stored))
 
 
+class ForeignConfigError(UserError):
+  """The workdir's config.json is a JSON object of another kind (an export's, a Hugging
+  Face model's): train.py must not write over it."""
+
+
 def stored_method(workdir: Path) -> str | None:
-  """The method of the run whose config `workdir` holds, or None without one."""
+  """The method of the run whose config `workdir` holds, or None without one (or with a
+  damaged one, which a rerun writes again); a `ForeignConfigError` for another kind of
+  config.json."""
   try:
     return read_config(workdir).get("method", "adapler")
+  except ForeignConfigError:
+    raise
   except UserError:
     return None
 

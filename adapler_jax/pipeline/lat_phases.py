@@ -139,7 +139,7 @@ def eval_length_config(run: Run) -> tuple[int, ...]:
   `lat.eval_length_ratio`, validated against the model."""
   c, base = run.config.lat, run.config.data.max_length
   if c.eval_length_config:
-    config = lengths.parse_config(c.eval_length_config)
+    config = lengths.parse_config(c.eval_length_config, "config lat.eval_length_config")
   else:
     config = ratio_config(run, c.eval_length_ratio)
   return lengths.validate_config(config, base, run.encoder.num_layers, keep_cls=c.keep_cls)

@@ -72,13 +72,13 @@ def validate_config(config: Sequence[int], base: int, num_layers: int, *,
   return config
 
 
-def parse_config(text: str) -> tuple[int, ...]:
-  """'52,42,34' or '(52, 42, 34)' -> ints (never `eval`)."""
+def parse_config(text: str, name: str = "--length-config") -> tuple[int, ...]:
+  """'52,42,34' or '(52, 42, 34)' -> ints (never `eval`); `name` is what errors call it."""
   parts = [p for p in text.replace("(", "").replace(")", "").replace(" ", "").split(",") if p]
   try:
     return tuple(int(p) for p in parts)
   except ValueError:
-    raise UserError(f"--length-config {text!r} is not a comma-separated list of ints, "
+    raise UserError(f"{name} {text!r} is not a comma-separated list of ints, "
                     "e.g. 52,42,34,28,23,19")
 
 
