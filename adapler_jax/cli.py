@@ -81,6 +81,17 @@ def run_app(main: Callable[[list[str]], object]) -> None:
   run_cli(lambda: app.run(main, flags_parser=parse_flags))
 
 
+def run_console_script(module_name: str, main: Callable[[list[str]], object]) -> None:
+  """`run_app(main)` for a console script (`adapler-predict`): `--help` describes the
+  module's docstring and flags, as `python -m <module>` does. absl's help shows the
+  `__main__` docstring and the flags of `sys.argv[0]`, which here is the generated wrapper."""
+  module = sys.modules[module_name]
+  sys.modules["__main__"].__doc__ = module.__doc__
+  for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  run_app(main)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """`flags.FLAGS(argv)`, raising `UserError` with one line instead of printing usage. The
   config file runs once, in `config_flags`; only when that fails does `_load_config` run it

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from absl import flags, logging
 
-from adapler_jax.cli import run_app
+from adapler_jax.cli import run_console_script
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The --workdir of a finished train.py run.")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to write the export to (new or empty).")
@@ -28,7 +28,7 @@ def main(argv):
 
 
 def cli() -> None:
-  run_app(main)
+  run_console_script(__name__, main)
 
 
 if __name__ == "__main__":

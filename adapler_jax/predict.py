@@ -23,7 +23,7 @@ from pathlib import Path
 from absl import flags, logging
 
 from adapler_jax import files
-from adapler_jax.cli import run_app
+from adapler_jax.cli import run_console_script
 from adapler_jax.errors import UserError
 from adapler_jax.reduce.lengths import parse_config
 from adapler_jax.serve import Predictor, inputs
@@ -108,7 +108,7 @@ def main(argv):
 
 
 def cli() -> None:
-  run_app(main)
+  run_console_script(__name__, main)
 
 
 if __name__ == "__main__":

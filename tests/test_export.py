@@ -260,3 +260,16 @@ def test_an_eta_search_pick_is_what_the_export_holds(exported, tmp_path):
   with pytest.raises(UserError, match=re.escape(f"{weights_file} cannot be read (") + ".*" +
                      re.escape("); re-export the model")):
     adapler_jax.load_model(bad)
+
+
+@pytest.mark.parametrize("script, flag, usage", [
+    ("adapler-predict", "--model", "adapler-predict --model exports/sst2 --input texts.txt"),
+    ("adapler-export", "--workdir", "adapler-export --workdir runs/sst2 --output exports/sst2")])
+def test_console_scripts_describe_their_flags(script, flag, usage):
+  """The installed entry points' --help shows the module's docstring and flags, as
+  `python -m adapler_jax.<module> --help` does."""
+  path = Path(sys.executable).parent / script
+  if not path.exists():
+    pytest.skip(f"{script} is not installed beside {sys.executable} (pip install -e .)")
+  proc = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=120)
+  assert f"  {flag}: " in proc.stdout and usage in proc.stdout
