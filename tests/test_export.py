@@ -195,6 +195,14 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+  damaged = tmp_path / "damaged"  # a config.json that lost the fields load_model reads.
+  shutil.copytree(out["adapler"], damaged)
+  meta = json.loads((damaged / "config.json").read_text())
+  del meta["architecture"], meta["inputs"]
+  (damaged / "config.json").write_text(json.dumps(meta))
+  with pytest.raises(ExportError, match=re.escape(
+      f"{damaged / 'config.json'} lacks architecture, inputs; re-export the model")):
+    adapler_jax.load_model(damaged)
   # --output never lands on the export's own files, nor on a folder.
   config = out["adapler"] / "config.json"
   before = config.read_bytes()

@@ -536,10 +536,12 @@ def test_damaged_run_files_are_one_line(run_dir):
     saliency.load_for(npz, None)  # the file fails before any data is read.
   assert saliency.source(npz) is None  # run_all computes it again.
   (run_dir / "search").mkdir()
-  (run_dir / "search" / "frontier.json").write_text('{"frontier": [')
-  with pytest.raises(UserError, match=r"frontier.json is damaged \(.*\); rerun train.py "
-                     r"--phase search"):
-    frontier.load(run_dir)
+  for text in ('{"frontier": [', "[]", "{}", '{"cost": "padded", "frontier": [], "full": {}}',
+               '{"cost": "padded", "frontier": [{"config": [1]}], "full": {}}'):
+    (run_dir / "search" / "frontier.json").write_text(text)  # cut short, or of another shape.
+    with pytest.raises(UserError, match=r"frontier.json is damaged \(.*\); rerun train.py "
+                       r"--phase search"):
+      frontier.load(run_dir)
 
 
 def test_lat_letting_cls_go_on_a_classification_task_is_refused_first(tiny_backbone, tmp_path):

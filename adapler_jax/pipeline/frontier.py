@@ -149,8 +149,25 @@ def load(workdir: str | Path) -> dict[str, Any]:
   path = Path(workdir) / FRONTIER_FILE
   if not path.exists():
     raise UserError(f"{path} is missing; run train.py --phase search on this workdir first")
-  return files.read_json(path, "rerun train.py --phase search (it replays the configs its "
-                               "store has scored)")
+  fix = "rerun train.py --phase search (it replays the configs its store has scored)"
+  frontier = files.read_json(path, fix)
+  if not _is_frontier(frontier):
+    raise UserError(f"{path} is damaged (not a search frontier); {fix}")
+  return frontier
+
+
+def _is_frontier(frontier) -> bool:
+  """Whether `frontier` has what `pick` reads: a cost convention, one point or more, each
+  with its config, cost and held-out metric, and the full model's metric."""
+  number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+  try:
+    key = f"{frontier['cost']}_fraction"
+    rows = frontier["frontier"]
+    return (number(frontier["full"]["held_out_metric"]) and isinstance(rows, list)
+            and bool(rows) and all(isinstance(r["config"], list) and number(r[key])
+                                   and number(r["held_out_metric"]) for r in rows))
+  except (KeyError, TypeError):
+    return False
 
 
 def pick(frontier: dict[str, Any], *, flops_budget: float | None = None,

@@ -186,6 +186,11 @@ def _read_meta(directory: Path, strict: bool = True) -> dict | None:
   return meta
 
 
+# What `load_model` reads from an export's config.json (AdapLeR also "adapler").
+REQUIRED_FIELDS = ("architecture", "model", "inputs", "tokenizer", "label_names",
+                   "max_length", "task")
+
+
 def load_model(directory: str | os.PathLike[str]) -> ExportedModel:
   """Restores an export written by `write_model` (e.g. `adapler-export`)."""
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
@@ -198,6 +203,10 @@ def load_model(directory: str | os.PathLike[str]) -> ExportedModel:
   if meta.get("format_version", 0) > FORMAT_VERSION or meta.get("method") not in METHODS:
     raise ExportError(f"{path / CONFIG_FILE} is format {meta.get('format_version')} / method "
                       f"{meta.get('method')!r}, newer than this adapler-jax reads; upgrade it")
+  needed = REQUIRED_FIELDS + (("adapler",) if meta["method"] == "adapler" else ())
+  missing = [k for k in needed if k not in meta]
+  if missing:
+    raise ExportError(f"{path / CONFIG_FILE} lacks {', '.join(missing)}; re-export the model")
   try:
     encoder = EncoderConfig(**meta["architecture"])
     config = METHODS[meta["method"]](encoder, **meta["model"])
