@@ -302,6 +302,13 @@ def test_truncated_checkpoint_is_one_line_from_evaluate(run_dir):
   assert msg.startswith(f"checkpoint {run_dir / 'adapler' / str(step)} cannot be read (")
   assert msg.endswith(DAMAGED_FIX)
   assert snapshot(run_dir) == before
+  shutil.rmtree(run_dir / "adapler" / str(step))  # the fix it names; evaluation then says how
+  with pytest.raises(UserError) as err:            # to select one of the steps left.
+    pipeline.load_run(run_dir)
+  assert re.fullmatch(
+      re.escape(f"{run_dir / 'summary.json'} reports AdapLeR step {step}, which "
+                f"{run_dir / 'adapler'} no longer holds (steps: ") + r"[0-9, ]+"
+      + re.escape("); rerun --phase evaluate to select one of them"), str(err.value))
 
 
 # ----------------------------------------------------------------- 4. two processes

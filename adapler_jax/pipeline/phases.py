@@ -481,7 +481,15 @@ def reported_adapler_step(run: Run, backbone_metric: float | None = None) -> int
     summary = files.read_json(path, fix)
     if not isinstance(summary, dict) or "adapler_step" not in summary:
       raise UserError(f"{path} is damaged (no adapler_step); {fix}")
-    return int(summary["adapler_step"])
+    step = int(summary["adapler_step"])
+    ckpt = adapler_checkpointer(run, read_only=True)
+    steps = ckpt.all_steps()
+    ckpt.close()
+    if steps and step not in steps:  # a step directory deleted since (none left: load says).
+      raise UserError(f"{path} reports AdapLeR step {step}, which {ckpt.directory} no longer "
+                      f"holds (steps: {', '.join(map(str, steps))}); rerun --phase evaluate to "
+                      "select one of them")
+    return step
   if backbone_metric is None:
     backbone_metric = load_finetuned(run, 1)[0][2]
   return select_adapler_step(run, backbone_metric)[0]
