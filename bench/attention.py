@@ -115,7 +115,10 @@ def feed_forward(batch, seq):
 
 
 if __name__ == "__main__":
-  if sys.argv[1] == "--ffn":
-    feed_forward(int(sys.argv[2]), int(sys.argv[3]))
-  else:
-    main(int(sys.argv[1]), int(sys.argv[2]))
+  args = sys.argv[1:]
+  ffn = args[:1] == ["--ffn"]
+  sizes = args[1:] if ffn else args
+  if len(sizes) != 2 or not all(s.isdigit() and int(s) > 0 for s in sizes):
+    print(__doc__)
+    sys.exit(0 if args[:1] in (["--help"], ["-h"]) else 2)
+  (feed_forward if ffn else main)(int(sizes[0]), int(sizes[1]))
