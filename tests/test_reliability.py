@@ -489,6 +489,12 @@ def test_a_phase_the_method_lacks_leaves_the_stored_config_alone(run_dir, tmp_pa
   assert snapshot(run_dir) == before
 
 
+def test_fewer_train_rows_than_a_batch_is_refused_first(tiny_backbone, tmp_path):
+  assert refused_first(tiny_backbone, tmp_path, "data.train_subset", 4) == (
+      "the train split has 4 rows, fewer than train.batch_size 16, so no full batch to train "
+      "on; lower --config.train.batch_size or use more rows (data.train_subset)")
+
+
 def test_a_config_of_the_other_method_leaves_the_run_alone(tiny_backbone, tmp_path):
   workdir = tmp_path / "run"
   pipeline.prepare(small_config(tiny_backbone), workdir)  # an AdapLeR run's config.json.

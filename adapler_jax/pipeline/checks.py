@@ -165,6 +165,18 @@ def check_keep_cls(config: ml_collections.ConfigDict, task) -> None:
                     "keep it (--config.lat.keep_cls=True)")
 
 
+def check_train_rows(config: ml_collections.ConfigDict, rows: int) -> None:
+  """Each training phase of the method gets at least one full batch (the remainder of an
+  epoch is dropped) from the `rows` of the train split."""
+  second = "lat.batch_size" if config.get("method") == "lat" else "adapler.batch_size"
+  for dotted in ("train.batch_size", second):
+    size = _get(config, dotted)
+    if size > rows:
+      raise UserError(f"the train split has {rows} rows, fewer than {dotted} {size}, so no "
+                      f"full batch to train on; lower --config.{dotted} or use more rows "
+                      "(data.train_subset)")
+
+
 def check_lat_eval_config(run) -> None:
   """A LAT run's `lat.eval_length_config` parses and fits the model (before it is stored)."""
   from adapler_jax.pipeline import lat_phases  # pylint: disable=g-import-not-at-top

@@ -227,6 +227,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
     checks.check_lat_eval_config(run)
     for split in ("train", "dev"):
       run.dataset(split)  # a bad data_dir fails here, before anything is written.
+    checks.check_train_rows(config, len(run.dataset("train")))
     if run.is_main_process:
       workdir_lib.lock(workdir)
     checks.check_checkpoints(run)
