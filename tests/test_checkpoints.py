@@ -202,6 +202,18 @@ def test_flipped_bytes_fail_their_checksums(tmp_path):
   assert "fix: delete that step directory" in msg
 
 
+def test_an_emptied_checksum_record_is_damage(tmp_path):
+  """A checksum record replaced by {} would check nothing: it counts as damage."""
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _big_state(1.0))
+  (tmp_path / "1" / checkpoints.CHECKSUMS / "metadata").write_text("{}")
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpoints.DamagedCheckpointError) as err:
+      ckpt.restore(1)
+  assert str(err.value).startswith(f"checkpoint {tmp_path / '1'} is damaged: its checksum "
+                                   "record lacks 2 of 2 arrays (b, w)")
+
+
 def test_truncated_checkpoint_is_one_line(tmp_path):
   with Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, _big_state(1.0))

@@ -473,6 +473,10 @@ class Checkpointer:
     if saved is None:
       return
     got = _checksums_by_path(state)
+    unrecorded = sorted(p for p, c in got.items() if c is not None and p not in saved)
+    if unrecorded:  # a checksum record that was emptied or cut checks nothing.
+      raise self._damaged(step, f"is damaged: its checksum record lacks {len(unrecorded)} of "
+                          f"{len(got)} arrays ({_listing(unrecorded)})")
     bad = sorted(p for p, c in got.items()
                  if c is not None and saved.get(p) is not None and saved[p] != c)
     if bad:
