@@ -18,6 +18,8 @@ from adapler_jax import pipeline
 from adapler_jax.cli import enable_compilation_cache, run_app
 from adapler_jax.errors import UserError
 from adapler_jax.pipeline.config import format_config
+from adapler_jax.pipeline.context import check_same_method
+from adapler_jax.pipeline.workdir import check_dir
 from adapler_jax.train import parallel
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -43,7 +45,9 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO.
   enable_compilation_cache(_CONFIG.value)
   parallel.maybe_initialize_distributed()  # multi-host jobs only; before any other JAX call.
-  pipeline.check_phase(_CONFIG.value, _PHASE.value)  # before prepare writes config.json.
+  # Before prepare writes config.json: a config of the stored run's method, then its phase.
+  check_same_method(_CONFIG.value, check_dir(_WORKDIR.value))
+  pipeline.check_phase(_CONFIG.value, _PHASE.value)
   run = pipeline.prepare(_CONFIG.value, _WORKDIR.value)
   result = pipeline.run_phase(run, _PHASE.value)
   if isinstance(result, dict) and run.is_main_process:

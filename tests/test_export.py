@@ -203,6 +203,13 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
   with pytest.raises(ExportError, match=re.escape(
       f"{damaged / 'config.json'} lacks architecture, inputs; re-export the model")):
     adapler_jax.load_model(damaged)
+  shutil.copytree(out["lat"], damaged / "lat")  # a LAT export without its own section.
+  meta = json.loads((damaged / "lat" / "config.json").read_text())
+  del meta["lat"]
+  (damaged / "lat" / "config.json").write_text(json.dumps(meta))
+  with pytest.raises(ExportError, match=re.escape(
+      f"{damaged / 'lat' / 'config.json'} lacks lat; re-export the model")):
+    adapler_jax.load_model(damaged / "lat")
   # --output never lands on the export's own files, nor on a folder.
   config = out["adapler"] / "config.json"
   before = config.read_bytes()

@@ -308,7 +308,7 @@ def test_truncated_checkpoint_is_one_line_from_evaluate(run_dir):
   assert re.fullmatch(
       re.escape(f"{run_dir / 'summary.json'} reports AdapLeR step {step}, which "
                 f"{run_dir / 'adapler'} no longer holds (steps: ") + r"[0-9, ]+"
-      + re.escape("); rerun --phase evaluate to select one of them"), str(err.value))
+      + re.escape("); rerun train.py --phase evaluate to select one of them"), str(err.value))
 
 
 # ----------------------------------------------------------------- 4. two processes
@@ -450,8 +450,8 @@ def test_batch_sizes_below_one_are_refused_first(tiny_backbone, tmp_path, sectio
                              "--config.lat.num_sandwich=2"),
     ("adapler.phi", float("nan"), "config adapler.phi is nan; it must be at least 0, e.g. "
                                   "--config.adapler.phi=0.0005"),
-    ("adapler.beta", 0.0, "config adapler.beta is 0.0; it must be a positive number, e.g. "
-                          "--config.adapler.beta=0.1"),
+    ("adapler.lambda_init", 0.0, "config adapler.lambda_init is 0.0; it must be a positive "
+                                 "number, e.g. --config.adapler.lambda_init=10"),
     ("saliency.num_checkpoints", 0, "config saliency.num_checkpoints is 0; it must be at "
                                     "least 1, e.g. --config.saliency.num_checkpoints=3"),
     ("lat.eval_length_ratio", 2.0, "config lat.eval_length_ratio is 2.0; it must be in "
@@ -486,6 +486,11 @@ def test_a_phase_the_method_lacks_leaves_the_stored_config_alone(run_dir, tmp_pa
                             "--config.data.dev_subset=8")) == (
       "phase 'lengthdrop' is not a phase of adapler; choose one of all, finetune, saliency, "
       "adapler, search, evaluate")
+  # A config of the other method: the stored run's method is named first, not the phase.
+  assert one_line_error(cli("train.py", "--config", str(config_file), "--workdir",
+                            str(run_dir), "--phase", "saliency", "--config.method=lat")) == (
+      f"{run_dir} holds a adapler run (config.json method 'adapler'), not lat; pass that "
+      "run's config (--config.method=adapler) or another --workdir")
   assert snapshot(run_dir) == before
 
 
@@ -518,9 +523,9 @@ def test_a_model_folder_given_as_workdir_is_left_alone(tiny_backbone, tmp_path):
   with pytest.raises(UserError) as err:
     pipeline.prepare(small_config(tiny_backbone), folder)
   assert str(err.value) == (
-      f"{folder / 'config.json'} is not a train.py run's config (it has no \"task\" and "
-      "\"data\"; an export or a model folder?); pass the --workdir of a train.py run, or a "
-      "new one")
+      f"{folder / 'config.json'} is not a train.py run's config (no 'task' or 'data': an "
+      "export or a model folder?); pass the --workdir of a train.py run, or a new folder for "
+      "this one")
   assert snapshot(folder) == before
 
 
@@ -684,6 +689,21 @@ def test_evaluate_refuses_bad_flags_before_touching_the_run(run_dir, tmp_path):
   for flags, message in cases:
     assert one_line_error(cli("evaluate.py", "--workdir", str(run_dir), *flags)) == message
   assert snapshot(run_dir) == before
+
+
+def test_a_lat_run_scored_with_padded_queries_is_not_exported(tiny_backbone, tmp_path):
+  """Exports predict through the engine, which drops padding before it scores."""
+  from adapler_jax.serve import ExportError  # pylint: disable=g-import-not-at-top
+  from adapler_jax.serve.from_run import export_run  # pylint: disable=g-import-not-at-top
+  config = small_config(tiny_backbone)
+  config.method, config.lat.include_pad_queries = "lat", True
+  workdir = tmp_path / "lat"
+  pipeline.prepare(config, workdir)  # the run's config.json is all the refusal reads.
+  with pytest.raises(ExportError, match=re.escape(
+      f"{workdir} scores tokens with lat.include_pad_queries=True, which counts padded query "
+      "rows; an export predicts through the engine")):
+    export_run(workdir, tmp_path / "export")
+  assert not (tmp_path / "export").exists()
 
 
 def test_evaluate_refuses_token_maps_of_a_lat_run(tiny_backbone, tmp_path):

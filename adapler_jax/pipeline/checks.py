@@ -38,6 +38,7 @@ RANGES = {
     "train.checkpoint_every_steps": (0, None, False, 0),
     "train.warmup_fraction": (0, 1, True, 0.06), "adapler.warmup_fraction": (0, 1, True, 0.06),
     "adapler.predictor_learning_rate": (0, None, False, 0),
+    "adapler.speed_learning_rate": (0, None, False, 5e-4), "adapler.beta": (0, None, False, 0.1),
     "lat.length_drop": (0, 1, True, 0.2), "lat.layer_drop": (0, 1, True, 0.2),
     "search.held_out": (1, None, False, 872), "search.population": (1, None, False, 20),
     "search.iterations": (0, None, False, 30), "search.mutations": (0, None, False, 30),
@@ -56,9 +57,8 @@ RANGES = {
 }
 # Fields that must be positive and finite (rates, scales), with an example value.
 POSITIVE = {"train.learning_rate": "2e-5", "adapler.learning_rate": "2e-5",
-            "adapler.speed_learning_rate": "2e-5", "lat.learning_rate": "2e-5",
-            "adapler.beta": "0.1", "adapler.lambda_init": "10", "adapler.lambda_rate": "10",
-            "adapler.theta_init": "1"}
+            "lat.learning_rate": "2e-5", "adapler.lambda_init": "10",
+            "adapler.lambda_rate": "10", "adapler.theta_init": "1"}
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):

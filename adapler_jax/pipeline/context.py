@@ -291,10 +291,12 @@ def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
   stored = files.read_json(path, fix)
   if not isinstance(stored, dict):
     raise UserError(f"{path} is damaged (not a JSON object); {fix}")
-  if not (isinstance(stored.get("task"), str) and isinstance(stored.get("data"), dict)):
+  missing = [k for k, kind in (("task", str), ("data", dict))
+             if not isinstance(stored.get(k), kind)]
+  if missing:
     raise ForeignConfigError(
-        f"{path} is not a train.py run's config (it has no \"task\" and \"data\"; an "
-        "export or a model folder?); pass the --workdir of a train.py run, or a new one")
+        f"{path} is not a train.py run's config (no {' or '.join(map(repr, missing))}: an "
+        "export or a model folder?); pass the --workdir of a train.py run")
   return config_lib.with_new_fields(ml_collections.ConfigDict(stored))
 
 
@@ -309,8 +311,8 @@ def stored_method(workdir: Path) -> str | None:
   config.json."""
   try:
     return read_config(workdir).get("method", "adapler")
-  except ForeignConfigError:
-    raise
+  except ForeignConfigError as e:
+    raise ForeignConfigError(f"{e}, or a new folder for this one") from None
   except UserError:
     return None
 

@@ -485,10 +485,11 @@ def reported_adapler_step(run: Run, backbone_metric: float | None = None) -> int
     ckpt = adapler_checkpointer(run, read_only=True)
     steps = ckpt.all_steps()
     ckpt.close()
-    if steps and step not in steps:  # a step directory deleted since (none left: load says).
+    if step not in steps:  # a step directory deleted since.
+      fix = ("rerun train.py --phase evaluate to select one of them" if steps else
+             "rerun train.py --phase adapler")
       raise UserError(f"{path} reports AdapLeR step {step}, which {ckpt.directory} no longer "
-                      f"holds (steps: {', '.join(map(str, steps))}); rerun --phase evaluate to "
-                      "select one of them")
+                      f"holds (steps: {', '.join(map(str, steps)) or 'none'}); {fix}")
     return step
   if backbone_metric is None:
     backbone_metric = load_finetuned(run, 1)[0][2]

@@ -186,7 +186,7 @@ def _read_meta(directory: Path, strict: bool = True) -> dict | None:
   return meta
 
 
-# What `load_model` reads from an export's config.json (AdapLeR also "adapler").
+# What `load_model` reads from an export's config.json, besides "adapler" or "lat".
 REQUIRED_FIELDS = ("architecture", "model", "inputs", "tokenizer", "label_names",
                    "max_length", "task")
 
@@ -203,7 +203,7 @@ def load_model(directory: str | os.PathLike[str]) -> ExportedModel:
   if meta.get("format_version", 0) > FORMAT_VERSION or meta.get("method") not in METHODS:
     raise ExportError(f"{path / CONFIG_FILE} is format {meta.get('format_version')} / method "
                       f"{meta.get('method')!r}, newer than this adapler-jax reads; upgrade it")
-  needed = REQUIRED_FIELDS + (("adapler",) if meta["method"] == "adapler" else ())
+  needed = REQUIRED_FIELDS + (meta["method"],)  # and its method's own section.
   missing = [k for k in needed if k not in meta]
   if missing:
     raise ExportError(f"{path / CONFIG_FILE} lacks {', '.join(missing)}; re-export the model")
