@@ -78,9 +78,10 @@ def evaluate_lat(cfg, params: dict, data: TokenizedDataset, metric_name: str, co
                  predictions_dir=None) -> dict[str, Any]:
   """Metric and FLOPs of a classifier at a length config (None: full length), run with
   real dropping (`LengthEngine`; with `flags.include_pad_queries`, whose scores count
-  padded query rows, through the masked path padded to `data.max_length`). FLOPs in two conventions: `flops_speedup_padded` is the
-  LAT paper's (MACs at the padded length, batch 1); `flops_speedup_actual` counts each
-  example's real tokens, min(n, l_i) (what the engine runs). Span QA: the answers go to
+  padded query rows, through the masked path padded to `data.max_length`, with no
+  examples/second). FLOPs in two conventions: `flops_speedup_padded` is the LAT paper's
+  (MACs at the padded length, batch 1); `flops_speedup_actual` counts each example's real
+  tokens, min(n, l_i) (what the engine runs). Span QA: the answers go to
   `predictions_dir/predictions.json` when given."""
   from adapler_jax import infer  # pylint: disable=g-import-not-at-top
   from adapler_jax.reduce import lengths  # pylint: disable=g-import-not-at-top
