@@ -40,6 +40,11 @@ def check_writable(path: Path, flag: str) -> None:
                     "can write to")
 
 
+def is_number(value) -> bool:
+  """Whether a value read from JSON is an int or a float (not a bool)."""
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 # What a workdir or an export keeps: top-level files, and folders with all they hold.
 OWNED_FILES = ("summary.json", "metrics.jsonl", "saliency.npz", ".lock", "model.safetensors")
 OWNED_PREFIXES = ("config.", "environment.")

@@ -691,6 +691,21 @@ def test_evaluate_refuses_bad_flags_before_touching_the_run(run_dir, tmp_path):
   assert snapshot(run_dir) == before
 
 
+@pytest.mark.parametrize("multipliers", [[1, "x"], [1], [1, -1], None])
+def test_an_eta_pick_that_is_not_one_multiplier_per_layer_is_not_exported(run_dir, tmp_path,
+                                                                          multipliers):
+  from adapler_jax.serve import ExportError  # pylint: disable=g-import-not-at-top
+  from adapler_jax.serve.from_run import export_run  # pylint: disable=g-import-not-at-top
+  chosen = run_dir / "search" / "chosen.json"
+  chosen.parent.mkdir(exist_ok=True)
+  chosen.write_text(json.dumps({"eta_multipliers": multipliers}))
+  with pytest.raises(ExportError) as err:
+    export_run(run_dir, tmp_path / "export")
+  assert str(err.value) == (f"{chosen} holds no eta multiplier (a number >= 0) per layer; "
+                            "rerun evaluate.py with --flops-budget or --max-drop, or delete it")
+  assert not (tmp_path / "export").exists()
+
+
 def test_a_lat_run_scored_with_padded_queries_is_not_exported(tiny_backbone, tmp_path):
   """Exports predict through the engine, which drops padding before it scores."""
   from adapler_jax.serve import ExportError  # pylint: disable=g-import-not-at-top

@@ -159,7 +159,7 @@ def load(workdir: str | Path) -> dict[str, Any]:
 def _is_frontier(frontier) -> bool:
   """Whether `frontier` has what `pick` reads: a cost convention, one point or more, each
   with its config, cost and held-out metric, and the full model's metric."""
-  number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+  number = files.is_number
   try:
     key = f"{frontier['cost']}_fraction"
     rows = frontier["frontier"]

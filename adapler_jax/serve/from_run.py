@@ -38,9 +38,11 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
   if chosen is not None:
     from adapler_jax.eval import tradeoff  # pylint: disable=g-import-not-at-top
     multipliers = chosen.get("eta_multipliers")
-    if not isinstance(multipliers, list) or len(multipliers) != trained.adapler_cfg.num_layers:
-      raise ExportError(f"{_chosen_path(workdir)} holds no eta multiplier per layer; rerun "
-                        "evaluate.py with --flops-budget or --max-drop, or delete it")
+    if (not isinstance(multipliers, list) or len(multipliers) != trained.adapler_cfg.num_layers
+        or not all(files.is_number(m) and 0 <= m < float("inf") for m in multipliers)):
+      raise ExportError(f"{_chosen_path(workdir)} holds no eta multiplier (a number >= 0) per "
+                        "layer; rerun evaluate.py with --flops-budget or --max-drop, or "
+                        "delete it")
     params = tradeoff.with_eta_scaled(params, np.asarray(multipliers, np.float32))
     chosen_from = pipeline.frontier.CHOSEN_FILE
   speed = {k: np.asarray(params["speed"][k], np.float64).tolist() for k in ("eta", "theta")}
