@@ -160,7 +160,7 @@ def evaluate_lat() -> None:
   from adapler_jax.reduce import lengths  # pylint: disable=g-import-not-at-top
   dials = [_LENGTH_CONFIG.value is not None, _LENGTH_RATIO.value is not None,
            _FLOPS_BUDGET.value is not None, _MAX_DROP.value is not None]
-  if sum(map(bool, dials)) > 1:
+  if sum(dials) > 1:
     raise UserError("pass one of --length-config, --length-ratio, --flops-budget, --max-drop")
   chosen = pick_from_frontier()
   config = pipeline.read_config(_WORKDIR.value)

@@ -159,13 +159,12 @@ def load(workdir: str | Path) -> dict[str, Any]:
 def _is_frontier(frontier) -> bool:
   """Whether `frontier` has what `pick` reads: a cost convention, one point or more, each
   with its config, cost and held-out metric, and the full model's metric."""
-  number = files.is_number
   try:
     key = f"{frontier['cost']}_fraction"
     rows = frontier["frontier"]
-    return (number(frontier["full"]["held_out_metric"]) and isinstance(rows, list)
-            and bool(rows) and all(isinstance(r["config"], list) and number(r[key])
-                                   and number(r["held_out_metric"]) for r in rows))
+    return (files.is_number(frontier["full"]["held_out_metric"]) and isinstance(rows, list)
+            and bool(rows) and all(isinstance(r["config"], list) and files.is_number(r[key])
+                                   and files.is_number(r["held_out_metric"]) for r in rows))
   except (KeyError, TypeError):
     return False
 
