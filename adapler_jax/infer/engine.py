@@ -169,6 +169,15 @@ class _Engine:
   def on_cpu(self) -> bool:
     return self.device.platform == "cpu"
 
+  # Whether a batch's dot kernels follow the grids its layers run on, not known before it
+  # runs (so one input shape may compile with both sets), rather than its input shape.
+  kernels_by_layers = False
+
+  @property
+  def kernel_sets(self) -> int:
+    """Dot-kernel sets one input shape's program may compile with (`kernels`)."""
+    return 2 if self.on_cpu and self.kernels_by_layers else 1
+
   def _put(self, tree):
     return jax.device_put(tree, self.device)
 
@@ -278,6 +287,8 @@ class AdaptiveEngine(_Engine):
       only add branches to compile.
   """
 
+  kernels_by_layers = True
+
   def __init__(self, cfg: AdapLeRConfig, params: dict, *, batch_size: int = 32,
                buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int = 512,
                device: jax.Device | None = None, ffn_chunk_rows: int | None | str = "auto",
@@ -325,11 +336,6 @@ class AdaptiveEngine(_Engine):
       n = np.full((self.batch_size,), width, np.int32)
       for small in sorted({self.small_dots(ids.shape), self.kernel_sets == 2}):
         jax.block_until_ready(self._call(ids, ids, n, rationales, small))
-
-  @property
-  def kernel_sets(self) -> int:
-    """Dot-kernel sets a bucket's program may compile with: both on CPU (`kernels`)."""
-    return 2 if self.on_cpu else 1
 
   def small_dots(self, shape: tuple[int, ...]) -> bool:
     """Whether the next batch of input `shape` runs with XLA's own dot kernels
@@ -480,6 +486,8 @@ class LengthEngine(_Engine):
     batch_size, buckets, max_length, device, ffn_chunk_rows: as for `AdaptiveEngine`.
   """
 
+  kernels_by_layers = True
+
   def __init__(self, cfg, params: dict, config, *, base: int | None = None,
                flags: SelectionFlags = SelectionFlags(), batch_size: int = 32,
                buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int = 512,
@@ -508,11 +516,6 @@ class LengthEngine(_Engine):
   def compiled_shapes(self) -> int:
     """Distinct (rows, input width, dot kernels) programs run so far."""
     return self._shape_counts("forward")["forward"]
-
-  @property
-  def kernel_sets(self) -> int:
-    """Dot-kernel sets a bucket's program may compile with: both on CPU (`kernels`)."""
-    return 2 if self.on_cpu else 1
 
   def plan(self, n: np.ndarray, width: int):
     """For lengths n (E,) padded to `width`: tokens to keep (L, E), real tokens kept (E, L),
