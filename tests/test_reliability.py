@@ -309,6 +309,14 @@ def test_truncated_checkpoint_is_one_line_from_evaluate(run_dir):
       re.escape(f"{run_dir / 'summary.json'} reports AdapLeR step {step}, which "
                 f"{run_dir / 'adapler'} no longer holds (steps: ") + r"[0-9, ]+"
       + re.escape("); rerun train.py --phase evaluate to select one of them"), str(err.value))
+  for left in (run_dir / "adapler").iterdir():  # with no step left, the phase to rerun.
+    if left.name.isdigit():
+      shutil.rmtree(left)
+  with pytest.raises(UserError) as err:
+    pipeline.load_run(run_dir)
+  assert str(err.value) == (f"{run_dir / 'summary.json'} reports AdapLeR step {step}, which "
+                            f"{run_dir / 'adapler'} no longer holds (steps: none); rerun "
+                            "train.py --phase adapler")
 
 
 # ----------------------------------------------------------------- 4. two processes
