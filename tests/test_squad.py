@@ -304,6 +304,27 @@ def test_batches_carry_span_fields(tokenizer):
   assert "context_mask" not in next(data.train_batches(plain, 2, seed=0, epoch=0))
 
 
+def test_a_window_with_no_more_context_than_its_stride_is_one_line(tokenizer):
+  """The tokenizer panics (a BaseException) when a question leaves a window no more context
+  tokens than the stride; one line names the question and the fields to change."""
+  question = "Who won the game in 2016?"
+  taken = len(tokenizer(question, add_special_tokens=False)["input_ids"])
+  room = lambda max_length: max_length - taken - tokenizer.num_special_tokens_to_add(pair=True)
+  ds = squad.SquadDataset([squad.SquadExample("q1", "t", CONTEXT * 20, question, ("Broncos",),
+                                              (4,))], "mem")
+  stride = 20
+  max_length = stride + (stride - room(stride))  # room == stride: the first refused length.
+  assert room(max_length) == stride
+  with pytest.raises(DataError) as err:
+    squad.span_features(ds, tokenizer, max_length=max_length, stride=stride)
+  assert str(err.value) == (
+      f"mem question 'q1': its question takes {taken} of the {max_length} tokens of a window, "
+      f"leaving {stride} for the context, not more than the stride of {stride} the windows "
+      "overlap by; lower data.doc_stride, raise data.max_length, or shorten the question")
+  f = squad.span_features(ds, tokenizer, max_length=max_length + 1, stride=stride)
+  assert len(f) > 1 and (f.lengths == max_length + 1).sum() >= 1  # one more token: windows.
+
+
 # Metric ----------------------------------------------------------------------------------------
 
 

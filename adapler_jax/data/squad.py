@@ -304,6 +304,22 @@ def span_labels(offsets: np.ndarray, context: np.ndarray, start_char: int,
   return int(start), int(end)
 
 
+def _check_context_room(source: str, batch: Sequence[SquadExample], tokenizer: Any,
+                        max_length: int, stride: int) -> None:
+  """Every question leaves its windows more context tokens than `stride`, which they
+  overlap by: the tokenizer refuses (or panics on) any window with less."""
+  questions = tokenizer([e.question.lstrip() for e in batch], add_special_tokens=False)
+  specials = tokenizer.num_special_tokens_to_add(pair=True)
+  for example, ids in zip(batch, questions["input_ids"]):
+    room = max_length - len(ids) - specials
+    if room <= stride:
+      raise DataError(format_message(
+          f"{source} question {example.id!r}",
+          f"its question takes {len(ids)} of the {max_length} tokens of a window, leaving "
+          f"{max(room, 0)} for the context, not more than the stride of {stride} the windows "
+          "overlap by", "lower data.doc_stride, raise data.max_length, or shorten the question"))
+
+
 def span_features(dataset: SquadDataset, tokenizer: Any, max_length: int = 384,
                   stride: int = 128, chunk: int = 2048) -> SpanFeatures:
   """Overflowing question + context windows of every question, with labels and offsets.
@@ -315,6 +331,7 @@ def span_features(dataset: SquadDataset, tokenizer: Any, max_length: int = 384,
                                            "names")}
   for lo in range(0, len(dataset), chunk):
     batch = dataset.examples[lo:lo + chunk]
+    _check_context_room(dataset.source, batch, tokenizer, max_length, stride)
     enc = tokenizer([e.question.lstrip() for e in batch], [e.context for e in batch],
                     truncation="only_second", max_length=max_length, stride=stride,
                     return_overflowing_tokens=True, return_offsets_mapping=True,
