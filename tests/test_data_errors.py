@@ -93,7 +93,34 @@ def test_field_count_and_bad_json(tmp_path):
 def test_unknown_file_type_and_duplicate_ids(tmp_path):
   _raises(r"unknown file type '.txt'", data.load_file, _write(tmp_path / "a.txt", "x"))
   path = _write(tmp_path / "d.csv", "id,text,label\n1,a,0\n1,b,1\n")
-  _raises(r"example ids are not unique", data.load_file, path, id_field="id")
+  _raises(r"example id '1' appears more than once; give every row its own id", data.load_file,
+          path, id_field="id")
+
+
+def test_a_digit_that_is_not_a_number_is_a_label_error(tmp_path):
+  path = _write(tmp_path / "mine/train.csv", "text,label\ngood film,1\nbad film,\u00b2\n")
+  _raises(re.escape("mine/train.csv line 3: label '\u00b2' is not a class index (0, 1, ...)"),
+          data.load_file, path)
+
+
+def test_damaged_gzip_blocks_are_one_line(tmp_path):
+  import gzip  # pylint: disable=g-import-not-at-top
+  rows = "".join(f'{{"id": "{i}", "text": "review {i}", "label": {i % 2}}}\n'
+                 for i in range(100))
+  path = tmp_path / "imdb" / "test.jsonl.gz"
+  path.parent.mkdir()
+  raw = bytearray(gzip.compress(rows.encode(), compresslevel=0))  # stored blocks.
+  raw[11] ^= 0xFF  # the first stored block's length (after the 10-byte header and its
+  # type byte) no longer matches its complement: zlib.error, not OSError.
+  path.write_bytes(bytes(raw))
+  _raises(r"imdb/test.jsonl.gz: cannot be read \(.*\); use the unmodified file, or gzip it "
+          "again", data.load_split, "imdb", "test", tmp_path / "imdb")
+
+
+def test_a_data_file_given_as_the_folder_names_its_folder(tmp_path):
+  path = _write(tmp_path / "sst2/dev.tsv", "sentence\tlabel\ngood\t1\n")
+  _raises(re.escape(f"sst2 dev: data folder {path} is a file, not the folder that holds it "
+                    f"({path.parent}); pass the folder"), data.load_split, "sst2", "dev", path)
 
 
 def test_offline_hub(monkeypatch):

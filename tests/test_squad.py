@@ -3,6 +3,7 @@ real dev questions), span post-processing and the official exact match / F1."""
 
 import gzip
 import json
+import re
 import subprocess
 import sys
 import types
@@ -96,6 +97,11 @@ def test_hub_rows(monkeypatch):
   ds = data.load_split("squad", "dev")
   assert calls == [("rajpurkar/squad", None, "validation")]
   assert ds.examples[0].answer_texts == ("Broncos",) and ds.examples[0].title == "T"
+  monkeypatch.setitem(sys.modules, "datasets", None)  # not installed: the extra to install.
+  with pytest.raises(UserError, match=re.escape(
+      "downloading SQuAD from the Hugging Face hub needs the datasets package; install it with "
+      "pip install 'adapler-jax[hub]' or pass a local folder with --config.data.data_dir")):
+    data.load_split("squad", "dev")
 
 
 def test_split_by_article_is_seeded_and_disjoint():

@@ -42,7 +42,9 @@ class TextDataset:
     if self.rationales is not None and len(self.rationales) != n:
       raise ValueError("rationales must have one entry per example")
     if len(set(self.ids)) != n:
-      raise DataError(f"{self.source}: example ids are not unique; "
+      seen = set()
+      twice = next(i for i in self.ids if i in seen or seen.add(i))
+      raise DataError(f"{self.source}: example id {twice!r} appears more than once; "
                       "give every row its own id")
 
   def __len__(self) -> int:

@@ -13,6 +13,7 @@ import csv
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -78,7 +79,7 @@ def reading(path: Path):
     yield
   except UnicodeDecodeError as e:
     raise _not_utf8(path, e) from None
-  except (OSError, EOFError) as e:
+  except (OSError, EOFError, zlib.error) as e:  # zlib: a .gz with damaged blocks.
     raise DataError(format_message(location(path), f"cannot be read ({e})",
                                    UNREADABLE_FIX)) from None
 
@@ -184,7 +185,7 @@ def _parse_label(raw: Any, index: dict[str, int] | None, where: str, hints: Hint
       return index[value]
     raise DataError(format_message(
         where, f"label {value!r} is not one of {list(index)}", hints.label))
-  if value.isdigit():
+  if value.isdecimal():  # not isdigit: "²" is a digit that int() refuses.
     return int(value)
   raise DataError(format_message(where, f"label {value!r} is not a class index (0, 1, ...)",
                                  hints.label))
@@ -262,12 +263,18 @@ def build_examples(
                      else None, task=task, source=source)
 
 
+def folder_problem(data_dir: Path) -> str:
+  """Why `data_dir`, which is not a folder, cannot be the data folder."""
+  if data_dir.exists():
+    return f"data folder {data_dir} is a file, not the folder that holds it ({data_dir.parent})"
+  return f"data folder {data_dir} does not exist"
+
+
 def _missing_file(spec_name: str, split: str, path: Path, data_dir: Path,
                   fix: str | None = None) -> DataError:
   fix = fix or f"pass the folder that holds the {spec_name} files with --config.data.data_dir"
   if not data_dir.is_dir():
-    return DataError(format_message(f"{spec_name} {split}",
-                                    f"data folder {data_dir} does not exist", fix))
+    return DataError(format_message(f"{spec_name} {split}", folder_problem(data_dir), fix))
   if path.is_dir():
     return DataError(format_message(f"{spec_name} {split}",
                                     f"{path} is a folder, not the data file", fix))
@@ -461,6 +468,6 @@ def file_labels(spec: TaskSpec, split: str, data_dir: str | os.PathLike[str]) ->
     values.add(str(record[field]).strip())
   if not values:
     raise DataError(format_message(location(path), FILE_HINTS.empty))
-  if all(v.isdigit() for v in values):
+  if all(v.isdecimal() for v in values):
     return tuple(str(i) for i in range(max(map(int, values)) + 1))
   return tuple(sorted(values))

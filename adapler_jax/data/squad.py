@@ -25,7 +25,8 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from adapler_jax.data.readers import UNREADABLE_FIX
+from adapler_jax import extras
+from adapler_jax.data.readers import folder_problem, reading
 from adapler_jax.data.tasks import TaskSpec, get_task
 from adapler_jax.data.tokenize import TokenizedDataset
 from adapler_jax.errors import DataError, format_message, location
@@ -136,16 +137,11 @@ def read_squad_json(path: str | os.PathLike[str]) -> SquadDataset:
   where = location(path)
   opener = gzip.open if path.name.endswith(".gz") else open
   try:
-    with opener(path, "rt", encoding="utf-8") as f:
+    with reading(path), opener(path, "rt", encoding="utf-8") as f:
       root = json.load(f)
-  except UnicodeDecodeError:
-    raise DataError(format_message(where, "not UTF-8 text", "convert the file to UTF-8")) from None
   except json.JSONDecodeError as e:
     raise DataError(format_message(f"{where} line {e.lineno}", f"invalid JSON ({e.msg})",
                                    LAYOUT_FIX)) from None
-  except (OSError, EOFError) as e:  # a truncated or mislabelled .gz.
-    raise DataError(format_message(where, f"cannot be read ({e})",
-                                   UNREADABLE_FIX)) from None
   examples = []
   for a, article in enumerate(_field(root, "data", list, where), start=1):
     title = _field(article, "title", str, f"{where} article {a}")
@@ -171,15 +167,15 @@ def _local_file(spec: TaskSpec, split: str, data_dir: Path) -> Path:
       return candidate
   fix = "pass the folder that holds the SQuAD v1.1 JSON files with --config.data.data_dir"
   if not data_dir.is_dir():
-    raise DataError(format_message(f"{spec.name} {split}",
-                                   f"data folder {data_dir} does not exist", fix))
+    raise DataError(format_message(f"{spec.name} {split}", folder_problem(data_dir), fix))
   listing = ", ".join(sorted(p.name for p in data_dir.iterdir())[:12]) or "nothing"
   raise DataError(format_message(f"{spec.name} {split}", f"expected file {data_dir / name} (or "
                                  f"{name}.gz) not found; the folder has: {listing}", fix))
 
 
 def _hub_examples(spec: TaskSpec, split: str) -> SquadDataset:
-  import datasets  # Imported here: slow to import and only needed on this path.
+  datasets = extras.require("datasets", "hub", "downloading SQuAD from the Hugging Face hub",
+                            "pass a local folder with --config.data.data_dir")
 
   (path, name), hub_split = spec.hub, dict(spec.hub_splits)[split]
   where = f"hub {path} split '{hub_split}'"
