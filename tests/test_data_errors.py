@@ -123,6 +123,32 @@ def test_a_data_file_given_as_the_folder_names_its_folder(tmp_path):
                     f"({path.parent}); pass the folder"), data.load_split, "sst2", "dev", path)
 
 
+def test_csv_fields_past_128_kib_and_blank_rows_read(tmp_path):
+  long = "word " * 30_000  # 150,000 characters: over the csv module's default field limit.
+  path = _write(tmp_path / "long.csv", f'text,label\n"{long}",1\n   \nshort,0\n')
+  ds = data.load_file(path)
+  assert ds.texts[0] == [long.strip(), "short"] and ds.labels.tolist() == [1, 0]
+  path = _write(tmp_path / "head.csv", f"{'x' * 150_000},label\nhello,1\n")
+  _raises(re.escape("head.csv line 1: no column 'text'"), data.load_file, path)
+
+
+def test_hatexplain_files_of_the_wrong_shape_name_the_file(tmp_path):
+  root = tmp_path / "hx"
+  _write(root / "dataset.json", "{}")
+  _write(root / "post_id_divisions.json", '{"train": [1,]}')
+  _raises(re.escape("hx/post_id_divisions.json line 1: invalid JSON (Expecting value); use the "
+                    "original HateXplain files"), data.load_split, "hatexplain", "train", root)
+  _write(root / "post_id_divisions.json", '["p1"]')
+  _raises(re.escape("hx/post_id_divisions.json: holds a JSON list, not an object"),
+          data.load_split, "hatexplain", "train", root)
+  _write(root / "post_id_divisions.json", '{"train": ["p1"]}')
+  for post in ('["x"]', '{"post_tokens": ["a"], "annotators": [{"label": "normal"}, "x"]}'):
+    _write(root / "dataset.json", f'{{"p1": {post}}}')
+    _raises(re.escape("hx/dataset.json post p1: expected an object with a list of annotator "
+                      "objects; use the original HateXplain files"),
+            data.load_split, "hatexplain", "train", root)
+
+
 def test_offline_hub(monkeypatch):
   def load(path, name, split):
     raise ConnectionError("Couldn't reach 'glue' on the Hub (LocalEntryNotFoundError)\nmore")

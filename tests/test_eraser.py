@@ -92,6 +92,22 @@ def test_load_split_reads_labels_windows_and_rationales(small_movies, tokenizer)
   assert [r.tolist() for r in small.rationales[:2]] == [[1], [0, 1]]
 
 
+@pytest.mark.parametrize("evidences,problem", [
+    ([[{"end_token": 2}]], "evidence start_token None / end_token 2 are not integers"),
+    ([[{"start_token": "x", "end_token": 2}]], "evidence start_token 'x' / end_token 2 are not "
+     "integers"),
+    ([{"start_token": 0, "end_token": 2}], "'evidences' is not a list of lists of evidence "
+     "objects"),
+    ([["negR_1.txt"]], "evidence 'negR_1.txt' is not an object")])
+def test_malformed_evidence_is_one_line(tmp_path, evidences, problem):
+  rows = {"dev": [{"annotation_id": "negR_1.txt", "classification": "NEG",
+                   "evidences": evidences}]}
+  _write_movies(tmp_path / "movies", rows, {"negR_1.txt": "a dull film .\n"})
+  with pytest.raises(DataError) as err:
+    data.load_split("eraser_movies", "dev", tmp_path)
+  assert str(err.value) == f"movies/val.jsonl line 1: {problem}; use the original ERASER files"
+
+
 def test_missing_folder_and_hub_are_one_line_errors(tmp_path):
   with pytest.raises(DataError, match="does not exist"):
     data.load_split("eraser_movies", "dev", tmp_path / "nope")

@@ -79,6 +79,14 @@ def test_bad_input_is_one_line_naming_file_and_question(tmp_path, mutate, proble
   assert "\n" not in message and message.startswith(f"{tmp_path.name}/dev-v1.1.json {problem}")
 
 
+def test_a_byte_order_mark_is_dropped(tmp_path):
+  root = {"data": [{"title": "t", "paragraphs": [{"context": "The cat sat.", "qas": [
+      {"id": "q1", "question": "who?", "answers": [{"text": "cat", "answer_start": 4}]}]}]}]}
+  path = tmp_path / "dev-v1.1.json"
+  path.write_text("\ufeff" + json.dumps(root), encoding="utf-8")
+  assert squad.read_squad_json(path).examples[0].answer_texts == ("cat",)
+
+
 def test_missing_file_lists_folder(tmp_path):
   (tmp_path / "train.tsv").write_text("x")
   with pytest.raises(DataError, match=r"squad dev: expected file .*dev-v1.1.json \(or "

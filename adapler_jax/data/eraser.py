@@ -116,11 +116,21 @@ def read_document(path: Path) -> tuple[list[str], np.ndarray]:
 def _spans(record: dict[str, Any], docid: str, num_words: int, where: str
            ) -> list[tuple[int, int]]:
   spans = set()
-  for group in record.get("evidences") or []:
+  groups = record.get("evidences") or []
+  if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
+    raise DataError(format_message(where, "'evidences' is not a list of lists of evidence "
+                                   "objects", "use the original ERASER files"))
+  for group in groups:
     for ev in group:
+      if not isinstance(ev, dict):
+        raise DataError(format_message(where, f"evidence {ev!r} is not an object",
+                                       "use the original ERASER files"))
       if ev.get("docid", docid) != docid:
         continue
-      a, b = int(ev["start_token"]), int(ev["end_token"])
+      a, b = ev.get("start_token"), ev.get("end_token")
+      if not all(isinstance(t, int) and not isinstance(t, bool) for t in (a, b)):
+        raise DataError(format_message(where, f"evidence start_token {a!r} / end_token {b!r} "
+                                       "are not integers", "use the original ERASER files"))
       if a == b:
         continue  # an empty span (the test split has a few) marks no word.
       if not 0 <= a < b <= num_words:

@@ -120,23 +120,44 @@ def read_tsv(path: Path) -> tuple[list[str], Rows]:
   return header, _utf8_rows(path, rows())
 
 
+# Python's csv module refuses fields over 128 KiB by default; a long document is data, not a
+# quoting error. Raising the limit (process-wide, as the csv module keeps it) takes nothing
+# from other readers.
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
+def _csv_reader(f) -> Iterator[list[str]]:
+  csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+  return csv.reader(f)
+
+
+def _bad_csv(path: Path, line: int, e: csv.Error) -> DataError:
+  return DataError(format_message(location(path, line), f"bad CSV: {e}",
+                                  "fix the quoting of that row"))
+
+
 def read_csv(path: Path, has_header: bool) -> tuple[list[str] | None, Rows]:
-  """Header (or None) and rows of a comma-separated file with standard double-quote escaping."""
+  """Header (or None) and rows of a comma-separated file with standard double-quote escaping.
+  Rows whose fields are all blank are skipped, as blank lines are in the other formats."""
   header = None
   if has_header:
     with reading(path):
       with _open_text(path) as f:
-        header = next(csv.reader(f), [])
+        reader = _csv_reader(f)
+        try:
+          header = next(reader, [])
+        except csv.Error as e:
+          raise _bad_csv(path, reader.line_num, e) from None
 
   def rows() -> Rows:
     with _open_text(path) as f:
-      reader = csv.reader(f)
+      reader = _csv_reader(f)
       if has_header:
         next(reader, None)
       try:
         for fields in reader:
           where = location(path, reader.line_num)
-          if not fields:
+          if not "".join(fields).strip():
             continue
           if header is not None:
             if len(fields) != len(header):
@@ -147,8 +168,7 @@ def read_csv(path: Path, has_header: bool) -> tuple[list[str] | None, Rows]:
           else:
             yield where, dict(enumerate(fields))
       except csv.Error as e:
-        raise DataError(format_message(location(path, reader.line_num), f"bad CSV: {e}",
-                                       "fix the quoting of that row")) from None
+        raise _bad_csv(path, reader.line_num, e) from None
   return header, _utf8_rows(path, rows())
 
 
@@ -346,11 +366,18 @@ def _read_hatexplain(spec: TaskSpec, fmt: LocalFormat, split: str,
   for path in paths:
     if not path.is_file():
       raise _missing_file(spec.name, split, path, data_dir)
-  try:
-    posts, divisions = (json.loads(read_utf8(p)) for p in paths)
-  except json.JSONDecodeError as e:
-    raise DataError(format_message(f"{spec.name} {split}", f"invalid JSON ({e.msg})",
-                                   "use the original HateXplain files")) from None
+  fix = "use the original HateXplain files"
+  loaded = []
+  for path in paths:
+    try:
+      loaded.append(json.loads(read_utf8(path)))
+    except json.JSONDecodeError as e:
+      raise DataError(format_message(location(path, e.lineno), f"invalid JSON ({e.msg})",
+                                     fix)) from None
+    if not isinstance(loaded[-1], dict):
+      raise DataError(format_message(location(path), f"holds a JSON {type(loaded[-1]).__name__}"
+                                     ", not an object", fix))
+  posts, divisions = loaded
   key = fmt.file_for(split)
   if key not in divisions:
     raise DataError(format_message(location(paths[1]), f"no key {key!r}; found {list(divisions)}",
@@ -363,7 +390,11 @@ def _read_hatexplain(spec: TaskSpec, fmt: LocalFormat, split: str,
         raise DataError(format_message(where, "listed in post_id_divisions.json but missing "
                                        "from dataset.json", "use matching files"))
       post = posts[post_id]
-      label = majority_label([a.get("label") for a in post.get("annotators", [])])
+      annotators = post.get("annotators", []) if isinstance(post, dict) else None
+      if not isinstance(annotators, list) or not all(isinstance(a, dict) for a in annotators):
+        raise DataError(format_message(where, "expected an object with a list of annotator "
+                                       "objects", fix))
+      label = majority_label([a.get("label") for a in annotators])
       if label is not None:
         yield where, {"id": post_id, "text": post.get("post_tokens", []), "label": label}
 

@@ -137,7 +137,7 @@ def read_squad_json(path: str | os.PathLike[str]) -> SquadDataset:
   where = location(path)
   opener = gzip.open if path.name.endswith(".gz") else open
   try:
-    with reading(path), opener(path, "rt", encoding="utf-8") as f:
+    with reading(path), opener(path, "rt", encoding="utf-8-sig") as f:  # a BOM is dropped.
       root = json.load(f)
   except json.JSONDecodeError as e:
     raise DataError(format_message(f"{where} line {e.lineno}", f"invalid JSON ({e.msg})",
