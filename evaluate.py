@@ -88,6 +88,9 @@ def main(argv):
   trained = pipeline.load_run(_WORKDIR.value)
   config = trained.config
   checks.check_flops_mode(_FLOPS.value, trained.task)
+  if (_EXPLAIN.value is not None or _RATIONALES.value) and trained.task.is_span:
+    raise UserError(f"--explain and --rationales draw a classifier's kept tokens; this run "
+                    f"answers questions ({trained.task.name}): evaluate it without them")
   if _EXPLAIN.value is not None:
     return explain(trained, _EXPLAIN.value)
   if _RATIONALES.value:

@@ -120,6 +120,12 @@ def test_squad_adapler_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path)
   assert 0 <= result["exact_match"] <= 100 and result["flops_speedup"] > 0
   assert len(result["kept_tokens_per_layer"]) == TINY.num_layers
   check_answers(tmp_path / "report", questions)
+  proc = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(workdir), "--explain",
+                         "Who won?"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and proc.stderr.strip() == (
+      "error: --explain and --rationales draw a classifier's kept tokens; this run answers "
+      "questions (squad): evaluate it without them")
+  assert not (workdir / "explain.html").exists()
 
 
 def test_squad_lat_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path):  # noqa: F811
