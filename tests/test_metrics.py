@@ -1,9 +1,9 @@
-"""The paired bootstrap interval over per-example scores."""
+"""Task metrics (accuracy, F1) and the paired bootstrap interval over per-example scores."""
 
 import numpy as np
 import pytest
 
-from adapler_jax.eval.metrics import paired_bootstrap
+from adapler_jax.eval.metrics import METRICS, compute, paired_bootstrap
 
 
 def test_a_constant_shift_has_a_point_interval():
@@ -39,3 +39,21 @@ def test_unpaired_scores_are_refused():
     paired_bootstrap(np.zeros(3), np.zeros(3), resamples=0)
   with pytest.raises(ValueError, match="resamples >= 1 and a level in"):
     paired_bootstrap(np.zeros(3), np.zeros(3), level=1.0)
+
+
+@pytest.mark.parametrize("predictions,labels", [
+    (np.zeros((4, 1), int), np.zeros(4, int)),  # would broadcast to (4, 4): f1 2.0.
+    (np.zeros((4, 2)), np.zeros(4, int)),  # logits, not class predictions.
+    (np.zeros(0, int), np.zeros(0, int)),  # no examples: nan.
+])
+def test_metrics_refuse_predictions_that_do_not_pair_with_labels(predictions, labels):
+  for name in METRICS:
+    with pytest.raises(ValueError, match="two equal, non-empty 1-D arrays"):
+      compute(name, predictions, labels)
+
+
+def test_accuracy_and_f1_on_a_hand_case():
+  predictions, labels = np.asarray([1, 1, 0, 0, 1]), np.asarray([1, 0, 0, 1, 1])
+  assert compute("accuracy", predictions, labels) == pytest.approx(3 / 5)
+  assert compute("f1", predictions, labels) == pytest.approx(2 * 2 / (3 + 3))
+  assert compute("f1", np.zeros(3, int), np.zeros(3, int)) == 0.0  # positive never seen.

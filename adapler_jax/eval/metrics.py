@@ -8,13 +8,25 @@ import numpy as np
 from adapler_jax.errors import DataError
 
 
+def _paired(predictions, labels) -> tuple[np.ndarray, np.ndarray]:
+  """Class predictions and labels as two equal, non-empty 1-D arrays: a (n, 1) array against
+  (n,) labels would broadcast to (n, n) and score every pair."""
+  p, y = np.asarray(predictions), np.asarray(labels)
+  if p.shape != y.shape or p.ndim != 1 or not len(p):
+    raise ValueError(f"metrics compare one class prediction per label: two equal, non-empty "
+                     f"1-D arrays, got {p.shape} and {y.shape} (pass argmax(logits, -1))")
+  return p, y
+
+
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
-  return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
+  p, y = _paired(predictions, labels)
+  return float(np.mean(p == y))
 
 
 def f1(predictions: np.ndarray, labels: np.ndarray, positive: int = 1) -> float:
   """F1 of class `positive`; 0 when it is never predicted nor present."""
-  p, y = np.asarray(predictions) == positive, np.asarray(labels) == positive
+  p, y = _paired(predictions, labels)
+  p, y = p == positive, y == positive
   tp = np.sum(p & y)
   denom = np.sum(p) + np.sum(y)
   return float(2 * tp / denom) if denom else 0.0
