@@ -30,6 +30,7 @@ from absl import flags, logging
 
 from adapler_jax import files, pipeline
 from adapler_jax.cli import enable_compilation_cache, run_app
+from adapler_jax.data.tasks import TASKS
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.infer import flops
@@ -84,13 +85,14 @@ def main(argv):
   if _LENGTH_CONFIG.value is not None or _LENGTH_RATIO.value is not None:
     raise UserError("--length-config and --length-ratio apply to LAT runs; this run is "
                     "AdapLeR (--flops-budget / --max-drop pick from its eta search)")
+  task = TASKS.get(run_config.get("task"))  # custom tasks classify.
+  if (_EXPLAIN.value is not None or _RATIONALES.value) and task is not None and task.is_span:
+    raise UserError(f"--explain and --rationales draw a classifier's kept tokens; this run "
+                    f"answers questions ({task.name}): evaluate it without them")
   chosen = pick_from_frontier()
   trained = pipeline.load_run(_WORKDIR.value)
   config = trained.config
   checks.check_flops_mode(_FLOPS.value, trained.task)
-  if (_EXPLAIN.value is not None or _RATIONALES.value) and trained.task.is_span:
-    raise UserError(f"--explain and --rationales draw a classifier's kept tokens; this run "
-                    f"answers questions ({trained.task.name}): evaluate it without them")
   if _EXPLAIN.value is not None:
     return explain(trained, _EXPLAIN.value)
   if _RATIONALES.value:

@@ -141,11 +141,16 @@ def test_hatexplain_files_of_the_wrong_shape_name_the_file(tmp_path):
   _write(root / "post_id_divisions.json", '["p1"]')
   _raises(re.escape("hx/post_id_divisions.json: holds a JSON list, not an object"),
           data.load_split, "hatexplain", "train", root)
+  for ids in ("5", '[["p1"]]', '"p1"'):
+    _write(root / "post_id_divisions.json", f'{{"train": {ids}}}')
+    _raises(re.escape("hx/post_id_divisions.json: 'train' is not a list of post ids; use the "
+                      "original HateXplain files"), data.load_split, "hatexplain", "train", root)
   _write(root / "post_id_divisions.json", '{"train": ["p1"]}')
-  for post in ('["x"]', '{"post_tokens": ["a"], "annotators": [{"label": "normal"}, "x"]}'):
+  for post in ('["x"]', '{"post_tokens": ["a"], "annotators": [{"label": "normal"}, "x"]}',
+               '{"post_tokens": ["a"], "annotators": [{"label": ["normal"]}]}'):
     _write(root / "dataset.json", f'{{"p1": {post}}}')
     _raises(re.escape("hx/dataset.json post p1: expected an object with a list of annotator "
-                      "objects; use the original HateXplain files"),
+                      "objects, each with a string label; use the original HateXplain files"),
             data.load_split, "hatexplain", "train", root)
 
 

@@ -1,6 +1,7 @@
 """ERASER movie reviews: reading, windows that never split evidence, word -> word-piece rationales."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -106,6 +107,17 @@ def test_malformed_evidence_is_one_line(tmp_path, evidences, problem):
   with pytest.raises(DataError) as err:
     data.load_split("eraser_movies", "dev", tmp_path)
   assert str(err.value) == f"movies/val.jsonl line 1: {problem}; use the original ERASER files"
+
+
+def test_token_bounds_of_a_re_export_read_and_a_file_is_not_the_folder(tmp_path):
+  rows = {"dev": [{"annotation_id": "negR_1.txt", "classification": "NEG",
+                   "evidences": [[_evidence("negR_1.txt", 1.0, "3")]]}]}  # e.g. via pandas.
+  _write_movies(tmp_path / "movies", rows, {"negR_1.txt": "a dull film .\n"})
+  assert data.load_split("eraser_movies", "dev", tmp_path).rationales[0].tolist() == [1, 2]
+  val = tmp_path / "movies" / "val.jsonl"
+  with pytest.raises(DataError, match=re.escape(
+      f"eraser_movies: data folder {val} is a file, not the folder that holds it")):
+    data.load_split("eraser_movies", "dev", val)
 
 
 def test_missing_folder_and_hub_are_one_line_errors(tmp_path):

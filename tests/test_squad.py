@@ -87,6 +87,14 @@ def test_a_byte_order_mark_is_dropped(tmp_path):
   assert squad.read_squad_json(path).examples[0].answer_texts == ("cat",)
 
 
+def test_a_folder_named_as_the_data_file_says_so(tmp_path):
+  (tmp_path / "dev-v1.1.json").mkdir()
+  with pytest.raises(DataError, match=re.escape(
+      f"squad dev: {tmp_path / 'dev-v1.1.json'} is a folder, not the data file; pass the folder "
+      "that holds the SQuAD v1.1 JSON files")):
+    data.load_split("squad", "dev", tmp_path)
+
+
 def test_missing_file_lists_folder(tmp_path):
   (tmp_path / "train.tsv").write_text("x")
   with pytest.raises(DataError, match=r"squad dev: expected file .*dev-v1.1.json \(or "
@@ -337,6 +345,10 @@ def test_a_window_with_no_more_context_than_its_stride_is_one_line(tokenizer):
       "overlap by; lower data.doc_stride, raise data.max_length, or shorten the question")
   f = squad.span_features(ds, tokenizer, max_length=max_length + 1, stride=stride)
   assert len(f) > 1 and (f.lengths == max_length + 1).sum() >= 1  # one more token: windows.
+  fits = squad.SquadDataset([squad.SquadExample("q2", "t", "The Broncos won.", question,
+                                                ("Broncos",), (4,))], "mem")
+  whole = squad.span_features(fits, tokenizer, max_length=max_length, stride=stride)
+  assert len(whole) == 1 and tuple(whole.labels[0]) != (0, 0)  # nothing to cut: no windows.
 
 
 # Metric ----------------------------------------------------------------------------------------
@@ -471,5 +483,5 @@ def test_unreadable_and_duplicate_files_are_one_line(tmp_path):
     squad.load_squad("dev", tmp_path)
   (tmp_path / "dev-v1.1.json.gz").unlink()
   _file(tmp_path, [{"context": CONTEXT, "qas": [_qa("q1"), _qa("q1")]}])
-  with pytest.raises(DataError, match="question id q1 appears twice"):
+  with pytest.raises(DataError, match="question id q1 appears more than once"):
     squad.load_squad("dev", tmp_path)

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from adapler_jax.errors import DataError
+
+
+def first_repeat(ids: Iterable[Any]) -> Any | None:
+  """The first id that comes a second time, or None."""
+  seen = set()
+  for i in ids:
+    if i in seen:
+      return i
+    seen.add(i)
+  return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +52,8 @@ class TextDataset:
       raise ValueError("ids, texts and labels must have the same length")
     if self.rationales is not None and len(self.rationales) != n:
       raise ValueError("rationales must have one entry per example")
-    if len(set(self.ids)) != n:
-      seen = set()
-      twice = next(i for i in self.ids if i in seen or seen.add(i))
+    twice = first_repeat(self.ids)
+    if twice is not None:
       raise DataError(f"{self.source}: example id {twice!r} appears more than once; "
                       "give every row its own id")
 

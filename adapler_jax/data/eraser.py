@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from adapler_jax.data.dataset import TextDataset
-from adapler_jax.data.readers import read_jsonl, read_utf8
+from adapler_jax.data.readers import folder_problem, read_jsonl, read_utf8
 from adapler_jax.errors import DataError, format_message, location
 
 SPLIT_FILES = {"train": "train.jsonl", "dev": "val.jsonl", "test": "test.jsonl"}
@@ -97,7 +97,7 @@ def movies_dir(data_dir: str | os.PathLike[str] | None) -> Path:
     if (candidate / "docs").is_dir() and any((candidate / f).is_file()
                                              for f in SPLIT_FILES.values()):
       return candidate
-  problem = (f"data folder {root} does not exist" if not root.is_dir() else
+  problem = (folder_problem(root) if not root.is_dir() else
              f"{root} holds neither docs/ + train.jsonl nor movies/docs/")
   raise DataError(format_message("eraser_movies", problem, fix))
 
@@ -111,6 +111,19 @@ def read_document(path: Path) -> tuple[list[str], np.ndarray]:
       words.extend(tokens)
       ends.append(len(words))
   return words, np.asarray(ends, np.int64)
+
+
+def _token_index(value: Any) -> int | None:
+  """A word index as the files hold it (an int; 3.0 or "3" from a re-export), else None."""
+  if isinstance(value, bool):
+    return None
+  if isinstance(value, int):
+    return value
+  if isinstance(value, float) and value.is_integer():
+    return int(value)
+  if isinstance(value, str) and value.strip().lstrip("-").isdecimal():
+    return int(value)
+  return None
 
 
 def _spans(record: dict[str, Any], docid: str, num_words: int, where: str
@@ -127,10 +140,11 @@ def _spans(record: dict[str, Any], docid: str, num_words: int, where: str
                                        "use the original ERASER files"))
       if ev.get("docid", docid) != docid:
         continue
-      a, b = ev.get("start_token"), ev.get("end_token")
-      if not all(isinstance(t, int) and not isinstance(t, bool) for t in (a, b)):
-        raise DataError(format_message(where, f"evidence start_token {a!r} / end_token {b!r} "
-                                       "are not integers", "use the original ERASER files"))
+      a, b = (_token_index(ev.get(k)) for k in ("start_token", "end_token"))
+      if a is None or b is None:
+        raise DataError(format_message(
+            where, f"evidence start_token {ev.get('start_token')!r} / end_token "
+            f"{ev.get('end_token')!r} are not integers", "use the original ERASER files"))
       if a == b:
         continue  # an empty span (the test split has a few) marks no word.
       if not 0 <= a < b <= num_words:

@@ -131,11 +131,6 @@ def _csv_reader(f) -> Iterator[list[str]]:
   return csv.reader(f)
 
 
-def _bad_csv(path: Path, line: int, e: csv.Error) -> DataError:
-  return DataError(format_message(location(path, line), f"bad CSV: {e}",
-                                  "fix the quoting of that row"))
-
-
 def read_csv(path: Path, has_header: bool) -> tuple[list[str] | None, Rows]:
   """Header (or None) and rows of a comma-separated file with standard double-quote escaping.
   Rows whose fields are all blank are skipped, as blank lines are in the other formats."""
@@ -143,11 +138,7 @@ def read_csv(path: Path, has_header: bool) -> tuple[list[str] | None, Rows]:
   if has_header:
     with reading(path):
       with _open_text(path) as f:
-        reader = _csv_reader(f)
-        try:
-          header = next(reader, [])
-        except csv.Error as e:
-          raise _bad_csv(path, reader.line_num, e) from None
+        header = next(_csv_reader(f), [])
 
   def rows() -> Rows:
     with _open_text(path) as f:
@@ -168,7 +159,8 @@ def read_csv(path: Path, has_header: bool) -> tuple[list[str] | None, Rows]:
           else:
             yield where, dict(enumerate(fields))
       except csv.Error as e:
-        raise _bad_csv(path, reader.line_num, e) from None
+        raise DataError(format_message(location(path, reader.line_num), f"bad CSV: {e}",
+                                       "fix the quoting of that row")) from None
   return header, _utf8_rows(path, rows())
 
 
@@ -290,8 +282,9 @@ def folder_problem(data_dir: Path) -> str:
   return f"data folder {data_dir} does not exist"
 
 
-def _missing_file(spec_name: str, split: str, path: Path, data_dir: Path,
-                  fix: str | None = None) -> DataError:
+def missing_file(spec_name: str, split: str, path: Path, data_dir: Path,
+                 fix: str | None = None, also: str = "") -> DataError:
+  """Why the data file `path` (or `path` + `also`, e.g. ".gz") of a split is not there."""
   fix = fix or f"pass the folder that holds the {spec_name} files with --config.data.data_dir"
   if not data_dir.is_dir():
     return DataError(format_message(f"{spec_name} {split}", folder_problem(data_dir), fix))
@@ -300,15 +293,16 @@ def _missing_file(spec_name: str, split: str, path: Path, data_dir: Path,
                                     f"{path} is a folder, not the data file", fix))
   names = sorted(p.name for p in data_dir.iterdir())
   listing = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "") or "nothing"
+  expected = f"{path} (or {path.name}{also})" if also else str(path)
   return DataError(format_message(f"{spec_name} {split}",
-                                  f"expected file {path} not found; the folder has: {listing}",
-                                  fix))
+                                  f"expected file {expected} not found; the folder has: "
+                                  f"{listing}", fix))
 
 
 def _read_table_task(spec: TaskSpec, fmt: LocalFormat, split: str, data_dir: Path) -> TextDataset:
   path = data_dir / fmt.file_for(split)
   if not path.is_file():
-    raise _missing_file(spec.name, split, path, data_dir)
+    raise missing_file(spec.name, split, path, data_dir)
   needed = [c for g in fmt.text_columns for c in g] + [fmt.label_column, *fmt.id_columns]
   if fmt.kind == "tsv":
     header, rows = read_tsv(path)
@@ -343,7 +337,7 @@ def _read_imdb(spec: TaskSpec, fmt: LocalFormat, split: str, data_dir: Path) -> 
         rows, source = _imdb_folder_rows(root, name), str(root / name)
         break
     else:
-      raise _missing_file(spec.name, split, data_dir / f"{name}.jsonl.gz (or {name}/pos, "
+      raise missing_file(spec.name, split, data_dir / f"{name}.jsonl.gz (or {name}/pos, "
                           f"{name}/neg)", data_dir)
   return build_examples(rows, task=spec.name, source=source, split=split,
                         text_columns=fmt.text_columns, label_column=fmt.label_column,
@@ -365,7 +359,7 @@ def _read_hatexplain(spec: TaskSpec, fmt: LocalFormat, split: str,
   paths = [data_dir / "dataset.json", data_dir / "post_id_divisions.json"]
   for path in paths:
     if not path.is_file():
-      raise _missing_file(spec.name, split, path, data_dir)
+      raise missing_file(spec.name, split, path, data_dir)
   fix = "use the original HateXplain files"
   loaded = []
   for path in paths:
@@ -383,17 +377,24 @@ def _read_hatexplain(spec: TaskSpec, fmt: LocalFormat, split: str,
     raise DataError(format_message(location(paths[1]), f"no key {key!r}; found {list(divisions)}",
                                    "use the original post_id_divisions.json"))
 
+  ids = divisions[key]
+  if not isinstance(ids, list) or not all(isinstance(i, (str, int)) for i in ids):
+    raise DataError(format_message(location(paths[1]), f"{key!r} is not a list of post ids",
+                                   fix))
+
   def rows() -> Rows:
-    for post_id in divisions[key]:
+    for post_id in ids:
       where = f"{location(paths[0])} post {post_id}"
       if post_id not in posts:
         raise DataError(format_message(where, "listed in post_id_divisions.json but missing "
                                        "from dataset.json", "use matching files"))
       post = posts[post_id]
       annotators = post.get("annotators", []) if isinstance(post, dict) else None
-      if not isinstance(annotators, list) or not all(isinstance(a, dict) for a in annotators):
+      if not isinstance(annotators, list) or not all(
+          isinstance(a, dict) and isinstance(a.get("label"), (str, type(None)))
+          for a in annotators):
         raise DataError(format_message(where, "expected an object with a list of annotator "
-                                       "objects", fix))
+                                       "objects, each with a string label", fix))
       label = majority_label([a.get("label") for a in annotators])
       if label is not None:
         yield where, {"id": post_id, "text": post.get("post_tokens", []), "label": label}
@@ -407,7 +408,7 @@ def _task_file(spec: TaskSpec, split: str, data_dir: Path) -> Path:
   """The file of `split` of a task over named files (relative names: under `data_dir`)."""
   path = data_dir / spec.local.file_for(split)
   if not path.is_file():
-    raise _missing_file(spec.name, split, path, path.parent,
+    raise missing_file(spec.name, split, path, path.parent,
                         f"pass an existing .csv, .tsv or .jsonl file with "
                         f"--config.data.{split}_file")
   return path
@@ -461,7 +462,7 @@ def load_file(
   """
   path = Path(path)
   if not path.is_file():
-    raise _missing_file(task, path.stem, path, path.parent)
+    raise missing_file(task, path.stem, path, path.parent)
   groups = _as_groups(text_fields)
   needed = ([c for g in groups for c in g] + ([label_field] if label_field is not None else [])
             + ([id_field] if id_field else []))

@@ -26,7 +26,8 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from adapler_jax import extras
-from adapler_jax.data.readers import folder_problem, reading
+from adapler_jax.data.dataset import first_repeat
+from adapler_jax.data.readers import missing_file, reading
 from adapler_jax.data.tasks import TaskSpec, get_task
 from adapler_jax.data.tokenize import TokenizedDataset
 from adapler_jax.errors import DataError, format_message, location
@@ -63,12 +64,10 @@ class SquadDataset:
   task: str = TASK
 
   def __post_init__(self):
-    seen: set[str] = set()
-    for e in self.examples:
-      if e.id in seen:
-        raise DataError(f"{self.source}: question id {e.id} appears twice; give every question "
-                        "its own id")
-      seen.add(e.id)
+    twice = first_repeat(e.id for e in self.examples)
+    if twice is not None:
+      raise DataError(f"{self.source}: question id {twice} appears more than once; give every "
+                      "question its own id")
 
   def __len__(self) -> int:
     return len(self.examples)
@@ -165,12 +164,8 @@ def _local_file(spec: TaskSpec, split: str, data_dir: Path) -> Path:
   for candidate in (data_dir / name, data_dir / f"{name}.gz"):
     if candidate.is_file():
       return candidate
-  fix = "pass the folder that holds the SQuAD v1.1 JSON files with --config.data.data_dir"
-  if not data_dir.is_dir():
-    raise DataError(format_message(f"{spec.name} {split}", folder_problem(data_dir), fix))
-  listing = ", ".join(sorted(p.name for p in data_dir.iterdir())[:12]) or "nothing"
-  raise DataError(format_message(f"{spec.name} {split}", f"expected file {data_dir / name} (or "
-                                 f"{name}.gz) not found; the folder has: {listing}", fix))
+  raise missing_file(spec.name, split, data_dir / name, data_dir, "pass the folder that holds "
+                     "the SQuAD v1.1 JSON files with --config.data.data_dir", also=".gz")
 
 
 def _hub_examples(spec: TaskSpec, split: str) -> SquadDataset:
@@ -302,13 +297,15 @@ def span_labels(offsets: np.ndarray, context: np.ndarray, start_char: int,
 
 def _check_context_room(source: str, batch: Sequence[SquadExample], tokenizer: Any,
                         max_length: int, stride: int) -> None:
-  """Every question leaves its windows more context tokens than `stride`, which they
-  overlap by: the tokenizer refuses (or panics on) any window with less."""
+  """Every question whose context is cut into windows leaves them more context tokens than
+  `stride`, which they overlap by: the tokenizer refuses (or panics on) any with less."""
   questions = tokenizer([e.question.lstrip() for e in batch], add_special_tokens=False)
   specials = tokenizer.num_special_tokens_to_add(pair=True)
   for example, ids in zip(batch, questions["input_ids"]):
     room = max_length - len(ids) - specials
-    if room <= stride:
+    # Only a context that must be cut into windows needs room past the stride.
+    if room <= stride and len(tokenizer(example.context, add_special_tokens=False)[
+        "input_ids"]) > room:
       raise DataError(format_message(
           f"{source} question {example.id!r}",
           f"its question takes {len(ids)} of the {max_length} tokens of a window, leaving "

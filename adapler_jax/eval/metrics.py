@@ -8,24 +8,28 @@ import numpy as np
 from adapler_jax.errors import DataError
 
 
-def _paired(predictions, labels) -> tuple[np.ndarray, np.ndarray]:
-  """Class predictions and labels as two equal, non-empty 1-D arrays: a (n, 1) array against
-  (n,) labels would broadcast to (n, n) and score every pair."""
-  p, y = np.asarray(predictions), np.asarray(labels)
-  if p.shape != y.shape or p.ndim != 1 or not len(p):
-    raise ValueError(f"metrics compare one class prediction per label: two equal, non-empty "
-                     f"1-D arrays, got {p.shape} and {y.shape} (pass argmax(logits, -1))")
-  return p, y
+def _paired(a, b, what: str, dtype=None) -> tuple[np.ndarray, np.ndarray]:
+  """`a` and `b` as two equal, non-empty 1-D arrays: a (n, 1) array against a (n,) one would
+  broadcast to (n, n) and score every pair."""
+  a, b = np.asarray(a, dtype), np.asarray(b, dtype)
+  if a.shape != b.shape or a.ndim != 1 or not len(a):
+    raise ValueError(f"{what} need two equal, non-empty 1-D arrays, got {a.shape} and "
+                     f"{b.shape}")
+  return a, b
+
+
+def _classes(predictions, labels) -> tuple[np.ndarray, np.ndarray]:
+  return _paired(predictions, labels, "class predictions (argmax(logits, -1)) and labels")
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
-  p, y = _paired(predictions, labels)
+  p, y = _classes(predictions, labels)
   return float(np.mean(p == y))
 
 
 def f1(predictions: np.ndarray, labels: np.ndarray, positive: int = 1) -> float:
   """F1 of class `positive`; 0 when it is never predicted nor present."""
-  p, y = _paired(predictions, labels)
+  p, y = _classes(predictions, labels)
   p, y = p == positive, y == positive
   tp = np.sum(p & y)
   denom = np.sum(p) + np.sum(y)
@@ -49,10 +53,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int = 10_000, s
   """The mean of per-example scores `b - a` and its percentile bootstrap interval: the
   examples are resampled with replacement, the same draw for both systems. With `at_least`,
   also the share of resamples whose mean difference is at least that."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  if a.shape != b.shape or a.ndim != 1 or not len(a):
-    raise ValueError(f"paired scores need two equal, non-empty 1-D arrays, got {a.shape} "
-                     f"and {b.shape}")
+  a, b = _paired(a, b, "paired scores", np.float64)
   if resamples < 1 or not 0 < level < 1:
     raise ValueError(f"paired bootstrap needs resamples >= 1 and a level in (0, 1), got "
                      f"{resamples} and {level}")
