@@ -338,7 +338,7 @@ def _read_imdb(spec: TaskSpec, fmt: LocalFormat, split: str, data_dir: Path) -> 
         break
     else:
       raise missing_file(spec.name, split, data_dir / f"{name}.jsonl.gz (or {name}/pos, "
-                          f"{name}/neg)", data_dir)
+                         f"{name}/neg)", data_dir)
   return build_examples(rows, task=spec.name, source=source, split=split,
                         text_columns=fmt.text_columns, label_column=fmt.label_column,
                         label_values=fmt.label_values, id_columns=fmt.id_columns,
@@ -409,8 +409,8 @@ def _task_file(spec: TaskSpec, split: str, data_dir: Path) -> Path:
   path = data_dir / spec.local.file_for(split)
   if not path.is_file():
     raise missing_file(spec.name, split, path, path.parent,
-                        f"pass an existing .csv, .tsv or .jsonl file with "
-                        f"--config.data.{split}_file")
+                       f"pass an existing .csv, .tsv or .jsonl file with "
+                       f"--config.data.{split}_file")
   return path
 
 
