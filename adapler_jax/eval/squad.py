@@ -20,7 +20,7 @@ import os
 import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -99,27 +99,45 @@ def best_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.nda
   return out
 
 
-def span_predictions(start_logits: np.ndarray, end_logits: np.ndarray, features: SpanFeatures,
-                     n_best: int = N_BEST,
-                     max_answer_length: int = MAX_ANSWER_LENGTH) -> dict[str, str]:
-  """`{question id: answer text}` from per-window logits.
+class Answer(NamedTuple):
+  """A question's best span: its score (start + end logit) and `context[start:end]`."""
+  text: str
+  start: int
+  end: int
+  score: float
+
+
+def best_answers(start_logits: np.ndarray, end_logits: np.ndarray, features: SpanFeatures,
+                 n_best: int = N_BEST,
+                 max_answer_length: int = MAX_ANSWER_LENGTH) -> dict[str, Answer | None]:
+  """`{question id: Answer}` from per-window logits; None for a question without a valid span
+  in any window.
 
   `start_logits`, `end_logits`: (num windows, W) in the rows of `features`, W <= max_length
-  (positions past a window's length are ignored through its offsets). A question without a
-  valid span in any window gets the empty answer.
+  (positions past a window's length are ignored through its offsets).
   """
   start_logits, end_logits = np.asarray(start_logits), np.asarray(end_logits)
   if start_logits.shape != end_logits.shape or start_logits.shape[0] != len(features):
     raise ValueError(f"logits {start_logits.shape} and {end_logits.shape} do not match "
                      f"{len(features)} windows")
-  predictions = {}
+  answers = {}
   for example, rows in zip(features.examples.examples, windows_of(features)):
     candidates = [c for r in rows for c in best_spans(start_logits[r], end_logits[r],
                                                       features.offsets[r], n_best,
                                                       max_answer_length)]
     best = max(candidates, key=lambda c: c[0], default=None)
-    predictions[example.id] = "" if best is None else example.context[best[1]:best[2]]
-  return predictions
+    answers[example.id] = None if best is None else Answer(
+        example.context[best[1]:best[2]], best[1], best[2], best[0])
+  return answers
+
+
+def span_predictions(start_logits: np.ndarray, end_logits: np.ndarray, features: SpanFeatures,
+                     n_best: int = N_BEST,
+                     max_answer_length: int = MAX_ANSWER_LENGTH) -> dict[str, str]:
+  """`{question id: answer text}` from per-window logits (see `best_answers`); a question
+  without a valid span gets the empty answer."""
+  answers = best_answers(start_logits, end_logits, features, n_best, max_answer_length)
+  return {q: "" if a is None else a.text for q, a in answers.items()}
 
 
 def write_predictions(predictions: Mapping[str, str], directory: str | os.PathLike[str]) -> Path:
