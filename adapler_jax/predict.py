@@ -1,7 +1,8 @@
-"""Predicts labels of raw texts with an exported model, through the batched engine.
+"""Predicts labels of raw texts (or answers to questions) with an exported model, through the
+batched engine.
 
   python -m adapler_jax.predict --model exports/sst2 [--input FILE|-] [--output FILE|-]
-      [--batch-size 32] [--rationales] [--format auto|text|jsonl|glue] [--length-config ...]
+      [--batch-size 32] [--rationales] [--format auto|text|jsonl|glue|squad] [--length-config ...]
   adapler-predict --model exports/sst2 --input texts.txt
 
 Input (--format auto): text lines (pairs as text<TAB>text), or JSON lines with the task's
@@ -11,6 +12,12 @@ kept_tokens per layer; with --rationales also tokens, kept_positions and (AdapLe
 
 --format glue reads a GLUE test TSV (index + text columns, no label) and writes the
 submission TSV `index<TAB>prediction` (e.g. --output SST-2.tsv).
+
+A span QA export (SQuAD) answers questions: input lines are question<TAB>context, or JSON
+lines with "question" and "context"; each output line holds the answer, its character span
+in the context, its score and the tokens kept per layer. --format squad (the default for a
+.json or .json.gz --input) reads an official SQuAD v1.1 JSON file, answers optional, and
+writes the official predictions file `{question id: answer}` (e.g. --output predictions.json).
 """
 
 from __future__ import annotations
@@ -34,9 +41,11 @@ _OUTPUT = flags.DEFINE_string("output", "-", "Output file, or - for stdout.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Examples per engine batch.", lower_bound=1)
 _RATIONALES = flags.DEFINE_bool("rationales", False, "Also write the tokens, the positions "
                                 "each layer kept and (AdapLeR) the predictor scores.")
-_FORMAT = flags.DEFINE_enum("format", "auto", ["auto", "text", "jsonl", "glue"],
+_FORMAT = flags.DEFINE_enum("format", "auto", ["auto", "text", "jsonl", "glue", "squad"],
                             "Input format: auto (JSON lines if the first line is an object, "
-                            "else text), text, jsonl, or glue (a GLUE test TSV -> submission).")
+                            "else text; for a span QA model a .json(.gz) file is squad), text, "
+                            "jsonl, glue (a GLUE test TSV -> submission) or squad (an official "
+                            "SQuAD JSON file -> {id: answer}).")
 _LENGTH_CONFIG = flags.DEFINE_string("length_config", None, "LAT: run at this length config "
                                      "instead of the exported one, e.g. 52,42,34,28,23,19.")
 flags.DEFINE_alias("batch-size", "batch_size")
@@ -75,6 +84,29 @@ def _write_output(path: str, text: str) -> None:
   files.atomic_write_text(path, text)
 
 
+def _input_format(model, kind: str, path: str) -> str:
+  """The --format to read `path` with: `kind`, or for "auto" on a span QA model, "squad" when
+  the file is .json / .json.gz."""
+  if kind == "squad" and not model.is_span:
+    raise UserError(f"--format squad needs a span QA model (SQuAD); this one is {model.task}: "
+                    "pass text or JSON lines")
+  if kind == "auto" and model.is_span and path.endswith((".json", ".json.gz")):
+    return "squad"
+  return kind
+
+
+def _read_squad(path: str) -> tuple[list[str], list[dict[str, str]]]:
+  """`(ids, items)` of an official SQuAD JSON file; answers, when present, are checked."""
+  from adapler_jax.data.squad import read_squad_json  # pylint: disable=g-import-not-at-top
+  if path == "-":
+    raise UserError("--format squad reads an official SQuAD JSON file; pass it with --input "
+                    "PATH")
+  with _open_input(path):  # one-line errors for a folder or a missing file.
+    pass
+  dataset = read_squad_json(path, answers_required=False)
+  return dataset.ids, [{"question": e.question, "context": e.context} for e in dataset.examples]
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -86,23 +118,28 @@ def main(argv):
   length_config = parse_config(_LENGTH_CONFIG.value) if _LENGTH_CONFIG.value else None
   predictor = Predictor(_MODEL.value, batch_size=_BATCH.value, length_config=length_config)
   source = "stdin" if _INPUT.value == "-" else _INPUT.value
-  glue = _FORMAT.value == "glue"
-  columns = predictor.model.meta["inputs"].get("tsv_columns")
-  if glue and not columns:
-    raise UserError(f"--format glue needs a model of a GLUE task; this one is "
-                    f"{predictor.model.task}")
-  with _open_input(_INPUT.value) as f, _decoding(source):
-    ids, items = (inputs.read_glue_tsv(f, columns, source) if glue
-                  else inputs.read_lines(f, source, _FORMAT.value))
+  kind = _input_format(predictor.model, _FORMAT.value, _INPUT.value)
+  if kind == "squad":
+    ids, items = _read_squad(_INPUT.value)
+  else:
+    columns = predictor.model.meta["inputs"].get("tsv_columns")
+    if kind == "glue" and not columns:
+      raise UserError(f"--format glue needs a model of a GLUE task; this one is "
+                      f"{predictor.model.task}")
+    with _open_input(_INPUT.value) as f, _decoding(source):
+      ids, items = (inputs.read_glue_tsv(f, columns, source) if kind == "glue"
+                    else inputs.read_lines(f, source, kind))
   if not items:
     raise UserError(f"{source} holds no texts; pass one text or JSON record per line")
   rows = predictor.predict(items, ids, rationales=_RATIONALES.value, progress=True)
-  if glue:
+  if kind == "glue":
     labels = predictor.model.meta["inputs"]["file_labels"]
-    lines = inputs.glue_lines(ids, [r["label_index"] for r in rows], labels)
+    text = "\n".join(inputs.glue_lines(ids, [r["label_index"] for r in rows], labels)) + "\n"
+  elif kind == "squad":
+    text = json.dumps({r["id"]: r["answer"] for r in rows}, ensure_ascii=False, indent=1) + "\n"
   else:
-    lines = [json.dumps(row) for row in rows]
-  _write_output(_OUTPUT.value, "\n".join(lines) + "\n")
+    text = "\n".join(json.dumps(row) for row in rows) + "\n"
+  _write_output(_OUTPUT.value, text)
   if _OUTPUT.value != "-":
     print(f"wrote {len(rows)} predictions to {_OUTPUT.value}", file=sys.stderr)
 

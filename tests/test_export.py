@@ -235,6 +235,11 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
   assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
       f"error: --output {texts / 'p.jsonl'}: {texts} is a file, not a folder; pass a path in "
       "a folder"]
+  proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--input", str(texts),
+              "--format", "squad")
+  assert proc.returncode == 2 and re.fullmatch(
+      r"error: --format squad needs a span QA model \(SQuAD\); this one is \w+: pass text or "
+      "JSON lines", proc.stderr.strip())
   binary = tmp_path / "latin1.txt"
   binary.write_bytes(b"caf\xe9 au lait\n")
   proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--input", str(binary))

@@ -79,6 +79,21 @@ def test_bad_input_is_one_line_naming_file_and_question(tmp_path, mutate, proble
   assert "\n" not in message and message.startswith(f"{tmp_path.name}/dev-v1.1.json {problem}")
 
 
+def test_questions_to_predict_may_lack_answers_and_still_check_them(tmp_path):
+  q2 = _qa("q2")
+  del q2["answers"]
+  path = _file(tmp_path, [{"context": CONTEXT, "qas": [_qa("q1", answers=()), q2, _qa("q3")]}])
+  ds = squad.read_squad_json(path, answers_required=False)
+  assert [(e.id, e.answer_texts) for e in ds.examples] == [("q1", ()), ("q2", ()),
+                                                           ("q3", ("Broncos",))]
+  with pytest.raises(DataError, match="question q1: no answers"):
+    squad.read_squad_json(path)
+  bad = _file(tmp_path, [{"context": CONTEXT, "qas": [_qa("q1", answers=(("Broncos", 5),))]}],
+              name="test.json")  # answers given are still checked.
+  with pytest.raises(DataError, match="question q1 answer 1: answer_start 5 points at"):
+    squad.read_squad_json(bad, answers_required=False)
+
+
 def test_a_byte_order_mark_is_dropped(tmp_path):
   root = {"data": [{"title": "t", "paragraphs": [{"context": "The cat sat.", "qas": [
       {"id": "q1", "question": "who?", "answers": [{"text": "cat", "answer_start": 4}]}]}]}]}

@@ -1,14 +1,19 @@
 """Span QA end to end on a tiny model and a tiny SQuAD file: each QA config trains, is
-summarised with EM / F1 and FLOPs, and evaluate.py writes its report and predictions.json."""
+summarised with EM / F1 and FLOPs, evaluate.py writes its report and predictions.json, and
+the exported run answers the same questions from raw text exactly as evaluate.py did."""
 
 import json
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from adapler_jax import pipeline
+from adapler_jax.errors import DataError
+from adapler_jax.serve import Predictor
+from adapler_jax.serve.from_run import export_run
 from tests.test_cli_config import load
 from tests.test_pipeline import ROOT, TINY, tiny_backbone, tiny_config  # noqa: F401 (fixture)
 
@@ -96,6 +101,11 @@ def evaluate_py(workdir, out, *args) -> dict:
   return json.loads(out.read_text())
 
 
+def predict_py(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "adapler_jax.predict", *map(str, args)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300, input=stdin)
+
+
 def evaluated_questions(run) -> dict[str, str]:
   return {e.id: e.context for e in run.dataset("dev").examples.examples}
 
@@ -127,6 +137,21 @@ def test_squad_adapler_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path)
       "questions (squad): evaluate it without them")
   assert not (workdir / "explain.html").exists()
 
+  # Exported, the run answers the whole SQuAD file from raw text (adapler-predict reads a
+  # .json input as an official SQuAD file): evaluate.py's answers on its questions.
+  export, answers = tmp_path / "export", tmp_path / "answers" / "predictions.json"
+  subprocess.run([sys.executable, "-m", "adapler_jax.export", "--workdir", str(workdir),
+                  "--output", str(export)], cwd=ROOT, check=True, capture_output=True)
+  proc = predict_py("--model", export, "--input", squad_dir / "dev-v1.1.json", "--output",
+                    answers)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  answered = json.loads(answers.read_text())
+  evaluated = json.loads((tmp_path / "report" / "predictions.json").read_text())
+  assert len(answered) == 32 and {q: answered[q] for q in evaluated} == evaluated
+  proc = predict_py("--model", export, "--format", "squad", stdin="Who?\tNobody.\n")
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+      "error: --format squad reads an official SQuAD JSON file; pass it with --input PATH"]
+
 
 def test_squad_lat_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path):  # noqa: F811
   """configs/squad_lat.py: finetune -> lengthdrop -> summary, then evaluate.py at a ratio."""
@@ -146,3 +171,23 @@ def test_squad_lat_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path):  #
   assert result["flops_speedup_padded"] > 1 and result["flops_speedup_actual"] > 0
   assert len(result["kept_tokens_per_layer"]) == TINY.num_layers
   check_answers(tmp_path, questions)
+
+  # Exported at the evaluated length config, the run answers its questions from raw text
+  # (records, and question<TAB>context lines) as evaluate.py did.
+  predictor = Predictor(export_run(workdir, tmp_path / "export"),
+                        length_config=result["length_config"], batch_size=16)
+  examples = run.dataset("dev").examples.examples
+  rows = predictor.predict([{"question": e.question, "context": e.context} for e in examples],
+                           [e.id for e in examples], rationales=True)
+  evaluated = json.loads((tmp_path / "predictions.json").read_text())
+  assert {r["id"]: r["answer"] for r in rows} == evaluated
+  for row, example in zip(rows, examples):
+    assert example.context[row["answer_start"]:row["answer_end"]] == row["answer"]
+    assert row["windows"] == len(row["window_rationales"]) >= 2  # see `article`.
+    assert row["length"] == sum(len(w["tokens"]) for w in row["window_rationales"])
+    kept = [[len(p) for p in w["kept_positions"]] for w in row["window_rationales"]]
+    assert row["kept_tokens"] == np.sum(kept, axis=0).tolist()
+  lines = [f"{e.question}\t{e.context}" for e in examples]
+  assert [r["answer"] for r in predictor.predict(lines)] == [r["answer"] for r in rows]
+  with pytest.raises(DataError, match=r"^input 0: empty context; give every question a context"):
+    predictor.predict(["Who founded it?\t  "])

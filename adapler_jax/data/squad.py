@@ -99,11 +99,13 @@ def _field(record: Any, name: str, kind: type, where: str) -> Any:
   return value
 
 
-def make_example(where: str, title: str, context: str, qa: Any, position: str) -> SquadExample:
+def make_example(where: str, title: str, context: str, qa: Any, position: str, *,
+                 answers_required: bool = True) -> SquadExample:
   """One checked question; `where` names the file, `position` the question when it lacks an id.
 
   DataError (one line naming the file and the question) on a missing field, an empty context,
-  no answer, or an `answer_start` whose context text differs from the answer.
+  no answer (unless `answers_required` is False: questions to predict), or an `answer_start`
+  whose context text differs from the answer.
   """
   if not isinstance(qa, dict) or "id" not in qa:
     raise DataError(format_message(f"{where} {position}", "no field 'id'", LAYOUT_FIX))
@@ -112,6 +114,8 @@ def make_example(where: str, title: str, context: str, qa: Any, position: str) -
   question = _field(qa, "question", str, at)
   if not context.strip():
     raise DataError(format_message(at, "empty context", "fill in the paragraph or remove it"))
+  if not answers_required and not qa.get("answers"):
+    return SquadExample(qid, title, context, question, (), ())
   answers = _field(qa, "answers", list, at)
   if not answers:
     raise DataError(format_message(at, "no answers (SQuAD v1.1 answers every question)",
@@ -130,8 +134,10 @@ def make_example(where: str, title: str, context: str, qa: Any, position: str) -
   return SquadExample(qid, title, context, question, tuple(texts), tuple(starts))
 
 
-def read_squad_json(path: str | os.PathLike[str]) -> SquadDataset:
-  """The questions of an official SQuAD v1.1 JSON file (`.json` or `.json.gz`)."""
+def read_squad_json(path: str | os.PathLike[str], *,
+                    answers_required: bool = True) -> SquadDataset:
+  """The questions of an official SQuAD v1.1 JSON file (`.json` or `.json.gz`); with
+  `answers_required` False, questions may come without answers (a file to predict)."""
   path = Path(path)
   where = location(path)
   opener = gzip.open if path.name.endswith(".gz") else open
@@ -153,7 +159,8 @@ def read_squad_json(path: str | os.PathLike[str]) -> SquadDataset:
       context = _field(paragraph, "context", str, first)
       for q, qa in enumerate(qas, start=1):
         examples.append(make_example(where, title, context, qa,
-                                     f"article {a} paragraph {p} question {q}"))
+                                     f"article {a} paragraph {p} question {q}",
+                                     answers_required=answers_required))
   if not examples:
     raise DataError(format_message(where, "holds no questions", LAYOUT_FIX))
   return SquadDataset(examples, str(path))

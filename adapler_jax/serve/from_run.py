@@ -113,4 +113,5 @@ def _meta(run, method: str, model_config, speed: dict, source: dict) -> dict:
                      max_length=run.config.data.max_length, text_fields=task.text_fields,
                      speed=speed, tokenizer=run.tokenizer,
                      tsv_columns=None if tsv is None else tsv.text_columns,
-                     file_labels=None if tsv is None else tsv.label_values, source=source)
+                     file_labels=None if tsv is None else tsv.label_values, source=source,
+                     doc_stride=run.config.data.doc_stride if task.is_span else None)

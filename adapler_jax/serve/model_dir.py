@@ -75,6 +75,17 @@ class ExportedModel:
     return len(self.text_fields) == 2
 
   @property
+  def is_span(self) -> bool:
+    """Span QA: answers are spans of the second text (the context), not labels."""
+    return self.config.head == "span"
+
+  @property
+  def doc_stride(self) -> int:
+    """Span QA: tokens shared by consecutive windows of a long context (exports that predate
+    the field: a third of the window, run_qa's 128 of 384)."""
+    return int(self.meta["inputs"].get("doc_stride", self.max_length // 3))
+
+  @property
   def speed(self) -> dict:
     """The method's speed settings as stored: AdapLeR `eta`/`theta`; LAT `length_config`,
     `base`, `selection` and (after a search) `frontier`."""
@@ -150,9 +161,11 @@ def _write(directory: Path, meta: dict, params: dict, tokenizer) -> None:
 
 def export_meta(method: str, config: AdapLeRConfig | ClassifierConfig, *, task: str,
                 label_names, max_length: int, text_fields, speed: dict, tokenizer,
-                tsv_columns=None, file_labels=None, source: dict | None = None) -> dict:
+                tsv_columns=None, file_labels=None, source: dict | None = None,
+                doc_stride: int | None = None) -> dict:
   """The body of `config.json`. `config.encoder` is stored field by field, so encoder
-  fields added later flow through unchanged."""
+  fields added later flow through unchanged. Span QA models also store `doc_stride`, the
+  overlap of the windows a long context is cut into."""
   if method not in METHODS:
     raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
   head = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
@@ -163,7 +176,8 @@ def export_meta(method: str, config: AdapLeRConfig | ClassifierConfig, *, task: 
       "label_names": list(label_names), "max_length": int(max_length),
       "inputs": {"text_fields": [list(g) for g in text_fields],
                  "tsv_columns": None if tsv_columns is None else [list(g) for g in tsv_columns],
-                 "file_labels": None if file_labels is None else list(file_labels)},
+                 "file_labels": None if file_labels is None else list(file_labels),
+                 **({} if doc_stride is None else {"doc_stride": int(doc_stride)})},
       "tokenizer": {"class": type(tokenizer).__name__, "directory": TOKENIZER_DIR,
                     "pad_token_id": int(tokenizer.pad_token_id or 0),
                     "truncation": "longest_first", "max_length": int(max_length)},
@@ -251,7 +265,7 @@ def _check_shapes(path: Path, method: str, config, tree: dict) -> None:
   if method == "adapler":
     init = lambda: model_tree(method, adapler.init(key, config))
   else:
-    init = lambda: classifier.init_classifier(key, config.encoder, config.num_labels)
+    init = lambda: classifier.init_classifier(key, config.encoder, config.task_head)
   want = {k: v.shape for k, v in traverse_util.flatten_dict(jax.eval_shape(init), sep="/").items()}
   have = {k: v.shape for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
   bad = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))

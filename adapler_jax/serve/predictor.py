@@ -4,6 +4,11 @@
   rows = predictor.predict(["a gentle , funny film", "dull"], rationales=True)
   rows[0]["label"], rows[0]["probabilities"], rows[0]["kept_tokens"]
 
+A span QA export (SQuAD) answers questions instead: each input is a question and its context,
+cut into overlapping windows as in training; the answer is the best span over the windows.
+
+  Predictor("exports/squad").predict([{"question": "Who?", "context": "..."}])[0]["answer"]
+
 AdapLeR runs on `AdaptiveEngine` (its eta), LAT on `LengthEngine` (its length config).
 """
 
@@ -16,8 +21,11 @@ from typing import Any
 import numpy as np
 
 from adapler_jax.data.dataset import TextDataset
+from adapler_jax.data.squad import SpanFeatures, SquadDataset, SquadExample, span_features
+from adapler_jax.data.squad import windows_of
 from adapler_jax.data.tokenize import TokenizedDataset, tokenize
 from adapler_jax.errors import DataError
+from adapler_jax.eval import squad as squad_eval
 from adapler_jax.infer.engine import AdaptiveEngine, EngineResult, LengthEngine
 from adapler_jax.serve import inputs as inputs_lib
 from adapler_jax.serve.model_dir import ExportedModel, load_model
@@ -64,9 +72,24 @@ class Predictor:
     ids = [str(i) for i in range(len(items))] if ids is None else [str(i) for i in ids]
     num, fields = len(self.model.text_fields), self.fields()
     rows = [inputs_lib.texts_of(item, fields, num, f"input {i}") for i, item in zip(ids, items)]
+    if self.model.is_span:
+      return self._windows(ids, rows)
     data = TextDataset(ids=ids, texts=tuple(list(t) for t in zip(*rows)), labels=None,
                        task=self.model.task, source="prediction input")
     return tokenize(data, self.model.tokenizer, self.model.max_length)
+
+  def _windows(self, ids: Sequence[str], rows: Sequence[tuple[str, str]]) -> SpanFeatures:
+    """Span QA: the windows of each (question, context), as in training (`span_features`)."""
+    for i, (question, context) in zip(ids, rows):
+      for name, text in (("question", question), ("context", context)):
+        if not text.strip():
+          raise DataError(f"input {i}: empty {name}; give every question a context to "
+                          "answer from")
+    examples = [SquadExample(i, "", context, question, (), ())
+                for i, (question, context) in zip(ids, rows)]
+    m = self.model
+    return span_features(SquadDataset(examples, "prediction input", m.task), m.tokenizer,
+                         m.max_length, m.doc_stride)
 
   def run(self, items: Sequence[Any], ids: Sequence[str] | None = None, *,
           rationales: bool = False, progress: bool = False
@@ -81,8 +104,16 @@ class Predictor:
     `label_index`, `probabilities` (by label name), `logits`, `length` (tokens),
     `kept_tokens` (per layer); with `rationales` also `tokens`, `kept_positions` (per layer,
     the positions it ran on) and, for AdapLeR, `scores` (per layer, S~ over the positions
-    then present, None on those dropped before)."""
+    then present, None on those dropped before).
+
+    Span QA: `id`, `answer` (a piece of the context, "" when no window holds a valid span),
+    `answer_start` / `answer_end` (its characters in the context, None without an answer),
+    `score` (start + end logit), `windows` (how many the context took), `length` and
+    `kept_tokens` summed over the windows; with `rationales` also `window_rationales`, the
+    rationale fields above for each window."""
     data, result = self.run(items, ids, rationales=rationales, progress=progress)
+    if self.model.is_span:
+      return span_rows(self.model, data, result)
     return rows(self.model, data, result)
 
 
@@ -105,12 +136,38 @@ def rows(model: ExportedModel, data: TokenizedDataset,
            "logits": result.logits[i].tolist(), "length": int(data.lengths[i]),
            "kept_tokens": result.kept_counts[i].tolist()}
     if result.kept_positions is not None:
-      n = int(data.lengths[i])
-      row["tokens"] = model.tokenizer.convert_ids_to_tokens(data.input_ids[i, :n].tolist())
-      row["kept_positions"] = [np.asarray(p).tolist() for p in result.kept_positions[i]]
-      if result.scores is not None and result.scores[i] is not None:
-        row["scores"] = _scores_by_position(result.kept_positions[i], result.scores[i], n)
+      row.update(_rationale(model, data, result, i))
     out.append(row)
+  return out
+
+
+def span_rows(model: ExportedModel, data: SpanFeatures,
+              result: EngineResult) -> list[dict[str, Any]]:
+  """The answer rows of a span QA engine result, one per question (see `Predictor.predict`)."""
+  answers = squad_eval.best_answers(result.logits[..., 0], result.logits[..., 1], data)
+  out = []
+  for example, windows in zip(data.examples.examples, windows_of(data)):
+    answer = answers[example.id]
+    row = {"id": example.id, "answer": "" if answer is None else answer.text,
+           "answer_start": None if answer is None else answer.start,
+           "answer_end": None if answer is None else answer.end,
+           "score": None if answer is None else answer.score, "windows": len(windows),
+           "length": int(data.lengths[windows].sum()),
+           "kept_tokens": result.kept_counts[windows].sum(axis=0).tolist()}
+    if result.kept_positions is not None:
+      row["window_rationales"] = [_rationale(model, data, result, w) for w in windows]
+    out.append(row)
+  return out
+
+
+def _rationale(model: ExportedModel, data: TokenizedDataset, result: EngineResult,
+               i: int) -> dict[str, Any]:
+  """Row `i`'s `tokens`, `kept_positions` and (AdapLeR) `scores`."""
+  n = int(data.lengths[i])
+  out = {"tokens": model.tokenizer.convert_ids_to_tokens(data.input_ids[i, :n].tolist()),
+         "kept_positions": [np.asarray(p).tolist() for p in result.kept_positions[i]]}
+  if result.scores is not None and result.scores[i] is not None:
+    out["scores"] = _scores_by_position(result.kept_positions[i], result.scores[i], n)
   return out
 
 
