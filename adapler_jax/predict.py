@@ -32,6 +32,7 @@ from absl import flags, logging
 from adapler_jax import files
 from adapler_jax.cli import run_console_script
 from adapler_jax.errors import UserError
+from adapler_jax.eval.squad import predictions_text
 from adapler_jax.reduce.lengths import parse_config
 from adapler_jax.serve import Predictor, inputs
 
@@ -136,7 +137,7 @@ def main(argv):
     labels = predictor.model.meta["inputs"]["file_labels"]
     text = "\n".join(inputs.glue_lines(ids, [r["label_index"] for r in rows], labels)) + "\n"
   elif kind == "squad":
-    text = json.dumps({r["id"]: r["answer"] for r in rows}, ensure_ascii=False, indent=1) + "\n"
+    text = predictions_text({r["id"]: r["answer"] for r in rows})
   else:
     text = "\n".join(json.dumps(row) for row in rows) + "\n"
   _write_output(_OUTPUT.value, text)

@@ -140,10 +140,15 @@ def span_predictions(start_logits: np.ndarray, end_logits: np.ndarray, features:
   return {q: "" if a is None else a.text for q, a in answers.items()}
 
 
+def predictions_text(predictions: Mapping[str, str]) -> str:
+  """The official predictions file's text: a JSON object `{question id: answer text}`."""
+  return json.dumps(dict(predictions), ensure_ascii=False, indent=1) + "\n"
+
+
 def write_predictions(predictions: Mapping[str, str], directory: str | os.PathLike[str]) -> Path:
   """`predictions.json` (`{id: text}`, the official format) in `directory`; its path."""
   path = Path(directory) / PREDICTIONS_FILE
-  atomic_write_text(path, json.dumps(dict(predictions), ensure_ascii=False, indent=1) + "\n")
+  atomic_write_text(path, predictions_text(predictions))
   return path
 
 
