@@ -24,7 +24,7 @@ from adapler_jax.errors import UserError
 from adapler_jax.data.batching import eval_batches
 from adapler_jax.eval import report
 from adapler_jax.infer import AdaptiveEngine
-from adapler_jax.models import adapler
+from adapler_jax.models import adapler, heads
 from adapler_jax.models.bert import EncoderConfig
 from adapler_jax.pipeline.phases import SALIENCY_FILE, adapler_checkpointer
 from adapler_jax.train import adapler_step, classifier, lat_step, optim, parallel
@@ -119,6 +119,31 @@ def steps() -> dict:
                  for name, (new, metrics) in stepped.items()}
   out["lat_4_vs_none"] = _max_diff(lat_trained["4"], lat_trained["none"])
   out["lat_update"] = _max_diff(lat_trained["4"][0], params)
+
+  # Span QA: the same three steps with the span head (start / end over every position) and,
+  # for AdapLeR and LAT, drop-and-restore.
+  rng = np.random.default_rng(6)
+  ends = rng.integers(0, batch["attention_mask"].sum(1))
+  sbatch = {**{k: v for k, v in batch.items() if k != "labels"},
+            "start_positions": rng.integers(0, ends + 1).astype(np.int32),
+            "end_positions": ends.astype(np.int32)}
+  span = heads.Span()
+  sparams = classifier.init_classifier(key, ENCODER, span)
+  for name, make_step, init, args in (
+      ("span_finetune", lambda mesh: classifier.make_finetune_step(ENCODER, span, opt, mesh),
+       sparams, ()),
+      ("span_adapler", lambda mesh: adapler_step.make_train_step(
+          adapler.AdapLeRConfig(ENCODER, 2, head="span"), aopt, weights, mesh=mesh),
+       adapler.init(jax.random.key(3), adapler.AdapLeRConfig(ENCODER, 2, head="span")), (10.0,)),
+      ("span_lat", lambda mesh: lat_step.make_lat_step(ENCODER, span, lat, opt, mesh),
+       sparams, ())):
+    o = aopt if name == "span_adapler" else opt
+    extra = {"saliency": abatch["saliency"]} if name == "span_adapler" else {}
+    stepped = _one_step_each(meshes, make_step, init, o, 7, {**sbatch, **extra}, *args)
+    host = {k: _host((new.params, new.opt_state, metrics))
+            for k, (new, metrics) in stepped.items()}
+    out[f"{name}_4_vs_none"] = _max_diff(host["4"], host["none"])
+    out[f"{name}_update"] = _max_diff(host["4"][0], init)
 
   out["cpu_seconds_steps"] = time.process_time() - start
   return out

@@ -1,11 +1,11 @@
 """Data parallelism over 4 CPU devices (XLA_FLAGS in a subprocess) against 1 device.
 
-The 4-device checks run once, in one subprocess (`parallel_checks.py four`): one fine-tuning
-step and one AdapLeR step on 4 devices and on 1; every phase of a tiny run on 4 devices; a
-batch size that does not split. A second, 1-device subprocess restores the 4-device run's
-checkpoints, evaluates them to the same logits and recomputes its saliency. The `slow` test
-fine-tunes in 2 processes of 2 devices (a local `jax.distributed` cluster) and compares with
-the 1-process 4-device run.
+The 4-device checks run once, in one subprocess (`parallel_checks.py four`): one fine-tuning,
+AdapLeR and LengthDrop step, each also with the span QA head, on 4 devices and on 1; every
+phase of a tiny run on 4 devices; a batch size that does not split. A second, 1-device
+subprocess restores the 4-device run's checkpoints, evaluates them to the same logits and
+recomputes its saliency. The `slow` test fine-tunes in 2 processes of 2 devices (a local
+`jax.distributed` cluster) and compares with the 1-process 4-device run.
 """
 
 import json
@@ -61,6 +61,13 @@ def test_lengthdrop_step_is_device_count_invariant(four):
   _, r = four
   assert r["lat_update"] > 100 * TOL
   assert r["lat_4_vs_none"] <= TOL
+
+
+@pytest.mark.parametrize("step", ["span_finetune", "span_adapler", "span_lat"])
+def test_span_qa_steps_are_device_count_invariant(four, step):
+  _, r = four
+  assert r[f"{step}_update"] > 100 * TOL
+  assert r[f"{step}_4_vs_none"] <= TOL
 
 
 def test_every_training_phase_runs_on_4_devices(four):
