@@ -12,6 +12,13 @@ engine's throughput::
 
 `DATA` is the folder holding `sst2/dev.tsv` (GLUE format). The model may come from any
 task: only its speed on these sentences is measured.
+
+`--task squad` times a span QA export on the first `--max-examples` questions of
+`DATA/squad/dev-v1.1.json` instead: `predict` then also cuts each context into windows and
+picks the best span over them, and `engine.run` takes the windows ready-made::
+
+  python bench/predict.py --model /tmp/squad_export --data-dir DATA --task squad \
+      --max-examples 1000 --repeats 5 --out bench/results/predict_squad.json
 """
 
 from __future__ import annotations
@@ -40,7 +47,20 @@ from adapler_jax.serve import Predictor
 TARGET = 0.9
 
 
-def measure(model: str, texts: list[str], batch_size: int, repeats: int) -> dict:
+def inputs(task: str, data_dir: str, max_examples: int) -> list:
+  """The raw inputs of `task`: SST-2 dev sentences, or SQuAD dev questions with contexts."""
+  folder = Path(data_dir) / task
+  wanted = folder / ("dev-v1.1.json" if task == "squad" else "dev.tsv")
+  if not wanted.exists():
+    raise UserError(f"--data-dir {data_dir} has no {task}/{wanted.name}; pass the folder "
+                    f"holding the {task} files")
+  dev = load_split(task, "dev", folder)
+  items = ([{"question": e.question, "context": e.context} for e in dev.examples]
+           if task == "squad" else list(dev.texts[0]))
+  return items[:max_examples] if max_examples else items
+
+
+def measure(model: str, texts: list, batch_size: int, repeats: int) -> dict:
   predictor = Predictor(model, batch_size=batch_size)
   engine = predictor.engine
   engine.warmup()
@@ -62,7 +82,8 @@ def measure(model: str, texts: list[str], batch_size: int, repeats: int) -> dict
   median = {k: statistics.median(v) for k, v in times.items()}
   return {
       "method": predictor.model.method, "task_trained_on": predictor.model.task,
-      "examples": len(texts), "batch_size": batch_size, "repeats": repeats,
+      "examples": len(texts), "engine_rows": len(data), "batch_size": batch_size,
+      "repeats": repeats,
       "seconds": times, "median_seconds": median,
       "examples_per_second": {k: len(texts) / v for k, v in median.items()},
       "tokenize_seconds": tokenize_seconds,
@@ -85,24 +106,24 @@ def table(result: dict) -> str:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", required=True, help="An export directory (adapler-export).")
-  parser.add_argument("--data-dir", required=True, help="Folder holding sst2/dev.tsv.")
+  parser.add_argument("--data-dir", required=True,
+                      help="Folder holding sst2/dev.tsv (or squad/dev-v1.1.json).")
+  parser.add_argument("--task", choices=("sst2", "squad"), default="sst2",
+                      help="squad: a span QA export on SQuAD dev questions.")
   parser.add_argument("--batch-size", type=int, default=32)
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--max-examples", type=int, default=0, help="0: all of SST-2 dev.")
-  parser.add_argument("--out", default=str(REPO / "bench" / "results" / "predict_sst2.json"))
+  parser.add_argument("--max-examples", type=int, default=0, help="0: the whole dev split.")
+  parser.add_argument("--out", default=None,
+                      help="Result JSON (default bench/results/predict_<task>.json).")
   args = parser.parse_args()
-  sst2 = Path(args.data_dir) / "sst2"
-  if not (sst2 / "dev.tsv").exists():
-    raise UserError(f"--data-dir {args.data_dir} has no sst2/dev.tsv; pass the folder holding "
-                    "the GLUE SST-2 files")
-  texts = load_split("sst2", "dev", sst2).texts[0]
-  texts = texts[:args.max_examples] if args.max_examples else texts
-  result = measure(args.model, list(texts), args.batch_size, args.repeats)
+  out = args.out or str(REPO / "bench" / "results" / f"predict_{args.task}.json")
+  items = inputs(args.task, args.data_dir, args.max_examples)
+  result = {"task": args.task, **measure(args.model, items, args.batch_size, args.repeats)}
   result["environment"] = {**environment.describe(), "load_average": os.getloadavg()}
   print(table(result))
-  Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
-  print(f"wrote {args.out}")
+  Path(out).parent.mkdir(parents=True, exist_ok=True)
+  atomic_write_text(Path(out), json.dumps(result, indent=2) + "\n")
+  print(f"wrote {out}")
 
 
 if __name__ == "__main__":
