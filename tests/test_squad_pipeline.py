@@ -191,3 +191,6 @@ def test_squad_lat_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path):  #
   assert [r["answer"] for r in predictor.predict(lines)] == [r["answer"] for r in rows]
   with pytest.raises(DataError, match=r"^input 0: empty context; give every question a context"):
     predictor.predict(["Who founded it?\t  "])
+  with pytest.raises(DataError, match=r"question '0': its question takes 3\d of the 32 tokens of "
+                     r"a window, .*; shorten the question \(the model's windows are fixed\)$"):
+    predictor.predict(["who " * 30 + "?\t" + examples[0].context])

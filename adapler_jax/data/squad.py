@@ -302,8 +302,11 @@ def span_labels(offsets: np.ndarray, context: np.ndarray, start_char: int,
   return int(start), int(end)
 
 
+ROOM_FIX = "lower data.doc_stride, raise data.max_length, or shorten the question"
+
+
 def _check_context_room(source: str, batch: Sequence[SquadExample], tokenizer: Any,
-                        max_length: int, stride: int) -> None:
+                        max_length: int, stride: int, fix: str = ROOM_FIX) -> None:
   """Every question whose context is cut into windows leaves them more context tokens than
   `stride`, which they overlap by: the tokenizer refuses (or panics on) any with less."""
   questions = tokenizer([e.question.lstrip() for e in batch], add_special_tokens=False)
@@ -317,21 +320,23 @@ def _check_context_room(source: str, batch: Sequence[SquadExample], tokenizer: A
           f"{source} question {example.id!r}",
           f"its question takes {len(ids)} of the {max_length} tokens of a window, leaving "
           f"{max(room, 0)} for the context, not more than the stride of {stride} the windows "
-          "overlap by", "lower data.doc_stride, raise data.max_length, or shorten the question"))
+          "overlap by", fix))
 
 
 def span_features(dataset: SquadDataset, tokenizer: Any, max_length: int = 384,
-                  stride: int = 128, chunk: int = 2048) -> SpanFeatures:
+                  stride: int = 128, chunk: int = 2048, room_fix: str = ROOM_FIX) -> SpanFeatures:
   """Overflowing question + context windows of every question, with labels and offsets.
 
   `tokenizer` is a Hugging Face fast tokenizer; questions are encoded in batches of `chunk`.
+  A question too long to leave its windows more context than `stride` is a one-line
+  DataError ending in `room_fix`.
   """
   pad_id = int(tokenizer.pad_token_id or 0)
   rows: dict[str, list] = {k: [] for k in ("ids", "types", "offsets", "example", "labels",
                                            "names")}
   for lo in range(0, len(dataset), chunk):
     batch = dataset.examples[lo:lo + chunk]
-    _check_context_room(dataset.source, batch, tokenizer, max_length, stride)
+    _check_context_room(dataset.source, batch, tokenizer, max_length, stride, room_fix)
     enc = tokenizer([e.question.lstrip() for e in batch], [e.context for e in batch],
                     truncation="only_second", max_length=max_length, stride=stride,
                     return_overflowing_tokens=True, return_offsets_mapping=True,

@@ -89,7 +89,8 @@ class Predictor:
                 for i, (question, context) in zip(ids, rows)]
     m = self.model
     return span_features(SquadDataset(examples, "prediction input", m.task), m.tokenizer,
-                         m.max_length, m.doc_stride)
+                         m.max_length, m.doc_stride,
+                         room_fix="shorten the question (the model's windows are fixed)")
 
   def run(self, items: Sequence[Any], ids: Sequence[str] | None = None, *,
           rationales: bool = False, progress: bool = False
