@@ -50,9 +50,9 @@ TARGET = 0.9
 def inputs(task: str, data_dir: str, max_examples: int) -> list:
   """The raw inputs of `task`: SST-2 dev sentences, or SQuAD dev questions with contexts."""
   folder = Path(data_dir) / task
-  wanted = folder / ("dev-v1.1.json" if task == "squad" else "dev.tsv")
-  if not wanted.exists():
-    raise UserError(f"--data-dir {data_dir} has no {task}/{wanted.name}; pass the folder "
+  wanted = "dev-v1.1.json" if task == "squad" else "dev.tsv"
+  if not any((folder / name).exists() for name in (wanted, f"{wanted}.gz")):
+    raise UserError(f"--data-dir {data_dir} has no {task}/{wanted}; pass the folder "
                     f"holding the {task} files")
   dev = load_split(task, "dev", folder)
   items = ([{"question": e.question, "context": e.context} for e in dev.examples]
