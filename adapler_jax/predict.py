@@ -22,6 +22,7 @@ writes the official predictions file `{question id: answer}` (e.g. --output pred
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 from contextlib import contextmanager
@@ -39,7 +40,8 @@ from adapler_jax.serve import Predictor, inputs
 _MODEL = flags.DEFINE_string("model", None, "An export directory (adapler-export --output).")
 _INPUT = flags.DEFINE_string("input", "-", "Input file, or - for stdin.")
 _OUTPUT = flags.DEFINE_string("output", "-", "Output file, or - for stdout.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Examples per engine batch.", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Rows per engine batch: examples, or for span "
+                              "QA context windows.", lower_bound=1)
 _RATIONALES = flags.DEFINE_bool("rationales", False, "Also write the tokens, the positions "
                                 "each layer kept and (AdapLeR) the predictor scores.")
 _FORMAT = flags.DEFINE_enum("format", "auto", ["auto", "text", "jsonl", "glue", "squad"],
@@ -55,14 +57,14 @@ flags.mark_flag_as_required("model")
 
 
 @contextmanager
-def _open_input(path: str):
+def _open_input(path: str, wanted: str = "a text or JSON-lines file, or -"):
   if path == "-":
     yield sys.stdin
     return
   if Path(path).is_dir():
-    raise UserError(f"--input {path} is a directory; pass a text or JSON-lines file, or -")
+    raise UserError(f"--input {path} is a directory; pass {wanted}")
   if not Path(path).is_file():
-    raise UserError(f"--input {path} does not exist; pass a text or JSON-lines file, or -")
+    raise UserError(f"--input {path} does not exist; pass {wanted}")
   with open(path, "r", encoding="utf-8") as f:
     yield f
 
@@ -85,24 +87,41 @@ def _write_output(path: str, text: str) -> None:
   files.atomic_write_text(path, text)
 
 
+SQUAD_FILE = "an official SQuAD JSON file"
+
+
 def _input_format(model, kind: str, path: str) -> str:
   """The --format to read `path` with: `kind`, or for "auto" on a span QA model, "squad" when
-  the file is .json / .json.gz."""
+  the file is .json / .json.gz and not JSON lines."""
   if kind == "squad" and not model.is_span:
     raise UserError(f"--format squad needs a span QA model (SQuAD); this one is {model.task}: "
                     "pass text or JSON lines")
-  if kind == "auto" and model.is_span and path.endswith((".json", ".json.gz")):
+  if (kind == "auto" and model.is_span and path.endswith((".json", ".json.gz"))
+      and Path(path).is_file() and not _is_json_lines(path)):
     return "squad"
   return kind
+
+
+def _is_json_lines(path: str) -> bool:
+  """Whether the first non-blank line of `path` is a whole JSON record without SQuAD's
+  `data` (a SQuAD file is one object: on one line it holds `data`, pretty-printed its first
+  line does not parse)."""
+  opener = gzip.open if path.endswith(".gz") else open
+  try:
+    with opener(path, "rt", encoding="utf-8-sig") as f:
+      line = next((l for l in f if l.strip()), "")
+    record = json.loads(line)
+  except (OSError, UnicodeDecodeError, EOFError, ValueError):
+    return False  # read as SQuAD, whose reader names the problem in one line.
+  return isinstance(record, dict) and "data" not in record
 
 
 def _read_squad(path: str) -> tuple[list[str], list[dict[str, str]]]:
   """`(ids, items)` of an official SQuAD JSON file; answers, when present, are checked."""
   from adapler_jax.data.squad import read_squad_json  # pylint: disable=g-import-not-at-top
   if path == "-":
-    raise UserError("--format squad reads an official SQuAD JSON file; pass it with --input "
-                    "PATH")
-  with _open_input(path):  # one-line errors for a folder or a missing file.
+    raise UserError(f"--format squad reads {SQUAD_FILE}; pass it with --input PATH")
+  with _open_input(path, SQUAD_FILE):  # one-line errors for a folder or a missing file.
     pass
   dataset = read_squad_json(path, answers_required=False)
   return dataset.ids, [{"question": e.question, "context": e.context} for e in dataset.examples]
@@ -120,6 +139,10 @@ def main(argv):
   predictor = Predictor(_MODEL.value, batch_size=_BATCH.value, length_config=length_config)
   source = "stdin" if _INPUT.value == "-" else _INPUT.value
   kind = _input_format(predictor.model, _FORMAT.value, _INPUT.value)
+  if kind == "squad" and _RATIONALES.value:
+    raise UserError("--rationales writes each window's tokens to JSON lines, and the SQuAD "
+                    "predictions file holds answers only: drop --rationales, or pass "
+                    "question<TAB>context or JSON lines")
   if kind == "squad":
     ids, items = _read_squad(_INPUT.value)
   else:

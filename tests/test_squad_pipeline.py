@@ -151,6 +151,17 @@ def test_squad_adapler_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path)
   proc = predict_py("--model", export, "--format", "squad", stdin="Who?\tNobody.\n")
   assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
       "error: --format squad reads an official SQuAD JSON file; pass it with --input PATH"]
+  proc = predict_py("--model", export, "--input", squad_dir / "dev-v1.1.json", "--rationales")
+  assert proc.returncode == 2 and proc.stderr.strip().startswith(
+      "error: --rationales writes each window's tokens to JSON lines, and the SQuAD")
+  # JSON lines named .json are read as JSON lines, not as a SQuAD file.
+  lines, first = tmp_path / "questions.json", run.dataset("dev").examples.examples[:2]
+  lines.write_text("".join(json.dumps({"id": e.id, "question": e.question,
+                                       "context": e.context}) + "\n" for e in first))
+  proc = predict_py("--model", export, "--input", lines)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = [json.loads(line) for line in proc.stdout.splitlines()]
+  assert [(r["id"], r["answer"]) for r in rows] == [(e.id, answered[e.id]) for e in first]
 
 
 def test_squad_lat_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path):  # noqa: F811
@@ -191,6 +202,8 @@ def test_squad_lat_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path):  #
   assert [r["answer"] for r in predictor.predict(lines)] == [r["answer"] for r in rows]
   with pytest.raises(DataError, match=r"^input 0: empty context; give every question a context"):
     predictor.predict(["Who founded it?\t  "])
+  with pytest.raises(DataError, match=r"^input 0: empty question; give every input a question$"):
+    predictor.predict([" \t" + examples[0].context])
   with pytest.raises(DataError, match=r"question '0': its question takes 3\d of the 32 tokens of "
                      r"a window, .*; shorten the question \(the model's windows are fixed\)$"):
     predictor.predict(["who " * 30 + "?\t" + examples[0].context])

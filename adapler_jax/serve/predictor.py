@@ -36,7 +36,7 @@ class Predictor:
 
   Args:
     model: an export directory (`adapler-export`) or a loaded `ExportedModel`.
-    batch_size: examples per engine batch.
+    batch_size: rows per engine batch: examples, or for span QA context windows.
     length_config: LAT only: run at this length config instead of the exported one.
     device: where the engine runs (default: the first local device).
   """
@@ -81,10 +81,11 @@ class Predictor:
   def _windows(self, ids: Sequence[str], rows: Sequence[tuple[str, str]]) -> SpanFeatures:
     """Span QA: the windows of each (question, context), as in training (`span_features`)."""
     for i, (question, context) in zip(ids, rows):
-      for name, text in (("question", question), ("context", context)):
+      for text, problem in ((question, "empty question; give every input a question"),
+                            (context, "empty context; give every question a context to "
+                                      "answer from")):
         if not text.strip():
-          raise DataError(f"input {i}: empty {name}; give every question a context to "
-                          "answer from")
+          raise DataError(f"input {i}: {problem}")
     examples = [SquadExample(i, "", context, question, (), ())
                 for i, (question, context) in zip(ids, rows)]
     m = self.model
