@@ -56,15 +56,20 @@ flags.DEFINE_alias("length-config", "length_config")
 flags.mark_flag_as_required("model")
 
 
-@contextmanager
-def _open_input(path: str, wanted: str = "a text or JSON-lines file, or -"):
-  if path == "-":
-    yield sys.stdin
-    return
+def _check_input(path: str, wanted: str) -> None:
+  """One line for an --input that is a folder or does not exist; `wanted` names the fix."""
   if Path(path).is_dir():
     raise UserError(f"--input {path} is a directory; pass {wanted}")
   if not Path(path).is_file():
     raise UserError(f"--input {path} does not exist; pass {wanted}")
+
+
+@contextmanager
+def _open_input(path: str):
+  if path == "-":
+    yield sys.stdin
+    return
+  _check_input(path, "a text or JSON-lines file, or -")
   with open(path, "r", encoding="utf-8") as f:
     yield f
 
@@ -121,8 +126,7 @@ def _read_squad(path: str) -> tuple[list[str], list[dict[str, str]]]:
   from adapler_jax.data.squad import read_squad_json  # pylint: disable=g-import-not-at-top
   if path == "-":
     raise UserError(f"--format squad reads {SQUAD_FILE}; pass it with --input PATH")
-  with _open_input(path, SQUAD_FILE):  # one-line errors for a folder or a missing file.
-    pass
+  _check_input(path, SQUAD_FILE)
   dataset = read_squad_json(path, answers_required=False)
   return dataset.ids, [{"question": e.question, "context": e.context} for e in dataset.examples]
 

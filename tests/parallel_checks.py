@@ -127,19 +127,19 @@ def steps() -> dict:
   sbatch = {**{k: v for k, v in batch.items() if k != "labels"},
             "start_positions": rng.integers(0, ends + 1).astype(np.int32),
             "end_positions": ends.astype(np.int32)}
-  span = heads.Span()
+  span, scfg = heads.Span(), adapler.AdapLeRConfig(ENCODER, 2, head="span")
   sparams = classifier.init_classifier(key, ENCODER, span)
-  for name, make_step, init, args in (
-      ("span_finetune", lambda mesh: classifier.make_finetune_step(ENCODER, span, opt, mesh),
-       sparams, ()),
-      ("span_adapler", lambda mesh: adapler_step.make_train_step(
-          adapler.AdapLeRConfig(ENCODER, 2, head="span"), aopt, weights, mesh=mesh),
-       adapler.init(jax.random.key(3), adapler.AdapLeRConfig(ENCODER, 2, head="span")), (10.0,)),
-      ("span_lat", lambda mesh: lat_step.make_lat_step(ENCODER, span, lat, opt, mesh),
-       sparams, ())):
-    o = aopt if name == "span_adapler" else opt
-    extra = {"saliency": abatch["saliency"]} if name == "span_adapler" else {}
-    stepped = _one_step_each(meshes, make_step, init, o, 7, {**sbatch, **extra}, *args)
+  cases = {  # name: (make_step, params, optimizer, batch, extra step args)
+      "span_finetune": (lambda mesh: classifier.make_finetune_step(ENCODER, span, opt, mesh),
+                        sparams, opt, sbatch, ()),
+      "span_adapler": (lambda mesh: adapler_step.make_train_step(scfg, aopt, weights, mesh=mesh),
+                       adapler.init(jax.random.key(3), scfg), aopt,
+                       {**sbatch, "saliency": abatch["saliency"]}, (10.0,)),
+      "span_lat": (lambda mesh: lat_step.make_lat_step(ENCODER, span, lat, opt, mesh),
+                   sparams, opt, sbatch, ()),
+  }
+  for name, (make_step, init, optimizer, inputs, args) in cases.items():
+    stepped = _one_step_each(meshes, make_step, init, optimizer, 7, inputs, *args)
     host = {k: _host((new.params, new.opt_state, metrics))
             for k, (new, metrics) in stepped.items()}
     out[f"{name}_4_vs_none"] = _max_diff(host["4"], host["none"])

@@ -143,17 +143,18 @@ def rows(model: ExportedModel, data: TokenizedDataset,
   return out
 
 
+_NO_ANSWER = squad_eval.Answer(text="", start=None, end=None, score=None)  # no valid span.
+
+
 def span_rows(model: ExportedModel, data: SpanFeatures,
               result: EngineResult) -> list[dict[str, Any]]:
   """The answer rows of a span QA engine result, one per question (see `Predictor.predict`)."""
   answers = squad_eval.best_answers(result.logits[..., 0], result.logits[..., 1], data)
   out = []
   for example, windows in zip(data.examples.examples, windows_of(data)):
-    answer = answers[example.id]
-    row = {"id": example.id, "answer": "" if answer is None else answer.text,
-           "answer_start": None if answer is None else answer.start,
-           "answer_end": None if answer is None else answer.end,
-           "score": None if answer is None else answer.score, "windows": len(windows),
+    answer = answers[example.id] or _NO_ANSWER
+    row = {"id": example.id, "answer": answer.text, "answer_start": answer.start,
+           "answer_end": answer.end, "score": answer.score, "windows": len(windows),
            "length": int(data.lengths[windows].sum()),
            "kept_tokens": result.kept_counts[windows].sum(axis=0).tolist()}
     if result.kept_positions is not None:
