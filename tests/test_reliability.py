@@ -497,7 +497,7 @@ def test_a_phase_the_method_lacks_leaves_the_stored_config_alone(run_dir, tmp_pa
   # A config of the other method: the stored run's method is named first, not the phase.
   assert one_line_error(cli("train.py", "--config", str(config_file), "--workdir",
                             str(run_dir), "--phase", "saliency", "--config.method=lat")) == (
-      f"{run_dir} holds a adapler run (config.json method 'adapler'), not lat; pass that "
+      f"{run_dir} holds an adapler run (config.json method 'adapler'), not lat; pass that "
       "run's config (--config.method=adapler) or another --workdir")
   assert snapshot(run_dir) == before
 
@@ -516,9 +516,26 @@ def test_a_config_of_the_other_method_leaves_the_run_alone(tiny_backbone, tmp_pa
   config.method = "lat"
   with pytest.raises(UserError) as err:
     pipeline.prepare(config, workdir)
-  assert str(err.value) == (f"{workdir} holds a adapler run (config.json method 'adapler'), "
+  assert str(err.value) == (f"{workdir} holds an adapler run (config.json method 'adapler'), "
                             "not lat; pass that run's config (--config.method=adapler) or "
                             "another --workdir")
+  assert (workdir / "config.json").read_bytes() == before
+
+
+def test_a_config_of_another_task_leaves_the_run_alone(tiny_backbone, tmp_path):
+  """Same method, same label count, another task: refused before config.json is rewritten,
+  or the run's checkpoints would be evaluated and exported as the other task's."""
+  workdir = tmp_path / "run"
+  config = small_config(tiny_backbone)
+  pipeline.prepare(config, workdir)
+  before = (workdir / "config.json").read_bytes()
+  other = small_config(tiny_backbone)
+  other.task = "sst2" if config.task != "sst2" else "demo"
+  with pytest.raises(UserError) as err:
+    pipeline.prepare(other, workdir)
+  assert str(err.value) == (f"{workdir} holds a {config.task} run (config.json task "
+                            f"{config.task!r}), not {other.task}; pass a {config.task} config "
+                            "(the one it was trained with) or another --workdir")
   assert (workdir / "config.json").read_bytes() == before
 
 

@@ -305,23 +305,39 @@ class ForeignConfigError(UserError):
   Face model's): train.py must not write over it."""
 
 
-def stored_method(workdir: Path) -> str | None:
-  """The method of the run whose config `workdir` holds, or None without one (or with a
-  damaged one, which a rerun writes again); a `ForeignConfigError` for another kind of
-  config.json."""
+def stored_config(workdir: Path) -> ml_collections.ConfigDict | None:
+  """The config of the run `workdir` holds, or None without one (or with a damaged one,
+  which a rerun writes again); a `ForeignConfigError` for another kind of config.json."""
   try:
-    return read_config(workdir).get("method", "adapler")
+    return read_config(workdir)
   except ForeignConfigError as e:
     raise ForeignConfigError(f"{e}, or a new folder for this one") from None
   except UserError:
     return None
 
 
+def stored_method(workdir: Path) -> str | None:
+  """The method of the run whose config `workdir` holds (None: no readable config)."""
+  stored = stored_config(workdir)
+  return None if stored is None else stored.get("method", "adapler")
+
+
+def _a(word: str) -> str:
+  return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def check_same_method(config: ml_collections.ConfigDict, workdir: Path) -> None:
-  """A workdir holds one method's run: a config of the other is refused before it is
-  written over the stored one."""
-  stored = stored_method(workdir)
-  if stored is not None and stored != config.method:
-    raise UserError(f"{workdir} holds a {stored} run (config.json method {stored!r}), not "
-                    f"{config.method}; pass that run's config (--config.method={stored}) or "
+  """A workdir holds one run: a config of another method or task is refused before it is
+  written over the stored one (the checkpoints would be read as the new task's)."""
+  stored = stored_config(workdir)
+  if stored is None:
+    return
+  method = stored.get("method", "adapler")
+  if method != config.method:
+    raise UserError(f"{workdir} holds {_a(method)} run (config.json method {method!r}), not "
+                    f"{config.method}; pass that run's config (--config.method={method}) or "
                     "another --workdir")
+  if stored.task != config.task:
+    raise UserError(f"{workdir} holds {_a(stored.task)} run (config.json task "
+                    f"{stored.task!r}), not {config.task}; pass a {stored.task} config (the one "
+                    "it was trained with) or another --workdir")
