@@ -245,6 +245,18 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
   proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--input", str(binary))
   assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
       f"error: {binary} is not UTF-8 text (byte 0xe9); convert it to UTF-8"]
+  tsv = tmp_path / "dev.tsv"  # a labelled TSV read as text lines: refused, not predicted.
+  tsv.write_text("sentence\tlabel\na fine film\t1\n")
+  proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--input", str(tsv))
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+      f"error: {tsv} input 1: the model takes one text, this input has 2 tab-separated "
+      "fields; give one text per input (a TSV file with a header, such as a GLUE test file: "
+      "--format glue)"]
+  proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--input", str(tsv),
+              "--format", "glue", "--rationales")  # rationales would be computed, then dropped.
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+      "error: --rationales writes the tokens to JSON lines, and the GLUE submission file holds "
+      "labels only: drop --rationales, or pass text or JSON lines"]
   # An existing export is kept unless --force; a non-export is never replaced.
   before = (out["lat"] / "model.safetensors").read_bytes()
   with pytest.raises(ExportError, match="is not empty; pass --force"):
@@ -253,6 +265,16 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
   with pytest.raises(ExportError, match="holds no export"):
     adapler_jax.serve.write_model(tmp_path, {}, {}, None, force=True)
   assert (out["lat"] / "model.safetensors").read_bytes() == before
+  # Nor is an export with the user's own files in it (predictions written beside it).
+  (out["lat"] / "p.jsonl").write_text("{}\n")
+  with pytest.raises(ExportError) as err:
+    adapler_jax.serve.write_model(out["lat"], {}, {}, None, force=True)
+  assert str(err.value) == (f"--output {out['lat']} holds files that are not the export's "
+                            "(p.jsonl), which --force would delete; move them out of the "
+                            "folder, or pass another --output")
+  assert (out["lat"] / "p.jsonl").read_text() == "{}\n"
+  assert (out["lat"] / "model.safetensors").read_bytes() == before
+  (out["lat"] / "p.jsonl").unlink()
   assert sorted(p.name for p in root.iterdir()) == ["adapler_chosen_export", "adapler_export",
                                                     "lat_export"]
 

@@ -35,6 +35,7 @@ from adapler_jax.reduce.significance import SelectionFlags
 
 FORMAT, FORMAT_VERSION = "adapler-jax-export", 1
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
+EXPORT_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR)  # everything `write_model` writes.
 METHODS = {"adapler": AdapLeRConfig, "lat": ClassifierConfig}
 
 
@@ -146,6 +147,12 @@ def _check_output(output: Path, force: bool) -> None:
   if _read_meta(output, strict=False) is None:
     raise ExportError(f"--output {output} is not empty and holds no export, so --force does "
                       "not replace it; pass an empty or new --output")
+  others = sorted(p.name for p in output.iterdir() if p.name not in EXPORT_FILES)
+  if others:
+    raise ExportError(f"--output {output} holds files that are not the export's "
+                      f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), which "
+                      "--force would delete; move them out of the folder, or pass another "
+                      "--output")
 
 
 def _write(directory: Path, meta: dict, params: dict, tokenizer) -> None:
