@@ -147,6 +147,9 @@ def main(argv):
     raise UserError("--rationales writes each window's tokens to JSON lines, and the SQuAD "
                     "predictions file holds answers only: drop --rationales, or pass "
                     "question<TAB>context or JSON lines")
+  if kind == "glue" and _RATIONALES.value:
+    raise UserError("--rationales writes the tokens to JSON lines, and the GLUE submission "
+                    "file holds labels only: drop --rationales, or pass text or JSON lines")
   if kind == "squad":
     ids, items = _read_squad(_INPUT.value)
   else:
@@ -159,7 +162,8 @@ def main(argv):
                     else inputs.read_lines(f, source, kind))
   if not items:
     raise UserError(f"{source} holds no texts; pass one text or JSON record per line")
-  rows = predictor.predict(items, ids, rationales=_RATIONALES.value, progress=True)
+  rows = predictor.predict(items, ids, rationales=_RATIONALES.value, progress=True,
+                           source=source)
   if kind == "glue":
     labels = predictor.model.meta["inputs"]["file_labels"]
     text = "\n".join(inputs.glue_lines(ids, [r["label_index"] for r in rows], labels)) + "\n"

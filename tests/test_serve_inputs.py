@@ -29,6 +29,16 @@ def test_unlabelled_data_and_inputs():
                                                  "text; give it a string$"):
       inputs.texts_of({"text": value}, [inputs.GENERIC_FIELDS], 1, "line 4")
   assert inputs.texts_of("a\t", fields, 2, "x") == ("a", "")  # one side of a pair may be.
+  # A TSV line read as text (a header, a label or index column) is refused, not joined in.
+  with pytest.raises(data_lib.DataError) as err:
+    inputs.texts_of("it is good .\t1", [inputs.GENERIC_FIELDS], 1, "dev.tsv input 2")
+  assert str(err.value) == ("dev.tsv input 2: the model takes one text, this input has 2 "
+                            "tab-separated fields; give one text per input (a TSV file with "
+                            "a header, such as a GLUE test file: --format glue)")
+  with pytest.raises(data_lib.DataError, match="^x: the model takes a sentence pair, this "
+                                               "input has 3 tab-separated fields; give "):
+    inputs.texts_of("a\tb\t1", fields, 2, "x")
+  assert inputs.texts_of(("a\tb",), [inputs.GENERIC_FIELDS], 1, "x") == ("a\tb",)
   for empty, num_texts in (({"text": ""}, 1), (" ", 1), (" \t ", 2), (("", ""), 2)):
     with pytest.raises(data_lib.DataError, match=r"^line 5: empty text; give every input some "
                                                  r"text \(blank lines of a text file"):

@@ -22,7 +22,8 @@ def texts_of(item: Any, fields: Sequence[Sequence[Sequence[str]]], num_texts: in
   """The `num_texts` texts (1, or 2 for pairs) of one input.
 
   Args:
-    item: a string (a pair as `first<TAB>second`), a tuple / list of strings, or a dict
+    item: a string (a pair as `first<TAB>second`; a tab in a single text is refused, as a
+      TSV line read as text), a tuple / list of strings, or a dict
       holding the texts under one of the `fields` namings.
     fields: namings to try, each one group of field names per text (a group's values are
       joined by a space; a list value, e.g. pre-split tokens, too).
@@ -30,7 +31,7 @@ def texts_of(item: Any, fields: Sequence[Sequence[Sequence[str]]], num_texts: in
     where: the input's place, for the one-line error.
   """
   if isinstance(item, str):
-    texts = tuple(item.split("\t", num_texts - 1)) if num_texts == 2 else (item,)
+    texts = tuple(item.split("\t"))
   elif isinstance(item, dict):
     texts = _from_record(item, fields, num_texts, where)
   elif isinstance(item, (tuple, list)) and all(isinstance(t, str) for t in item):
@@ -40,9 +41,11 @@ def texts_of(item: Any, fields: Sequence[Sequence[Sequence[str]]], num_texts: in
                     "record; pass strings, (text, text) tuples or dicts")
   if len(texts) != num_texts:
     shape = "a sentence pair" if num_texts == 2 else "one text"
-    raise DataError(f"{where}: the model takes {shape}, this input has {len(texts)}; give "
-                    + ("text<TAB>text or a record with " + _names(fields[0]) if num_texts == 2
-                       else "one text per input"))
+    tabs = " tab-separated fields" if isinstance(item, str) else ""
+    raise DataError(f"{where}: the model takes {shape}, this input has {len(texts)}{tabs}; "
+                    + ("give text<TAB>text or a record with " + _names(fields[0])
+                       if num_texts == 2 else "give one text per input (a TSV file with a "
+                       "header, such as a GLUE test file: --format glue)"))
   if not any(t.strip() for t in texts):
     raise DataError(f"{where}: empty text; give every input some text (blank lines of a "
                     "text file are skipped)")

@@ -15,7 +15,7 @@ AdapLeR runs on `AdaptiveEngine` (its eta), LAT on `LengthEngine` (its length co
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -65,27 +65,31 @@ class Predictor:
     tsv = m.meta["inputs"].get("tsv_columns")
     return [m.text_fields] + ([tsv] if tsv else []) + [inputs_lib.GENERIC_FIELDS]
 
-  def tokenize(self, items: Sequence[Any], ids: Sequence[str] | None = None) -> TokenizedDataset:
-    """Unlabelled inputs (texts, pairs or records; see `inputs.texts_of`), tokenized."""
+  def tokenize(self, items: Sequence[Any], ids: Sequence[str] | None = None, *,
+               source: str | None = None) -> TokenizedDataset:
+    """Unlabelled inputs (texts, pairs or records; see `inputs.texts_of`), tokenized.
+    `source` (e.g. the file they came from) prefixes the one-line errors."""
     if len(items) == 0:
       raise DataError("no inputs to predict; pass at least one text")
     ids = [str(i) for i in range(len(items))] if ids is None else [str(i) for i in ids]
     num, fields = len(self.model.text_fields), self.fields()
-    rows = [inputs_lib.texts_of(item, fields, num, f"input {i}") for i, item in zip(ids, items)]
+    where = lambda i: f"{source} input {i}" if source else f"input {i}"
+    rows = [inputs_lib.texts_of(item, fields, num, where(i)) for i, item in zip(ids, items)]
     if self.model.is_span:
-      return self._windows(ids, rows)
+      return self._windows(ids, rows, where)
     data = TextDataset(ids=ids, texts=tuple(list(t) for t in zip(*rows)), labels=None,
                        task=self.model.task, source="prediction input")
     return tokenize(data, self.model.tokenizer, self.model.max_length)
 
-  def _windows(self, ids: Sequence[str], rows: Sequence[tuple[str, str]]) -> SpanFeatures:
+  def _windows(self, ids: Sequence[str], rows: Sequence[tuple[str, str]],
+               where: Callable[[str], str]) -> SpanFeatures:
     """Span QA: the windows of each (question, context), as in training (`span_features`)."""
     for i, (question, context) in zip(ids, rows):
       for text, problem in ((question, "empty question; give every input a question"),
                             (context, "empty context; give every question a context to "
                                       "answer from")):
         if not text.strip():
-          raise DataError(f"input {i}: {problem}")
+          raise DataError(f"{where(i)}: {problem}")
     examples = [SquadExample(i, "", context, question, (), ())
                 for i, (question, context) in zip(ids, rows)]
     m = self.model
@@ -94,14 +98,15 @@ class Predictor:
                          room_fix="shorten the question (the model's windows are fixed)")
 
   def run(self, items: Sequence[Any], ids: Sequence[str] | None = None, *,
-          rationales: bool = False, progress: bool = False
+          rationales: bool = False, progress: bool = False, source: str | None = None
           ) -> tuple[TokenizedDataset, EngineResult]:
     """The tokenized inputs and the engine's raw result (logits, kept counts, ...)."""
-    data = self.tokenize(items, ids)
+    data = self.tokenize(items, ids, source=source)
     return data, self.engine.run(data, return_rationales=rationales, progress=progress)
 
   def predict(self, items: Sequence[Any], ids: Sequence[str] | None = None, *,
-              rationales: bool = False, progress: bool = False) -> list[dict[str, Any]]:
+              rationales: bool = False, progress: bool = False,
+              source: str | None = None) -> list[dict[str, Any]]:
     """One row per input, in input order: `id` (`ids`, default 0, 1, ...), `label`,
     `label_index`, `probabilities` (by label name), `logits`, `length` (tokens),
     `kept_tokens` (per layer); with `rationales` also `tokens`, `kept_positions` (per layer,
@@ -113,7 +118,8 @@ class Predictor:
     `score` (start + end logit), `windows` (how many the context took), `length` and
     `kept_tokens` summed over the windows; with `rationales` also `window_rationales`, the
     rationale fields above for each window."""
-    data, result = self.run(items, ids, rationales=rationales, progress=progress)
+    data, result = self.run(items, ids, rationales=rationales, progress=progress,
+                            source=source)
     if self.model.is_span:
       return span_rows(self.model, data, result)
     return rows(self.model, data, result)
