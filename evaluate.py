@@ -154,8 +154,10 @@ def record_choice(chosen: dict) -> dict:
   from adapler_jax.pipeline import frontier  # pylint: disable=g-import-not-at-top
   choice = {"rule": {"flops_budget": _FLOPS_BUDGET.value, "max_drop": _MAX_DROP.value},
             **chosen}
-  workdir_lib.atomic_write_text(Path(_WORKDIR.value) / frontier.CHOSEN_FILE,
-                                json.dumps(choice, indent=2))
+  path = Path(_WORKDIR.value) / frontier.CHOSEN_FILE
+  workdir_lib.atomic_write_text(path, json.dumps(choice, indent=2))
+  print(f"recorded this pick in {path}: adapler-export ships it (delete the file to export "
+        "the run's own setting)")
   return choice
 
 

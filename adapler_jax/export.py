@@ -9,6 +9,8 @@ The directory holds config.json, model.safetensors and tokenizer/; load it with
 
 from __future__ import annotations
 
+import json
+
 from absl import flags, logging
 
 from adapler_jax.cli import run_console_script
@@ -22,9 +24,10 @@ flags.mark_flags_as_required(["workdir", "output"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  from adapler_jax.serve.from_run import export_run  # pylint: disable=g-import-not-at-top
-  path = export_run(_WORKDIR.value, _OUTPUT.value, force=_FORCE.value)
-  print(f"wrote {path}")
+  from adapler_jax.serve import from_run, model_dir  # pylint: disable=g-import-not-at-top
+  path = from_run.export_run(_WORKDIR.value, _OUTPUT.value, force=_FORCE.value)
+  meta = json.loads((path / model_dir.CONFIG_FILE).read_text())
+  print(f"wrote {path}: {from_run.speed_summary(meta)}")
 
 
 def cli() -> None:

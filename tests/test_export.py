@@ -27,6 +27,7 @@ from adapler_jax.errors import UserError
 from adapler_jax.infer import AdaptiveEngine, LengthEngine
 from adapler_jax.pipeline import lat_phases
 from adapler_jax.serve import ExportError
+from adapler_jax.serve import from_run
 from adapler_jax.serve.from_run import export_run
 from tests.test_pipeline import tiny_config, write_backbone
 
@@ -286,6 +287,13 @@ def test_an_eta_search_pick_is_what_the_export_holds(exported, tmp_path):
                              rtol=1e-6)
   assert chosen.speed["chosen_from"] == "search/chosen.json"
   assert adapler_jax.load_model(out["adapler"]).speed["chosen_from"] == "trained eta"
+  # The export CLI says which dial it shipped, and where a search pick came from.
+  eta = ", ".join(f"{e:.4g}" for e in chosen.speed["eta"])
+  assert from_run.speed_summary(chosen.meta) == (
+      f"AdapLeR at eta {eta}: the search point evaluate.py --flops-budget 0.5 picked "
+      "(search/chosen.json in the workdir; delete it to export the run's own setting)")
+  assert from_run.speed_summary(adapler_jax.load_model(out["lat"]).meta) == (
+      "LAT at lengths 13, 11 (lat.eval_length_config)")
   flipped = tmp_path / "flipped"
   shutil.copytree(out["adapler"], flipped)
   weights_file = flipped / "model.safetensors"

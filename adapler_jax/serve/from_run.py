@@ -47,6 +47,8 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
     chosen_from = pipeline.frontier.CHOSEN_FILE
   speed = {k: np.asarray(params["speed"][k], np.float64).tolist() for k in ("eta", "theta")}
   speed["chosen_from"] = chosen_from
+  if chosen is not None:
+    speed["chosen_rule"] = chosen.get("rule")
   source = {"workdir": str(workdir.resolve()), "backbone": config.backbone,
             "adapler_step": trained.adapler_step}
   meta = _meta(trained.run, "adapler", trained.adapler_cfg, speed, source)
@@ -54,8 +56,7 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
 
 
 def _chosen_path(workdir: Path) -> Path:
-  from adapler_jax.pipeline.frontier import CHOSEN_FILE  # pylint: disable=g-import-not-at-top
-  return workdir / CHOSEN_FILE
+  return workdir / _chosen_file()
 
 
 def _chosen(workdir: Path) -> dict | None:
@@ -100,6 +101,8 @@ def _export_lat(pipeline, config, workdir: Path, output: Path, force: bool) -> P
            "base": int(config.data.max_length),
            "selection": dataclasses.asdict(lat_phases.selection_flags(run)),
            "frontier": searched}
+  if chosen is not None:
+    speed["chosen_rule"] = chosen.get("rule")
   source = {"workdir": str(workdir.resolve()), "backbone": config.backbone,
             "lengthdrop_step": step}
   meta = _meta(run, "lat", run.classifier_config(), speed, source)
@@ -115,3 +118,27 @@ def _meta(run, method: str, model_config, speed: dict, source: dict) -> dict:
                      tsv_columns=None if tsv is None else tsv.text_columns,
                      file_labels=None if tsv is None else tsv.label_values, source=source,
                      doc_stride=run.config.data.doc_stride if task.is_span else None)
+
+
+def speed_summary(meta: dict) -> str:
+  """One line on the dial an export predicts at and where it came from (the export CLI
+  prints it, so a pick of evaluate.py's search dial never ships unnoticed)."""
+  method = meta["method"]
+  speed = meta[method]
+  if method == "lat":
+    what = f"LAT at lengths {', '.join(map(str, speed['length_config']))}"
+  else:
+    what = f"AdapLeR at eta {', '.join(f'{e:.4g}' for e in speed['eta'])}"
+  source = speed.get("chosen_from")
+  if source != _chosen_file():
+    return f"{what} ({source})"
+  rule = speed.get("chosen_rule") or {}
+  dial = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in rule.items()
+                  if files.is_number(v))
+  return (f"{what}: the search point evaluate.py {dial or 'a dial'} picked ({source} in the "
+          "workdir; delete it to export the run's own setting)")
+
+
+def _chosen_file() -> str:
+  from adapler_jax.pipeline.frontier import CHOSEN_FILE  # pylint: disable=g-import-not-at-top
+  return CHOSEN_FILE
