@@ -1,6 +1,10 @@
-"""Trains AdapLeR: fine-tune -> saliency -> AdapLeR training -> evaluation.
+"""Trains a token-dropping model, phase by phase, and evaluates it.
 
-  python train.py --config configs/sst2.py --workdir runs/sst2 [--phase all|finetune|saliency|adapler|evaluate]
+  AdapLeR (configs/<task>.py):      finetune -> saliency -> adapler -> evaluate
+  LAT     (configs/<task>_lat.py):  finetune -> lengthdrop -> evaluate
+  either, after training:           search (per-layer eta multipliers / length configs)
+
+  python train.py --config configs/sst2.py --workdir runs/sst2 [--phase all|finetune|...]
 
 Every field of the config file can be set with --config.<field>=VALUE, e.g.
   python train.py --config configs/sst2.py --workdir runs/sst2 --config.train.learning_rate=3e-5

@@ -75,10 +75,19 @@ def out_of_memory_message(e: BaseException) -> str | None:
           "--config.data.max_length; the checkpoints already saved are kept")
 
 
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
 def run_app(main: Callable[[list[str]], object]) -> None:
   """`absl.app.run(main)` under `run_cli`, with flag errors as one line too: a bad flag
-  value, a config file that cannot be loaded, an unknown `--config.<field>`."""
-  run_cli(lambda: app.run(main, flags_parser=parse_flags))
+  value, a config file that cannot be loaded, an unknown `--config.<field>`. Asked for,
+  help exits 0 (absl exits 1)."""
+  try:
+    run_cli(lambda: app.run(main, flags_parser=parse_flags))
+  except SystemExit as e:
+    if e.code == 1 and any(a in HELP_FLAGS for a in sys.argv[1:]):
+      sys.exit(0)
+    raise
 
 
 def run_console_script(module_name: str, main: Callable[[list[str]], object]) -> None:
@@ -100,7 +109,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:
-    raise UserError(" ".join(str(e).split())) from None
+    raise UserError(flag_error(" ".join(str(e).split()), path)) from None
   except Exception as e:  # pylint: disable=broad-except  (the config file's, or an override's)
     if path is None:
       raise
@@ -117,6 +126,44 @@ def parse_flags(argv: list[str]) -> list[str]:
       raise
     _check_loaded(path, config)
   return rest
+
+
+_REQUIRED = re.compile(r"flag --(\w+)=None: Flag --\1 must have a value other than None\.")
+_UNKNOWN = re.compile(r"Unknown command line flag '([\w.-]+)'")
+
+
+def flag_error(text: str, config_path: str | None = None) -> str:
+  """absl's flag error as one line that names the fix: missing required flags together;
+  an unknown flag that is a config field's name points to its `--config.<field>` form."""
+  missing = _REQUIRED.findall(text)
+  if missing:
+    names = " and ".join(f"--{m}" for m in missing)
+    verb = "is" if len(missing) == 1 else "are"
+    return f"{names} {verb} missing; pass {'it' if len(missing) == 1 else 'them'} (see --help)"
+  unknown = _UNKNOWN.match(text)
+  if unknown and config_path is not None:
+    name = unknown.group(1).replace("-", "_")
+    try:
+      fields = _leaf_fields(_load_config(config_path))
+    except UserError:
+      return text
+    near = [f for f in fields if f.rsplit(".", 1)[-1] == name]
+    if near:
+      return (f"unknown flag --{unknown.group(1)}; config fields are set as "
+              f"--{CONFIG_FLAG}.<field>: {', '.join(f'--{CONFIG_FLAG}.{f}' for f in near)}")
+    return (f"unknown flag --{unknown.group(1)}; config fields are set as "
+            f"--{CONFIG_FLAG}.<field> (list them with --print_config)")
+  return text
+
+
+def _leaf_fields(config, prefix: str = "") -> list[str]:
+  out = []
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      out += _leaf_fields(value, f"{prefix}{key}.")
+    else:
+      out.append(f"{prefix}{key}")
+  return out
 
 
 def _config_path(argv: list[str]) -> str | None:

@@ -74,8 +74,24 @@ def test_print_config_lists_every_field_with_value_default_and_help(tmp_path):
 
 
 def test_help_names_overrides_and_print_config():
-  proc = train_py("--help")  # absl exits with status 1 after the help.
+  proc = train_py("--help")
+  assert proc.returncode == 0  # asked-for help is not a failure (absl's own exit is 1).
   assert "--config.<field>=VALUE" in proc.stdout and "--print_config" in proc.stdout
+
+
+def test_flag_mistakes_are_one_line_with_the_fix():
+  proc = train_py("--config", "configs/demo.py", "--workdir", "unused", "--epochs=1")
+  assert proc.returncode == 2 and proc.stderr.strip() == (
+      "error: unknown flag --epochs; config fields are set as --config.<field>: "
+      "--config.adapler.epochs, --config.lat.epochs, --config.train.epochs")
+  proc = train_py("--config", "configs/demo.py", "--workdir", "unused", "--no_such_flag=1")
+  assert proc.returncode == 2 and proc.stderr.strip() == (
+      "error: unknown flag --no_such_flag; config fields are set as --config.<field> (list "
+      "them with --print_config)")
+  assert not (ROOT / "unused").exists()
+  assert cli.flag_error("flag --workdir=None: Flag --workdir must have a value other than "
+                        "None. flag --output=None: Flag --output must have a value other "
+                        "than None.") == "--workdir and --output are missing; pass them (see --help)"
 
 
 def test_misspelt_field_is_one_line_with_a_hint():

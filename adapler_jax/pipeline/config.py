@@ -230,7 +230,8 @@ HELP = {
                               "eval_length_ratio",
     "lat.eval_length_ratio": "constant per-layer drop ratio to evaluate at",
 
-    "search": "LAT evolutionary search of length configs (LAT defaults 30/20/30/30)",
+    "search": "evolutionary search (--phase search): LAT's per-layer lengths, or AdapLeR's "
+              "per-layer eta multipliers (LAT's defaults 30/20/30/30)",
     "search.iterations": "generations",
     "search.population": "configs kept per generation",
     "search.mutations": "mutated configs per generation",
