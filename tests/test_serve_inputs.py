@@ -44,6 +44,11 @@ def test_unlabelled_data_and_inputs():
                                                  r"text \(blank lines of a text file"):
       inputs.texts_of(empty, fields, num_texts, "line 5")
   ids, items = inputs.read_lines(["first\n", "\n", "second\n"], "f")
+  with pytest.raises(data_lib.DataError) as err:  # a pretty-printed SQuAD file on stdin.
+    inputs.read_lines(["{\n", '  "data": []\n', "}\n"], "stdin")
+  assert str(err.value) == ("stdin line 1: not a JSON record (Expecting property name enclosed "
+                            "in double quotes); give one JSON object per line, or plain text "
+                            "lines (an official SQuAD JSON file: --input FILE --format squad)")
   assert ids == ["1", "3"] and items == ["first", "second"]
   tsv = ["index\tsentence\n", "0\tgood .\n", "1\tbad .\n"]
   ids, texts = inputs.read_glue_tsv(tsv, (("sentence",),), "SST-2/test.tsv")

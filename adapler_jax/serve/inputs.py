@@ -94,8 +94,11 @@ def read_lines(lines: Iterable[str], source: str,
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
+        whole = not ids and (line.strip() == "{" or line.lstrip().startswith('{"data"'))
         raise DataError(f"{source} line {number}: not a JSON record ({e.msg}); give one JSON "
-                        "object per line, or plain text lines") from None
+                        "object per line, or plain text lines"
+                        + (" (an official SQuAD JSON file: --input FILE --format squad)"
+                           if whole else "")) from None
       if not isinstance(record, dict):
         raise DataError(f"{source} line {number}: a JSON {type(record).__name__}, not an "
                         "object; give one JSON object per line")
