@@ -2,6 +2,7 @@
 (exit status 2 from the CLIs) for every bad input. Tiny model, tiny demo data."""
 
 import hashlib
+import logging
 import json
 import os
 import re
@@ -537,6 +538,18 @@ def test_a_config_of_another_task_leaves_the_run_alone(tiny_backbone, tmp_path):
                             f"{config.task!r}), not {other.task}; pass a {config.task} config "
                             "(the one it was trained with) or another --workdir")
   assert (workdir / "config.json").read_bytes() == before
+
+
+def test_a_rerun_that_changes_data_fields_says_so(tiny_backbone, tmp_path, caplog):
+  workdir = tmp_path / "run"
+  pipeline.prepare(small_config(tiny_backbone), workdir)
+  config = small_config(tiny_backbone)
+  config.data.dev_subset = 4
+  with caplog.at_level(logging.WARNING):
+    pipeline.prepare(config, workdir)
+  assert (f"{workdir / 'config.json'}: this run changes data.dev_subset (8 -> 4); later "
+          "phases, evaluate.py and adapler-export read the new values") in caplog.text
+  assert json.loads((workdir / "config.json").read_text())["data"]["dev_subset"] == 4
 
 
 def test_a_model_folder_given_as_workdir_is_left_alone(tiny_backbone, tmp_path):

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 import ml_collections
+from absl import logging
 from jax.sharding import Mesh
 
 from adapler_jax import files, weights
@@ -232,6 +233,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
       workdir_lib.lock(workdir)
     checks.check_checkpoints(run)
     if run.is_main_process:
+      warn_changed_data(config, workdir)
       workdir_lib.atomic_write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2))
   return run
 
@@ -341,3 +343,16 @@ def check_same_method(config: ml_collections.ConfigDict, workdir: Path) -> None:
     raise UserError(f"{workdir} holds {_a(stored.task)} run (config.json task "
                     f"{stored.task!r}), not {config.task}; pass a {stored.task} config (the one "
                     "it was trained with) or another --workdir")
+
+
+def warn_changed_data(config: ml_collections.ConfigDict, workdir: Path) -> None:
+  """A warning naming the `data.*` fields a rerun changes from the stored config (they are
+  allowed: e.g. a phase evaluated at another length), since everything after reads them."""
+  stored = stored_config(workdir)
+  if stored is None:
+    return
+  changed = [f"data.{k} ({stored.data[k]!r} -> {v!r})" for k, v in config.data.items()
+             if k in stored.data and stored.data[k] != v]
+  if changed:
+    logging.warning("%s: this run changes %s; later phases, evaluate.py and adapler-export "
+                    "read the new values", workdir / CONFIG_FILE, ", ".join(changed))
