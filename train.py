@@ -22,7 +22,7 @@ from adapler_jax import pipeline
 from adapler_jax.cli import enable_compilation_cache, run_app
 from adapler_jax.errors import UserError
 from adapler_jax.pipeline.config import format_config
-from adapler_jax.pipeline.context import check_same_method
+from adapler_jax.pipeline.context import check_same_run
 from adapler_jax.pipeline.workdir import check_dir
 from adapler_jax.train import parallel
 
@@ -50,7 +50,7 @@ def main(argv):
   enable_compilation_cache(_CONFIG.value)
   parallel.maybe_initialize_distributed()  # multi-host jobs only; before any other JAX call.
   # Before prepare writes config.json: a config of the stored run's method, then its phase.
-  check_same_method(_CONFIG.value, check_dir(_WORKDIR.value))
+  check_same_run(_CONFIG.value, check_dir(_WORKDIR.value))
   pipeline.check_phase(_CONFIG.value, _PHASE.value)
   run = pipeline.prepare(_CONFIG.value, _WORKDIR.value)
   result = pipeline.run_phase(run, _PHASE.value)

@@ -207,7 +207,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
   workdir = workdir_lib.check_dir(workdir)
   checks.check_config(config)
   if record:
-    check_same_method(config, workdir)
+    check_same_run(config, workdir)
   mesh = parallel.make_data_mesh()
   config, task = resolve_task(config)
   try:
@@ -328,7 +328,7 @@ def _a(word: str) -> str:
   return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
-def check_same_method(config: ml_collections.ConfigDict, workdir: Path) -> None:
+def check_same_run(config: ml_collections.ConfigDict, workdir: Path) -> None:
   """A workdir holds one run: a config of another method or task is refused before it is
   written over the stored one (the checkpoints would be read as the new task's)."""
   stored = stored_config(workdir)
