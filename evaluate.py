@@ -81,6 +81,10 @@ def main(argv):
     if _EXPLAIN.value is not None or _RATIONALES.value:
       raise UserError("--explain and --rationales read AdapLeR's contribution predictors; "
                       "this run is LAT: evaluate it at a length config, or pass an AdapLeR run")
+    if _ENGINE.value is not None or _FLOPS.value != "analytic":
+      raise UserError("--engine and --flops choose AdapLeR's engine and FLOPs count; a LAT run "
+                      "has one engine and reports both of its conventions (padded MACs and "
+                      "real-token FLOPs): drop them")
     return evaluate_lat()
   if _LENGTH_CONFIG.value is not None or _LENGTH_RATIO.value is not None:
     raise UserError("--length-config and --length-ratio apply to LAT runs; this run is "
@@ -92,7 +96,7 @@ def main(argv):
   chosen = pick_from_frontier()
   trained = pipeline.load_run(_WORKDIR.value)
   config = trained.config
-  checks.check_flops_mode(_FLOPS.value, trained.task)
+  checks.check_flops_mode(_FLOPS.value, trained.task, trained.run.encoder)
   if _EXPLAIN.value is not None:
     return explain(trained, _EXPLAIN.value)
   if _RATIONALES.value:
@@ -106,7 +110,7 @@ def main(argv):
       trained.adapler_cfg, params, data, trained.task.metric,
       engine=_ENGINE.value or config.eval.engine,
       batch_size=_BATCH.value or config.eval.batch_size, flops_mode=_FLOPS.value,
-      predictions_dir=predictions_dir(trained.task))
+      predictions_dir=predictions_dir(trained.task), warmup=True)  # a speed without compiling.
   out = {"task": trained.task.name, "split": _SPLIT.value, **result}
   write_result(out, chosen)
 

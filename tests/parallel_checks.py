@@ -217,14 +217,21 @@ def restore(backbone: str, workdir: str) -> dict:
 
 
 def bad_batch_size(backbone: str, workdir: str) -> dict:
-  """Every phase on 4 devices with a batch size that does not split over them."""
+  """A batch size that does not split over 4 devices: refused by the phases, and by a run
+  that records its config before it writes anything to the workdir."""
   config = _config(backbone)
   config.train.batch_size = 30
+  out = {"error": None, "record_error": None}
   try:
     pipeline.run_phase(pipeline.prepare(config, workdir, record=False), "all")
   except UserError as e:
-    return {"error": str(e)}
-  return {"error": None}
+    out["error"] = str(e)
+  try:
+    pipeline.prepare(config, workdir)
+  except UserError as e:
+    out["record_error"] = str(e)
+  out["workdir_written"] = Path(workdir).exists()
+  return out
 
 
 def four(backbone: str, workdir: str) -> dict:

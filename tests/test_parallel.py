@@ -99,8 +99,10 @@ def test_saliency_on_4_devices_equals_1_device(restored):
 
 def test_batch_size_not_divisible_by_devices_is_one_line(four):
   _, r = four
-  assert r["error"] == ("train.batch_size 30 is not divisible by the 4 devices of the data "
-                        "mesh; pick a multiple of 4 (--config.train.batch_size=32)")
+  assert r["error"] == r["record_error"] == (
+      "train.batch_size 30 is not divisible by the 4 devices of the data mesh; pick a "
+      "multiple of 4 (--config.train.batch_size=32)")
+  assert not r["workdir_written"]  # refused before config.json, not after it.
 
 
 def _free_port() -> int:

@@ -767,6 +767,18 @@ def test_evaluate_refuses_token_maps_of_a_lat_run(tiny_backbone, tmp_path):
     assert one_line_error(cli("evaluate.py", "--workdir", str(tmp_path / "lat"), *flags)) == (
         "--explain and --rationales read AdapLeR's contribution predictors; this run is LAT: "
         "evaluate it at a length config, or pass an AdapLeR run")
+  for flags in (["--engine", "per-example"], ["--flops", "paper"]):  # were silently ignored.
+    assert one_line_error(cli("evaluate.py", "--workdir", str(tmp_path / "lat"), *flags)) == (
+        "--engine and --flops choose AdapLeR's engine and FLOPs count; a LAT run has one "
+        "engine and reports both of its conventions (padded MACs and real-token FLOPs): drop "
+        "them")
+
+
+def test_paper_flops_on_a_backbone_of_another_depth_is_refused_first(tiny_backbone, tmp_path):
+  """The paper's constants count 12 layers: refused before training, not after it."""
+  assert refused_first(tiny_backbone, tmp_path, "eval.flops", "paper") == (
+      "FLOPs mode 'paper' counts the AdapLeR paper's 12-layer BERT-base; this backbone has 2 "
+      "layers: use --flops analytic (--config.eval.flops=analytic)")
 
 
 def test_hard_forward_takes_one_example():

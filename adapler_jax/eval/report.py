@@ -36,26 +36,30 @@ def task_scores(metric_name: str, logits: np.ndarray, data: TokenizedDataset,
 
 def run_adapler(cfg: adapler.AdapLeRConfig, params: dict, data: TokenizedDataset, *,
                 engine: str = "bucketed", batch_size: int = 32, return_rationales: bool = False,
-                progress: bool = False):
-  """Hard-removal inference over `data` -> an `EngineResult` (logits, kept counts, ...)."""
+                progress: bool = False, warmup: bool = False):
+  """Hard-removal inference over `data` -> an `EngineResult` (logits, kept counts, ...).
+  With `warmup`, the bucketed engine compiles first, so its `seconds` time the run alone."""
   from adapler_jax import infer  # pylint: disable=g-import-not-at-top
   if engine == "per-example":
     return infer.per_example_run(cfg, params, data)
   if engine != "bucketed":
     raise ValueError(f"engine {engine!r} is not one of {ENGINES}")
   runner = infer.AdaptiveEngine(cfg, params, batch_size=batch_size, max_length=data.max_length)
+  if warmup:
+    runner.warmup(return_rationales)
   return runner.run(data, return_rationales=return_rationales, progress=progress)
 
 
 def evaluate_adapler(cfg: adapler.AdapLeRConfig, params: dict, data: TokenizedDataset,
                      metric_name: str, *, engine: str = "bucketed", batch_size: int = 32,
                      flops_mode: str = "analytic", progress: bool = False,
-                     predictions_dir=None) -> dict[str, Any]:
+                     predictions_dir=None, warmup: bool = False) -> dict[str, Any]:
   """Hard-removal metric and per-example FLOPs of an AdapLeR model on `data` (span QA: the
-  answers go to `predictions_dir/predictions.json` when given)."""
+  answers go to `predictions_dir/predictions.json` when given). `examples_per_second`
+  counts compilation unless `warmup` compiles first."""
   start = time.perf_counter()
   result = run_adapler(cfg, params, data, engine=engine, batch_size=batch_size,
-                       progress=progress)
+                       progress=progress, warmup=warmup)
   seconds = getattr(result, "seconds", None) or time.perf_counter() - start
   dims = flops.FlopsDims.of_model(cfg)
   report = flops.flops_report(data.lengths, result.kept_counts, dims, mode=flops_mode)

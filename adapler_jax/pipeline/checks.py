@@ -10,6 +10,7 @@ import ml_collections
 
 from adapler_jax.errors import UserError
 from adapler_jax.eval.report import ENGINES
+from adapler_jax.infer import flops
 from adapler_jax.infer.flops import MODES as FLOPS_MODES
 from adapler_jax.models import adapler
 from adapler_jax.models.bert import EncoderConfig
@@ -150,12 +151,16 @@ def check_max_length(config: ml_collections.ConfigDict, encoder: EncoderConfig) 
                     f"--config.data.max_length={positions} or less")
 
 
-def check_flops_mode(mode: str, task) -> None:
-  """The paper's fitted FLOPs constants count BERT-base classifiers, not span QA."""
+def check_flops_mode(mode: str, task, encoder) -> None:
+  """The paper's fitted FLOPs constants count 12-layer BERT-base classifiers: not span QA,
+  not other depths (refused before any work, not after the evaluation)."""
+  fix = "use --flops analytic (--config.eval.flops=analytic)"
   if mode == "paper" and task.is_span:
     raise UserError(f"FLOPs mode 'paper' (the AdapLeR paper's BERT-base classification "
-                    f"constants) does not fit span QA task {task.name}; use --flops analytic "
-                    "(--config.eval.flops=analytic)")
+                    f"constants) does not fit span QA task {task.name}; {fix}")
+  if mode == "paper" and encoder.num_layers != flops.PAPER_NUM_LAYERS:
+    raise UserError(f"FLOPs mode 'paper' counts the AdapLeR paper's {flops.PAPER_NUM_LAYERS}-"
+                    f"layer BERT-base; this backbone has {encoder.num_layers} layers: {fix}")
 
 
 def check_keep_cls(config: ml_collections.ConfigDict, task) -> None:

@@ -31,6 +31,13 @@ from adapler_jax.train.metric_writer import MetricWriter
 
 CONFIG_FILE = "config.json"
 SPLITS = ("train", "dev", "test")
+# The batch sizes each method's phases split over the devices: checked before config.json is
+# written, so a refused rerun leaves the stored config as it was.
+BATCH_SIZES = {
+    "adapler": ("train.batch_size", "saliency.batch_size", "adapler.batch_size",
+                "eval.batch_size"),
+    "lat": ("train.batch_size", "lat.batch_size", "eval.batch_size"),
+}
 
 
 @dataclasses.dataclass
@@ -222,9 +229,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
         "where it is now") from e
   checks.check_max_length(config, encoder)
   run = Run(config, workdir, task, encoder, backbone, tokenizer, MetricWriter(workdir), mesh)
-  checks.check_flops_mode(config.eval.flops, task)
+  checks.check_flops_mode(config.eval.flops, task, encoder)
   checks.check_keep_cls(config, task)
   if record:
+    run.check_batch_sizes(*BATCH_SIZES[config.method])
     checks.check_lat_eval_config(run)
     for split in ("train", "dev"):
       run.dataset(split)  # a bad data_dir fails here, before anything is written.

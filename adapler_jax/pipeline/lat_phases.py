@@ -21,6 +21,7 @@ from adapler_jax.eval import report
 from adapler_jax.pipeline import phases
 from adapler_jax.pipeline import summary as summary_lib
 from adapler_jax.pipeline import workdir as workdir_lib
+from adapler_jax.pipeline import context as context_lib
 from adapler_jax.pipeline.context import Run
 from adapler_jax.reduce import lengths
 from adapler_jax.reduce.significance import SelectionFlags
@@ -175,7 +176,7 @@ def summarize(run: Run, seconds: float | None = None, config=None) -> dict[str, 
 
 def run_all(run: Run) -> dict[str, Any]:
   """Fine-tune, LengthDrop training, then evaluation at the eval length config."""
-  run.check_batch_sizes("train.batch_size", "lat.batch_size", "eval.batch_size")
+  run.check_batch_sizes(*context_lib.BATCH_SIZES["lat"])
   eval_length_config(run)  # a bad config fails now, not after training.
   start = time.time()
   phases.finetune(run)

@@ -30,6 +30,7 @@ from adapler_jax.models import adapler
 from adapler_jax.pipeline import checks
 from adapler_jax.pipeline import summary as summary_lib
 from adapler_jax.pipeline import workdir as workdir_lib
+from adapler_jax.pipeline import context as context_lib
 from adapler_jax.pipeline.context import Run
 from adapler_jax.train import adapler_step, classifier, optim, parallel
 from adapler_jax.train import saliency as saliency_lib
@@ -40,8 +41,7 @@ from adapler_jax.train.state import TrainState, create_train_state
 FINETUNE, ADAPLER, SALIENCY_FILE = "finetune", "adapler", "saliency.npz"
 DEV_METRIC = "dev_metric"
 # Global batch sizes, each split over the devices of the data mesh.
-BATCH_SIZES = ("train.batch_size", "saliency.batch_size", "adapler.batch_size",
-               "eval.batch_size")
+BATCH_SIZES = context_lib.BATCH_SIZES["adapler"]
 
 
 def progress_bar(run: Run, total: int, desc: str, initial: int = 0):
@@ -246,9 +246,10 @@ def extract_saliency(run: Run) -> np.ndarray:
     total += saliency_lib.normalise(sal)
   bar.close()
   average = total / len(checkpoints)
+  source = saliency_source(run)  # on every process: opening a checkpoint manager syncs them.
   if run.is_main_process:
     saliency_lib.save(run.workdir / SALIENCY_FILE, train, average,
-                      [s for s, _, _ in checkpoints], source=saliency_source(run))
+                      [s for s, _, _ in checkpoints], source=source)
   parallel.sync_processes("saliency saved")  # the AdapLeR phase reads it on every process.
   run.writer.write("saliency", 0, {"checkpoints": [s for s, _, _ in checkpoints],
                                    "examples": len(train)})
