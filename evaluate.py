@@ -130,6 +130,9 @@ def check_flags() -> None:
                     "the full model, e.g. --max-drop 1")
   if _OUTPUT.value is not None:
     files.check_output(_OUTPUT.value, _WORKDIR.value)
+    if _RATIONALES.value and Path(_OUTPUT.value).suffix == ".png":
+      raise UserError(f"--output {_OUTPUT.value}: with --rationales it names the JSON report, "
+                      "and the figure beside it (.png) would write over it; pass a .json path")
 
 
 def write_result(out: dict, chosen: dict | None) -> None:
@@ -222,6 +225,8 @@ def explain(trained, text: str) -> None:
   tmap = token_map.explain(trained.adapler_cfg, trained.adapler_params, trained.tokenizer, text,
                            trained.task.label_names, max_length=max_length)
   stem = Path(_OUTPUT.value or Path(_WORKDIR.value) / "explain")
+  if stem.suffix in (".html", ".png", ".json"):  # a file name given for the stem.
+    stem = stem.with_suffix("")
   paths = token_map.write(tmap, stem, f"{trained.task.name}: AdapLeR token map")
   print(f"prediction: {tmap.prediction}; kept tokens per layer: "
         f"{tmap.kept.sum(axis=1).tolist()} of {len(tmap.tokens)}")

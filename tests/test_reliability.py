@@ -723,6 +723,9 @@ def test_evaluate_refuses_bad_flags_before_touching_the_run(run_dir, tmp_path):
                                 "model's cost, e.g. --flops-budget 0.5"),
       (["--max-drop", "-3"], "--max-drop -3.0 must be at least 0: metric points below the full "
                              "model, e.g. --max-drop 1"),
+      (["--rationales", "--output", str(tmp_path / "r.png")],  # the figure would replace it.
+       f"--output {tmp_path / 'r.png'}: with --rationales it names the JSON report, and the "
+       "figure beside it (.png) would write over it; pass a .json path"),
   ]
   for flags, message in cases:
     assert one_line_error(cli("evaluate.py", "--workdir", str(run_dir), *flags)) == message
