@@ -186,7 +186,7 @@ def evaluate_lat() -> None:
     lengths_ = tuple(chosen["config"])
   elif _LENGTH_CONFIG.value is not None:
     lengths_ = lengths.validate_config(lengths.parse_config(_LENGTH_CONFIG.value), base, layers,
-                                       keep_cls=run.config.lat.keep_cls)
+                                       keep_cls=run.config.lat.keep_cls, name="--length-config")
   elif _LENGTH_RATIO.value is not None:
     if not 0 <= _LENGTH_RATIO.value < 1:
       raise UserError(f"--length-ratio {_LENGTH_RATIO.value} must be in [0, 1)")

@@ -149,3 +149,19 @@ def test_files_need_task_custom(tiny_backbone, files):
   with pytest.raises(UserError, match=r"config data.train_file is set but task is 'demo'; "
                      r"pass --config.task=custom"):
     pipeline.prepare(config, files / "run")
+
+
+@pytest.mark.parametrize("name, text, line", [
+    ("null.jsonl", '{"review": "good", "sentiment": "pos"}\n{"review": "bad", "sentiment": null}\n',
+     2),
+    ("blank.csv", "review,sentiment\ngood,pos\nbad,\n", 3),
+])
+def test_a_row_without_a_label_is_one_line(tiny_backbone, files, name, text, line):
+  """A null or empty label was read as a class ("None", or "" which then failed as a bad
+  data.label_names the user never passed)."""
+  (files / name).write_text(text)
+  with pytest.raises(DataError) as err:
+    pipeline.prepare(custom_config(tiny_backbone, files, train_file=name), files / "run")
+  assert str(err.value).endswith(f"/{name} line {line}: empty label (column 'sentiment'); "
+                                 "give every row a label, or remove the row")
+  assert not (files / "run" / "config.json").exists()

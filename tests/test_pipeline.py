@@ -213,7 +213,8 @@ def test_lat_phases_and_evaluation(tiny_backbone, tmp_path):
                        timeout=300)
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines() == [
-      "error: length config (8, 12) must be non-increasing layer by layer"]
+      "error: --length-config (8, 12) must be non-increasing layer by layer, e.g. 13,11 "
+      "(ratio 0.2 per layer)"]
 
   # The anytime search on held-out train rows, then the budget dial over its frontier.
   config.search.iterations, config.search.population = 2, 3

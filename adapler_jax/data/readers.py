@@ -497,7 +497,11 @@ def file_labels(spec: TaskSpec, split: str, data_dir: str | os.PathLike[str]) ->
   for where, record in _file_rows(path, [field]):
     if field not in record:
       raise _missing_column(where, field, record, FILE_HINTS)
-    values.add(str(record[field]).strip())
+    value = record[field]
+    if value is None or not str(value).strip():  # not a class named "None" or "".
+      raise DataError(format_message(where, f"empty label (column {field!r})",
+                                     "give every row a label, or remove the row"))
+    values.add(str(value).strip())
   if not values:
     raise DataError(format_message(location(path), FILE_HINTS.empty))
   if all(v.isdecimal() for v in values):

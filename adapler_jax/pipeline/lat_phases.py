@@ -144,7 +144,9 @@ def eval_length_config(run: Run) -> tuple[int, ...]:
     config = lengths.parse_config(c.eval_length_config, "config lat.eval_length_config")
   else:
     config = ratio_config(run, c.eval_length_ratio)
-  return lengths.validate_config(config, base, run.encoder.num_layers, keep_cls=c.keep_cls)
+  name = "config lat.eval_length_config" if c.eval_length_config else "length config"
+  return lengths.validate_config(config, base, run.encoder.num_layers, keep_cls=c.keep_cls,
+                                 name=name)
 
 
 def summarize(run: Run, seconds: float | None = None, config=None) -> dict[str, Any]:

@@ -52,23 +52,25 @@ def constant_ratio_config(base: int, num_layers: int, ratio: float, min_length: 
 
 
 def validate_config(config: Sequence[int], base: int, num_layers: int, *,
-                    keep_cls: bool = True) -> tuple[int, ...]:
-  """The config as a tuple of ints, or a one-line `UserError`: one entry per layer,
-  non-increasing, 1 <= l_i <= base (>= 2 when [CLS] is forced: it leaves room for a token)."""
+                    keep_cls: bool = True, name: str = "length config") -> tuple[int, ...]:
+  """The config as a tuple of ints, or a one-line `UserError` naming it as `name` (the flag
+  or field it came from) with an example: one entry per layer, 1 <= l_i <= base (>= 2 when
+  [CLS] is forced: it leaves room for a token), non-increasing."""
+  example = ",".join(map(str, constant_ratio_config(base, num_layers, 0.2)))
+  hint = f"e.g. {example} (ratio 0.2 per layer)"
   try:
     config = tuple(int(v) for v in config)
   except (TypeError, ValueError):
-    raise UserError(f"length config {config!r} is not a list of ints; pass e.g. "
-                    f"{','.join(map(str, constant_ratio_config(base, num_layers, 0.2)))}")
+    raise UserError(f"{name} {config!r} is not a list of ints; pass {hint}")
   floor = 2 if keep_cls else 1
   if len(config) != num_layers:
-    raise UserError(f"length config {config} has {len(config)} entries; the model has "
-                    f"{num_layers} layers")
+    raise UserError(f"{name} {config} has {len(config)} entries; the model has {num_layers} "
+                    f"layers: give one length per layer, {hint}")
+  if any(not floor <= v <= base for v in config):
+    raise UserError(f"{name} {config} must stay within [{floor}, {base}] (the max length is "
+                    f"{base}), {hint}")
   if any(b > a for a, b in zip(config, config[1:])):
-    raise UserError(f"length config {config} must be non-increasing layer by layer")
-  if config[0] > base or config[-1] < floor:
-    raise UserError(f"length config {config} must stay within [{floor}, {base}] "
-                    f"(the max length is {base})")
+    raise UserError(f"{name} {config} must be non-increasing layer by layer, {hint}")
   return config
 
 
