@@ -111,7 +111,7 @@ def main(argv):
       engine=_ENGINE.value or config.eval.engine,
       batch_size=_BATCH.value or config.eval.batch_size, flops_mode=_FLOPS.value,
       predictions_dir=predictions_dir(trained.task), warmup=True)  # a speed without compiling.
-  out = {"task": trained.task.name, "split": _SPLIT.value, **result}
+  out = {"task": trained.task.name, **split_fields(trained.run), **result}
   write_result(out, chosen)
 
 
@@ -199,11 +199,21 @@ def evaluate_lat() -> None:
   full = lat_phases.evaluate_at(run, params, data, None)
   reduced = lat_phases.evaluate_at(run, params, data, lengths_,
                                    predictions_dir=predictions_dir(run.task))
-  out = {"task": run.task.name, "split": _SPLIT.value, "method": "lat",
+  out = {"task": run.task.name, **split_fields(run), "method": "lat",
          "lengthdrop_step": step, "full_metric": full["metric"], **reduced}
   if run.task.is_span:
     out.update(full_exact_match=full["exact_match"], full_f1=full["f1"])
   write_result(out, chosen)
+
+
+def split_fields(run) -> dict:
+  """`split`, and `split_read` with a note when --split test reads the dev data (the task has
+  no test split here, e.g. GLUE's unlabelled test sets, or a re-split)."""
+  if _SPLIT.value != "test" or not run.test_is_dev():
+    return {"split": _SPLIT.value}
+  print(f"note: {run.task.name} has no labelled test split in this run's config; --split test "
+        "reads the dev split")
+  return {"split": _SPLIT.value, "split_read": "dev"}
 
 
 def predictions_dir(task) -> Path | None:
@@ -240,7 +250,7 @@ def rationales(trained) -> None:
       trained.adapler_cfg, trained.adapler_params, trained.backbone_params, data,
       engine=_ENGINE.value or "bucketed", batch_size=_BATCH.value or 8,
       saliency_target=_SALIENCY_TARGET.value, progress=True)
-  out = {"task": trained.task.name, "split": _SPLIT.value, **result}
+  out = {"task": trained.task.name, **split_fields(trained.run), **result}
   path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"rationales_{_SPLIT.value}.json")
   rationale.write_json(out, path)
   png = rationale.plot_layers(out, path.with_suffix(".png"),

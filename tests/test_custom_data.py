@@ -100,7 +100,11 @@ def test_prepare_reads_the_files(tiny_backbone, files):
   assert run.task.label_names == ("pos", "neg") and run.num_labels == 2
   dev = run.dataset("dev")
   assert len(dev) == 8 and dev.labels.tolist() == [1, 0] * 4  # names give the class order.
-  assert len(run.dataset("test")) == 8  # no test_file: the dev file.
+  assert len(run.dataset("test")) == 8  # no test_file: the dev file,
+  assert run.test_is_dev()  # which evaluate.py --split test says it read.
+  with_test = pipeline.prepare(custom_config(tiny_backbone, files, label_names="pos,neg",
+                                             test_file="dev.jsonl"), files / "run", record=False)
+  assert not with_test.test_is_dev()
 
 
 @pytest.mark.parametrize("data, want", [

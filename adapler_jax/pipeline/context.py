@@ -102,6 +102,13 @@ class Run:
     return self._data[split]
 
 
+  def test_is_dev(self) -> bool:
+    """Whether split "test" reads the dev data: a re-split, or no test split (or file)."""
+    d = self.config.data
+    if d.resplit_train:
+      return True
+    return not (d.test_file if self.task.name == CUSTOM else d.test_split)
+
   def search_split(self, size: int) -> TokenizedDataset:
     """A seeded held-out part of train that training never saw (the rows outside
     `data.train_subset`), `size` rows: the fitness split of a search, never a reported one."""
