@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -169,3 +170,14 @@ def test_a_row_without_a_label_is_one_line(tiny_backbone, files, name, text, lin
   assert str(err.value).endswith(f"/{name} line {line}: empty label (column 'sentiment'); "
                                  "give every row a label, or remove the row")
   assert not (files / "run" / "config.json").exists()
+
+
+def test_class_indices_that_skip_a_class_are_warned_about(tiny_backbone, files, caplog):
+  """Labels 1..2 (AG News style, starting at 1) give 3 classes, class 0 empty: a warning."""
+  (files / "from1.csv").write_text("review,sentiment\ngood,2\nbad,1\nfine,2\n")
+  with caplog.at_level(logging.WARNING):
+    run = pipeline.prepare(custom_config(tiny_backbone, files, train_file="from1.csv",
+                                         dev_file="from1.csv"), files / "run", record=False)
+  assert run.task.label_names == ("0", "1", "2")
+  assert ("label column 'sentiment' holds class indices up to 2, but never 0; the model gets 3 "
+          "classes") in caplog.text

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+from absl import logging
 
 from adapler_jax.data.dataset import TextDataset
 from adapler_jax.data.tasks import LocalFormat, TaskSpec
@@ -505,5 +506,12 @@ def file_labels(spec: TaskSpec, split: str, data_dir: str | os.PathLike[str]) ->
   if not values:
     raise DataError(format_message(location(path), FILE_HINTS.empty))
   if all(v.isdecimal() for v in values):
-    return tuple(str(i) for i in range(max(map(int, values)) + 1))
+    names = tuple(str(i) for i in range(max(map(int, values)) + 1))
+    unused = [n for n in names if n not in {str(int(v)) for v in values}]
+    if unused:  # e.g. labels 1..4: class 0 never occurs.
+      logging.warning("%s: label column %r holds class indices up to %s, but never %s; the "
+                      "model gets %d classes (set data.label_names to the values in class "
+                      "order if the labels do not start at 0)", path, field, names[-1],
+                      ", ".join(unused), len(names))
+    return names
   return tuple(sorted(values))
