@@ -26,6 +26,7 @@ from adapler_jax.eval import report
 from adapler_jax.infer import AdaptiveEngine
 from adapler_jax.models import adapler, heads
 from adapler_jax.models.bert import EncoderConfig
+from adapler_jax.pipeline import lat_phases
 from adapler_jax.pipeline.phases import SALIENCY_FILE, adapler_checkpointer
 from adapler_jax.train import adapler_step, classifier, lat_step, optim, parallel
 from adapler_jax.train import saliency as saliency_lib
@@ -253,8 +254,16 @@ def multihost(backbone: str, workdir: str, reference: str) -> dict:
     with Checkpointer(Path(directory) / "finetune") as ckpt:
       step = ckpt.latest_step()
       params[name] = ckpt.restore(step, sharding=parallel.replicated(run.mesh))[0]["params"]
+  # The phases after fine-tuning on 2 processes: the saliency phase opens checkpoint
+  # managers (each a sync of every process), and LAT's engine evaluates parameters that
+  # training left replicated over both processes' devices.
+  pipeline.extract_saliency(run)
+  _, backbone, _ = pipeline.load_finetuned(run, 1)[0]
+  lat = lat_phases.evaluate_at(run, backbone, run.dataset("dev"), None)
   return {"process": jax.process_index(), "step": step,
-          "params_diff": _max_diff(_host(params["multihost"]), _host(params["reference"]))}
+          "params_diff": _max_diff(_host(params["multihost"]), _host(params["reference"])),
+          "saliency_saved": (Path(workdir) / SALIENCY_FILE).exists(),
+          "lat_metric": lat["metric"]}
 
 
 def main(argv):

@@ -134,6 +134,8 @@ def test_two_processes_with_2_devices_train_like_one_with_4(four, tiny_backbone,
   assert sorted(r["process"] for r in results) == [0, 1]
   for r in results:
     assert r["step"] == 2 and r["params_diff"] <= TOL
+    assert r["saliency_saved"] and 0 <= r["lat_metric"] <= 1
+  assert results[0]["lat_metric"] == results[1]["lat_metric"]
   # Metrics are logged by process 0 alone: no row twice.
   rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   keys = [(r["phase"], r["step"], tuple(sorted(r))) for r in rows]
