@@ -93,6 +93,12 @@ def _write_output(path: str, text: str) -> None:
 
 
 SQUAD_FILE = "an official SQuAD JSON file"
+# Output formats without room for rationales: (what they hold, the file, the inputs instead).
+_NO_RATIONALES = {
+    "squad": ("each window's tokens", "SQuAD predictions file holds answers only",
+              "question<TAB>context"),
+    "glue": ("the tokens", "GLUE submission file holds labels only", "text"),
+}
 
 
 def _input_format(model, kind: str, path: str) -> str:
@@ -143,13 +149,10 @@ def main(argv):
   predictor = Predictor(_MODEL.value, batch_size=_BATCH.value, length_config=length_config)
   source = "stdin" if _INPUT.value == "-" else _INPUT.value
   kind = _input_format(predictor.model, _FORMAT.value, _INPUT.value)
-  if kind == "squad" and _RATIONALES.value:
-    raise UserError("--rationales writes each window's tokens to JSON lines, and the SQuAD "
-                    "predictions file holds answers only: drop --rationales, or pass "
-                    "question<TAB>context or JSON lines")
-  if kind == "glue" and _RATIONALES.value:
-    raise UserError("--rationales writes the tokens to JSON lines, and the GLUE submission "
-                    "file holds labels only: drop --rationales, or pass text or JSON lines")
+  if _RATIONALES.value and kind in _NO_RATIONALES:
+    tokens, target, inputs_ = _NO_RATIONALES[kind]
+    raise UserError(f"--rationales writes {tokens} to JSON lines, and the {target}: drop "
+                    f"--rationales, or pass {inputs_} or JSON lines")
   if kind == "squad":
     ids, items = _read_squad(_INPUT.value)
   else:

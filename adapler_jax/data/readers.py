@@ -507,7 +507,8 @@ def file_labels(spec: TaskSpec, split: str, data_dir: str | os.PathLike[str]) ->
     raise DataError(format_message(location(path), FILE_HINTS.empty))
   if all(v.isdecimal() for v in values):
     names = tuple(str(i) for i in range(max(map(int, values)) + 1))
-    unused = [n for n in names if n not in {str(int(v)) for v in values}]
+    seen = {str(int(v)) for v in values}
+    unused = [n for n in names if n not in seen]
     if unused:  # e.g. labels 1..4: class 0 never occurs.
       logging.warning("%s: label column %r holds class indices up to %s, but never %s; the "
                       "model gets %d classes (set data.label_names to the values in class "
