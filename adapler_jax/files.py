@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,21 @@ def check_output(path: str | os.PathLike[str], owned: str | os.PathLike[str] | N
 
 def check_writable(path: Path, flag: str) -> None:
   """One line, before any work, when `path` cannot be created: a file stands where one of
-  its folders would go, or the nearest existing folder is not writable."""
+  its folders would go, or the nearest existing folder takes no new file. That is probed
+  by creating one there and removing it: permission bits say nothing for root, nor on a
+  read-only or special file system such as /proc."""
   parent = path.absolute().parent
   while not parent.exists():
     parent = parent.parent
   if not parent.is_dir():
     raise UserError(f"{flag} {path}: {parent} is a file, not a folder; pass a path in a folder")
-  if not os.access(parent, os.W_OK | os.X_OK):
-    raise UserError(f"{flag} {path}: cannot write in {parent}; pass a path in a folder you "
-                    "can write to")
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=parent)
+  except OSError as e:
+    raise UserError(f"{flag} {path}: cannot write in {parent} ({e.strerror}); pass a path in "
+                    "a folder you can write to") from None
+  os.close(fd)
+  os.unlink(probe)
 
 
 def is_number(value) -> bool:

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from adapler_jax import environment, pipeline
+from adapler_jax import environment, files, pipeline
 from adapler_jax.cli import run_cli
 from adapler_jax.data import load_split
 from adapler_jax.errors import DataError, InputError, UserError
@@ -164,6 +164,16 @@ def test_a_path_the_system_refuses_is_one_line(tmp_path, capsys):
         "; check the path and its permissions")
   with pytest.raises(PermissionError, match="^no path$"):
     run_cli(lambda: (_ for _ in ()).throw(PermissionError("no path")))
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_an_output_folder_that_takes_no_file_is_refused_first(tmp_path):
+  """Permission bits say nothing for root or on /proc: the check creates a file to know,
+  and leaves none behind where it can write."""
+  with pytest.raises(UserError, match=r"^--output /proc/r\.json: cannot write in /proc \("):
+    files.check_output("/proc/r.json")
+  assert files.check_output(tmp_path / "new" / "r.json") == tmp_path / "new" / "r.json"
+  assert not any(tmp_path.iterdir())
 
 
 # ----------------------------------------------------------------- 2. config.json on a rerun
