@@ -23,11 +23,11 @@ from adapler_jax.pipeline import summary as summary_lib
 from adapler_jax.pipeline import workdir as workdir_lib
 from adapler_jax.pipeline import context as context_lib
 from adapler_jax.pipeline.context import Run
+from adapler_jax.pipeline.loop import TrainLoop
 from adapler_jax.reduce import lengths
 from adapler_jax.reduce.significance import SelectionFlags
 from adapler_jax.train import lat_step, optim, parallel
 from adapler_jax.train.checkpoints import Checkpointer
-from adapler_jax.train.guards import FiniteGuard
 from adapler_jax.train.state import create_train_state
 
 LENGTHDROP = "lengthdrop"
@@ -94,31 +94,21 @@ def train_lengthdrop(run: Run) -> None:
                                    run.mesh)
   # Upstream scoring counts padded query rows, so it needs the authors' full padding.
   buckets = (run.config.data.max_length,) if c.include_pad_queries else TRAIN_BUCKETS
-  step = int(state.step)
-  run.writer.rewind((LENGTHDROP, LENGTHDROP + "_epoch"), step)
-  guard = FiniteGuard(LENGTHDROP)
-  bar = phases.progress_bar(run, total, LENGTHDROP, step)
+  loop = TrainLoop(run, LENGTHDROP, state, step_fn, train, c.batch_size, c.epochs,
+                   buckets=buckets, logs=(LENGTHDROP + "_epoch",))
   smallest = smallest_config(run)
-  for epoch, batches in phases.resumed_epochs(run, train, c.batch_size, c.epochs, step,
-                                              buckets):
-    for batch in batches:
-      batch.pop("index")
-      state, metrics = step_fn(state, phases.sharded(run, batch))
-      step += 1
-      guard(step, metrics)
-      bar.update(1)
-      if step % run.config.train.log_every_steps == 0:
-        run.writer.write(LENGTHDROP, step, {**metrics, "epoch": epoch})
-    guard.before_save(step, state.params)
-    host_params = parallel.local_copy(state.params)
+  for epoch, step, _ in loop.steps():
+    if not loop.at_epoch_end:
+      continue
+    loop.check()
+    host_params = parallel.local_copy(loop.state.params)
     full = evaluate_at(run, host_params, dev, None)["metric"]
     small = evaluate_at(run, host_params, dev, smallest)["metric"]
     run.writer.write(LENGTHDROP + "_epoch", step, {"epoch": epoch, phases.DEV_METRIC: full,
                                                    "dev_metric_smallest": small})
-    bar.set_postfix({run.metric_name: f"{full:.4f}", "smallest": f"{small:.4f}"})
-    ckpt.save(step, state, metrics={phases.DEV_METRIC: full, "dev_metric_smallest": small,
-                                    "epoch": epoch})
-  bar.close()
+    loop.show(**{run.metric_name: f"{full:.4f}", "smallest": f"{small:.4f}"})
+    loop.save(ckpt, metrics={phases.DEV_METRIC: full, "dev_metric_smallest": small,
+                             "epoch": epoch})
   ckpt.close()
 
 

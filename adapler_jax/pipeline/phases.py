@@ -13,17 +13,15 @@ Workdir layout::
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from adapler_jax import files, weights
-from adapler_jax.data import TRAIN_BUCKETS, num_train_steps, train_batches
+from adapler_jax.data import num_train_steps
 from adapler_jax.errors import UserError
 from adapler_jax.eval import report
 from adapler_jax.models import adapler
@@ -32,10 +30,10 @@ from adapler_jax.pipeline import summary as summary_lib
 from adapler_jax.pipeline import workdir as workdir_lib
 from adapler_jax.pipeline import context as context_lib
 from adapler_jax.pipeline.context import Run
+from adapler_jax.pipeline.loop import TrainLoop, progress_bar
 from adapler_jax.train import adapler_step, classifier, optim, parallel
 from adapler_jax.train import saliency as saliency_lib
 from adapler_jax.train.checkpoints import Checkpointer
-from adapler_jax.train.guards import FiniteGuard
 from adapler_jax.train.state import TrainState, create_train_state
 
 FINETUNE, ADAPLER, SALIENCY_FILE = "finetune", "adapler", "saliency.npz"
@@ -44,40 +42,14 @@ DEV_METRIC = "dev_metric"
 BATCH_SIZES = context_lib.BATCH_SIZES["adapler"]
 
 
-def progress_bar(run: Run, total: int, desc: str, initial: int = 0):
-  return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True,
-              disable=not run.is_main_process)
-
-
 def restore_latest(ckpt: Checkpointer, state: TrainState) -> TrainState:
   """The latest intact checkpoint, restored with `state`'s shardings, else `state`."""
   latest = ckpt.restore_latest_intact(target=state)
   return state if latest is None else latest[1]
 
 
-def shards() -> dict[str, int]:
-  """`train_batches` arguments: each process reads its part of every global batch."""
-  return {"num_shards": jax.process_count(), "shard_index": jax.process_index()}
-
-
-def resumed_epochs(run: Run, data, batch_size: int, epochs: int, step: int,
-                   buckets=TRAIN_BUCKETS):
-  """`(epoch, batches)` for every epoch from the one `step` falls in: the seeded batches of
-  the shared training loop, those already trained on (before `step`) skipped, so a resumed
-  run replays exactly what an uninterrupted one would have seen."""
-  per_epoch = num_train_steps(data, batch_size)
-  for epoch in range(step // per_epoch, epochs):
-    batches = train_batches(data, batch_size, run.config.seed, epoch, buckets=buckets,
-                            **shards())
-    yield epoch, itertools.islice(batches, max(0, step - epoch * per_epoch), None)
-
-
 def on_mesh(run: Run, tree):
   return tree if run.mesh is None else parallel.replicate(tree, run.mesh)
-
-
-def sharded(run: Run, batch: dict) -> dict:
-  return batch if run.mesh is None else parallel.shard_batch(batch, run.mesh)
 
 
 def _restore_params(run: Run, ckpt: Checkpointer, step: int) -> dict:
@@ -121,37 +93,23 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
   ckpt = finetune_checkpointer(run)
   state = restore_latest(ckpt, on_mesh(run, create_train_state(params, optimizer, key)))
   step_fn = classifier.make_finetune_step(run.encoder, run.head, optimizer, run.mesh)
+  loop = TrainLoop(run, FINETUNE, state, step_fn, train, c.batch_size, c.epochs)
   eval_every = c.eval_every_steps or steps_per_epoch
-  step = int(state.step)
-  run.writer.rewind(FINETUNE, step)
-  guard = FiniteGuard(FINETUNE)
-  bar = progress_bar(run, total, "finetune", step)
-  for epoch, batches in resumed_epochs(run, train, c.batch_size, c.epochs, step):
-    for batch in batches:
-      batch.pop("index")
-      state, metrics = step_fn(state, sharded(run, batch))
-      step += 1
-      guard(step, metrics)
-      bar.update(1)
-      if step % c.log_every_steps == 0:
-        run.writer.write(FINETUNE, step, {**metrics, "epoch": epoch})
-      if step % eval_every == 0 or step == total:
-        guard.before_save(step, state.params)
-        dev_metric = report.evaluate_backbone(run.encoder, run.head, state.params, dev,
-                                              run.metric_name, run.config.eval.batch_size,
-                                              mesh=run.mesh)["metric"]
-        run.writer.write(FINETUNE, step, {DEV_METRIC: dev_metric, "epoch": epoch})
-        bar.set_postfix({run.metric_name: f"{dev_metric:.4f}"})
-        ckpt.save(step, state, metrics={DEV_METRIC: dev_metric})
-      elif c.checkpoint_every_steps and step % c.checkpoint_every_steps == 0:
-        guard.before_save(step, state.params)
-        ckpt.save(step, state)
-      if stop_after_steps is not None and step >= stop_after_steps:
-        guard.before_save(step, state.params)
-        ckpt.save(step, state)
-        ckpt.close()
-        return None
-  bar.close()
+  for epoch, step, _ in loop.steps():
+    if step % eval_every == 0 or step == total:
+      loop.check()
+      dev_metric = report.evaluate_backbone(run.encoder, run.head, loop.state.params, dev,
+                                            run.metric_name, run.config.eval.batch_size,
+                                            mesh=run.mesh)["metric"]
+      run.writer.write(FINETUNE, step, {DEV_METRIC: dev_metric, "epoch": epoch})
+      loop.show(**{run.metric_name: f"{dev_metric:.4f}"})
+      loop.save(ckpt, metrics={DEV_METRIC: dev_metric})
+    elif c.checkpoint_every_steps and step % c.checkpoint_every_steps == 0:
+      loop.save(ckpt)
+    if stop_after_steps is not None and step >= stop_after_steps:
+      loop.save(ckpt)
+      ckpt.close()
+      return None
   ckpt.wait()
   best = ckpt.best_steps(1)
   if not best:
@@ -308,43 +266,40 @@ def train_adapler(run: Run) -> None:
   step_fn = adapler_step.make_train_step(cfg, optimizer,
                                          adapler_step.LossWeights(gamma=c.gamma, phi=c.phi),
                                          mesh=run.mesh)
-  step = int(state.step)
-  run.writer.rewind((ADAPLER, ADAPLER + "_epoch"), step)
-  guard = FiniteGuard(ADAPLER)
-  bar = progress_bar(run, total, "adapler", step)
-  for epoch, batches in resumed_epochs(run, train, c.batch_size, c.epochs, step):
-    lam = lambda_at(run, epoch)
-    sums: dict[str, Any] = {}
-    for batch in batches:
-      width = batch["input_ids"].shape[1]
-      batch["saliency"] = sal[batch.pop("index"), :width]  # this process's rows, on the host.
-      state, metrics = step_fn(state, sharded(run, batch), lam)
-      step += 1
-      guard(step, metrics)
-      bar.update(1)
-      sums = jax.tree.map(lambda a, b: a + b, sums, metrics) if sums else metrics
-      if step % run.config.train.log_every_steps == 0:
-        run.writer.write(ADAPLER, step, {**metrics, "lambda": lam, "epoch": epoch})
-    guard.before_save(step, state.params)
+  loop = TrainLoop(run, ADAPLER, state, step_fn, train, c.batch_size, c.epochs,
+                   logs=(ADAPLER + "_epoch",))
+
+  def inputs(epoch, batch, index):
+    width = batch["input_ids"].shape[1]
+    batch["saliency"] = sal[index, :width]  # this process's rows, on the host.
+    return {"lambda": lambda_at(run, epoch)}
+
+  sums: dict[str, Any] = {}
+  for epoch, step, metrics in loop.steps(inputs):
+    sums = jax.tree.map(lambda a, b: a + b, sums, metrics) if sums else metrics
+    if not loop.at_epoch_end:
+      continue
+    loop.check()
     means = jax.tree.map(lambda v: np.asarray(v) / steps_per_epoch, sums)
-    dev_report = report.evaluate_adapler(cfg, parallel.local_copy(state.params), dev,
+    sums = {}
+    params = loop.state.params
+    dev_report = report.evaluate_adapler(cfg, parallel.local_copy(params), dev,
                                          run.metric_name,
                                          engine=run.config.eval.engine,
                                          batch_size=run.config.eval.batch_size)
     epoch_metrics = {
-        "epoch": epoch, "lambda": lam, "ce": means["ce"], "cp": means["cp"],
+        "epoch": epoch, "lambda": lambda_at(run, epoch), "ce": means["ce"], "cp": means["cp"],
         "length": means["length"], "train_kept_per_layer": means["kept"],
-        "eta": state.params["speed"]["eta"], "theta": state.params["speed"]["theta"],
+        "eta": params["speed"]["eta"], "theta": params["speed"]["theta"],
         DEV_METRIC: dev_report["metric"], "flops_speedup": dev_report["flops_speedup"],
         "dev_kept_per_layer": dev_report["kept_tokens_per_layer"],
     }
     run.writer.write(ADAPLER + "_epoch", step, epoch_metrics)
-    bar.set_postfix({run.metric_name: f"{dev_report['metric']:.4f}",
-                     "speedup": f"{dev_report['flops_speedup']:.2f}x"})
-    ckpt.save(step, state, metrics={DEV_METRIC: dev_report["metric"],
-                                    "flops_speedup": dev_report["flops_speedup"],
-                                    "epoch": epoch}, extra_json={"saliency": source})
-  bar.close()
+    loop.show(**{run.metric_name: f"{dev_report['metric']:.4f}",
+                 "speedup": f"{dev_report['flops_speedup']:.2f}x"})
+    loop.save(ckpt, metrics={DEV_METRIC: dev_report["metric"],
+                             "flops_speedup": dev_report["flops_speedup"], "epoch": epoch},
+              extra_json={"saliency": source})
   ckpt.close()
 
 
