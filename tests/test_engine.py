@@ -19,8 +19,8 @@ from adapler_jax.data import load_split, subset, tokenize
 from adapler_jax.data.batching import eval_batches
 from adapler_jax.data.tokenize import TokenizedDataset
 from adapler_jax.errors import UserError
-from adapler_jax.infer import AdaptiveEngine, FullLengthEngine, packing, per_example_run
-from adapler_jax.models import adapler
+from adapler_jax.infer import AdaptiveEngine, FullLengthEngine, per_example_run
+from adapler_jax.models import adapler, walk
 from adapler_jax.models.bert import Bert, EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import ClassificationHead, SequenceClassifier
 from adapler_jax.weights import convert_state_dict, load_backbone, to_hf_state_dict
@@ -375,17 +375,18 @@ def test_one_batch_step_gives_that_batchs_rows_of_a_run(engine_cls):
 @pytest.mark.parametrize("total,rows,count", [(4096, 512, 8), (768, 512, 2), (1792, 512, 4),
                                               (100, 512, 1), (97, 16, 1)])
 def test_row_chunks(total, rows, count):
-  assert packing._row_chunks(total, rows) == count  # pylint: disable=protected-access
+  assert walk.row_chunks(total, rows) == count
 
 
 def test_chunked_feed_forward_is_the_same_block():
   params = scaled_params(adapler.AdapLeRConfig(TINY, num_labels=2), seed=0, scale=1.0, eta=1.0)
   layer = params["model"]["bert"]["encoder"]["layer_0"]
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 24, TINY.hidden_size))
-  whole = packing.feed_forward(TINY, layer, x)
-  text = jax.jit(lambda x: packing.feed_forward(TINY, layer, x, 16)).lower(x).as_text()
+  block = lambda x, chunk_rows=None: walk.ParamLayer(TINY, layer, chunk_rows).feed_forward(x)
+  whole = block(x)
+  text = jax.jit(lambda x: block(x, 16)).lower(x).as_text()
   assert "while" in text  # 96 rows in 6 chunks of 16.
-  np.testing.assert_allclose(packing.feed_forward(TINY, layer, x, 16), whole, atol=1e-6)
+  np.testing.assert_allclose(block(x, 16), whole, atol=1e-6)
 
 
 def test_engine_rejects_a_bad_chunk_size():

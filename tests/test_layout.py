@@ -51,14 +51,6 @@ def test_every_planned_grid_holds_every_token_once():
     assert (seg >= 0).sum() == counts.sum() and (idx[seg < 0] == 10_000).all()
 
 
-def test_compacted_starts_follow_slot_order():
-  grid = layout.Layout(2, 8, row=np.array([1, 0, 0]), offset=np.array([0, 3, 0]))
-  # slot order: example 2 (row 0, offset 0), example 1 (row 0, offset 3), example 0.
-  np.testing.assert_array_equal(grid.order(), [2, 1, 0])
-  np.testing.assert_array_equal(layout.compacted_starts(np.array([4, 2, 3]), grid.order()),
-                                [5, 3, 0])
-
-
 def test_smallest_width_names_the_problem():
   assert layout.smallest_width(9, WIDTHS) == 16
   with pytest.raises(ValueError, match="65 tokens do not fit"):

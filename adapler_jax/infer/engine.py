@@ -57,7 +57,7 @@ from adapler_jax.reduce.significance import SelectionFlags
 
 Batch = dict[str, np.ndarray]
 
-CPU_FFN_CHUNK_ROWS = 512  # feed-forward rows per chunk on CPU (see `packing.feed_forward`).
+CPU_FFN_CHUNK_ROWS = 512  # feed-forward rows per chunk on CPU (see `walk.ParamLayer`).
 # Grid widths the AdapLeR engine adds below and between the input buckets when a batch has
 # at most `FINE_GRID_MAX_ROWS` rows: there a layer's grid follows one or a few examples'
 # survivors, often 2-5 tokens late in the model (docs/engine.md, "Fine grids at batch 1").
@@ -275,7 +275,7 @@ class AdaptiveEngine(_Engine):
     max_length: the longest input (data tokenized at this length use exactly the
       widths `bucket_lengths(max_length, buckets)` that `warmup` compiles).
     device: where the weights live and every batch runs (default: the first local device).
-    ffn_chunk_rows: token rows per feed-forward chunk (`packing.feed_forward`); "auto"
+    ffn_chunk_rows: token rows per feed-forward chunk (`walk.ParamLayer`); "auto"
       chunks on CPU, where it keeps activations in cache, and not on accelerators.
     folds: packed grids have `batch_size // f` rows for each f here; () never packs.
       Compiled programs: one per input bucket (and per rationale setting).

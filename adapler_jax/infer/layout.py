@@ -45,10 +45,6 @@ class Layout:
   def packed(self) -> bool:
     return self.rows < len(self.row)
 
-  def order(self) -> np.ndarray:
-    """Examples in row-major slot order: the order their tokens are compacted in."""
-    return np.lexsort((self.offset, self.row))
-
 
 def unpacked(counts: np.ndarray, widths: Sequence[int]) -> Layout:
   """One example per row, padded to the smallest width holding the largest count."""
@@ -135,12 +131,3 @@ def gather_indices(layout: Layout, counts: np.ndarray, starts: np.ndarray,
   idx[r, c] = starts[example] + j
   seg[r, c] = example
   return idx, seg
-
-
-def compacted_starts(counts: np.ndarray, order: np.ndarray) -> np.ndarray:
-  """(E,) first buffer row of each example once `counts` tokens per example are
-  compacted visiting the examples in `order` (a grid's `Layout.order()`)."""
-  counts = np.asarray(counts, np.int64)
-  starts = np.zeros(len(counts), np.int64)
-  starts[order] = np.cumsum(counts[order]) - counts[order]
-  return starts

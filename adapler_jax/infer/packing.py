@@ -77,25 +77,11 @@ def decide(cfg: AdapLeRConfig, cp_params, eta: Array, x: Array, seg: Array,
   return scores, keep, counts
 
 
-_row_chunks = walk.row_chunks
-
-
-def feed_forward(enc: EncoderConfig, layer_params, x: Array,
-                 chunk_rows: int | None = None) -> Array:
-  """A layer's feed-forward block on x (B, W, H), `chunk_rows` token rows at a time.
-
-  The block is position-wise, so chunking changes no value. On CPU it keeps the
-  (rows, intermediate) activation in cache: at 32 x 128 tokens of MiniLM the block runs
-  about 1.4x faster in chunks of 512 rows than whole (`bench/attention.py --ffn`).
-  """
-  return walk.ParamLayer(enc, layer_params, chunk_rows).feed_forward(x)
-
-
 def run_layer(enc: EncoderConfig, layer_params, x: Array, bias: Array,
               chunk_rows: int | None = None) -> Array:
   """One encoder layer; `bias` per key (B, W) or per query and key (B, W, W).
 
-  `chunk_rows`: see `feed_forward`.
+  `chunk_rows`: see `walk.ParamLayer`.
   """
   layer = walk.ParamLayer(enc, layer_params, chunk_rows)
   return walk.layer_step(layer, 0, x, bias)[0]
@@ -111,7 +97,7 @@ def full_forward(enc: EncoderConfig, head: int | Head, params, input_ids: Array,
   logits (B, W, 2) for a span head (`head`: a label count or a `models.heads` head).
 
   The same maths as `SequenceClassifier` (params `{"bert", "head"}`), layer by layer so
-  that the feed-forward blocks can run in `chunk_rows` chunks (see `feed_forward`).
+  that the feed-forward blocks can run in `chunk_rows` chunks (see `walk.ParamLayer`).
   """
   bert = params["bert"]
   x = bert_lib.embed(enc, bert["embeddings"], input_ids, token_type_ids)

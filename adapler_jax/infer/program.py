@@ -185,7 +185,7 @@ def forward(cfg: AdapLeRConfig, row_counts: tuple[int, ...], widths: tuple[int, 
     cfg: the model shape. row_counts: the grids' row counts (E first, then packed ones).
     widths: ascending grid widths (those below W are used, and W). rationales: also return
       the per-layer scores, keep decisions and positions.
-    chunk_rows: see `packing.feed_forward`.
+    chunk_rows: see `walk.ParamLayer`.
     scan_layers: run the layers as a `lax.scan` over stacked params: the program holds
       each grid's layer once (compiles faster) but slices every layer's weights out of
       the stack at run time, 2-3x slower at batch 1 on CPU; by default the layers are

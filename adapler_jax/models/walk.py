@@ -167,7 +167,9 @@ class ParamLayer:
   (no dropout; training walks the Flax modules).
 
   `chunk_rows` runs the feed-forward block that many token rows at a time (it is
-  position-wise, so values do not change; on CPU it keeps activations in cache).
+  position-wise, so values do not change). On CPU that keeps the (rows, intermediate)
+  activation in cache: at 32 x 128 tokens of MiniLM the block runs about 1.4x faster in
+  chunks of 512 rows than whole (`bench/attention.py --ffn`).
   """
 
   cfg: Any  # EncoderConfig
