@@ -110,6 +110,29 @@ def test_masked_path_equals_gather_path(params, base):
   np.testing.assert_array_equal(np.asarray(trace["lengths"]).T, real)
 
 
+def test_both_paths_break_ties_by_original_position(params):
+  """Query and key weights at zero make attention uniform, so every token of a layer ties
+  on significance: both paths keep the lowest positions, though after the first gather
+  the slots are in significance order, not position order."""
+  tied = jax.tree.map(lambda a: a, params)
+  for layer in ("layer_1", "layer_2", "layer_3"):
+    attention = tied["bert"]["encoder"][layer]["attention"]["self"]
+    for name in ("query", "key"):
+      attention[name] = jax.tree.map(jnp.zeros_like, attention[name])
+  batch = _batch()
+  config = (12, 8, 5, 3)
+  masked, trace = masked_forward(ENC, 3, tied, batch, jnp.asarray(config), base=T)
+  gathered, _, gather_trace = _gather(tied, batch, config)
+  n = batch["attention_mask"].sum(1)
+  for l in range(1, len(config)):
+    masked_kept = [[p for p in np.flatnonzero(row) if p < n[b]]  # real tokens only.
+                   for b, row in enumerate(np.asarray(trace["kept"][l]))]
+    gather_kept = [sorted(p[p >= 0].tolist()) for p in np.asarray(gather_trace["positions"][l])]
+    assert gather_kept == masked_kept
+  assert masked_kept[1] == [0, 1, 2]  # row 1 kept every token so far: the first three stay.
+  np.testing.assert_allclose(masked, gathered, atol=1e-4)
+
+
 def test_actual_base_keeps_a_ratio_of_each_example():
   real = lengths.real_counts((8, 4), np.array([16, 10, 3]), 16, "actual")
   assert real.tolist() == [[8, 4], [5, 3], [2, 1]]  # ceil(n * l / T), at least 1.

@@ -60,13 +60,20 @@ def significance(probs: Array, query_rows: Array, include_diagonal: bool = True)
   return jnp.sum(probs * weights, axis=(1, 2))
 
 
-def top_tokens(scores: Array, present: Array, forced: Array | None, width: int) -> Array:
+def top_tokens(scores: Array, present: Array, forced: Array | None, width: int,
+               positions: Array | None = None) -> Array:
   """The selection order: slots of the `width` best-scoring present tokens of each row, best
-  first, `forced` tokens before all, ties to the lower position. (B, T) -> (B, width) int."""
+  first, `forced` tokens before all, ties to the lower original position. (B, T) ->
+  (B, width) int. `positions` (B, T): each slot's original position, where slots are not
+  in position order (after a gather); None: slot t holds position t."""
   key = jnp.where(present, scores, -jnp.inf)
   if forced is not None:
     key = jnp.where(forced & present, jnp.inf, key)
-  return jax.lax.top_k(key, width)[1]  # equal keys come out lower index first.
+  if positions is None:
+    return jax.lax.top_k(key, width)[1]  # equal keys come out lower index first.
+  slots = jnp.broadcast_to(jnp.arange(key.shape[-1], dtype=jnp.int32), key.shape)
+  _, _, order = jax.lax.sort((-key, positions, slots), dimension=-1, num_keys=2)
+  return order[..., :width]
 
 
 def keep_top(scores: Array, present: Array, k: Array, forced: Array | None = None) -> Array:
@@ -173,7 +180,7 @@ class GatherSelection(Policy):
     scores = significance(probs, present, f.include_diagonal)
     forced = (positions == 0) if f.keep_cls else None
     # `keep_top`'s rule, gathered: the best `width` slots in order, each row keeping k.
-    order = top_tokens(scores, present, forced, self.widths[l])
+    order = top_tokens(scores, present, forced, self.widths[l], positions)
     take = lambda t: jnp.take_along_axis(t, order, axis=1)
     rank = jnp.arange(self.widths[l])
     present = take(present) & (rank < self.counts[l][:, None])
