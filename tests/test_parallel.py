@@ -185,3 +185,16 @@ def test_a_partial_train_step_jits_on_a_mesh():
   jitted = parallel.jit_train_step(functools.partial(step, scale=2.0), mesh, donate=False)
   state, metrics = jitted(jnp.float32(1.0), jnp.ones((4, 3)), jnp.float32(0.5))
   assert float(state) == float(metrics["sum"]) == 13.0
+
+
+def test_a_local_copy_outlives_a_step_that_donates_the_original():
+  """Evaluation reads a copy of the params while training goes on: a donating step may
+  free the original's buffers, never the copy's (on one device as on several)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  params = {"w": jnp.arange(4.0), "step": 3}
+  copy = parallel.local_copy(params)
+  jax.jit(lambda p: p["w"] + 1, donate_argnums=0)({"w": params["w"]})
+  np.testing.assert_array_equal(copy["w"], [0.0, 1.0, 2.0, 3.0])
+  assert copy["step"] == 3

@@ -173,9 +173,10 @@ def local_copy(tree: PyTree) -> PyTree:
   device = jax.local_devices()[0]
 
   def copy(x):
-    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
-      return jax.device_put(x.addressable_data(0), device, may_alias=False)
-    return x
+    if not isinstance(x, jax.Array):
+      return x
+    local = x.addressable_data(0) if len(x.sharding.device_set) > 1 else x
+    return jax.device_put(local, device, may_alias=False)
   return jax.tree.map(copy, tree)
 
 
