@@ -80,16 +80,14 @@ def kd_loss(teacher_logits: Array, student_logits: Array, direction: str = "forw
 
 def _sub_model(enc, head, lat: LATConfig, params, batch, key, smallest):
   """One sub-model's logits: its own LayerDrop, then a sampled (or the smallest) config.
-  `smallest` may be a traced bool: both configs are sampled from the same key and one kept."""
+  `smallest` is a bool array (traced in the scan of `sandwich_grads`): both configs are
+  drawn from the same key and one kept."""
   k_layers, k_lengths, k_dropout = jax.random.split(key, 3)
   layer_on = lengths.layer_drop(k_layers, enc.num_layers, lat.layer_drop)
   sample = lambda k, ratio: lengths.sample_config(k, lat.base, layer_on, ratio=ratio,
                                                   min_length=lat.min_length)
-  if isinstance(smallest, bool):
-    config = sample(None, lat.smallest_ratio) if smallest else sample(k_lengths, lat.length_drop)
-  else:
-    config = jnp.where(smallest, sample(None, lat.smallest_ratio),
-                       sample(k_lengths, lat.length_drop))
+  config = jnp.where(smallest, sample(None, lat.smallest_ratio),
+                     sample(k_lengths, lat.length_drop))
   logits, trace = masked_forward(enc, head, params, batch, config, base=lat.base,
                                  flags=lat.flags, layer_on=layer_on, deterministic=False,
                                  rng=k_dropout)
@@ -109,7 +107,9 @@ def _full_model(enc, head: Head, lat: LATConfig, params, batch, key):
 
 def sandwich_terms(enc: EncoderConfig, head: int | Head, lat: LATConfig, params: dict,
                    batch: dict, key: Array, teacher_logits: Array | None = None):
-  """The sandwich rule's terms, `[CE_full, KD_smallest, KD_1, ..., KD_ns]`, and aux.
+  """The sandwich rule's terms, `[CE_full, KD_smallest, KD_1, ..., KD_ns]`, and aux, from
+  one forward of every pass: the reference `sandwich_grads` (what trains) is checked
+  against, and its memory compared with (`bench/lat_step_memory.py`).
 
   `head`: a label count (classification, `labels`) or a `models.heads` head (`Span()`:
   `start_positions`, `end_positions`).
@@ -124,7 +124,8 @@ def sandwich_terms(enc: EncoderConfig, head: int | Head, lat: LATConfig, params:
   teacher = logits if teacher_logits is None else teacher_logits
   terms, configs = [ce], []
   for i in range(lat.num_sandwich + 1):
-    term, config = _sub_term(enc, head, lat, params, batch, k_subs[i], i == 0, teacher)
+    term, config = _sub_term(enc, head, lat, params, batch, k_subs[i], jnp.asarray(i == 0),
+                             teacher)
     terms.append(term)
     configs.append(config)
   return terms, {"logits": logits, "configs": jnp.stack(configs)}
