@@ -14,6 +14,7 @@ from safetensors.numpy import save_file
 
 from adapler_jax import pipeline, weights
 from adapler_jax.models.bert import Bert, EncoderConfig
+from adapler_jax.train import classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = EncoderConfig.tiny(vocab_size=30522, max_position_embeddings=64)
@@ -146,7 +147,24 @@ def test_all_phases_and_evaluation(tiny_backbone, tmp_path):
   assert (workdir / "search" / "store.jsonl").read_bytes() == store
 
 
-def test_finetune_resumes_to_the_same_parameters(tiny_backbone, tmp_path):
+def count_steps(monkeypatch, module, make_step: str) -> list:
+  """Patches `module.make_step` so that each step its functions take appends its state's
+  step count to the list returned."""
+  real, taken = getattr(module, make_step), []
+
+  def counting(*args, **kwargs):
+    step_fn = real(*args, **kwargs)
+
+    def step(state, *inputs):
+      taken.append(int(state.step))
+      return step_fn(state, *inputs)
+    return step
+
+  monkeypatch.setattr(module, make_step, counting)
+  return taken
+
+
+def test_finetune_resumes_to_the_same_parameters(tiny_backbone, tmp_path, monkeypatch):
   config = tiny_config(tiny_backbone)
   config.train.eval_every_steps = 3
   straight = pipeline.prepare(config, tmp_path / "straight")
@@ -155,7 +173,9 @@ def test_finetune_resumes_to_the_same_parameters(tiny_backbone, tmp_path):
   interrupted = pipeline.prepare(config, tmp_path / "resumed")
   assert pipeline.finetune(interrupted, stop_after_steps=5) is None
   resumed = pipeline.prepare(config, tmp_path / "resumed")
+  taken = count_steps(monkeypatch, classifier, "make_finetune_step")
   pipeline.finetune(resumed)
+  assert taken == [5, 6, 7]  # only the steps the interrupted run had not taken.
 
   def final(workdir):
     from adapler_jax.train.checkpoints import Checkpointer

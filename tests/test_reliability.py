@@ -22,17 +22,17 @@ import pytest
 
 from adapler_jax import environment, files, pipeline
 from adapler_jax.cli import run_cli
-from adapler_jax.data import load_split
+from adapler_jax.data import load_split, num_train_steps
 from adapler_jax.errors import DataError, InputError, UserError
 from adapler_jax.eval import rationale
 from adapler_jax.eval import squad as squad_eval
 from adapler_jax.models import adapler
 from adapler_jax.models.bert import EncoderConfig
 from adapler_jax.pipeline import workdir as workdir_lib
-from adapler_jax.train import classifier
+from adapler_jax.train import adapler_step, classifier
 from adapler_jax.train.checkpoints import CheckpointError, DamagedCheckpointError
 from adapler_jax.train.guards import NonFiniteError
-from tests.test_pipeline import ROOT, TINY, tiny_backbone, tiny_config, write_backbone  # pylint: disable=unused-import
+from tests.test_pipeline import ROOT, TINY, count_steps, tiny_backbone, tiny_config, write_backbone  # pylint: disable=unused-import
 
 
 def small_config(backbone: Path):
@@ -239,6 +239,8 @@ def test_each_phase_records_what_it_ran_on(finished):
     assert recorded["versions"]["jax"] == jax.__version__
     assert recorded["backend"] == jax.default_backend()
     assert recorded["local_devices"] == jax.local_device_count()
+    assert recorded["cpu"] == environment.cpu_model()
+    assert recorded["cpu_features"] == environment.cpu_features()
 
 
 def test_a_phase_rerun_elsewhere_says_what_changed(tmp_path, caplog):
@@ -251,12 +253,14 @@ def test_a_phase_rerun_elsewhere_says_what_changed(tmp_path, caplog):
   path = tmp_path / "environment.adapler.json"
   earlier = json.loads(path.read_text())
   earlier["cpu"], earlier["versions"]["jax"] = "Other CPU", "0.0.1"
+  earlier["cpu_features"] = ["amx_tile"]  # another instruction set: other kernels, rounding.
   path.write_text(json.dumps(earlier))
   workdir_lib.record_config(run, "adapler")
   [warning] = [r.getMessage() for r in caplog.records]
   assert warning.startswith(f"{path}: the adapler phase last ran elsewhere (")
   assert f"jax 0.0.1 -> {jax.__version__}" in warning
   assert f"cpu Other CPU -> {environment.cpu_model()}" in warning
+  assert f"cpu_features ['amx_tile'] -> {environment.cpu_features()}" in warning
   assert json.loads(path.read_text()) == environment.describe()  # the record is now this run's
 
 
@@ -382,14 +386,18 @@ def test_saliency_is_recomputed_when_fine_tuning_is_redone(tiny_backbone, run_di
 # ----------------------------------------------------------------- 6. metrics of a resumed run
 
 
-def test_resumed_adapler_epoch_logs_each_row_once(tiny_backbone, run_dir):
+def test_resumed_adapler_epoch_logs_each_row_once(tiny_backbone, run_dir, monkeypatch):
   rows = metric_rows(run_dir)
   last = max(int(p.name) for p in (run_dir / "adapler").iterdir() if p.name.isdigit())
   shutil.rmtree(run_dir / "adapler" / str(last))  # killed before the last epoch's save ...
   with open(run_dir / "metrics.jsonl", "a") as f:
     f.write('{"phase": "adapler", "st')  # ... and in the middle of a row.
   kept = snapshot(run_dir / "adapler")
-  pipeline.train_adapler(pipeline.prepare(small_config(tiny_backbone), run_dir))
+  run = pipeline.prepare(small_config(tiny_backbone), run_dir)
+  taken = count_steps(monkeypatch, adapler_step, "make_train_step")
+  pipeline.train_adapler(run)
+  per_epoch = num_train_steps(run.dataset("train"), run.config.adapler.batch_size)
+  assert taken == list(range(last - per_epoch, last))  # the last epoch alone, again.
   assert metric_rows(run_dir) == rows
   assert all(snapshot(run_dir / "adapler")[k] == v for k, v in kept.items())
 

@@ -77,6 +77,9 @@ def test_budget_pickers_on_a_synthetic_frontier():
   assert evo.pick_max_drop(front, scored, reference=0.89, max_drop=0.0) == (3,)  # dagger.
   assert evo.pick_max_drop(front, scored, reference=0.89, max_drop=0.05) == (2,)
   assert evo.pick_budget(front, scored, 1.0) == (3,)  # star: best accuracy.
+  # Exactly max_drop below, though 0.52 - 0.05 rounds to 0.47000000000000003.
+  edge = {(2,): (0.5, 0.47), (3,): (0.7, 0.52)}
+  assert evo.pick_max_drop(evo.pareto_front(edge), edge, reference=0.52, max_drop=0.05) == (2,)
 
 
 def _problem(calls):
