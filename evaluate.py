@@ -105,7 +105,14 @@ def main(argv):
   params = trained.adapler_params
   if chosen is not None:
     from adapler_jax.eval import tradeoff  # pylint: disable=g-import-not-at-top
-    params = tradeoff.with_eta_scaled(params, chosen["eta_multipliers"])
+    from adapler_jax.pipeline import frontier  # pylint: disable=g-import-not-at-top
+    multipliers = tradeoff.per_layer_multipliers(chosen.get("eta_multipliers"),
+                                                 trained.adapler_cfg.num_layers)
+    if multipliers is None:
+      raise UserError(f"{Path(_WORKDIR.value) / frontier.FRONTIER_FILE}: the point it picked "
+                      f"({chosen.get('config')}) holds no eta multiplier (a number >= 0) per "
+                      "layer; rerun train.py --phase search")
+    params = tradeoff.with_eta_scaled(params, multipliers)
   result = report.evaluate_adapler(
       trained.adapler_cfg, params, data, trained.task.metric,
       engine=_ENGINE.value or config.eval.engine,
@@ -120,13 +127,19 @@ def check_flags() -> None:
   if _EXPLAIN.value is not None and not _EXPLAIN.value.strip():
     raise UserError("--explain got an empty text; pass the text to explain, e.g. "
                     "--explain \"a gentle, funny film\"")
+  if _EXPLAIN.value is not None and not _EXPLAIN.value.isascii():
+    try:
+      _EXPLAIN.value.encode("utf-8")  # bytes that were not UTF-8 arrive as lone surrogates.
+    except UnicodeEncodeError:
+      raise UserError("--explain got bytes that are not UTF-8 text; pass the text in "
+                      "UTF-8") from None
   if _EXPLAIN.value is not None and _RATIONALES.value:
     raise UserError("pass one of --explain and --rationales")
   if _FLOPS_BUDGET.value is not None and not 0 < _FLOPS_BUDGET.value <= 1:
     raise UserError(f"--flops-budget {_FLOPS_BUDGET.value} must be in (0, 1]: a fraction of "
                     "the full model's cost, e.g. --flops-budget 0.5")
-  if _MAX_DROP.value is not None and not _MAX_DROP.value >= 0:
-    raise UserError(f"--max-drop {_MAX_DROP.value} must be at least 0: metric points below "
+  if _MAX_DROP.value is not None and not 0 <= _MAX_DROP.value <= 100:
+    raise UserError(f"--max-drop {_MAX_DROP.value} must be in [0, 100]: metric points below "
                     "the full model, e.g. --max-drop 1")
   if _OUTPUT.value is not None:
     files.check_output(_OUTPUT.value, _WORKDIR.value)
@@ -189,7 +202,8 @@ def evaluate_lat() -> None:
                                        keep_cls=run.config.lat.keep_cls, name="--length-config")
   elif _LENGTH_RATIO.value is not None:
     if not 0 <= _LENGTH_RATIO.value < 1:
-      raise UserError(f"--length-ratio {_LENGTH_RATIO.value} must be in [0, 1)")
+      raise UserError(f"--length-ratio {_LENGTH_RATIO.value} must be in [0, 1): the share of "
+                      "tokens each layer drops, e.g. --length-ratio 0.2")
     lengths_ = lengths.constant_ratio_config(base, layers, _LENGTH_RATIO.value,
                                              run.config.lat.min_length)
   else:

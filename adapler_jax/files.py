@@ -16,24 +16,28 @@ from adapler_jax.errors import UserError
 def check_output(path: str | os.PathLike[str], owned: str | os.PathLike[str] | None = None,
                  flag: str = "--output") -> Path:
   """`path` as a file a command may write its result to: one-line `UserError` when it is a
-  directory, or one of the files of the run or export `owned` keeps (see `owns`)."""
+  directory, or one of the files the run or export `owned` keeps (see `owns`), or any
+  other run or export above it (a folder with a config.json)."""
   path = Path(path)
   if path.is_dir():
     raise UserError(f"{flag} {path} is a directory; pass a file name in it, e.g. "
                     f"{flag} {path / 'result.json'}")
-  if owned is not None and owns(owned, path):
-    raise UserError(f"{flag} {path} would overwrite a file {owned} keeps; write the result "
-                    "elsewhere, e.g. beside it under another name")
+  others = [a for a in path.absolute().parents if (a / "config.json").is_file()]
+  for keeper in ([owned] if owned is not None else []) + others:
+    if owns(keeper, path):
+      raise UserError(f"{flag} {path} would overwrite a file {keeper} keeps; write the "
+                      "result elsewhere, e.g. beside it under another name")
   check_writable(path, flag)
   return path
 
 
-def check_writable(path: Path, flag: str) -> None:
-  """One line, before any work, when `path` cannot be created: a file stands where one of
-  its folders would go, or the nearest existing folder takes no new file. That is probed
-  by creating one there and removing it: permission bits say nothing for root, nor on a
-  read-only or special file system such as /proc."""
-  parent = path.absolute().parent
+def check_writable(path: Path, flag: str, *, folder: bool = False) -> None:
+  """One line, before any work, when `path` (a file, or with `folder` a folder to write
+  in) cannot be created: a file stands where one of its folders would go, or the nearest
+  existing folder takes no new file. That is probed by creating one there and removing
+  it: permission bits say nothing for root, nor on a read-only or special file system
+  such as /proc."""
+  parent = Path(path).absolute() if folder else Path(path).absolute().parent
   while not parent.exists():
     parent = parent.parent
   if not parent.is_dir():
@@ -59,14 +63,17 @@ OWNED_DIRS = ("finetune", "adapler", "lengthdrop", "search", "tensorboard", "tok
 
 
 def owns(directory: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
-  """Whether `path` is one of the files a run's workdir (or an export) `directory` keeps."""
+  """Whether `path` is one of the files or folders a run's workdir (or an export)
+  `directory` keeps, or lies in one of those folders."""
   root, path = Path(directory).resolve(), Path(path).resolve()
   if root not in path.parents:
     return False
-  first = path.relative_to(root).parts[0]
-  if len(path.relative_to(root).parts) > 1:
-    return first in OWNED_DIRS
-  return first in OWNED_FILES or (first.startswith(OWNED_PREFIXES) and first.endswith(".json"))
+  parts = path.relative_to(root).parts
+  first = parts[0]
+  if first in OWNED_DIRS:
+    return True
+  return len(parts) == 1 and (first in OWNED_FILES or (first.startswith(OWNED_PREFIXES)
+                                                      and first.endswith(".json")))
 
 
 def array_crc32(array) -> str:
@@ -86,8 +93,18 @@ def read_json(path: str | os.PathLike[str], fix: str) -> Any:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-  """Writes `text` to `path` whole: a reader sees the old file or the new one, never a part."""
+  """Writes `text` to `path` whole: a reader sees the old file or the new one, never a part.
+
+  A link to a file has the file it names replaced, and stays a link; a path that is not a
+  file (a device such as /dev/null, a pipe, /dev/stdout) is written to as it is, never
+  replaced by a file.
+  """
   path = Path(path)
+  if path.exists() and not path.is_file():
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(text)
+    return
+  path = path.resolve() if path.is_symlink() else path
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   with open(tmp, "w", encoding="utf-8") as f:
     f.write(text)

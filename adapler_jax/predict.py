@@ -23,6 +23,7 @@ writes the official predictions file `{question id: answer}` (e.g. --output pred
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import sys
 from contextlib import contextmanager
@@ -60,17 +61,26 @@ def _check_input(path: str, wanted: str) -> None:
   """One line for an --input that is a folder or does not exist; `wanted` names the fix."""
   if Path(path).is_dir():
     raise UserError(f"--input {path} is a directory; pass {wanted}")
-  if not Path(path).is_file():
+  if not Path(path).exists():  # a pipe, such as <(...), is read like a file.
     raise UserError(f"--input {path} does not exist; pass {wanted}")
 
 
 @contextmanager
 def _open_input(path: str):
+  """The input as text: UTF-8, strictly (stdin too: Python decodes it with
+  surrogateescape), a leading byte-order mark dropped."""
   if path == "-":
-    yield sys.stdin
+    if not hasattr(sys.stdin, "buffer"):  # replaced by a text stream, as in tests.
+      yield sys.stdin
+      return
+    stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="strict")
+    try:
+      yield stream
+    finally:
+      stream.detach()  # stdin stays open.
     return
   _check_input(path, "a text or JSON-lines file, or -")
-  with open(path, "r", encoding="utf-8") as f:
+  with open(path, "r", encoding="utf-8-sig") as f:
     yield f
 
 

@@ -21,7 +21,7 @@ from safetensors.numpy import save_file
 
 import adapler_jax
 from adapler_jax import data as data_lib
-from adapler_jax import pipeline, weights
+from adapler_jax import files, pipeline, weights
 from adapler_jax.cli import run_cli
 from adapler_jax.errors import UserError
 from adapler_jax.infer import AdaptiveEngine, LengthEngine
@@ -241,6 +241,19 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
   assert proc.returncode == 2 and re.fullmatch(
       r"error: --format squad needs a span QA model \(SQuAD\); this one is \w+: pass text or "
       "JSON lines", proc.stderr.strip())
+  proc = subprocess.run([sys.executable, "-m", "adapler_jax.predict", "--model",
+                         str(out["adapler"])], input=b"caf\xe9 au lait\n", cwd=ROOT,
+                        capture_output=True, timeout=300, env=OFFLINE)  # stdin, not UTF-8.
+  assert proc.returncode == 2 and proc.stderr.decode().strip().splitlines() == [
+      "error: stdin is not UTF-8 text (byte 0xe9); convert it to UTF-8"]
+  with pytest.raises(UserError) as err:  # another export's files are kept as well.
+    files.check_output(out["lat"] / "config.json", out["adapler"])
+  assert str(err.value) == (f"--output {out['lat'] / 'config.json'} would overwrite a file "
+                            f"{out['lat']} keeps; write the result elsewhere, e.g. beside it "
+                            "under another name")
+  with pytest.raises(ExportError, match=re.escape(
+      f"model directory {texts} is a file, not a directory; pass the --output of")):
+    adapler_jax.load_model(texts)
   binary = tmp_path / "latin1.txt"
   binary.write_bytes(b"caf\xe9 au lait\n")
   proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--input", str(binary))

@@ -9,8 +9,10 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -174,6 +176,41 @@ def test_an_output_folder_that_takes_no_file_is_refused_first(tmp_path):
     files.check_output("/proc/r.json")
   assert files.check_output(tmp_path / "new" / "r.json") == tmp_path / "new" / "r.json"
   assert not any(tmp_path.iterdir())
+
+
+def test_writing_through_a_link_or_to_a_pipe_replaces_neither(tmp_path):
+  """A link to a file stays a link to the new text; a pipe (or a device, /dev/stdout) is
+  written to, not replaced by a file named like it."""
+  target, link = tmp_path / "target.json", tmp_path / "link.json"
+  target.write_text("old")
+  link.symlink_to(target)
+  files.atomic_write_text(link, "new")
+  assert link.is_symlink() and target.read_text() == "new"
+
+  pipe, got = tmp_path / "pipe", []
+  os.mkfifo(pipe)
+  reader = threading.Thread(target=lambda: got.append(pipe.read_text()), daemon=True)
+  reader.start()
+  files.atomic_write_text(pipe, "through")
+  reader.join(timeout=10)
+  assert got == ["through"] and stat.S_ISFIFO(pipe.stat().st_mode)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "pipe", "target.json"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_an_export_or_a_run_where_none_can_go_is_refused_first(tiny_backbone, run_dir):
+  from adapler_jax.serve.from_run import export_run  # pylint: disable=g-import-not-at-top
+  before = snapshot(run_dir)
+  for output, message in (
+      (run_dir / "search", f"--output {run_dir / 'search'} is a folder the workdir {run_dir} "
+                           "keeps; pass a directory outside it"),
+      (Path("/proc/export"), "--output /proc/export: cannot write in /proc (")):
+    with pytest.raises(UserError) as err:
+      export_run(run_dir, output)
+    assert str(err.value).startswith(message)
+  assert snapshot(run_dir) == before
+  with pytest.raises(UserError, match=r"^--workdir /proc/run: cannot write in /proc \("):
+    pipeline.prepare(small_config(tiny_backbone), "/proc/run")
 
 
 # ----------------------------------------------------------------- 2. config.json on a rerun
@@ -618,6 +655,23 @@ def test_damaged_run_files_are_one_line(run_dir):
       frontier.load(run_dir)
 
 
+@pytest.mark.parametrize("point", [{}, {"eta_multipliers": [1.0]}])
+def test_a_frontier_point_without_a_multiplier_per_layer_is_one_line(run_dir, point):
+  """A frontier.json of the right shape whose pick lacks the AdapLeR setting, or holds one
+  for another depth: one line, and nothing recorded."""
+  (run_dir / "search").mkdir()
+  frontier = run_dir / "search" / "frontier.json"
+  frontier.write_text(json.dumps({
+      "cost": "analytic", "full": {"held_out_metric": 0.5},
+      "frontier": [{"config": [3, 3], "analytic_fraction": 0.4, "held_out_metric": 0.5,
+                    **point}]}))
+  before = snapshot(run_dir)
+  assert one_line_error(cli("evaluate.py", "--workdir", str(run_dir), "--flops-budget", "1")) == (
+      f"{frontier}: the point it picked ([3, 3]) holds no eta multiplier (a number >= 0) per "
+      "layer; rerun train.py --phase search")
+  assert snapshot(run_dir) == before
+
+
 def test_lat_letting_cls_go_on_a_classification_task_is_refused_first(tiny_backbone, tmp_path):
   assert refused_first(tiny_backbone, tmp_path, "lat.keep_cls", False, method="lat") == (
       "config lat.keep_cls is False, but task demo classifies from [CLS]; keep it "
@@ -737,10 +791,14 @@ def test_evaluate_refuses_bad_flags_before_touching_the_run(run_dir, tmp_path):
       (["--output", str(tmp_path)], f"--output {tmp_path} is a directory; pass a file name in "
                                     f"it, e.g. --output {tmp_path / 'result.json'}"),
       (["--explain", "a film", "--rationales"], "pass one of --explain and --rationales"),
+      (["--explain", "\udcff\udcfe"],  # the bytes ff fe: argv that is not UTF-8.
+       "--explain got bytes that are not UTF-8 text; pass the text in UTF-8"),
       (["--flops-budget", "0"], "--flops-budget 0.0 must be in (0, 1]: a fraction of the full "
                                 "model's cost, e.g. --flops-budget 0.5"),
-      (["--max-drop", "-3"], "--max-drop -3.0 must be at least 0: metric points below the full "
-                             "model, e.g. --max-drop 1"),
+      (["--max-drop", "-3"], "--max-drop -3.0 must be in [0, 100]: metric points below the "
+                             "full model, e.g. --max-drop 1"),
+      (["--max-drop", "150"], "--max-drop 150.0 must be in [0, 100]: metric points below the "
+                              "full model, e.g. --max-drop 1"),
       (["--rationales", "--output", str(tmp_path / "r.png")],  # the figure would replace it.
        f"--output {tmp_path / 'r.png'}: with --rationales it names the JSON report, and the "
        "figure beside it (.png) would write over it; pass a .json path"),

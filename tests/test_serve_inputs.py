@@ -50,6 +50,12 @@ def test_unlabelled_data_and_inputs():
                             "in double quotes); give one JSON object per line, or plain text "
                             "lines (an official SQuAD JSON file: --input FILE --format squad)")
   assert ids == ["1", "3"] and items == ["first", "second"]
+  # A byte-order mark before the first record still makes it a record, not a text.
+  assert inputs.read_lines(['\ufeff{"text": "good", "id": "a"}\n'], "f") == (
+      ["a"], [{"text": "good", "id": "a"}])
+  with pytest.raises(data_lib.DataError, match=r"^f line 1: not a JSON record \(.*\); give one "
+                     r"JSON object per line, or plain text lines without --format jsonl$"):
+    inputs.read_lines(["a film\n"], "f", kind="jsonl")
   tsv = ["index\tsentence\n", "0\tgood .\n", "1\tbad .\n"]
   ids, texts = inputs.read_glue_tsv(tsv, (("sentence",),), "SST-2/test.tsv")
   assert ids == ["0", "1"] and texts == [("good .",), ("bad .",)]

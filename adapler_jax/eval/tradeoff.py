@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from adapler_jax import extras
+from adapler_jax import extras, files
 from adapler_jax.data import TokenizedDataset
 from adapler_jax.errors import UserError
 
@@ -60,6 +60,14 @@ def with_eta_scaled(params: dict, multiplier: float | np.ndarray) -> dict:
   one value per layer)."""
   speed = dict(params["speed"], eta=np.asarray(params["speed"]["eta"]) * multiplier)
   return {**params, "speed": speed}
+
+
+def per_layer_multipliers(value, num_layers: int) -> np.ndarray | None:
+  """`value` (read from a JSON file) as one finite multiplier >= 0 per layer, else None."""
+  if not isinstance(value, list) or len(value) != num_layers or not all(
+      files.is_number(m) and 0 <= m < float("inf") for m in value):
+    return None
+  return np.asarray(value, np.float32)
 
 
 def eta_sweep(cfg, params: dict, data: TokenizedDataset, multipliers: Sequence[float],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from absl import logging
 
-from adapler_jax import environment
+from adapler_jax import environment, files
 from adapler_jax.errors import UserError
 from adapler_jax.files import atomic_write_text  # noqa: F401  (the workdir's writer)
 
@@ -41,6 +41,7 @@ def lock(workdir: str | os.PathLike[str]) -> None:
   path = check_dir(workdir).resolve()
   if path in _held:
     return
+  files.check_writable(Path(workdir), "--workdir", folder=True)
   path.mkdir(parents=True, exist_ok=True)
   fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
   try:

@@ -29,6 +29,10 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
   if resolved == workdir.resolve() or resolved in workdir.resolve().parents:
     raise ExportError(f"--output {output} holds the workdir {workdir}; pass a directory "
                       "outside it")
+  if files.owns(workdir, output):
+    raise ExportError(f"--output {output} is a folder the workdir {workdir} keeps; pass a "
+                      "directory outside it")
+  files.check_writable(output, "--output", folder=True)
   method = config.get("method", "adapler")
   if method == "lat":
     return _export_lat(pipeline, config, workdir, output, force)
@@ -37,13 +41,13 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
   chosen = _chosen(workdir)
   if chosen is not None:
     from adapler_jax.eval import tradeoff  # pylint: disable=g-import-not-at-top
-    multipliers = chosen.get("eta_multipliers")
-    if (not isinstance(multipliers, list) or len(multipliers) != trained.adapler_cfg.num_layers
-        or not all(files.is_number(m) and 0 <= m < float("inf") for m in multipliers)):
+    multipliers = tradeoff.per_layer_multipliers(chosen.get("eta_multipliers"),
+                                                 trained.adapler_cfg.num_layers)
+    if multipliers is None:
       raise ExportError(f"{_chosen_path(workdir)} holds no eta multiplier (a number >= 0) per "
                         "layer; rerun evaluate.py with --flops-budget or --max-drop, or "
                         "delete it")
-    params = tradeoff.with_eta_scaled(params, np.asarray(multipliers, np.float32))
+    params = tradeoff.with_eta_scaled(params, multipliers)
     chosen_from = pipeline.frontier.CHOSEN_FILE
   speed = {k: np.asarray(params["speed"][k], np.float64).tolist() for k in ("eta", "theta")}
   speed["chosen_from"] = chosen_from

@@ -85,7 +85,7 @@ def read_lines(lines: Iterable[str], source: str,
   ids, items = [], []
   is_json = {"auto": None, "text": False, "jsonl": True}[kind]
   for number, line in enumerate(lines, 1):
-    line = line.rstrip("\r\n")
+    line = line.rstrip("\r\n").lstrip("\ufeff") if number == 1 else line.rstrip("\r\n")
     if not line.strip():
       continue
     if is_json is None:
@@ -97,6 +97,7 @@ def read_lines(lines: Iterable[str], source: str,
         whole = not ids and (line.strip() == "{" or line.lstrip().startswith('{"data"'))
         raise DataError(f"{source} line {number}: not a JSON record ({e.msg}); give one JSON "
                         "object per line, or plain text lines"
+                        + (" without --format jsonl" if kind == "jsonl" else "")
                         + (" (an official SQuAD JSON file: --input FILE --format squad)"
                            if whole else "")) from None
       if not isinstance(record, dict):

@@ -218,8 +218,8 @@ def load_model(directory: str | os.PathLike[str]) -> ExportedModel:
   from adapler_jax.weights import load_tokenizer  # pylint: disable=g-import-not-at-top
   path = Path(directory)
   if not path.is_dir():
-    raise ExportError(f"model directory {path} does not exist; pass the --output of "
-                      "adapler-export")
+    what = "is a file, not a directory" if path.exists() else "does not exist"
+    raise ExportError(f"model directory {path} {what}; pass the --output of adapler-export")
   meta = _read_meta(path)
   if meta.get("format_version", 0) > FORMAT_VERSION or meta.get("method") not in METHODS:
     raise ExportError(f"{path / CONFIG_FILE} is format {meta.get('format_version')} / method "
