@@ -5,9 +5,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from adapler_jax.models import dense, dropout
+from adapler_jax.train.state import create_train_state
 
 
 def test_keep_mask_drops_at_the_rate_and_is_a_function_of_the_key():
@@ -33,6 +35,18 @@ def test_dropout_scales_kept_values_and_other_key_impls_work():
   mask = dropout.keep_mask(jax.random.key(0, impl="rbg"), 0.5, (100, 101))
   assert mask.shape == (100, 101) and 0.45 < float(mask.mean()) < 0.55
   assert float(dropout.dropout(jax.random.key(0), 1.0, x).sum()) == 0.0
+
+
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+def test_a_train_state_keeps_its_key_implementation(impl):
+  """Step keys come from the key the state was made with, whatever its implementation,
+  also after a jitted step (the implementation is static)."""
+  key = jax.random.key(0, impl=impl)
+  state = create_train_state({"w": jnp.ones(2)}, optax.sgd(0.1), key)
+  state = jax.jit(lambda s: s.replace(step=s.step + 1))(state)
+  want = jax.random.fold_in(key, 1)
+  assert str(jax.random.key_impl(state.step_key())) == impl
+  np.testing.assert_array_equal(jax.random.key_data(state.step_key()), jax.random.key_data(want))
 
 
 def test_dense_dot_general_has_the_gradients_of_lax_dot_general():

@@ -14,16 +14,19 @@ Array = jax.Array
 
 @flax.struct.dataclass
 class TrainState:
-  """`rng` holds raw key data (uint32), so checkpoints store it as a plain array."""
+  """`rng` holds raw key data (uint32), so checkpoints store it as a plain array; `key_impl`
+  names its implementation (threefry2x32, rbg, ...), static."""
 
   step: Array
   params: Any
   opt_state: Any
   rng: Array
+  key_impl: str = flax.struct.field(pytree_node=False, default="threefry2x32")
 
   def step_key(self) -> Array:
     """The PRNG key of this step (dropout), a pure function of (rng, step)."""
-    return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
+    key = jax.random.wrap_key_data(self.rng, impl=self.key_impl)
+    return jax.random.fold_in(key, self.step)
 
 
 def create_train_state(params, optimizer: optax.GradientTransformation,
@@ -35,4 +38,4 @@ def create_train_state(params, optimizer: optax.GradientTransformation,
   """
   params = jax.tree.map(jnp.copy, params)
   return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
-                    jax.random.key_data(rng))
+                    jax.random.key_data(rng), str(jax.random.key_impl(rng)))
