@@ -218,6 +218,8 @@ def map_eval_batches(fn, encoder, head, params: PyTree, data, batch_size: int,
   `inputs` holds the batch's `keys`.
   With a `mesh`, each batch is split over its devices (`batch_size` must divide by their
   number), params are replicated and every process gets every output row.
+  Each batch is dispatched before the previous one's output is read, so the device
+  never waits on the host preparing the next.
   """
   if mesh is None:
     run = _jit_static_config(fn)
@@ -225,13 +227,22 @@ def map_eval_batches(fn, encoder, head, params: PyTree, data, batch_size: int,
     check_batch_size(batch_size, mesh, "batch_size")
     params = replicate(params, mesh)
     run = jit_on_mesh(fn, mesh, (0, 1))
+
+  def read(batch, out):
+    real = batch["real"]
+    return batch["index"][real], np.asarray(out)[real]
+
+  pending = None
   for batch in eval_batches(data, batch_size):
     inputs = {k: batch[k] for k in keys}
     if mesh is not None:
       inputs = shard_global_batch(inputs, mesh)
-    out = np.asarray(run(encoder, head, params, inputs))
-    real = batch["real"]
-    yield batch["index"][real], out[real]
+    out = run(encoder, head, params, inputs)
+    if pending is not None:
+      yield read(*pending)
+    pending = batch, out
+  if pending is not None:
+    yield read(*pending)
 
 
 @functools.lru_cache(maxsize=None)
