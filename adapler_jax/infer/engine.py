@@ -519,8 +519,8 @@ class LengthEngine(_Engine):
 
   def plan(self, n: np.ndarray, width: int):
     """For lengths n (E,) padded to `width`: tokens to keep (L, E), real tokens kept (E, L),
-    layer widths and whether each layer drops anything (a layer that keeps all skips the
-    selection)."""
+    layer widths and whether each layer drops anything (one that keeps all leaves its slots
+    in place: the program still scores them, and discards the order)."""
     config = self.config or (self.base,) * self.cfg.num_layers
     counts = lengths_lib.keep_counts(np.asarray(config), n, self.base, self.flags.length_base)
     real = lengths_lib.real_counts(config, n, self.base, self.flags.length_base)
@@ -597,7 +597,12 @@ def _row_counts(batch_size: int, folds: Sequence[int]) -> tuple[int, ...]:
 
 def per_example_run(cfg: AdapLeRConfig, params: dict, data: TokenizedDataset, *,
                     progress: bool = False) -> EngineResult:
-  """The reference: `hard_forward` on each example alone, unpadded (always with rationales)."""
+  """The reference: `hard_forward` on each example alone, unpadded (always with rationales).
+
+  Every token count a layer meets compiles its own small programs (cached for the
+  process), so a first pass over varied lengths spends most of its time compiling; it is
+  the exact semantics the batched engines are tested against, not a fast path.
+  """
   num, head = len(data), task_head(cfg)
   logits = _empty_logits(head, num, data.max_length)
   kept = np.zeros((num, cfg.num_layers), np.int32)
