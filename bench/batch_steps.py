@@ -8,6 +8,10 @@ to the full model.
 A slow spell of a shared machine then costs nothing unless it lasts all passes.
 
   python bench/batch_steps.py --workdir runs/demo --task demo --eta-scales 0,0.25 --threads 1
+
+`--scan-layers` adds, beside each AdapLeR engine, the same engine with its layers as one
+`lax.scan` over stacked weights (`AdaptiveEngine(scan_layers=True)`); every row also has
+the seconds its engine took to compile (`warmup`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ def parse_args(argv=None):
   p.add_argument("--passes", type=int, default=7)
   p.add_argument("--max-examples", type=int, default=200)
   p.add_argument("--threads", type=int, default=None)
+  p.add_argument("--scan-layers", action="store_true",
+                 help="also each AdapLeR engine with scan_layers=True")
   p.add_argument("--out", default=None, help="also write the rows as JSON")
   args = p.parse_args(argv)
   args.eta_scales = [float(s) for s in args.eta_scales.split(",") if s]
@@ -58,10 +64,15 @@ def main(argv=None) -> None:
   setup = inference.run_setup(args.task, args.workdir, bench_args)
   engines = {"ours-full": inference.full_engine(setup, args.batch_size, bench_args)}
   for scale in args.eta_scales:
-    engines[f"ours-adapler eta x{scale:g}"] = inference.adapler_engine(
-        setup, args.batch_size, bench_args, np.full(setup.cfg.num_layers, scale, np.float32))
-  for engine in engines.values():
+    for scan in (False, True) if args.scan_layers else (False,):
+      engines[f"ours-adapler eta x{scale:g}{' scan' if scan else ''}"] = inference.adapler_engine(
+          setup, args.batch_size, bench_args, np.full(setup.cfg.num_layers, scale, np.float32),
+          scan_layers=scan)
+  compile_seconds = {}
+  for name, engine in engines.items():
+    start = time.perf_counter()
     engine.warmup()
+    compile_seconds[name] = time.perf_counter() - start
     engine.run(setup.data)
   batches = list(eval_batches(setup.data, args.batch_size, bench_args.buckets))
   step = {name: np.full(len(batches), np.inf) for name in engines}
@@ -77,9 +88,11 @@ def main(argv=None) -> None:
         "system": name, "task": args.task, "batch_size": args.batch_size,
         "examples": len(setup.data), "passes": args.passes,
         "step_ms_per_example": round(1e3 * step[name].sum() / len(setup.data), 4),
-        "speed_over_full": round(step["ours-full"].sum() / step[name].sum(), 4)})
-    print(f"{name:28s} {rows[-1]['step_ms_per_example']:.3f} ms per example, "
-          f"{rows[-1]['speed_over_full']:.3f} of ours-full's speed")
+        "speed_over_full": round(step["ours-full"].sum() / step[name].sum(), 4),
+        "compile_seconds": round(compile_seconds[name], 2)})
+    print(f"{name:33s} {rows[-1]['step_ms_per_example']:.3f} ms per example, "
+          f"{rows[-1]['speed_over_full']:.3f} of ours-full's speed, "
+          f"compiled in {rows[-1]['compile_seconds']:.1f} s")
   if args.out:
     atomic_write_text(pathlib.Path(args.out), json.dumps(rows, indent=1))
     print(f"wrote {args.out}")

@@ -425,14 +425,15 @@ def full_engine(setup: Setup, batch_size: int, args) -> FullLengthEngine:
 
 
 def adapler_engine(setup: Setup, batch_size: int, args, eta_scale: np.ndarray | None = None,
-                   grid_widths: tuple[int, ...] | None = None) -> AdaptiveEngine:
+                   grid_widths: tuple[int, ...] | None = None,
+                   scan_layers: bool = False) -> AdaptiveEngine:
   """The benchmark's `ours-adapler` (`--folds`, `--buckets`), its eta scaled per layer by
-  `eta_scale` when given; `grid_widths` as the engine takes it (None: its default)."""
+  `eta_scale` when given; `grid_widths` and `scan_layers` as the engine takes them."""
   params = (setup.adapler_params if eta_scale is None
             else tradeoff.with_eta_scaled(setup.adapler_params, eta_scale))
   return AdaptiveEngine(setup.cfg, params, batch_size=batch_size, folds=args.folds,
                         buckets=args.buckets, max_length=setup.data.max_length,
-                        grid_widths=grid_widths)
+                        grid_widths=grid_widths, scan_layers=scan_layers)
 
 
 def benchmark(setup: Setup, batch_sizes: list[int], systems: list[str], args,

@@ -309,9 +309,10 @@ class AdaptiveEngine(_Engine):
     eta = np.asarray(params["speed"]["eta"], np.float32)
     if eta.shape != (cfg.num_layers,):
       raise ValueError(f"speed/eta has shape {eta.shape}; the model has {cfg.num_layers} layers")
+    layers = encoder_layer_params(cfg.encoder, model["bert"])
     self._params = self._put({
         "embeddings": model["bert"]["embeddings"],
-        "layers": encoder_layer_params(cfg.encoder, model["bert"]),
+        "layers": program.stack_layers(layers) if scan_layers else layers,  # stacked once.
         "predictors": predictor_params(cfg, model), "head": model["head"], "eta": eta})
     self._forward = self._tracked("forward", functools.partial(
         _FORWARD, cfg, self.row_counts(), self.grid_widths, chunk_rows=self.ffn_chunk_rows,

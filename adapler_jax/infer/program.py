@@ -175,6 +175,11 @@ def _layer_branch(cfg: AdapLeRConfig, grid: Grid, num: int, chunk_rows: int | No
   return run
 
 
+def stack_layers(layers: list) -> dict:
+  """Per-layer param trees [L] -> one tree of (L, ...) arrays, as `lax.scan` takes them."""
+  return jax.tree.map(lambda *a: jnp.stack(a), *layers)
+
+
 def forward(cfg: AdapLeRConfig, row_counts: tuple[int, ...], widths: tuple[int, ...],
             params: dict, input_ids: Array, token_type_ids: Array, n: Array, *,
             rationales: bool = False, chunk_rows: int | None = None,
@@ -188,9 +193,11 @@ def forward(cfg: AdapLeRConfig, row_counts: tuple[int, ...], widths: tuple[int, 
     chunk_rows: see `walk.ParamLayer`.
     scan_layers: run the layers as a `lax.scan` over stacked params: the program holds
       each grid's layer once (compiles faster) but slices every layer's weights out of
-      the stack at run time, 2-3x slower at batch 1 on CPU; by default the layers are
-      unrolled.
-    params: {"embeddings", "layers": [L], "predictors": [L], "head", "eta": (L,)}.
+      the stack at run time: on the demo model as fast at batch 1, 0.89x at batch 32,
+      compiling in 0.7-0.8x the time (docs/engine.md); by default the layers are unrolled.
+    params: {"embeddings", "layers": [L], "predictors": [L], "head", "eta": (L,)};
+      with `scan_layers`, "layers" may also come stacked (one tree of (L, ...) arrays,
+      `stack_layers`), so that no call copies the weights into a stack.
   Returns:
     logits (E, C), or (E, W, 2) start/end logits for a span head (every position, padding
     included); kept (E, L) tokens each layer ran on; slots (L,) grid slots each layer
@@ -247,9 +254,8 @@ def forward(cfg: AdapLeRConfig, row_counts: tuple[int, ...], widths: tuple[int, 
 
   carry = (tokens, scores, keep, counts, restored)
   if scan_layers:
-    stacked = jax.tree.map(lambda *a: jnp.stack(a), *layer_params)
-    carry, ys = jax.lax.scan(layer, carry, (stacked, jax.tree.map(lambda *a: jnp.stack(a),
-                                                                  *next_cp), next_eta))
+    stacked = stack_layers(layer_params) if isinstance(layer_params, list) else layer_params
+    carry, ys = jax.lax.scan(layer, carry, (stacked, stack_layers(next_cp), next_eta))
   else:
     trace = []
     for l in range(layers):
