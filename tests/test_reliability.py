@@ -655,16 +655,18 @@ def test_damaged_run_files_are_one_line(run_dir):
       frontier.load(run_dir)
 
 
-@pytest.mark.parametrize("point", [{}, {"eta_multipliers": [1.0]}])
-def test_a_frontier_point_without_a_multiplier_per_layer_is_one_line(run_dir, point):
-  """A frontier.json of the right shape whose pick lacks the AdapLeR setting, or holds one
-  for another depth: one line, and nothing recorded."""
+def test_a_frontier_point_without_a_multiplier_per_layer_is_one_line(run_dir):
+  """A frontier.json of the right shape whose pick lacks the AdapLeR setting (or holds one
+  for another depth, or a negative one): one line, and nothing recorded."""
+  from adapler_jax.eval import tradeoff  # pylint: disable=g-import-not-at-top
+  for bad in (None, [1.0], [1.0, -1.0], [1.0, "x"], [1.0, float("inf")]):
+    assert tradeoff.per_layer_multipliers(bad, 2) is None
+  np.testing.assert_array_equal(tradeoff.per_layer_multipliers([1, 0.5], 2), [1.0, 0.5])
   (run_dir / "search").mkdir()
   frontier = run_dir / "search" / "frontier.json"
   frontier.write_text(json.dumps({
       "cost": "analytic", "full": {"held_out_metric": 0.5},
-      "frontier": [{"config": [3, 3], "analytic_fraction": 0.4, "held_out_metric": 0.5,
-                    **point}]}))
+      "frontier": [{"config": [3, 3], "analytic_fraction": 0.4, "held_out_metric": 0.5}]}))
   before = snapshot(run_dir)
   assert one_line_error(cli("evaluate.py", "--workdir", str(run_dir), "--flops-budget", "1")) == (
       f"{frontier}: the point it picked ([3, 3]) holds no eta multiplier (a number >= 0) per "
