@@ -88,10 +88,12 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
   total = c.epochs * steps_per_epoch
   optimizer = optim.adamw(optim.warmup_linear_decay(c.learning_rate, total, c.warmup_fraction),
                           c.weight_decay)
-  key = jax.random.key(run.config.seed)
-  params = classifier.init_classifier(key, run.encoder, run.head, run.backbone)
+  # One key initialises, another seeds the steps: fold_in(key, step), each step's key, is
+  # split(key, n)[step], so one key for both would hand the init's keys to the steps.
+  init_key, steps_key = jax.random.split(jax.random.key(run.config.seed))
+  params = classifier.init_classifier(init_key, run.encoder, run.head, run.backbone)
   ckpt = finetune_checkpointer(run)
-  state = restore_latest(ckpt, on_mesh(run, create_train_state(params, optimizer, key)))
+  state = restore_latest(ckpt, on_mesh(run, create_train_state(params, optimizer, steps_key)))
   step_fn = classifier.make_finetune_step(run.encoder, run.head, optimizer, run.mesh)
   loop = TrainLoop(run, FINETUNE, state, step_fn, train, c.batch_size, c.epochs)
   eval_every = c.eval_every_steps or steps_per_epoch
@@ -256,12 +258,12 @@ def train_adapler(run: Run) -> None:
                                       speed_learning_rate=c.speed_learning_rate,
                                       predictor_learning_rate=c.predictor_learning_rate or None,
                                       frozen=checks.frozen_groups(run.config))
-  key = jax.random.key(run.config.seed + 1)
-  params = adapler.init(key, cfg, backbone=run.backbone)
+  init_key, steps_key = jax.random.split(jax.random.key(run.config.seed + 1))  # as finetune.
+  params = adapler.init(init_key, cfg, backbone=run.backbone)
   if c.from_finetuned:
     params = with_finetuned(params, load_finetuned(run, 1)[0][1])
   ckpt = adapler_checkpointer(run)
-  state = restore_latest(ckpt, on_mesh(run, create_train_state(params, optimizer, key)))
+  state = restore_latest(ckpt, on_mesh(run, create_train_state(params, optimizer, steps_key)))
   _check_trained_on(ckpt, source)
   step_fn = adapler_step.make_train_step(cfg, optimizer,
                                          adapler_step.LossWeights(gamma=c.gamma, phi=c.phi),
