@@ -12,7 +12,8 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 from adapler_jax import cli
-from adapler_jax.pipeline.config import HELP, base_config, dotted
+from adapler_jax.errors import UserError
+from adapler_jax.pipeline.config import HELP, apply_overrides, base_config, dotted
 from tests.test_pipeline import ROOT
 
 LINE = re.compile(r"^(\S+) = (.+?)\s+# (.+)$")
@@ -101,6 +102,24 @@ def test_misspelt_field_is_one_line_with_a_hint():
   assert lines[0] == ("error: override '--config.trian.epochs=1': the config has no field "
                       "'trian.epochs' (did you mean 'train.epochs'?); write KEY=VALUE with a "
                       "dotted key such as adapler.phi=1e-3")
+
+
+def test_key_value_overrides_take_each_field_type():
+  """The bench scripts' KEY=VALUE overrides: a tuple as a comma list, booleans strictly,
+  numbers as their field's type; anything else one line."""
+  config = apply_overrides(base_config("demo", 64), [
+      "search.eta_multipliers=0, 1,2.5", "lat.keep_cls=false", "train.epochs=1e1",
+      "adapler.phi=2e-3"])
+  assert config.search.eta_multipliers == (0.0, 1.0, 2.5)
+  assert (config.lat.keep_cls, config.train.epochs, config.adapler.phi) == (False, 10, 2e-3)
+  for item, message in (
+      ("lat.keep_cls=flase", "'flase' is not true or false; e.g. false"),
+      ("train.epochs=1.5", "'1.5' is not an int; e.g. 10"),
+      ("adapler.phi=x", "'x' is not a float; e.g. 0.002"),
+      ("search.eta_multipliers=1,a", "'a' is not a float; e.g. 0.0")):
+    with pytest.raises(UserError) as err:
+      apply_overrides(config, [item])
+    assert str(err.value) == f"override {item!r}: {message}"
 
 
 def test_workdir_is_required_to_train():

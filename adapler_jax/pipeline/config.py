@@ -337,11 +337,32 @@ def apply_overrides(config: ml_collections.ConfigDict, items) -> ml_collections.
     if not sep:
       raise UserError(f"override {item!r} has no value; write KEY=VALUE such as "
                       "adapler.phi=1e-3")
-    current = node[leaf]
-    if isinstance(current, bool):
-      node[leaf] = raw.lower() in ("1", "true", "yes")
-    elif isinstance(current, (int, float)):
-      node[leaf] = type(current)(float(raw) if isinstance(current, float) else int(raw))
-    else:
-      node[leaf] = raw
+    node[leaf] = _parsed(raw, node[leaf], item)
   return config
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+def _parsed(raw: str, current, item: str):
+  """`raw` as a value of `current`'s type (a tuple: comma-separated, as its first element's
+  type); one-line `UserError` when it is not one."""
+  if isinstance(current, tuple):
+    like = current[0] if current else ""
+    return tuple(_parsed(part.strip(), like, item) for part in raw.split(",") if part.strip())
+  try:
+    if isinstance(current, bool):
+      return _BOOLS[raw.lower()]
+    if isinstance(current, int):
+      number = float(raw)
+      if number != int(number):
+        raise ValueError
+      return int(number)
+    if isinstance(current, float):
+      return float(raw)
+  except (KeyError, ValueError, OverflowError):
+    kind = ("true or false" if isinstance(current, bool)
+            else "an int" if isinstance(current, int) else "a float")
+    example = str(current).lower() if isinstance(current, bool) else repr(current)
+    raise UserError(f"override {item!r}: {raw!r} is not {kind}; e.g. {example}") from None
+  return raw
