@@ -338,12 +338,18 @@ def _hf_value(leaf: str, value: Any) -> np.ndarray:
   return np.ascontiguousarray(array.T) if leaf == "kernel" else array
 
 
-def load_classifier(name_or_path: str, cfg: EncoderConfig, num_labels: int) -> dict:
+def load_classifier(name_or_path: str, cfg: EncoderConfig, num_labels: int,
+                    label_names: tuple[str, ...] = ()) -> dict:
   """A fine-tuned `BertForSequenceClassification` checkpoint as classifier params
   `{"bert", "head"}` (encoder, pooler and classifier) for an encoder of shape `cfg`.
 
-  Raises `WeightsError` when the checkpoint has no head, another label count, or does not
-  fit `cfg`.
+  With `label_names` (the task's classes in index order) and a checkpoint whose
+  `config.json` names its classes (`id2label`, not the generic LABEL_i), the classifier's
+  outputs are reordered to the task's order: a checkpoint may order them otherwise (an
+  MNLI model as contradiction, neutral, entailment).
+
+  Raises `WeightsError` when the checkpoint has no head, another label count, classes the
+  task does not have, or does not fit `cfg`.
   """
   directory = resolve_checkpoint_dir(name_or_path)
   bert, head = convert_state_dict(read_safetensors(directory), cfg, source=str(directory))
@@ -358,4 +364,30 @@ def load_classifier(name_or_path: str, cfg: EncoderConfig, num_labels: int) -> d
     if got != shape:
       raise WeightsError(f"{directory}: the {name} has shape {got}, the task needs {shape} "
                          f"({num_labels} labels); pass a checkpoint fine-tuned on this task")
+  order = _label_order(directory, label_names)
+  if order is not None:
+    classifier = head["classifier"]
+    head = {**head, "classifier": {"kernel": np.asarray(classifier["kernel"])[:, order],
+                                   "bias": np.asarray(classifier["bias"])[order]}}
   return {"bert": bert, "head": head}
+
+
+def _label_order(directory: Path, label_names: tuple[str, ...]) -> list[int] | None:
+  """For each of the task's classes, the checkpoint output that holds it (None: keep the
+  checkpoint's order: no task names, no named classes, or the same order)."""
+  config = directory / "config.json"
+  id2label = json.loads(config.read_text()).get("id2label") if config.is_file() else None
+  if not label_names or not isinstance(id2label, dict):
+    return None
+  names = {int(i): str(n) for i, n in id2label.items()}
+  if all(re.fullmatch(r"LABEL_\d+", n) for n in names.values()):
+    return None
+  key = lambda n: re.sub(r"[\s_-]", "", n.lower())
+  index = {key(n): i for i, n in names.items()}
+  missing = [n for n in label_names if key(n) not in index]
+  if missing or len(names) != len(label_names):
+    theirs = ", ".join(names[i] for i in sorted(names))
+    raise WeightsError(f"{directory}: its classes are {theirs}, the task's "
+                       f"{', '.join(label_names)}; pass a checkpoint fine-tuned on this task")
+  order = [index[key(n)] for n in label_names]
+  return None if order == list(range(len(order))) else order

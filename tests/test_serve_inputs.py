@@ -97,6 +97,24 @@ def test_hf_classifier_needs_its_head(tmp_path):
   loaded = weights.load_classifier(str(hf), TINY, 3)
   for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
+  # A checkpoint that names its classes in another order is reordered to the task's.
+  import json
+  config = json.loads((hf / "config.json").read_text())
+  (hf / "config.json").write_text(json.dumps({**config, "id2label": {
+      "0": "CONTRADICTION", "1": "NEUTRAL", "2": "ENTAILMENT"}}))
+  task = ("entailment", "neutral", "contradiction")
+  kernel = np.asarray(params["head"]["classifier"]["kernel"])
+  loaded = weights.load_classifier(str(hf), TINY, 3, task)
+  np.testing.assert_array_equal(loaded["head"]["classifier"]["kernel"], kernel[:, [2, 1, 0]])
+  np.testing.assert_array_equal(loaded["head"]["classifier"]["bias"],
+                                np.asarray(params["head"]["classifier"]["bias"])[[2, 1, 0]])
+  with pytest.raises(weights.WeightsError, match=r"its classes are CONTRADICTION, NEUTRAL, "
+                     r"ENTAILMENT, the task's negative, neutral, positive; pass a checkpoint"):
+    weights.load_classifier(str(hf), TINY, 3, ("negative", "neutral", "positive"))
+  (hf / "config.json").write_text(json.dumps({**config, "id2label": {
+      str(i): f"LABEL_{i}" for i in range(3)}}))  # unnamed classes: the order as it is.
+  np.testing.assert_array_equal(
+      weights.load_classifier(str(hf), TINY, 3, task)["head"]["classifier"]["kernel"], kernel)
 
 
 def test_unlabelled_file(tmp_path):

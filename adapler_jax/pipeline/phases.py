@@ -142,7 +142,8 @@ def import_finetuned(run: Run) -> float:
     ckpt.close()
     return metric
   try:
-    params = weights.load_classifier(c.init_from_hf, run.encoder, run.num_labels)
+    params = weights.load_classifier(c.init_from_hf, run.encoder, run.num_labels,
+                                     run.task.label_names)
   except weights.WeightsError as e:
     raise UserError(f"train.init_from_hf {c.init_from_hf}: {e}; its architecture must be "
                     f"the backbone's ({run.config.backbone})") from None
