@@ -131,6 +131,13 @@ def test_a_killed_search_resumes_from_its_store_without_rescoring(tmp_path):
   resumed, _ = _run(tmp_path, resumed_calls, settings, "killed.jsonl")
   assert resumed["frontier"] == full["frontier"]
   assert len(resumed_calls) == len(calls) - 10  # the 10 stored genes are never re-scored.
+  # The cut line stays one bad line: the first record after it is not lost with it.
+  assert (evo.Store(tmp_path / "killed.jsonl").records.keys()
+          == evo.Store(tmp_path / "full.jsonl").records.keys())
+  reader = evo.Store(tmp_path / "full.jsonl", write=False)  # another process of the run.
+  before = (tmp_path / "full.jsonl").read_bytes()
+  reader.add((1,) * LAYERS, {"cost": 1.0, "metric": 0.5})
+  assert (1,) * LAYERS in reader and (tmp_path / "full.jsonl").read_bytes() == before
 
 
 def test_a_store_resumes_only_on_the_source_it_scored(tmp_path):

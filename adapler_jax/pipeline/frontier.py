@@ -73,7 +73,7 @@ def evolve(run: Run, evaluate: Callable, cost: Callable | None, *, initial,
   c = run.config.search
   path = run.workdir / SEARCH_DIR / "store.jsonl"
   try:
-    store = evo.Store(path, source)
+    store = evo.Store(path, source, write=run.is_main_process)
   except evo.SourceMismatch as e:
     raise UserError(f"{e} than this search scores; move {path.parent} aside (or search in "
                     "a workdir of its own) to search again") from None

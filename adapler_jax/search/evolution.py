@@ -133,18 +133,23 @@ class Store:
   itself (`<name>.source.json`); a store saved with another source raises `SourceMismatch`
   and is left as it is, so a retrained model never reuses the old model's scores. A store
   written without a source file is taken as it is.
+
+  With `write=False` (every process but the first of a multi-process run) the store reads
+  the file and keeps new records in memory only, so processes never append to one file at
+  once.
   """
 
-  def __init__(self, path: str | Path, source: dict | None = None):
-    self.path = Path(path)
+  def __init__(self, path: str | Path, source: dict | None = None, *, write: bool = True):
+    self.path, self.write = Path(path), write
     self.records: dict[Gene, dict] = {}
-    if self.path.exists():
-      for line in self.path.read_text(encoding="utf-8").splitlines():
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:
-          continue  # a line cut short by a kill.
-        self.records[tuple(record["gene"])] = record
+    text = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
+    for line in text.splitlines():
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # a line cut short by a kill.
+      self.records[tuple(record["gene"])] = record
+    self._cut_short = bool(text) and not text.endswith("\n")  # the next add ends it first.
     self.source = self._bind(json.loads(json.dumps(source)) if source is not None else None)
 
   @property
@@ -161,8 +166,9 @@ class Store:
       raise SourceMismatch(f"{self.path} holds scores of another {', '.join(differ)}")
     if saved is None and self.records:
       return None  # written before sources were saved: taken as it is.
-    self.source_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(self.source_path, json.dumps(source, sort_keys=True) + "\n")
+    if self.write:
+      self.source_path.parent.mkdir(parents=True, exist_ok=True)
+      atomic_write_text(self.source_path, json.dumps(source, sort_keys=True) + "\n")
     return source
 
   def __contains__(self, gene: Gene) -> bool:
@@ -171,9 +177,12 @@ class Store:
   def add(self, gene: Gene, record: dict) -> None:
     record = {"gene": list(gene), **record}
     self.records[gene] = record
+    if not self.write:
+      return
     self.path.parent.mkdir(parents=True, exist_ok=True)
     with open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(record) + "\n")
+      f.write(("\n" if self._cut_short else "") + json.dumps(record) + "\n")
+    self._cut_short = False
 
 
 @dataclasses.dataclass(frozen=True)
