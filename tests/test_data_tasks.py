@@ -209,8 +209,11 @@ class _FakeTable:
   def __len__(self):
     return len(next(iter(self._columns.values())))
 
-  def __getitem__(self, column):
-    return self._columns[column]
+  def select_columns(self, names):
+    return _FakeTable({c: self._columns[c] for c in names})
+
+  def to_dict(self):
+    return {c: list(v) for c, v in self._columns.items()}
 
 
 def _fake_datasets(monkeypatch, load):

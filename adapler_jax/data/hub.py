@@ -16,17 +16,24 @@ def _first_line(e: BaseException, limit: int = 160) -> str:
   return f"{type(e).__name__}: {text[:limit]}"
 
 
+def _columns(table, columns: list[str]) -> dict[str, list]:
+  """`columns` (those the table has) as plain lists, read at once: indexing a table's
+  column (a lazy `datasets.Column` in recent versions) cell by cell costs a lookup each."""
+  return table.select_columns([c for c in columns if c in table.column_names]).to_dict()
+
+
 def _rows(table, columns: list[str], where: str) -> Iterator[tuple[str, Record]]:
-  """Records holding `columns` (those the table has), read column-wise for speed."""
-  data = {c: table[c] for c in columns if c in table.column_names}
+  """Records holding `columns` (those the table has)."""
+  data = _columns(table, columns)
   for i in range(len(table)):
     yield f"{where} row {i + 1}", {c: v[i] for c, v in data.items()}
 
 
 def _hatexplain_rows(table, where: str) -> Iterator[tuple[str, Record]]:
   """HateXplain hub rows with the annotators' majority label; posts without one are dropped."""
+  data = _columns(table, ["id", "annotators", "post_tokens"])
   for i, (post_id, annotators, tokens) in enumerate(
-      zip(table["id"], table["annotators"], table["post_tokens"])):
+      zip(data["id"], data["annotators"], data["post_tokens"])):
     label = majority_label(list(annotators["label"]))
     if label is not None:
       yield f"{where} row {i + 1}", {"id": post_id, "text": tokens, "label": label}
