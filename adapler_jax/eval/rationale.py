@@ -53,6 +53,7 @@ from adapler_jax.models import walk
 from adapler_jax.models.bert import (EncoderConfig, Embeddings, attention_bias_from_mask,
                                      attention_probs)
 from adapler_jax.models.heads import ClassificationHead
+from adapler_jax.train import parallel
 
 CP, ATTENTION, ROLLOUT, SALIENCY = "CP", "Attention", "Rollout", "Saliency"
 BASELINES = (ATTENTION, ROLLOUT, SALIENCY)
@@ -317,9 +318,13 @@ def backbone_token_scores(encoder: EncoderConfig, num_labels: int, params: dict,
   if progress:
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     batches = tqdm(batches, total=-(-len(data) // batch_size), desc="baselines", leave=False)
-  for batch in batches:
-    inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask", "labels")}
-    scores = jax.device_get(baseline_scores(encoder, num_labels, params, inputs, target))
+  def dispatched():
+    for batch in batches:
+      keys = ("input_ids", "token_type_ids", "attention_mask", "labels")
+      yield batch, baseline_scores(encoder, num_labels, params, {k: batch[k] for k in keys},
+                                   target)
+
+  for batch, scores in parallel.read_behind(dispatched()):
     for r in np.flatnonzero(batch["real"]):
       i, n = int(batch["index"][r]), int(data.lengths[batch["index"][r]])
       for name in BASELINES:

@@ -17,7 +17,7 @@ from adapler_jax.eval import metrics
 from adapler_jax.eval import squad as squad_eval
 from adapler_jax.infer import flops
 from adapler_jax.models import adapler
-from adapler_jax.train import classifier
+from adapler_jax.train import classifier, parallel
 
 ENGINES = ("bucketed", "per-example")
 
@@ -125,7 +125,6 @@ def masked_lat_logits(cfg, params: dict, data: TokenizedDataset, config, *, base
   engines give them. With `flags.include_pad_queries` every batch is padded to
   `data.max_length`, as LengthDrop trains: padded query rows then count in the scores, so
   a narrower bucket would change them."""
-  import jax  # pylint: disable=g-import-not-at-top
   from adapler_jax.data import DEFAULT_BUCKETS, eval_batches  # pylint: disable=g-import-not-at-top
   from adapler_jax.infer.engine import PAD_LOGIT  # pylint: disable=g-import-not-at-top
   from adapler_jax.reduce.significance import SelectionFlags  # pylint: disable=g-import-not-at-top
@@ -137,10 +136,14 @@ def masked_lat_logits(cfg, params: dict, data: TokenizedDataset, config, *, base
       config, np.int32)
   shape = (len(data), data.max_length, 2) if head.restore else (len(data), head.num_labels)
   out = np.full(shape, PAD_LOGIT, np.float32)
-  for batch in eval_batches(data, batch_size, buckets):
-    inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+  def dispatched():
+    for batch in eval_batches(data, batch_size, buckets):
+      inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+      yield batch, fn(params, inputs, config)
+
+  for batch, logits in parallel.read_behind(dispatched()):
     rows = np.flatnonzero(batch["real"])
-    logits = jax.device_get(fn(params, inputs, config))[rows]
+    logits = logits[rows]
     if head.restore:
       valid = np.asarray(batch["attention_mask"], bool)[rows, :, None]
       out[batch["index"][rows], :logits.shape[1]] = np.where(valid, logits, PAD_LOGIT)

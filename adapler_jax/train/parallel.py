@@ -25,6 +25,7 @@ import functools
 import inspect
 import math
 import os
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
@@ -228,21 +229,30 @@ def map_eval_batches(fn, encoder, head, params: PyTree, data, batch_size: int,
     params = replicate(params, mesh)
     run = jit_on_mesh(fn, mesh, (0, 1))
 
-  def read(batch, out):
-    real = batch["real"]
-    return batch["index"][real], np.asarray(out)[real]
+  def dispatched():
+    for batch in eval_batches(data, batch_size):
+      inputs = {k: batch[k] for k in keys}
+      if mesh is not None:
+        inputs = shard_global_batch(inputs, mesh)
+      yield batch, run(encoder, head, params, inputs)
 
+  for batch, out in read_behind(dispatched()):
+    real = batch["real"]
+    yield batch["index"][real], np.asarray(out)[real]
+
+
+def read_behind(dispatched: Iterable[tuple[Any, PyTree]]) -> Iterator[tuple[Any, PyTree]]:
+  """`(item, device outputs)` pairs as `(item, host outputs)`, each read only once the next
+  pair is dispatched: the device computes one batch while the host prepares the next and
+  reads the last."""
+  read = lambda out: jax.tree.map(np.asarray, out)  # a replicated array: the local copy.
   pending = None
-  for batch in eval_batches(data, batch_size):
-    inputs = {k: batch[k] for k in keys}
-    if mesh is not None:
-      inputs = shard_global_batch(inputs, mesh)
-    out = run(encoder, head, params, inputs)
+  for item, out in dispatched:
     if pending is not None:
-      yield read(*pending)
-    pending = batch, out
+      yield pending[0], read(pending[1])
+    pending = item, out
   if pending is not None:
-    yield read(*pending)
+    yield pending[0], read(pending[1])
 
 
 @functools.lru_cache(maxsize=None)
