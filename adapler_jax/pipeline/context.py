@@ -333,12 +333,6 @@ def stored_config(workdir: Path) -> ml_collections.ConfigDict | None:
     return None
 
 
-def stored_method(workdir: Path) -> str | None:
-  """The method of the run whose config `workdir` holds (None: no readable config)."""
-  stored = stored_config(workdir)
-  return None if stored is None else stored.get("method", "adapler")
-
-
 def _a(word: str) -> str:
   return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 

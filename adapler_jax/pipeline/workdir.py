@@ -57,13 +57,6 @@ def lock(workdir: str | os.PathLike[str]) -> None:
   _held[path] = fd
 
 
-def unlock(workdir: str | os.PathLike[str]) -> None:
-  """Releases a lock taken by `lock` in this process (no-op if not held)."""
-  fd = _held.pop(Path(workdir).resolve(), None)
-  if fd is not None:
-    os.close(fd)  # closing the only descriptor drops the flock.
-
-
 def record_config(run, phase: str) -> None:
   """Writes the config `phase` runs with to `WORKDIR/config.<phase>.json`, and what it runs
   on to `WORKDIR/environment.<phase>.json` (process 0)."""

@@ -14,7 +14,6 @@ from typing import Any
 from adapler_jax.errors import DataError
 
 GENERIC_FIELDS = (("text",), ("text_pair",))  # accepted besides the model's own field names.
-GLUE_FILES = {"sst2": "SST-2.tsv", "mrpc": "MRPC.tsv", "qnli": "QNLI.tsv", "mnli": "MNLI-m.tsv"}
 
 
 def texts_of(item: Any, fields: Sequence[Sequence[Sequence[str]]], num_texts: int,
