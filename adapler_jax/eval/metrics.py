@@ -22,6 +22,13 @@ def _classes(predictions, labels) -> tuple[np.ndarray, np.ndarray]:
   return _paired(predictions, labels, "class predictions (argmax(logits, -1)) and labels")
 
 
+def softmax(logits) -> np.ndarray:
+  """Class probabilities of logits (..., C), in float64."""
+  z = np.asarray(logits, np.float64)
+  z = np.exp(z - z.max(axis=-1, keepdims=True))
+  return z / z.sum(axis=-1, keepdims=True)
+
+
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
   p, y = _classes(predictions, labels)
   return float(np.mean(p == y))

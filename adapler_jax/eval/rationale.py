@@ -183,7 +183,7 @@ def aggregate(per_example: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
 
 
 def cp_token_scores(kept_positions: Sequence[np.ndarray], scores: Sequence[np.ndarray],
-                    n: int) -> tuple[np.ndarray, np.ndarray]:
+                    n: int, *, fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
   """Dense per-layer CP scores and selections of one example from hard removal.
 
   Args:
@@ -191,11 +191,11 @@ def cp_token_scores(kept_positions: Sequence[np.ndarray], scores: Sequence[np.nd
     scores: per layer, S~ over the tokens entering layer l, in position order.
     n: the example's token count.
   Returns:
-    scores (L, n): S~^l on the tokens entering layer l, 0 on tokens dropped before it;
+    scores (L, n): S~^l on the tokens entering layer l, `fill` on tokens dropped before it;
     selected (L, n) bool: the tokens layer l runs on.
   """
   num_layers = len(kept_positions)
-  dense = np.zeros((num_layers, n), np.float64)
+  dense = np.full((num_layers, n), fill, np.float64)
   selected = np.zeros((num_layers, n), bool)
   entering = np.arange(n)
   for l in range(num_layers):

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from adapler_jax import extras
+from adapler_jax.eval import metrics
 from adapler_jax.eval.rationale import cp_token_scores
 from adapler_jax.models.adapler import AdapLeRConfig, hard_forward
 
@@ -63,10 +64,8 @@ def explain(cfg: AdapLeRConfig, params: dict, tokenizer: Any, text: str,
   ids = np.asarray(enc["input_ids"], np.int32)
   result = hard_forward(cfg, params, ids, np.asarray(enc["token_type_ids"], np.int32))
   scores, kept = cp_token_scores(result.kept_positions, result.scores, len(ids))
-  logits = np.asarray(result.logits, np.float64)
-  probs = np.exp(logits - logits.max())
-  probs /= probs.sum()
-  pred = int(np.argmax(logits))
+  probs = metrics.softmax(result.logits)
+  pred = int(np.argmax(probs))
   name = label_names[pred] if label_names is not None else str(pred)
   return TokenMap(tokenizer.convert_ids_to_tokens(ids.tolist()), scores, kept, name, probs, text)
 

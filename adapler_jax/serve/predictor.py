@@ -25,7 +25,9 @@ from adapler_jax.data.squad import SpanFeatures, SquadDataset, SquadExample, spa
 from adapler_jax.data.squad import windows_of
 from adapler_jax.data.tokenize import TokenizedDataset, tokenize
 from adapler_jax.errors import DataError
+from adapler_jax.eval import metrics
 from adapler_jax.eval import squad as squad_eval
+from adapler_jax.eval.rationale import cp_token_scores
 from adapler_jax.infer.engine import AdaptiveEngine, EngineResult, LengthEngine
 from adapler_jax.serve import inputs as inputs_lib
 from adapler_jax.serve.model_dir import ExportedModel, load_model
@@ -125,17 +127,11 @@ class Predictor:
     return rows(self.model, data, result)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-  z = np.asarray(logits, np.float64)
-  z = np.exp(z - z.max(axis=-1, keepdims=True))
-  return z / z.sum(axis=-1, keepdims=True)
-
-
 def rows(model: ExportedModel, data: TokenizedDataset,
          result: EngineResult) -> list[dict[str, Any]]:
   """The prediction rows of an engine result (see `Predictor.predict`)."""
   names = model.label_names
-  probs = softmax(result.logits)
+  probs = metrics.softmax(result.logits)
   out = []
   for i, p in enumerate(probs):
     k = int(np.argmax(result.logits[i]))
@@ -183,11 +179,5 @@ def _rationale(model: ExportedModel, data: TokenizedDataset, result: EngineResul
 def _scores_by_position(positions, scores, n: int) -> list[list[float | None]]:
   """Per layer, S~ at each of the `n` original positions (None where already dropped):
   layer l's scores are over the tokens layer l-1 ran on (all tokens for layer 0)."""
-  out, entering = [], np.arange(n)
-  for kept, s in zip(positions, scores):
-    layer = [None] * n
-    for pos, value in zip(entering.tolist(), np.asarray(s, np.float64).tolist()):
-      layer[pos] = value
-    out.append(layer)
-    entering = np.asarray(kept)
-  return out
+  dense, _ = cp_token_scores(positions, scores, n, fill=np.nan)
+  return [[None if np.isnan(v) else v for v in layer] for layer in dense.tolist()]
