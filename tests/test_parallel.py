@@ -198,3 +198,19 @@ def test_a_local_copy_outlives_a_step_that_donates_the_original():
   jax.jit(lambda p: p["w"] + 1, donate_argnums=0)({"w": params["w"]})
   np.testing.assert_array_equal(copy["w"], [0.0, 1.0, 2.0, 3.0])
   assert copy["step"] == 3
+
+
+def test_read_behind_reads_each_batch_once_the_next_is_dispatched():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  events = []
+
+  def dispatched():
+    for i in range(3):
+      events.append(("dispatch", i))
+      yield i, {"out": np.full(2, i)}
+
+  for i, out in parallel.read_behind(dispatched()):
+    events.append(("read", i))
+    assert out["out"].tolist() == [i, i]
+  assert events == [("dispatch", 0), ("dispatch", 1), ("read", 0), ("dispatch", 2),
+                    ("read", 1), ("read", 2)]
