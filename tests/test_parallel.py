@@ -15,6 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from adapler_jax.train import parallel
@@ -172,9 +175,6 @@ def test_a_partial_train_step_jits_on_a_mesh():
   """The replicated extra arguments are counted from the step's signature, so a
   `functools.partial` of a step (which has no `__code__`) jits too."""
   import functools  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
 
   def step(state, batch, lam, scale):
@@ -190,9 +190,6 @@ def test_a_partial_train_step_jits_on_a_mesh():
 def test_a_local_copy_outlives_a_step_that_donates_the_original():
   """Evaluation reads a copy of the params while training goes on: a donating step may
   free the original's buffers, never the copy's (on one device as on several)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   params = {"w": jnp.arange(4.0), "step": 3}
   copy = parallel.local_copy(params)
   jax.jit(lambda p: p["w"] + 1, donate_argnums=0)({"w": params["w"]})
@@ -201,7 +198,6 @@ def test_a_local_copy_outlives_a_step_that_donates_the_original():
 
 
 def test_read_behind_reads_each_batch_once_the_next_is_dispatched():
-  import numpy as np  # pylint: disable=g-import-not-at-top
   events = []
 
   def dispatched():
