@@ -165,16 +165,10 @@ def test_offline_hub(monkeypatch):
 
 
 def test_hub_split_without_labels(monkeypatch):
-  class Table:
-    column_names = ["sentence1", "sentence2", "label", "idx"]
-
-    def __len__(self):
-      return 1
-
-    def __getitem__(self, c):
-      return {"sentence1": ["a"], "sentence2": ["b"], "label": [-1], "idx": [0]}[c]
+  from tests.test_data_tasks import _FakeTable  # pylint: disable=g-import-not-at-top
+  table = _FakeTable({"sentence1": ["a"], "sentence2": ["b"], "label": [-1], "idx": [0]})
   monkeypatch.setitem(sys.modules, "datasets",
-                      types.SimpleNamespace(load_dataset=lambda *a, **k: Table()))
+                      types.SimpleNamespace(load_dataset=lambda *a, **k: table))
   _raises(re.escape("hub glue/mrpc split 'test': has no gold labels (label -1); pass a local "
                     "folder with labelled mrpc files"), data.load_split, "mrpc", "test")
 
