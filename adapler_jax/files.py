@@ -17,12 +17,12 @@ def check_output(path: str | os.PathLike[str], owned: str | os.PathLike[str] | N
                  flag: str = "--output") -> Path:
   """`path` as a file a command may write its result to: one-line `UserError` when it is a
   directory, or one of the files the run or export `owned` keeps (see `owns`), or any
-  other run or export above it (a folder with a config.json)."""
+  other run or export above it."""
   path = Path(path)
   if path.is_dir():
     raise UserError(f"{flag} {path} is a directory; pass a file name in it, e.g. "
                     f"{flag} {path / 'result.json'}")
-  others = [a for a in path.absolute().parents if (a / "config.json").is_file()]
+  others = [a for a in path.absolute().parents if _is_run_or_export(a)]
   for keeper in ([owned] if owned is not None else []) + others:
     if owns(keeper, path):
       raise UserError(f"{flag} {path} would overwrite a file {keeper} keeps; write the "
@@ -60,6 +60,16 @@ def is_number(value) -> bool:
 OWNED_FILES = ("summary.json", "metrics.jsonl", "saliency.npz", ".lock", "model.safetensors")
 OWNED_PREFIXES = ("config.", "environment.")
 OWNED_DIRS = ("finetune", "adapler", "lengthdrop", "search", "tensorboard", "tokenizer")
+
+
+def _is_run_or_export(folder: Path) -> bool:
+  """Whether `folder` holds a run's or an export's config.json (both name their method)."""
+  config = folder / "config.json"
+  try:
+    stored = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else None
+  except (OSError, ValueError):
+    return False
+  return isinstance(stored, dict) and "method" in stored
 
 
 def owns(directory: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
