@@ -39,7 +39,8 @@ def test_unlabelled_data_and_inputs():
                                                "input has 3 tab-separated fields; give "):
     inputs.texts_of("a\tb\t1", fields, 2, "x")
   assert inputs.texts_of(("a\tb",), [inputs.GENERIC_FIELDS], 1, "x") == ("a\tb",)
-  for empty, num_texts in (({"text": ""}, 1), (" ", 1), (" \t ", 2), (("", ""), 2)):
+  for empty, num_texts in (({"text": ""}, 1), (" ", 1), (" \t ", 2), (("", ""), 2),
+                           ("\u200b\x07", 1)):  # a zero-width space and a bell.
     with pytest.raises(data_lib.DataError, match=r"^line 5: empty text; give every input some "
                                                  r"text \(blank lines of a text file"):
       inputs.texts_of(empty, fields, num_texts, "line 5")
