@@ -80,8 +80,7 @@ def train_lengthdrop(run: Run) -> None:
   run.check_batch_sizes("lat.batch_size")
   c = run.config.lat
   train, dev = run.dataset("train"), run.dataset("dev")
-  steps_per_epoch = num_train_steps(train, c.batch_size)
-  total = c.epochs * steps_per_epoch
+  total = c.epochs * num_train_steps(train, c.batch_size)  # the schedule's; the loop's too.
   schedule = optax.linear_schedule(c.learning_rate, 0.0, max(1, total))
   optimizer = optim.adamw(schedule, c.weight_decay)
   _, params, _ = phases.load_finetuned(run, 1)[0]

@@ -80,6 +80,7 @@ class TrainLoop:
     self.steps_per_epoch = num_train_steps(data, batch_size)
     self.total = epochs * self.steps_per_epoch
     self.step = int(state.step)
+    self._checked = None  # the step whose state `check` passed.
     run.writer.rewind((phase, *logs), self.step)
     self.guard = FiniteGuard(phase)
     self.bar = progress_bar(run, self.total, phase, self.step)
@@ -109,8 +110,10 @@ class TrainLoop:
     self.bar.close()
 
   def check(self) -> None:
-    """Stops, before anything reads them, on a non-finite loss or parameter."""
-    self.guard.before_save(self.step, self.state.params)
+    """Stops, before anything reads them, on a non-finite loss or parameter (once a step)."""
+    if self._checked != self.step:
+      self.guard.before_save(self.step, self.state.params)
+      self._checked = self.step
 
   def save(self, ckpt: Checkpointer, **kwargs) -> None:
     """The state, checked finite, as checkpoint `self.step` (`kwargs`: `Checkpointer.save`'s)."""

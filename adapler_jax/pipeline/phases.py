@@ -84,8 +84,7 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
     return import_finetuned(run)
   c = run.config.train
   train, dev = run.dataset("train"), run.dataset("dev")
-  steps_per_epoch = num_train_steps(train, c.batch_size)
-  total = c.epochs * steps_per_epoch
+  total = c.epochs * num_train_steps(train, c.batch_size)  # the schedule's; the loop's too.
   optimizer = optim.adamw(optim.warmup_linear_decay(c.learning_rate, total, c.warmup_fraction),
                           c.weight_decay)
   # One key initialises, another seeds the steps: fold_in(key, step), each step's key, is
@@ -96,9 +95,9 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
   state = restore_latest(ckpt, on_mesh(run, create_train_state(params, optimizer, steps_key)))
   step_fn = classifier.make_finetune_step(run.encoder, run.head, optimizer, run.mesh)
   loop = TrainLoop(run, FINETUNE, state, step_fn, train, c.batch_size, c.epochs)
-  eval_every = c.eval_every_steps or steps_per_epoch
+  eval_every = c.eval_every_steps or loop.steps_per_epoch
   for epoch, step, _ in loop.steps():
-    if step % eval_every == 0 or step == total:
+    if step % eval_every == 0 or step == loop.total:
       loop.check()
       dev_metric = report.evaluate_backbone(run.encoder, run.head, loop.state.params, dev,
                                             run.metric_name, run.config.eval.batch_size,
@@ -252,8 +251,7 @@ def train_adapler(run: Run) -> None:
   workdir_lib.record_config(run, ADAPLER)  # once its inputs are there.
   source = saliency_lib.source(run.workdir / SALIENCY_FILE)
   cfg = run.adapler_config()
-  steps_per_epoch = num_train_steps(train, c.batch_size)
-  total = c.epochs * steps_per_epoch
+  total = c.epochs * num_train_steps(train, c.batch_size)  # the schedule's; the loop's too.
   optimizer = optim.adapler_optimizer(c.learning_rate, total, weight_decay=c.weight_decay,
                                       warmup_fraction=c.warmup_fraction,
                                       speed_learning_rate=c.speed_learning_rate,
@@ -283,7 +281,7 @@ def train_adapler(run: Run) -> None:
     if not loop.at_epoch_end:
       continue
     loop.check()
-    means = jax.tree.map(lambda v: np.asarray(v) / steps_per_epoch, sums)
+    means = jax.tree.map(lambda v: np.asarray(v) / loop.steps_per_epoch, sums)
     sums = {}
     params = loop.state.params
     dev_report = report.evaluate_adapler(cfg, parallel.local_copy(params), dev,

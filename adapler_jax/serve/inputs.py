@@ -90,7 +90,9 @@ def read_lines(lines: Iterable[str], source: str,
   ids, items = [], []
   is_json = {"auto": None, "text": False, "jsonl": True}[kind]
   for number, line in enumerate(lines, 1):
-    line = line.rstrip("\r\n").lstrip("\ufeff") if number == 1 else line.rstrip("\r\n")
+    line = line.rstrip("\r\n")
+    if number == 1:
+      line = line.lstrip("\ufeff")  # a byte-order mark left by the caller's decoding.
     if not line.strip():
       continue
     if is_json is None:
