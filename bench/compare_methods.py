@@ -41,14 +41,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np
 from absl import logging
 
-from adapler_jax import pipeline
+from adapler_jax import infer, pipeline
 from adapler_jax.cli import run_cli
 from adapler_jax.errors import UserError
 from adapler_jax.files import atomic_write_text
-from adapler_jax.pipeline import adapler_search, checks, frontier
+from adapler_jax.eval import tradeoff
+from adapler_jax.pipeline import checks, frontier
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 CONVENTIONS = (("padded", "padded MACs, batch 1 (LAT paper)"),
@@ -65,14 +65,19 @@ def global_scalings(workdir: str, multipliers=None) -> list[dict]:
   the search's grid)."""
   trained = pipeline.load_run(workdir)
   data = trained.eval_dataset(trained.config.eval.split)
+  engine = _engine(trained, data)
   out = []
   for m in checks.check_grid(multipliers or trained.config.search.eta_multipliers):
-    scored = adapler_search.score(trained.adapler_cfg, trained.adapler_params, data,
-                                  trained.task.metric,
-                                  np.full(trained.adapler_cfg.num_layers, m))
+    scored = tradeoff.score_eta(engine, data, trained.task.metric, m)
     out.append(point(f"eta x{m:g}", scored["metric"], scored["padded_fraction"],
                      scored["actual_fraction"]))
   return out
+
+
+def _engine(trained, data) -> infer.AdaptiveEngine:
+  return infer.AdaptiveEngine(trained.adapler_cfg, trained.adapler_params,
+                              batch_size=trained.config.search.batch_size,
+                              max_length=data.max_length)
 
 
 def adapler_points(workdirs: list[str]) -> tuple[list[dict], dict]:
@@ -82,8 +87,7 @@ def adapler_points(workdirs: list[str]) -> tuple[list[dict], dict]:
     trained = pipeline.load_run(workdir)
     split = trained.config.eval.split
     data = trained.eval_dataset(split)
-    scored = adapler_search.score(trained.adapler_cfg, trained.adapler_params, data,
-                                  trained.task.metric, np.ones(trained.adapler_cfg.num_layers))
+    scored = tradeoff.score_eta(_engine(trained, data), data, trained.task.metric, 1.0)
     phi = trained.config.adapler.phi
     points.append(point(f"phi={phi:g}", scored["metric"], scored["padded_fraction"],
                         scored["actual_fraction"], workdir=workdir,

@@ -308,6 +308,32 @@ def test_warmup_leaves_nothing_to_compile(committed):
   assert (result.kept_counts[:, -1] < result.lengths).any()  # layers did shrink batches.
 
 
+def test_with_eta_equals_an_engine_built_with_those_cutoffs_and_compiles_nothing():
+  """A sweep over cutoffs reuses one engine: `with_eta` gives what a new engine would,
+  without compiling, and leaves the engine it came from as it was."""
+  cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
+  params = scaled_params(cfg, seed=1, scale=8.0, eta=0.8)
+  data = synthetic(24, 32, seed=5)
+  kwargs = dict(batch_size=4, max_length=32, buckets=(8, 16, 32))
+  engine = AdaptiveEngine(cfg, params, **kwargs)
+  engine.warmup()
+  before = engine.run(data)
+  eta = np.asarray([0.4, 1.6], np.float32)
+  with CompileCounter() as counter:
+    got = engine.with_eta(eta).run(data)
+  assert counter.count == 0
+  want = AdaptiveEngine(cfg, {**params, "speed": {**params["speed"], "eta": eta}},
+                        **kwargs).run(data)
+  np.testing.assert_array_equal(got.logits, want.logits)
+  np.testing.assert_array_equal(got.kept_counts, want.kept_counts)
+  assert (got.kept_counts != before.kept_counts).any()  # the cutoffs did change the run.
+  again = engine.run(data)
+  np.testing.assert_array_equal(again.kept_counts, before.kept_counts)
+  np.testing.assert_array_equal(engine.eta, np.full(2, 0.8, np.float32))
+  with pytest.raises(ValueError, match="speed/eta has shape"):
+    engine.with_eta([1.0, 1.0, 1.0])
+
+
 # ----------------------------------------------------------------------------- engines, tiny
 
 

@@ -20,8 +20,10 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from adapler_jax import extras, files
+from adapler_jax import extras, files, infer
 from adapler_jax.data import TokenizedDataset
+from adapler_jax.eval import report
+from adapler_jax.infer import flops
 from adapler_jax.errors import UserError
 
 
@@ -70,18 +72,41 @@ def per_layer_multipliers(value, num_layers: int) -> np.ndarray | None:
   return np.asarray(value, np.float32)
 
 
+def score_eta(engine, data: TokenizedDataset, metric_name: str,
+              multiplier: float | np.ndarray) -> dict[str, Any]:
+  """Hard-removal metric and costs of an `infer.AdaptiveEngine`'s model with its cutoffs eta
+  x `multiplier` (a scalar, or one value per layer), the engine's weights and compiled
+  programs reused (`AdaptiveEngine.with_eta`). Both cost conventions:
+
+  * `actual_fraction`: FLOPs on each example's real tokens (predictors included) over the
+    full model's; `flops_speedup` is its inverse, the AdapLeR paper's figure;
+  * `padded_fraction`: the same kept tokens against the full model at the padded length
+    (`data.max_length`), the LAT paper's convention.
+  """
+  result = engine.with_eta(engine.eta * np.asarray(multiplier, np.float32)).run(data)
+  dims = flops.FlopsDims.of_model(engine.cfg)
+  actual = flops.flops_report(data.lengths, result.kept_counts, dims)
+  padded = flops.flops_report(np.full_like(data.lengths, data.max_length),
+                              result.kept_counts, dims)
+  return {"metric": report.task_scores(metric_name, result.logits, data)["metric"],
+          "flops_speedup": actual["flops_speedup"],
+          "actual_fraction": 1.0 / actual["flops_speedup"],
+          "padded_fraction": 1.0 / padded["flops_speedup"],
+          "kept_tokens_per_layer": actual["kept_tokens_per_layer"]}
+
+
 def eta_sweep(cfg, params: dict, data: TokenizedDataset, multipliers: Sequence[float],
-              metric_name: str, *, engine: str = "bucketed", batch_size: int = 32
-              ) -> list[dict[str, Any]]:
-  """Hard-removal metric and FLOPs speedup of one model at eta x each multiplier."""
-  from adapler_jax.eval import report  # pylint: disable=g-import-not-at-top
+              metric_name: str, *, batch_size: int = 32) -> list[dict[str, Any]]:
+  """Hard-removal metric and FLOPs speedup of one model at eta x each multiplier, through
+  one batched engine."""
+  engine = infer.AdaptiveEngine(cfg, jax.device_get(params), batch_size=batch_size,
+                                max_length=data.max_length)
   points = []
   for m in multipliers:
-    result = report.evaluate_adapler(cfg, with_eta_scaled(jax.device_get(params), m), data,
-                                     metric_name, engine=engine, batch_size=batch_size)
+    scored = score_eta(engine, data, metric_name, m)
     points.append({"label": f"eta x{m:g}", "eta_multiplier": float(m),
-                   "metric": result["metric"], "flops_speedup": result["flops_speedup"],
-                   "kept_tokens_per_layer": result["kept_tokens_per_layer"]})
+                   "metric": scored["metric"], "flops_speedup": scored["flops_speedup"],
+                   "kept_tokens_per_layer": scored["kept_tokens_per_layer"]})
   return sorted(points, key=lambda p: p["flops_speedup"])
 
 

@@ -33,6 +33,7 @@ writes the vectors it computed there, and the head reads every position. Its `lo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -306,19 +307,39 @@ class AdaptiveEngine(_Engine):
     self.grid_widths = tuple(sorted(set(self.widths) | {int(w) for w in grid_widths
                                                          if w < max_length}))
     model = params["model"]
-    eta = np.asarray(params["speed"]["eta"], np.float32)
-    if eta.shape != (cfg.num_layers,):
-      raise ValueError(f"speed/eta has shape {eta.shape}; the model has {cfg.num_layers} layers")
     layers = encoder_layer_params(cfg.encoder, model["bert"])
     self._params = self._put({
         "embeddings": model["bert"]["embeddings"],
         "layers": program.stack_layers(layers) if scan_layers else layers,  # stacked once.
-        "predictors": predictor_params(cfg, model), "head": model["head"], "eta": eta})
+        "predictors": predictor_params(cfg, model), "head": model["head"],
+        "eta": self._check_eta(params["speed"]["eta"])})
     self._forward = self._tracked("forward", functools.partial(
         _FORWARD, cfg, self.row_counts(), self.grid_widths, chunk_rows=self.ffn_chunk_rows,
         scan_layers=scan_layers))
     # Per input shape: whether the last batch's layer grids suit XLA's own dots.
     self._small_by_shape: dict[tuple[int, ...], bool] = {}
+
+  def _check_eta(self, eta) -> np.ndarray:
+    eta = np.asarray(eta, np.float32)
+    if eta.shape != (self.cfg.num_layers,):
+      raise ValueError(f"speed/eta has shape {eta.shape}; the model has "
+                       f"{self.cfg.num_layers} layers")
+    return eta
+
+  @property
+  def eta(self) -> np.ndarray:
+    """The cutoffs (L,) this engine keeps tokens by."""
+    return np.asarray(self._params["eta"])
+
+  def with_eta(self, eta) -> AdaptiveEngine:
+    """This engine with cutoffs `eta` (L,) in place of its own. The weights already on the
+    device, the compiled programs and the count of compiled shapes are shared; only the L
+    cutoffs are uploaded. A sweep or search over cutoffs builds one engine and this per
+    point (`eval.tradeoff.score_eta`)."""
+    other = copy.copy(self)
+    other._params = {**self._params, "eta": self._put(self._check_eta(eta))}
+    other._small_by_shape = dict(self._small_by_shape)  # grids follow eta: each keeps its own.
+    return other
 
   @property
   def compiled_shapes(self) -> int:

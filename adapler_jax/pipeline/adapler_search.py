@@ -25,32 +25,26 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from adapler_jax import infer
 from adapler_jax.data import TokenizedDataset
-from adapler_jax.eval import report, tradeoff
-from adapler_jax.infer import flops
+from adapler_jax.eval import report
+from adapler_jax.eval.tradeoff import score_eta
 from adapler_jax.pipeline import checks, frontier, phases
 from adapler_jax.pipeline.context import Run
 from adapler_jax.search import evolution as evo
 
 
+def score(engine: infer.AdaptiveEngine, data: TokenizedDataset, metric_name: str,
+          eta_scale: np.ndarray) -> dict[str, float]:
+  """A gene's record: `tradeoff.score_eta` without the speedup (the fractions say it)."""
+  scored = score_eta(engine, data, metric_name, eta_scale)
+  return {k: scored[k] for k in ("metric", "actual_fraction", "padded_fraction",
+                                 "kept_tokens_per_layer")}
+
+
 def multipliers(grid: Sequence[float], gene: evo.Gene) -> np.ndarray:
   """The per-layer eta multipliers a gene (grid indices) stands for."""
   return np.asarray([grid[i] for i in gene], np.float32)
-
-
-def score(cfg, params: dict, data: TokenizedDataset, metric_name: str, eta_scale: np.ndarray,
-          *, batch_size: int = 32) -> dict[str, float]:
-  """Hard-removal metric and both cost fractions of `params` with eta x `eta_scale` (L,)."""
-  result = report.run_adapler(cfg, tradeoff.with_eta_scaled(params, eta_scale), data,
-                              batch_size=batch_size)
-  dims = flops.FlopsDims.of_model(cfg)
-  actual = flops.flops_report(data.lengths, result.kept_counts, dims)
-  padded = flops.flops_report(np.full_like(data.lengths, data.max_length),
-                              result.kept_counts, dims)
-  return {"metric": report.task_scores(metric_name, result.logits, data)["metric"],
-          "actual_fraction": 1.0 / actual["flops_speedup"],
-          "padded_fraction": 1.0 / padded["flops_speedup"],
-          "kept_tokens_per_layer": actual["kept_tokens_per_layer"]}
 
 
 def trained_params(run: Run) -> tuple[int, dict]:
@@ -69,21 +63,21 @@ def run_search(run: Run) -> dict[str, Any]:
   layers, cfg = run.encoder.num_layers, run.adapler_config()
   held = run.search_split(c.held_out)
   step, params = trained_params(run)
+  split = run.config.eval.split
+  dev = run.dataset(split)
+  engine = infer.AdaptiveEngine(cfg, params, batch_size=c.batch_size,
+                                max_length=max(held.max_length, dev.max_length))
   one = grid.index(1.0)
-  evaluate = lambda g: score(cfg, params, held, run.metric_name, multipliers(grid, g),
-                             batch_size=c.batch_size)
+  evaluate = lambda g: score(engine, held, run.metric_name, multipliers(grid, g))
   source = frontier.source(phases.adapler_checkpointer(run, read_only=True), step, held,
                            eta_multipliers=list(grid))
   store, out = frontier.evolve(run, evaluate, None,
                                initial=[(i,) * layers for i in range(len(grid))],
                                source=source, floor_cost=0.0, space=evo.Grid(len(grid)))
-  split = run.config.eval.split
-  dev = run.dataset(split)
   rows = []
   for gene in frontier.on_reported_split(run, out["frontier"], split):
     record = store.records[gene]
-    on_dev = score(cfg, params, dev, run.metric_name, multipliers(grid, gene),
-                   batch_size=c.batch_size)
+    on_dev = score(engine, dev, run.metric_name, multipliers(grid, gene))
     rows.append({"config": list(gene), "eta_multipliers": multipliers(grid, gene).tolist(),
                  "padded_fraction": record["padded_fraction"],
                  "actual_fraction": record["actual_fraction"],
