@@ -1,6 +1,7 @@
 """End-to-end pipeline on a tiny model and tiny data: every phase, evaluation, resume."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -293,3 +294,25 @@ def test_search_split_holds_out_train_rows_of_a_resplit(tmp_path, tokenizer):
   c.data.train_subset = 0
   with pytest.raises(UserError, match="train_subset 0 uses all 60 train rows.*below 60"):
     context.Run(c, tmp_path, data.get_task("demo"), None, {}, tokenizer, None).search_split(8)
+
+
+def test_a_search_on_other_train_rows_than_training_saw_is_refused(tmp_path, tokenizer):
+  """The search holds out the train rows training never saw, so it reads the row fields as
+  the training phases stored them; other values are refused with one line naming the fix."""
+  from adapler_jax import data
+  from adapler_jax.errors import UserError
+  from adapler_jax.pipeline import context
+  c = pipeline.base_config("demo", max_length=16)
+  c.data.update(resplit_source="train", resplit_train=60, resplit_test=20, train_subset=45)
+  (tmp_path / "config.finetune.json").write_text(c.to_json())
+  make = lambda: context.Run(c, tmp_path, data.get_task("demo"), None, {}, tokenizer, None)
+  assert len(make().search_split(100)) == 15
+  c.data.train_subset = 30
+  with pytest.raises(UserError, match=re.escape(
+      "config.finetune.json trained the model with data.train_subset 45, but this search has "
+      "30, so the rows it holds out could be training rows; repeat the run's data flags "
+      "(--config.data.train_subset=45)")):
+    make().search_split(100)
+  c.data.train_subset, c.seed = 45, c.seed + 1
+  with pytest.raises(UserError, match=r"trained the model with seed 22, but this search has 23"):
+    make().search_split(100)

@@ -30,6 +30,11 @@ from adapler_jax.train import parallel
 from adapler_jax.train.metric_writer import MetricWriter
 
 CONFIG_FILE = "config.json"
+# The phases that train a model, and the config fields that decide which train rows they see:
+# a search holds out the others, so it must read these fields as those phases did.
+TRAINING_PHASES = ("finetune", "adapler", "lengthdrop")
+TRAIN_ROW_FIELDS = ("seed", "data.train_split", "data.train_subset", "data.resplit_source",
+                    "data.resplit_train", "data.resplit_test", "data.resplit_seed")
 SPLITS = ("train", "dev", "test")
 # The batch sizes each method's phases split over the devices: checked before config.json is
 # written, so a refused rerun leaves the stored config as it was.
@@ -112,6 +117,7 @@ class Run:
   def search_split(self, size: int) -> TokenizedDataset:
     """A seeded held-out part of train that training never saw (the rows outside
     `data.train_subset`), `size` rows: the fitness split of a search, never a reported one."""
+    self.check_trained_rows()
     key = f"search_{size}"
     if self.task.is_span:
       return self._span_search_split(size)
@@ -129,6 +135,23 @@ class Run:
       self._data[key] = tokenize(train.take(pick, f"{train.source} (held out for search)"),
                                  self.tokenizer, d.max_length)
     return self._data[key]
+
+  def check_trained_rows(self) -> None:
+    """One-line `UserError` when this config picks other train rows than a phase that
+    trained the model did (its `config.<phase>.json`): the rows a search holds out could
+    then be rows the model learned from."""
+    for phase in TRAINING_PHASES:
+      path = self.workdir / f"config.{phase}.json"
+      try:
+        trained = files.read_json(path, "") if path.exists() else None
+      except UserError:  # damaged: that phase's rerun writes it again; nothing to compare.
+        continue
+      for field in TRAIN_ROW_FIELDS:
+        stored, now = _field(trained, field), _field(self.config, field)
+        if stored is not _MISSING and stored != now:
+          raise UserError(f"{path.name} trained the model with {field} {stored!r}, but this "
+                          f"search has {now!r}, so the rows it holds out could be training "
+                          f"rows; repeat the run's data flags (--config.{field}={stored})")
 
   def _span_search_split(self, size: int) -> TokenizedDataset:
     """Span tasks: up to `size` questions of the articles the re-split holds out for search."""
@@ -331,6 +354,18 @@ def stored_config(workdir: Path) -> ml_collections.ConfigDict | None:
     raise ForeignConfigError(f"{e}, or a new folder for this one") from None
   except UserError:
     return None
+
+
+_MISSING = object()
+
+
+def _field(tree, dotted: str):
+  """`tree["a"]["b"]` for "a.b" (dicts or ConfigDicts), `_MISSING` where a level lacks it."""
+  for key in dotted.split("."):
+    if not hasattr(tree, "keys") or key not in tree:
+      return _MISSING
+    tree = tree[key]
+  return tree
 
 
 def _a(word: str) -> str:
