@@ -1,5 +1,7 @@
 """Unlabelled datasets through tokenization and batching, and the prediction input readers."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -63,6 +65,13 @@ def test_unlabelled_data_and_inputs():
   assert inputs.glue_lines(ids, [1, 0], ("0", "1")) == ["index\tprediction", "0\t1", "1\t0"]
   with pytest.raises(data_lib.DataError, match="the header lacks sentence"):
     inputs.read_glue_tsv(["index\tquestion\n"], (("sentence",),), "f")
+  # Rows follow the task data's TSV rule: as many fields as the header, blank lines skipped.
+  with pytest.raises(data_lib.DataError, match=re.escape(
+      "SST-2/test.tsv line 3: expected 2 tab-separated fields as in the header, found 3; "
+      "remove stray tabs or line breaks in that row")):
+    inputs.read_glue_tsv(["\ufeffindex\tsentence\n", "0\tgood .\n", "1\tbad\t.\n"],
+                         (("sentence",),), "SST-2/test.tsv")
+  assert inputs.read_glue_tsv([*tsv, "  \n"], (("sentence",),), "f")[0] == ["0", "1"]
 
 
 class _Chars:

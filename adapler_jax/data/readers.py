@@ -14,7 +14,7 @@ import gzip
 import json
 import os
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -97,26 +97,39 @@ def read_utf8(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
+def tsv_header(line: str | None) -> list[str]:
+  """The field names of a TSV header line (a UTF-8 byte-order mark dropped); [] for none."""
+  line = (line or "").lstrip("\ufeff").rstrip("\r\n")
+  return line.split("\t") if line else []
+
+
+def tsv_rows(lines: Iterable[str], header: Sequence[str],
+             where: Callable[[int], str]) -> Iterator[tuple[str, list[str]]]:
+  """`(where(line_no), fields)` of each non-blank line after a TSV header, numbered from 2:
+  tab-separated with quoting off, exactly as many fields as the header (else a one-line
+  DataError naming the line)."""
+  for line_no, line in enumerate(lines, start=2):
+    line = line.rstrip("\r\n")
+    if not line.strip():
+      continue
+    fields = line.split("\t")
+    if len(fields) != len(header):
+      raise DataError(format_message(
+          where(line_no), f"expected {len(header)} tab-separated fields as in the header, "
+          f"found {len(fields)}", "remove stray tabs or line breaks in that row"))
+    yield where(line_no), fields
+
+
 def read_tsv(path: Path) -> tuple[list[str], Rows]:
-  """Header and rows of a tab-separated file read with quoting off (a UTF-8 BOM is dropped)."""
+  """Header and rows of a tab-separated file read with quoting off (`tsv_rows`)."""
   with reading(path):
     with _open_text(path) as f:
-      header_line = f.readline().rstrip("\r\n")
-  header = header_line.split("\t") if header_line else []
+      header = tsv_header(f.readline())
 
   def rows() -> Rows:
     with _open_text(path) as f:
       f.readline()
-      for line_no, line in enumerate(f, start=2):
-        line = line.rstrip("\r\n")
-        if not line.strip():
-          continue
-        fields = line.split("\t")
-        where = location(path, line_no)
-        if len(fields) != len(header):
-          raise DataError(format_message(
-              where, f"expected {len(header)} tab-separated fields as in the header, "
-              f"found {len(fields)}", "remove stray tabs or line breaks in that row"))
+      for where, fields in tsv_rows(f, header, lambda n: location(path, n)):
         yield where, dict(zip(header, fields))
   return header, _utf8_rows(path, rows())
 

@@ -6,11 +6,11 @@ kind (e.g. question + context) is one more branch there.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from adapler_jax.data import readers
 from adapler_jax.errors import DataError
 
 GENERIC_FIELDS = (("text",), ("text_pair",))  # accepted besides the model's own field names.
@@ -122,12 +122,11 @@ def read_lines(lines: Iterable[str], source: str,
 def read_glue_tsv(lines: Iterable[str], columns: Sequence[Sequence[str]],
                   source: str) -> tuple[list[str], list[tuple[str, ...]]]:
   """`(indices, texts)` of a GLUE test TSV: a header with `index` and the text `columns`,
-  tab-separated, quoting off."""
-  reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
-  header = next(reader, None)
-  if header is None:
+  read as the task data's TSV files are (`data.readers.tsv_rows`)."""
+  lines = iter(lines)
+  header = readers.tsv_header(next(lines, None))
+  if not header:
     raise DataError(f"{source} is empty; pass a GLUE test TSV with a header line")
-  header = [h.lstrip("\ufeff") for h in header]
   wanted = ["index"] + [c for g in columns for c in g]
   missing = [c for c in wanted if c not in header]
   if missing:
@@ -135,12 +134,7 @@ def read_glue_tsv(lines: Iterable[str], columns: Sequence[Sequence[str]],
                     f"{', '.join(header)}); pass the task's GLUE test TSV")
   at = {c: header.index(c) for c in wanted}
   indices, texts = [], []
-  for number, row in enumerate(reader, 2):
-    if not row:
-      continue
-    if len(row) < len(header):
-      raise DataError(f"{source} line {number}: {len(row)} columns, the header has "
-                      f"{len(header)}; check the file is tab-separated")
+  for _, row in readers.tsv_rows(lines, header, lambda n: f"{source} line {n}"):
     indices.append(row[at["index"]])
     texts.append(tuple(" ".join(row[at[c]] for c in g) for g in columns))
   return indices, texts
