@@ -15,8 +15,6 @@ of the tokens) on inputs of 64 positions, 44 of them real::
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -86,32 +84,20 @@ def cases():
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--threads", type=int, default=None)
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--min-seconds", type=float, default=0.5)
-  parser.add_argument("--out", default=None)
-  args = parser.parse_args(argv)
-  threads = timing.pin_threads(args.threads)
+  args, threads = timing.parse_args(__doc__, argv, min_seconds=0.5)
   rows = []
   for name, (default, xla, per) in cases().items():
     seconds, _ = timing.interleaved({"default": default, "xla": xla}, args.repeats,
                                     args.min_seconds)
     base, ours = ([s / per for s in seconds[k]] for k in ("default", "xla"))
-    rows.append({"case": name, "xla_default_ms": timing.summary([1e3 * s for s in base], 3),
-                 "xla_dots_ms": timing.summary([1e3 * s for s in ours], 3),
-                 "speedup": timing.ratio(base, ours)})
-    print(f"{name:<36} {timing.fmt(rows[-1]['xla_default_ms'], precision=3):>24} "
-          f"{timing.fmt(rows[-1]['xla_dots_ms'], precision=3):>24} "
-          f"{timing.fmt(rows[-1]['speedup']):>18}", flush=True)
+    default_ms, xla_ms, speedup = timing.versus(base, ours)
+    rows.append({"case": name, "xla_default_ms": default_ms, "xla_dots_ms": xla_ms,
+                 "speedup": speedup})
+    print(timing.pair_line(f"{name:<36}", default_ms, xla_ms, speedup), flush=True)
   print(f"({threads} thread(s), {args.repeats} interleaved repeats; ms per call, median "
         "[min-max]: XLA default, XLA dots, speedup)")
   if args.out:
-    from adapler_jax.files import atomic_write_text  # pylint: disable=g-import-not-at-top
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(args.out), json.dumps({"threads": threads, "repeats": args.repeats,
-                                                  "rows": rows}, indent=2))
-    print(f"wrote {args.out}")
+    timing.write_json(args.out, {"threads": threads, "repeats": args.repeats, "rows": rows})
 
 
 if __name__ == "__main__":

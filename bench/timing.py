@@ -35,6 +35,31 @@ def systems_arg(parser, text: str, known: tuple[str, ...]) -> list[str]:
   return [s for s in known if s in systems]
 
 
+def parse_args(doc: str, argv=None, *, min_seconds: float):
+  """A timing script's `--threads`, `--repeats`, `--min-seconds` and `--out`, parsed (its
+  description: `doc`'s first line), and the process pinned -> (args, threads)."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+  parser.add_argument("--threads", type=int, default=None,
+                      help="CPUs to run on (default: all this process may use)")
+  parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats")
+  parser.add_argument("--min-seconds", type=float, default=min_seconds,
+                      help="least time one measurement calls a system for")
+  parser.add_argument("--out", default=None, help="JSON file for the results")
+  args = parser.parse_args(argv)
+  return args, pin_threads(args.threads)
+
+
+def write_json(path, result) -> None:
+  """`result` as JSON at `path`, its folder made, the file written whole."""
+  import json  # pylint: disable=g-import-not-at-top
+  from pathlib import Path  # pylint: disable=g-import-not-at-top
+  from adapler_jax.files import atomic_write_text  # pylint: disable=g-import-not-at-top
+  Path(path).parent.mkdir(parents=True, exist_ok=True)
+  atomic_write_text(Path(path), json.dumps(result, indent=2) + "\n")
+  print(f"wrote {path}")
+
+
 def pin_threads(threads: int | None) -> int:
   """Restricts this process to `threads` CPUs (XLA sizes its pool from the affinity mask
   when its backend starts) and gives PyTorch, when installed, as many threads. Returns the
@@ -107,6 +132,18 @@ def ratio(numerator, denominator, digits: int = 3) -> dict[str, Any]:
   half = max(med - r.min(), r.max() - med) / med if med else float("inf")
   return {**out, "spread": round(float(half), 3), "stable": bool(half <= SPREAD_TOLERANCE),
           "per_repeat": [round(float(x), digits) for x in r]}
+
+
+def versus(a, b) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+  """Two systems' per-repeat seconds -> their ms summaries and a / b per repeat (how much
+  faster b is), with `pair_line` to print them."""
+  return summary([1e3 * s for s in a], 3), summary([1e3 * s for s in b], 3), ratio(a, b)
+
+
+def pair_line(label: str, a_ms, b_ms, a_over_b, width: int = 24) -> str:
+  """A table row of `versus`'s three summaries after `label`."""
+  return (f"{label} {fmt(a_ms, precision=3):>{width}} {fmt(b_ms, precision=3):>{width}} "
+          f"{fmt(a_over_b):>18}")
 
 
 def fmt(s: Mapping[str, float], scale: float = 1.0, precision: int = 2) -> str:

@@ -12,8 +12,6 @@ so above 1 means bfloat16 is faster::
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -60,13 +58,7 @@ def cases():
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--threads", type=int, default=None)
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--min-seconds", type=float, default=0.5)
-  parser.add_argument("--out", default=None)
-  args = parser.parse_args(argv)
-  threads = timing.pin_threads(args.threads)
+  args, threads = timing.parse_args(__doc__, argv, min_seconds=0.5)
   rows = []
   print(f"{'layer grid':<12} {'kernels':<8} {'float32 ms':>22} {'bfloat16 ms':>22} "
         f"{'float32 / bfloat16':>20}")
@@ -74,23 +66,16 @@ def main(argv=None) -> None:
     seconds, _ = timing.interleaved({f"{d} {k}": c for (d, k), c in calls.items()},
                                     args.repeats, args.min_seconds)
     for k in KERNELS:
-      f32, bf16 = seconds[f"float32 {k}"], seconds[f"bfloat16 {k}"]
-      row = {"rows": b, "width": w, "kernels": k,
-             "float32_ms": timing.summary([1e3 * s for s in f32], 3),
-             "bfloat16_ms": timing.summary([1e3 * s for s in bf16], 3),
-             "float32_over_bfloat16": timing.ratio(f32, bf16)}
-      rows.append(row)
-      print(f"{f'{b} x {w}':<12} {k:<8} {timing.fmt(row['float32_ms'], precision=3):>22} "
-            f"{timing.fmt(row['bfloat16_ms'], precision=3):>22} "
-            f"{timing.fmt(row['float32_over_bfloat16']):>20}", flush=True)
+      f32_ms, bf16_ms, ratio = timing.versus(seconds[f"float32 {k}"],
+                                             seconds[f"bfloat16 {k}"])
+      rows.append({"rows": b, "width": w, "kernels": k, "float32_ms": f32_ms,
+                   "bfloat16_ms": bf16_ms, "float32_over_bfloat16": ratio})
+      print(timing.pair_line(f"{f'{b} x {w}':<12} {k:<8}", f32_ms, bf16_ms, ratio, 22),
+            flush=True)
   print(f"({threads} thread(s), {args.repeats} interleaved repeats; one MiniLM layer, ms per "
         "call, median [min-max]; kernels: XLA:CPU's default dots, or its own)")
   if args.out:
-    from adapler_jax.files import atomic_write_text  # pylint: disable=g-import-not-at-top
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(args.out), json.dumps({"threads": threads, "repeats": args.repeats,
-                                                  "rows": rows}, indent=2))
-    print(f"wrote {args.out}")
+    timing.write_json(args.out, {"threads": threads, "repeats": args.repeats, "rows": rows})
 
 
 if __name__ == "__main__":
