@@ -316,3 +316,11 @@ def test_a_search_on_other_train_rows_than_training_saw_is_refused(tmp_path, tok
   c.data.train_subset, c.seed = 45, c.seed + 1
   with pytest.raises(UserError, match=r"trained the model with seed 22, but this search has 23"):
     make().search_split(100)
+  c.seed = 22
+  (tmp_path / "config.adapler.json").write_text(
+      c.to_json().replace('"train_subset": 45', '"train_subset": 40'))
+  with pytest.raises(UserError, match=re.escape(
+      "the phases that trained this model saw different train rows (data.train_subset: "
+      "config.finetune.json 45, config.adapler.json 40), so no rows are held out from all "
+      "of them; search a run whose phases share their data flags")):
+    make().search_split(100)

@@ -137,9 +137,10 @@ class Run:
     return self._data[key]
 
   def check_trained_rows(self) -> None:
-    """One-line `UserError` when this config picks other train rows than a phase that
-    trained the model did (its `config.<phase>.json`): the rows a search holds out could
-    then be rows the model learned from."""
+    """One-line `UserError` when this config picks other train rows than the phases that
+    trained the model did (their `config.<phase>.json`), or those phases saw different
+    rows: the rows a search holds out could then be rows the model learned from."""
+    stored = {}  # field -> {phase file: value}
     for phase in TRAINING_PHASES:
       path = self.workdir / f"config.{phase}.json"
       try:
@@ -147,11 +148,21 @@ class Run:
       except UserError:  # damaged: that phase's rerun writes it again; nothing to compare.
         continue
       for field in TRAIN_ROW_FIELDS:
-        stored, now = _field(trained, field), _field(self.config, field)
-        if stored is not _MISSING and stored != now:
-          raise UserError(f"{path.name} trained the model with {field} {stored!r}, but this "
-                          f"search has {now!r}, so the rows it holds out could be training "
-                          f"rows; repeat the run's data flags (--config.{field}={stored})")
+        value = _field(trained, field)
+        if value is not _MISSING:
+          stored.setdefault(field, {})[path.name] = value
+    for field, by_file in stored.items():
+      if len(set(by_file.values())) > 1:
+        seen = ", ".join(f"{name} {value!r}" for name, value in by_file.items())
+        raise UserError(f"the phases that trained this model saw different train rows "
+                        f"({field}: {seen}), so no rows are held out from all of them; "
+                        "search a run whose phases share their data flags")
+      name, value = next(iter(by_file.items()))
+      now = _field(self.config, field)
+      if value != now:
+        raise UserError(f"{name} trained the model with {field} {value!r}, but this search "
+                        f"has {now!r}, so the rows it holds out could be training rows; "
+                        f"repeat the run's data flags (--config.{field}={value})")
 
   def _span_search_split(self, size: int) -> TokenizedDataset:
     """Span tasks: up to `size` questions of the articles the re-split holds out for search."""
