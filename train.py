@@ -50,9 +50,11 @@ def main(argv):
   enable_compilation_cache(_CONFIG.value)
   parallel.maybe_initialize_distributed()  # multi-host jobs only; before any other JAX call.
   # Before prepare writes config.json: a config of the stored run's method, then its phase.
-  check_same_run(_CONFIG.value, check_dir(_WORKDIR.value))
+  workdir = check_dir(_WORKDIR.value)
+  check_same_run(_CONFIG.value, workdir)
   pipeline.check_phase(_CONFIG.value, _PHASE.value)
-  run = pipeline.prepare(_CONFIG.value, _WORKDIR.value)
+  pipeline.check_ready(workdir, _PHASE.value)
+  run = pipeline.prepare(_CONFIG.value, workdir)
   result = pipeline.run_phase(run, _PHASE.value)
   if isinstance(result, dict) and run.is_main_process:
     print(pipeline.format_result(run, result))

@@ -556,6 +556,12 @@ def test_a_phase_the_method_lacks_leaves_the_stored_config_alone(run_dir, tmp_pa
       f"{run_dir} holds an adapler run (config.json method 'adapler'), not lat; pass that "
       "run's config (--config.method=adapler) or another --workdir")
   assert snapshot(run_dir) == before
+  # A phase that starts from the fine-tuned model, on a workdir without one: nothing written.
+  new = tmp_path / "new"
+  assert one_line_error(cli("train.py", "--config", str(config_file), "--workdir", str(new),
+                            "--phase", "saliency")) == (
+      f"no fine-tuned checkpoint in {new / 'finetune'}; run --phase finetune first")
+  assert not new.exists()
 
 
 def test_fewer_train_rows_than_a_batch_is_refused_first(tiny_backbone, tmp_path):

@@ -5,11 +5,13 @@ Both have a `search` phase for an anytime frontier (per-layer eta multipliers fo
 per-layer lengths for LAT).
 """
 
+from pathlib import Path
+
 from adapler_jax.errors import UserError
 from adapler_jax.pipeline import adapler_search, frontier, lat_phases, lat_search
 from adapler_jax.pipeline.config import base_config
 from adapler_jax.pipeline.context import Run, prepare, read_config
-from adapler_jax.pipeline.phases import (TrainedRun, extract_saliency, finetune,
+from adapler_jax.pipeline.phases import (FINETUNE, TrainedRun, extract_saliency, finetune,
                                          format_summary, load_adapler, load_finetuned,
                                          load_run, run_all,
                                          select_adapler_step, summarize, train_adapler)
@@ -35,6 +37,16 @@ def check_phase(config, phase: str):
     raise UserError(f"phase {phase!r} is not a phase of {method}; choose one of "
                     f"{', '.join(phases)}")
   return phases[phase]
+
+
+def check_ready(workdir: Path, phase: str) -> None:
+  """One line, before anything is written, when `phase` needs the fine-tuned model and
+  `workdir` holds none: every phase but `all` and `finetune` starts from it."""
+  if phase in ("all", "finetune"):
+    return
+  folder = workdir / FINETUNE
+  if not folder.is_dir() or not any(p.name.isdigit() for p in folder.iterdir()):
+    raise UserError(f"no fine-tuned checkpoint in {folder}; run --phase finetune first")
 
 
 def run_phase(run: Run, phase: str):
