@@ -25,6 +25,9 @@ PATH_ERRORS = (PermissionError, IsADirectoryError, NotADirectoryError, FileExist
 
 
 def run_cli(main: Callable[[], object]) -> None:
+  # The package reads Hugging Face checkpoints and tokenizers, never PyTorch models, so
+  # transformers' advice that PyTorch is missing would only be noise on every command.
+  os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
   try:
     main()
   except UserError as e:

@@ -2,6 +2,7 @@
 persistent compilation cache the CLIs turn on."""
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -215,3 +216,15 @@ def test_a_config_file_returning_a_plain_dict_is_one_line(tmp_path):
   assert proc.returncode == 2 and proc.stderr.strip() == (
       f"error: config file {path}: get_config() returns dict, not the ConfigDict of "
       "pipeline.base_config(task, max_length); build it as configs/<task>.py do")
+
+
+def test_the_clis_silence_transformers_advice_about_pytorch(monkeypatch):
+  """Without PyTorch, importing transformers advises installing it on every command; the
+  CLIs never load PyTorch models, so they turn that advice off (a user's choice stays)."""
+  monkeypatch.delenv("TRANSFORMERS_NO_ADVISORY_WARNINGS", raising=False)
+  seen = []
+  record = lambda: seen.append(os.environ.get("TRANSFORMERS_NO_ADVISORY_WARNINGS"))
+  cli.run_cli(record)
+  monkeypatch.setenv("TRANSFORMERS_NO_ADVISORY_WARNINGS", "")
+  cli.run_cli(record)
+  assert seen == ["1", ""]

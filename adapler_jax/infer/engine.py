@@ -20,7 +20,7 @@ each layer gathers its grid's slots from the buffer, so its work follows its sur
 Use from Python::
 
   engine = AdaptiveEngine(cfg, params, batch_size=32)
-  engine.warmup()
+  engine.warmup(rationales=True)  # the setting run will use
   result = engine.run(tokenized, return_rationales=True)
   result.logits, result.kept_counts, result.kept_positions[i][l], result.scores[i][l]
 
@@ -118,11 +118,11 @@ class EngineResult:
     return len(self.lengths) / self.seconds if self.seconds > 0 else float("inf")
 
 
-def _progress(batches: Iterable[Batch], total: int, enabled: bool, desc: str):
+def _progress(items: Iterable, total: int, enabled: bool, desc: str, unit: str = "batch"):
   if not enabled:
-    return batches
+    return items
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm(batches, total=total, desc=desc, unit="batch")
+  return tqdm(items, total=total, desc=desc, unit=unit)
 
 
 def _num_batches(data: TokenizedDataset, batch_size: int) -> int:
@@ -216,6 +216,11 @@ class _Engine:
     """The widths a batch padded to `width` may run on: the engine's narrower ones and its
     own (data tokenized at a length that is not one of the engine's buckets pads to it)."""
     return (*(w for w in self.widths if w < width), width)
+
+  def _warmup_widths(self, progress: bool):
+    """The input buckets `warmup` compiles, with a bar when `progress`."""
+    return _progress(self.widths, len(self.widths), progress,
+                     f"{type(self).__name__}: compiling", unit="bucket")
 
   def run(self, data: TokenizedDataset, *, return_rationales: bool = False,
           progress: bool = False) -> EngineResult:
@@ -350,10 +355,12 @@ class AdaptiveEngine(_Engine):
   def compile_counts(self) -> dict[str, int]:
     return self._shape_counts("forward")
 
-  def warmup(self, rationales: bool = False) -> None:
+  def warmup(self, rationales: bool = False, *, progress: bool = False) -> None:
     """Compiles the program of every input bucket ahead of time, on placeholder inputs:
-    on CPU, with each dot-kernel set a batch of that bucket may pick (`small_dots`)."""
-    for width in self.widths:
+    on CPU, with each dot-kernel set a batch of that bucket may pick (`small_dots`).
+    Pass the `rationales` setting `run` will use (each compiles its own programs);
+    `progress` shows a bar, one step per bucket (minutes on CPU for a full model)."""
+    for width in self._warmup_widths(progress):
       ids = np.zeros((self.batch_size, width), np.int32)
       n = np.full((self.batch_size,), width, np.int32)
       for small in sorted({self.small_dots(ids.shape), self.kernel_sets == 2}):
@@ -445,9 +452,10 @@ class FullLengthEngine(_Engine):
   def compile_counts(self) -> dict[str, int]:
     return self._shape_counts("forward", "packed forward")
 
-  def warmup(self) -> None:
-    """Compiles every (rows, bucket) shape ahead of time, on placeholder inputs."""
-    for width in self.widths:
+  def warmup(self, *, progress: bool = False) -> None:
+    """Compiles every (rows, bucket) shape ahead of time, on placeholder inputs
+    (`progress`: a bar, one step per bucket)."""
+    for width in self._warmup_widths(progress):
       ids = np.zeros((self.batch_size, width), np.int32)
       n = np.full((self.batch_size,), width, np.int32)
       jax.block_until_ready(self._forward(self._params, ids, ids, n,
@@ -552,10 +560,11 @@ class LengthEngine(_Engine):
     selects = tuple(bool(s) for s in (real < entering).any(axis=0))
     return counts.astype(np.int32), real, widths, selects
 
-  def warmup(self) -> None:
+  def warmup(self, *, progress: bool = False) -> None:
     """Compiles the program of each input bucket ahead of time, on placeholder inputs: on
-    CPU, with each dot-kernel set a batch of that bucket may pick (`kernels`)."""
-    for width in self.widths:
+    CPU, with each dot-kernel set a batch of that bucket may pick (`kernels`; `progress`:
+    a bar, one step per bucket)."""
+    for width in self._warmup_widths(progress):
       ids = np.zeros((self.batch_size, width), np.int32)
       n = np.full((self.batch_size,), width, np.int32)
       for small in sorted({self._small_dots(ids.size), self.kernel_sets == 2}):
