@@ -156,7 +156,10 @@ def write_result(out: dict, chosen: dict | None) -> None:
   path = Path(_OUTPUT.value or Path(_WORKDIR.value) / f"eval_{_SPLIT.value}.json")
   path.parent.mkdir(parents=True, exist_ok=True)
   workdir_lib.atomic_write_text(path, json.dumps(out, indent=2))
+  kept = out.get("kept_tokens_per_layer")
   print(json.dumps({k: v for k, v in out.items() if k != "kept_tokens_per_layer"}, indent=2))
+  if kept is not None:  # one line, not one per layer.
+    print("kept tokens per layer (mean): " + " ".join(f"{k:.1f}" for k in kept))
   print(f"wrote {path}")
 
 

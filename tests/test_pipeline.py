@@ -107,6 +107,7 @@ def test_all_phases_and_evaluation(tiny_backbone, tmp_path):
               "adapler_flops", "flops_speedup", "kept_tokens_per_layer", "examples_per_second"):
     assert key in result
   assert result["num_examples"] == 24 and len(result["kept_tokens_per_layer"]) == 2
+  assert f"kept tokens per layer (mean): {result['kept_tokens_per_layer'][0]:.1f} " in proc.stdout
   assert result["flops_speedup"] == pytest.approx(result["backbone_flops"] /
                                                   result["adapler_flops"])
   assert result["metric"] == pytest.approx(summary["adapler_metric"])
@@ -165,18 +166,25 @@ def count_steps(monkeypatch, module, make_step: str) -> list:
   return taken
 
 
-def test_finetune_resumes_to_the_same_parameters(tiny_backbone, tmp_path, monkeypatch):
+def test_finetune_resumes_to_the_same_parameters(tiny_backbone, tmp_path, monkeypatch,
+                                                 capsys):
   config = tiny_config(tiny_backbone)
   config.train.eval_every_steps = 3
   straight = pipeline.prepare(config, tmp_path / "straight")
   pipeline.finetune(straight)
+  # The bar does not stay on screen; one line of the finished phase does.
+  assert re.fullmatch(r"finetune: 8 steps in \d+ s, dev accuracy 0\.\d{4}\n",
+                      capsys.readouterr().out)
 
   interrupted = pipeline.prepare(config, tmp_path / "resumed")
   assert pipeline.finetune(interrupted, stop_after_steps=5) is None
+  assert capsys.readouterr().out == ""  # stopped, not finished.
   resumed = pipeline.prepare(config, tmp_path / "resumed")
   taken = count_steps(monkeypatch, classifier, "make_finetune_step")
   pipeline.finetune(resumed)
   assert taken == [5, 6, 7]  # only the steps the interrupted run had not taken.
+  assert re.fullmatch(r"finetune: 3 steps in \d+ s \(resumed at step 5 of 8\), "
+                      r"dev accuracy 0\.\d{4}\n", capsys.readouterr().out)
 
   def final(workdir):
     from adapler_jax.train.checkpoints import Checkpointer

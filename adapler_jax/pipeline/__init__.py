@@ -9,6 +9,7 @@ from pathlib import Path
 
 from adapler_jax.errors import UserError
 from adapler_jax.pipeline import adapler_search, frontier, lat_phases, lat_search
+from adapler_jax.pipeline import summary as summary_lib
 from adapler_jax.pipeline.config import base_config
 from adapler_jax.pipeline.context import Run, prepare, read_config
 from adapler_jax.pipeline.phases import (FINETUNE, TrainedRun, extract_saliency, finetune,
@@ -55,9 +56,11 @@ def run_phase(run: Run, phase: str):
 
 
 def format_result(run: Run, summary: dict) -> str:
-  """The terminal table of a summary, for the run's method."""
+  """The terminal table of a summary, for the run's method, and the file it was saved in."""
   if "frontier" in summary:
-    return frontier.format_table(summary)
-  if run.config.get("method", "adapler") == "lat":
-    return lat_phases.format_summary(summary)
-  return format_summary(summary)
+    table, saved = frontier.format_table(summary), frontier.FRONTIER_FILE
+  elif run.config.get("method", "adapler") == "lat":
+    table, saved = lat_phases.format_summary(summary), summary_lib.FILE
+  else:
+    table, saved = format_summary(summary), summary_lib.FILE
+  return f"{table}\nsaved in {run.workdir / saved}"

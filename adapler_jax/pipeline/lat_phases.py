@@ -105,7 +105,8 @@ def train_lengthdrop(run: Run) -> None:
     small = evaluate_at(run, host_params, dev, smallest)["metric"]
     run.writer.write(LENGTHDROP + "_epoch", step, {"epoch": epoch, phases.DEV_METRIC: full,
                                                    "dev_metric_smallest": small})
-    loop.show(**{run.metric_name: f"{full:.4f}", "smallest": f"{small:.4f}"})
+    loop.show(**{f"dev {run.metric_name}": f"{full:.4f}",
+                 "at the smallest config": f"{small:.4f}"})
     loop.save(ckpt, metrics={phases.DEV_METRIC: full, "dev_metric_smallest": small,
                              "epoch": epoch})
   ckpt.close()

@@ -14,6 +14,7 @@ between steps (evaluate, save, sum its metrics)::
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -31,6 +32,13 @@ from adapler_jax.train.state import TrainState
 def progress_bar(run: Run, total: int, desc: str, initial: int = 0):
   return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True,
               disable=not run.is_main_process)
+
+
+def print_done(run: Run, phase: str, start: float, work: str, details: str = "") -> None:
+  """The line a finished phase leaves, its progress bar gone: `phase: work in N s details`
+  (main process; `start` from `time.perf_counter`)."""
+  if run.is_main_process:
+    print(f"{phase}: {work} in {time.perf_counter() - start:.0f} s{details}", flush=True)
 
 
 def shards() -> dict[str, int]:
@@ -84,6 +92,8 @@ class TrainLoop:
     run.writer.rewind((phase, *logs), self.step)
     self.guard = FiniteGuard(phase)
     self.bar = progress_bar(run, self.total, phase, self.step)
+    self._shown: dict[str, str] = {}
+    self._start, self._first_step = time.perf_counter(), self.step
 
   @property
   def at_epoch_end(self) -> bool:
@@ -108,6 +118,10 @@ class TrainLoop:
     # Only here: a failed step leaves the bar as last drawn, and the CLI's error line
     # goes below it.
     self.bar.close()
+    taken = self.step - self._first_step
+    resumed = f" (resumed at step {self._first_step} of {self.total})" if self._first_step else ""
+    print_done(self.run, self.phase, self._start, f"{taken} steps",
+               resumed + "".join(f", {k} {v}" for k, v in self._shown.items()))
 
   def check(self) -> None:
     """Stops, before anything reads them, on a non-finite loss or parameter (once a step)."""
@@ -121,5 +135,6 @@ class TrainLoop:
     ckpt.save(self.step, self.state, **kwargs)
 
   def show(self, **postfix: str) -> None:
-    """Figures beside the progress bar."""
+    """Figures beside the progress bar, and on the phase's last line."""
+    self._shown = postfix
     self.bar.set_postfix(postfix)

@@ -30,7 +30,7 @@ from adapler_jax.pipeline import summary as summary_lib
 from adapler_jax.pipeline import workdir as workdir_lib
 from adapler_jax.pipeline import context as context_lib
 from adapler_jax.pipeline.context import Run
-from adapler_jax.pipeline.loop import TrainLoop, progress_bar
+from adapler_jax.pipeline.loop import TrainLoop, print_done, progress_bar
 from adapler_jax.train import adapler_step, classifier, optim, parallel
 from adapler_jax.train import saliency as saliency_lib
 from adapler_jax.train.checkpoints import Checkpointer
@@ -103,7 +103,7 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
                                             run.metric_name, run.config.eval.batch_size,
                                             mesh=run.mesh)["metric"]
       run.writer.write(FINETUNE, step, {DEV_METRIC: dev_metric, "epoch": epoch})
-      loop.show(**{run.metric_name: f"{dev_metric:.4f}"})
+      loop.show(**{f"dev {run.metric_name}": f"{dev_metric:.4f}"})
       loop.save(ckpt, metrics={DEV_METRIC: dev_metric})
     elif c.checkpoint_every_steps and step % c.checkpoint_every_steps == 0:
       loop.save(ckpt)
@@ -198,6 +198,7 @@ def extract_saliency(run: Run) -> np.ndarray:
   checkpoints = load_finetuned(run, run.config.saliency.num_checkpoints)
   workdir_lib.record_config(run, "saliency")  # once its inputs are there.
   total = np.zeros(train.input_ids.shape, np.float32)
+  start = time.perf_counter()
   bar = progress_bar(run, len(train) * len(checkpoints), "saliency")
   for _, params, _ in checkpoints:
     sal = saliency_lib.compute_saliency(run.encoder, run.head, params, train,
@@ -205,6 +206,8 @@ def extract_saliency(run: Run) -> np.ndarray:
                                         mesh=run.mesh)
     total += saliency_lib.normalise(sal)
   bar.close()
+  print_done(run, "saliency", start,
+             f"{len(train)} examples x {len(checkpoints)} fine-tuned checkpoints")
   average = total / len(checkpoints)
   source = saliency_source(run)  # on every process: opening a checkpoint manager syncs them.
   if run.is_main_process:
@@ -296,8 +299,8 @@ def train_adapler(run: Run) -> None:
         "dev_kept_per_layer": dev_report["kept_tokens_per_layer"],
     }
     run.writer.write(ADAPLER + "_epoch", step, epoch_metrics)
-    loop.show(**{run.metric_name: f"{dev_report['metric']:.4f}",
-                 "speedup": f"{dev_report['flops_speedup']:.2f}x"})
+    loop.show(**{f"dev {run.metric_name}": f"{dev_report['metric']:.4f}",
+                 "FLOPs speedup": f"{dev_report['flops_speedup']:.2f}x"})
     loop.save(ckpt, metrics={DEV_METRIC: dev_report["metric"],
                              "flops_speedup": dev_report["flops_speedup"], "epoch": epoch},
               extra_json={"saliency": source})
