@@ -155,20 +155,38 @@ def test_hatexplain_files_of_the_wrong_shape_name_the_file(tmp_path):
 
 
 def test_offline_hub(monkeypatch):
+  from tests.test_data_tasks import _fake_datasets  # pylint: disable=g-import-not-at-top
+  from adapler_jax.data import hub  # pylint: disable=g-import-not-at-top
+
   def load(path, name, split):
     raise ConnectionError("Couldn't reach 'glue' on the Hub (LocalEntryNotFoundError)\nmore")
-  monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load))
+  _fake_datasets(monkeypatch, load)
   _raises(re.escape("hub glue/sst2 split 'validation': could not load (ConnectionError: "
                     "Couldn't reach 'glue' on the Hub (LocalEntryNotFoundError)); pass a local "
                     "folder with the sst2 files with --config.data.data_dir"),
           data.load_split, "sst2", "dev")
+  # With no connection to the hub at all, one line at once, without datasets' retries; in
+  # offline mode (or behind a proxy) datasets is asked, as the user chose.
+  monkeypatch.undo()
+  monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load))
+
+  def refuse(address, timeout):
+    raise OSError(101, "Network is unreachable")
+  for key in hub.OFFLINE_ENV + hub.PROXY_ENV:
+    monkeypatch.delenv(key, raising=False)
+  monkeypatch.setattr(hub.socket, "create_connection", refuse)
+  _raises(r"hub glue/sst2 split 'validation': the Hugging Face hub is unreachable \(\S+: "
+          + re.escape("Network is unreachable); pass a local folder with the sst2 files with "
+                      "--config.data.data_dir, or set HF_HUB_OFFLINE=1 to read a copy already "
+                      "in the datasets cache"), data.load_split, "sst2", "dev")
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  _raises(r"could not load \(ConnectionError", data.load_split, "sst2", "dev")
 
 
 def test_hub_split_without_labels(monkeypatch):
-  from tests.test_data_tasks import _FakeTable  # pylint: disable=g-import-not-at-top
+  from tests.test_data_tasks import _FakeTable, _fake_datasets  # pylint: disable=g-import-not-at-top
   table = _FakeTable({"sentence1": ["a"], "sentence2": ["b"], "label": [-1], "idx": [0]})
-  monkeypatch.setitem(sys.modules, "datasets",
-                      types.SimpleNamespace(load_dataset=lambda *a, **k: table))
+  _fake_datasets(monkeypatch, lambda *a, **k: table)
   _raises(re.escape("hub glue/mrpc split 'test': has no gold labels (label -1); pass a local "
                     "folder with labelled mrpc files"), data.load_split, "mrpc", "test")
 

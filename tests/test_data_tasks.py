@@ -217,7 +217,10 @@ class _FakeTable:
 
 
 def _fake_datasets(monkeypatch, load):
+  """`datasets.load_dataset` replaced by `load`, and the hub taken as reachable."""
+  from adapler_jax.data import hub  # pylint: disable=g-import-not-at-top
   monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load))
+  monkeypatch.setattr(hub, "hub_unreachable", lambda: None)
 
 
 def test_hub_path(monkeypatch):

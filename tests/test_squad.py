@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +123,8 @@ def test_hub_rows(monkeypatch):
     calls.append((path, name, split))
     return [{"id": "a", "title": "T", "context": CONTEXT, "question": "Who?",
              "answers": {"text": ["Broncos"], "answer_start": [4]}}]
-  monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load))
+  from tests.test_data_tasks import _fake_datasets  # pylint: disable=g-import-not-at-top
+  _fake_datasets(monkeypatch, load)
   ds = data.load_split("squad", "dev")
   assert calls == [("rajpurkar/squad", None, "validation")]
   assert ds.examples[0].answer_texts == ("Broncos",) and ds.examples[0].title == "T"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import urllib.parse
 from collections.abc import Iterator
+from typing import Any
 
 from adapler_jax import extras
 from adapler_jax.data.dataset import TextDataset
@@ -39,19 +43,50 @@ def _hatexplain_rows(table, where: str) -> Iterator[tuple[str, Record]]:
       yield f"{where} row {i + 1}", {"id": post_id, "text": tokens, "label": label}
 
 
-def load_from_hub(spec: TaskSpec, split: str) -> TextDataset:
-  """Split `split` of `spec` from the hub; DataError (one line) when it cannot be downloaded."""
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")  # the user asks for the local cache.
+PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+PROBE_SECONDS = 3.0
+
+
+def hub_unreachable() -> str | None:
+  """Why the hub's endpoint takes no connection within `PROBE_SECONDS`, or None (also when
+  the user chose offline mode or a proxy, which a direct connection cannot judge).
+  Offline, `datasets` would otherwise retry for about 25 s, logging every attempt."""
+  if any(os.environ.get(k, "").strip() not in ("", "0") for k in OFFLINE_ENV + PROXY_ENV):
+    return None
+  from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
+  url = urllib.parse.urlparse(constants.ENDPOINT)
+  try:
+    socket.create_connection((url.hostname, url.port or 443), PROBE_SECONDS).close()
+  except OSError as e:
+    return f"{url.hostname}: {e.strerror or e}"
+  return None
+
+
+def load_table(spec: TaskSpec, split: str, title: str, files: str) -> tuple[Any, str]:
+  """`datasets.load_dataset` of `spec`'s hub split -> (table, where it came from), or a
+  one-line DataError naming it, with the fix: a local folder of `files` (a missing
+  `datasets` package names its extra; `title` names the task in that message)."""
   path, name = spec.hub
-  datasets = extras.require("datasets", "hub", f"downloading {spec.name} from the Hugging "
-                            "Face hub", "pass a local folder with --config.data.data_dir")
+  datasets = extras.require("datasets", "hub", f"downloading {title} from the Hugging Face "
+                            "hub", "pass a local folder with --config.data.data_dir")
   hub_split = dict(spec.hub_splits)[split]
   where = f"hub {path}" + (f"/{name}" if name else "") + f" split '{hub_split}'"
-  try:
-    table = datasets.load_dataset(path, name, split=hub_split)
-  except Exception as e:  # Offline, unknown id, missing config: all reported the same way.
+  fix = f"pass a local folder with {files} with --config.data.data_dir"
+  unreachable = hub_unreachable()
+  if unreachable:
     raise DataError(format_message(
-        where, f"could not load ({_first_line(e)})",
-        f"pass a local folder with the {spec.name} files with --config.data.data_dir")) from None
+        where, f"the Hugging Face hub is unreachable ({unreachable})",
+        f"{fix}, or set HF_HUB_OFFLINE=1 to read a copy already in the datasets cache"))
+  try:
+    return datasets.load_dataset(path, name, split=hub_split), where
+  except Exception as e:  # Offline, unknown id, missing config: all reported the same way.
+    raise DataError(format_message(where, f"could not load ({_first_line(e)})", fix)) from None
+
+
+def load_from_hub(spec: TaskSpec, split: str) -> TextDataset:
+  """Split `split` of `spec` from the hub; DataError (one line) when it cannot be downloaded."""
+  table, where = load_table(spec, split, spec.name, f"the {spec.name} files")
   label_values = tuple(str(i) for i in range(spec.num_labels))
   if spec.name == "hatexplain":
     rows, text_columns, label_column, ids = (

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from adapler_jax import extras
+from adapler_jax.data import hub
 from adapler_jax.data.dataset import first_repeat
 from adapler_jax.data.readers import missing_file, reading
 from adapler_jax.data.tasks import TaskSpec, get_task
@@ -176,18 +176,7 @@ def _local_file(spec: TaskSpec, split: str, data_dir: Path) -> Path:
 
 
 def _hub_examples(spec: TaskSpec, split: str) -> SquadDataset:
-  datasets = extras.require("datasets", "hub", "downloading SQuAD from the Hugging Face hub",
-                            "pass a local folder with --config.data.data_dir")
-
-  (path, name), hub_split = spec.hub, dict(spec.hub_splits)[split]
-  where = f"hub {path} split '{hub_split}'"
-  try:
-    table = datasets.load_dataset(path, name, split=hub_split)
-  except Exception as e:  # Offline, unknown id: reported the same way as the other tasks.
-    first = (str(e).strip().splitlines() or [""])[0][:160]
-    raise DataError(format_message(
-        where, f"could not load ({type(e).__name__}: {first})",
-        "pass a local folder with the SQuAD v1.1 JSON files with --config.data.data_dir")) from None
+  table, where = hub.load_table(spec, split, "SQuAD", "the SQuAD v1.1 JSON files")
   examples = []
   for i, row in enumerate(table):
     answers = row.get("answers") or {}
