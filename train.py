@@ -53,7 +53,7 @@ def main(argv):
   workdir = check_dir(_WORKDIR.value)
   check_same_run(_CONFIG.value, workdir)
   pipeline.check_phase(_CONFIG.value, _PHASE.value)
-  pipeline.check_ready(workdir, _PHASE.value)
+  pipeline.check_ready(_CONFIG.value, workdir, _PHASE.value)
   run = pipeline.prepare(_CONFIG.value, workdir)
   result = pipeline.run_phase(run, _PHASE.value)
   if isinstance(result, dict) and run.is_main_process:

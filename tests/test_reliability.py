@@ -560,8 +560,35 @@ def test_a_phase_the_method_lacks_leaves_the_stored_config_alone(run_dir, tmp_pa
   new = tmp_path / "new"
   assert one_line_error(cli("train.py", "--config", str(config_file), "--workdir", str(new),
                             "--phase", "saliency")) == (
-      f"no fine-tuned checkpoint in {new / 'finetune'}; run --phase finetune first")
+      f"no finetune checkpoint in {new / 'finetune'}; run --phase finetune first")
   assert not new.exists()
+
+
+def test_check_ready_asks_for_what_each_phase_reads(tmp_path):
+  """Each phase needs only its own inputs: LAT's search reads the LengthDrop checkpoints,
+  not the fine-tuned ones; AdapLeR reads saliency.npz (and fine-tuning only when it starts
+  from it)."""
+  adapler, lat = (pipeline.base_config("demo", max_length=16) for _ in range(2))
+  lat.method = "lat"
+  (tmp_path / "lengthdrop" / "12").mkdir(parents=True)
+  pipeline.check_ready(lat, tmp_path, "search")
+  with pytest.raises(UserError, match=re.escape(
+      f"no finetune checkpoint in {tmp_path / 'finetune'}; run --phase finetune first")):
+    pipeline.check_ready(lat, tmp_path, "evaluate")
+  with pytest.raises(UserError, match=re.escape(
+      f"{tmp_path / 'saliency.npz'} is missing; run --phase saliency first")):
+    pipeline.check_ready(adapler, tmp_path, "adapler")
+  (tmp_path / "saliency.npz").write_bytes(b"")
+  pipeline.check_ready(adapler, tmp_path, "adapler")
+  adapler.adapler.from_finetuned = True
+  with pytest.raises(UserError, match="no finetune checkpoint"):
+    pipeline.check_ready(adapler, tmp_path, "adapler")
+  (tmp_path / "finetune" / "8.orbax-checkpoint-tmp-1").mkdir(parents=True)  # a cut save.
+  with pytest.raises(UserError, match="no finetune checkpoint"):
+    pipeline.check_ready(adapler, tmp_path, "saliency")
+  (tmp_path / "finetune" / "8").mkdir()
+  for phase in ("all", "finetune", "saliency", "adapler"):
+    pipeline.check_ready(adapler, tmp_path, phase)
 
 
 def test_fewer_train_rows_than_a_batch_is_refused_first(tiny_backbone, tmp_path):

@@ -12,7 +12,7 @@ from adapler_jax.pipeline import adapler_search, frontier, lat_phases, lat_searc
 from adapler_jax.pipeline import summary as summary_lib
 from adapler_jax.pipeline.config import base_config
 from adapler_jax.pipeline.context import Run, prepare, read_config
-from adapler_jax.pipeline.phases import (FINETUNE, TrainedRun, extract_saliency, finetune,
+from adapler_jax.pipeline.phases import (TrainedRun, extract_saliency, finetune,
                                          format_summary, load_adapler, load_finetuned,
                                          load_run, run_all,
                                          select_adapler_step, summarize, train_adapler)
@@ -40,14 +40,28 @@ def check_phase(config, phase: str):
   return phases[phase]
 
 
-def check_ready(workdir: Path, phase: str) -> None:
-  """One line, before anything is written, when `phase` needs the fine-tuned model and
-  `workdir` holds none: every phase but `all` and `finetune` starts from it."""
-  if phase in ("all", "finetune"):
-    return
-  folder = workdir / FINETUNE
-  if not folder.is_dir() or not any(p.name.isdigit() for p in folder.iterdir()):
-    raise UserError(f"no fine-tuned checkpoint in {folder}; run --phase finetune first")
+# What each phase reads from the workdir, by method: checkpoint folders and files, each
+# written by the phase of the same name (`saliency.npz`: saliency).
+PHASE_INPUTS = {
+    "adapler": {"saliency": ("finetune",), "adapler": ("finetune", "saliency.npz"),
+                "evaluate": ("finetune", "adapler"), "search": ("finetune", "adapler")},
+    "lat": {"lengthdrop": ("finetune",), "evaluate": ("finetune", "lengthdrop"),
+            "search": ("lengthdrop",)},
+}
+
+
+def check_ready(config, workdir: Path, phase: str) -> None:
+  """One line, before anything is written, when `workdir` lacks what `phase` reads."""
+  needs = PHASE_INPUTS.get(config.get("method", "adapler"), {}).get(phase, ())
+  if phase == "adapler" and not config.adapler.from_finetuned:
+    needs = tuple(n for n in needs if n != "finetune")
+  for name in needs:
+    path = workdir / name
+    if name.endswith(".npz"):
+      if not path.is_file():
+        raise UserError(f"{path} is missing; run --phase {path.stem} first")
+    elif not path.is_dir() or not any(p.name.isdigit() for p in path.iterdir()):
+      raise UserError(f"no {name} checkpoint in {path}; run --phase {name} first")
 
 
 def run_phase(run: Run, phase: str):
