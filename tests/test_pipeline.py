@@ -332,3 +332,25 @@ def test_a_search_on_other_train_rows_than_training_saw_is_refused(tmp_path, tok
       "config.finetune.json 45, config.adapler.json 40), so no rows are held out from all "
       "of them; search a run whose phases share their data flags")):
     make().search_split(100)
+
+
+def test_a_span_search_compares_only_the_article_resplit(tmp_path, tokenizer, caplog):
+  """SQuAD searches hold out whole articles, which no training question comes from, so
+  only the re-split's fields must match; an imported fine-tuned model is warned about."""
+  from adapler_jax import data
+  from adapler_jax.errors import UserError
+  from adapler_jax.pipeline import context
+  c = pipeline.base_config("squad", max_length=64)
+  c.data.update(resplit_source="dev", resplit_train=38, resplit_test=8, train_subset=3000)
+  (tmp_path / "config.finetune.json").write_text(c.to_json())
+  make = lambda: context.Run(c, tmp_path, data.get_task("squad"), None, {}, tokenizer, None)
+  c.data.train_subset, c.seed = 5000, c.seed + 1
+  make().check_trained_rows()
+  c.data.resplit_seed = 1
+  with pytest.raises(UserError, match=r"config.finetune.json trained the model with "
+                     r"data.resplit_seed 0, but this search has 1"):
+    make().check_trained_rows()
+  c.data.resplit_seed, c.train.init_from_hf = 0, "some/model"
+  (tmp_path / "config.finetune.json").write_text(c.to_json())
+  make().check_trained_rows()
+  assert "imported from some/model" in caplog.text

@@ -33,8 +33,9 @@ CONFIG_FILE = "config.json"
 # The phases that train a model, and the config fields that decide which train rows they see:
 # a search holds out the others, so it must read these fields as those phases did.
 TRAINING_PHASES = ("finetune", "adapler", "lengthdrop")
-TRAIN_ROW_FIELDS = ("seed", "data.train_split", "data.train_subset", "data.resplit_source",
-                    "data.resplit_train", "data.resplit_test", "data.resplit_seed")
+RESPLIT_FIELDS = ("data.resplit_source", "data.resplit_train", "data.resplit_test",
+                  "data.resplit_seed")
+TRAIN_ROW_FIELDS = ("seed", "data.train_split", "data.train_subset", *RESPLIT_FIELDS)
 SPLITS = ("train", "dev", "test")
 # The batch sizes each method's phases split over the devices: checked before config.json is
 # written, so a refused rerun leaves the stored config as it was.
@@ -139,7 +140,10 @@ class Run:
   def check_trained_rows(self) -> None:
     """One-line `UserError` when this config picks other train rows than the phases that
     trained the model did (their `config.<phase>.json`), or those phases saw different
-    rows: the rows a search holds out could then be rows the model learned from."""
+    rows: the rows a search holds out could then be rows the model learned from. Span
+    tasks hold out whole articles, so only the re-split counts there. A fine-tuned model
+    imported from elsewhere saw rows no config records: a warning says so."""
+    fields = RESPLIT_FIELDS if self.task.is_span else TRAIN_ROW_FIELDS
     stored = {}  # field -> {phase file: value}
     for phase in TRAINING_PHASES:
       path = self.workdir / f"config.{phase}.json"
@@ -147,7 +151,12 @@ class Run:
         trained = files.read_json(path, "") if path.exists() else None
       except UserError:  # damaged: that phase's rerun writes it again; nothing to compare.
         continue
-      for field in TRAIN_ROW_FIELDS:
+      imported = _field(trained, "train.init_from_hf")
+      if phase == "finetune" and imported not in (_MISSING, ""):
+        logging.warning("%s: the fine-tuned model was imported from %s, trained on rows no "
+                        "config here records; the search's held-out rows may be among them",
+                        path.name, imported)
+      for field in fields:
         value = _field(trained, field)
         if value is not _MISSING:
           stored.setdefault(field, {})[path.name] = value
