@@ -165,22 +165,34 @@ def test_offline_hub(monkeypatch):
                     "Couldn't reach 'glue' on the Hub (LocalEntryNotFoundError)); pass a local "
                     "folder with the sst2 files with --config.data.data_dir"),
           data.load_split, "sst2", "dev")
-  # With no connection to the hub at all, one line at once, without datasets' retries; in
-  # offline mode (or behind a proxy) datasets is asked, as the user chose.
+  # With no route to the hub, the datasets cache alone is read (offline mode, no retries):
+  # a cached copy loads; without one, one line at once.
   monkeypatch.undo()
-  monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load))
+  from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
+  from tests.test_data_tasks import _FakeTable  # pylint: disable=g-import-not-at-top
+  cache = {}
+
+  def cached(path, name, split):
+    if not constants.HF_HUB_OFFLINE:
+      raise AssertionError("asked the network")
+    if (path, name) not in cache:
+      raise ConnectionError("Couldn't reach the Hugging Face Hub (OfflineModeIsEnabled)")
+    return cache[path, name]
 
   def refuse(address, timeout):
     raise OSError(101, "Network is unreachable")
-  for key in hub.OFFLINE_ENV + hub.PROXY_ENV:
-    monkeypatch.delenv(key, raising=False)
+  monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=cached))
   monkeypatch.setattr(hub.socket, "create_connection", refuse)
+  monkeypatch.setattr(hub.urllib.request, "getproxies", dict)
+  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+  monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
   _raises(r"hub glue/sst2 split 'validation': the Hugging Face hub is unreachable \(\S+: "
-          + re.escape("Network is unreachable); pass a local folder with the sst2 files with "
-                      "--config.data.data_dir, or set HF_HUB_OFFLINE=1 to read a copy already "
-                      "in the datasets cache"), data.load_split, "sst2", "dev")
-  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-  _raises(r"could not load \(ConnectionError", data.load_split, "sst2", "dev")
+          + re.escape("Network is unreachable) and the datasets cache has no copy; pass a "
+                      "local folder with the sst2 files with --config.data.data_dir"),
+          data.load_split, "sst2", "dev")
+  assert constants.HF_HUB_OFFLINE is False  # offline for that call only.
+  cache["glue", "sst2"] = _FakeTable({"sentence": ["a b"], "label": [1], "idx": [3]})
+  assert data.load_split("sst2", "dev").ids == ["3"]
 
 
 def test_hub_split_without_labels(monkeypatch):

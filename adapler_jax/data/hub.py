@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,30 +45,54 @@ def _hatexplain_rows(table, where: str) -> Iterator[tuple[str, Record]]:
       yield f"{where} row {i + 1}", {"id": post_id, "text": tokens, "label": label}
 
 
-OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")  # the user asks for the local cache.
-PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 PROBE_SECONDS = 3.0
 
 
 def hub_unreachable() -> str | None:
-  """Why the hub's endpoint takes no connection within `PROBE_SECONDS`, or None (also when
-  the user chose offline mode or a proxy, which a direct connection cannot judge).
-  Offline, `datasets` would otherwise retry for about 25 s, logging every attempt."""
-  if any(os.environ.get(k, "").strip() not in ("", "0") for k in OFFLINE_ENV + PROXY_ENV):
-    return None
+  """Why the hub's endpoint takes no connection within `PROBE_SECONDS`, or None: also in
+  offline mode (the user asked for the cache) and behind a proxy (which a direct
+  connection cannot judge). Without a route, `datasets` retries for about 25 s, logging
+  each attempt, before it falls back to its cache."""
   from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
   url = urllib.parse.urlparse(constants.ENDPOINT)
+  proxies = urllib.request.getproxies()
+  if (constants.HF_HUB_OFFLINE or _true(os.environ.get("HF_DATASETS_OFFLINE"))
+      or url.scheme in proxies or "all" in proxies):
+    return None
+  port = url.port or (80 if url.scheme == "http" else 443)
   try:
-    socket.create_connection((url.hostname, url.port or 443), PROBE_SECONDS).close()
+    socket.create_connection((url.hostname, port), PROBE_SECONDS).close()
   except OSError as e:
     return f"{url.hostname}: {e.strerror or e}"
   return None
 
 
+def _true(value: str | None) -> bool:
+  return (value or "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+@contextlib.contextmanager
+def _cache_only(datasets):
+  """`datasets` and `huggingface_hub` in offline mode for the duration: a split already in
+  the local cache loads, and nothing waits on the network."""
+  from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
+  switches = [(m, "HF_HUB_OFFLINE") for m in (constants, getattr(datasets, "config", None))
+              if m is not None and hasattr(m, "HF_HUB_OFFLINE")]
+  saved = [getattr(m, a) for m, a in switches]
+  for m, a in switches:
+    setattr(m, a, True)
+  try:
+    yield
+  finally:
+    for (m, a), value in zip(switches, saved):
+      setattr(m, a, value)
+
+
 def load_table(spec: TaskSpec, split: str, title: str, files: str) -> tuple[Any, str]:
   """`datasets.load_dataset` of `spec`'s hub split -> (table, where it came from), or a
   one-line DataError naming it, with the fix: a local folder of `files` (a missing
-  `datasets` package names its extra; `title` names the task in that message)."""
+  `datasets` package names its extra; `title` names the task in that message). With the
+  hub unreachable, only the local datasets cache is read."""
   path, name = spec.hub
   datasets = extras.require("datasets", "hub", f"downloading {title} from the Hugging Face "
                             "hub", "pass a local folder with --config.data.data_dir")
@@ -74,14 +100,13 @@ def load_table(spec: TaskSpec, split: str, title: str, files: str) -> tuple[Any,
   where = f"hub {path}" + (f"/{name}" if name else "") + f" split '{hub_split}'"
   fix = f"pass a local folder with {files} with --config.data.data_dir"
   unreachable = hub_unreachable()
-  if unreachable:
-    raise DataError(format_message(
-        where, f"the Hugging Face hub is unreachable ({unreachable})",
-        f"{fix}, or set HF_HUB_OFFLINE=1 to read a copy already in the datasets cache"))
   try:
-    return datasets.load_dataset(path, name, split=hub_split), where
+    with _cache_only(datasets) if unreachable else contextlib.nullcontext():
+      return datasets.load_dataset(path, name, split=hub_split), where
   except Exception as e:  # Offline, unknown id, missing config: all reported the same way.
-    raise DataError(format_message(where, f"could not load ({_first_line(e)})", fix)) from None
+    problem = (f"the Hugging Face hub is unreachable ({unreachable}) and the datasets cache "
+               "has no copy" if unreachable else f"could not load ({_first_line(e)})")
+    raise DataError(format_message(where, problem, fix)) from None
 
 
 def load_from_hub(spec: TaskSpec, split: str) -> TextDataset:
