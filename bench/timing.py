@@ -16,8 +16,11 @@ thread pool from the affinity mask, and PyTorch is given the same count.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import jax
@@ -38,7 +41,6 @@ def systems_arg(parser, text: str, known: tuple[str, ...]) -> list[str]:
 def parse_args(doc: str, argv=None, *, min_seconds: float):
   """A timing script's `--threads`, `--repeats`, `--min-seconds` and `--out`, parsed (its
   description: `doc`'s first line), and the process pinned -> (args, threads)."""
-  import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=doc.splitlines()[0])
   parser.add_argument("--threads", type=int, default=None,
                       help="CPUs to run on (default: all this process may use)")
@@ -47,13 +49,13 @@ def parse_args(doc: str, argv=None, *, min_seconds: float):
                       help="least time one measurement calls a system for")
   parser.add_argument("--out", default=None, help="JSON file for the results")
   args = parser.parse_args(argv)
+  if args.repeats < 1 or args.min_seconds < 0 or (args.threads is not None and args.threads < 1):
+    parser.error("--repeats and --threads must be at least 1, --min-seconds at least 0")
   return args, pin_threads(args.threads)
 
 
 def write_json(path, result) -> None:
   """`result` as JSON at `path`, its folder made, the file written whole."""
-  import json  # pylint: disable=g-import-not-at-top
-  from pathlib import Path  # pylint: disable=g-import-not-at-top
   from adapler_jax.files import atomic_write_text  # pylint: disable=g-import-not-at-top
   Path(path).parent.mkdir(parents=True, exist_ok=True)
   atomic_write_text(Path(path), json.dumps(result, indent=2) + "\n")

@@ -2,16 +2,18 @@
 
 At batch 1 a layer that keeps a handful of tokens still reads all its weights (docs/engine.md),
 so halving the bytes read looks like the way to lower that fixed cost. This times one MiniLM
-encoder layer (`packing.run_layer`, the engines' layer) on rows x width tokens with its weights
-and activations in float32 and in bfloat16, each with both of XLA:CPU's dot-kernel sets
-(`kernels`), interleaved (`bench/timing.py`); the ratio is float32 time over bfloat16 time,
-so above 1 means bfloat16 is faster::
+encoder layer (`packing.run_layer`, the engines' layer) on rows x width tokens computing in
+float32 and in bfloat16 (weights, activations and dots), each with both of XLA:CPU's
+dot-kernel sets (`kernels`), interleaved (`bench/timing.py`); the ratio is float32 time over
+bfloat16 time, so above 1 means bfloat16 is faster::
 
   python bench/weight_dtype.py --threads 1 --out bench/results/weight_dtype.json
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -39,8 +41,14 @@ def cases():
   backbone = load_backbone("minilm")
   enc = backbone.config
   layer = encoder_layer_params(enc, backbone.params)[0]
-  fn = lambda p, x, bias: packing.run_layer(enc, p, x, bias, None)
-  jitted = {"default": jax.jit(fn), "xla": jax.jit(fn, compiler_options=kernels.XLA_DOTS)}
+  # The layer computes in its config's dtype: bfloat16 weights alone would be upcast and
+  # multiplied in float32, so each dtype gets its own config.
+  jitted = {}
+  for dtype in DTYPES:
+    fn = functools.partial(packing.run_layer, dataclasses.replace(enc, dtype=dtype),
+                           chunk_rows=None)
+    jitted[dtype] = {"default": jax.jit(fn),
+                     "xla": jax.jit(fn, compiler_options=kernels.XLA_DOTS)}
   rng = np.random.default_rng(0)
   out = {}
   for rows, width in SHAPES:
@@ -50,7 +58,7 @@ def cases():
     for dtype in DTYPES:
       params = jax.tree.map(lambda w, d=dtype: jnp.asarray(w, d), layer)
       xd = jnp.asarray(x, dtype)
-      for k, f in jitted.items():
+      for k, f in jitted[dtype].items():
         out[(rows, width)][(dtype, k)] = (
             lambda f=f, params=params, xd=xd, bias=bias: jax.block_until_ready(
                 f(params, xd, bias)))
