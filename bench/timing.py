@@ -49,7 +49,8 @@ def parse_args(doc: str, argv=None, *, min_seconds: float):
                       help="least time one measurement calls a system for")
   parser.add_argument("--out", default=None, help="JSON file for the results")
   args = parser.parse_args(argv)
-  if args.repeats < 1 or args.min_seconds < 0 or (args.threads is not None and args.threads < 1):
+  if (args.repeats < 1 or not args.min_seconds >= 0
+      or (args.threads is not None and args.threads < 1)):
     parser.error("--repeats and --threads must be at least 1, --min-seconds at least 0")
   return args, pin_threads(args.threads)
 

@@ -187,8 +187,10 @@ def test_offline_hub(monkeypatch):
   monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
   monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
   _raises(r"hub glue/sst2 split 'validation': the Hugging Face hub is unreachable \(\S+: "
-          + re.escape("Network is unreachable) and the datasets cache has no copy; pass a "
-                      "local folder with the sst2 files with --config.data.data_dir"),
+          + re.escape("Network is unreachable), and the datasets cache could not serve it "
+                      "(ConnectionError: Couldn't reach the Hugging Face Hub "
+                      "(OfflineModeIsEnabled)); pass a local folder with the sst2 files with "
+                      "--config.data.data_dir"),
           data.load_split, "sst2", "dev")
   assert constants.HF_HUB_OFFLINE is False  # offline for that call only.
   cache["glue", "sst2"] = _FakeTable({"sentence": ["a b"], "label": [1], "idx": [3]})

@@ -354,3 +354,10 @@ def test_a_span_search_compares_only_the_article_resplit(tmp_path, tokenizer, ca
   (tmp_path / "config.finetune.json").write_text(c.to_json())
   make().check_trained_rows()
   assert "imported from some/model" in caplog.text
+  # The import's own data fields chose no rows: only the phases trained here compare.
+  c.train.init_from_hf, c.data.resplit_seed = "", 0
+  (tmp_path / "config.adapler.json").write_text(c.to_json())
+  imported = json.loads((tmp_path / "config.finetune.json").read_text())
+  imported["data"]["resplit_seed"] = 5
+  (tmp_path / "config.finetune.json").write_text(json.dumps(imported))
+  make().check_trained_rows()

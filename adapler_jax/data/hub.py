@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -60,11 +61,19 @@ def hub_unreachable() -> str | None:
       or url.scheme in proxies or "all" in proxies):
     return None
   port = url.port or (80 if url.scheme == "http" else 443)
-  try:
-    socket.create_connection((url.hostname, port), PROBE_SECONDS).close()
-  except OSError as e:
-    return f"{url.hostname}: {e.strerror or e}"
-  return None
+  outcome = []
+
+  def connect():
+    try:
+      socket.create_connection((url.hostname, port), PROBE_SECONDS).close()
+      outcome.append(None)
+    except OSError as e:
+      outcome.append(f"{url.hostname}: {e.strerror or e}")
+  # In a thread, so that the name lookup (which takes no timeout) is bounded too.
+  probe = threading.Thread(target=connect, daemon=True)
+  probe.start()
+  probe.join(PROBE_SECONDS)
+  return outcome[0] if outcome else f"{url.hostname}: no answer within {PROBE_SECONDS:g} s"
 
 
 def _true(value: str | None) -> bool:
@@ -74,7 +83,9 @@ def _true(value: str | None) -> bool:
 @contextlib.contextmanager
 def _cache_only(datasets):
   """`datasets` and `huggingface_hub` in offline mode for the duration: a split already in
-  the local cache loads, and nothing waits on the network."""
+  the local cache loads, and nothing waits on the network. The switches are module
+  globals, read at call time by the installed versions: process-wide for the duration,
+  which the data loading here (one thread) allows."""
   from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
   switches = [(m, "HF_HUB_OFFLINE") for m in (constants, getattr(datasets, "config", None))
               if m is not None and hasattr(m, "HF_HUB_OFFLINE")]
@@ -104,8 +115,9 @@ def load_table(spec: TaskSpec, split: str, title: str, files: str) -> tuple[Any,
     with _cache_only(datasets) if unreachable else contextlib.nullcontext():
       return datasets.load_dataset(path, name, split=hub_split), where
   except Exception as e:  # Offline, unknown id, missing config: all reported the same way.
-    problem = (f"the Hugging Face hub is unreachable ({unreachable}) and the datasets cache "
-               "has no copy" if unreachable else f"could not load ({_first_line(e)})")
+    problem = (f"the Hugging Face hub is unreachable ({unreachable}), and the datasets "
+               f"cache could not serve it ({_first_line(e)})" if unreachable
+               else f"could not load ({_first_line(e)})")
     raise DataError(format_message(where, problem, fix)) from None
 
 

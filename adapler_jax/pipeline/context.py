@@ -142,7 +142,9 @@ class Run:
     trained the model did (their `config.<phase>.json`), or those phases saw different
     rows: the rows a search holds out could then be rows the model learned from. Span
     tasks hold out whole articles, so only the re-split counts there. A fine-tuned model
-    imported from elsewhere saw rows no config records: a warning says so."""
+    imported from elsewhere saw rows no config records: a warning says so. Not compared:
+    where the data live (`data.data_dir`, `data.*_file`: a moved folder is the same data),
+    and for tasks cut into windows (`eraser_movies`), the window length."""
     fields = RESPLIT_FIELDS if self.task.is_span else TRAIN_ROW_FIELDS
     stored = {}  # field -> {phase file: value}
     for phase in TRAINING_PHASES:
@@ -156,6 +158,7 @@ class Run:
         logging.warning("%s: the fine-tuned model was imported from %s, trained on rows no "
                         "config here records; the search's held-out rows may be among them",
                         path.name, imported)
+        continue  # its data fields chose no training rows.
       for field in fields:
         value = _field(trained, field)
         if value is not _MISSING:
