@@ -300,6 +300,24 @@ def test_only_orbax_abandoned_read_tasks_are_silenced():
   assert not keep(record(f"Task was destroyed but it is pending!\ntask: <Task pending {coro}>"))
   assert keep(record("Task exception was never retrieved\nfuture: <Task coro=<train()>>"))
   assert keep(record(f"Unclosed client session {coro}"))
+  # A future's report names only its exception; the traceback says where it was raised.
+  def _read_array_index_and_device_put():
+    raise ValueError("OUT_OF_RANGE: Error reading ... in OCDBT database")
+
+  def elsewhere():
+    raise ValueError("a failure of the user's own future")
+
+  def raised(fn):
+    try:
+      fn()
+    except ValueError:
+      return sys.exc_info()
+  future = "Future exception was never retrieved\nfuture: <Future finished exception=...>"
+  with_info = lambda info: logging.LogRecord("asyncio", logging.ERROR, __file__, 1, future,
+                                             None, info)
+  assert not keep(with_info(raised(_read_array_index_and_device_put)))
+  assert keep(with_info(raised(elsewhere)))
+  assert keep(with_info(None))
 
 
 def test_only_a_closed_loop_woken_from_c_is_dropped_from_excepthook(monkeypatch):

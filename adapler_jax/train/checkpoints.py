@@ -141,14 +141,27 @@ def _filter_hook(name: str, drop) -> None:
 
 class _AbandonedReadTasks(py_logging.Filter):
   """Drops asyncio's reports of orbax's abandoned shard reads (newer orbax runs them as
-  tasks): 'Task exception was never retrieved' (their failure is the one the restore already
-  raised) and 'Task was destroyed but it is pending!' (one still running at exit)."""
+  tasks, and awaits some through futures): 'Task / Future exception was never retrieved'
+  (their failure is the one the restore already raised) and 'Task was destroyed but it is
+  pending!' (one still running at exit). A task's report names the read; a future's does
+  not, but its exception's traceback passes through it."""
 
-  _REPORTS = ("Task exception was never retrieved", "Task was destroyed but it is pending")
+  _REPORTS = ("Task exception was never retrieved", "Future exception was never retrieved",
+              "Task was destroyed but it is pending")
 
   def filter(self, record: py_logging.LogRecord) -> bool:
     msg = record.getMessage()
-    return not (msg.startswith(self._REPORTS) and _SHARD_READ in msg)
+    return not (msg.startswith(self._REPORTS)
+                and (_SHARD_READ in msg or _raised_in_shard_read(record.exc_info)))
+
+
+def _raised_in_shard_read(exc_info) -> bool:
+  tb = exc_info[2] if exc_info else None
+  while tb is not None:
+    if tb.tb_frame.f_code.co_name == _SHARD_READ:
+      return True
+    tb = tb.tb_next
+  return False
 
 
 def _abandoned_read(unraisable) -> bool:
