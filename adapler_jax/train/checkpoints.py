@@ -104,7 +104,9 @@ _SHARD_READ = "_read_array_index_and_device_put"  # orbax's per-shard read corou
 
 
 def _silence_abandoned_reads() -> None:
-  """Silences the reads orbax leaves pending after a failed restore.
+  """Silences the reads orbax leaves pending after a failed restore. Installed before
+  each restore (the reports can come from TensorStore's threads while the failure is
+  still being raised); once one has failed, `gc.collect` finalises what is left.
 
   Their coroutines fail with the same error and are finalised later (by this collection,
   by orbax's event loop, or at interpreter exit), each printing an 'Exception ignored'
@@ -121,7 +123,6 @@ def _silence_abandoned_reads() -> None:
   asyncio_log = py_logging.getLogger("asyncio")
   if not any(isinstance(f, _AbandonedReadTasks) for f in asyncio_log.filters):
     asyncio_log.addFilter(_AbandonedReadTasks())
-  gc.collect()
 
 
 def _filter_hook(name: str, drop) -> None:
@@ -319,6 +320,7 @@ class Checkpointer:
       DamagedCheckpointError: unreadable files or arrays unlike their checksums.
     """
     step = self._resolve_step(step)
+    _silence_abandoned_reads()  # before the reads start: see its docstring.
     try:
       if target is not None:
         self._check_target(step, target)
@@ -335,7 +337,7 @@ class Checkpointer:
     else:
       self._verify(step, restored[STATE])
       return restored[STATE], dict(restored[CONFIG] or {})
-    _silence_abandoned_reads()
+    gc.collect()  # the abandoned reads are finalised now, their reports dropped.
     raise self._damaged(step, problem)
 
   def restore_latest_intact(self, target: PyTree | None = None, *,
