@@ -16,6 +16,7 @@ from adapler_jax.pipeline.phases import (TrainedRun, extract_saliency, finetune,
                                          format_summary, load_adapler, load_finetuned,
                                          load_run, run_all,
                                          select_adapler_step, summarize, train_adapler)
+from adapler_jax.train.checkpoints import Checkpointer
 
 METHOD_PHASES = {
     "adapler": {"all": run_all, "finetune": finetune, "saliency": extract_saliency,
@@ -60,8 +61,10 @@ def check_ready(config, workdir: Path, phase: str) -> None:
     if name.endswith(".npz"):
       if not path.is_file():
         raise UserError(f"{path} is missing; run --phase {path.stem} first")
-    elif not path.is_dir() or not any(p.name.isdigit() for p in path.iterdir()):
-      raise UserError(f"no {name} checkpoint in {path}; run --phase {name} first")
+    else:
+      with Checkpointer(path, read_only=True) as ckpt:  # as check_checkpoints reads them.
+        if ckpt.latest_step() is None:
+          raise UserError(f"no {name} checkpoint in {path}; run --phase {name} first")
 
 
 def run_phase(run: Run, phase: str):
