@@ -334,6 +334,27 @@ def test_a_search_on_other_train_rows_than_training_saw_is_refused(tmp_path, tok
     make().search_split(100)
 
 
+def test_a_windowed_task_search_compares_the_max_length(tmp_path, tokenizer):
+  """ERASER reviews are cut into windows of `data.max_length` tokens, one example each, so
+  another max length holds out other rows; other tasks' max length changes no row."""
+  from adapler_jax import data
+  from adapler_jax.errors import UserError
+  from adapler_jax.pipeline import context
+  for task, refused in (("eraser_movies", True), ("sst2", False)):
+    c = pipeline.base_config(task, max_length=128)
+    (tmp_path / "config.finetune.json").write_text(c.to_json())
+    c.data.max_length = 256
+    run = context.Run(c, tmp_path, data.get_task(task), None, {}, tokenizer, None)
+    if not refused:
+      run.check_trained_rows()
+      continue
+    with pytest.raises(UserError, match=re.escape(
+        "config.finetune.json trained the model with data.max_length 128, but this search has "
+        "256, so the rows it holds out could be training rows; repeat the run's data flags "
+        "(--config.data.max_length=128)")):
+      run.check_trained_rows()
+
+
 def test_a_span_search_compares_only_the_article_resplit(tmp_path, tokenizer, caplog):
   """SQuAD searches hold out whole articles, which no training question comes from, so
   only the re-split's fields must match; an imported fine-tuned model is warned about."""

@@ -30,7 +30,7 @@ def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike[str
   split = spec.resolve_split(split)
   if spec.name == "demo":
     return demo.demo_split(split, num_examples, data_dir, num_classes=spec.num_labels)
-  if spec.local is not None and spec.local.kind == "eraser":
+  if spec.cuts_into_windows:
     return eraser.load_eraser(data_dir, split, tokenizer=tokenizer,
                               max_length=max_length or spec.max_length)
   if spec.is_span:

@@ -85,6 +85,12 @@ class TaskSpec:
     return self.kind == "span"
 
   @property
+  def cuts_into_windows(self) -> bool:
+    """Long texts become several examples, one per window of `data.max_length` tokens, so
+    the max length decides the rows (`eraser_movies`)."""
+    return self.local is not None and self.local.kind == "eraser"
+
+  @property
   def num_labels(self) -> int:
     return len(self.label_names)
 

@@ -142,10 +142,12 @@ class Run:
     trained the model did (their `config.<phase>.json`), or those phases saw different
     rows: the rows a search holds out could then be rows the model learned from. Span
     tasks hold out whole articles, so only the re-split counts there. A fine-tuned model
-    imported from elsewhere saw rows no config records: a warning says so. Not compared:
-    where the data live (`data.data_dir`, `data.*_file`: a moved folder is the same data),
-    and for tasks cut into windows (`eraser_movies`), the window length."""
+    imported from elsewhere saw rows no config records: a warning says so. For tasks cut
+    into windows (`eraser_movies`) the max length counts too. Not compared: where the data
+    live (`data.data_dir`, `data.*_file`: a moved folder is the same data)."""
     fields = RESPLIT_FIELDS if self.task.is_span else TRAIN_ROW_FIELDS
+    if self.task.cuts_into_windows:
+      fields += ("data.max_length",)
     stored = {}  # field -> {phase file: value}
     for phase in TRAINING_PHASES:
       path = self.workdir / f"config.{phase}.json"
