@@ -179,8 +179,12 @@ def test_offline_hub(monkeypatch):
       raise ConnectionError("Couldn't reach the Hugging Face Hub (OfflineModeIsEnabled)")
     return cache[path, name]
 
+  probes = []
+
   def refuse(address, timeout):
+    probes.append(address)
     raise OSError(101, "Network is unreachable")
+  monkeypatch.setattr(hub, "_probes", {})
   monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=cached))
   monkeypatch.setattr(hub.socket, "create_connection", refuse)
   monkeypatch.setattr(hub.urllib.request, "getproxies", dict)
@@ -195,6 +199,7 @@ def test_offline_hub(monkeypatch):
   assert constants.HF_HUB_OFFLINE is False  # offline for that call only.
   cache["glue", "sst2"] = _FakeTable({"sentence": ["a b"], "label": [1], "idx": [3]})
   assert data.load_split("sst2", "dev").ids == ["3"]
+  assert len(probes) == 1  # the second split reused the first one's probe.
 
 
 def test_hub_split_without_labels(monkeypatch):

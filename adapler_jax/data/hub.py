@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -47,13 +48,17 @@ def _hatexplain_rows(table, where: str) -> Iterator[tuple[str, Record]]:
 
 
 PROBE_SECONDS = 3.0
+# One probe serves the splits a run loads together; a later load (a notebook) probes again.
+PROBE_REUSE_SECONDS = 60.0
+_probes: dict[tuple[str, int], tuple[float, str | None]] = {}  # endpoint -> (when, outcome)
 
 
 def hub_unreachable() -> str | None:
   """Why the hub's endpoint takes no connection within `PROBE_SECONDS`, or None: also in
   offline mode (the user asked for the cache) and behind a proxy (which a direct
   connection cannot judge). Without a route, `datasets` retries for about 25 s, logging
-  each attempt, before it falls back to its cache."""
+  each attempt, before it falls back to its cache. An outcome is reused for
+  `PROBE_REUSE_SECONDS`."""
   from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
   url = urllib.parse.urlparse(constants.ENDPOINT)
   proxies = urllib.request.getproxies()
@@ -61,6 +66,9 @@ def hub_unreachable() -> str | None:
       or url.scheme in proxies or "all" in proxies):
     return None
   port = url.port or (80 if url.scheme == "http" else 443)
+  last = _probes.get((url.hostname, port))
+  if last is not None and time.monotonic() - last[0] < PROBE_REUSE_SECONDS:
+    return last[1]
   outcome = []
 
   def connect():
@@ -73,7 +81,9 @@ def hub_unreachable() -> str | None:
   probe = threading.Thread(target=connect, daemon=True)
   probe.start()
   probe.join(PROBE_SECONDS)
-  return outcome[0] if outcome else f"{url.hostname}: no answer within {PROBE_SECONDS:g} s"
+  result = outcome[0] if outcome else f"{url.hostname}: no answer within {PROBE_SECONDS:g} s"
+  _probes[url.hostname, port] = (time.monotonic(), result)
+  return result
 
 
 def _true(value: str | None) -> bool:
