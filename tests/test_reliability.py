@@ -32,7 +32,7 @@ from adapler_jax.models import adapler
 from adapler_jax.models.bert import EncoderConfig
 from adapler_jax.pipeline import workdir as workdir_lib
 from adapler_jax.train import adapler_step, classifier
-from adapler_jax.train.checkpoints import CheckpointError, DamagedCheckpointError
+from adapler_jax.train.checkpoints import Checkpointer, CheckpointError, DamagedCheckpointError
 from adapler_jax.train.guards import NonFiniteError
 from tests.test_pipeline import ROOT, TINY, count_steps, tiny_backbone, tiny_config, write_backbone  # pylint: disable=unused-import
 
@@ -568,9 +568,13 @@ def test_check_ready_asks_for_what_each_phase_reads(tmp_path):
   """Each phase needs only its own inputs: LAT's search reads the LengthDrop checkpoints,
   not the fine-tuned ones; AdapLeR reads saliency.npz (and fine-tuning only when it starts
   from it)."""
+  def save(phase, step, **metrics):
+    with Checkpointer(tmp_path / phase) as ckpt:
+      ckpt.save(step, {"w": np.zeros(2)}, metrics=metrics or None)
+
   adapler, lat = (pipeline.base_config("demo", max_length=16) for _ in range(2))
   lat.method = "lat"
-  (tmp_path / "lengthdrop" / "12").mkdir(parents=True)
+  save("lengthdrop", 12, dev_metric=0.5)
   pipeline.check_ready(lat, tmp_path, "search")
   with pytest.raises(UserError, match=re.escape(
       f"no finetune checkpoint in {tmp_path / 'finetune'}; run --phase finetune first")):
@@ -586,7 +590,12 @@ def test_check_ready_asks_for_what_each_phase_reads(tmp_path):
   (tmp_path / "finetune" / "8.orbax-checkpoint-tmp-1").mkdir(parents=True)  # a cut save.
   with pytest.raises(UserError, match="no finetune checkpoint"):
     pipeline.check_ready(adapler, tmp_path, "saliency")
-  (tmp_path / "finetune" / "8").mkdir()
+  save("finetune", 8)  # cut before its first evaluation: the phases would find no model.
+  with pytest.raises(UserError, match=re.escape(
+      f"{tmp_path / 'finetune'} holds no evaluated finetune checkpoint (step 8 was saved "
+      "before its dev evaluation); finish it with --phase finetune")):
+    pipeline.check_ready(adapler, tmp_path, "saliency")
+  save("finetune", 16, dev_metric=0.5)
   for phase in ("all", "finetune", "saliency", "adapler"):
     pipeline.check_ready(adapler, tmp_path, phase)
 

@@ -12,7 +12,7 @@ from adapler_jax.pipeline import adapler_search, frontier, lat_phases, lat_searc
 from adapler_jax.pipeline import summary as summary_lib
 from adapler_jax.pipeline.config import base_config
 from adapler_jax.pipeline.context import Run, prepare, read_config
-from adapler_jax.pipeline.phases import (TrainedRun, extract_saliency, finetune,
+from adapler_jax.pipeline.phases import (DEV_METRIC, TrainedRun, extract_saliency, finetune,
                                          format_summary, load_adapler, load_finetuned,
                                          load_run, run_all,
                                          select_adapler_step, summarize, train_adapler)
@@ -63,8 +63,13 @@ def check_ready(config, workdir: Path, phase: str) -> None:
         raise UserError(f"{path} is missing; run --phase {path.stem} first")
     else:
       with Checkpointer(path, read_only=True) as ckpt:  # as check_checkpoints reads them.
-        if ckpt.latest_step() is None:
+        latest = ckpt.latest_step()
+        if latest is None:
           raise UserError(f"no {name} checkpoint in {path}; run --phase {name} first")
+        # The phases read the best evaluated step; a cut run may have saved none yet.
+        if not ckpt.best_steps(1, metric=DEV_METRIC, mode="max"):
+          raise UserError(f"{path} holds no evaluated {name} checkpoint (step {latest} was "
+                          f"saved before its dev evaluation); finish it with --phase {name}")
 
 
 def run_phase(run: Run, phase: str):
