@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from adapler_jax.errors import UserError
-from adapler_jax.train import checkpoints
+from adapler_jax.train import checkpoints, orbax_reports
 from adapler_jax.train.checkpoints import Checkpointer, CheckpointError
 
 
@@ -293,7 +293,7 @@ def test_a_save_killed_midway_is_ignored(tmp_path):
 
 
 def test_only_orbax_abandoned_read_tasks_are_silenced():
-  keep = checkpoints._AbandonedReadTasks().filter  # pylint: disable=protected-access
+  keep = orbax_reports.AbandonedReadTasks().filter
   record = lambda msg: logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None, None)
   coro = "coro=<_read_array_index_and_device_put() running at serialization.py:1>"
   assert not keep(record(f"Task exception was never retrieved\nfuture: <Task {coro}>"))
@@ -324,7 +324,7 @@ def test_only_a_closed_loop_woken_from_c_is_dropped_from_excepthook(monkeypatch)
   seen = []
   monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: seen.append(value))
   monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
-  checkpoints._silence_abandoned_reads()  # pylint: disable=protected-access
+  orbax_reports.silence_abandoned_reads()
   loop = asyncio.new_event_loop()
   loop.close()
   try:
