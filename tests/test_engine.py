@@ -292,6 +292,29 @@ def test_a_bucket_whose_layers_shrink_takes_the_small_grid_dot_kernels():
   assert not kernels.small_dots([512, 255, 256]) and not kernels.small_dots(256)
 
 
+def test_a_run_depends_on_its_data_only():
+  """The dot kernels a batch takes follow the last batch of its shape (CPU), and the two
+  kernel sets agree only to rounding, which can move a token across its cutoff. Each run,
+  and each `with_eta` copy, starts afresh, so the same data give the same bits again."""
+  cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
+  params = scaled_params(cfg, seed=4, scale=4.0, eta=0.9)
+  data = synthetic(64, 64, seed=3)
+  engine = AdaptiveEngine(cfg, params, batch_size=8, max_length=64, buckets=(16, 32, 64))
+  first = engine.run(data)
+  for again in (engine.run(data), engine.with_eta(engine.eta).run(data)):
+    np.testing.assert_array_equal(again.logits, first.logits)
+    np.testing.assert_array_equal(again.kept_counts, first.kept_counts)
+  # Warm-up after such a run still compiles what a fresh run's first batches take.
+  calls = []
+  engine._call = lambda ids, types, n, rationales, small: calls.append((ids.shape, small))
+  engine.warmup()
+  if KERNEL_SETS == 2:  # 128 input slots: XLA's dots only; 256 and more: both sets.
+    assert calls == [((8, 16), True), ((8, 32), False), ((8, 32), True), ((8, 64), False),
+                     ((8, 64), True)]
+  else:
+    assert calls == [((8, w), False) for w in (16, 32, 64)]
+
+
 @pytest.mark.parametrize("committed", [False, True], ids=["fresh", "restored"])
 def test_warmup_leaves_nothing_to_compile(committed):
   """Checkpoints restore as arrays committed to a device; warm-up must match either kind."""

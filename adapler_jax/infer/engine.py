@@ -284,7 +284,8 @@ class AdaptiveEngine(_Engine):
     ffn_chunk_rows: token rows per feed-forward chunk (`walk.ParamLayer`); "auto"
       chunks on CPU, where it keeps activations in cache, and not on accelerators.
     folds: packed grids have `batch_size // f` rows for each f here; () never packs.
-      Compiled programs: one per input bucket (and per rationale setting).
+      Compiled programs: one per input bucket (and per rationale setting; on CPU, per
+      dot-kernel set too: `kernels`).
     scan_layers: see `program.forward` (default: layers unrolled, faster to run).
     grid_widths: widths the layers' grids may take beyond the buckets (inputs are still
       padded to buckets only; those from `max_length` on are never needed and are
@@ -343,7 +344,7 @@ class AdaptiveEngine(_Engine):
     point (`eval.tradeoff.score_eta`)."""
     other = copy.copy(self)
     other._params = {**self._params, "eta": self._put(self._check_eta(eta))}
-    other._small_by_shape = dict(self._small_by_shape)  # grids follow eta: each keeps its own.
+    other._small_by_shape = {}  # grids follow eta; and a copy's results are its own calls'.
     return other
 
   @property
@@ -363,14 +364,21 @@ class AdaptiveEngine(_Engine):
     for width in self._warmup_widths(progress):
       ids = np.zeros((self.batch_size, width), np.int32)
       n = np.full((self.batch_size,), width, np.int32)
-      for small in sorted({self.small_dots(ids.shape), self.kernel_sets == 2}):
+      for small in sorted({self._small_dots(ids.size), self.kernel_sets == 2}):
         jax.block_until_ready(self._call(ids, ids, n, rationales, small))
+
+  def run(self, data: TokenizedDataset, *, return_rationales: bool = False,
+          progress: bool = False) -> EngineResult:
+    # The kernel sets agree only to rounding, which can move a token across its cutoff:
+    # each run starts from the input grids' choice, so its results follow its data alone.
+    self._small_by_shape = {}
+    return super().run(data, return_rationales=return_rationales, progress=progress)
 
   def small_dots(self, shape: tuple[int, ...]) -> bool:
     """Whether the next batch of input `shape` runs with XLA's own dot kernels
     (`kernels.small_dots`, CPU only): the grids its layers will run on are not known
-    before it runs, so those of the last batch of that shape stand in for them, and the
-    input grid before the first."""
+    before it runs, so those of the last batch of that shape in this `run` stand in for
+    them, and the input grid before the first."""
     small = self._small_by_shape.get(shape)
     return self._small_dots(math.prod(shape)) if small is None else small
 

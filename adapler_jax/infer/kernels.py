@@ -9,7 +9,9 @@ kernels when most of its layers run on grids under `SMALL_GRID_TOKENS` token slo
 (`small_dots`). The full model's layers all run on the input grid; the
 engines that drop tokens say which grids their layers run on (`ByGridSize.__call__`'s
 `small`). The choice is a per-program compiler option (nothing global changes) and only
-applies on CPU; both variants compute the same function.
+applies on CPU. Both variants compute the same function up to rounding (about 1e-7 on
+the scores), which can still move a token that sits at its cutoff, so an engine run decides
+the variant from its own batches only (`AdaptiveEngine.run`).
 """
 
 from __future__ import annotations
