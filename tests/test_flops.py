@@ -76,6 +76,19 @@ def test_vectorised_matches_scalar_loop(mode):
   np.testing.assert_allclose(report["kept_tokens_per_layer"], kept.mean(0))
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_integer_arrays_count_as_python_ints(dtype):
+  """Engine results and tokenized data hold int32 counts; BERT-base at 400 of 512 tokens
+  overflows int32 products, so array counts must give what exact Python ints give."""
+  kept, n = [400] * 12, 512
+  k, length = np.asarray([kept], dtype), np.asarray([n], dtype)
+  assert flops.adapler_flops(k, length, BERT_BASE)[0] == flops.adapler_flops(kept, n, BERT_BASE)
+  assert flops.backbone_flops(length, BERT_BASE)[0] == flops.backbone_flops(n, BERT_BASE)
+  assert flops.layer_flops(length, 768, 3072)[0] == flops.layer_flops(n, 768, 3072)
+  assert flops.paper_adapler_flops(k, length, 2)[0] == flops.paper_adapler_flops(kept, n, 2)
+  assert flops.paper_backbone_flops(length, 2)[0] == flops.paper_backbone_flops(n, 2)
+
+
 def test_bad_mode_names_the_options():
   with pytest.raises(ValueError, match="analytic, paper"):
     flops.flops_report([3], [[2, 1]], TINY, mode="fitted")

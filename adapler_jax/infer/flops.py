@@ -93,6 +93,14 @@ class FlopsDims:
 # Analytic counts (scalars; the same formulas work elementwise on numpy arrays).
 
 
+def _wide(n):
+  """Integer array counts as float64 (exact to 2^53): their products with the model's sizes
+  overflow int32 from a few hundred tokens (BERT-base), silently. Python ints are exact."""
+  if hasattr(n, "dtype") and np.issubdtype(n.dtype, np.integer):
+    return np.asarray(n, np.float64)
+  return n
+
+
 def layer_flops(n, hidden: int, intermediate: int, n_ffn=None):
   """One encoder layer on n tokens: matmuls plus attention scores and mixing.
 
@@ -100,7 +108,8 @@ def layer_flops(n, hidden: int, intermediate: int, n_ffn=None):
   significance selection keeps them after the attention sub-layer):
   2n(4H^2) + 4n^2 H for attention, 2 n_ffn (2HI) for the feed-forward block.
   """
-  n_ffn = n if n_ffn is None else n_ffn
+  n = _wide(n)
+  n_ffn = n if n_ffn is None else _wide(n_ffn)
   return 2 * n * 4 * hidden**2 + 4 * n**2 * hidden + 2 * n_ffn * 2 * hidden * intermediate
 
 
@@ -112,12 +121,12 @@ def grid_cost(rows: int, width: int, hidden: int, intermediate: int) -> float:
 
 def predictor_flops(n_in, hidden: int, cp_hidden: int = 32):
   """Contribution predictor (Dense H->cp_hidden, Dense cp_hidden->1) on n_in tokens."""
-  return 2 * n_in * (cp_hidden * hidden + cp_hidden)
+  return 2 * _wide(n_in) * (cp_hidden * hidden + cp_hidden)
 
 
 def embedding_flops(n, hidden: int):
   """Embedding sum (2 additions) and layer norm (6 ops) per element: 8nH."""
-  return 8 * n * hidden
+  return 8 * _wide(n) * hidden
 
 
 def classifier_flops(hidden: int, num_classes: int) -> int:
@@ -129,7 +138,7 @@ def head_flops(n, dims: FlopsDims):
   """The task head of an example of n tokens: the classifier on [CLS], or for span QA
   Dense H->2 at every position (the restored sequence, no pooler): 4nH."""
   if dims.head == "span":
-    return 2 * n * dims.hidden * 2
+    return 2 * _wide(n) * dims.hidden * 2
   return classifier_flops(dims.hidden, dims.num_classes)
 
 
@@ -215,15 +224,15 @@ def lat_macs(config: Sequence[int] | None, length: int, dims: FlopsDims,
 
 def paper_backbone_flops(length, num_classes: int):
   """Reference backbone FLOPs for BERT-base at length n."""
-  n = length
+  n = _wide(length)
   return 37_872 * n**2 + 170_216_500 * n + 1_181_953 + 1_537 * num_classes
 
 
 def paper_adapler_flops(kept_per_layer, length, num_classes: int):
   """Reference AdapLeR FLOPs for BERT-base; n_1 = length, n_l = kept counts. Elementwise
   over examples as `adapler_flops`."""
-  k = np.asarray(kept_per_layer)
-  total = (1_182_000 + 1_537 * num_classes + 6_152 * np.asarray(length)
+  k = _wide(np.asarray(kept_per_layer))
+  total = (1_182_000 + 1_537 * num_classes + 6_152 * _wide(np.asarray(length))
            + np.sum(3_156 * k**2 + 14_233_554 * k, axis=-1))
   return total.item() if total.ndim == 0 else total
 
