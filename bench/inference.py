@@ -263,12 +263,14 @@ def ours_pass(engine, data: TokenizedDataset):
 
 def shapes(engine) -> dict[str, int]:
   """Compiled (rows, width) shapes, and the most the engine may compile: on CPU an AdapLeR
-  or LAT bucket compiles with either dot-kernel set (`infer.kernels`)."""
+  or LAT bucket compiles with either dot-kernel set (`infer.kernels`); the full model
+  compiles each grid width it may run on (its inputs narrowed to them)."""
   rows = len(engine.row_counts()) if hasattr(engine, "row_counts") else 1
   kernel_sets = getattr(engine, "kernel_sets", 1)
+  widths = engine.grid_widths if isinstance(engine, FullLengthEngine) else engine.widths
   out = {"compiled_shapes": engine.compiled_shapes,
-         "shape_bound": rows * len(engine.widths) * kernel_sets}
-  if isinstance(engine, AdaptiveEngine):  # the widths its layers' grids may take.
+         "shape_bound": rows * len(widths) * kernel_sets}
+  if isinstance(engine, (AdaptiveEngine, FullLengthEngine)):  # the widths its grids may take.
     out["grid_widths"] = list(engine.grid_widths)
   return out
 

@@ -387,20 +387,31 @@ def test_no_transfer_to_the_host_between_layers(monkeypatch):
   assert out["packed"].any() and (out["kept"][:, -1] < batch["attention_mask"].sum(1)).all()
 
 
-def test_a_layer_that_drops_nothing_stays_in_place():
+@pytest.mark.parametrize("batch_size", [8, 1])
+def test_a_layer_that_drops_nothing_stays_in_place(batch_size):
   """eta = 0 keeps every token: each layer runs on the grid the full-length engine picks
-  for the batch (the same cost model: padded, or packed where cheaper), and the outputs
-  are the full model's."""
+  for the batch (the same cost model and widths: padded, or packed where cheaper; at batch
+  1 the fine widths too), and the outputs are the full model's."""
   cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
   params = scaled_params(cfg, seed=4, scale=4.0, eta=0.0)
   data = synthetic(16, 32, seed=7)
-  kwargs = dict(batch_size=8, max_length=32, buckets=(8, 16, 32), folds=(2, 4))
+  kwargs = dict(batch_size=batch_size, max_length=32, buckets=(8, 16, 32), folds=(2, 4))
   got = AdaptiveEngine(cfg, params, **kwargs).run(data)
-  full = FullLengthEngine(cfg, params, **kwargs).run(data)
-  assert full.packed_batches.any()
+  engine = FullLengthEngine(cfg, params, **kwargs)
+  full = engine.run(data)
+  if batch_size == 8:
+    assert full.packed_batches.any()
+  else:  # examples of 9-12 tokens run on 12 slots, not on their 16-token bucket.
+    assert engine.grid_widths == (2, 4, 8, 12, 16, 32)
+    assert full.slots.sum() < bucket_slots(data, (8, 16, 32), cfg.num_layers)
   np.testing.assert_array_equal(got.kept_counts, full.kept_counts)
   np.testing.assert_allclose(got.logits, full.logits, atol=1e-4, rtol=0)
   np.testing.assert_array_equal(got.slots, full.slots)
+
+
+def bucket_slots(data, buckets, layers: int) -> int:
+  """Token slots of a batch-1 run on the input buckets alone, every layer."""
+  return layers * sum(min(b for b in buckets if b >= n) for n in data.lengths)
 
 
 @pytest.mark.parametrize("engine_cls", [AdaptiveEngine, FullLengthEngine])

@@ -137,8 +137,10 @@ def test_bench_inference_on_a_trained_run(run):
     assert sum(fine["slots_per_layer"]) <= sum(coarse["slots_per_layer"])
   for r in rows:
     assert r["examples"] == 12 and r["task"] == "demo"
-    if r["system"] == "ours-full":  # restored params, one batch size per engine.
-      assert 1 <= r["compiled_shapes"] <= r["shape_bound"] == widths
+    if r["system"] == "ours-full":  # restored params, one batch size per engine: at
+      # batches <= 4 on the fine grids too, as the AdapLeR engine's layers.
+      assert r["grid_widths"] == rows[1]["grid_widths"]
+      assert 1 <= r["compiled_shapes"] <= r["shape_bound"] == len(r["grid_widths"])
     if r["system"] == "ours-adapler":  # (batch, batch // 2, batch // 4) rows x widths,
       kernel_sets = 2 if jax.default_backend() == "cpu" else 1  # x dot-kernel sets on CPU.
       assert (1 <= r["compiled_shapes"] <= r["shape_bound"]

@@ -142,7 +142,8 @@ class _Engine:
   """Batching, timing and result assembly shared by both engines."""
 
   def __init__(self, cfg: AdapLeRConfig, *, batch_size: int, buckets: Sequence[int],
-               max_length: int, device: jax.Device | None, ffn_chunk_rows: int | None | str):
+               max_length: int, device: jax.Device | None, ffn_chunk_rows: int | None | str,
+               grid_widths: Sequence[int] | None = None):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_length > cfg.encoder.max_length:
@@ -153,6 +154,7 @@ class _Engine:
     self.buckets = tuple(buckets)
     self.max_length = max_length
     self.widths = bucket_lengths(max_length, self.buckets)
+    self.grid_widths = _grid_widths(grid_widths, batch_size, self.widths, max_length)
     # Everything the engine hands to its jitted functions is committed to this one device,
     # so warm-up and run-time calls see the same argument placements: a committed and an
     # uncommitted array of the same shape are different cache keys, hence compilations.
@@ -213,14 +215,17 @@ class _Engine:
     return bucket_lengths(data.max_length, self.buckets)
 
   def _grid_widths(self, width: int) -> tuple[int, ...]:
-    """The widths a batch padded to `width` may run on: the engine's narrower ones and its
-    own (data tokenized at a length that is not one of the engine's buckets pads to it)."""
-    return (*(w for w in self.widths if w < width), width)
+    """The widths a batch padded to `width` may run on: the engine's narrower grid widths
+    and its own (data tokenized at a length that is not one of the engine's buckets pads
+    to it)."""
+    return (*(w for w in self.grid_widths if w < width), width)
 
-  def _warmup_widths(self, progress: bool):
-    """The input buckets `warmup` compiles, with a bar when `progress`."""
-    return _progress(self.widths, len(self.widths), progress,
-                     f"{type(self).__name__}: compiling", unit="bucket")
+  def _warmup_widths(self, progress: bool, widths: Sequence[int] | None = None):
+    """The widths `warmup` compiles (default: the input buckets), with a bar when
+    `progress`."""
+    widths = self.widths if widths is None else widths
+    return _progress(widths, len(widths), progress, f"{type(self).__name__}: compiling",
+                     unit="width")
 
   def run(self, data: TokenizedDataset, *, return_rationales: bool = False,
           progress: bool = False) -> EngineResult:
@@ -302,16 +307,8 @@ class AdaptiveEngine(_Engine):
                folds: Sequence[int] = (2, 4), scan_layers: bool = False,
                grid_widths: Sequence[int] | None = None):
     super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length,
-                     device=device, ffn_chunk_rows=ffn_chunk_rows)
+                     device=device, ffn_chunk_rows=ffn_chunk_rows, grid_widths=grid_widths)
     self.folds = _check_folds(folds)
-    if grid_widths is None:
-      grid_widths = FINE_GRID_WIDTHS if batch_size <= FINE_GRID_MAX_ROWS else ()
-    grid_widths = tuple(grid_widths)
-    if not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w > 0
-               for w in grid_widths):
-      raise ValueError(f"grid_widths must be positive ints, got {grid_widths!r}")
-    self.grid_widths = tuple(sorted(set(self.widths) | {int(w) for w in grid_widths
-                                                         if w < max_length}))
     model = params["model"]
     layers = encoder_layer_params(cfg.encoder, model["bert"])
     self._params = self._put({
@@ -431,14 +428,17 @@ class FullLengthEngine(_Engine):
       a packed one of `batch_size // f` rows (bucket padding skipped), planned on the host
       (`layout.plan`) by the cost model the adaptive engine's grids use. () runs one
       example per row, as padded batches (and Hugging Face) do.
+    grid_widths: as for `AdaptiveEngine`, with the same default: a batch runs on the
+      narrowest of them holding its longest example, as the adaptive engine's first layer
+      does when nothing drops, so comparisons at small batch sizes are fair.
   """
 
   def __init__(self, cfg: AdapLeRConfig, params: dict, *, batch_size: int = 32,
                buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int = 512,
                device: jax.Device | None = None, ffn_chunk_rows: int | None | str = "auto",
-               folds: Sequence[int] = (2, 4)):
+               folds: Sequence[int] = (2, 4), grid_widths: Sequence[int] | None = None):
     super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length,
-                     device=device, ffn_chunk_rows=ffn_chunk_rows)
+                     device=device, ffn_chunk_rows=ffn_chunk_rows, grid_widths=grid_widths)
     self.folds = _check_folds(folds)
     if self.folds and task_head(cfg).restore:
       raise ValueError("packed full-length runs read [CLS] only; run a span model with "
@@ -461,9 +461,9 @@ class FullLengthEngine(_Engine):
     return self._shape_counts("forward", "packed forward")
 
   def warmup(self, *, progress: bool = False) -> None:
-    """Compiles every (rows, bucket) shape ahead of time, on placeholder inputs
-    (`progress`: a bar, one step per bucket)."""
-    for width in self._warmup_widths(progress):
+    """Compiles every (rows, width) shape ahead of time, on placeholder inputs
+    (`progress`: a bar, one step per grid width)."""
+    for width in self._warmup_widths(progress, self.grid_widths):
       ids = np.zeros((self.batch_size, width), np.int32)
       n = np.full((self.batch_size,), width, np.int32)
       jax.block_until_ready(self._forward(self._params, ids, ids, n,
@@ -489,12 +489,13 @@ class FullLengthEngine(_Engine):
                             take(batch["token_type_ids"]),
                             np.where(real, idx % width, 0).astype(np.int32), seg, cls,
                             small=self._small_dots(seg.size))
-    else:
-      logits = self._forward(self._params, batch["input_ids"], batch["token_type_ids"],
-                             lengths, small=self._small_dots(batch["input_ids"].size))
+    else:  # the narrowest grid width holding the longest example: its first columns.
+      ids, types = (batch[k][:, :grid.width] for k in ("input_ids", "token_type_ids"))
+      logits = self._forward(self._params, ids, types, lengths,
+                             small=self._small_dots(ids.size))
     kept = np.repeat(lengths[:, None], self.cfg.num_layers, axis=1)
     out = {"logits": np.asarray(logits), "kept": kept,
-           "slots": np.full((self.cfg.num_layers,), grid.slots if grid.packed else num * width),
+           "slots": np.full((self.cfg.num_layers,), grid.slots),
            "packed": np.full((self.cfg.num_layers,), int(grid.packed))}
     if rationales:  # every layer runs on every token; there are no predictor scores.
       out["positions"] = [[np.arange(n)] * self.cfg.num_layers for n in lengths]
@@ -521,7 +522,8 @@ class LengthEngine(_Engine):
       each example keeps ceil(n * l_i / base)); None runs every token.
     base: the padded length configs refer to (default `max_length`).
     flags: `SelectionFlags`.
-    batch_size, buckets, max_length, device, ffn_chunk_rows: as for `AdaptiveEngine`.
+    batch_size, buckets, max_length, device, ffn_chunk_rows, grid_widths: as for
+      `AdaptiveEngine` (the layers' widths; inputs are padded to buckets).
   """
 
   kernels_by_layers = True
@@ -529,9 +531,10 @@ class LengthEngine(_Engine):
   def __init__(self, cfg, params: dict, config, *, base: int | None = None,
                flags: SelectionFlags = SelectionFlags(), batch_size: int = 32,
                buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int = 512,
-               device: jax.Device | None = None, ffn_chunk_rows: int | None | str = "auto"):
+               device: jax.Device | None = None, ffn_chunk_rows: int | None | str = "auto",
+               grid_widths: Sequence[int] | None = None):
     super().__init__(cfg, batch_size=batch_size, buckets=buckets, max_length=max_length,
-                     device=device, ffn_chunk_rows=ffn_chunk_rows)
+                     device=device, ffn_chunk_rows=ffn_chunk_rows, grid_widths=grid_widths)
     self.base = base or max_length
     lat.check_flags(task_head(cfg), flags)
     if flags.include_pad_queries:
@@ -620,6 +623,19 @@ def _mask_padding(head, logits: np.ndarray, lengths: np.ndarray) -> None:
   """Span logits at and past each example's length become `PAD_LOGIT`."""
   if head.restore:
     logits[np.arange(logits.shape[1]) >= np.asarray(lengths)[:, None]] = PAD_LOGIT
+
+
+def _grid_widths(grid_widths: Sequence[int] | None, batch_size: int, widths: Sequence[int],
+                 max_length: int) -> tuple[int, ...]:
+  """The engine's bucket `widths` and the `grid_widths` below `max_length` (default:
+  `FINE_GRID_WIDTHS` up to `FINE_GRID_MAX_ROWS` rows), ascending."""
+  if grid_widths is None:
+    grid_widths = FINE_GRID_WIDTHS if batch_size <= FINE_GRID_MAX_ROWS else ()
+  grid_widths = tuple(grid_widths)
+  if not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w > 0
+             for w in grid_widths):
+    raise ValueError(f"grid_widths must be positive ints, got {grid_widths!r}")
+  return tuple(sorted(set(widths) | {int(w) for w in grid_widths if w < max_length}))
 
 
 def _check_folds(folds: Sequence[int]) -> tuple[int, ...]:
