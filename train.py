@@ -54,7 +54,7 @@ def main(argv):
   check_same_run(_CONFIG.value, workdir)
   pipeline.check_phase(_CONFIG.value, _PHASE.value)
   pipeline.check_ready(_CONFIG.value, workdir, _PHASE.value)
-  run = pipeline.prepare(_CONFIG.value, workdir)
+  run = pipeline.prepare(_CONFIG.value, workdir, phase=_PHASE.value)
   result = pipeline.run_phase(run, _PHASE.value)
   if isinstance(result, dict) and run.is_main_process:
     print(pipeline.format_result(run, result))

@@ -118,7 +118,8 @@ def test_all_phases_and_evaluation(tiny_backbone, tmp_path):
   config.search.held_out = 32
   config.search.eta_multipliers = (0.0, 1.0, 4.0)
   config.search.cost = "actual"
-  found = pipeline.run_phase(pipeline.prepare(config, workdir), "search")
+  found = pipeline.run_phase(pipeline.prepare(config, workdir, phase="search"), "search")
+  assert json.loads((workdir / "config.search.json").read_text())["search"]["held_out"] == 32
   stored = [json.loads(l) for l in (workdir / "search" / "store.jsonl").read_text().splitlines()]
   genes = [tuple(r["gene"]) for r in stored]
   assert len(genes) == len(set(genes)) == found["scored"]
@@ -139,14 +140,16 @@ def test_all_phases_and_evaluation(tiny_backbone, tmp_path):
   assert result["chosen_from_frontier"]["eta_multipliers"] == cheapest["eta_multipliers"]
   assert result["metric"] == pytest.approx(cheapest["dev_metric"])
 
-  # Another eta grid gives each gene another meaning: the store refuses it and stays as it is.
+  # Another eta grid gives each gene another meaning: the store refuses it and stays as it
+  # is, and so do the configs evaluate.py and adapler-export read.
   from adapler_jax.errors import UserError
-  store = (workdir / "search" / "store.jsonl").read_bytes()
+  kept = {name: (workdir / name).read_bytes()
+          for name in ("search/store.jsonl", "config.json", "config.search.json")}
   config.search.eta_multipliers = (0.0, 1.0, 2.0)
   with pytest.raises(UserError, match=r"store\.jsonl holds scores of another eta_multipliers "
                      r"than this search scores; move \S+search aside"):
-    pipeline.run_phase(pipeline.prepare(config, workdir), "search")
-  assert (workdir / "search" / "store.jsonl").read_bytes() == store
+    pipeline.run_phase(pipeline.prepare(config, workdir, phase="search"), "search")
+  assert {name: (workdir / name).read_bytes() for name in kept} == kept
 
 
 def count_steps(monkeypatch, module, make_step: str) -> list:

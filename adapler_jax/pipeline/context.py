@@ -37,6 +37,9 @@ RESPLIT_FIELDS = ("data.resplit_source", "data.resplit_train", "data.resplit_tes
                   "data.resplit_seed")
 TRAIN_ROW_FIELDS = ("seed", "data.train_split", "data.train_subset", *RESPLIT_FIELDS)
 SPLITS = ("train", "dev", "test")
+# Phases whose own refusals need the loaded run (the search's held-out rows and store):
+# they write config.json once those pass (`Run.write_config`), so a refused one leaves it.
+RECORDS_LATER = ("search",)
 # The batch sizes each method's phases split over the devices: checked before config.json is
 # written, so a refused rerun leaves the stored config as it was.
 BATCH_SIZES = {
@@ -81,6 +84,14 @@ class Run:
   @property
   def is_main_process(self) -> bool:
     return jax.process_index() == 0
+
+  def write_config(self) -> None:
+    """Makes this config the run's: `WORKDIR/config.json`, which evaluation and export read
+    (process 0), with a warning first naming the `data.*` fields it changes there."""
+    if self.is_main_process:
+      warn_changed_data(self.config, self.workdir)
+      workdir_lib.atomic_write_text(self.workdir / CONFIG_FILE,
+                                    self.config.to_json_best_effort(indent=2))
 
   def check_batch_sizes(self, *names: str) -> None:
     """One-line `UserError` unless each config batch size (e.g. `"train.batch_size"`)
@@ -256,7 +267,7 @@ def _load_splits(config, task: TaskSpec, tokenizer, wanted: str) -> dict[str, To
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
-            record: bool = True) -> Run:
+            record: bool = True, phase: str | None = None) -> Run:
   """Loads the task, backbone and tokenizer and builds the data mesh over every device.
 
   Without `record` the config is a finished run's (`read_config`), and a backbone that no
@@ -264,7 +275,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
   `record` is for runs that train: the config, the data and the checkpoints already in the
   workdir are checked first, then the workdir is locked for this process and the config
-  written to it atomically, so a rerun that fails leaves the workdir as it was.
+  written to it atomically, so a rerun that fails leaves the workdir as it was. For a
+  `phase` of `RECORDS_LATER` the phase writes it, once its own checks pass.
   """
   workdir = workdir_lib.check_dir(workdir)
   checks.check_config(config)
@@ -295,9 +307,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
     if run.is_main_process:
       workdir_lib.lock(workdir)
     checks.check_checkpoints(run)
-    if run.is_main_process:
-      warn_changed_data(config, workdir)
-      workdir_lib.atomic_write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2))
+    if phase not in RECORDS_LATER:
+      run.write_config()
   return run
 
 

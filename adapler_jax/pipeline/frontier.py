@@ -28,6 +28,7 @@ from adapler_jax import extras, files
 from adapler_jax.data import TokenizedDataset
 from adapler_jax.errors import UserError
 from adapler_jax.pipeline import checks
+from adapler_jax.pipeline import workdir as workdir_lib
 from adapler_jax.pipeline.context import Run
 from adapler_jax.search import evolution as evo
 from adapler_jax.train.checkpoints import Checkpointer
@@ -77,6 +78,8 @@ def evolve(run: Run, evaluate: Callable, cost: Callable | None, *, initial,
   except evo.SourceMismatch as e:
     raise UserError(f"{e} than this search scores; move {path.parent} aside (or search in "
                     "a workdir of its own) to search again") from None
+  run.write_config()  # its refusals have passed: from here on, this is the run's config.
+  workdir_lib.record_config(run, "search")
   settings = evo.SearchSettings(c.iterations, c.population, c.mutations, c.crossovers,
                                 c.mutation_prob, c.max_attempts, c.seed)
   bar = tqdm(total=c.iterations + 1, desc="search", leave=False,
