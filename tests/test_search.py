@@ -188,3 +188,27 @@ def test_a_search_whose_every_initial_config_is_below_the_floor_says_so(tmp_path
                evo.Store(tmp_path / "s.jsonl"), initial=[(2, 2)], upper=2, floor_value=1,
                floor_cost=2.0, settings=evo.SearchSettings(iterations=1))
   assert calls == []  # nothing was scored.
+
+
+def test_a_new_frontier_retires_a_pick_its_rule_no_longer_makes(tmp_path, caplog):
+  """`search/chosen.json` (what export ships) stays while its rule still picks it from the
+  new frontier; otherwise it moves to `chosen.previous.json`, unchanged, with a warning."""
+  import json  # pylint: disable=g-import-not-at-top
+  from adapler_jax.pipeline import frontier  # pylint: disable=g-import-not-at-top
+  point = lambda config, cost, metric: {"config": config, "actual_fraction": cost,
+                                        "held_out_metric": metric}
+  result = lambda *rows: {"cost": "actual", "full": {"held_out_metric": 0.9},
+                          "frontier": list(rows)}
+  chosen = tmp_path / frontier.CHOSEN_FILE
+  chosen.parent.mkdir()
+  text = json.dumps({"rule": {"flops_budget": None, "max_drop": 1.0}, "config": [3, 2],
+                     "actual_fraction": 0.6, "held_out_metric": 0.895})
+  chosen.write_text(text)
+  frontier.retire_stale_choice(tmp_path, result(point([3, 2], 0.6, 0.895),
+                                                point([4, 4], 1.0, 0.9)))
+  assert chosen.read_text() == text
+  frontier.retire_stale_choice(tmp_path, result(point([2, 2], 0.5, 0.893),
+                                                point([3, 2], 0.6, 0.895)))
+  assert not chosen.exists()
+  assert (chosen.parent / "chosen.previous.json").read_text() == text
+  assert "picked from an earlier frontier" in caplog.text

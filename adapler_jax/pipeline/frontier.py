@@ -8,7 +8,9 @@ Workdir outputs::
   search/frontier.json  the Pareto frontier (cost convention `search.cost`), each point with
                         its held-out and dev metric, the full model, the area per iteration
   search/frontier.png   every scored config, the frontier, the full model; area per iteration
-  search/chosen.json    the last point picked by `--flops-budget` / `--max-drop`
+  search/chosen.json    the last point picked by `--flops-budget` / `--max-drop`; a new
+                        frontier on which its rule picks another point moves it aside
+                        (`chosen.previous.json`)
 
 Fitness is the metric on rows of train that training never saw (`Run.search_split`); dev,
 the reported split, only labels the frontier's points afterwards.
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
+from absl import logging
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -109,8 +113,31 @@ def save(run: Run, store: evo.Store, result: dict[str, Any], title: str) -> None
   if run.is_main_process:
     directory = run.workdir / SEARCH_DIR
     files.atomic_write_text(run.workdir / FRONTIER_FILE, json.dumps(result, indent=2))
+    retire_stale_choice(run.workdir, result)
     plot(store, result, directory / "frontier.png", f"{run.task.name}: {title} "
          f"({result['held_out_rows']} held-out rows)")
+
+
+def retire_stale_choice(workdir: Path, result: dict[str, Any]) -> None:
+  """Moves `chosen.json` aside (`chosen.previous.json`, with a warning) when its rule picks
+  another point of the new frontier `result`, or none: export would otherwise ship a pick
+  the current search no longer makes."""
+  path = Path(workdir) / CHOSEN_FILE
+  if not path.exists():
+    return
+  try:
+    chosen = json.loads(path.read_text(encoding="utf-8"))
+    rule = chosen["rule"]
+    if pick(result, flops_budget=rule.get("flops_budget"),
+            max_drop=rule.get("max_drop"))["config"] == chosen["config"]:
+      return
+  except (UserError, ValueError, KeyError, TypeError, AttributeError):
+    pass  # damaged, or no point fits its rule now: stale either way.
+  aside = path.with_name("chosen.previous.json")
+  os.replace(path, aside)
+  logging.warning("%s was picked from an earlier frontier, and its rule picks another point "
+                  "now; moved it to %s, so adapler-export ships the run's own setting until "
+                  "evaluate.py --flops-budget or --max-drop picks again", path, aside.name)
 
 
 def plot(store: evo.Store, result: dict[str, Any], path: Path, title: str) -> Path:
