@@ -134,7 +134,7 @@ def check_flags() -> None:
       raise UserError("--explain got bytes that are not UTF-8 text; pass the text in "
                       "UTF-8") from None
   if _EXPLAIN.value is not None and _RATIONALES.value:
-    raise UserError("pass one of --explain and --rationales")
+    raise UserError("pass only one of --explain and --rationales")
   if _FLOPS_BUDGET.value is not None and not 0 < _FLOPS_BUDGET.value <= 1:
     raise UserError(f"--flops-budget {_FLOPS_BUDGET.value} must be in (0, 1]: a fraction of "
                     "the full model's cost, e.g. --flops-budget 0.5")
@@ -191,7 +191,8 @@ def evaluate_lat() -> None:
   dials = [_LENGTH_CONFIG.value is not None, _LENGTH_RATIO.value is not None,
            _FLOPS_BUDGET.value is not None, _MAX_DROP.value is not None]
   if sum(dials) > 1:
-    raise UserError("pass one of --length-config, --length-ratio, --flops-budget, --max-drop")
+    raise UserError("pass only one of --length-config, --length-ratio, --flops-budget, "
+                    "--max-drop")
   chosen = pick_from_frontier()
   config = pipeline.read_config(_WORKDIR.value)
   if _BATCH.value is not None:

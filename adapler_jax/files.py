@@ -19,9 +19,10 @@ def check_output(path: str | os.PathLike[str], owned: str | os.PathLike[str] | N
   directory, or one of the files the run or export `owned` keeps (see `owns`), or any
   other run or export above it."""
   path = Path(path)
-  if path.is_dir():
-    raise UserError(f"{flag} {path} is a directory; pass a file name in it, e.g. "
-                    f"{flag} {path / 'result.json'}")
+  if path.is_dir():  # beside a run or an export: a file inside an export blocks re-export.
+    example = (path.with_name(f"{path.name}_result.json") if _is_run_or_export(path)
+               else path / "result.json")
+    raise UserError(f"{flag} {path} is a directory; pass a file name, e.g. {flag} {example}")
   others = [a for a in path.absolute().parents if _is_run_or_export(a)]
   for keeper in ([owned] if owned is not None else []) + others:
     if owns(keeper, path):

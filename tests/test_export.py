@@ -180,6 +180,10 @@ def test_predictor_matches_the_engine(exported, sentences):
       **json.loads((out["lat"] / "config.json").read_text())["architecture"])
   longer = adapler_jax.Predictor(model, batch_size=BATCH, length_config=(16, 16))
   assert max(max(r["kept_tokens"]) for r in longer.predict(list(sentences))) == 16
+  with pytest.raises(UserError, match=re.escape(
+      "a length config (--length-config) applies to LAT exports; this one is AdapLeR, whose "
+      "cutoffs set its speed: drop it")):
+    adapler_jax.Predictor(out["adapler"], length_config=(16, 16))
 
 
 def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
@@ -196,6 +200,24 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+  workdir = tmp_path / "workdir"  # a train.py run passed where its export belongs.
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps({"method": "adapler", "backbone": "minilm"}))
+  with pytest.raises(ExportError, match=re.escape(
+      f"{workdir} is a train.py workdir, not an export; export it first: adapler-export "
+      f"--workdir {workdir} --output DIR, then pass DIR")):
+    adapler_jax.load_model(workdir)
+  cut = tmp_path / "cut"  # a truncated config.json, and a lost tokenizer: re-export.
+  shutil.copytree(out["adapler"], cut)
+  (cut / "config.json").write_text((cut / "config.json").read_text()[:40])
+  with pytest.raises(ExportError, match=re.escape(
+      f"{cut / 'config.json'} is damaged (not JSON); re-export the model")):
+    adapler_jax.load_model(cut)
+  shutil.copy(out["adapler"] / "config.json", cut / "config.json")
+  shutil.rmtree(cut / "tokenizer")
+  with pytest.raises(ExportError, match=re.escape(
+      f"no tokenizer in {cut / 'tokenizer'}; re-export the model")):
+    adapler_jax.load_model(cut)
   damaged = tmp_path / "damaged"  # a config.json that lost the fields load_model reads.
   shutil.copytree(out["adapler"], damaged)
   meta = json.loads((damaged / "config.json").read_text())
@@ -222,7 +244,14 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
   assert config.read_bytes() == before
   proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--output", str(tmp_path),
               input="x\n")
-  assert proc.returncode == 2 and "is a directory; pass a file name in it" in proc.stderr
+  assert proc.returncode == 2
+  assert f"is a directory; pass a file name, e.g. --output {tmp_path / 'result.json'}" in (
+      proc.stderr)
+  # Not inside an export, where a file would block a later adapler-export --force.
+  with pytest.raises(UserError, match=re.escape(
+      f"--output {out['adapler']} is a directory; pass a file name, e.g. --output "
+      f"{out['adapler'].with_name(out['adapler'].name + '_result.json')}")):
+    files.check_output(out["adapler"])
   texts = tmp_path / "texts.txt"  # --output on --input would replace the texts.
   texts.write_text("a film\n")
   proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--input", str(texts),
@@ -273,7 +302,7 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
       "labels only: drop --rationales, or pass text or JSON lines"]
   # An existing export is kept unless --force; a non-export is never replaced.
   before = (out["lat"] / "model.safetensors").read_bytes()
-  with pytest.raises(ExportError, match="is not empty; pass --force"):
+  with pytest.raises(ExportError, match="holds an export; pass --force"):
     adapler_jax.serve.write_model(out["lat"], {}, {}, None)
   (tmp_path / "keep.txt").write_text("mine")
   with pytest.raises(ExportError, match="holds no export"):

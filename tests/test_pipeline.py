@@ -205,8 +205,7 @@ def test_bad_workdir_is_one_line(tmp_path):
                         cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
-      f"error: {tmp_path / 'none' / 'config.json'} is missing; pass the --workdir of a "
-      "train.py run"]
+      f"error: {tmp_path / 'none'} does not exist; pass the --workdir of a train.py run"]
 
 
 def test_lat_phases_and_evaluation(tiny_backbone, tmp_path):

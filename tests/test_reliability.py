@@ -832,9 +832,9 @@ def test_evaluate_refuses_bad_flags_before_touching_the_run(run_dir, tmp_path):
   cases = [
       (["--output", str(config)], f"--output {config} would overwrite a file {run_dir} keeps; "
                                   "write the result elsewhere, e.g. beside it under another name"),
-      (["--output", str(tmp_path)], f"--output {tmp_path} is a directory; pass a file name in "
-                                    f"it, e.g. --output {tmp_path / 'result.json'}"),
-      (["--explain", "a film", "--rationales"], "pass one of --explain and --rationales"),
+      (["--output", str(tmp_path)], f"--output {tmp_path} is a directory; pass a file name, "
+                                    f"e.g. --output {tmp_path / 'result.json'}"),
+      (["--explain", "a film", "--rationales"], "pass only one of --explain and --rationales"),
       (["--explain", "\udcff\udcfe"],  # the bytes ff fe: argv that is not UTF-8.
        "--explain got bytes that are not UTF-8 text; pass the text in UTF-8"),
       (["--flops-budget", "0"], "--flops-budget 0.0 must be in (0, 1]: a fraction of the full "

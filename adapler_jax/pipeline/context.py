@@ -142,6 +142,9 @@ class Run:
                         f"set --config.data.train_subset below {len(train)}")
       used = subset_indices(len(train), d.train_subset, self.config.seed)
       rest = np.setdiff1d(np.arange(len(train)), used)
+      if size > len(rest):
+        logging.warning("search.held_out %d is more than the %d train rows training never "
+                        "saw; the search scores on those %d", size, len(rest), len(rest))
       pick = np.sort(np.random.default_rng(self.config.seed + 1).choice(
           rest, min(size, len(rest)), replace=False))
       self._data[key] = tokenize(train.take(pick, f"{train.source} (held out for search)"),
@@ -360,9 +363,11 @@ def resolve_task(config: ml_collections.ConfigDict
 def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
   """The config a train.py run stored in `workdir`, with fields added since at their
   defaults; one line when it is missing or damaged."""
-  path = workdir_lib.check_dir(workdir) / CONFIG_FILE
+  directory = workdir_lib.check_dir(workdir)
+  path = directory / CONFIG_FILE
   if not path.exists():
-    raise UserError(f"{path} is missing; pass the --workdir of a train.py run")
+    what = f"{path} is missing" if directory.exists() else f"{directory} does not exist"
+    raise UserError(f"{what}; pass the --workdir of a train.py run")
   fix = "rerun train.py with the run's --config and this --workdir to write it again"
   stored = files.read_json(path, fix)
   if not isinstance(stored, dict):

@@ -141,12 +141,12 @@ def _check_output(output: Path, force: bool) -> None:
     raise ExportError(f"--output {output} is a file; pass a directory for the export")
   if not output.is_dir() or not any(output.iterdir()):
     return
-  if not force:
-    raise ExportError(f"--output {output} is not empty; pass --force to replace the export "
-                      "there, or another --output")
   if _read_meta(output, strict=False) is None:
-    raise ExportError(f"--output {output} is not empty and holds no export, so --force does "
-                      "not replace it; pass an empty or new --output")
+    raise ExportError(f"--output {output} is not empty and holds no export, which is never "
+                      "replaced; pass an empty or new --output")
+  if not force:
+    raise ExportError(f"--output {output} holds an export; pass --force to replace it, or "
+                      "another --output")
   others = sorted(p.name for p in output.iterdir() if p.name not in EXPORT_FILES)
   if others:
     raise ExportError(f"--output {output} holds files that are not the export's "
@@ -197,11 +197,18 @@ def _read_meta(directory: Path, strict: bool = True) -> dict | None:
   path = directory / CONFIG_FILE
   try:
     meta = json.loads(path.read_text())
-  except (OSError, ValueError):
+  except OSError:
+    meta = None
+  except ValueError:
+    if strict and (directory / WEIGHTS_FILE).exists():
+      raise ExportError(f"{path} is damaged (not JSON); re-export the model") from None
     meta = None
   if not isinstance(meta, dict) or meta.get("format") != FORMAT:
     if not strict:
       return None
+    if isinstance(meta, dict) and "method" in meta and "backbone" in meta:
+      raise ExportError(f"{directory} is a train.py workdir, not an export; export it first: "
+                        f"adapler-export --workdir {directory} --output DIR, then pass DIR")
     raise ExportError(f"{directory} is not an adapler-jax export ({CONFIG_FILE} is missing or "
                       "not an export's); pass a directory written by adapler-export")
   return meta
@@ -215,7 +222,7 @@ REQUIRED_FIELDS = ("architecture", "model", "inputs", "tokenizer", "label_names"
 def load_model(directory: str | os.PathLike[str]) -> ExportedModel:
   """Restores an export written by `write_model` (e.g. `adapler-export`)."""
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  from adapler_jax.weights import load_tokenizer  # pylint: disable=g-import-not-at-top
+  from adapler_jax.weights import WeightsError, load_tokenizer  # pylint: disable=g-import-not-at-top
   path = Path(directory)
   if not path.is_dir():
     what = "is a file, not a directory" if path.exists() else "does not exist"
@@ -256,9 +263,13 @@ def load_model(directory: str | os.PathLike[str]) -> ExportedModel:
   else:
     params = tree
   inputs = meta["inputs"]
+  try:
+    tokenizer = load_tokenizer(path / meta["tokenizer"]["directory"])
+  except WeightsError as e:  # its advice is for a base model's folder; an export's is whole.
+    raise ExportError(f"{str(e).split('; ')[0]}; re-export the model") from None
   return ExportedModel(
       directory=path, method=meta["method"], config=config, params=params,
-      tokenizer=load_tokenizer(path / meta["tokenizer"]["directory"]),
+      tokenizer=tokenizer,
       label_names=tuple(meta["label_names"]), max_length=int(meta["max_length"]),
       task=meta["task"], text_fields=tuple(tuple(g) for g in inputs["text_fields"]),
       meta=meta)

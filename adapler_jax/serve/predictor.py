@@ -49,7 +49,8 @@ class Predictor:
     m = self.model
     if m.method == "adapler":
       if length_config is not None:
-        raise DataError("length_config applies to LAT exports; this one is AdapLeR")
+        raise DataError("a length config (--length-config) applies to LAT exports; this one "
+                        "is AdapLeR, whose cutoffs set its speed: drop it")
       self.engine = AdaptiveEngine(m.config, m.params, batch_size=batch_size,
                                    max_length=m.max_length, device=device)
     else:
