@@ -202,7 +202,8 @@ def evaluate_lat() -> None:
   if chosen is not None:
     lengths_ = tuple(chosen["config"])
   elif _LENGTH_CONFIG.value is not None:
-    lengths_ = lengths.validate_config(lengths.parse_config(_LENGTH_CONFIG.value), base, layers,
+    parsed = lengths.parse_config(_LENGTH_CONFIG.value, base=base, num_layers=layers)
+    lengths_ = lengths.validate_config(parsed, base, layers,
                                        keep_cls=run.config.lat.keep_cls, name="--length-config")
   elif _LENGTH_RATIO.value is not None:
     if not 0 <= _LENGTH_RATIO.value < 1:

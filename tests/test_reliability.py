@@ -533,9 +533,9 @@ def test_out_of_range_and_unknown_values_are_refused_first(tiny_backbone, tmp_pa
 
 
 def test_a_bad_lat_eval_length_config_is_refused_first(tiny_backbone, tmp_path):
+  """The example fits the model: two layers at max length 16, ratio 0.2 per layer."""
   assert refused_first(tiny_backbone, tmp_path, "lat.eval_length_config", "a,b", "lat") == (
-      "config lat.eval_length_config 'a,b' is not a comma-separated list of ints, e.g. "
-      "52,42,34,28,23,19")
+      "config lat.eval_length_config 'a,b' is not a comma-separated list of ints, e.g. 13,11")
 
 
 def test_a_phase_the_method_lacks_leaves_the_stored_config_alone(run_dir, tmp_path):

@@ -131,7 +131,8 @@ def eval_length_config(run: Run) -> tuple[int, ...]:
   `lat.eval_length_ratio`, validated against the model."""
   c, base = run.config.lat, run.config.data.max_length
   if c.eval_length_config:
-    config = lengths.parse_config(c.eval_length_config, "config lat.eval_length_config")
+    config = lengths.parse_config(c.eval_length_config, "config lat.eval_length_config",
+                                  base=base, num_layers=run.encoder.num_layers)
   else:
     config = ratio_config(run, c.eval_length_ratio)
   name = "config lat.eval_length_config" if c.eval_length_config else "length config"

@@ -74,14 +74,17 @@ def validate_config(config: Sequence[int], base: int, num_layers: int, *,
   return config
 
 
-def parse_config(text: str, name: str = "--length-config") -> tuple[int, ...]:
-  """'52,42,34' or '(52, 42, 34)' -> ints (never `eval`); `name` is what errors call it."""
+def parse_config(text: str, name: str = "--length-config", *,
+                 base: int = 64, num_layers: int = 6) -> tuple[int, ...]:
+  """'52,42,34' or '(52, 42, 34)' -> ints (never `eval`); `name` is what errors call it,
+  with an example config for a model of `num_layers` layers at max length `base`."""
   parts = [p for p in text.replace("(", "").replace(")", "").replace(" ", "").split(",") if p]
   try:
     return tuple(int(p) for p in parts)
   except ValueError:
+    example = ",".join(map(str, constant_ratio_config(base, num_layers, 0.2)))
     raise UserError(f"{name} {text!r} is not a comma-separated list of ints, "
-                    "e.g. 52,42,34,28,23,19")
+                    f"e.g. {example}") from None
 
 
 def keep_counts(config, n, base: int, length_base: str):
