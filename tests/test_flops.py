@@ -87,6 +87,7 @@ def test_integer_arrays_count_as_python_ints(dtype):
   assert flops.layer_flops(length, 768, 3072)[0] == flops.layer_flops(n, 768, 3072)
   assert flops.paper_adapler_flops(k, length, 2)[0] == flops.paper_adapler_flops(kept, n, 2)
   assert flops.paper_backbone_flops(length, 2)[0] == flops.paper_backbone_flops(n, 2)
+  assert isinstance(flops.adapler_flops(kept, n, BERT_BASE), int)  # one example: an int.
 
 
 def test_bad_mode_names_the_options():

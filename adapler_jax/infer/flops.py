@@ -94,10 +94,10 @@ class FlopsDims:
 
 
 def _wide(n):
-  """Integer array counts as float64 (exact to 2^53): their products with the model's sizes
-  overflow int32 from a few hundred tokens (BERT-base), silently. Python ints are exact."""
-  if hasattr(n, "dtype") and np.issubdtype(n.dtype, np.integer):
-    return np.asarray(n, np.float64)
+  """Integer array counts as int64: their products with the model's sizes overflow int32
+  from a few hundred tokens (BERT-base), silently. Python ints are exact as they are."""
+  if hasattr(n, "dtype") and np.issubdtype(n.dtype, np.integer) and n.dtype.itemsize < 8:
+    return np.asarray(n, np.int64)
   return n
 
 
