@@ -19,8 +19,9 @@ def check_output(path: str | os.PathLike[str], owned: str | os.PathLike[str] | N
   directory, or one of the files the run or export `owned` keeps (see `owns`), or any
   other run or export above it."""
   path = Path(path)
-  if path.is_dir():  # beside a run or an export: a file inside an export blocks re-export.
-    example = (path.with_name(f"{path.name}_result.json") if _is_run_or_export(path)
+  if path.is_dir():  # beside the outermost run or export holding it, where none keeps it.
+    keepers = [a for a in (path, *path.parents) if _is_run_or_export(a)]
+    example = (keepers[-1].with_name(f"{keepers[-1].name}_result.json") if keepers
                else path / "result.json")
     raise UserError(f"{flag} {path} is a directory; pass a file name, e.g. {flag} {example}")
   others = [a for a in path.absolute().parents if _is_run_or_export(a)]

@@ -36,7 +36,7 @@ from adapler_jax.cli import run_console_script
 from adapler_jax.errors import UserError
 from adapler_jax.eval.squad import predictions_text
 from adapler_jax.reduce.lengths import parse_config
-from adapler_jax.serve import Predictor, inputs
+from adapler_jax.serve import Predictor, inputs, load_model
 
 _MODEL = flags.DEFINE_string("model", None, "An export directory (adapler-export --output).")
 _INPUT = flags.DEFINE_string("input", "-", "Input file, or - for stdin.")
@@ -155,8 +155,13 @@ def main(argv):
     if _INPUT.value != "-" and output.resolve() == Path(_INPUT.value).resolve():
       raise UserError(f"--output {_OUTPUT.value} is the --input file; the predictions would "
                       "replace the texts: write them to another file")
-  length_config = parse_config(_LENGTH_CONFIG.value) if _LENGTH_CONFIG.value else None
-  predictor = Predictor(_MODEL.value, batch_size=_BATCH.value, length_config=length_config)
+  model = load_model(_MODEL.value)
+  length_config = None
+  if _LENGTH_CONFIG.value:  # its example fits this model.
+    length_config = parse_config(_LENGTH_CONFIG.value, base=model.speed.get("base",
+                                                                           model.max_length),
+                                 num_layers=model.config.encoder.num_layers)
+  predictor = Predictor(model, batch_size=_BATCH.value, length_config=length_config)
   source = "stdin" if _INPUT.value == "-" else _INPUT.value
   kind = _input_format(predictor.model, _FORMAT.value, _INPUT.value)
   if _RATIONALES.value and kind in _NO_RATIONALES:

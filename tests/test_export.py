@@ -211,7 +211,8 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
   shutil.copytree(out["adapler"], cut)
   (cut / "config.json").write_text((cut / "config.json").read_text()[:40])
   with pytest.raises(ExportError, match=re.escape(
-      f"{cut / 'config.json'} is damaged (not JSON); re-export the model")):
+      f"{cut / 'config.json'} is damaged (not JSON); re-export the model to a new --output "
+      "(a folder that is no readable export is never replaced)")):
     adapler_jax.load_model(cut)
   shutil.copy(out["adapler"] / "config.json", cut / "config.json")
   shutil.rmtree(cut / "tokenizer")
@@ -248,10 +249,16 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
   assert f"is a directory; pass a file name, e.g. --output {tmp_path / 'result.json'}" in (
       proc.stderr)
   # Not inside an export, where a file would block a later adapler-export --force.
-  with pytest.raises(UserError, match=re.escape(
-      f"--output {out['adapler']} is a directory; pass a file name, e.g. --output "
-      f"{out['adapler'].with_name(out['adapler'].name + '_result.json')}")):
-    files.check_output(out["adapler"])
+  beside = out["adapler"].with_name(out["adapler"].name + "_result.json")
+  for folder in (out["adapler"], out["adapler"] / "tokenizer"):
+    with pytest.raises(UserError, match=re.escape(
+        f"--output {folder} is a directory; pass a file name, e.g. --output {beside}")):
+      files.check_output(folder)
+  files.check_output(beside)  # and the suggestion is taken.
+  proc = _cli("adapler_jax.predict", "--model", str(out["lat"]), "--length-config", "a,b",
+              input="x\n")  # the example fits the model: 2 layers at 16 tokens.
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+      "error: --length-config 'a,b' is not a comma-separated list of ints, e.g. 13,11"]
   texts = tmp_path / "texts.txt"  # --output on --input would replace the texts.
   texts.write_text("a film\n")
   proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--input", str(texts),

@@ -51,13 +51,17 @@ def constant_ratio_config(base: int, num_layers: int, ratio: float, min_length: 
   return tuple(out)
 
 
+def example_config(base: int, num_layers: int) -> str:
+  """The ratio-0.2 config of a model, as a flag takes it: what error messages suggest."""
+  return ",".join(map(str, constant_ratio_config(base, num_layers, 0.2)))
+
+
 def validate_config(config: Sequence[int], base: int, num_layers: int, *,
                     keep_cls: bool = True, name: str = "length config") -> tuple[int, ...]:
   """The config as a tuple of ints, or a one-line `UserError` naming it as `name` (the flag
   or field it came from) with an example: one entry per layer, 1 <= l_i <= base (>= 2 when
   [CLS] is forced: it leaves room for a token), non-increasing."""
-  example = ",".join(map(str, constant_ratio_config(base, num_layers, 0.2)))
-  hint = f"e.g. {example} (ratio 0.2 per layer)"
+  hint = f"e.g. {example_config(base, num_layers)} (ratio 0.2 per layer)"
   try:
     config = tuple(int(v) for v in config)
   except (TypeError, ValueError):
@@ -82,9 +86,8 @@ def parse_config(text: str, name: str = "--length-config", *,
   try:
     return tuple(int(p) for p in parts)
   except ValueError:
-    example = ",".join(map(str, constant_ratio_config(base, num_layers, 0.2)))
     raise UserError(f"{name} {text!r} is not a comma-separated list of ints, "
-                    f"e.g. {example}") from None
+                    f"e.g. {example_config(base, num_layers)}") from None
 
 
 def keep_counts(config, n, base: int, length_base: str):

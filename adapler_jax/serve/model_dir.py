@@ -201,7 +201,9 @@ def _read_meta(directory: Path, strict: bool = True) -> dict | None:
     meta = None
   except ValueError:
     if strict and (directory / WEIGHTS_FILE).exists():
-      raise ExportError(f"{path} is damaged (not JSON); re-export the model") from None
+      raise ExportError(f"{path} is damaged (not JSON); re-export the model to a new "
+                        "--output (a folder that is no readable export is never "
+                        "replaced)") from None
     meta = None
   if not isinstance(meta, dict) or meta.get("format") != FORMAT:
     if not strict:
@@ -222,7 +224,8 @@ REQUIRED_FIELDS = ("architecture", "model", "inputs", "tokenizer", "label_names"
 def load_model(directory: str | os.PathLike[str]) -> ExportedModel:
   """Restores an export written by `write_model` (e.g. `adapler-export`)."""
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  from adapler_jax.weights import WeightsError, load_tokenizer  # pylint: disable=g-import-not-at-top
+  from adapler_jax.weights import (  # pylint: disable=g-import-not-at-top
+      WeightsError, load_tokenizer)
   path = Path(directory)
   if not path.is_dir():
     what = "is a file, not a directory" if path.exists() else "does not exist"
