@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from adapler_jax.data.tokenize import TokenizedDataset
-from adapler_jax.infer import AdaptiveEngine, LengthEngine, per_example_run
+from adapler_jax.infer import AdaptiveEngine, FullLengthEngine, LengthEngine, per_example_run
 from adapler_jax.infer.engine import PAD_LOGIT
 from adapler_jax.models import adapler, lat, walk
 from adapler_jax.models.bert import EncoderConfig, attention_bias_from_mask, encoder_layer_params
@@ -217,6 +217,17 @@ def test_full_length_with_restore_equals_plain_forward(n):
                                flags=FLAGS)
   real = batch["attention_mask"][..., None]
   np.testing.assert_allclose(np.where(real, gathered, 0), np.where(real, plain, 0), atol=1e-5)
+  # The full-length engine one example per batch, each on the narrowest grid width holding
+  # it (9 tokens: 12 slots, narrower than its 16-token bucket), padding at PAD_LOGIT.
+  data = TokenizedDataset(batch["input_ids"], batch["token_type_ids"], n.astype(np.int32),
+                          np.zeros(len(n), np.int32), [str(i) for i in range(len(n))], "span")
+  engine = FullLengthEngine(ClassifierConfig(ENC, 2, head="span"), params, batch_size=1,
+                            max_length=T, folds=())
+  got = engine.run(data)
+  np.testing.assert_allclose(got.logits[real[..., 0]], plain[real[..., 0]], atol=1e-5)
+  assert (got.logits[~real[..., 0]] == PAD_LOGIT).all()
+  assert engine.grid_widths == (2, 4, 8, 12, 16)
+  assert got.slots.sum() == L * sum(min(w for w in engine.grid_widths if w >= k) for k in n)
 
 
 def test_adapler_without_removal_equals_plain_forward():

@@ -212,3 +212,11 @@ def test_a_new_frontier_retires_a_pick_its_rule_no_longer_makes(tmp_path, caplog
   assert not chosen.exists()
   assert (chosen.parent / "chosen.previous.json").read_text() == text
   assert "picked from an earlier frontier" in caplog.text
+  # AdapLeR: the same gene on another eta grid is another point.
+  eta = lambda m: {**point([1, 1], 0.6, 0.895), "eta_multipliers": m}
+  chosen.write_text(json.dumps({"rule": {"flops_budget": 0.7, "max_drop": None},
+                                **eta([1.0, 1.0])}))
+  frontier.retire_stale_choice(tmp_path, result(eta([1.0, 1.0])))
+  assert chosen.exists()
+  frontier.retire_stale_choice(tmp_path, result(eta([1.25, 1.25])))
+  assert not chosen.exists()

@@ -1,8 +1,10 @@
 """Batched inference engines: AdapLeR with real token dropping, and the full-length baseline.
 
-Both iterate a `TokenizedDataset` in length-sorted batches padded to a bucket width
-(`data.eval_batches`), so the compiled shapes are bounded by (row counts x buckets)
-whatever the data, and speed comparisons between them are fair (docs/engine.md).
+All iterate a `TokenizedDataset` in length-sorted batches padded to a bucket width
+(`data.eval_batches`), and run their layers on the same grid widths (the buckets, and at
+batches of up to 4 rows the fine widths `FINE_GRID_WIDTHS`), so the compiled shapes are
+bounded by (row counts x widths) whatever the data, and speed comparisons between them are
+fair (docs/engine.md).
 
 AdapLeR runs each batch as one compiled program per (rows, input bucket)
 (`program.forward`, docs/engine.md)::
@@ -509,7 +511,7 @@ class LengthEngine(_Engine):
   Each batch runs as one compiled program per (rows, input bucket) (`lat_program.forward`):
   after each layer's attention, the tokens kept by attention significance are gathered to
   the front of each row, and the feed-forward block and every later layer run on the
-  narrowest bucket width holding them. How many tokens each example keeps follows from the
+  narrowest grid width holding them. How many tokens each example keeps follows from the
   config and its length alone (`reduce.lengths.real_counts`), so the host plans every
   width before the batch starts, hands the plan to the program as data, and reads only the
   outputs. Configs and lengths never change the compiled shapes: one program per input

@@ -128,16 +128,17 @@ def retire_stale_choice(workdir: Path, result: dict[str, Any]) -> None:
   try:
     chosen = json.loads(path.read_text(encoding="utf-8"))
     rule = chosen["rule"]
-    if pick(result, flops_budget=rule.get("flops_budget"),
-            max_drop=rule.get("max_drop"))["config"] == chosen["config"]:
-      return
+    now = pick(result, flops_budget=rule.get("flops_budget"), max_drop=rule.get("max_drop"))
+    if all(now.get(k) == chosen.get(k) for k in ("config", "eta_multipliers")):
+      return  # the same point (for AdapLeR, the same multipliers: what export ships).
   except (UserError, ValueError, KeyError, TypeError, AttributeError):
     pass  # damaged, or no point fits its rule now: stale either way.
   aside = path.with_name("chosen.previous.json")
   os.replace(path, aside)
-  logging.warning("%s was picked from an earlier frontier, and its rule picks another point "
-                  "now; moved it to %s, so adapler-export ships the run's own setting until "
-                  "evaluate.py --flops-budget or --max-drop picks again", path, aside.name)
+  logging.warning("%s was picked from an earlier frontier, on which its rule no longer picks "
+                  "the same point; moved it to %s, so adapler-export ships the run's own "
+                  "setting until evaluate.py --flops-budget or --max-drop picks again", path,
+                  aside.name)
 
 
 def plot(store: evo.Store, result: dict[str, Any], path: Path, title: str) -> Path:
