@@ -331,6 +331,27 @@ def test_warmup_leaves_nothing_to_compile(committed):
   assert (result.kept_counts[:, -1] < result.lengths).any()  # layers did shrink batches.
 
 
+def test_full_length_warmup_leaves_nothing_to_compile():
+  """At batches of up to 4 rows the full model runs a batch on the narrowest grid width
+  holding it, fine widths included: warm-up compiles every (rows, width) one may take."""
+  cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
+  params = scaled_params(cfg, seed=1, scale=8.0, eta=0.8)
+  data = synthetic(30, 40, seed=12)  # inputs of 9-12 tokens: a 24-token bucket, 12 slots.
+  engine = FullLengthEngine(cfg, params, batch_size=3, max_length=40, buckets=(8, 24, 40),
+                            folds=(3,))  # shapes no other test compiles.
+  assert engine.grid_widths == (2, 4, 8, 12, 24, 40)
+  with CompileCounter() as counter:
+    engine.warmup()
+  assert counter.count > 0
+  with CompileCounter() as counter:
+    result = engine.run(data)
+  assert counter.count == 0
+  coarse = FullLengthEngine(cfg, params, batch_size=3, max_length=40, buckets=(8, 24, 40),
+                            folds=(3,), grid_widths=()).run(data)
+  assert result.slots.sum() < coarse.slots.sum()  # some batches ran narrower than a bucket.
+  np.testing.assert_allclose(result.logits, coarse.logits, atol=1e-5, rtol=0)
+
+
 def test_with_eta_equals_an_engine_built_with_those_cutoffs_and_compiles_nothing():
   """A sweep over cutoffs reuses one engine: `with_eta` gives what a new engine would,
   without compiling, and leaves the engine it came from as it was."""
