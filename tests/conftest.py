@@ -37,6 +37,21 @@ def shared_data() -> Path:
   return SHARED_DATA
 
 
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs():
+  """Frees each module's compiled programs when it ends. XLA:CPU maps a compiled program's
+  code into a dozen or more memory mappings, alive while JAX's caches hold the program; a
+  pytest worker that had run about 370 tests held about 2,000 programs and 65,000 mappings,
+  Linux's limit per process (`vm.max_map_count`, 65,530), where LLVM's next allocation fails
+  and jaxlib crashes with a segmentation fault. Later modules recompile what they need, from
+  the persistent cache."""
+  yield
+  import gc  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.clear_caches()
+  gc.collect()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
   """One persistent compilation cache for the session, in a temporary folder, never the

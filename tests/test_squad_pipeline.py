@@ -110,20 +110,6 @@ def evaluated_questions(run) -> dict[str, str]:
   return {e.id: e.context for e in run.dataset("dev").examples.examples}
 
 
-@pytest.fixture(autouse=True)
-def no_cache_writes():
-  """Reads from the session's compilation cache, but writes none: in the full suite (two
-  xdist workers), jaxlib 0.10.2 segfaulted twice in a row serializing one of this test's
-  engine programs into the cache (`compilation_cache.put_executable_and_time`), in each of
-  this module's end-to-end tests in turn; alone they pass with writes on."""
-  import jax  # pylint: disable=g-import-not-at-top
-  name = "jax_persistent_cache_min_compile_time_secs"
-  saved = getattr(jax.config, name)
-  jax.config.update(name, 1e9)
-  yield
-  jax.config.update(name, saved)
-
-
 def test_squad_adapler_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path):  # noqa: F811
   """configs/squad.py: finetune -> saliency -> adapler -> summary, then evaluate.py."""
   workdir = tmp_path / "squad"
