@@ -50,7 +50,7 @@ import numpy as np
 from adapler_jax.data.batching import DEFAULT_BUCKETS, bucket_lengths, eval_batches
 from adapler_jax.data.tokenize import TokenizedDataset
 from adapler_jax.errors import InputError
-from adapler_jax.infer import kernels, lat_program, layout, packing, program
+from adapler_jax.infer import kernels, lat_program, layout, map_limit, packing, program
 from adapler_jax.models.adapler import AdapLeRConfig, hard_forward, predictor_params
 from adapler_jax.models import lat
 from adapler_jax.models.bert import NEG_INF, encoder_layer_params
@@ -169,6 +169,7 @@ class _Engine:
     self.ffn_chunk_rows = ffn_chunk_rows
     self.folds: tuple[int, ...] = ()  # packed grids' folds; engines that pack set theirs.
     self._shapes: dict[str, set] = {}
+    self._guard = map_limit.ProgramGuard()
 
   @property
   def on_cpu(self) -> bool:
@@ -195,12 +196,15 @@ class _Engine:
   def _tracked(self, name: str, fn):
     """`fn` (a partial of a module-level jit), noting each argument shape it runs on: the
     compiled shapes this engine needs. The jit caches are shared, so a second engine or a
-    second epoch's evaluation on the same shapes compiles nothing."""
+    second epoch's evaluation on the same shapes compiles nothing. A shape that may compile
+    first checks the process's memory mappings (`map_limit`)."""
     shapes = self._shapes.setdefault(name, set())
 
     def call(*args, **kwargs):  # params (dicts) fix no shape: only the other arguments count.
-      shapes.add(tuple(getattr(a, "shape", a) for a in (*args, *kwargs.values())
-                       if not isinstance(a, dict)))
+      shape = tuple(getattr(a, "shape", a) for a in (*args, *kwargs.values())
+                    if not isinstance(a, dict))
+      shapes.add(shape)
+      self._guard.check((name, shape))
       return fn(*args, **kwargs)
 
     return call
