@@ -609,7 +609,7 @@ def main(argv=None) -> None:
                       {**meta, "mode": "random-cp" if random_cp else "trained"})
     # Each task's rows are written as it ends, so they survive a later task's failure.
     atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
-    jax.clear_caches()  # a task's programs: a long multi-task run once ran out of JIT memory.
+    jax.clear_caches()  # a task's programs: they fill the process's memory mappings (`map_limit`).
   print_table(rows)
   print(f"wrote {len(rows)} rows to {out}")
 
