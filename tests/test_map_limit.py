@@ -44,8 +44,8 @@ def test_an_engine_released_before_each_new_program_gives_the_same_results(tmp_p
   again and again, and its outputs are the bits of an unreleased run."""
   cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
   params = scaled_params(cfg, seed=4, scale=4.0, eta=0.9)
-  data = synthetic(48, 64, seed=3)
-  build = lambda: AdaptiveEngine(cfg, params, batch_size=8, max_length=64, buckets=(16, 32, 64))
+  data = synthetic(24, 32, seed=3)
+  build = lambda: AdaptiveEngine(cfg, params, batch_size=8, max_length=32, buckets=(16, 32))
   want = build().run(data)
 
   limit_file(tmp_path, monkeypatch, 1)
