@@ -318,6 +318,16 @@ def test_only_orbax_abandoned_read_tasks_are_silenced():
   assert not keep(with_info(raised(_read_array_index_and_device_put)))
   assert keep(with_info(raised(elsewhere)))
   assert keep(with_info(None))
+  # asyncio names the future's class: the gather over a tensor's shard reads reports as
+  # `_GatheringFuture`; its exception is a shard read's.
+  gathered = lambda info: logging.LogRecord(
+      "asyncio", logging.ERROR, __file__, 1, "_GatheringFuture exception was never "
+      "retrieved\nfuture: <_GatheringFuture finished exception=...>", None, info)
+  assert not keep(gathered(raised(_read_array_index_and_device_put)))
+  assert keep(gathered(raised(elsewhere)))
+  other = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Executing <Task> took "
+                            "2.1 seconds", None, raised(_read_array_index_and_device_put))
+  assert keep(other)  # only the two reports of an abandoned read are dropped.
 
 
 def test_only_a_closed_loop_woken_from_c_is_dropped_from_excepthook(monkeypatch):

@@ -9,6 +9,7 @@ report the same failure later, from other threads and at interpreter exit.
 from __future__ import annotations
 
 import logging as py_logging
+import re
 import sys
 
 _SHARD_READ = "_read_array_index_and_device_put"  # orbax's per-shard read coroutine.
@@ -53,17 +54,18 @@ def _filter_hook(name: str, drop) -> None:
 
 class AbandonedReadTasks(py_logging.Filter):
   """Drops asyncio's reports of orbax's abandoned shard reads (newer orbax runs them as
-  tasks, and awaits some through futures): 'Task / Future exception was never retrieved'
-  (their failure is the one the restore already raised) and 'Task was destroyed but it is
+  tasks, and awaits some through futures): '<class> exception was never retrieved', the
+  class a Task, a Future or a subclass such as the `_GatheringFuture` of `asyncio.gather`
+  (their failure is the one the restore already raised), and 'Task was destroyed but it is
   pending!' (one still running at exit). A task's report names the read; a future's does
   not, but its exception's traceback passes through it."""
 
-  _REPORTS = ("Task exception was never retrieved", "Future exception was never retrieved",
-              "Task was destroyed but it is pending")
+  _REPORTS = re.compile(r"\w*(Task|Future) exception was never retrieved"
+                        r"|Task was destroyed but it is pending")
 
   def filter(self, record: py_logging.LogRecord) -> bool:
     msg = record.getMessage()
-    return not (msg.startswith(self._REPORTS)
+    return not (self._REPORTS.match(msg)
                 and (_SHARD_READ in msg or _raised_in_shard_read(record.exc_info)))
 
 
