@@ -68,9 +68,6 @@ def compilation_cache(tmp_path_factory):
   os.environ[cli.CACHE_ENV] = str(tmp_path_factory.mktemp("jax_cache"))
   jax.config.update("jax_compilation_cache_dir", None)
   cli.enable_compilation_cache()
-  # No eviction in the session's folder: JAX's evicting cache lists and reads every entry's
-  # access time on each write, so a worker's few thousand writes cost millions of file reads.
-  jax.config.update("jax_compilation_cache_max_size", -1)
   cc.reset_cache()
   yield
   for k, v in saved_options.items():
