@@ -68,7 +68,7 @@ from adapler_jax.data import (DEFAULT_BUCKETS, eval_batches, get_task, load_spli
 from adapler_jax.data.tokenize import TokenizedDataset
 from adapler_jax.errors import UserError
 from adapler_jax.infer import (AdaptiveEngine, FlopsDims, FullLengthEngine, LengthEngine, flops,
-                               flops_report)
+                               flops_report, map_limit)
 from adapler_jax.models import adapler
 from adapler_jax.eval import tradeoff
 from adapler_jax.pipeline import frontier, lat_phases, load_run, prepare, read_config
@@ -609,7 +609,7 @@ def main(argv=None) -> None:
                       {**meta, "mode": "random-cp" if random_cp else "trained"})
     # Each task's rows are written as it ends, so they survive a later task's failure.
     atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
-    jax.clear_caches()  # a task's programs: they fill the process's memory mappings (`map_limit`).
+    map_limit.release()  # a task's programs: they fill the process's memory mappings.
   print_table(rows)
   print(f"wrote {len(rows)} rows to {out}")
 

@@ -46,10 +46,8 @@ def release_compiled_programs():
   and jaxlib crashes with a segmentation fault. Later modules recompile what they need, from
   the persistent cache."""
   yield
-  import gc  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.clear_caches()
-  gc.collect()
+  from adapler_jax.infer import map_limit  # pylint: disable=g-import-not-at-top
+  map_limit.release()
 
 
 @pytest.fixture(scope="session", autouse=True)

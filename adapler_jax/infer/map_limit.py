@@ -40,11 +40,18 @@ def mapping_limit(path: str = LIMIT_FILE) -> int | None:
     return None
 
 
-def release_near_limit(near: float = NEAR) -> bool:
-  """Clears JAX's caches of compiled programs when this process holds more than `near` of
-  its mapping limit; True when it did. Costs a read of `/proc/self/maps` (about 5 ms at
-  12,000 mappings), so callers check before compiling, not on every call."""
+def release() -> None:
+  """Drops JAX's compiled programs (and their mappings); each compiles again when next used."""
   global _releases
+  jax.clear_caches()
+  gc.collect()
+  _releases += 1
+
+
+def release_near_limit(near: float = NEAR) -> bool:
+  """`release`s when this process holds more than `near` of its mapping limit; True when it
+  did. Costs a read of `/proc/self/maps` (about 5 ms at 12,000 mappings), so callers check
+  before compiling, not on every call."""
   limit = mapping_limit(LIMIT_FILE)
   count = mapping_count() if limit else None
   if count is None or count <= near * limit:
@@ -52,9 +59,7 @@ def release_near_limit(near: float = NEAR) -> bool:
   logging.warning("%d memory mappings of the %d a process may have (vm.max_map_count): "
                   "releasing compiled programs, which compile again when next used", count,
                   limit)
-  jax.clear_caches()
-  gc.collect()
-  _releases += 1
+  release()
   return True
 
 
