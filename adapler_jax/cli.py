@@ -17,6 +17,7 @@ from adapler_jax.errors import UserError
 CONFIG_FLAG = "config"
 CACHE_ENV = "ADAPLER_JAX_CACHE_DIR"  # where compiled programs go; "" turns the cache off.
 CACHE_MAX_BYTES = 2 << 30  # least recently used programs are evicted beyond this.
+CACHE_SUFFIX, ATIME_SUFFIX = "-cache", "-atime"  # JAX's names for a program and its last use.
 
 
 # File-system errors that name a path the user chose (permissions, a file where a folder
@@ -252,9 +253,6 @@ def enable_compilation_cache(config=None) -> str | None:
   jax.config.update("jax_compilation_cache_max_size", -1)
   prune_compilation_cache(path, CACHE_MAX_BYTES)
   return str(path)
-
-
-CACHE_SUFFIX, ATIME_SUFFIX = "-cache", "-atime"  # JAX's names for a program and its last use.
 
 
 def prune_compilation_cache(folder: Path, max_bytes: int) -> int:
