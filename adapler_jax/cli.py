@@ -235,7 +235,8 @@ def enable_compilation_cache(config=None) -> str | None:
   the programs an earlier run compiled; every program is kept, however small, as CPU ones
   compile in well under JAX's default 1 s threshold. Off when `config.compilation_cache` is
   False or `$ADAPLER_JAX_CACHE_DIR` is empty; a folder set through JAX itself
-  (`JAX_COMPILATION_CACHE_DIR`) is kept. Returns the folder in use, or None."""
+  (`JAX_COMPILATION_CACHE_DIR`) is kept. Our folder is trimmed to `CACHE_MAX_BYTES` here,
+  once per run. Returns the folder in use, or None."""
   import jax  # pylint: disable=g-import-not-at-top
   if config is not None and not config.get("compilation_cache", True):
     return None

@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 from jax._src.lru_cache import LRUCache  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from adapler_jax.cli import CACHE_MAX_BYTES, prune_compilation_cache  # pylint: disable=wrong-import-position
+from adapler_jax.cli import (ATIME_SUFFIX, CACHE_MAX_BYTES, CACHE_SUFFIX,  # pylint: disable=wrong-import-position
+                             prune_compilation_cache)
 from adapler_jax.files import atomic_write_text  # pylint: disable=wrong-import-position
 
 
@@ -30,8 +31,8 @@ def filled(folder: Path, count: int, blob: bytes) -> None:
   """`count` entries as JAX writes them (program and access-time file), without its cost."""
   stamp = time.time_ns().to_bytes(8, "little")
   for i in range(count):
-    (folder / f"k{i}-cache").write_bytes(blob)
-    (folder / f"k{i}-atime").write_bytes(stamp)
+    (folder / f"k{i}{CACHE_SUFFIX}").write_bytes(blob)
+    (folder / f"k{i}{ATIME_SUFFIX}").write_bytes(stamp)
 
 
 def ms_per_write(folder: Path, max_size: int, blob: bytes, writes: int) -> float:

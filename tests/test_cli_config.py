@@ -171,25 +171,23 @@ def test_enable_compilation_cache(monkeypatch, tmp_path, jax_cache_options):
   assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
   assert jax.config.jax_persistent_cache_min_entry_size_bytes == -1
   assert jax.config.jax_compilation_cache_max_size == -1  # no scan on every write ...
-  # A folder chosen through JAX itself (JAX_COMPILATION_CACHE_DIR) is kept.
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_own"))
-  assert cli.enable_compilation_cache(None) == str(tmp_path / "jax_own")
-
-
   # ... the folder is trimmed when a run turns the cache on instead.
   jax.config.update("jax_compilation_cache_dir", None)
   monkeypatch.setattr(cli, "CACHE_MAX_BYTES", 150)
   _programs(tmp_path / "cache", {"old": 2, "new": 1})
   assert cli.enable_compilation_cache(None) == str(tmp_path / "cache")
   assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["new-atime", "new-cache"]
+  # A folder chosen through JAX itself (JAX_COMPILATION_CACHE_DIR) is kept.
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_own"))
+  assert cli.enable_compilation_cache(None) == str(tmp_path / "jax_own")
 
 
 def _programs(folder, last_use: dict[str, int]) -> None:
   """100-byte cache entries (and JAX's access-time files), last used `last_use` days ago."""
   folder.mkdir(exist_ok=True)
   for key, days in last_use.items():
-    for suffix in ("-cache", "-atime"):
-      (folder / f"{key}{suffix}").write_bytes(b"x" * (100 if suffix == "-cache" else 8))
+    for suffix in (cli.CACHE_SUFFIX, cli.ATIME_SUFFIX):
+      (folder / f"{key}{suffix}").write_bytes(b"x" * (100 if suffix == cli.CACHE_SUFFIX else 8))
       os.utime(folder / f"{key}{suffix}", (time.time() - days * 86400,) * 2)
 
 
