@@ -386,6 +386,9 @@ def row(system: str, setup: Setup, batch_size: int, seconds: list[float],
   }
   if last.kept_counts is not None:
     out["kept_tokens_per_layer"] = np.round(last.kept_counts.mean(0), 2).tolist()
+    # The share of the full model's (token, layer) pairs this system ran.
+    out["kept_token_fraction"] = round(float(
+        last.kept_counts.sum() / (data.lengths.sum() * last.kept_counts.shape[1])), 4)
   if last.slots is not None:  # token slots computed per example, padding included.
     out["slots_per_layer"] = np.round(last.slots / len(data), 2).tolist()
   if batch_size == 1:
