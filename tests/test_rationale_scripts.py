@@ -134,12 +134,16 @@ def test_bench_inference_on_a_trained_run(run):
     assert alt["grid_widths"] == sorted({2, 6, 10, *bucket_lengths(16, DEFAULT_BUCKETS)})
     assert fine["kept_tokens_per_layer"] == coarse["kept_tokens_per_layer"]
     assert alt["kept_tokens_per_layer"] == coarse["kept_tokens_per_layer"]
+    assert fine["kept_token_fraction"] == coarse["kept_token_fraction"] <= 1.0
+    kept = fine["kept_tokens_per_layer"]  # means over examples, rounded.
+    assert abs(fine["kept_token_fraction"] - sum(kept) / (len(kept) * fine["mean_length"])) < 0.01
     assert sum(fine["slots_per_layer"]) <= sum(coarse["slots_per_layer"])
   for r in rows:
     assert r["examples"] == 12 and r["task"] == "demo"
     if r["system"] == "ours-full":  # restored params, one batch size per engine: at
       # batches <= 4 on the fine grids too, as the AdapLeR engine's layers.
       assert r["grid_widths"] == rows[1]["grid_widths"]
+      assert r["kept_token_fraction"] == 1.0
       assert 1 <= r["compiled_shapes"] <= r["shape_bound"] == len(r["grid_widths"])
     if r["system"] == "ours-adapler":  # (batch, batch // 2, batch // 4) rows x widths,
       kernel_sets = 2 if jax.default_backend() == "cpu" else 1  # x dot-kernel sets on CPU.
