@@ -13,13 +13,15 @@ from adapler_jax.errors import MissingExtraError
 
 
 def require(module: str, extra: str, purpose: str, instead: str = "") -> ModuleType:
-  """`import module`, or a one-line `MissingExtraError` naming the extra to install (or what
-  to do `instead`)."""
+  """`import module`, or a one-line `MissingExtraError` naming the package to install and
+  its extra (or what to do `instead`). The pip command names the package itself, which
+  works whether adapler-jax came from an index or from its source tree."""
   try:
     return importlib.import_module(module)
   except ImportError:
-    raise MissingExtraError(f"{purpose} needs the {module.split('.')[0]} package; install it "
-                            f"with pip install 'adapler-jax[{extra}]'"
+    package = module.split(".")[0]
+    raise MissingExtraError(f"{purpose} needs the {package} package (adapler-jax's '{extra}' "
+                            f"extra); install it with pip install {package}"
                             + (f" or {instead}" if instead else "")) from None
 
 

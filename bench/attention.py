@@ -10,7 +10,7 @@ Times one attention block (q, k, v given; 12 heads x 32, MiniLM's shape) in:
 * `torch SDPA` when torch is installed.
 
 The feed-forward block (MiniLM's 384 -> 1536 -> 384 with GELU, residual and LayerNorm)
-is timed whole and in chunks of token rows (`adapler_jax.infer.packing.feed_forward`),
+is timed whole and in chunks of token rows (`adapler_jax.models.walk.ParamLayer`),
 against the same block in PyTorch (`BertIntermediate` + `BertOutput`).
 
   python bench/attention.py BATCH LENGTH         # e.g. 32 128, or 8 512; CPU=1 picks the core
@@ -28,8 +28,7 @@ import jax  # (after pinning: XLA sizes its thread pool from the affinity mask)
 import jax.numpy as jnp
 import numpy as np
 
-from adapler_jax.infer import packing
-from adapler_jax.models import attention
+from adapler_jax.models import attention, walk
 from adapler_jax.models.bert import EncoderConfig, Layer
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -96,7 +95,7 @@ def feed_forward(batch, seq):
   params = Layer(cfg).init(jax.random.PRNGKey(0), x, jnp.zeros((batch, seq)))["params"]
   print(f"feed-forward, batch {batch}, length {seq} ({batch * seq} token rows), one core")
   for rows in (None, 2048, 1024, 512, 256):
-    fn = jax.jit(lambda p, x, rows=rows: packing.feed_forward(cfg, p, x, rows))
+    fn = jax.jit(lambda p, x, rows=rows: walk.ParamLayer(cfg, p, rows).feed_forward(x))
     seconds = best_of(lambda: jax.block_until_ready(fn(params, x)))  # pylint: disable=cell-var-from-loop
     print(f"  {'whole' if rows is None else f'chunks of {rows} rows':30s} {seconds * 1e3:8.1f} ms")
   try:

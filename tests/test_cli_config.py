@@ -212,13 +212,13 @@ def test_missing_extra_is_one_line(monkeypatch):
   monkeypatch.setitem(sys.modules, "datasets", None)
   with pytest.raises(MissingExtraError) as err:
     extras.pyplot()
-  assert str(err.value) == ("drawing figures needs the matplotlib package; install it with "
-                            "pip install 'adapler-jax[plots]'")
+  assert str(err.value) == ("drawing figures needs the matplotlib package (adapler-jax's "
+                            "'plots' extra); install it with pip install matplotlib")
   with pytest.raises(MissingExtraError) as err:
     hub.load_from_hub(get_task("sst2"), "dev")
   assert str(err.value) == ("downloading sst2 from the Hugging Face hub needs the datasets "
-                            "package; install it with pip install 'adapler-jax[hub]' or pass a "
-                            "local folder with --config.data.data_dir")
+                            "package (adapler-jax's 'hub' extra); install it with pip install "
+                            "datasets or pass a local folder with --config.data.data_dir")
 
 
 @pytest.mark.parametrize("source, reason", [

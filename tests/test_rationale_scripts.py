@@ -3,6 +3,7 @@ on a tiny demo run."""
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -253,3 +254,15 @@ def test_profile_ops_attributes_a_traced_pass(run):
   kinds = {op["kind"] for op in result["ops"]}
   assert kinds & {"dot", "ynn_fusion"}  # the layers' matmuls are attributed by kind.
   assert result["threads"]
+
+
+def test_attention_bench_times_the_feed_forward_block_in_row_chunks():
+  """`bench/attention.py --ffn` runs (in its own process: it pins its CPU) and times every
+  chunking of the block."""
+  proc = subprocess.run([sys.executable, str(ROOT / "bench" / "attention.py"), "--ffn", "1", "8"],
+                        capture_output=True, text=True, timeout=300, cwd=ROOT,
+                        env={**os.environ, "CPU": str(min(os.sched_getaffinity(0)))})
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.splitlines()
+  for label in ("whole", *(f"chunks of {r} rows" for r in (2048, 1024, 512, 256))):
+    assert any(line.strip().startswith(label) and line.rstrip().endswith(" ms") for line in lines)

@@ -130,8 +130,9 @@ def test_hub_rows(monkeypatch):
   assert ds.examples[0].answer_texts == ("Broncos",) and ds.examples[0].title == "T"
   monkeypatch.setitem(sys.modules, "datasets", None)  # not installed: the extra to install.
   with pytest.raises(UserError, match=re.escape(
-      "downloading SQuAD from the Hugging Face hub needs the datasets package; install it with "
-      "pip install 'adapler-jax[hub]' or pass a local folder with --config.data.data_dir")):
+      "downloading SQuAD from the Hugging Face hub needs the datasets package (adapler-jax's "
+      "'hub' extra); install it with pip install datasets or pass a local folder with "
+      "--config.data.data_dir")):
     data.load_split("squad", "dev")
 
 
