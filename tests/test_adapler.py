@@ -49,6 +49,10 @@ def init_params(seed=0, cp_scale=1.0, eta=0.25):
     (0.90, 0.10, 3.0, 0.05, (0.90 - 1) * (0.05 / 3) / 0.9),  # -0.00185185
     (0.00, 0.10, 1e6, 0.1, -1e4),                            # clipped at -1e4
     (1.00, 0.10, 10.0, 0.1, 0.0),                            # S = 1 keeps fully
+    # lam^2 < beta delta / (1 - delta): the gentle line is the steeper one, and the
+    # branch still follows S against delta (a min of the two would give -12 and -9.998).
+    (0.40, 0.50, 0.01, 0.1, 0.02 * (0.40 - 0.50) - 10),      # below: -10.002
+    (0.60, 0.50, 0.01, 0.1, (0.60 - 1) * 10 / 0.5),          # above: -8
 ])
 def test_soft_removal_edit_matches_hand_computed(s, delta, lam, beta, expected):
   got = adapler.soft_removal_edit(jnp.float32(s), jnp.float32(delta), lam, beta)

@@ -9,6 +9,7 @@ question + context windows when the shared data folder is present.
 import functools
 import gzip
 import json
+import warnings
 
 import flax.linen as nn
 import jax
@@ -365,6 +366,20 @@ def test_engines_with_restore_equal_references_on_squad_windows(shared_data, tok
   if not path.exists():
     pytest.skip(f"{path} is absent")
   check_engines(*squad_windows(path, tokenizer, 5))
+
+
+def test_hard_removal_with_no_token_left_runs_on_quietly():
+  """Every token gone before layer 0: each later layer sees none (its cutoff counts at
+  least one token, as the engine's does), keeps none, and no NumPy warning is raised; the
+  head reads the restored embeddings."""
+  cfg, params = adapler_config(), adapler_params()
+  params["speed"]["eta"] = jnp.full((L,), 100.0)
+  ids = _batch((9,))["input_ids"][0, :9]
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    got = adapler.hard_forward(cfg, params, ids)
+  assert list(got.kept_counts) == [0] * L
+  assert got.logits.shape == (9, 2) and np.isfinite(got.logits).all()
 
 
 def test_a_span_model_that_drops_every_token_restores_them_all():

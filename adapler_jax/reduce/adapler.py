@@ -66,13 +66,15 @@ def soft_removal_edit(scores: Array, delta: Array, lam: Array | float, beta: flo
   """Eq. 4: the (non-positive) log-mask edit for each token's score.
 
   Below the cutoff the edit falls steeply, `(lam / delta)(S - delta) - beta / lam`; above
-  it it is the gentle `(S - 1)(beta / lam) / (1 - delta)`. The min of the two branches is
-  the piecewise function; it is clipped to [NEG_INF, 0]. Broadcasts over all arguments.
-  `1 - delta` is floored at 1e-6: delta reaches 1 when eta = 1 and only [CLS] is left.
+  it it is the gentle `(S - 1)(beta / lam) / (1 - delta)`; both meet at S = delta. The
+  result is clipped to [NEG_INF, 0]. Broadcasts over all arguments. `1 - delta` is floored
+  at 1e-6: delta reaches 1 when eta = 1 and only [CLS] is left. (The branches are chosen by
+  S < delta, not as their min: below lam^2 = beta delta / (1 - delta) the "gentle" line is
+  the steeper one, and the min would swap them.)
   """
   below = (lam / delta) * (scores - delta) - beta / lam
   above = (scores - 1.0) * (beta / lam) / jnp.maximum(1.0 - delta, 1e-6)
-  return jnp.clip(jnp.minimum(below, above), NEG_INF, 0.0)
+  return jnp.clip(jnp.where(scores < delta, below, above), NEG_INF, 0.0)
 
 
 class SoftRemoval(Policy):
@@ -152,6 +154,7 @@ class HardRemoval(Policy):
   def before_layer(self, l, x, positions):
     s = self.scores_fn(l, x)
     is_cls = (positions == 0) & self.keep_cls
-    keep = keep_rule(s, self.eta[l], len(positions), is_cls)
+    # Once every token is gone (span QA, large eta) later layers see none: n floored at 1.
+    keep = keep_rule(s, self.eta[l], max(len(positions), 1), is_cls)
     positions = positions[keep]
     return x[:, np.flatnonzero(keep)], positions, {"scores": s, "kept_positions": positions}
