@@ -258,11 +258,15 @@ def multihost(backbone: str, workdir: str, reference: str) -> dict:
   # managers (each a sync of every process), and LAT's engine evaluates parameters that
   # training left replicated over both processes' devices.
   pipeline.extract_saliency(run)
+  pipeline.run_phase(run, "adapler")  # lambda and eta replicated over both processes.
+  with adapler_checkpointer(run) as ckpt:
+    adapler_steps = ckpt.all_steps()
   _, backbone, _ = pipeline.load_finetuned(run, 1)[0]
   lat = lat_phases.evaluate_at(run, backbone, run.dataset("dev"), None)
   return {"process": jax.process_index(), "step": step,
           "params_diff": _max_diff(_host(params["multihost"]), _host(params["reference"])),
           "saliency_saved": (Path(workdir) / SALIENCY_FILE).exists(),
+          "adapler_steps": adapler_steps,
           "lat_metric": lat["metric"]}
 
 

@@ -114,7 +114,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.mark.slow  # 2 more processes: ~30 s of CPU.
+@pytest.mark.slow  # 2 more processes: ~40 s of CPU.
 def test_two_processes_with_2_devices_train_like_one_with_4(four, tiny_backbone,  # noqa: F811
                                                             tmp_path):
   reference, _ = four
@@ -138,6 +138,7 @@ def test_two_processes_with_2_devices_train_like_one_with_4(four, tiny_backbone,
   for r in results:
     assert r["step"] == 2 and r["params_diff"] <= TOL
     assert r["saliency_saved"] and 0 <= r["lat_metric"] <= 1
+    assert r["adapler_steps"] == [2]  # the AdapLeR phase trains on 2 processes too.
   assert results[0]["lat_metric"] == results[1]["lat_metric"]
   # Metrics are logged by process 0 alone: no row twice.
   rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
