@@ -234,6 +234,27 @@ def test_failed_rerun_leaves_the_workdir_as_it_was(tiny_backbone, run_dir, tmp_p
   assert snapshot(run_dir) == before
 
 
+def test_a_rerun_refused_for_what_its_phase_reads_leaves_the_workdir_as_it_was(
+    tiny_backbone, run_dir):
+  """AdapLeR training on other train rows than the saliency file's, and an import from
+  another checkpoint than the one fine-tuning came from: refused before config.json is
+  rewritten (evaluate.py reads it, so a stored seed would change the reported dev rows)."""
+  before = snapshot(run_dir)
+  other_rows = small_config(tiny_backbone)
+  other_rows.seed = 1
+  with pytest.raises(UserError, match=r"saliency.npz has no saliency for \d+ training "
+                     r"examples .*; rerun --phase saliency with this data config$"):
+    pipeline.prepare(other_rows, run_dir, phase="adapler")
+  imported = small_config(tiny_backbone)
+  imported.train.init_from_hf = str(run_dir / "elsewhere")
+  for phase in ("finetune", "all"):
+    with pytest.raises(UserError, match=re.escape(
+        f"{run_dir / 'finetune'} holds fine-tuning from train.py, not from "
+        f"{run_dir / 'elsewhere'}; delete it or pass another --workdir")):
+      pipeline.prepare(imported, run_dir, phase=phase)
+  assert snapshot(run_dir) == before
+
+
 def test_each_phase_records_the_config_it_ran_with(tiny_backbone, run_dir):
   checkpoints = snapshot(run_dir / "finetune")
   config = small_config(tiny_backbone)

@@ -206,3 +206,15 @@ def check_checkpoints(run) -> None:
     if ckpt.latest_step() is not None:
       ckpt.check_fits(jax.eval_shape(init), under="params")
     ckpt.close()
+
+
+def check_phase_inputs(run, phase: str | None) -> None:
+  """What `phase` reads from the workdir was made for this config, checked before the config
+  is stored: fine-tuning imported from `train.init_from_hf` (not another source), and for
+  AdapLeR training a saliency file of these training rows and token ids."""
+  from adapler_jax.pipeline import phases  # pylint: disable=g-import-not-at-top
+  from adapler_jax.train import saliency  # pylint: disable=g-import-not-at-top
+  if run.config.train.init_from_hf and phase in ("finetune", "all"):
+    phases.check_import_source(run)
+  if phase == "adapler" and run.config.method == "adapler":
+    saliency.load_for(run.workdir / phases.SALIENCY_FILE, run.dataset("train"))

@@ -310,6 +310,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
     if run.is_main_process:
       workdir_lib.lock(workdir)
     checks.check_checkpoints(run)
+    checks.check_phase_inputs(run, phase)
     if phase not in RECORDS_LATER:
       run.write_config()
   return run

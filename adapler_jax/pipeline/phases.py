@@ -128,14 +128,9 @@ def import_finetuned(run: Run) -> float:
   evaluated fine-tuning checkpoint, at the step where fine-tuning would end, so the later
   phases (and reruns) see a finished fine-tuning. Returns its dev metric."""
   c = run.config.train
+  check_import_source(run)
   ckpt = finetune_checkpointer(run)
   if ckpt.latest_step() is not None:
-    source = ckpt.restore_json().get(IMPORTED_FROM)
-    if source != c.init_from_hf:
-      ckpt.close()
-      raise UserError(f"{ckpt.directory} holds fine-tuning from "
-                      f"{source or 'train.py'}, not from {c.init_from_hf}; delete it or pass "
-                      "another --workdir")
     best = ckpt.best_steps(1)
     metric = float(ckpt.metrics(best[0])[DEV_METRIC])
     ckpt.close()
@@ -159,6 +154,19 @@ def import_finetuned(run: Run) -> float:
             extra_json={IMPORTED_FROM: c.init_from_hf})
   ckpt.close()
   return dev_metric
+
+
+def check_import_source(run: Run) -> None:
+  """One line when the workdir holds fine-tuning from another source than
+  `train.init_from_hf` (another checkpoint, or train.py's own)."""
+  with finetune_checkpointer(run, read_only=True) as ckpt:
+    if ckpt.latest_step() is None:
+      return
+    source = ckpt.restore_json().get(IMPORTED_FROM)
+  if source != run.config.train.init_from_hf:
+    raise UserError(f"{ckpt.directory} holds fine-tuning from {source or 'train.py'}, not "
+                    f"from {run.config.train.init_from_hf}; delete it or pass another "
+                    "--workdir")
 
 
 def load_finetuned(run: Run, k: int = 1) -> list[tuple[int, dict, float]]:
