@@ -103,9 +103,11 @@ def test_prepare_reads_the_files(tiny_backbone, files):
   assert len(dev) == 8 and dev.labels.tolist() == [1, 0] * 4  # names give the class order.
   assert len(run.dataset("test")) == 8  # no test_file: the dev file,
   assert run.test_is_dev()  # which evaluate.py --split test says it read.
+  (files / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reviews(5)))
   with_test = pipeline.prepare(custom_config(tiny_backbone, files, label_names="pos,neg",
-                                             test_file="dev.jsonl"), files / "run", record=False)
+                                             test_file="test.jsonl"), files / "run", record=False)
   assert not with_test.test_is_dev()
+  assert len(with_test.dataset("test")) == 5  # the test file, not the dev file.
 
 
 @pytest.mark.parametrize("data, want", [
@@ -114,6 +116,7 @@ def test_prepare_reads_the_files(tiny_backbone, files):
     ({"label_names": "neg,positive"}, "train.csv line 3: label 'pos' is not one of ['neg', "
      "'positive']; fix the label or pass --config.data.label_names"),
     ({"dev_file": ""}, "task custom needs data.dev_file; pass --config.data.dev_file=PATH"),
+    ({"test_file": "nope.csv"}, "nope.csv"),
     ({"text_fields": "a,b,c"}, "config data.text_fields 'a,b,c' must name one text field or "
      "two for a pair"),
     ({"metric": "auc"}, "config data.metric 'auc' is not one of accuracy, f1"),

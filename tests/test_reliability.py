@@ -545,6 +545,8 @@ def test_batch_sizes_below_one_are_refused_first(tiny_backbone, tmp_path, sectio
                                 "LengthDrop would sample sub-models smaller than the smallest "
                                 "one the sandwich trains; set both alike, e.g. "
                                 "--config.lat.smallest_ratio=0.2"),
+    ("data.test_split", "bogus", "task 'demo' has no split 'bogus'; use one of train, dev, "
+                                 "test"),
 ])
 def test_out_of_range_and_unknown_values_are_refused_first(tiny_backbone, tmp_path, dotted,
                                                            value, message):

@@ -418,7 +418,7 @@ def _read_hatexplain(spec: TaskSpec, fmt: LocalFormat, split: str,
                         label_values=fmt.label_values, id_columns=("id",))
 
 
-def _task_file(spec: TaskSpec, split: str, data_dir: Path) -> Path:
+def task_file(spec: TaskSpec, split: str, data_dir: Path) -> Path:
   """The file of `split` of a task over named files (relative names: under `data_dir`)."""
   path = data_dir / spec.local.file_for(split)
   if not path.is_file():
@@ -430,7 +430,7 @@ def _task_file(spec: TaskSpec, split: str, data_dir: Path) -> Path:
 
 def _read_file_task(spec: TaskSpec, fmt: LocalFormat, split: str, data_dir: Path) -> TextDataset:
   """A split of a task over named files (task `custom`): `load_file` on the split's file."""
-  path = _task_file(spec, split, data_dir)
+  path = task_file(spec, split, data_dir)
   return load_file(path, fmt.text_columns, fmt.label_column, fmt.label_values or None,
                    id_field=fmt.id_columns[0] if fmt.id_columns else None, task=spec.name)
 
@@ -506,7 +506,7 @@ def _file_rows(path: Path, needed: Sequence[str]) -> Rows:
 def file_labels(spec: TaskSpec, split: str, data_dir: str | os.PathLike[str]) -> tuple[str, ...]:
   """The label values of `split` of a task over named files, in class order: `0, 1, ...,
   max` when every value is a class index, else the distinct values sorted."""
-  path, field = _task_file(spec, split, Path(data_dir)), spec.local.label_column
+  path, field = task_file(spec, split, Path(data_dir)), spec.local.label_column
   values = set()
   for where, record in _file_rows(path, [field]):
     if field not in record:

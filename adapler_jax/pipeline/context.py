@@ -254,8 +254,24 @@ def _text_splits(config, task: TaskSpec, tokenizer, wanted: str) -> dict[str, Te
     source = load_split(task, d.resplit_source, d.data_dir or None, **windowing)
     train, held_out = resplit(source, d.resplit_train, d.resplit_test, seed=d.resplit_seed)
     return {"train": train, "dev": held_out, "test": held_out}
-  names = {"train": d.train_split, "dev": d.dev_split, "test": d.test_split or d.dev_split}
+  if task.name == CUSTOM:  # its splits are its files; "test" is data.test_file or dev_file.
+    names = {split: split for split in SPLITS}
+  else:
+    names = {"train": d.train_split, "dev": d.dev_split, "test": d.test_split or d.dev_split}
   return {wanted: load_split(task, names[wanted], d.data_dir or None, **windowing)}
+
+
+def check_test_split(config, task: TaskSpec) -> None:
+  """The test split the config names exists (`evaluate.py --split test` reads it later):
+  one line before anything is stored."""
+  d = config.data
+  if d.resplit_train:
+    return
+  if task.name == CUSTOM:
+    if d.test_file:
+      readers.task_file(task, "test", Path(d.data_dir).expanduser())
+  elif d.test_split:
+    task.resolve_split(d.test_split)
 
 
 def _load_splits(config, task: TaskSpec, tokenizer, wanted: str) -> dict[str, TokenizedDataset]:
@@ -306,6 +322,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
     checks.check_lat_eval_config(run)
     for split in ("train", "dev"):
       run.dataset(split)  # a bad data_dir fails here, before anything is written.
+    check_test_split(config, task)
     checks.check_train_rows(config, len(run.dataset("train")))
     if run.is_main_process:
       workdir_lib.lock(workdir)
