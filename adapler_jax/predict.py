@@ -2,12 +2,14 @@
 batched engine.
 
   python -m adapler_jax.predict --model exports/sst2 [--input FILE|-] [--output FILE|-]
-      [--batch-size 32] [--rationales] [--format auto|text|jsonl|glue|squad] [--length-config ...]
+      [--batch-size 32] [--rationales] [--format auto|text|jsonl|csv|glue|squad]
+      [--length-config ...]
   adapler-predict --model exports/sst2 --input texts.txt
 
 Input (--format auto): text lines (pairs as text<TAB>text), or JSON lines with the task's
 fields (e.g. {"sentence": ...}, {"question": ..., "sentence": ...}; "text" / "text_pair"
-always work). Output: JSON lines with id, label, probabilities, logits, length and
+always work), or a CSV file with a header naming the same fields (--format csv, the default
+for a .csv --input). Output: JSON lines with id, label, probabilities, logits, length and
 kept_tokens per layer; with --rationales also tokens, kept_positions and (AdapLeR) scores.
 
 --format glue reads a GLUE test TSV (index + text columns, no label) and writes the
@@ -45,11 +47,12 @@ _BATCH = flags.DEFINE_integer("batch_size", 32, "Rows per engine batch: examples
                               "QA context windows.", lower_bound=1)
 _RATIONALES = flags.DEFINE_bool("rationales", False, "Also write the tokens, the positions "
                                 "each layer kept and (AdapLeR) the predictor scores.")
-_FORMAT = flags.DEFINE_enum("format", "auto", ["auto", "text", "jsonl", "glue", "squad"],
-                            "Input format: auto (JSON lines if the first line is an object, "
-                            "else text; for a span QA model a .json(.gz) file is squad), text, "
-                            "jsonl, glue (a GLUE test TSV -> submission) or squad (an official "
-                            "SQuAD JSON file -> {id: answer}).")
+_FORMAT = flags.DEFINE_enum("format", "auto", ["auto", "text", "jsonl", "csv", "glue", "squad"],
+                            "Input format: auto (a .csv file is csv; JSON lines if the first "
+                            "line is an object, else text; for a span QA model a .json(.gz) "
+                            "file is squad), text, jsonl, csv (a header naming the fields), "
+                            "glue (a GLUE test TSV -> submission) or squad (an official SQuAD "
+                            "JSON file -> {id: answer}).")
 _LENGTH_CONFIG = flags.DEFINE_string("length_config", None, "LAT: run at this length config "
                                      "instead of the exported one, e.g. 52,42,34,28,23,19.")
 flags.DEFINE_alias("batch-size", "batch_size")
@@ -112,11 +115,13 @@ _NO_RATIONALES = {
 
 
 def _input_format(model, kind: str, path: str) -> str:
-  """The --format to read `path` with: `kind`, or for "auto" on a span QA model, "squad" when
-  the file is .json / .json.gz and not JSON lines."""
+  """The --format to read `path` with: `kind`, or for "auto" "csv" for a .csv file and, on a
+  span QA model, "squad" for a .json / .json.gz file that is not JSON lines."""
   if kind == "squad" and not model.is_span:
     raise UserError(f"--format squad needs a span QA model (SQuAD); this one is {model.task}: "
                     "pass text or JSON lines")
+  if kind == "auto" and path.lower().endswith(".csv"):
+    return "csv"
   if (kind == "auto" and model.is_span and path.endswith((".json", ".json.gz"))
       and Path(path).is_file() and not _is_json_lines(path)):
     return "squad"
@@ -176,8 +181,12 @@ def main(argv):
       raise UserError(f"--format glue needs a model of a GLUE task; this one is "
                       f"{predictor.model.task}")
     with _open_input(_INPUT.value) as f, _decoding(source):
-      ids, items = (inputs.read_glue_tsv(f, columns, source) if kind == "glue"
-                    else inputs.read_lines(f, source, kind))
+      if kind == "glue":
+        ids, items = inputs.read_glue_tsv(f, columns, source)
+      elif kind == "csv":
+        ids, items = inputs.read_csv_records(f, source)
+      else:
+        ids, items = inputs.read_lines(f, source, kind)
   if not items:
     raise UserError(f"{source} holds no texts; pass one text or JSON record per line")
   rows = predictor.predict(items, ids, rationales=_RATIONALES.value, progress=True,

@@ -6,6 +6,7 @@ fine-tuning, then trains LengthDrop. Both are exported, their workdirs and backb
 and predicted on SST-2 dev sentences in fresh processes.
 """
 
+import csv
 import json
 import re
 import os
@@ -139,8 +140,11 @@ def test_round_trip_in_a_fresh_process(exported, tmp_path, sentences):
   records = tmp_path / "dev.jsonl"
   records.write_text("".join(json.dumps({"id": f"s{i}", "text": s}) + "\n"
                              for i, s in enumerate(sentences)))
-  for method, source in (("adapler", text_file), ("lat", records)):
-    target = tmp_path / f"{method}.jsonl"
+  table = tmp_path / "dev.csv"  # a header line, read as records are (not as a text).
+  with open(table, "w", newline="") as f:
+    csv.writer(f).writerows([("id", "text")] + [(f"s{i}", s) for i, s in enumerate(sentences)])
+  for method, source in (("adapler", text_file), ("lat", records), ("adapler", table)):
+    target = tmp_path / f"{method}_{source.suffix[1:]}.jsonl"
     proc = _cli("adapler_jax.predict", "--model", str(out[method]), "--input", str(source),
                 "--output", str(target), "--batch-size", str(BATCH), "--rationales")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -157,7 +161,7 @@ def test_round_trip_in_a_fresh_process(exported, tmp_path, sentences):
       assert kept == sorted(kept, reverse=True) and kept[0] <= row["length"]
       assert [len(p) for p in row["kept_positions"]] == kept
     assert [r["id"] for r in rows] == ([str(i + 1) for i in range(len(sentences))]
-                                       if method == "adapler"
+                                       if source == text_file
                                        else [f"s{i}" for i in range(len(sentences))])
     np.testing.assert_array_equal(np.asarray([r["logits"] for r in rows], np.float32),
                                   ref[method].logits)

@@ -26,6 +26,11 @@ def test_unlabelled_data_and_inputs():
   with pytest.raises(data_lib.DataError, match="line 3: the model takes a sentence pair"):
     inputs.texts_of("a", fields, 2, "line 3")
   assert inputs.texts_of({"text": ["a", "b"]}, [inputs.GENERIC_FIELDS], 1, "x") == ("a b",)
+  for record in ({"text": "a", "text_pair": "b"}, {"sentence": "a", "text_pair": "b"}):
+    with pytest.raises(data_lib.DataError, match="^line 2: the model takes one text, and the "
+                       "record also has 'text_pair'; drop it, or use a model of a "
+                       "sentence-pair task$"):  # never silently dropped.
+      inputs.texts_of(record, [(("sentence",),), inputs.GENERIC_FIELDS], 1, "line 2")
   for value, kind in ((None, "NoneType"), (5, "int"), ({"a": 1}, "dict")):
     with pytest.raises(data_lib.DataError, match=f"^line 4: field 'text' holds {kind}, not "
                                                  "text; give it a string$"):
@@ -132,3 +137,18 @@ def test_unlabelled_file(tmp_path):
   path.write_text("index\tsentence\n0\tgood .\n1\tbad .\n")
   ds = data_lib.load_file(path, "sentence", label_field=None, id_field="index")
   assert ds.labels is None and ds.ids == ["0", "1"] and ds.texts == (["good .", "bad ."],)
+
+
+def test_csv_records():
+  """A CSV input's header names the fields (never read as a text); one line per problem."""
+  ids, records = inputs.read_csv_records(
+      ['text,label\n', '"good, really",pos\n', ',\n', 'bad,neg\n'], "in.csv")
+  assert ids == ["2", "4"] and records == [{"text": "good, really", "label": "pos"},
+                                           {"text": "bad", "label": "neg"}]
+  assert inputs.read_csv_records(["index,sentence\n", "7,a\n"], "in.csv")[0] == ["7"]
+  for lines, message in (
+      ([], "in.csv line 1: no header; a CSV input names its columns on the first line"),
+      (["text\n", "a,b\n"], "in.csv line 2: 2 comma-separated fields, the header has 1; quote "
+                            "fields that contain commas")):
+    with pytest.raises(data_lib.DataError, match="^" + re.escape(message)):
+      inputs.read_csv_records(lines, "in.csv")

@@ -140,7 +140,8 @@ def read_tsv(path: Path) -> tuple[list[str], Rows]:
 CSV_FIELD_LIMIT = 2**31 - 1
 
 
-def _csv_reader(f) -> Iterator[list[str]]:
+def csv_reader(f) -> Iterator[list[str]]:
+  """`csv.reader` over `f` with no limit on a field's size."""
   csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
   return csv.reader(f)
 
@@ -152,11 +153,11 @@ def read_csv(path: Path, has_header: bool) -> tuple[list[str] | None, Rows]:
   if has_header:
     with reading(path):
       with _open_text(path) as f:
-        header = next(_csv_reader(f), [])
+        header = next(csv_reader(f), [])
 
   def rows() -> Rows:
     with _open_text(path) as f:
-      reader = _csv_reader(f)
+      reader = csv_reader(f)
       if has_header:
         next(reader, None)
       try:

@@ -1,4 +1,4 @@
-"""Prediction inputs: one item -> its texts, text / JSON lines files, GLUE test TSVs.
+"""Prediction inputs: one item -> its texts, text / JSON lines / CSV files, GLUE test TSVs.
 
 Everything that turns a user's input into texts goes through `texts_of`, so a new input
 kind (e.g. question + context) is one more branch there.
@@ -6,6 +6,7 @@ kind (e.g. question + context) is one more branch there.
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -58,6 +59,11 @@ def _visible(text: str) -> bool:
 
 
 def _from_record(record: dict, fields, num_texts: int, where: str) -> tuple[str, ...]:
+  extra = [f for naming in fields for g in list(naming)[num_texts:] for f in g if f in record]
+  if extra:  # e.g. text_pair for a single-text model: refused, never silently dropped.
+    raise DataError(f"{where}: the model takes one text, and the record also has "
+                    f"{', '.join(map(repr, extra))}; drop it, or use a model of a sentence-pair "
+                    "task")
   for naming in fields:
     groups = list(naming)[:num_texts]
     if len(groups) == num_texts and all(all(f in record for f in g) for g in groups):
@@ -117,6 +123,35 @@ def read_lines(lines: Iterable[str], source: str,
       ids.append(str(number))
       items.append(line)
   return ids, items
+
+
+def read_csv_records(lines: Iterable[str], source: str) -> tuple[list[str], list[dict]]:
+  """`(ids, records)` of a CSV file with a header line: each row a record of its columns,
+  whose texts are found as in JSON lines (the model's field names, or text / text_pair).
+  Ids are the `id` / `idx` / `index` column, else the row's line number; blank rows are
+  skipped."""
+  reader = readers.csv_reader(lines)
+  try:
+    header = next(reader, [])
+    if not header or not "".join(header).strip():
+      raise DataError(f"{source} line 1: no header; a CSV input names its columns on the first "
+                      "line, e.g. text or sentence")
+    key = next((k for k in ("id", "idx", "index") if k in header), None)
+    ids, records = [], []
+    for fields in reader:
+      if not "".join(fields).strip():
+        continue
+      if len(fields) != len(header):
+        raise DataError(f"{source} line {reader.line_num}: {len(fields)} comma-separated "
+                        f"fields, the header has {len(header)}; quote fields that contain "
+                        "commas")
+      record = dict(zip(header, fields))
+      ids.append(record[key] if key else str(reader.line_num))
+      records.append(record)
+  except csv.Error as e:
+    raise DataError(f"{source} line {reader.line_num}: bad CSV ({e}); fix the quoting of that "
+                    "row") from None
+  return ids, records
 
 
 def read_glue_tsv(lines: Iterable[str], columns: Sequence[Sequence[str]],
