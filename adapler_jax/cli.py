@@ -186,6 +186,9 @@ def _load_config(path: str):
   except OSError as e:  # missing, a folder, unreadable: as config_flags words it.
     raise UserError(f"config file {path} cannot be loaded ({e}); pass --config "
                     "configs/<task>.py") from None
+  if not path.endswith(".py"):  # Python cannot import it (e.g. a data file passed here).
+    raise UserError(f"config file {path} is not a Python file (.py); {fix}; data files go in "
+                    "--config.data.train_file (dev_file, test_file)")
   try:
     spec = importlib.util.spec_from_file_location("_config_file", path)
     module = importlib.util.module_from_spec(spec)

@@ -17,8 +17,12 @@ def check_output(path: str | os.PathLike[str], owned: str | os.PathLike[str] | N
                  flag: str = "--output") -> Path:
   """`path` as a file a command may write its result to: one-line `UserError` when it is a
   directory, or one of the files the run or export `owned` keeps (see `owns`), or any
-  other run or export above it."""
+  other run or export above it, or a name ending in a slash (a folder to be)."""
+  text = os.fspath(path)
   path = Path(path)
+  if text.endswith(("/", os.sep)) and not path.is_dir():
+    raise UserError(f"{flag} {text} names a folder (it ends with {text[-1]}); pass a file name, "
+                    f"e.g. {flag} {path / 'result.json'}")
   if path.is_dir():  # beside the outermost run or export holding it, where none keeps it.
     keepers = [a for a in (path, *path.parents) if _is_run_or_export(a)]
     example = (keepers[-1].with_name(f"{keepers[-1].name}_result.json") if keepers

@@ -25,10 +25,8 @@ writes the official predictions file `{question id: answer}` (e.g. --output pred
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 from absl import flags, logging
@@ -60,42 +58,6 @@ flags.DEFINE_alias("length-config", "length_config")
 flags.mark_flag_as_required("model")
 
 
-def _check_input(path: str, wanted: str) -> None:
-  """One line for an --input that is a folder or does not exist; `wanted` names the fix."""
-  if Path(path).is_dir():
-    raise UserError(f"--input {path} is a directory; pass {wanted}")
-  if not Path(path).exists():  # a pipe, such as <(...), is read like a file.
-    raise UserError(f"--input {path} does not exist; pass {wanted}")
-
-
-@contextmanager
-def _open_input(path: str):
-  """The input as text: UTF-8, strictly (stdin too: Python decodes it with
-  surrogateescape), a leading byte-order mark dropped."""
-  if path == "-":
-    if not hasattr(sys.stdin, "buffer"):  # replaced by a text stream, as in tests.
-      yield sys.stdin
-      return
-    stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="strict")
-    try:
-      yield stream
-    finally:
-      stream.detach()  # stdin stays open.
-    return
-  _check_input(path, "a text or JSON-lines file, or -")
-  with open(path, "r", encoding="utf-8-sig") as f:
-    yield f
-
-
-@contextmanager
-def _decoding(source: str):
-  try:
-    yield
-  except UnicodeDecodeError as e:
-    raise UserError(f"{source} is not UTF-8 text (byte 0x{e.object[e.start]:02x}); convert "
-                    "it to UTF-8") from None
-
-
 def _write_output(path: str, text: str) -> None:
   """To stdout, or to the file whole (a kill mid-write leaves any earlier file as it was)."""
   if path == "-":
@@ -120,7 +82,7 @@ def _input_format(model, kind: str, path: str) -> str:
   if kind == "squad" and not model.is_span:
     raise UserError(f"--format squad needs a span QA model (SQuAD); this one is {model.task}: "
                     "pass text or JSON lines")
-  if kind == "auto" and path.lower().endswith(".csv"):
+  if kind == "auto" and path.lower().endswith((".csv", ".csv.gz")):
     return "csv"
   if (kind == "auto" and model.is_span and path.endswith((".json", ".json.gz"))
       and Path(path).is_file() and not _is_json_lines(path)):
@@ -147,7 +109,7 @@ def _read_squad(path: str) -> tuple[list[str], list[dict[str, str]]]:
   from adapler_jax.data.squad import read_squad_json  # pylint: disable=g-import-not-at-top
   if path == "-":
     raise UserError(f"--format squad reads {SQUAD_FILE}; pass it with --input PATH")
-  _check_input(path, SQUAD_FILE)
+  inputs.check_input(path, SQUAD_FILE)
   dataset = read_squad_json(path, answers_required=False)
   return dataset.ids, [{"question": e.question, "context": e.context} for e in dataset.examples]
 
@@ -180,7 +142,7 @@ def main(argv):
     if kind == "glue" and not columns:
       raise UserError(f"--format glue needs a model of a GLUE task; this one is "
                       f"{predictor.model.task}")
-    with _open_input(_INPUT.value) as f, _decoding(source):
+    with inputs.open_input(_INPUT.value) as f, inputs.decoding(source):
       if kind == "glue":
         ids, items = inputs.read_glue_tsv(f, columns, source)
       elif kind == "csv":

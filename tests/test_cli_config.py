@@ -238,6 +238,15 @@ def test_a_config_file_that_cannot_be_loaded_is_one_line(tmp_path, source, reaso
   assert not (tmp_path / "run").exists()
 
 
+def test_a_data_file_passed_as_config_is_named_so(tmp_path):
+  path = tmp_path / "train.csv"
+  path.write_text("text,label\n")
+  with pytest.raises(UserError, match=re.escape(
+      f"config file {path} is not a Python file (.py); pass --config configs/<task>.py, or a "
+      "copy of one; data files go in --config.data.train_file (dev_file, test_file)")):
+    cli._load_config(str(path))
+
+
 def test_a_config_file_returning_a_plain_dict_is_one_line(tmp_path):
   path = tmp_path / "mine.py"
   path.write_text("def get_config():\n  return {'task': 'demo'}\n")

@@ -175,6 +175,10 @@ def test_an_output_folder_that_takes_no_file_is_refused_first(tmp_path):
   with pytest.raises(UserError, match=r"^--output /proc/r\.json: cannot write in /proc \("):
     files.check_output("/proc/r.json")
   assert files.check_output(tmp_path / "new" / "r.json") == tmp_path / "new" / "r.json"
+  with pytest.raises(UserError, match=re.escape(  # not written as a file named "new".
+      f"--output {tmp_path}/new/ names a folder (it ends with /); pass a file name, e.g. "
+      f"--output {tmp_path / 'new' / 'result.json'}")):
+    files.check_output(f"{tmp_path}/new/")
   assert not any(tmp_path.iterdir())
 
 

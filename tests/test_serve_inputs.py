@@ -1,5 +1,6 @@
 """Unlabelled datasets through tokenization and batching, and the prediction input readers."""
 
+import gzip
 import re
 
 import numpy as np
@@ -152,3 +153,19 @@ def test_csv_records():
                             "fields that contain commas")):
     with pytest.raises(data_lib.DataError, match="^" + re.escape(message)):
       inputs.read_csv_records(lines, "in.csv")
+
+
+def test_gzip_inputs(tmp_path):
+  """A .gz input is read decompressed; a compressed file without the suffix, or a .gz name
+  on plain text, is one line saying which."""
+  (tmp_path / "in.txt.gz").write_bytes(gzip.compress("café\nau lait\n".encode()))
+  with inputs.open_input(str(tmp_path / "in.txt.gz")) as f, inputs.decoding("in.txt.gz"):
+    assert inputs.read_lines(f, "in.txt.gz") == (["1", "2"], ["café", "au lait"])
+  (tmp_path / "in.txt").write_bytes(gzip.compress(b"a\n"))
+  (tmp_path / "plain.gz").write_text("a\n")
+  for name, message in (("in.txt", "in.txt is gzip-compressed; rename it to end in .gz, or "
+                                   "decompress it (gunzip)"),
+                        ("plain.gz", "plain.gz is not a gzip file (")):
+    with pytest.raises(data_lib.DataError, match="^" + re.escape(message)):
+      with inputs.open_input(str(tmp_path / name)) as f, inputs.decoding(name):
+        f.read()

@@ -7,7 +7,12 @@ kind (e.g. question + context) is one more branch there.
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -180,3 +185,50 @@ def glue_lines(indices: Sequence[str], predictions: Sequence[int],
   """The GLUE submission TSV: `index<TAB>prediction`, predictions as the task's file labels
   (SST-2 / MRPC 0 or 1, QNLI / MNLI label names)."""
   return ["index\tprediction"] + [f"{i}\t{labels[p]}" for i, p in zip(indices, predictions)]
+
+
+def check_input(path: str, wanted: str) -> None:
+  """One line for an --input that is a folder or does not exist; `wanted` names the fix."""
+  if Path(path).is_dir():
+    raise DataError(f"--input {path} is a directory; pass {wanted}")
+  if not Path(path).exists():  # a pipe, such as <(...), is read like a file.
+    raise DataError(f"--input {path} does not exist; pass {wanted}")
+
+
+@contextmanager
+def open_input(path: str):
+  """The input as text: UTF-8, strictly (stdin too: Python decodes it with
+  surrogateescape), a leading byte-order mark dropped; a .gz file decompressed."""
+  if path == "-":
+    if not hasattr(sys.stdin, "buffer"):  # replaced by a text stream, as in tests.
+      yield sys.stdin
+      return
+    stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="strict")
+    try:
+      yield stream
+    finally:
+      stream.detach()  # stdin stays open.
+    return
+  check_input(path, "a text or JSON-lines file, or -")
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rt", encoding="utf-8-sig") as f:
+    yield f
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@contextmanager
+def decoding(source: str):
+  """An input that does not decode inside the block, as one line naming `source`."""
+  try:
+    yield
+  except UnicodeDecodeError as e:
+    if e.object[:2] == GZIP_MAGIC:
+      raise DataError(f"{source} is gzip-compressed; rename it to end in .gz, or decompress "
+                      "it (gunzip)") from None
+    raise DataError(f"{source} is not UTF-8 text (byte 0x{e.object[e.start]:02x}); convert "
+                    "it to UTF-8") from None
+  except gzip.BadGzipFile as e:
+    raise DataError(f"{source} is not a gzip file ({e}); decompress it again, or drop .gz "
+                    "from its name") from None
