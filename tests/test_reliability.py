@@ -676,6 +676,19 @@ def test_a_rerun_that_changes_data_fields_says_so(tiny_backbone, tmp_path, caplo
   assert json.loads((workdir / "config.json").read_text())["data"]["dev_subset"] == 4
 
 
+def test_saliency_over_fewer_checkpoints_than_asked_says_so(tiny_backbone, run_dir, caplog):
+  config = small_config(tiny_backbone)
+  config.saliency.num_checkpoints = 5
+  run = pipeline.prepare(config, run_dir, phase="saliency")
+  with caplog.at_level(logging.WARNING):
+    pipeline.extract_saliency(run)
+  kept = len(pipeline.load_finetuned(run, 5))
+  assert 0 < kept < 5
+  assert (f"saliency.num_checkpoints is 5, but {run_dir / 'finetune'} holds {kept} evaluated "
+          f"fine-tuned checkpoint(s) (train.keep_best {config.train.keep_best}): the saliency "
+          "averages those") in caplog.text
+
+
 def test_a_model_folder_given_as_workdir_is_left_alone(tiny_backbone, tmp_path):
   """A Hugging Face model folder (or an export) has a config.json of its own: train.py
   refuses the folder rather than writing its run config over it."""

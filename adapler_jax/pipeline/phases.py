@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from adapler_jax import files, weights
 from adapler_jax.data import num_train_steps
@@ -203,7 +204,12 @@ def extract_saliency(run: Run) -> np.ndarray:
   """
   run.check_batch_sizes("saliency.batch_size")
   train = run.dataset("train")
-  checkpoints = load_finetuned(run, run.config.saliency.num_checkpoints)
+  wanted = run.config.saliency.num_checkpoints
+  checkpoints = load_finetuned(run, wanted)
+  if len(checkpoints) < wanted:
+    logging.warning("saliency.num_checkpoints is %d, but %s holds %d evaluated fine-tuned "
+                    "checkpoint(s) (train.keep_best %d): the saliency averages those", wanted,
+                    run.workdir / FINETUNE, len(checkpoints), run.config.train.keep_best)
   workdir_lib.record_config(run, "saliency")  # once its inputs are there.
   total = np.zeros(train.input_ids.shape, np.float32)
   start = time.perf_counter()
