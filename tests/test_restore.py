@@ -372,8 +372,8 @@ def test_hard_removal_with_no_token_left_runs_on_quietly():
   """Every token gone before layer 0: each later layer sees none (its cutoff counts at
   least one token, as the engine's does), keeps none, and no NumPy warning is raised; the
   head reads the restored embeddings."""
-  cfg, params = adapler_config(), adapler_params()
-  params["speed"]["eta"] = jnp.full((L,), 100.0)
+  cfg, params = adapler_config(), adapler_params()  # cached: changed on a copy.
+  params = {**params, "speed": {**params["speed"], "eta": jnp.full((L,), 100.0)}}
   ids = _batch((9,))["input_ids"][0, :9]
   with warnings.catch_warnings():
     warnings.simplefilter("error")
@@ -390,8 +390,9 @@ def test_a_span_model_that_drops_every_token_restores_them_all():
   batch = _batch(n)
   data = TokenizedDataset(batch["input_ids"], batch["token_type_ids"], n,
                           np.zeros(len(n), np.int32), [str(i) for i in range(len(n))], "span")
-  cfg, params = adapler_config(), adapler_params()
-  params["speed"]["eta"] = params["speed"]["eta"].at[-1].set(100.0)  # S~ <= 1 < 100 / n.
+  cfg, params = adapler_config(), adapler_params()  # cached: changed on a copy.
+  eta = params["speed"]["eta"].at[-1].set(100.0)  # S~ <= 1 < 100 / n.
+  params = {**params, "speed": {**params["speed"], "eta": eta}}
   want = per_example_run(cfg, params, data)
   got = AdaptiveEngine(cfg, params, batch_size=4, max_length=T, buckets=(8, 16)).run(data)
   assert (want.kept_counts[:, -1] == 0).all() and (want.kept_counts[:, 0] > 0).all()
