@@ -568,22 +568,31 @@ def parse_args(argv=None):
   parser.add_argument("--verbose", action="store_true",
                       help="print each repeat and each row as it is measured")
   args = parser.parse_args(argv)
-  args.buckets = tuple(int(b) for b in args.buckets.split(","))
+  args.batch_sizes = timing.positive_ints(args.batch_sizes, "--batch-sizes", "1,32")
+  args.buckets = timing.positive_ints(args.buckets, "--buckets", "16,32,64,128")
+  if args.max_examples is not None and args.max_examples < 1:
+    raise UserError(f"--max-examples is {args.max_examples}; pass at least 1, e.g. 200")
+  timing.check_counts(args)
+  timing.out_path(args.out)
   args.folds = tuple(int(f) for f in args.folds.split(",") if f)
   widths = [w for w in args.grid_widths.split(",") if w]
   if not all(w.isdigit() and int(w) > 0 for w in widths):
-    parser.error(f"--grid-widths takes positive ints, e.g. 2,4,12,20; got {args.grid_widths!r}")
+    raise UserError(f"--grid-widths takes positive ints, e.g. 2,4,12,20; got "
+                    f"{args.grid_widths!r}")
   args.grid_widths = tuple(int(w) for w in widths)
   args.full_folds = tuple(int(f) for f in args.full_folds.split(",") if f)
   args.lat_configs = [c for c in args.lat_configs.split(",") if c]
   args.frontier_budgets = [float(b) for b in args.frontier_budgets.split(",") if b]
-  args.eta_scales = [float(s) for s in args.eta_scales.split(",") if s]
+  try:
+    args.eta_scales = [float(s) for s in args.eta_scales.split(",") if s]
+  except ValueError:
+    raise UserError(f"--eta-scales takes numbers, e.g. 0.25,0.5; got {args.eta_scales!r}"
+                    ) from None
   if args.random_cp:
     args.workdir = [RANDOM_CP] * len(args.task)
   if len(args.workdir) != len(args.task):
-    parser.error(f"give one --workdir (a run, or '{RANDOM_CP}') per --task, or --random-cp")
-  if args.repeats < 1:
-    parser.error("--repeats must be at least 1 (5 or more for a spread worth reading)")
+    raise UserError(f"give one --workdir (a run, or '{RANDOM_CP}') per --task, or "
+                    "--random-cp")
   args.systems = timing.systems_arg(parser, args.systems, SYSTEMS)
   return args
 
@@ -608,7 +617,7 @@ def main(argv=None) -> None:
     random_cp = workdir == RANDOM_CP
     setup = random_cp_setup(task, args) if random_cp else trained_setup(task, workdir, args)
     print(f"# {task}: {setup.source}", flush=True)
-    rows += benchmark(setup, [int(b) for b in args.batch_sizes.split(",")], systems, args,
+    rows += benchmark(setup, list(args.batch_sizes), systems, args,
                       {**meta, "mode": "random-cp" if random_cp else "trained"})
     # Each task's rows are written as it ends, so they survive a later task's failure.
     atomic_write_text(out, json.dumps(rows, indent=1) + "\n")

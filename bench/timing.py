@@ -30,12 +30,33 @@ SPREAD_TOLERANCE = 0.10  # a ratio's min and max within +-10 % of its median.
 
 
 def systems_arg(parser, text: str, known: tuple[str, ...]) -> list[str]:
-  """`--systems a,b`: the named systems in `known`'s order; an unknown one is a usage error."""
+  """`--systems a,b`: the named systems in `known`'s order; none, or an unknown one, is
+  one line (`UserError`: the scripts run under `run_cli`)."""
+  del parser  # kept for the callers' signature.
+  from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   systems = [s for s in text.split(",") if s]
   unknown = set(systems) - set(known)
-  if unknown:
-    parser.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(known)}")
+  if unknown or not systems:
+    what = f"unknown systems {sorted(unknown)}" if unknown else "no system"
+    raise UserError(f"--systems {text!r} names {what}; choose from {', '.join(known)}")
   return [s for s in known if s in systems]
+
+
+def positive_ints(text: str, flag: str, example: str) -> tuple[int, ...]:
+  """A comma-separated list of ints >= 1 (`--batch-sizes 1,32`); one line otherwise."""
+  from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  values = [v.strip() for v in str(text).split(",") if v.strip()]
+  if not values or not all(v.isdigit() and int(v) >= 1 for v in values):
+    raise UserError(f"{flag} takes ints of at least 1, comma-separated, e.g. {flag} {example}; "
+                    f"got {text!r}")
+  return tuple(int(v) for v in values)
+
+
+def out_path(path: str | None) -> Path | None:
+  """`--out`, checked before any work (`files.check_output`): not a folder, nor a file that
+  a run or an export keeps (a result written there broke the run)."""
+  from adapler_jax.files import check_output  # pylint: disable=g-import-not-at-top
+  return None if path is None else check_output(path, flag="--out")
 
 
 def parse_args(doc: str, argv=None, *, min_seconds: float):
@@ -49,10 +70,19 @@ def parse_args(doc: str, argv=None, *, min_seconds: float):
                       help="least time one measurement calls a system for")
   parser.add_argument("--out", default=None, help="JSON file for the results")
   args = parser.parse_args(argv)
+  check_counts(args)
+  out_path(args.out)
+  return args, pin_threads(args.threads)
+
+
+def check_counts(args) -> None:
+  """`--repeats` and `--threads` (when given) at least 1, `--min-seconds` at least 0: one
+  line otherwise."""
+  from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   if (args.repeats < 1 or not args.min_seconds >= 0
       or (args.threads is not None and args.threads < 1)):
-    parser.error("--repeats and --threads must be at least 1, --min-seconds at least 0")
-  return args, pin_threads(args.threads)
+    raise UserError("--repeats and --threads must be at least 1, --min-seconds at least 0 "
+                    "(e.g. --repeats 5 --threads 1 --min-seconds 1)")
 
 
 def write_json(path, result) -> None:

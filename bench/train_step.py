@@ -150,6 +150,10 @@ def parse_args(argv=None):
   parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train_step.json"))
   args = parser.parse_args(argv)
   args.systems = timing.systems_arg(parser, args.systems, SYSTEMS)
+  for flag, value in (("--batch-size", args.batch_size), ("--length", args.length)):
+    timing.positive_ints(str(value), flag, "32")
+  timing.check_counts(args)
+  timing.out_path(args.out)
   return args
 
 
@@ -160,6 +164,10 @@ def main(argv=None) -> None:
   from adapler_jax import environment  # pylint: disable=g-import-not-at-top
   from adapler_jax.weights import load_backbone  # pylint: disable=g-import-not-at-top
   backbone = load_backbone("minilm")
+  if args.length > backbone.config.max_position_embeddings:
+    from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+    raise UserError(f"--length {args.length} is beyond MiniLM's "
+                    f"{backbone.config.max_position_embeddings} positions; pass at most that")
   batch = padded_batch(backbone.config.vocab_size, args.batch_size, args.length, args.seed)
   calls = {}
   finetune, params = ours_finetune(backbone, batch)

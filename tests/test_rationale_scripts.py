@@ -215,6 +215,39 @@ def test_compare_methods_best_point_under_each_budget():
   assert compare.drawn(frontier[::-1], "padded") == frontier
 
 
+def test_bench_arguments_are_checked_before_any_work(run, tmp_path):
+  """A result file that a run keeps, a count below 1, no system: one line each (the
+  benchmark's JSON replaced a run's summary.json; the counts were tracebacks)."""
+  from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  root, _ = run
+  inference, train_step = _script("inference"), _script("train_step")
+  base = ["--workdir", str(root / "run"), "--task", "demo"]
+  summary = root / "run" / "summary.json"
+  before = summary.read_bytes()
+  for parse, args, message in (
+      (inference.parse_args, base + ["--out", str(summary)],
+       f"--out {summary} would overwrite a file {root / 'run'} keeps"),
+      (inference.parse_args, base + ["--batch-sizes", "0"],
+       "--batch-sizes takes ints of at least 1, comma-separated, e.g. --batch-sizes 1,32; "
+       "got '0'"),
+      (inference.parse_args, base + ["--buckets", "abc"], "--buckets takes ints of at least 1"),
+      (inference.parse_args, base + ["--eta-scales", "x"], "--eta-scales takes numbers"),
+      (inference.parse_args, base + ["--max-examples", "0"], "--max-examples is 0; pass at "
+                                                            "least 1"),
+      (inference.parse_args, base + ["--threads", "0"], "--repeats and --threads must be at "
+                                                       "least 1"),
+      (inference.parse_args, base + ["--systems", "ours-fast"], "--systems 'ours-fast' names "
+                                                               "unknown systems ['ours-fast']"),
+      (train_step.parse_args, ["--systems", ""], "--systems '' names no system; choose from"),
+      (train_step.parse_args, ["--batch-size", "0"], "--batch-size takes ints of at least 1"),
+      (train_step.parse_args, ["--out", str(root / "run" / "config.json")],
+       "would overwrite a file")):
+    with pytest.raises(UserError) as err:
+      parse(args)
+    assert message in str(err.value) and "\n" not in str(err.value), args
+  assert summary.read_bytes() == before
+
+
 @pytest.mark.parametrize("flags, start, message", [
     (["--eta-multipliers", "0.25,0.5"], "error: --eta-multipliers (", "must contain 1"),
     (["--eta-multipliers", "1,0.5"], "error: --eta-multipliers (", "rising order"),
