@@ -28,8 +28,7 @@ def check_output(path: str | os.PathLike[str], owned: str | os.PathLike[str] | N
     example = (keepers[-1].with_name(f"{keepers[-1].name}_result.json") if keepers
                else path / "result.json")
     raise UserError(f"{flag} {path} is a directory; pass a file name, e.g. {flag} {example}")
-  others = [a for a in path.absolute().parents if _is_run_or_export(a)]
-  for keeper in ([owned] if owned is not None else []) + others:
+  for keeper in ([owned] if owned is not None else []) + runs_above(path):
     if owns(keeper, path):
       raise UserError(f"{flag} {path} would overwrite a file {keeper} keeps; write the "
                       "result elsewhere, e.g. beside it under another name")
@@ -76,6 +75,11 @@ def _is_run_or_export(folder: Path) -> bool:
   except (OSError, ValueError):
     return False
   return isinstance(stored, dict) and "method" in stored
+
+
+def runs_above(path: str | os.PathLike[str]) -> list[Path]:
+  """The runs' workdirs and exports among the folders above `path`, nearest first."""
+  return [a for a in Path(path).absolute().parents if _is_run_or_export(a)]
 
 
 def owns(directory: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:

@@ -202,12 +202,16 @@ def test_writing_through_a_link_or_to_a_pipe_replaces_neither(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
-def test_an_export_or_a_run_where_none_can_go_is_refused_first(tiny_backbone, run_dir):
+def test_an_export_or_a_run_where_none_can_go_is_refused_first(tiny_backbone, run_dir,
+                                                               tmp_path):
   from adapler_jax.serve.from_run import export_run  # pylint: disable=g-import-not-at-top
+  other = Path(shutil.copytree(run_dir, tmp_path / "other"))  # another run: its checkpoints.
   before = snapshot(run_dir)
   for output, message in (
       (run_dir / "search", f"--output {run_dir / 'search'} is a folder the workdir {run_dir} "
                            "keeps; pass a directory outside it"),
+      (other / "finetune" / "99", f"--output {other / 'finetune' / '99'} lies in a folder "
+                                  f"{other} keeps; pass a directory outside it"),
       (Path("/proc/export"), "--output /proc/export: cannot write in /proc (")):
     with pytest.raises(UserError) as err:
       export_run(run_dir, output)

@@ -32,6 +32,10 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
   if files.owns(workdir, output):
     raise ExportError(f"--output {output} is a folder the workdir {workdir} keeps; pass a "
                       "directory outside it")
+  for keeper in files.runs_above(output):  # another run's checkpoints, or an export's files.
+    if files.owns(keeper, output):
+      raise ExportError(f"--output {output} lies in a folder {keeper} keeps; pass a "
+                        "directory outside it")
   files.check_writable(output, "--output", folder=True)
   method = config.get("method", "adapler")
   if method == "lat":
