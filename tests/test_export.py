@@ -178,6 +178,15 @@ def test_predictor_matches_the_engine(exported, sentences):
   rows = predictor.predict(list(sentences))
   np.testing.assert_array_equal(np.asarray([r["logits"] for r in rows], np.float32),
                                 ref["adapler"].logits)
+  # Any iterable of inputs; one input alone, or ids that do not pair, is one line.
+  assert predictor.predict(s for s in sentences[:3]) == rows[:3]
+  for items, ids, message in (
+      ("a delight", None, "items is one str, not a list of inputs; pass a list, e.g. "
+                          "predict([text])"),
+      (None, None, "items is NoneType, not a list of inputs"),
+      (list(sentences[:3]), ["a"], "1 ids for 3 inputs; pass one id per input, or none")):
+    with pytest.raises(data_lib.DataError, match="^" + re.escape(message)):
+      predictor.predict(items, ids)
   model = adapler_jax.load_model(out["lat"])
   assert model.method == "lat" and model.length_config == (13, 11)
   assert model.config.encoder == adapler_jax.EncoderConfig(

@@ -15,7 +15,7 @@ AdapLeR runs on `AdaptiveEngine` (its eta), LAT on `LengthEngine` (its length co
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -72,9 +72,20 @@ class Predictor:
                source: str | None = None) -> TokenizedDataset:
     """Unlabelled inputs (texts, pairs or records; see `inputs.texts_of`), tokenized.
     `source` (e.g. the file they came from) prefixes the one-line errors."""
+    if isinstance(items, (str, bytes, dict)):  # one input, not a sequence of them.
+      raise DataError(f"items is one {type(items).__name__}, not a list of inputs; pass a "
+                      "list, e.g. predict([text])")
+    if not isinstance(items, Sequence):
+      if not isinstance(items, Iterable):
+        raise DataError(f"items is {type(items).__name__}, not a list of inputs; pass a list "
+                        "of texts, pairs or records")
+      items = list(items)  # a generator, say.
     if len(items) == 0:
       raise DataError("no inputs to predict; pass at least one text")
     ids = [str(i) for i in range(len(items))] if ids is None else [str(i) for i in ids]
+    if len(ids) != len(items):
+      raise DataError(f"{len(ids)} ids for {len(items)} inputs; pass one id per input, or "
+                      "none")
     num, fields = len(self.model.text_fields), self.fields()
     where = lambda i: f"{source} input {i}" if source else f"input {i}"
     rows = [inputs_lib.texts_of(item, fields, num, where(i)) for i, item in zip(ids, items)]
