@@ -135,6 +135,13 @@ def check_flags() -> None:
                       "UTF-8") from None
   if _EXPLAIN.value is not None and _RATIONALES.value:
     raise UserError("pass only one of --explain and --rationales")
+  if ((_EXPLAIN.value is not None or _RATIONALES.value)
+      and (_FLOPS_BUDGET.value is not None or _MAX_DROP.value is not None)):
+    raise UserError("--explain and --rationales draw the trained cutoffs; --flops-budget and "
+                    "--max-drop pick a search point for an evaluation: pass one or the other")
+  if flags.FLAGS["saliency_target"].present and not _RATIONALES.value:
+    raise UserError("--saliency_target chooses the saliency --rationales compares with; pass "
+                    "--rationales too, or drop it")
   if _FLOPS_BUDGET.value is not None and not 0 < _FLOPS_BUDGET.value <= 1:
     raise UserError(f"--flops-budget {_FLOPS_BUDGET.value} must be in (0, 1]: a fraction of "
                     "the full model's cost, e.g. --flops-budget 0.5")

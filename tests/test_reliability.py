@@ -879,6 +879,11 @@ def test_evaluate_refuses_bad_flags_before_touching_the_run(run_dir, tmp_path):
       (["--output", str(tmp_path)], f"--output {tmp_path} is a directory; pass a file name, "
                                     f"e.g. --output {tmp_path / 'result.json'}"),
       (["--explain", "a film", "--rationales"], "pass only one of --explain and --rationales"),
+      (["--rationales", "--flops-budget", "0.5"],  # the map would not be the picked point's.
+       "--explain and --rationales draw the trained cutoffs; --flops-budget and --max-drop pick "
+       "a search point for an evaluation: pass one or the other"),
+      (["--saliency_target", "gold"], "--saliency_target chooses the saliency --rationales "
+                                      "compares with; pass --rationales too, or drop it"),
       (["--explain", "\udcff\udcfe"],  # the bytes ff fe: argv that is not UTF-8.
        "--explain got bytes that are not UTF-8 text; pass the text in UTF-8"),
       (["--flops-budget", "0"], "--flops-budget 0.0 must be in (0, 1]: a fraction of the full "
