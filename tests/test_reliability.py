@@ -250,9 +250,10 @@ def test_a_rerun_refused_for_what_its_phase_reads_leaves_the_workdir_as_it_was(
   before = snapshot(run_dir)
   other_rows = small_config(tiny_backbone)
   other_rows.seed = 1
-  with pytest.raises(UserError, match=r"saliency.npz has no saliency for \d+ training "
-                     r"examples .*; rerun --phase saliency with this data config$"):
-    pipeline.prepare(other_rows, run_dir, phase="adapler")
+  for phase in ("adapler", "all"):  # all: the saliency of these checkpoints is not redone.
+    with pytest.raises(UserError, match=r"saliency.npz has no saliency for \d+ training "
+                       r"examples .*; rerun --phase saliency with this data config$"):
+      pipeline.prepare(other_rows, run_dir, phase=phase)
   imported = small_config(tiny_backbone)
   imported.train.init_from_hf = str(run_dir / "elsewhere")
   for phase in ("finetune", "all"):

@@ -211,10 +211,15 @@ def check_checkpoints(run) -> None:
 def check_phase_inputs(run, phase: str | None) -> None:
   """What `phase` reads from the workdir was made for this config, checked before the config
   is stored: fine-tuning imported from `train.init_from_hf` (not another source), and for
-  AdapLeR training a saliency file of these training rows and token ids."""
+  AdapLeR training a saliency file of these training rows and token ids (with `all`, one it
+  will not compute again: of the fine-tuned checkpoints there now)."""
   from adapler_jax.pipeline import phases  # pylint: disable=g-import-not-at-top
   from adapler_jax.train import saliency  # pylint: disable=g-import-not-at-top
   if run.config.train.init_from_hf and phase in ("finetune", "all"):
     phases.check_import_source(run)
-  if phase == "adapler" and run.config.method == "adapler":
-    saliency.load_for(run.workdir / phases.SALIENCY_FILE, run.dataset("train"))
+  if run.config.method != "adapler":
+    return
+  path = run.workdir / phases.SALIENCY_FILE
+  if phase == "adapler" or (phase == "all" and path.exists()
+                            and saliency.source(path) == phases.saliency_source(run)):
+    saliency.load_for(path, run.dataset("train"))
