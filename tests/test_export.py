@@ -193,6 +193,10 @@ def test_predictor_matches_the_engine(exported, sentences):
       **json.loads((out["lat"] / "config.json").read_text())["architecture"])
   longer = adapler_jax.Predictor(model, batch_size=BATCH, length_config=(16, 16))
   assert max(max(r["kept_tokens"]) for r in longer.predict(list(sentences))) == 16
+  with pytest.raises(UserError, match=r"^length config \(\) has 0 entries; the model has 2 "):
+    adapler_jax.Predictor(model, length_config=())  # not the exported config in its place.
+  with pytest.raises(UserError, match="^batch_size '8' is not an int; pass e.g. batch_size=32$"):
+    adapler_jax.Predictor(model, batch_size="8")
   with pytest.raises(UserError, match=re.escape(
       "a length config (--length-config) applies to LAT exports; this one is AdapLeR, whose "
       "cutoffs set its speed: drop it")):
@@ -213,6 +217,9 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+  with pytest.raises(ExportError, match=re.escape(
+      "model directory None is not a path; pass the --output of adapler-export")):
+    adapler_jax.load_model(None)
   workdir = tmp_path / "workdir"  # a train.py run passed where its export belongs.
   workdir.mkdir()
   (workdir / "config.json").write_text(json.dumps({"method": "adapler", "backbone": "minilm"}))

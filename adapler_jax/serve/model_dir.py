@@ -226,6 +226,9 @@ def load_model(directory: str | os.PathLike[str]) -> ExportedModel:
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   from adapler_jax.weights import (  # pylint: disable=g-import-not-at-top
       WeightsError, load_tokenizer)
+  if not isinstance(directory, (str, os.PathLike)):
+    raise ExportError(f"model directory {directory!r} is not a path; pass the --output of "
+                      "adapler-export")
   path = Path(directory)
   if not path.is_dir():
     what = "is a file, not a directory" if path.exists() else "does not exist"

@@ -47,6 +47,8 @@ class Predictor:
                length_config: Sequence[int] | None = None, device=None):
     self.model = model if isinstance(model, ExportedModel) else load_model(model)
     m = self.model
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+      raise DataError(f"batch_size {batch_size!r} is not an int; pass e.g. batch_size=32")
     if m.method == "adapler":
       if length_config is not None:
         raise DataError("a length config (--length-config) applies to LAT exports; this one "
@@ -54,7 +56,8 @@ class Predictor:
       self.engine = AdaptiveEngine(m.config, m.params, batch_size=batch_size,
                                    max_length=m.max_length, device=device)
     else:
-      self.engine = LengthEngine(m.config, m.params, length_config or m.length_config,
+      config = m.length_config if length_config is None else length_config  # () is refused.
+      self.engine = LengthEngine(m.config, m.params, config,
                                  base=m.speed["base"], flags=m.selection_flags,
                                  batch_size=batch_size, max_length=m.max_length, device=device)
 
