@@ -593,7 +593,7 @@ def parse_args(argv=None):
   if len(args.workdir) != len(args.task):
     raise UserError(f"give one --workdir (a run, or '{RANDOM_CP}') per --task, or "
                     "--random-cp")
-  args.systems = timing.systems_arg(parser, args.systems, SYSTEMS)
+  args.systems = timing.systems_arg(args.systems, SYSTEMS)
   return args
 
 

@@ -29,10 +29,9 @@ import numpy as np
 SPREAD_TOLERANCE = 0.10  # a ratio's min and max within +-10 % of its median.
 
 
-def systems_arg(parser, text: str, known: tuple[str, ...]) -> list[str]:
+def systems_arg(text: str, known: tuple[str, ...]) -> list[str]:
   """`--systems a,b`: the named systems in `known`'s order; none, or an unknown one, is
   one line (`UserError`: the scripts run under `run_cli`)."""
-  del parser  # kept for the callers' signature.
   from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   systems = [s for s in text.split(",") if s]
   unknown = set(systems) - set(known)

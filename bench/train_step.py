@@ -149,7 +149,7 @@ def parse_args(argv=None):
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train_step.json"))
   args = parser.parse_args(argv)
-  args.systems = timing.systems_arg(parser, args.systems, SYSTEMS)
+  args.systems = timing.systems_arg(args.systems, SYSTEMS)
   for flag, value in (("--batch-size", args.batch_size), ("--length", args.length)):
     timing.positive_ints(str(value), flag, "32")
   timing.check_counts(args)

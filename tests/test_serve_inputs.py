@@ -149,8 +149,8 @@ def test_csv_records():
   assert inputs.read_csv_records(["index,sentence\n", "7,a\n"], "in.csv")[0] == ["7"]
   for lines, message in (
       ([], "in.csv line 1: no header; a CSV input names its columns on the first line"),
-      (["text\n", "a,b\n"], "in.csv line 2: 2 comma-separated fields, the header has 1; quote "
-                            "fields that contain commas")):
+      (["text\n", "a,b\n"], "in.csv line 2: expected 1 comma-separated fields as in the "
+                            "header, found 2; quote fields that contain commas")):
     with pytest.raises(data_lib.DataError, match="^" + re.escape(message)):
       inputs.read_csv_records(lines, "in.csv")
 

@@ -160,23 +160,31 @@ def read_csv(path: Path, has_header: bool) -> tuple[list[str] | None, Rows]:
       reader = csv_reader(f)
       if has_header:
         next(reader, None)
-      try:
-        for fields in reader:
-          where = location(path, reader.line_num)
-          if not "".join(fields).strip():
-            continue
-          if header is not None:
-            if len(fields) != len(header):
-              raise DataError(format_message(
-                  where, f"expected {len(header)} comma-separated fields as in the header, "
-                  f"found {len(fields)}", "quote fields that contain commas"))
-            yield where, dict(zip(header, fields))
-          else:
-            yield where, dict(enumerate(fields))
-      except csv.Error as e:
-        raise DataError(format_message(location(path, reader.line_num), f"bad CSV: {e}",
-                                       "fix the quoting of that row")) from None
+      yield from csv_rows(reader, header, lambda n: location(path, n))
   return header, _utf8_rows(path, rows())
+
+
+def csv_rows(reader, header: Sequence[str] | None,
+             where: Callable[[int], str]) -> Iterator[tuple[str, Record]]:
+  """`(where(line_no), record)` of each row `reader` (a `csv_reader` past the header) has
+  left, rows of blank fields skipped: the header's fields by name, or without a header by
+  column index. A row of another width than the header, or bad quoting, is a one-line
+  DataError naming the line."""
+  try:
+    for fields in reader:
+      if not "".join(fields).strip():
+        continue
+      if header is None:
+        yield where(reader.line_num), dict(enumerate(fields))
+        continue
+      if len(fields) != len(header):
+        raise DataError(format_message(
+            where(reader.line_num), f"expected {len(header)} comma-separated fields as in "
+            f"the header, found {len(fields)}", "quote fields that contain commas"))
+      yield where(reader.line_num), dict(zip(header, fields))
+  except csv.Error as e:
+    raise DataError(format_message(where(reader.line_num), f"bad CSV: {e}",
+                                   "fix the quoting of that row")) from None
 
 
 def read_jsonl(path: Path) -> Rows:

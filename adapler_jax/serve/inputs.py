@@ -132,30 +132,22 @@ def read_lines(lines: Iterable[str], source: str,
 
 def read_csv_records(lines: Iterable[str], source: str) -> tuple[list[str], list[dict]]:
   """`(ids, records)` of a CSV file with a header line: each row a record of its columns,
-  whose texts are found as in JSON lines (the model's field names, or text / text_pair).
-  Ids are the `id` / `idx` / `index` column, else the row's line number; blank rows are
-  skipped."""
+  whose texts are found as in JSON lines (the model's field names, or text / text_pair),
+  read as the task data's CSV files are (`data.readers.csv_rows`). Ids are the `id` /
+  `idx` / `index` column, else the row's line number."""
   reader = readers.csv_reader(lines)
   try:
     header = next(reader, [])
-    if not header or not "".join(header).strip():
-      raise DataError(f"{source} line 1: no header; a CSV input names its columns on the first "
-                      "line, e.g. text or sentence")
-    key = next((k for k in ("id", "idx", "index") if k in header), None)
-    ids, records = [], []
-    for fields in reader:
-      if not "".join(fields).strip():
-        continue
-      if len(fields) != len(header):
-        raise DataError(f"{source} line {reader.line_num}: {len(fields)} comma-separated "
-                        f"fields, the header has {len(header)}; quote fields that contain "
-                        "commas")
-      record = dict(zip(header, fields))
-      ids.append(record[key] if key else str(reader.line_num))
-      records.append(record)
   except csv.Error as e:
-    raise DataError(f"{source} line {reader.line_num}: bad CSV ({e}); fix the quoting of that "
-                    "row") from None
+    raise DataError(f"{source} line 1: bad CSV ({e}); fix the quoting of the header") from None
+  if not "".join(header).strip():
+    raise DataError(f"{source} line 1: no header; a CSV input names its columns on the first "
+                    "line, e.g. text or sentence")
+  key = next((k for k in ("id", "idx", "index") if k in header), None)
+  ids, records = [], []
+  for _, record in readers.csv_rows(reader, header, lambda n: f"{source} line {n}"):
+    ids.append(record[key] if key else str(reader.line_num))  # the row just read.
+    records.append(record)
   return ids, records
 
 
@@ -209,7 +201,7 @@ def open_input(path: str):
     finally:
       stream.detach()  # stdin stays open.
     return
-  check_input(path, "a text or JSON-lines file, or -")
+  check_input(path, "a text, JSON-lines or CSV file, or -")
   opener = gzip.open if path.endswith(".gz") else open
   with opener(path, "rt", encoding="utf-8-sig") as f:
     yield f
