@@ -1,6 +1,7 @@
 """End-to-end pipeline on a tiny model and tiny data: every phase, evaluation, resume."""
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -170,7 +171,7 @@ def count_steps(monkeypatch, module, make_step: str) -> list:
 
 
 def test_finetune_resumes_to_the_same_parameters(tiny_backbone, tmp_path, monkeypatch,
-                                                 capsys):
+                                                 capsys, caplog):
   config = tiny_config(tiny_backbone)
   config.train.eval_every_steps = 3
   straight = pipeline.prepare(config, tmp_path / "straight")
@@ -182,6 +183,13 @@ def test_finetune_resumes_to_the_same_parameters(tiny_backbone, tmp_path, monkey
   interrupted = pipeline.prepare(config, tmp_path / "resumed")
   assert pipeline.finetune(interrupted, stop_after_steps=5) is None
   assert capsys.readouterr().out == ""  # stopped, not finished.
+  # Read mid-training, the run says how far its phase got; a finished one says nothing.
+  with caplog.at_level(logging.WARNING):
+    pipeline.load_finetuned(straight)
+    assert "stopped at step" not in caplog.text
+    pipeline.load_finetuned(interrupted)
+  assert re.search(r"resumed/finetune: the finetune phase stopped at step 5 of 8; using what it "
+                   r"saved so far \(train.py --phase finetune resumes it\)", caplog.text)
   resumed = pipeline.prepare(config, tmp_path / "resumed")
   taken = count_steps(monkeypatch, classifier, "make_finetune_step")
   pipeline.finetune(resumed)

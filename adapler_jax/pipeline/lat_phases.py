@@ -23,7 +23,7 @@ from adapler_jax.pipeline import summary as summary_lib
 from adapler_jax.pipeline import workdir as workdir_lib
 from adapler_jax.pipeline import context as context_lib
 from adapler_jax.pipeline.context import Run
-from adapler_jax.pipeline.loop import TrainLoop
+from adapler_jax.pipeline.loop import TrainLoop, note_if_unfinished
 from adapler_jax.reduce import lengths
 from adapler_jax.reduce.significance import SelectionFlags
 from adapler_jax.train import lat_step, optim, parallel
@@ -121,6 +121,7 @@ def load_lengthdrop(run: Run) -> tuple[int, dict]:
     ckpt.close()
     raise UserError(f"no LengthDrop checkpoint in {ckpt.directory}; run --phase lengthdrop")
   step = max(rows, key=lambda r: (r[1][phases.DEV_METRIC], r[0]))[0]
+  note_if_unfinished(ckpt, LENGTHDROP)
   state, _ = ckpt.restore(step)
   ckpt.close()
   return step, state["params"]

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
+from absl import logging
 from tqdm.auto import tqdm
 
 from adapler_jax.data import TRAIN_BUCKETS, num_train_steps, train_batches
@@ -39,6 +40,24 @@ def print_done(run: Run, phase: str, start: float, work: str, details: str = "")
   (main process; `start` from `time.perf_counter`)."""
   if run.is_main_process:
     print(f"{phase}: {work} in {time.perf_counter() - start:.0f} s{details}", flush=True)
+
+
+PHASE_STEPS = "phase_steps"  # a checkpoint's note of the steps its whole phase takes.
+_noted: set[str] = set()
+
+
+def note_if_unfinished(ckpt: Checkpointer, phase: str) -> None:
+  """Warns, once a process, when `ckpt`'s latest checkpoint is not its phase's last step: a
+  run read mid-training (stopped, killed, or still running) is reported as far as it got."""
+  step = ckpt.latest_step()
+  if step is None or ckpt.directory in _noted:
+    return
+  total = ckpt.restore_json(step).get(PHASE_STEPS)  # absent before the note existed.
+  if isinstance(total, int) and step < total:
+    _noted.add(ckpt.directory)
+    logging.warning("%s: the %s phase stopped at step %d of %d; using what it saved so far "
+                    "(train.py --phase %s resumes it)", ckpt.directory, phase, step, total,
+                    phase)
 
 
 def shards() -> dict[str, int]:
@@ -129,10 +148,12 @@ class TrainLoop:
       self.guard.before_save(self.step, self.state.params)
       self._checked = self.step
 
-  def save(self, ckpt: Checkpointer, **kwargs) -> None:
-    """The state, checked finite, as checkpoint `self.step` (`kwargs`: `Checkpointer.save`'s)."""
+  def save(self, ckpt: Checkpointer, *, extra_json: dict | None = None, **kwargs) -> None:
+    """The state, checked finite, as checkpoint `self.step` (`kwargs`: `Checkpointer.save`'s),
+    with the phase's step count beside it (`note_if_unfinished` reads it)."""
     self.check()
-    ckpt.save(self.step, self.state, **kwargs)
+    ckpt.save(self.step, self.state, extra_json={**(extra_json or {}), PHASE_STEPS: self.total},
+              **kwargs)
 
   def show(self, **postfix: str) -> None:
     """Figures beside the progress bar, and on the phase's last line."""

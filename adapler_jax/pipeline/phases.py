@@ -31,7 +31,7 @@ from adapler_jax.pipeline import summary as summary_lib
 from adapler_jax.pipeline import workdir as workdir_lib
 from adapler_jax.pipeline import context as context_lib
 from adapler_jax.pipeline.context import Run
-from adapler_jax.pipeline.loop import TrainLoop, print_done, progress_bar
+from adapler_jax.pipeline.loop import TrainLoop, note_if_unfinished, print_done, progress_bar
 from adapler_jax.train import adapler_step, classifier, optim, parallel
 from adapler_jax.train import saliency as saliency_lib
 from adapler_jax.train.checkpoints import Checkpointer
@@ -176,6 +176,7 @@ def load_finetuned(run: Run, k: int = 1) -> list[tuple[int, dict, float]]:
   steps = ckpt.best_steps(k)
   if not steps:
     raise UserError(f"no fine-tuned checkpoint in {ckpt.directory}; run --phase finetune first")
+  note_if_unfinished(ckpt, FINETUNE)
   out = []
   for step in steps:
     out.append((step, _restore_params(run, ckpt, step), float(ckpt.metrics(step)[DEV_METRIC])))
@@ -352,6 +353,7 @@ def load_adapler(run: Run, step: int) -> dict:
   """AdapLeR params of checkpoint `step` on this process's first device (hard-removal
   inference runs on one device)."""
   ckpt = adapler_checkpointer(run, read_only=True)
+  note_if_unfinished(ckpt, ADAPLER)
   state, _ = ckpt.restore(step)
   ckpt.close()
   return state["params"]
