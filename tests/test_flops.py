@@ -132,3 +132,17 @@ def test_span_head_counts_every_position():
   cfg = types.SimpleNamespace(encoder=types.SimpleNamespace(
       num_layers=2, hidden_size=4, intermediate_size=8), num_labels=2, head="span")
   assert flops.FlopsDims.of_model(cfg) == span
+
+
+def test_a_model_with_wider_predictors_counts_them():
+  """`of_model` reads the predictors' width from the model config, not the encoder's."""
+  from adapler_jax.models.adapler import AdapLeRConfig
+  from adapler_jax.models.bert import EncoderConfig
+  enc = EncoderConfig.tiny()
+  wide = flops.FlopsDims.of_model(AdapLeRConfig(enc, num_labels=2, cp_hidden=256))
+  assert wide.cp_hidden == 256
+  assert flops.FlopsDims.of_model(AdapLeRConfig(enc, num_labels=2)).cp_hidden == 32
+  narrow = dataclasses.replace(wide, cp_hidden=32)
+  extra = flops.adapler_flops([4] * enc.num_layers, 4, wide) - flops.adapler_flops(
+      [4] * enc.num_layers, 4, narrow)
+  assert extra == enc.num_layers * 2 * 4 * (256 - 32) * (enc.hidden_size + 1)

@@ -54,12 +54,12 @@ class FlopsDims:
 
   @classmethod
   def from_config(cls, cfg: Any, num_classes: int | None = None,
-                  head: str = "classification") -> FlopsDims:
+                  head: str = "classification", cp_hidden: int | None = None) -> FlopsDims:
     """Reads the shape from any config object with the usual attribute names.
 
     Uses ``num_layers`` (or HF's ``num_hidden_layers``), ``hidden_size``,
-    ``intermediate_size`` and ``num_classes`` (or ``num_labels``) unless
-    `num_classes` is given.
+    ``intermediate_size``, ``num_classes`` (or ``num_labels``) and ``cp_hidden`` (default
+    32) unless `num_classes` or `cp_hidden` is given.
     """
     num_layers = getattr(cfg, "num_layers", None)
     if num_layers is None:
@@ -77,7 +77,7 @@ class FlopsDims:
         hidden=int(cfg.hidden_size),
         intermediate=int(cfg.intermediate_size),
         num_classes=int(num_classes),
-        cp_hidden=int(getattr(cfg, "cp_hidden", 32)),
+        cp_hidden=int(getattr(cfg, "cp_hidden", 32) if cp_hidden is None else cp_hidden),
         head=head,
     )
 
@@ -86,7 +86,8 @@ class FlopsDims:
     """The shape of a model config with an `encoder`, `num_labels` and `head`
     (`ClassifierConfig`, `AdapLeRConfig`)."""
     return cls.from_config(cfg.encoder, num_classes=cfg.num_labels,
-                           head=getattr(cfg, "head", "classification"))
+                           head=getattr(cfg, "head", "classification"),
+                           cp_hidden=getattr(cfg, "cp_hidden", 32))
 
 
 # ---------------------------------------------------------------------------
