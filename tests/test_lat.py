@@ -297,3 +297,23 @@ def test_config_validation_messages():
   with pytest.raises(UserError, match=r"within \[2, 16\]"):
     lengths.validate_config((17, 3), 16, 2)
   assert lengths.parse_config("(52, 42,34)") == (52, 42, 34)
+
+
+def test_a_config_for_another_depth_is_one_line(params):
+  """JAX clamps indices past an array's end, so a config of 3 entries on this 4-layer model
+  ran (14, 11, 8, 8) and a cost count read 3 layers: every path refuses it instead."""
+  from adapler_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  batch = _batch()
+  for config in [(14, 11, 8), (14, 11, 8, 6, 4)]:
+    with pytest.raises(InputError, match=rf"config has shape \({len(config)},\); the model "
+                                         "has 4 layers"):
+      masked_forward(ENC, 3, params, batch, jnp.asarray(config), base=T)
+    with pytest.raises(ValueError, match="the model has 4 layers"):
+      flops.lat_macs(config, T, flops.FlopsDims.from_config(ENC, num_classes=3))
+  n = jnp.asarray(batch["attention_mask"].sum(1))
+  with pytest.raises(InputError, match="widths has shape"):
+    lat.gather_forward(ENC, 3, params, batch["input_ids"], batch["token_type_ids"], n,
+                       jnp.ones((4, 4), jnp.int32), (16, 16, 16))
+  with pytest.raises(InputError, match="counts has shape"):
+    lat.gather_forward(ENC, 3, params, batch["input_ids"], batch["token_type_ids"], n,
+                       jnp.ones((3, 4), jnp.int32), (16, 16, 16, 16))

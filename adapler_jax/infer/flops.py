@@ -206,6 +206,9 @@ def lat_macs(config: Sequence[int] | None, length: int, dims: FlopsDims,
   head = dims.head if head is None else head
   t, d, f = int(length), dims.hidden, dims.intermediate
   config = [t] * dims.num_layers if config is None else [int(c) for c in config]
+  if len(config) != dims.num_layers:
+    raise ValueError(f"length config {tuple(config)} has {len(config)} entries; the model has "
+                     f"{dims.num_layers} layers: give one length per layer")
   total, prev = t * d, t
   for k in config:
     total += 4 * prev * d * d + 2 * prev * prev * d + prev * d + 2 * k * d * f + k * d

@@ -40,6 +40,14 @@ def check_flags(head: Head, flags: SelectionFlags) -> None:
                      "reads it; keep it (keep_cls=True) or use a span head")
 
 
+def check_layer_count(enc: EncoderConfig, name: str, shape: tuple[int, ...]) -> None:
+  """One line unless `shape` starts with one entry per layer (a config of another depth
+  would run a sub-model nobody asked for: JAX clamps the indices past its end)."""
+  if not shape or shape[0] != enc.num_layers:
+    raise InputError(f"{name} has shape {tuple(shape)}; the model has {enc.num_layers} layers: "
+                     "give one entry per layer")
+
+
 def masked_forward(enc: EncoderConfig, head: int | Head, params: dict, batch: dict,
                    config: Array | None, *, base: int, flags: SelectionFlags = SelectionFlags(),
                    layer_on: Array | None = None, deterministic: bool = True,
@@ -58,6 +66,7 @@ def masked_forward(enc: EncoderConfig, head: int | Head, params: dict, batch: di
   if config is None:
     policy, ctx = walk.FULL, attention_bias_from_mask(valid)
   else:
+    check_layer_count(enc, "config", jnp.shape(config))
     n = jnp.sum(valid, axis=-1)
     counts = lengths.keep_counts(jnp.asarray(config), n, base, flags.length_base)
     policy = MaskedSelection(valid, counts, flags)
@@ -80,6 +89,8 @@ def gather_forward(enc: EncoderConfig, head: int | Head, params: dict, input_ids
   (padding holds its embedding output), and the trace (`lengths`, `positions` per layer)."""
   head = as_head(head)
   check_flags(head, flags)
+  check_layer_count(enc, "widths", (len(widths),))
+  check_layer_count(enc, "counts", jnp.shape(counts)[:1])
   bert = params["bert"]
   x = embed(enc, bert["embeddings"], input_ids, token_type_ids)
   valid = jnp.arange(input_ids.shape[1]) < n[:, None]
