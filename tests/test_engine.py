@@ -479,6 +479,21 @@ def test_engine_rejects_a_bad_chunk_size():
   assert engine.ffn_chunk_rows == (512 if jax.devices()[0].platform == "cpu" else None)
 
 
+def test_engines_refuse_an_example_without_tokens():
+  """The per-example reference refuses it; the engines returned logits and kept counts of
+  0 for it, as if classified."""
+  cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
+  params = scaled_params(cfg, seed=2, scale=1.0, eta=0.5)
+  ids = np.zeros((2, 16), np.int32)
+  ids[1, :3] = [101, 2023, 102]
+  data = TokenizedDataset(ids, np.zeros_like(ids), np.array([0, 3]), None, ["a", "b"])
+  for engine in (AdaptiveEngine(cfg, params, batch_size=2, max_length=16),
+                 FullLengthEngine(cfg, params, batch_size=2, max_length=16)):
+    with pytest.raises(UserError, match="example 'a' has no tokens; tokenize it with its "
+                                        "special tokens"):
+      engine.run(data)
+
+
 @pytest.mark.parametrize("chunk_rows,folds", [(None, ()), (16, ()), (None, (2, 4))])
 def test_full_length_engine_equals_sequence_classifier(chunk_rows, folds):
   cfg = adapler.AdapLeRConfig(TINY, num_labels=2)

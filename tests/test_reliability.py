@@ -29,7 +29,7 @@ from adapler_jax.errors import DataError, InputError, UserError
 from adapler_jax.eval import rationale
 from adapler_jax.eval import squad as squad_eval
 from adapler_jax.models import adapler
-from adapler_jax.models.bert import EncoderConfig
+from adapler_jax.models.bert import EncoderConfig, encode
 from adapler_jax.pipeline import workdir as workdir_lib
 from adapler_jax.train import adapler_step, classifier
 from adapler_jax.train.checkpoints import Checkpointer, CheckpointError, DamagedCheckpointError
@@ -964,6 +964,50 @@ def test_hard_forward_takes_one_example():
     assert str(err.value) == (
         "hard_forward takes one example of shape (n,) with 1 <= n <= 8 (the model's "
         f"positions), got shape {ids.shape}; for a batch use infer.AdaptiveEngine")
+
+
+def test_inputs_past_the_models_tables_are_one_line():
+  """Ids past the vocabulary or token types, or more tokens than positions, read NaN rows
+  of the embedding tables: NaN hidden states from `encode` and `soft_forward`, and from
+  `hard_forward` every token dropped behind finite logits. Each is refused, as are side
+  inputs of another shape and a soft forward without its key or with lambda 0."""
+  enc = EncoderConfig.tiny(max_position_embeddings=8)  # vocabulary 128, 2 token types.
+  cfg = adapler.AdapLeRConfig(enc, num_labels=2)
+  params = adapler.init(jax.random.key(0), cfg)
+  bert = params["model"]["bert"]
+  ids = np.array([[1, 5, 7, 2]], np.int32)
+  cases = [
+      (lambda: encode(enc, bert, np.ones((1, 9), np.int32)),
+       "input of 9 tokens is longer than the model's 8 positions; truncate it"),
+      (lambda: encode(enc, bert, np.where(ids == 5, 500, ids)),
+       "input_ids holds 500, outside the model's vocabulary of 128"),
+      (lambda: encode(enc, bert, ids, token_type_ids=np.full_like(ids, 2)),
+       "token_type_ids holds 2, outside the model's token-type table of 2"),
+      (lambda: encode(enc, bert, ids, attention_mask=np.ones((1, 3))),
+       "attention_mask has shape (1, 3), input_ids (1, 4); give one value per token"),
+      (lambda: adapler.hard_forward(cfg, params, np.array([1, 500, 2])),
+       "input_ids holds 500, outside the model's vocabulary of 128"),
+      (lambda: adapler.hard_forward(cfg, params, ids[0], np.zeros(3, np.int32)),
+       "token_type_ids has shape (3,), input_ids (4,); give one value per token"),
+      (lambda: adapler.soft_forward(cfg, params, _soft_batch(ids), 10.0, deterministic=False),
+       "soft_forward with dropout (deterministic=False) needs a key"),
+      (lambda: adapler.soft_forward(cfg, params, _soft_batch(ids), 0.0),
+       "lam is 0.0; lambda of Eq. 4 must be > 0"),
+  ]
+  for call, message in cases:
+    with pytest.raises(InputError) as err:
+      call()
+    assert str(err.value).startswith(message), str(err.value)
+  # Under jit the values are not checked (they are not known), the shapes still are.
+  hidden = jax.jit(lambda i: encode(enc, bert, i))(ids)
+  assert np.isfinite(np.asarray(hidden)).all()
+  with pytest.raises(InputError, match="longer than the model's 8 positions"):
+    jax.jit(lambda i: encode(enc, bert, i))(np.ones((1, 9), np.int32))
+
+
+def _soft_batch(ids):
+  return {"input_ids": ids, "token_type_ids": np.zeros_like(ids),
+          "attention_mask": np.ones(ids.shape, bool)}
 
 
 def test_init_with_a_backbone_of_another_width():

@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from adapler_jax.models.bert import EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import SequenceClassifier
@@ -51,3 +52,22 @@ def test_saliency_matches_finite_difference_gradient_times_input():
 def test_normalise_rows_sum_to_one():
   s = np.array([[1.0, 3.0, 0.0], [0.0, 0.0, 0.0]], np.float32)
   np.testing.assert_allclose(saliency.normalise(s), [[0.25, 0.75, 0.0], [0.0, 0.0, 0.0]])
+
+
+def test_a_label_out_of_range_is_one_line():
+  """`take_along_axis` fills out-of-range picks, so the gold logit of label 3 of 3 classes
+  (or a span end past the window) was a constant and the row's saliency all zero."""
+  from adapler_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  from adapler_jax.models.heads import Span  # pylint: disable=g-import-not-at-top
+  enc = EncoderConfig.tiny()
+  ids = np.arange(3, 10, dtype=np.int32).reshape(1, 7)
+  batch = {"input_ids": ids, "token_type_ids": np.zeros_like(ids),
+           "attention_mask": np.ones(ids.shape, bool)}
+  params = classifier.init_classifier(jax.random.key(0), enc, 3)
+  with pytest.raises(InputError, match="labels hold 3, outside the 3 classes"):
+    saliency.saliency_batch(enc, 3, params, {**batch, "labels": np.array([3])})
+  span = classifier.init_classifier(jax.random.key(0), enc, Span())
+  with pytest.raises(InputError, match="labels hold 7, outside the 7 positions"):
+    saliency.saliency_batch(enc, Span(), span, {**batch, "labels": np.array([[2, 7]])})
+  got = saliency.saliency_batch(enc, Span(), span, {**batch, "labels": np.array([[2, 6]])})
+  assert np.all(np.asarray(got) > 0)

@@ -134,6 +134,10 @@ def _num_batches(data: TokenizedDataset, batch_size: int) -> int:
 def _check_data(data: TokenizedDataset, max_length: int) -> None:
   if len(data) == 0:
     raise ValueError(f"{data.task or 'the dataset'} has no examples to run")
+  empty = np.flatnonzero(np.asarray(data.lengths) < 1)
+  if empty.size:  # the per-example reference refuses them too: no [CLS] to classify.
+    raise InputError(f"{data.task or 'the dataset'} example {data.ids[empty[0]]!r} has no "
+                     "tokens; tokenize it with its special tokens ([CLS] ... [SEP])")
   if data.max_length > max_length:
     raise ValueError(f"{data.task or 'the dataset'} is tokenized at max_length "
                      f"{data.max_length}, above the engine's {max_length}; build the engine "

@@ -24,7 +24,7 @@ import numpy as np
 
 from adapler_jax.errors import InputError
 from adapler_jax.models import dense, walk
-from adapler_jax.models.bert import Bert, EncoderConfig, embed, encoder_layer_params
+from adapler_jax.models.bert import Bert, EncoderConfig, check_ids, embed, encoder_layer_params
 from adapler_jax.models.heads import Head, HeadedConfig
 from adapler_jax.reduce.adapler import (PAD_LOG_KEEP, HardRemoval, SoftRemoval,  # noqa: F401
                                         masked_log_scores, soft_removal_edit)
@@ -164,6 +164,11 @@ def soft_forward(cfg: AdapLeRConfig, params: dict, batch: dict, lam: Array | flo
     Soft removal keeps every token in place, so a span head sees every position; for span
     QA a removed token's vector stops changing (soft drop-and-restore, `SoftRemoval`).
   """
+  if not deterministic and rng is None:
+    raise InputError("soft_forward with dropout (deterministic=False) needs a key: pass rng= "
+                     "or deterministic=True")
+  if isinstance(lam, (int, float)) and not lam > 0:
+    raise InputError(f"lam is {lam}; lambda of Eq. 4 must be > 0 (it grows during training)")
   rngs = None if deterministic else {"dropout": rng}
   return AdapLeRModel(cfg).apply(
       {"params": params["model"]}, batch["input_ids"], batch["token_type_ids"],
@@ -256,6 +261,7 @@ def hard_forward(cfg: AdapLeRConfig, params: dict, input_ids, token_type_ids=Non
                      f"{input_ids.shape}; for a batch use infer.AdaptiveEngine")
   token_type_ids = (np.zeros_like(input_ids) if token_type_ids is None
                     else np.asarray(token_type_ids, np.int32))
+  check_ids(enc, input_ids, token_type_ids)
   eta = np.asarray(params["speed"]["eta"], np.float32)
   x = _embed(enc, model["bert"], input_ids[None], token_type_ids[None])
 

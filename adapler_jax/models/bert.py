@@ -20,7 +20,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from adapler_jax.errors import InputError
 from adapler_jax.models import attention, dense, walk
 from adapler_jax.models.dropout import Dropout
 
@@ -198,6 +200,9 @@ class Embeddings(nn.Module):
 def default_positions(cfg: EncoderConfig, input_ids: Array) -> Array:
   """0-based position ids of a padded batch (see `Embeddings`): -1 on RoBERTa's padding."""
   if not cfg.position_offset:
+    if input_ids.shape[-1] > cfg.max_length:  # rows past the table read NaN.
+      raise InputError(f"input of {input_ids.shape[-1]} tokens is longer than the model's "
+                       f"{cfg.max_length} positions; truncate it (the tokenizer's max_length)")
     return jnp.arange(input_ids.shape[-1])
   real = (input_ids != cfg.pad_token_id).astype(jnp.int32)
   return jnp.cumsum(real, axis=-1) * real - 1
@@ -397,6 +402,28 @@ def attention_probs(cfg: EncoderConfig, params: dict, input_ids: Array, token_ty
   return nn.apply(run, Bert(cfg))({"params": params})
 
 
+def check_ids(cfg: EncoderConfig, input_ids, token_type_ids=None, attention_mask=None) -> None:
+  """One line unless the ids fit the model's tables and the other inputs have their shape.
+
+  Out-of-range rows of an embedding table read NaN, which hard removal turns into dropped
+  tokens and plausible logits. Values are checked only on concrete arrays (not under jit).
+  """
+  shape = np.shape(input_ids)
+  for name, other in (("token_type_ids", token_type_ids), ("attention_mask", attention_mask)):
+    if other is not None and np.shape(other) != shape:
+      raise InputError(f"{name} has shape {np.shape(other)}, input_ids {shape}; give one "
+                       "value per token")
+  for name, ids, size, table in (("input_ids", input_ids, cfg.vocab_size, "vocabulary"),
+                                 ("token_type_ids", token_type_ids, cfg.type_vocab_size,
+                                  "token-type table")):
+    if ids is None or isinstance(ids, jax.core.Tracer) or np.size(ids) == 0 or size <= 1:
+      continue
+    ids = np.asarray(ids)
+    if ids.min() < 0 or ids.max() >= size:
+      raise InputError(f"{name} holds {ids.max() if ids.max() >= size else ids.min()}, outside "
+                       f"the model's {table} of {size}; use the model's own tokenizer")
+
+
 def embed(cfg: EncoderConfig, embedding_params: dict, input_ids: Array, token_type_ids: Array,
           position_ids: Array | None = None) -> Array:
   """The embedding output h^0 (B, W, H) of ids (B, W), deterministic: positions 0..W-1
@@ -418,6 +445,7 @@ def encode(cfg: EncoderConfig, params: dict, input_ids: Array, attention_mask: A
   Returns:
     (batch, seq, hidden); rows at padding are not meaningful.
   """
+  check_ids(cfg, input_ids, token_type_ids, attention_mask)
   input_ids = jnp.asarray(input_ids)
   if attention_mask is None:
     attention_mask = jnp.ones(input_ids.shape, bool)

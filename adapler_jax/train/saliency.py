@@ -12,9 +12,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from adapler_jax.data import TokenizedDataset
-from adapler_jax.errors import UserError
+from adapler_jax.errors import InputError, UserError
 from adapler_jax.models.bert import EncoderConfig, attention_bias_from_mask
-from adapler_jax.models.heads import Head, as_head
+from adapler_jax.models.heads import Head, Span, as_head
 from adapler_jax.train import parallel
 
 
@@ -39,7 +39,17 @@ def saliency_batch(encoder: EncoderConfig, head: int | Head, params: dict,
     (B, N) float32, 0 on padding. Rows are independent (the gradient of the summed gold
     logits splits by row).
   """
-  model = as_head(head).model(encoder)
+  head = as_head(head)
+  labels = batch["labels"]
+  if not isinstance(labels, jax.core.Tracer) and np.size(labels):  # concrete: checkable.
+    bound = np.shape(batch["input_ids"])[-1] if isinstance(head, Span) else head.num_labels
+    labels = np.asarray(labels)
+    if labels.min() < 0 or labels.max() >= bound:
+      what = "positions of the window" if isinstance(head, Span) else "classes"
+      raise InputError(f"labels hold {labels.min() if labels.min() < 0 else labels.max()}, "
+                       f"outside the {bound} {what}; the gold logit of a label out of range "
+                       "is no logit (its saliency would be all zero)")
+  model = head.model(encoder)
   variables = {"params": params}
   h0 = model.apply(variables, batch["input_ids"], batch["token_type_ids"],
                    method=lambda m, i, t: m.bert.embed(i, t))
