@@ -67,18 +67,40 @@ def test_a_rate_that_rounds_to_one_drops_everything(rate):
   assert mask.shape == (4, 8) and not mask.any()
 
 
-def test_plain_dots_off_cpu_or_on_request_allow_forward_mode(monkeypatch):
-  """The custom VJP is a CPU layout fix: elsewhere, or with ADAPLER_PLAIN_DOTS=1, the dense
-  matmul is `lax.dot_general` itself, so `jax.jvp` goes through it."""
+def test_only_the_librarys_training_gradients_take_the_cpu_layout(monkeypatch):
+  """The custom VJP is a CPU layout fix for the library's own reverse-mode steps; outside
+  `kernel_gradient_layout()` the dense matmul is `lax.dot_general` itself, so a user's
+  `jax.jvp` goes through the public forwards."""
+  from adapler_jax.models import adapler  # pylint: disable=g-import-not-at-top
+  from adapler_jax.models.bert import EncoderConfig  # pylint: disable=g-import-not-at-top
+  from adapler_jax.train import adapler_step  # pylint: disable=g-import-not-at-top
   x = jax.random.normal(jax.random.key(0), (4, 8))
   w = jax.random.normal(jax.random.key(1), (8, 3))
   dims = (((1,), (0,)), ((), ()))
   f = lambda w: dense.dot_general(x, w, dims).sum()
-  with pytest.raises(TypeError, match="custom_vjp"):  # on this CPU backend, by default.
-    jax.jvp(f, (w,), (w,))
-  for backend, env in (("gpu", None), ("cpu", "1")):
-    monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
-    if env:
-      monkeypatch.setenv("ADAPLER_PLAIN_DOTS", env)
-    value, tangent = jax.jvp(f, (w,), (w,))
-    np.testing.assert_allclose(tangent, value, rtol=1e-5)  # f is linear in w.
+  value, tangent = jax.jvp(f, (w,), (w,))
+  np.testing.assert_allclose(tangent, value, rtol=1e-5)  # f is linear in w.
+  with dense.kernel_gradient_layout():
+    with pytest.raises(TypeError, match="custom_vjp"):  # on this CPU backend.
+      jax.jvp(f, (w,), (w,))
+    for backend, env in (("gpu", None), ("cpu", "1")):
+      monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+      if env:
+        monkeypatch.setenv("ADAPLER_PLAIN_DOTS", env)
+      value, tangent = jax.jvp(f, (w,), (w,))
+      np.testing.assert_allclose(tangent, value, rtol=1e-5)
+  monkeypatch.undo()
+
+  cfg = adapler.AdapLeRConfig(EncoderConfig.tiny(), num_labels=2)
+  params = adapler.init(jax.random.key(0), cfg)
+  ids = np.array([[1, 5, 7, 2]], np.int32)
+  batch = {"input_ids": ids, "token_type_ids": np.zeros_like(ids),
+           "attention_mask": np.ones(ids.shape, bool), "labels": np.array([1]),
+           "saliency": np.full(ids.shape, 0.25, np.float32)}
+  forward = lambda m: adapler.soft_forward(cfg, {**params, "model": m}, batch, 10.0)[0].sum()
+  assert "custom_vjp" not in str(jax.make_jaxpr(forward)(params["model"]))
+  jax.jvp(forward, (params["model"],), (params["model"],))  # would raise inside the layout.
+  grads = lambda p: adapler_step.adapler_grads(cfg, p, batch, 10.0, adapler_step.LossWeights(
+      gamma=1.0, phi=1e-3), deterministic=True)
+  assert "custom_vjp" in str(jax.make_jaxpr(grads)(params))
+

@@ -11,13 +11,19 @@ speed of the forward matmuls of the same size (MiniLM's feed-forward kernels: 25
 into an array of its own first (`optimization_barrier` stops XLA from folding the
 transpose back into the dot), so that the product is a plain (in, tokens) x (tokens, out)
 matmul. The forward, the input gradient and the values are those of `lax.dot_general`.
-Only programs traced for a CPU backend take it: elsewhere, and for forward-mode
-differentiation (`jax.jvp`, `jax.jacfwd`), which a custom VJP does not support, set
-`ADAPLER_PLAIN_DOTS=1` or trace for another backend to get `lax.dot_general` itself.
+
+Only what is traced inside `kernel_gradient_layout()` takes it, on a CPU backend: the
+library's own training gradients (`classifier.make_finetune_step`,
+`adapler_step.adapler_grads`, `lat_step.sandwich_grads`) enter it. Everything else, the
+public forwards under a user's `jax.jvp`, `jax.jacfwd` or `jax.grad` included, traces
+`lax.dot_general` itself (a custom VJP rules out forward-mode differentiation).
+`ADAPLER_PLAIN_DOTS=1` turns the layout off everywhere.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 
@@ -47,10 +53,24 @@ def _matmul_bwd(precision, res, g):
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+_LAYOUT = contextvars.ContextVar("kernel_gradient_layout", default=False)
+
+
+@contextlib.contextmanager
+def kernel_gradient_layout():
+  """Dense layers traced inside take the CPU kernel-gradient layout (reverse mode only)."""
+  token = _LAYOUT.set(True)
+  try:
+    yield
+  finally:
+    _LAYOUT.reset(token)
+
+
 def cpu_kernel_gradients() -> bool:
-  """Whether dense layers take the CPU kernel-gradient layout: on a CPU backend, unless
-  `ADAPLER_PLAIN_DOTS=1`."""
-  return jax.default_backend() == "cpu" and os.environ.get("ADAPLER_PLAIN_DOTS") != "1"
+  """Whether dense layers take the CPU kernel-gradient layout: inside
+  `kernel_gradient_layout()` on a CPU backend, unless `ADAPLER_PLAIN_DOTS=1`."""
+  return (_LAYOUT.get() and jax.default_backend() == "cpu"
+          and os.environ.get("ADAPLER_PLAIN_DOTS") != "1")
 
 
 def dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,

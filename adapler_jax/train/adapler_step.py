@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from adapler_jax.models import dense
 from adapler_jax.models.adapler import AdapLeRConfig, soft_forward
 from adapler_jax.train import losses, parallel
 from adapler_jax.train.state import TrainState, create_train_state  # noqa: F401 (re-export)
@@ -69,9 +70,10 @@ def adapler_grads(cfg: AdapLeRConfig, params: dict, batch: dict, lam: Array,
              losses.length_loss(trace["lengths"]))
     return terms, (logits, trace)
 
-  terms, vjp, (logits, trace) = jax.vjp(
-      forward, params["model"], speed["eta"], jnp.ones((num_layers,), jnp.float32),
-      has_aux=True)
+  with dense.kernel_gradient_layout():
+    terms, vjp, (logits, trace) = jax.vjp(
+        forward, params["model"], speed["eta"], jnp.ones((num_layers,), jnp.float32),
+        has_aux=True)
   cotangent = lambda *ws: tuple(jnp.asarray(w, t.dtype) for w, t in zip(ws, terms))
   g_model, _, _ = vjp(cotangent(weights.ce, weights.gamma, 0.0))
   _, g_eta, g_theta_d = vjp(cotangent(weights.ce, 0.0, weights.phi))

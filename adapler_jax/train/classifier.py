@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 
 from adapler_jax.data import TokenizedDataset
 from adapler_jax.eval import squad as squad_eval
+from adapler_jax.models import dense
 from adapler_jax.models.bert import EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import Head, as_head
 from adapler_jax.train import parallel
@@ -54,7 +55,8 @@ def make_finetune_step(encoder: EncoderConfig, head: int | Head,
                                  rng=state.step_key())
       return task_loss(head, logits, batch), logits
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    with dense.kernel_gradient_layout():
+      (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "accuracy": task_accuracy(head, logits, batch)}

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from adapler_jax.models import dense
 from adapler_jax.models.bert import EncoderConfig
 from adapler_jax.models.heads import Head, as_head
 from adapler_jax.models.lat import masked_forward
@@ -168,13 +169,15 @@ def sandwich_grads(enc, head, lat: LATConfig, params, batch, key):
   head = as_head(head)
   k_teacher, k_subs = _pass_keys(lat, key)
   full = lambda p: _full_term(enc, head, lat, p, batch, k_teacher)
-  (ce, logits), grads = jax.value_and_grad(full, has_aux=True)(params)
+  with dense.kernel_gradient_layout():
+    (ce, logits), grads = jax.value_and_grad(full, has_aux=True)(params)
   teacher = jax.lax.stop_gradient(logits)
 
   def sub_model(total, xs):
     k, smallest = xs
     kd = lambda p: _sub_term(enc, head, lat, p, batch, k, smallest, teacher)
-    (term, config), g = jax.value_and_grad(kd, has_aux=True)(params)
+    with dense.kernel_gradient_layout():
+      (term, config), g = jax.value_and_grad(kd, has_aux=True)(params)
     return jax.tree.map(jnp.add, total, g), (term, config)
 
   is_smallest = jnp.arange(lat.num_sandwich + 1) == 0
