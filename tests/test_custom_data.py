@@ -73,8 +73,8 @@ def test_finetune_on_csv_and_jsonl_from_the_cli(tiny_backbone, files, tmp_path):
      "--config.data.train_file"),
     ("--config.data.label_field=stars",
      "error: {name}/train.csv line 1: no column 'stars'; found columns ['review', "
-     "'sentiment']; pass --config.data.text_fields and --config.data.label_field naming "
-     "columns of the file"),
+     "'sentiment']; pass --config.data.text_fields and --config.data.label_field "
+     "(load_file's text_fields= and label_field=) naming columns of the file"),
 ])
 def test_cli_errors_are_one_line(files, override, want):
   proc = train_py(*custom_args("minilm", files, override.format(files=files)),
@@ -114,7 +114,8 @@ def test_prepare_reads_the_files(tiny_backbone, files):
     ({"text_fields": "title", "label_names": "neg,pos"}, "train.csv line 1: no column "
      "'title'; found columns ['review', 'sentiment']; pass --config.data.text_fields"),
     ({"label_names": "neg,positive"}, "train.csv line 3: label 'pos' is not one of ['neg', "
-     "'positive']; fix the label or pass --config.data.label_names"),
+     "'positive']; fix the label or pass --config.data.label_names (load_file's "
+     "label_names=)"),
     ({"dev_file": ""}, "task custom needs data.dev_file; pass --config.data.dev_file=PATH"),
     ({"test_file": "nope.csv"}, "nope.csv"),
     ({"text_fields": "a,b,c"}, "config data.text_fields 'a,b,c' must name one text field or "

@@ -33,10 +33,12 @@ def test_unknown_label(tmp_path):
 def test_unknown_label_in_generic_file(tmp_path):
   path = _write(tmp_path / "mine/train.csv", "text,label\nok,pos\nfine,maybe\n")
   _raises(re.escape("mine/train.csv line 3: label 'maybe' is not one of ['neg', 'pos']; "
-                    "fix the label or pass --config.data.label_names"),
+                    "fix the label or pass --config.data.label_names (load_file's "
+                    "label_names=)"),
           data.load_file, path, label_names=["neg", "pos"])
   _raises(re.escape("mine/train.csv line 2: label 'pos' is not a class index (0, 1, ...); "
-                    "fix the label or pass --config.data.label_names"), data.load_file, path)
+                    "fix the label or pass --config.data.label_names (load_file's "
+                    "label_names=)"), data.load_file, path)
 
 
 def test_missing_file_lists_folder(tmp_path):

@@ -41,8 +41,10 @@ TASK_HINTS = Hints(column="use the task's standard file format",
                    label="fix the label or remove the row",
                    empty="split '{split}' has no examples; add data rows or use another split")
 FILE_HINTS = Hints(column="pass --config.data.text_fields and --config.data.label_field "
-                          "naming columns of the file",
-                   label="fix the label or pass --config.data.label_names",
+                          "(load_file's text_fields= and label_field=) naming columns of the "
+                          "file",
+                   label="fix the label or pass --config.data.label_names (load_file's "
+                         "label_names=)",
                    empty="no data rows; add data rows or pass another file")
 
 
