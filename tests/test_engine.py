@@ -479,9 +479,9 @@ def test_engine_rejects_a_bad_chunk_size():
   assert engine.ffn_chunk_rows == (512 if jax.devices()[0].platform == "cpu" else None)
 
 
-def test_engines_refuse_an_example_without_tokens():
-  """The per-example reference refuses it; the engines returned logits and kept counts of
-  0 for it, as if classified."""
+def test_engines_refuse_an_example_without_tokens_or_with_foreign_ids():
+  """The per-example reference refuses an empty example; the engines returned logits and
+  kept counts of 0 for it, as if classified. Ids past the vocabulary read NaN rows."""
   cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
   params = scaled_params(cfg, seed=2, scale=1.0, eta=0.5)
   ids = np.zeros((2, 16), np.int32)
@@ -492,6 +492,11 @@ def test_engines_refuse_an_example_without_tokens():
     with pytest.raises(UserError, match="example 'a' has no tokens; tokenize it with its "
                                         "special tokens"):
       engine.run(data)
+    foreign = dataclasses.replace(data, lengths=np.array([3, 3]),
+                                  input_ids=np.where(ids == 2023, 40000, ids))
+    with pytest.raises(UserError, match="input_ids holds 40000, outside the model's "
+                                        "vocabulary of 30522"):
+      engine.run(foreign)
 
 
 @pytest.mark.parametrize("chunk_rows,folds", [(None, ()), (16, ()), (None, (2, 4))])

@@ -53,7 +53,7 @@ from adapler_jax.errors import InputError
 from adapler_jax.infer import kernels, lat_program, layout, map_limit, packing, program
 from adapler_jax.models.adapler import AdapLeRConfig, hard_forward, predictor_params
 from adapler_jax.models import lat
-from adapler_jax.models.bert import NEG_INF, encoder_layer_params
+from adapler_jax.models.bert import NEG_INF, check_ids, encoder_layer_params
 from adapler_jax.models.heads import task_head
 from adapler_jax.reduce import lengths as lengths_lib
 from adapler_jax.reduce.significance import SelectionFlags
@@ -131,7 +131,7 @@ def _num_batches(data: TokenizedDataset, batch_size: int) -> int:
   return -(-len(data) // batch_size)
 
 
-def _check_data(data: TokenizedDataset, max_length: int) -> None:
+def _check_data(data: TokenizedDataset, max_length: int, enc) -> None:
   if len(data) == 0:
     raise ValueError(f"{data.task or 'the dataset'} has no examples to run")
   empty = np.flatnonzero(np.asarray(data.lengths) < 1)
@@ -142,6 +142,7 @@ def _check_data(data: TokenizedDataset, max_length: int) -> None:
     raise ValueError(f"{data.task or 'the dataset'} is tokenized at max_length "
                      f"{data.max_length}, above the engine's {max_length}; build the engine "
                      f"with max_length={data.max_length} or re-tokenize")
+  check_ids(enc, data.input_ids, data.token_type_ids)  # else NaN rows of the tables.
 
 
 class _Engine:
@@ -240,7 +241,7 @@ class _Engine:
   def run(self, data: TokenizedDataset, *, return_rationales: bool = False,
           progress: bool = False) -> EngineResult:
     """Runs every example of `data` once; results come back in dataset order."""
-    _check_data(data, self.max_length)
+    _check_data(data, self.max_length, self.cfg.encoder)
     num, layers = len(data), self.cfg.num_layers
     head = task_head(self.cfg)
     logits = _empty_logits(head, num, data.max_length)
