@@ -76,6 +76,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   check_flags()
   run_config = pipeline.read_config(_WORKDIR.value)
+  check_span_output(TASKS.get(run_config.get("task")))
   enable_compilation_cache(run_config)
   if run_config.get("method", "adapler") == "lat":
     if _EXPLAIN.value is not None or _RATIONALES.value:
@@ -240,6 +241,17 @@ def split_fields(run) -> dict:
   print(f"note: {run.task.name} has no labelled test split in this run's config; --split test "
         "reads the dev split")
   return {"split": _SPLIT.value, "split_read": "dev"}
+
+
+def check_span_output(task) -> None:
+  """Span QA writes its answers beside the report as predictions.json: a report of that
+  name would replace them."""
+  from adapler_jax.eval.squad import PREDICTIONS_FILE  # pylint: disable=g-import-not-at-top
+  if task is not None and task.is_span and _OUTPUT.value is not None and (
+      Path(_OUTPUT.value).name == PREDICTIONS_FILE):
+    raise UserError(f"--output {_OUTPUT.value}: the answers go beside the report as "
+                    f"{PREDICTIONS_FILE}; name the report otherwise, e.g. "
+                    f"{Path(_OUTPUT.value).with_name('eval.json')}")
 
 
 def predictions_dir(task) -> Path | None:

@@ -35,7 +35,7 @@ from adapler_jax import files
 from adapler_jax.cli import run_console_script
 from adapler_jax.errors import UserError
 from adapler_jax.eval.squad import predictions_text
-from adapler_jax.reduce.lengths import parse_config
+from adapler_jax.reduce.lengths import parse_config, validate_config
 from adapler_jax.serve import Predictor, inputs, load_model
 
 _MODEL = flags.DEFINE_string("model", None, "An export directory (adapler-export --output).")
@@ -124,10 +124,12 @@ def main(argv):
                       "replace the texts: write them to another file")
   model = load_model(_MODEL.value)
   length_config = None
-  if _LENGTH_CONFIG.value:  # its example fits this model.
-    length_config = parse_config(_LENGTH_CONFIG.value, base=model.speed.get("base",
-                                                                           model.max_length),
-                                 num_layers=model.config.encoder.num_layers)
+  if _LENGTH_CONFIG.value is not None:  # '' too: it is no config of this model.
+    base, depth = model.speed.get("base", model.max_length), model.config.encoder.num_layers
+    length_config = parse_config(_LENGTH_CONFIG.value, base=base, num_layers=depth)
+    if model.method == "lat":  # the errors name the flag; an AdapLeR model refuses any.
+      length_config = validate_config(length_config, base, depth, name="--length-config",
+                                      keep_cls=model.selection_flags.keep_cls)
   predictor = Predictor(model, batch_size=_BATCH.value, length_config=length_config)
   source = "stdin" if _INPUT.value == "-" else _INPUT.value
   kind = _input_format(predictor.model, _FORMAT.value, _INPUT.value)

@@ -279,6 +279,13 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
               input="x\n")  # the example fits the model: 2 layers at 16 tokens.
   assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
       "error: --length-config 'a,b' is not a comma-separated list of ints, e.g. 13,11"]
+  for value, problem in (("", "() has 0 entries; the model has 2 layers: give one length per "
+                              "layer"),  # was ignored: the exported config ran.
+                         ("12,14", "(12, 14) must be non-increasing layer by layer")):
+    proc = _cli("adapler_jax.predict", "--model", str(out["lat"]), f"--length-config={value}",
+                input="x\n")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[0].startswith(
+        f"error: --length-config {problem}"), proc.stderr
   texts = tmp_path / "texts.txt"  # --output on --input would replace the texts.
   texts.write_text("a film\n")
   proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--input", str(texts),

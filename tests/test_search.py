@@ -1,5 +1,6 @@
 """The evolutionary search: operators, frontier, floor, cache, resume, budget picks."""
 
+import dataclasses
 import numpy as np
 import pytest
 
@@ -138,6 +139,19 @@ def test_a_killed_search_resumes_from_its_store_without_rescoring(tmp_path):
   before = (tmp_path / "full.jsonl").read_bytes()
   reader.add((1,) * LAYERS, {"cost": 1.0, "metric": 0.5})
   assert (1,) * LAYERS in reader and (tmp_path / "full.jsonl").read_bytes() == before
+
+
+def test_a_shorter_rerun_keeps_the_frontier_its_store_holds(tmp_path):
+  """Rerun with fewer iterations on a longer search's store, the frontier is still that of
+  everything scored (it was the shorter run's population alone: a worse, dominated one)."""
+  settings = evo.SearchSettings(iterations=3, population=6, mutations=6, crossovers=6, seed=1)
+  full, store = _run(tmp_path, [], settings)
+  table = {g: (r["cost"], r["metric"]) for g, r in store.records.items()}
+  calls = []
+  short, _ = _run(tmp_path, calls, dataclasses.replace(settings, iterations=0))
+  assert not calls and short["frontier"] == full["frontier"]
+  assert short["frontier"] == evo.pareto_front(
+      {g: v for g, v in table.items() if v[0] >= sum((52, 42, 34, 28, 23, 19))})
 
 
 def test_a_store_resumes_only_on_the_source_it_scored(tmp_path):

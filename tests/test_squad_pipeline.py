@@ -136,6 +136,14 @@ def test_squad_adapler_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path)
       "error: --explain and --rationales draw a classifier's kept tokens; this run answers "
       "questions (squad): evaluate it without them")
   assert not (workdir / "explain.html").exists()
+  answers = tmp_path / "report" / "predictions.json"
+  before = answers.read_bytes()
+  proc = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(workdir), "--output",
+                         str(answers)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and proc.stderr.strip() == (  # the report replaced the answers.
+      f"error: --output {answers}: the answers go beside the report as predictions.json; "
+      f"name the report otherwise, e.g. {answers.with_name('eval.json')}")
+  assert answers.read_bytes() == before
 
   # Exported, the run answers the whole SQuAD file from raw text (adapler-predict reads a
   # .json input as an official SQuAD file): evaluate.py's answers on its questions.

@@ -287,6 +287,8 @@ def evolve(evaluate: Callable[[Gene], float | dict], cost: Callable[[Gene], dict
         population.append(child)
         members.add(child)
         added += 1
-  table = scored()
-  front = pareto_front({g: table[g] for g in population})
+  # The frontier of every gene the store holds at or above the floor: a rerun with fewer
+  # iterations than the store's keeps what the longer one found (in one run it is the
+  # population's: every gene this run scored joined it).
+  front = pareto_front({g: v for g, v in scored().items() if v[0] >= floor_cost})
   return {"frontier": front, "areas": areas, "scored": len(store.records)}
