@@ -215,3 +215,5 @@ def test_squad_lat_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path):  #
   with pytest.raises(DataError, match=r"question '0': its question takes 3\d of the 32 tokens of "
                      r"a window, .*; shorten the question \(the model's windows are fixed\)$"):
     predictor.predict(["who " * 30 + "?\t" + examples[0].context])
+  with pytest.raises(DataError, match=r"^questions.jsonl question '0': its question takes"):
+    predictor.predict(["who " * 30 + "?\t" + examples[0].context], source="questions.jsonl")

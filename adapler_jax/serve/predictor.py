@@ -93,13 +93,13 @@ class Predictor:
     where = lambda i: f"{source} input {i}" if source else f"input {i}"
     rows = [inputs_lib.texts_of(item, fields, num, where(i)) for i, item in zip(ids, items)]
     if self.model.is_span:
-      return self._windows(ids, rows, where)
+      return self._windows(ids, rows, where, source or "prediction input")
     data = TextDataset(ids=ids, texts=tuple(list(t) for t in zip(*rows)), labels=None,
                        task=self.model.task, source="prediction input")
     return tokenize(data, self.model.tokenizer, self.model.max_length)
 
   def _windows(self, ids: Sequence[str], rows: Sequence[tuple[str, str]],
-               where: Callable[[str], str]) -> SpanFeatures:
+               where: Callable[[str], str], source: str) -> SpanFeatures:
     """Span QA: the windows of each (question, context), as in training (`span_features`)."""
     for i, (question, context) in zip(ids, rows):
       for text, problem in ((question, "empty question; give every input a question"),
@@ -110,7 +110,7 @@ class Predictor:
     examples = [SquadExample(i, "", context, question, (), ())
                 for i, (question, context) in zip(ids, rows)]
     m = self.model
-    return span_features(SquadDataset(examples, "prediction input", m.task), m.tokenizer,
+    return span_features(SquadDataset(examples, source, m.task), m.tokenizer,
                          m.max_length, m.doc_stride,
                          room_fix="shorten the question (the model's windows are fixed)")
 
