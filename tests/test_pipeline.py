@@ -190,6 +190,19 @@ def test_finetune_resumes_to_the_same_parameters(tiny_backbone, tmp_path, monkey
     pipeline.load_finetuned(interrupted)
   assert re.search(r"resumed/finetune: the finetune phase stopped at step 5 of 8; using what it "
                    r"saved so far \(train.py --phase finetune resumes it\)", caplog.text)
+  # The note is advisory: a latest step whose JSON is damaged leaves it out, and the reads
+  # that use that step report the damage themselves.
+  from adapler_jax.pipeline.loop import note_if_unfinished  # pylint: disable=g-import-not-at-top
+  from adapler_jax.train.checkpoints import Checkpointer  # pylint: disable=g-import-not-at-top
+  (tmp_path / "damaged").mkdir()
+  shutil.copytree(tmp_path / "resumed" / "finetune", tmp_path / "damaged" / "finetune")
+  for path in (tmp_path / "damaged" / "finetune" / "5" / "config").rglob("*"):
+    if path.is_file():
+      path.write_text("{not json")
+  caplog.clear()
+  with caplog.at_level(logging.WARNING), Checkpointer(tmp_path / "damaged" / "finetune") as ckpt:
+    note_if_unfinished(ckpt, "finetune")
+  assert "stopped at step" not in caplog.text
   resumed = pipeline.prepare(config, tmp_path / "resumed")
   taken = count_steps(monkeypatch, classifier, "make_finetune_step")
   pipeline.finetune(resumed)

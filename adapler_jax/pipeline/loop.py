@@ -52,7 +52,10 @@ def note_if_unfinished(ckpt: Checkpointer, phase: str) -> None:
   step = ckpt.latest_step()
   if step is None or ckpt.directory in _noted:
     return
-  total = ckpt.restore_json(step).get(PHASE_STEPS)  # absent before the note existed.
+  try:
+    total = ckpt.restore_json(step).get(PHASE_STEPS)  # absent before the note existed.
+  except Exception:  # pylint: disable=broad-except
+    return  # advisory: a damaged latest step is reported by whatever restores it.
   if isinstance(total, int) and step < total:
     _noted.add(ckpt.directory)
     logging.warning("%s: the %s phase stopped at step %d of %d; using what it saved so far "
