@@ -28,10 +28,10 @@ def check_output(path: str | os.PathLike[str], owned: str | os.PathLike[str] | N
     example = (keepers[-1].with_name(f"{keepers[-1].name}_result.json") if keepers
                else path / "result.json")
     raise UserError(f"{flag} {path} is a directory; pass a file name, e.g. {flag} {example}")
-  for keeper in ([owned] if owned is not None else []) + runs_above(path):
-    if owns(keeper, path):
-      raise UserError(f"{flag} {path} would overwrite a file {keeper} keeps; write the "
-                      "result elsewhere, e.g. beside it under another name")
+  keeper = kept_by(path, owned)
+  if keeper is not None:
+    raise UserError(f"{flag} {path} would overwrite a file {keeper} keeps; write the "
+                    "result elsewhere, e.g. beside it under another name")
   check_writable(path, flag)
   return path
 
@@ -77,9 +77,13 @@ def _is_run_or_export(folder: Path) -> bool:
   return isinstance(stored, dict) and "method" in stored
 
 
-def runs_above(path: str | os.PathLike[str]) -> list[Path]:
-  """The runs' workdirs and exports among the folders above `path`, nearest first."""
-  return [a for a in Path(path).absolute().parents if _is_run_or_export(a)]
+def kept_by(path: str | os.PathLike[str],
+            owned: str | os.PathLike[str] | None = None) -> Path | None:
+  """The run or export that keeps `path` (see `owns`): `owned` when it does, else the nearest
+  run's workdir or export above `path` that does; None when none does."""
+  above = [a for a in Path(path).absolute().parents if _is_run_or_export(a)]
+  return next((Path(k) for k in ([owned] if owned is not None else []) + above
+               if owns(k, path)), None)
 
 
 def owns(directory: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:

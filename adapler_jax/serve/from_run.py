@@ -29,13 +29,13 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
   if resolved == workdir.resolve() or resolved in workdir.resolve().parents:
     raise ExportError(f"--output {output} holds the workdir {workdir}; pass a directory "
                       "outside it")
-  if files.owns(workdir, output):
+  keeper = files.kept_by(output, workdir)  # this or another run's folders, an export's files.
+  if keeper == workdir:
     raise ExportError(f"--output {output} is a folder the workdir {workdir} keeps; pass a "
                       "directory outside it")
-  for keeper in files.runs_above(output):  # another run's checkpoints, or an export's files.
-    if files.owns(keeper, output):
-      raise ExportError(f"--output {output} lies in a folder {keeper} keeps; pass a "
-                        "directory outside it")
+  if keeper is not None:
+    raise ExportError(f"--output {output} lies in a folder {keeper} keeps; pass a "
+                      "directory outside it")
   files.check_writable(output, "--output", folder=True)
   method = config.get("method", "adapler")
   if method == "lat":
