@@ -1,14 +1,13 @@
 """Writes tests/golden/minilm_hidden.npz: HF PyTorch BertModel outputs on the embedded MiniLM.
 
-Needs torch (`pip install torch==2.13.0`); the test that reads the file does not.
+Needs torch (`pip install torch==2.13.0`); the tests that read the file, and `SENTENCES`, do
+not, so torch is imported in `main` alone.
 Run from the repository root: python tests/golden/make_bert_golden.py
 """
 
 from pathlib import Path
 
 import numpy as np
-import torch
-from transformers import AutoTokenizer, BertModel
 
 from adapler_jax.weights import embedded_dir
 
@@ -22,6 +21,9 @@ PAIR = ("Who founded the company?", "The company was founded in 1998 by two stud
 
 
 def main():
+  import torch  # pylint: disable=g-import-not-at-top
+  from transformers import AutoTokenizer, BertModel  # pylint: disable=g-import-not-at-top
+
   directory = embedded_dir("minilm")
   tokenizer = AutoTokenizer.from_pretrained(str(directory))
   model = BertModel.from_pretrained(str(directory)).eval()
