@@ -39,6 +39,8 @@ class TokenMap:
     prediction: predicted class name (or index).
     probabilities: (C,) softmax of the logits.
     text: the input text.
+    pieces: `(text, joins_previous)` per token as shown (`display_from_offsets`); None
+      shows the tokens themselves (`display_tokens`).
   """
   tokens: list[str]
   scores: np.ndarray
@@ -46,10 +48,15 @@ class TokenMap:
   prediction: str
   probabilities: np.ndarray
   text: str = ""
+  pieces: list[tuple[str, bool]] | None = None
 
   @property
   def num_layers(self) -> int:
     return self.scores.shape[0]
+
+  def display(self) -> list[tuple[str, bool]]:
+    """`(text, joins_previous)` per token, as the maps show them."""
+    return self.pieces if self.pieces is not None else display_tokens(self.tokens)
 
   def intensity(self) -> np.ndarray:
     """(L, n) scores scaled by each layer's largest score into [0, 1]."""
@@ -59,20 +66,50 @@ class TokenMap:
 
 def explain(cfg: AdapLeRConfig, params: dict, tokenizer: Any, text: str,
             label_names: Sequence[str] | None = None, max_length: int = 512) -> TokenMap:
-  """Hard removal on one text (`hard_forward`) recorded as a `TokenMap`."""
-  enc = tokenizer(text, truncation=True, max_length=max_length, return_token_type_ids=True)
+  """Hard removal on one text (`hard_forward`) recorded as a `TokenMap`; with a fast
+  tokenizer, each token is shown as the span of `text` it covers (`display_from_offsets`)."""
+  offsets = bool(getattr(tokenizer, "is_fast", False))
+  enc = tokenizer(text, truncation=True, max_length=max_length, return_token_type_ids=True,
+                  return_offsets_mapping=offsets, return_special_tokens_mask=offsets)
   ids = np.asarray(enc["input_ids"], np.int32)
   result = hard_forward(cfg, params, ids, np.asarray(enc["token_type_ids"], np.int32))
   scores, kept = cp_token_scores(result.kept_positions, result.scores, len(ids))
   probs = metrics.softmax(result.logits)
   pred = int(np.argmax(probs))
   name = label_names[pred] if label_names is not None else str(pred)
-  return TokenMap(tokenizer.convert_ids_to_tokens(ids.tolist()), scores, kept, name, probs, text)
+  tokens = tokenizer.convert_ids_to_tokens(ids.tolist())
+  pieces = (display_from_offsets(tokens, enc["offset_mapping"], text,
+                                 enc["special_tokens_mask"]) if offsets else None)
+  return TokenMap(tokens, scores, kept, name, probs, text, pieces)
 
 
 def display_tokens(tokens: Sequence[str]) -> list[tuple[str, bool]]:
   """`(text, joins_previous)` per token: WordPiece continuations (`##x`) show as `x` glued on."""
   return [(t[2:], True) if t.startswith("##") and len(t) > 2 else (t, False) for t in tokens]
+
+
+def display_from_offsets(tokens: Sequence[str], offsets: Sequence[tuple[int, int]],
+                         text: str, special: Sequence[int] | None = None
+                         ) -> list[tuple[str, bool]]:
+  """`(text, joins_previous)` per token from the character span it covers in `text`: the
+  words as written, whatever the tokenizer's pieces look like (WordPiece `##`, byte-level
+  BPE's `Ġ` and byte symbols, SentencePiece's `▁`). A token joins the previous one when its
+  span starts where that one's ends; special tokens (`special`, the tokenizer's special
+  tokens mask; None: every token without a span) show as themselves, alone, and other
+  tokens without a span (a lone space piece) as nothing."""
+  shown, end = [], None
+  for i, (token, (a, b)) in enumerate(zip(tokens, offsets)):
+    if (special[i] if special is not None else b <= a):
+      shown.append((token, False))
+      end = None
+      continue
+    if b <= a:
+      shown.append(("", True))
+      continue
+    a = a if end is None else max(a, end)  # a character split over two pieces shows once.
+    shown.append((text[a:b], end is not None and a == end))
+    end = max(b, a)
+  return shown
 
 
 def _rgba(alpha: float) -> str:
@@ -86,7 +123,7 @@ def to_html(tmap: TokenMap, title: str | None = None) -> str:
   rows = []
   for l in range(tmap.num_layers):
     spans = []
-    for i, (text, glued) in enumerate(display_tokens(tmap.tokens)):
+    for i, (text, glued) in enumerate(tmap.display()):
       sep = "" if glued else " "
       tip = f"{tmap.tokens[i]}: S~={tmap.scores[l, i]:.4f}"
       if tmap.kept[l, i]:
@@ -117,7 +154,7 @@ def to_html(tmap: TokenMap, title: str | None = None) -> str:
 def _layout(tmap: TokenMap, chars_per_line: int) -> list[list[tuple[int, float]]]:
   """Token index and start column (in characters) on each wrapped line of one layer row."""
   lines, line, col = [], [], 0.0
-  for i, (text, glued) in enumerate(display_tokens(tmap.tokens)):
+  for i, (text, glued) in enumerate(tmap.display()):
     start = col if glued or not line else col + 1
     if line and start + len(text) > chars_per_line and not glued:
       lines.append(line)
@@ -138,7 +175,7 @@ def to_png(tmap: TokenMap, path: str | Path, title: str | None = None,
   font = 9.0
   char_w, line_h, label_w = 0.6 * font / 72, 1.75 * font / 72, 0.95  # inches.
   lines = _layout(tmap, chars_per_line)
-  display = display_tokens(tmap.tokens)
+  display = tmap.display()
   width = label_w + chars_per_line * char_w + 0.2
   block = len(lines) * line_h + 0.12
   head = 0.55
