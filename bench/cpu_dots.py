@@ -43,7 +43,7 @@ def cases():
   backbone = load_backbone("minilm")
   enc, layers = backbone.config, encoder_layer_params(backbone.config, backbone.params)
   rng = np.random.default_rng(0)
-  both = lambda fn, **kw: (jax.jit(fn, **kw), jax.jit(fn, compiler_options=kernels.XLA_DOTS,
+  both = lambda fn, **kw: (jax.jit(fn, **kw), jax.jit(fn, compiler_options=kernels.xla_dots_options(),
                                                       **kw))
   ready = lambda f, *a, **kw: (lambda: jax.block_until_ready(f(*a, **kw)))
   mats = [jnp.asarray(rng.normal(size=(enc.hidden_size, enc.intermediate_size)), jnp.float32)

@@ -48,7 +48,7 @@ def cases():
     fn = functools.partial(packing.run_layer, dataclasses.replace(enc, dtype=dtype),
                            chunk_rows=None)
     jitted[dtype] = {"default": jax.jit(fn),
-                     "xla": jax.jit(fn, compiler_options=kernels.XLA_DOTS)}
+                     "xla": jax.jit(fn, compiler_options=kernels.xla_dots_options())}
   rng = np.random.default_rng(0)
   out = {}
   for rows, width in SHAPES:

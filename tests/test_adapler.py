@@ -10,6 +10,7 @@ from adapler_jax.models.bert import EncoderConfig
 from adapler_jax.models.heads import ClassifierConfig
 from adapler_jax.reduce import adapler as reduce_adapler
 from adapler_jax.train import adapler_step, losses, optim
+from tests import jax_compat
 
 CFG = adapler.AdapLeRConfig(EncoderConfig.tiny(), num_labels=3)
 L = CFG.num_layers
@@ -157,7 +158,7 @@ def _surrogate(params, batch, lam, phi):
 
 
 def test_theta_gradient_matches_finite_difference_and_is_divided_by_theta():
-  with jax.enable_x64(True):
+  with jax_compat.enable_x64(True):
     params = jax.tree.map(lambda x: x.astype(jnp.float64), init_params(cp_scale=5.0, eta=0.8))
     params["speed"]["theta"] = jnp.array([1.0, 2.5], jnp.float64)
     batch = make_batch([10, 7, 5, 9])

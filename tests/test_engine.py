@@ -24,6 +24,7 @@ from adapler_jax.models import adapler, walk
 from adapler_jax.models.bert import Bert, EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import ClassificationHead, SequenceClassifier
 from adapler_jax.weights import convert_state_dict, load_backbone, to_hf_state_dict
+from tests import jax_compat
 
 TINY = EncoderConfig.tiny(vocab_size=30522, max_position_embeddings=512)
 KERNEL_SETS = 2 if jax.default_backend() == "cpu" else 1  # dot kernels per program (`kernels`).
@@ -123,7 +124,7 @@ class CompileCounter:
     return self
 
   def __exit__(self, *exc):
-    monitoring.unregister_event_duration_listener(self._listen)
+    jax_compat.unregister_event_duration_listener(self._listen)
 
 
 def assert_same_outputs(got, want):
@@ -595,6 +596,8 @@ def test_small_input_grids_take_xla_dot_kernels_and_agree():
   """Below `SMALL_GRID_TOKENS` input slots a program compiles with XLA's own dot kernels (no
   YNNPACK fusion in its HLO), from there on with XLA's default; both compute the same."""
   from adapler_jax.infer import kernels
+  if not kernels.xla_dots_options():
+    pytest.skip("this jaxlib has no YNNPACK dots: XLA's own are its only kernels")
   w = jnp.asarray(np.random.default_rng(0).normal(size=(384, 1536)), jnp.float32)
   f = kernels.ByGridSize(lambda w, ids: (ids.astype(jnp.float32) @ w[:ids.shape[1]]).sum(),
                          grid_arg=1)
@@ -606,6 +609,23 @@ def test_small_input_grids_take_xla_dot_kernels_and_agree():
   lowered = lambda jitted: jitted.lower(w, large).compile().as_text()
   assert "ynn" in lowered(f.default) and "ynn" not in lowered(f.small)
   np.testing.assert_allclose(f.small(w, large), f.default(w, large), rtol=1e-5)
+
+
+def test_a_jaxlib_without_the_dot_kernel_option_compiles_one_variant(monkeypatch):
+  """An unknown compiler option fails every compile (jaxlib 0.7 has no YNNPACK option):
+  there the small-grid variant is the default one, and the programs still run."""
+  from adapler_jax.infer import kernels
+  monkeypatch.setattr(kernels, "XLA_DOTS", {"xla_cpu_no_such_option_here": ""})
+  kernels.xla_dots_options.cache_clear()
+  try:
+    assert kernels.xla_dots_options() == {}
+    f = kernels.ByGridSize(lambda ids: ids.sum(), grid_arg=0)
+    ids = np.ones((1, 8), np.int32)
+    assert f.pick(ids, small=True) is f.default
+    assert int(f(ids, small=True)) == 8
+  finally:
+    monkeypatch.undo()
+    kernels.xla_dots_options.cache_clear()
 
 
 def test_dot_kernels_follow_the_engines_device_not_the_default_backend(monkeypatch):

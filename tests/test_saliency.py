@@ -10,6 +10,7 @@ import pytest
 from adapler_jax.models.bert import EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import SequenceClassifier
 from adapler_jax.train import classifier, saliency
+from tests import jax_compat
 
 
 def test_saliency_matches_finite_difference_gradient_times_input():
@@ -24,7 +25,7 @@ def test_saliency_matches_finite_difference_gradient_times_input():
 
   model = SequenceClassifier(EncoderConfig.tiny(hidden_dropout=0.0, attention_dropout=0.0,
                                                 dtype="float64"), 3)
-  with jax.enable_x64(True):
+  with jax_compat.enable_x64(True):
     p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
     h0 = model.apply({"params": p64}, ids, ids * 0, method=lambda m, i, t: m.bert.embed(i, t))
     bias = attention_bias_from_mask(mask).astype(jnp.float64)

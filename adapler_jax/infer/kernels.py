@@ -11,11 +11,13 @@ engines that drop tokens say which grids their layers run on (`ByGridSize.__call
 `small`). The choice is a per-program compiler option (nothing global changes) and only
 applies on CPU. Both variants compute the same function up to rounding (about 1e-7 on
 the scores), which can still move a token that sits at its cutoff, so an engine run decides
-the variant from its own batches only (`AdaptiveEngine.run`).
+the variant from its own batches only (`AdaptiveEngine.run`). A jaxlib that predates the
+option (0.7, whose dots are XLA's own anyway) compiles the one variant (`xla_dots_options`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -23,6 +25,20 @@ import numpy as np
 
 SMALL_GRID_TOKENS = 256
 XLA_DOTS = {"xla_cpu_experimental_ynn_fusion_type": ""}  # no dot goes to YNNPACK.
+
+
+@functools.cache
+def xla_dots_options() -> dict[str, str]:
+  """`XLA_DOTS` where this jaxlib knows its option, else {}: an unknown compiler option fails
+  every compile (`No such compile option`), and a jaxlib without it has no YNNPACK dots to
+  turn off. Probed once per process, on a trivial program."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=XLA_DOTS).lower(np.float32(0)).compile()
+  except Exception as e:  # pylint: disable=broad-except  (jaxlib's XlaRuntimeError)
+    if "No such compile option" not in str(e):
+      raise
+    return {}
+  return dict(XLA_DOTS)
 
 
 def on_cpu(x) -> bool:
@@ -44,7 +60,8 @@ def small_dots(layer_slots) -> bool:
 
 
 class ByGridSize:
-  """`fn` jitted twice, with XLA:CPU's default dot kernels and with its own ones (`XLA_DOTS`).
+  """`fn` jitted twice, with XLA:CPU's default dot kernels and with its own ones (`XLA_DOTS`;
+  once where jaxlib has only its own: `xla_dots_options`).
 
   A call takes the second when `small` says so (the caller, which knows its device, has
   checked it is a CPU), or, when `small` is None, when argument `grid_arg` (the input ids,
@@ -55,8 +72,18 @@ class ByGridSize:
 
   def __init__(self, fn: Callable[..., Any], *, grid_arg: int, **jit_kwargs):
     self.default = jax.jit(fn, **jit_kwargs)
-    self.small = jax.jit(fn, compiler_options=XLA_DOTS, **jit_kwargs)
     self.grid_arg = grid_arg
+    self._fn, self._jit_kwargs, self._small = fn, jit_kwargs, None
+
+  @property
+  def small(self) -> Callable[..., Any]:
+    """`fn` jitted with XLA's own dot kernels; `default` itself where jaxlib has no others.
+    Built on first use: the engines' instances are made at import, before any backend."""
+    if self._small is None:
+      options = xla_dots_options()
+      self._small = (jax.jit(self._fn, compiler_options=options, **self._jit_kwargs)
+                     if options else self.default)
+    return self._small
 
   def pick(self, ids, small: bool | None = None) -> Callable[..., Any]:
     if small is None:
