@@ -679,6 +679,47 @@ def test_a_rerun_that_changes_data_fields_says_so(tiny_backbone, tmp_path, caplo
   assert (f"{workdir / 'config.json'}: this run changes data.dev_subset (8 -> 4); later "
           "phases, evaluate.py and adapler-export read the new values") in caplog.text
   assert json.loads((workdir / "config.json").read_text())["data"]["dev_subset"] == 4
+  config.dtype = "bfloat16"  # the compute dtype of every later evaluation and export.
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    pipeline.prepare(config, workdir)
+  assert "this run changes dtype ('float32' -> 'bfloat16'); later phases" in caplog.text
+
+
+def test_each_phase_checks_the_batch_sizes_it_splits_over_the_devices(tiny_backbone, run_dir,
+                                                                      monkeypatch):
+  """A run moved to a device count that does not divide its training batch size may still
+  search and evaluate: each phase is asked only for the batch sizes it uses."""
+  from adapler_jax.pipeline import context
+  checked = []
+  monkeypatch.setattr(context.parallel, "check_batch_size",
+                      lambda size, mesh, name: checked.append(name))
+  for phase, names in [("saliency", ["saliency.batch_size"]), ("search", ["eval.batch_size"]),
+                       ("evaluate", ["eval.batch_size"]),
+                       ("all", ["train.batch_size", "eval.batch_size", "saliency.batch_size",
+                                "adapler.batch_size"])]:
+    checked.clear()
+    pipeline.prepare(small_config(tiny_backbone), run_dir, phase=phase)
+    assert checked == names, phase
+
+
+def test_a_resume_at_another_batch_size_is_refused(tiny_backbone, run_dir):
+  """A training phase's steps, schedule and batch order count in its batch size: resuming it
+  at another (as a move to 3 devices would ask of a batch of 16) is refused, the workdir
+  left as it was; phases that do not resume it go on."""
+  config = small_config(tiny_backbone)
+  config.train.batch_size = 18
+  before = snapshot(run_dir)
+  for phase in ("finetune", "all"):
+    with pytest.raises(CheckpointError) as err:
+      pipeline.prepare(config, run_dir, phase=phase)
+    assert str(err.value) == (
+        f"{run_dir / 'finetune'} holds checkpoints trained at train.batch_size 16 "
+        "(config.finetune.json), this run asks for 18; a resumed phase keeps its batch size "
+        "(its steps and schedule count in it): rerun with --config.train.batch_size=16 on a "
+        "number of devices that divides it, or move finetune/ aside to train it again at 18")
+  assert snapshot(run_dir) == before
+  pipeline.prepare(config, run_dir, phase="evaluate")  # reads fine-tuning, resumes nothing.
 
 
 def test_saliency_over_fewer_checkpoints_than_asked_says_so(tiny_backbone, run_dir, caplog):
@@ -998,6 +1039,13 @@ def test_inputs_past_the_models_tables_are_one_line():
     with pytest.raises(InputError) as err:
       call()
     assert str(err.value).startswith(message), str(err.value)
+  # RoBERTa's positions count real tokens from an offset: as many rows past its table.
+  roberta = EncoderConfig.tiny(model_type="roberta", type_vocab_size=1, pad_token_id=1,
+                               position_offset=2, max_position_embeddings=10)
+  assert roberta.max_length == 8
+  roberta_params = adapler.init(jax.random.key(0), adapler.AdapLeRConfig(roberta, 2))
+  with pytest.raises(InputError, match="input of 9 tokens is longer than the model's 8 "):
+    encode(roberta, roberta_params["model"]["bert"], np.full((1, 9), 5, np.int32))
   # Under jit the values are not checked (they are not known), the shapes still are.
   hidden = jax.jit(lambda i: encode(enc, bert, i))(ids)
   assert np.isfinite(np.asarray(hidden)).all()

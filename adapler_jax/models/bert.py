@@ -199,10 +199,10 @@ class Embeddings(nn.Module):
 
 def default_positions(cfg: EncoderConfig, input_ids: Array) -> Array:
   """0-based position ids of a padded batch (see `Embeddings`): -1 on RoBERTa's padding."""
+  if input_ids.shape[-1] > cfg.max_length:  # rows past the table read NaN.
+    raise InputError(f"input of {input_ids.shape[-1]} tokens is longer than the model's "
+                     f"{cfg.max_length} positions; truncate it (the tokenizer's max_length)")
   if not cfg.position_offset:
-    if input_ids.shape[-1] > cfg.max_length:  # rows past the table read NaN.
-      raise InputError(f"input of {input_ids.shape[-1]} tokens is longer than the model's "
-                       f"{cfg.max_length} positions; truncate it (the tokenizer's max_length)")
     return jnp.arange(input_ids.shape[-1])
   real = (input_ids != cfg.pad_token_id).astype(jnp.int32)
   return jnp.cumsum(real, axis=-1) * real - 1

@@ -131,7 +131,7 @@ HELP = {
     "backbone_revision": "a hub commit, branch or tag to pin a hub backbone to (None: the "
                          "latest)",
     "seed": "seed of initialisation, dropout, shuffling and data subsets",
-    "dtype": "compute dtype: float32 or bfloat16",
+    "dtype": "compute dtype: float32, bfloat16 or float16",
     "compilation_cache": "reuse compiled programs across runs (JAX's persistent cache in "
                          "~/.cache/adapler-jax/jax, or $ADAPLER_JAX_CACHE_DIR)",
 

@@ -27,6 +27,7 @@ from adapler_jax.pipeline import checks
 from adapler_jax.pipeline import config as config_lib
 from adapler_jax.pipeline import workdir as workdir_lib
 from adapler_jax.train import parallel
+from adapler_jax.train.checkpoints import CheckpointError, Checkpointer
 from adapler_jax.train.metric_writer import MetricWriter
 
 CONFIG_FILE = "config.json"
@@ -40,13 +41,22 @@ SPLITS = ("train", "dev", "test")
 # Phases whose own refusals need the loaded run (the search's held-out rows and store):
 # they write config.json once those pass (`Run.write_config`), so a refused one leaves it.
 RECORDS_LATER = ("search",)
-# The batch sizes each method's phases split over the devices: checked before config.json is
-# written, so a refused rerun leaves the stored config as it was.
-BATCH_SIZES = {
-    "adapler": ("train.batch_size", "saliency.batch_size", "adapler.batch_size",
-                "eval.batch_size"),
-    "lat": ("train.batch_size", "lat.batch_size", "eval.batch_size"),
+# The batch sizes each phase splits over the devices: checked before config.json is written,
+# so a refused rerun leaves the stored config as it was; a phase never asks for a size it
+# does not use (a run moved to 3 devices may still search or evaluate).
+PHASE_BATCH_SIZES = {
+    "adapler": {"finetune": ("train.batch_size", "eval.batch_size"),
+                "saliency": ("saliency.batch_size",), "adapler": ("adapler.batch_size",),
+                "search": ("eval.batch_size",), "evaluate": ("eval.batch_size",)},
+    "lat": {"finetune": ("train.batch_size", "eval.batch_size"),
+            "lengthdrop": ("lat.batch_size",), "search": (), "evaluate": ("eval.batch_size",)},
 }
+# Every phase's (`all`).
+BATCH_SIZES = {method: tuple(dict.fromkeys(n for names in by_phase.values() for n in names))
+               for method, by_phase in PHASE_BATCH_SIZES.items()}
+# The batch size a training phase counts its steps in: a resume keeps it.
+TRAINING_BATCH_SIZE = {"finetune": "train.batch_size", "adapler": "adapler.batch_size",
+                       "lengthdrop": "lat.batch_size"}
 
 
 @dataclasses.dataclass
@@ -318,7 +328,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
   checks.check_flops_mode(config.eval.flops, task, encoder)
   checks.check_keep_cls(config, task)
   if record:
-    run.check_batch_sizes(*BATCH_SIZES[config.method])
+    run.check_batch_sizes(*(BATCH_SIZES[config.method] if phase in (None, "all")
+                            else PHASE_BATCH_SIZES[config.method].get(phase, ())))
     checks.check_lat_eval_config(run)
     for split in ("train", "dev"):
       run.dataset(split)  # a bad data_dir fails here, before anything is written.
@@ -327,6 +338,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
     if run.is_main_process:
       workdir_lib.lock(workdir)
     checks.check_checkpoints(run)
+    check_resumed_batch_sizes(run, phase)
     checks.check_phase_inputs(run, phase)
     if phase not in RECORDS_LATER:
       run.write_config()
@@ -418,6 +430,32 @@ def stored_config(workdir: Path) -> ml_collections.ConfigDict | None:
 _MISSING = object()
 
 
+def check_resumed_batch_sizes(run: Run, phase: str | None) -> None:
+  """A training phase this run would resume (its folder holds a checkpoint) asks for the
+  batch size it started with (its `config.<phase>.json`): its step count, learning-rate
+  schedule and batch order all count in it, so another size would go on as a different run.
+  One line otherwise, before anything is written (moving a run to a device count that does
+  not divide its batch size is what leads there)."""
+  for name, field in TRAINING_BATCH_SIZE.items():
+    path = run.workdir / f"config.{name}.json"
+    if phase not in (name, "all", None) or not path.exists():
+      continue
+    ckpt = Checkpointer(run.workdir / name, read_only=True)
+    resumes = ckpt.latest_step() is not None
+    ckpt.close()
+    try:
+      recorded = _field(files.read_json(path, ""), field) if resumes else _MISSING
+    except UserError:  # damaged: that phase's rerun writes it again.
+      continue
+    now = _field(run.config, field)
+    if recorded is not _MISSING and recorded != now:
+      raise CheckpointError(
+          f"{run.workdir / name} holds checkpoints trained at {field} {recorded} ({path.name}), "
+          f"this run asks for {now}; a resumed phase keeps its batch size (its steps and "
+          f"schedule count in it): rerun with --config.{field}={recorded} on a number of "
+          f"devices that divides it, or move {name}/ aside to train it again at {now}")
+
+
 def _field(tree, dotted: str):
   """`tree["a"]["b"]` for "a.b" (dicts or ConfigDicts), `_MISSING` where a level lacks it."""
   for key in dotted.split("."):
@@ -449,13 +487,16 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: Path) -> None:
 
 
 def warn_changed_data(config: ml_collections.ConfigDict, workdir: Path) -> None:
-  """A warning naming the `data.*` fields a rerun changes from the stored config (they are
-  allowed: e.g. a phase evaluated at another length), since everything after reads them."""
+  """A warning naming the `data.*` fields and the compute `dtype` a rerun changes from the
+  stored config (they are allowed: e.g. a phase evaluated at another length or in bfloat16),
+  since everything after reads them."""
   stored = stored_config(workdir)
   if stored is None:
     return
   changed = [f"data.{k} ({stored.data[k]!r} -> {v!r})" for k, v in config.data.items()
              if k in stored.data and stored.data[k] != v]
+  if "dtype" in stored and stored.dtype != config.dtype:
+    changed.append(f"dtype ({stored.dtype!r} -> {config.dtype!r})")
   if changed:
     logging.warning("%s: this run changes %s; later phases, evaluate.py and adapler-export "
                     "read the new values", workdir / CONFIG_FILE, ", ".join(changed))
