@@ -88,7 +88,7 @@ def steps() -> dict:
            for name, (new, metrics) in stepped.items()}
   out["finetune_4_vs_none"] = _max_diff(tuned["4"], tuned["none"])
   out["finetune_update"] = _max_diff(tuned["4"][0], params)
-  out["finetune_out_spec"] = sorted({str(x.sharding.spec)
+  out["finetune_out_spec"] = sorted({str(tuple(x.sharding.spec))
                                      for x in jax.tree.leaves(stepped["4"][0])})
   # Another dropout key moves the params more than sharding does: dropout is on.
   other = _one_step_each({"none": None}, finetune_step, params, opt, 2,
@@ -183,7 +183,7 @@ def train(backbone: str, workdir: str) -> dict:
     batch = next(iter(eval_batches(dev, 1, engine.widths)))
     engine_runs[device.id] = jax.block_until_ready(engine.dispatch(batch))
   first, last = engine_runs.values()
-  return {"mesh": run.mesh.size, "params_spec": sorted({str(x.sharding.spec)
+  return {"mesh": run.mesh.size, "params_spec": sorted({str(tuple(x.sharding.spec))
                                                         for x in jax.tree.leaves(params)}),
           "backbone_metric": metric,
           "adapler_steps": adapler_steps,

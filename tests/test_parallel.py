@@ -51,7 +51,7 @@ def test_finetune_step_is_device_count_invariant(four):
   assert r["finetune_update"] > 100 * TOL  # the step moved the params ...
   assert r["finetune_other_key"] > 100 * TOL  # ... and dropout is on.
   assert r["finetune_4_vs_none"] <= TOL
-  assert r["finetune_out_spec"] == ["P()"]  # the state stays replicated.
+  assert r["finetune_out_spec"] == ["()"]  # the state stays replicated.
 
 
 def test_adapler_step_is_device_count_invariant(four):
@@ -75,7 +75,7 @@ def test_span_qa_steps_are_device_count_invariant(four, step):
 
 def test_every_training_phase_runs_on_4_devices(four):
   workdir, r = four
-  assert r["mesh"] == 4 and r["params_spec"] == ["P()"]
+  assert r["mesh"] == 4 and r["params_spec"] == ["()"]
   assert (workdir / "saliency.npz").exists() and r["adapler_steps"] == [2]
   # The engine runs where it is told: its outputs live on the last device, as on the first.
   assert r["engine_devices"] == [3] and r["engine_device_diff"] <= TOL
