@@ -76,7 +76,7 @@ def test_all_phases_and_evaluation(tiny_backbone, tmp_path):
               "mean_kept_tokens_per_layer", "train_examples", "seconds"):
     assert key in summary
   assert summary["task"] == "demo" and summary["metric_name"] == "accuracy"
-  assert summary["train_examples"] == 64
+  assert summary["train_examples"] == 64 and summary["dtype"] == "float32"
   assert len(summary["mean_kept_tokens_per_layer"]) == TINY.num_layers
   assert 0.0 <= summary["adapler_metric"] <= 1.0 and summary["flops_speedup"] > 0
 

@@ -24,6 +24,7 @@ def common_fields(run: Run, data, seconds: float | None) -> dict[str, Any]:
       "eval_examples": len(data),
       "seconds": seconds,
       "backbone": run.config.backbone,
+      "dtype": run.config.dtype,  # the compute dtype it was evaluated in (a rerun may switch it).
   }
 
 
