@@ -185,3 +185,23 @@ def test_real_known_span_maps_to_its_pieces(movies, tokenizer):
   pieces = tokenizer.convert_ids_to_tokens(tok.input_ids[0][np.isin(first, [63, 64, 65, 66])])
   assert pieces == ["mind", "-", "fuck", "movie"]
   assert tok.rationale_mask[0][np.isin(first, [63, 64, 65, 66])].all()
+
+
+def test_byte_level_bpe_windows_fit_their_budget():
+  """Byte-level BPE splits a word after a space (`Ġwere`) unlike the same word bare (`were`),
+  and a window's text puts a space before every word but its first: each word counts the
+  larger, so no window outgrows max_length (counted bare, 10 of these words made 19 pieces
+  in a budget of 10)."""
+  tokenizers = pytest.importorskip("tokenizers")
+  transformers = pytest.importorskip("transformers")
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator(["were", "they", "here"] * 5, vocab_size=270, min_frequency=1)
+  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe)
+  assert len(tok(" were", add_special_tokens=False)["input_ids"]) == 2  # Ġ, were.
+  words = ["were", "they", "here"] * 14
+  review = eraser.Review("d.txt", words, np.asarray([len(words)]), 1, [])
+  counts = eraser.piece_counts([review], tok)
+  ds, _ = eraser.windows_dataset([review], counts, 12, "dev", "test")
+  pieces = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in ds.texts[0]]
+  assert max(pieces) <= 10 and sum(len(t.split()) for t in ds.texts[0]) == len(words)
+  assert len(ds) == 9  # 5 words a window (the last 2), where 10 fit the bare counts.

@@ -16,7 +16,8 @@ one example per window (id `<annotation_id>#<k>`), each with the review's label 
 evidence words inside it as its rationale (word indices into the window's text).
 
 Window rule (exact). With budget B = max_length - 2 word pieces ([CLS] and [SEP] take the
-other two) and each word's piece count from the tokenizer:
+other two) and each word's piece count from the tokenizer (`piece_counts`: for byte-level
+BPE, the larger of the word bare and after a space):
 
 1. Windows are consecutive, do not overlap and together cover the review.
 2. A cut (a window end) e is *allowed* when no evidence span [a, b) has a < e < b: cuts never
@@ -188,18 +189,28 @@ def read_reviews(data_dir: str | os.PathLike[str] | None, split: str) -> list[Re
 
 
 def piece_counts(reviews: list[Review], tokenizer: Any | None) -> list[np.ndarray]:
-  """Word pieces per word of every review (the fallback bound without a tokenizer)."""
+  """Word pieces per word of every review (the fallback bound without a tokenizer).
+
+  A window's text joins its words with spaces, so a word is tokenized after a space, or
+  bare where it starts the window. WordPiece splits the two alike; byte-level BPE (RoBERTa)
+  does not (`were` and `Ġwere` may differ in pieces), so each word counts the larger of the
+  two and a window never holds more pieces than its budget."""
   if tokenizer is None:
     return [np.full(len(r.words), FALLBACK_PIECES_PER_WORD, np.int64) for r in reviews]
   out = []
   for lo in range(0, len(reviews), 256):
     chunk = reviews[lo:lo + 256]
-    enc = tokenizer([r.words for r in chunk], is_split_into_words=True,
-                    add_special_tokens=False, truncation=False, verbose=False)
-    for i, r in enumerate(chunk):
-      ids = [w for w in enc.word_ids(i) if w is not None]
-      out.append(np.bincount(np.asarray(ids, np.int64), minlength=len(r.words)))
+    counts = [_word_pieces(tokenizer, [[p + w for w in r.words] for r in chunk])
+              for p in ("", " ")]
+    out.extend(np.maximum(bare, spaced) for bare, spaced in zip(*counts))
   return out
+
+
+def _word_pieces(tokenizer: Any, reviews: list[list[str]]) -> list[np.ndarray]:
+  enc = tokenizer(reviews, is_split_into_words=True, add_special_tokens=False,
+                  truncation=False, verbose=False)
+  return [np.bincount(np.asarray([w for w in enc.word_ids(i) if w is not None], np.int64),
+                      minlength=len(words)) for i, words in enumerate(reviews)]
 
 
 def window_bounds(pieces: np.ndarray, spans: list[tuple[int, int]], sentence_ends: np.ndarray,
