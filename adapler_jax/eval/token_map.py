@@ -89,17 +89,16 @@ def display_tokens(tokens: Sequence[str]) -> list[tuple[str, bool]]:
 
 
 def display_from_offsets(tokens: Sequence[str], offsets: Sequence[tuple[int, int]],
-                         text: str, special: Sequence[int] | None = None
-                         ) -> list[tuple[str, bool]]:
+                         text: str, special: Sequence[int]) -> list[tuple[str, bool]]:
   """`(text, joins_previous)` per token from the character span it covers in `text`: the
   words as written, whatever the tokenizer's pieces look like (WordPiece `##`, byte-level
   BPE's `Ġ` and byte symbols, SentencePiece's `▁`). A token joins the previous one when its
   span starts where that one's ends; special tokens (`special`, the tokenizer's special
-  tokens mask; None: every token without a span) show as themselves, alone, and other
-  tokens without a span (a lone space piece) as nothing."""
+  tokens mask) show as themselves, alone, and other tokens without a span (a lone space
+  piece) as nothing."""
   shown, end = [], None
   for i, (token, (a, b)) in enumerate(zip(tokens, offsets)):
-    if (special[i] if special is not None else b <= a):
+    if special[i]:
       shown.append((token, False))
       end = None
       continue

@@ -110,6 +110,13 @@ class Run:
       section, field = name.split(".")
       parallel.check_batch_size(self.config[section][field], self.mesh, name)
 
+  def check_phase_batch_sizes(self, phase: str) -> None:
+    """`check_batch_sizes` of those `phase` splits over the devices (`PHASE_BATCH_SIZES`;
+    `all`: every phase's)."""
+    method = self.config.method
+    self.check_batch_sizes(*(BATCH_SIZES[method] if phase == "all"
+                             else PHASE_BATCH_SIZES[method].get(phase, ())))
+
   def adapler_config(self) -> AdapLeRConfig:
     c = self.config.adapler
     return AdapLeRConfig(self.encoder, self.num_labels, beta=c.beta, eta_init=c.eta_init,
@@ -328,8 +335,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
   checks.check_flops_mode(config.eval.flops, task, encoder)
   checks.check_keep_cls(config, task)
   if record:
-    run.check_batch_sizes(*(BATCH_SIZES[config.method] if phase in (None, "all")
-                            else PHASE_BATCH_SIZES[config.method].get(phase, ())))
+    run.check_phase_batch_sizes(phase or "all")
     checks.check_lat_eval_config(run)
     for split in ("train", "dev"):
       run.dataset(split)  # a bad data_dir fails here, before anything is written.
@@ -438,13 +444,11 @@ def check_resumed_batch_sizes(run: Run, phase: str | None) -> None:
   not divide its batch size is what leads there)."""
   for name, field in TRAINING_BATCH_SIZE.items():
     path = run.workdir / f"config.{name}.json"
-    if phase not in (name, "all", None) or not path.exists():
+    if phase not in (name, "all", None) or not path.exists() or not _has_checkpoint(
+        run.workdir / name):
       continue
-    ckpt = Checkpointer(run.workdir / name, read_only=True)
-    resumes = ckpt.latest_step() is not None
-    ckpt.close()
     try:
-      recorded = _field(files.read_json(path, ""), field) if resumes else _MISSING
+      recorded = _field(files.read_json(path, ""), field)
     except UserError:  # damaged: that phase's rerun writes it again.
       continue
     now = _field(run.config, field)
@@ -454,6 +458,14 @@ def check_resumed_batch_sizes(run: Run, phase: str | None) -> None:
           f"this run asks for {now}; a resumed phase keeps its batch size (its steps and "
           f"schedule count in it): rerun with --config.{field}={recorded} on a number of "
           f"devices that divides it, or move {name}/ aside to train it again at {now}")
+
+
+def _has_checkpoint(directory: Path) -> bool:
+  ckpt = Checkpointer(directory, read_only=True)
+  try:
+    return ckpt.latest_step() is not None
+  finally:
+    ckpt.close()
 
 
 def _field(tree, dotted: str):

@@ -21,7 +21,6 @@ from adapler_jax.eval import report
 from adapler_jax.pipeline import phases
 from adapler_jax.pipeline import summary as summary_lib
 from adapler_jax.pipeline import workdir as workdir_lib
-from adapler_jax.pipeline import context as context_lib
 from adapler_jax.pipeline.context import Run
 from adapler_jax.pipeline.loop import TrainLoop, note_if_unfinished
 from adapler_jax.reduce import lengths
@@ -77,7 +76,7 @@ def train_lengthdrop(run: Run) -> None:
   """LengthDrop training from the best fine-tuned checkpoint with a fresh optimizer
   (linear decay, no warmup). After each epoch the full model and the smallest sub-model
   are evaluated on dev and a checkpoint is saved; a rerun resumes at the last epoch."""
-  run.check_batch_sizes("lat.batch_size")
+  run.check_phase_batch_sizes("lengthdrop")
   c = run.config.lat
   train, dev = run.dataset("train"), run.dataset("dev")
   total = c.epochs * num_train_steps(train, c.batch_size)  # the schedule's; the loop's too.
@@ -171,7 +170,7 @@ def summarize(run: Run, seconds: float | None = None, config=None) -> dict[str, 
 
 def run_all(run: Run) -> dict[str, Any]:
   """Fine-tune, LengthDrop training, then evaluation at the eval length config."""
-  run.check_batch_sizes(*context_lib.BATCH_SIZES["lat"])
+  run.check_phase_batch_sizes("all")
   eval_length_config(run)  # a bad config fails now, not after training.
   start = time.time()
   phases.finetune(run)

@@ -29,7 +29,6 @@ from adapler_jax.models import adapler
 from adapler_jax.pipeline import checks
 from adapler_jax.pipeline import summary as summary_lib
 from adapler_jax.pipeline import workdir as workdir_lib
-from adapler_jax.pipeline import context as context_lib
 from adapler_jax.pipeline.context import Run
 from adapler_jax.pipeline.loop import TrainLoop, note_if_unfinished, print_done, progress_bar
 from adapler_jax.train import adapler_step, classifier, optim, parallel
@@ -39,8 +38,6 @@ from adapler_jax.train.state import TrainState, create_train_state
 
 FINETUNE, ADAPLER, SALIENCY_FILE = "finetune", "adapler", "saliency.npz"
 DEV_METRIC = "dev_metric"
-# Global batch sizes, each split over the devices of the data mesh.
-BATCH_SIZES = context_lib.BATCH_SIZES["adapler"]
 
 
 def restore_latest(ckpt: Checkpointer, state: TrainState) -> TrainState:
@@ -79,7 +76,7 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
   equals an uninterrupted run. `stop_after_steps` simulates an interruption (for tests).
   With `train.init_from_hf` the result is imported instead (`import_finetuned`).
   """
-  run.check_batch_sizes("train.batch_size", "eval.batch_size")
+  run.check_phase_batch_sizes("finetune")
   workdir_lib.record_config(run, FINETUNE)
   if run.config.train.init_from_hf:
     return import_finetuned(run)
@@ -203,7 +200,7 @@ def extract_saliency(run: Run) -> np.ndarray:
   Each checkpoint's saliency is normalised per example to sum 1 before averaging, so every
   checkpoint weighs the same. Stored in `saliency.npz` keyed by example id.
   """
-  run.check_batch_sizes("saliency.batch_size")
+  run.check_phase_batch_sizes("saliency")
   train = run.dataset("train")
   wanted = run.config.saliency.num_checkpoints
   checkpoints = load_finetuned(run, wanted)
@@ -262,7 +259,7 @@ def train_adapler(run: Run) -> None:
   losses and mean soft kept tokens per layer, evaluates dev with hard removal, and saves a
   checkpoint with the dev metric and FLOPs speedup. A rerun resumes at the last epoch saved.
   """
-  run.check_batch_sizes("adapler.batch_size")
+  run.check_phase_batch_sizes("adapler")
   c = run.config.adapler
   train, dev = run.dataset("train"), run.dataset("dev")
   sal = saliency_lib.load_for(run.workdir / SALIENCY_FILE, train)
@@ -364,7 +361,7 @@ def load_adapler(run: Run, step: int) -> dict:
 
 def run_all(run: Run) -> dict[str, Any]:
   """Fine-tune, saliency, AdapLeR training, then evaluation; writes `summary.json`."""
-  run.check_batch_sizes(*BATCH_SIZES)  # before hours of fine-tuning, not after.
+  run.check_phase_batch_sizes("all")  # before hours of fine-tuning, not after.
   start = time.time()
   backbone_metric = finetune(run)
   if saliency_lib.source(run.workdir / SALIENCY_FILE) != saliency_source(run):
@@ -376,7 +373,7 @@ def run_all(run: Run) -> dict[str, Any]:
 def summarize(run: Run, backbone_metric: float | None = None,
               seconds: float | None = None) -> dict[str, Any]:
   """Evaluates the selected checkpoints on the eval split and writes `summary.json`."""
-  run.check_batch_sizes("eval.batch_size")
+  run.check_phase_batch_sizes("evaluate")
   split = run.config.eval.split
   data = run.dataset(split)
   _, backbone_params, dev_metric = load_finetuned(run, 1)[0]
