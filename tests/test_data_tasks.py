@@ -154,6 +154,28 @@ def test_tokenize_single_and_pair(tokenizer):
   assert (pair.lengths <= 12).all()
 
 
+def test_char_spans_give_each_token_its_characters(tokenizer):
+  """`char_spans`: (text, start, end) of each token in the text of the pair it comes from;
+  -1 on [CLS], [SEP] and padding. Off by default."""
+  texts = (["Héllo, wonderfully odd world"], ["a tiny pair-text"])
+  dataset = data.TextDataset(ids=["0"], texts=texts, labels=None, task="t", source="s")
+  assert data.tokenize(dataset, tokenizer, 24).char_spans is None
+  out = data.tokenize(dataset, tokenizer, 24, char_spans=True)
+  n = int(out.lengths[0])
+  tokens = tokenizer.convert_ids_to_tokens(out.input_ids[0, :n].tolist())
+  spans = out.char_spans[0]
+  assert (spans[n:] == -1).all() and spans.shape == (24, 3)
+  shown = []
+  for token, (text, a, b) in zip(tokens, spans[:n].tolist()):
+    if token in ("[CLS]", "[SEP]"):
+      assert (text, a, b) == (-1, -1, -1)
+      continue
+    shown.append((text, texts[text][0][a:b]))
+  pieces = [len(tokenizer.tokenize(t[0])) for t in texts]
+  assert [t for t, _ in shown] == [0] * pieces[0] + [1] * pieces[1]
+  assert "".join(piece for _, piece in shown) == "Héllo,wonderfullyoddworldatinypair-text"
+
+
 def test_train_batches_shapes_and_order(tokenizer):
   tok = data.tokenize(_toy(10), tokenizer, 16)
   batches = list(data.train_batches(tok, 4, seed=0, epoch=0))

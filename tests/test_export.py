@@ -153,13 +153,18 @@ def test_round_trip_in_a_fresh_process(exported, tmp_path, sentences):
     names = json.loads((out[method] / "config.json").read_text())["label_names"]
     for row in rows:
       assert {"id", "label", "label_index", "probabilities", "logits", "length", "kept_tokens",
-              "tokens", "kept_positions"} <= row.keys()
+              "tokens", "spans", "kept_positions"} <= row.keys()
       assert row["label"] in names and list(row["probabilities"]) == names
       assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-9)
       assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
       kept = row["kept_tokens"]
       assert kept == sorted(kept, reverse=True) and kept[0] <= row["length"]
       assert [len(p) for p in row["kept_positions"]] == kept
+      text = sentences[int(row["id"]) - 1 if source == text_file else int(row["id"][1:])]
+      assert [s is None for s in row["spans"]] == [t in ("[CLS]", "[SEP]")
+                                                   for t in row["tokens"]]
+      assert all(s[0] == 0 and text[s[1]:s[2]].lower() == t.removeprefix("##")
+                 for t, s in zip(row["tokens"], row["spans"]) if s is not None)
     assert [r["id"] for r in rows] == ([str(i + 1) for i in range(len(sentences))]
                                        if source == text_file
                                        else [f"s{i}" for i in range(len(sentences))])

@@ -206,6 +206,11 @@ def test_squad_lat_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path):  #
     assert row["length"] == sum(len(w["tokens"]) for w in row["window_rationales"])
     kept = [[len(p) for p in w["kept_positions"]] for w in row["window_rationales"]]
     assert row["kept_tokens"] == np.sum(kept, axis=0).tolist()
+    for w in row["window_rationales"]:  # context tokens: their characters; the rest None.
+      sep = w["tokens"].index("[SEP]")
+      assert all(s is None for s in w["spans"][:sep + 1]) and w["spans"][-1] is None
+      assert all(s[0] == 1 and example.context[s[1]:s[2]].lower() == t.removeprefix("##")
+                 for t, s in zip(w["tokens"][sep + 1:-1], w["spans"][sep + 1:-1]))
   lines = [f"{e.question}\t{e.context}" for e in examples]
   assert [r["answer"] for r in predictor.predict(lines)] == [r["answer"] for r in rows]
   with pytest.raises(DataError, match=r"^input 0: empty context; give every question a context"):

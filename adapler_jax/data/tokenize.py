@@ -31,6 +31,9 @@ class TokenizedDataset:
     word_ids: (n, max_length) int32, index of the whitespace-separated word of the first text
       each token starts in (-1 on special tokens, the second text and padding); set together
       with `rationale_mask`, for word-level rationale scores.
+    char_spans: (n, max_length, 3) int32 `(text, start, end)` per token: which of the row's
+      texts it comes from (0, or 1 for a pair's second) and its characters `[start, end)`
+      there; -1 on special tokens and padding. Set by `tokenize(..., char_spans=True)`.
   """
   input_ids: np.ndarray
   token_type_ids: np.ndarray
@@ -41,6 +44,7 @@ class TokenizedDataset:
   pad_id: int = 0
   rationale_mask: np.ndarray | None = None
   word_ids: np.ndarray | None = None
+  char_spans: np.ndarray | None = None
 
   # Names of extra per-row arrays (attributes) that batches carry; those of shape
   # (n, max_length, ...) are cut to the batch's width.
@@ -71,11 +75,13 @@ def _token_words(text: str, offsets: np.ndarray, first_segment: np.ndarray) -> n
 
 
 
-def tokenize(dataset: TextDataset, tokenizer: Any, max_length: int) -> TokenizedDataset:
+def tokenize(dataset: TextDataset, tokenizer: Any, max_length: int, *,
+             char_spans: bool = False) -> TokenizedDataset:
   """Tokenize (pairs with `'longest_first'` truncation) and pad every row to `max_length`.
 
   `tokenizer` is a Hugging Face fast tokenizer; rows are encoded in batches of `CHUNK`.
-  When the dataset has rationales, token offsets give `rationale_mask` and `word_ids`.
+  When the dataset has rationales, token offsets give `rationale_mask` and `word_ids`;
+  `char_spans` keeps each token's characters (`TokenizedDataset.char_spans`).
   """
   n = len(dataset)
   pad_id = int(tokenizer.pad_token_id or 0)
@@ -85,12 +91,14 @@ def tokenize(dataset: TextDataset, tokenizer: Any, max_length: int) -> Tokenized
   with_rationales = dataset.rationales is not None
   rationale_mask = np.zeros((n, max_length), bool) if with_rationales else None
   word_ids = np.full((n, max_length), -1, np.int32) if with_rationales else None
+  spans = np.full((n, max_length, 3), -1, np.int32) if char_spans else None
   for lo in range(0, n, CHUNK):
     hi = min(lo + CHUNK, n)
     parts = [t[lo:hi] for t in dataset.texts]
     enc = tokenizer(*parts, truncation="longest_first", max_length=max_length,
                     padding="max_length", return_tensors="np", return_token_type_ids=True,
-                    return_attention_mask=True, return_offsets_mapping=with_rationales)
+                    return_attention_mask=True,
+                    return_offsets_mapping=with_rationales or char_spans)
     input_ids[lo:hi] = enc["input_ids"]
     token_type_ids[lo:hi] = enc["token_type_ids"]
     lengths[lo:hi] = enc["attention_mask"].sum(axis=1)
@@ -99,7 +107,14 @@ def tokenize(dataset: TextDataset, tokenizer: Any, max_length: int) -> Tokenized
         first = np.array([s == 0 for s in enc.sequence_ids(j)])
         word_ids[i] = _token_words(dataset.texts[0][i], enc["offset_mapping"][j], first)
         rationale_mask[i] = np.isin(word_ids[i], dataset.rationales[i]) & (word_ids[i] >= 0)
+    if char_spans:
+      for j, i in enumerate(range(lo, hi)):
+        text = np.array([-1 if s is None else s for s in enc.sequence_ids(j)], np.int32)
+        offsets = np.asarray(enc["offset_mapping"][j], np.int32)
+        spans[i] = np.where((text >= 0)[:, None],
+                            np.concatenate([text[:, None], offsets], axis=1), -1)
   labels = None if dataset.labels is None else dataset.labels.copy()
   return TokenizedDataset(input_ids=input_ids, token_type_ids=token_type_ids, lengths=lengths,
                           labels=labels, ids=list(dataset.ids), task=dataset.task,
-                          pad_id=pad_id, rationale_mask=rationale_mask, word_ids=word_ids)
+                          pad_id=pad_id, rationale_mask=rationale_mask, word_ids=word_ids,
+                          char_spans=spans)

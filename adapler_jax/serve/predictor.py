@@ -72,9 +72,10 @@ class Predictor:
     return [m.text_fields] + ([tsv] if tsv else []) + [inputs_lib.GENERIC_FIELDS]
 
   def tokenize(self, items: Sequence[Any], ids: Sequence[str] | None = None, *,
-               source: str | None = None) -> TokenizedDataset:
+               source: str | None = None, char_spans: bool = False) -> TokenizedDataset:
     """Unlabelled inputs (texts, pairs or records; see `inputs.texts_of`), tokenized.
-    `source` (e.g. the file they came from) prefixes the one-line errors."""
+    `source` (e.g. the file they came from) prefixes the one-line errors; `char_spans`
+    keeps each token's characters (span QA windows keep their context's always)."""
     if isinstance(items, (str, bytes, dict)):  # one input, not a sequence of them.
       raise DataError(f"items is one {type(items).__name__}, not a list of inputs; pass a "
                       "list, e.g. predict([text])")
@@ -96,7 +97,7 @@ class Predictor:
       return self._windows(ids, rows, where, source or "prediction input")
     data = TextDataset(ids=ids, texts=tuple(list(t) for t in zip(*rows)), labels=None,
                        task=self.model.task, source="prediction input")
-    return tokenize(data, self.model.tokenizer, self.model.max_length)
+    return tokenize(data, self.model.tokenizer, self.model.max_length, char_spans=char_spans)
 
   def _windows(self, ids: Sequence[str], rows: Sequence[tuple[str, str]],
                where: Callable[[str], str], source: str) -> SpanFeatures:
@@ -118,7 +119,7 @@ class Predictor:
           rationales: bool = False, progress: bool = False, source: str | None = None
           ) -> tuple[TokenizedDataset, EngineResult]:
     """The tokenized inputs and the engine's raw result (logits, kept counts, ...)."""
-    data = self.tokenize(items, ids, source=source)
+    data = self.tokenize(items, ids, source=source, char_spans=rationales)
     return data, self.engine.run(data, return_rationales=rationales, progress=progress)
 
   def predict(self, items: Sequence[Any], ids: Sequence[str] | None = None, *,
@@ -126,15 +127,18 @@ class Predictor:
               source: str | None = None) -> list[dict[str, Any]]:
     """One row per input, in input order: `id` (`ids`, default 0, 1, ...), `label`,
     `label_index`, `probabilities` (by label name), `logits`, `length` (tokens),
-    `kept_tokens` (per layer); with `rationales` also `tokens`, `kept_positions` (per layer,
-    the positions it ran on) and, for AdapLeR, `scores` (per layer, S~ over the positions
-    then present, None on those dropped before).
+    `kept_tokens` (per layer); with `rationales` also `tokens`, `spans` (per token, `[text,
+    start, end]`: which input text it comes from, 0 or a pair's second 1, and its characters
+    there; None on special tokens), `kept_positions` (per layer, the positions it ran on)
+    and, for AdapLeR, `scores` (per layer, S~ over the positions then present, None on
+    those dropped before).
 
     Span QA: `id`, `answer` (a piece of the context, "" when no window holds a valid span),
     `answer_start` / `answer_end` (its characters in the context, None without an answer),
     `score` (start + end logit), `windows` (how many the context took), `length` and
     `kept_tokens` summed over the windows; with `rationales` also `window_rationales`, the
-    rationale fields above for each window."""
+    rationale fields above for each window (`spans` there on the context, text 1; None on
+    the question's tokens)."""
     data, result = self.run(items, ids, rationales=rationales, progress=progress,
                             source=source)
     if self.model.is_span:
@@ -182,13 +186,25 @@ def span_rows(model: ExportedModel, data: SpanFeatures,
 
 def _rationale(model: ExportedModel, data: TokenizedDataset, result: EngineResult,
                i: int) -> dict[str, Any]:
-  """Row `i`'s `tokens`, `kept_positions` and (AdapLeR) `scores`."""
+  """Row `i`'s `tokens`, `spans`, `kept_positions` and (AdapLeR) `scores`."""
   n = int(data.lengths[i])
   out = {"tokens": model.tokenizer.convert_ids_to_tokens(data.input_ids[i, :n].tolist()),
+         "spans": _spans(data, i, n),
          "kept_positions": [np.asarray(p).tolist() for p in result.kept_positions[i]]}
   if result.scores is not None and result.scores[i] is not None:
     out["scores"] = _scores_by_position(result.kept_positions[i], result.scores[i], n)
   return out
+
+
+def _spans(data: TokenizedDataset, i: int, n: int) -> list[list[int] | None]:
+  """Row `i`'s `[text, start, end]` per token (None without characters): span QA windows
+  from their context offsets (text 1), other rows from `char_spans`."""
+  if isinstance(data, SpanFeatures):
+    offsets = data.offsets[i, :n]
+    spans = np.concatenate([np.where(offsets[:, :1] >= 0, 1, -1), offsets], axis=1)
+  else:
+    spans = data.char_spans[i, :n]
+  return [None if s[0] < 0 else s.tolist() for s in spans]
 
 
 def _scores_by_position(positions, scores, n: int) -> list[list[float | None]]:
