@@ -113,9 +113,22 @@ def test_hf_import_is_the_finetuning_result(exported):
   assert jax.tree.structure(imported) == jax.tree.structure(original)
 
 
+def test_export_records_the_dtype_its_model_trained_in(tmp_path):
+  """The training phase's own config (a rerun may switch the run's dtype), else the run's."""
+  config = tiny_config(tmp_path / "backbone")
+  assert config.dtype == "float32"
+  assert from_run._trained_dtype(tmp_path, "adapler", config) == "float32"
+  (tmp_path / "config.adapler.json").write_text(json.dumps({"dtype": "bfloat16"}))
+  assert from_run._trained_dtype(tmp_path, "adapler", config) == "bfloat16"
+  assert from_run._trained_dtype(tmp_path, "lengthdrop", config) == "float32"
+  (tmp_path / "config.lengthdrop.json").write_text("{not json")
+  assert from_run._trained_dtype(tmp_path, "lengthdrop", config) == "float32"
+
+
 def test_export_layout(exported):
   out, _, _ = exported
   meta = json.loads((out["adapler"] / "config.json").read_text())
+  assert meta["source"]["trained_dtype"] == meta["architecture"]["dtype"] == "float32"
   assert meta["method"] == "adapler" and meta["task"] == "demo"
   assert meta["architecture"]["hidden_size"] == 32 and meta["architecture"]["num_layers"] == 2
   assert len(meta["adapler"]["eta"]) == len(meta["adapler"]["theta"]) == 2

@@ -58,9 +58,21 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
   if chosen is not None:
     speed["chosen_rule"] = chosen.get("rule")
   source = {"workdir": str(workdir.resolve()), "backbone": config.backbone,
-            "adapler_step": trained.adapler_step}
+            "adapler_step": trained.adapler_step,
+            "trained_dtype": _trained_dtype(workdir, "adapler", config)}
   meta = _meta(trained.run, "adapler", trained.adapler_cfg, speed, source)
   return write_model(output, meta, params, trained.tokenizer, force=force)
+
+
+def _trained_dtype(workdir: Path, phase: str, config) -> str:
+  """The compute dtype `phase` trained in (its `config.<phase>.json`; a rerun may have
+  switched the run's own), else the run's."""
+  path = workdir / f"config.{phase}.json"
+  try:
+    recorded = files.read_json(path, "") if path.exists() else {}
+  except UserError:  # damaged: the run's own config is all there is.
+    recorded = {}
+  return str(recorded.get("dtype", config.dtype)) if isinstance(recorded, dict) else config.dtype
 
 
 def _chosen_path(workdir: Path) -> Path:
@@ -112,7 +124,8 @@ def _export_lat(pipeline, config, workdir: Path, output: Path, force: bool) -> P
   if chosen is not None:
     speed["chosen_rule"] = chosen.get("rule")
   source = {"workdir": str(workdir.resolve()), "backbone": config.backbone,
-            "lengthdrop_step": step}
+            "lengthdrop_step": step,
+            "trained_dtype": _trained_dtype(workdir, "lengthdrop", config)}
   meta = _meta(run, "lat", run.classifier_config(), speed, source)
   return write_model(output, meta, params, run.tokenizer, force=force)
 
