@@ -97,6 +97,8 @@ class Setup:
   source: str
   lat_params: dict | None = None  # a LAT run's LengthDrop model (or the backbone).
   lat_flags: SelectionFlags = SelectionFlags()
+  lat_base: str = "padded"  # a LAT run's `lat.length_base`, for its frontier points.
+  lat_min_length: int = 2  # a LAT run's `lat.min_length`, for ratio specs.
   eta_points: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> (L,)
   lat_points: list[str] = dataclasses.field(default_factory=list)  # 'padded:52-42-...'
 
@@ -166,15 +168,19 @@ def lat_setup(task: str, workdir: str, args) -> Setup:
   data = limit(run.dataset(eval_split(task, args.split)), args.max_examples, args.seed)
   cfg = adapler.AdapLeRConfig(run.encoder, run.num_labels)
   return Setup(task, cfg, None, params, data, f"{workdir} (LengthDrop step {step}, "
-               f"{len(data)} rows)", lat_params=params, lat_flags=lat_phases.selection_flags(run))
+               f"{len(data)} rows)", lat_params=params, lat_flags=lat_phases.selection_flags(run),
+               lat_base=run.config.lat.length_base, lat_min_length=run.config.lat.min_length)
 
 
-def lat_config(spec: str, base: int, num_layers: int) -> tuple[str, tuple[int, ...]]:
-  """'padded:0.2' / 'actual:0.2' (constant ratio) or 'padded:52-42-...' -> (base, config)."""
+def lat_config(spec: str, base: int, num_layers: int,
+               min_length: int = 2) -> tuple[str, tuple[int, ...]]:
+  """'padded:0.2' / 'actual:0.2' (constant ratio, no layer below `min_length`) or
+  'padded:52-42-...' -> (base, config)."""
   length_base, _, value = spec.partition(":")
   if "-" in value:
     return length_base, tuple(int(v) for v in value.split("-"))
-  return length_base, lengths_lib.constant_ratio_config(base, num_layers, float(value), 2)
+  return length_base, lengths_lib.constant_ratio_config(base, num_layers, float(value),
+                                                         min_length)
 
 
 def frontier_points(workdir: str, budgets: list[float]) -> list[dict[str, Any]]:
@@ -202,7 +208,8 @@ def with_frontier(setup: Setup, workdir: str, args) -> Setup:
       name = f"ours-adapler eta@{point['budget']:g}{point['cost'][0]}"
       setup.eta_points[name] = np.asarray(point["eta_multipliers"], np.float32)
     else:
-      setup.lat_points.append("padded:" + "-".join(str(v) for v in point["config"]))
+      # On the run's length base: the one its search scored the config on.
+      setup.lat_points.append(f"{setup.lat_base}:" + "-".join(str(v) for v in point["config"]))
   return setup
 
 
@@ -467,7 +474,8 @@ def benchmark(setup: Setup, batch_sizes: list[int], systems: list[str], args,
           extra[f"{name} {suffix}"] = extra.get(name, {})
     if "ours-lat" in systems and setup.lat_params is not None:
       for spec in [*args.lat_configs, *setup.lat_points]:
-        length_base, config = lat_config(spec, data.max_length, cfg.num_layers)
+        length_base, config = lat_config(spec, data.max_length, cfg.num_layers,
+                                         setup.lat_min_length)
         lat_flags = dataclasses.replace(setup.lat_flags, length_base=length_base)
         engines[f"ours-lat {spec}"] = LengthEngine(
             cfg, setup.lat_params, config, base=data.max_length, flags=lat_flags,

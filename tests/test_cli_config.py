@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import ml_collections
@@ -266,3 +267,19 @@ def test_the_clis_silence_transformers_advice_about_pytorch(monkeypatch):
   monkeypatch.setenv("TRANSFORMERS_NO_ADVISORY_WARNINGS", "")
   cli.run_cli(record)
   assert seen == ["1", ""]
+
+
+def test_bench_inference_runs_a_lat_run_at_its_own_length_base_and_floor(monkeypatch):
+  """bench/inference.py times a LAT run's frontier configs on the length base its search
+  scored them on, and its ratio specs with the run's `lat.min_length`."""
+  spec = importlib.util.spec_from_file_location("bench_inference", ROOT / "bench/inference.py")
+  bench = importlib.util.module_from_spec(spec)
+  monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look it up there.
+  spec.loader.exec_module(bench)
+  assert bench.lat_config("padded:0.5", 16, 4, min_length=3) == ("padded", (8, 4, 3, 3))
+  assert bench.lat_config("actual:9-5", 16, 2) == ("actual", (9, 5))
+  monkeypatch.setattr(bench, "frontier_points",
+                      lambda workdir, budgets: [{"config": [12, 7], "budget": 0.5}])
+  setup = bench.Setup("sst2", None, None, None, None, "", lat_base="actual")
+  args = types.SimpleNamespace(frontier_budgets=[0.5])
+  assert bench.with_frontier(setup, "runs/x", args).lat_points == ["actual:12-7"]
