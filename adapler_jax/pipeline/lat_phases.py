@@ -114,12 +114,11 @@ def train_lengthdrop(run: Run) -> None:
 def load_lengthdrop(run: Run) -> tuple[int, dict]:
   """The LengthDrop checkpoint with the best full-model dev metric: `(step, params)`."""
   ckpt = lengthdrop_checkpointer(run, read_only=True)
-  rows = [(s, ckpt.metrics(s)) for s in ckpt.all_steps()]
-  rows = [(s, m) for s, m in rows if m and phases.DEV_METRIC in m]
-  if not rows:
+  best = ckpt.best_steps(1, metric=phases.DEV_METRIC, mode="max")
+  if not best:
     ckpt.close()
     raise UserError(f"no LengthDrop checkpoint in {ckpt.directory}; run --phase lengthdrop")
-  step = max(rows, key=lambda r: (r[1][phases.DEV_METRIC], r[0]))[0]
+  step = best[0]
   note_if_unfinished(ckpt, LENGTHDROP)
   state, _ = ckpt.restore(step)
   ckpt.close()
