@@ -1,5 +1,7 @@
 """Host-side grid planning of the adaptive engine (`adapler_jax.infer.layout`)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -55,3 +57,25 @@ def test_smallest_width_names_the_problem():
   assert layout.smallest_width(9, WIDTHS) == 16
   with pytest.raises(ValueError, match="65 tokens do not fit"):
     layout.smallest_width(65, WIDTHS)
+
+
+def test_the_device_planner_picks_the_host_planners_grid():
+  """`program.choose` (on the device, inside the adaptive program) and `layout.plan` (on the
+  host, for the full-length engine) are one rule written twice: the same grid, and where it
+  packs the same first-fit-decreasing placement, for random batches."""
+  from adapler_jax.infer import program  # pylint: disable=g-import-not-at-top
+  rng, num, width, row_counts = np.random.default_rng(0), 8, 64, (1, 2, 4)
+  options = program.grids(num, width, WIDTHS, row_counts, **MINILM)
+  costs = np.asarray([layout.layer_cost(g.rows, g.width, **MINILM) for g in options],
+                     np.float32)
+  choose = jax.jit(lambda c: program.choose(c, options, costs))
+  packed = 0
+  for _ in range(200):
+    counts = rng.integers(1, rng.choice([8, 24, 64]) + 1, num)
+    host = layout.plan(counts, WIDTHS, row_counts, **MINILM)
+    place = choose(jnp.asarray(counts, jnp.int32))
+    assert options[int(place.index)] == (host.rows, host.width), counts
+    np.testing.assert_array_equal(place.row, host.row)
+    np.testing.assert_array_equal(place.off, host.offset)
+    packed += host.packed
+  assert 20 < packed < 180  # both kinds of grid were chosen.
