@@ -294,9 +294,16 @@ def test_unknown_frozen_group_is_refused():
 
 def test_train_step_compiles_once_while_lambda_changes():
   compiles = []
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda name, *_, **__: compiles.append(name) if name.endswith("backend_compile_duration")
-      else None)
+  listen = lambda name, *_, **__: (compiles.append(name)
+                                   if name.endswith("backend_compile_duration") else None)
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    _lambda_changes_without_compiling(compiles)
+  finally:
+    jax_compat.unregister_event_duration_listener(listen)
+
+
+def _lambda_changes_without_compiling(compiles):
   opt = optim.adapler_optimizer(3e-5, 10)
   weights = adapler_step.LossWeights(5e-3, 5e-4)
   step = adapler_step.make_train_step(CFG, opt, weights)

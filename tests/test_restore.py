@@ -6,6 +6,7 @@ gather paths) and AdapLeR (hard and soft removal), and in the batched engines.
 question + context windows when the shared data folder is present.
 """
 
+import dataclasses
 import functools
 import gzip
 import json
@@ -380,22 +381,31 @@ def test_hard_removal_with_no_token_left_runs_on_quietly():
     got = adapler.hard_forward(cfg, params, ids)
   assert list(got.kept_counts) == [0] * L
   assert got.logits.shape == (9, 2) and np.isfinite(got.logits).all()
+  h0 = _embed(params["model"], {"input_ids": ids[None],
+                                "token_type_ids": np.zeros_like(ids)[None]})
+  np.testing.assert_allclose(got.logits, _head(params["model"], h0)[0], atol=1e-5, rtol=0)
 
 
 def test_a_span_model_that_drops_every_token_restores_them_all():
-  """eta far above 1 at the last layer (a search may scale it so): no token enters that
-  layer, every one comes back with its first layer's output, in the engine and the
-  per-example reference alike."""
+  """eta 0 at the first layer and far above 1 at the last (a search may scale it so):
+  every token runs the first layer, none enters the last, and every one comes back with
+  its first layer's output, in the engine and the per-example reference alike: the logits
+  of a one-layer model."""
   n = np.array([16, 13, 9, 6], np.int32)
   batch = _batch(n)
   data = TokenizedDataset(batch["input_ids"], batch["token_type_ids"], n,
                           np.zeros(len(n), np.int32), [str(i) for i in range(len(n))], "span")
   cfg, params = adapler_config(), adapler_params()  # cached: changed on a copy.
-  eta = params["speed"]["eta"].at[-1].set(100.0)  # S~ <= 1 < 100 / n.
+  eta = params["speed"]["eta"].at[0].set(0.0).at[-1].set(100.0)  # S~ <= 1 < 100 / n.
   params = {**params, "speed": {**params["speed"], "eta": eta}}
   want = per_example_run(cfg, params, data)
   got = AdaptiveEngine(cfg, params, batch_size=4, max_length=T, buckets=(8, 16)).run(data)
-  assert (want.kept_counts[:, -1] == 0).all() and (want.kept_counts[:, 0] > 0).all()
+  assert (want.kept_counts[:, -1] == 0).all() and (want.kept_counts[:, 0] == n).all()
   np.testing.assert_array_equal(got.kept_counts, want.kept_counts)
   real = batch["attention_mask"]
-  np.testing.assert_allclose(got.logits[real], want.logits[real], atol=1e-4, rtol=0)
+  one_layer = SpanQA(dataclasses.replace(ENC, num_layers=1)).apply(
+      {"params": params["model"]}, batch["input_ids"], batch["token_type_ids"],
+      attention_bias_from_mask(real))[0]
+  for result in (want, got):
+    np.testing.assert_allclose(result.logits[real], np.asarray(one_layer)[real], atol=1e-4,
+                               rtol=0)

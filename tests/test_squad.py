@@ -481,16 +481,17 @@ def test_gather_and_evaluate_span(tmp_path):
 
 def test_report_task_scores(tmp_path):
   from adapler_jax.eval import report
-  from adapler_jax.eval import metrics
   f = _features("alpha beta gamma", [[None, (0, 5), (6, 10), (11, 16)]], answers=("beta",))
   logits = np.zeros((1, 4, 2), np.float32)
   logits[0, 2] = 3.0
   out = report.task_scores("f1", logits, f, tmp_path)
   assert (out["metric"], out["exact_match"], out["num_questions"]) == (1.0, 100.0, 1)
   assert json.loads((tmp_path / "predictions.json").read_text()) == {"q": "beta"}
-  plain = data.TokenizedDataset(f.input_ids, f.token_type_ids, f.lengths, np.asarray([1]), f.ids)
-  assert report.task_scores("accuracy", np.asarray([[0.1, 0.9]]), plain) == {
-      "metric": metrics.accuracy(np.asarray([1]), np.asarray([1]))}
+  two = lambda a: np.repeat(a, 2, axis=0)
+  plain = data.TokenizedDataset(two(f.input_ids), two(f.token_type_ids), two(f.lengths),
+                                np.asarray([1, 1]), ["a", "b"])
+  assert report.task_scores("accuracy", np.asarray([[0.1, 0.9], [0.8, 0.2]]), plain) == {
+      "metric": 0.5}  # one of the two right.
 
 
 def test_unreadable_and_duplicate_files_are_one_line(tmp_path):
