@@ -523,6 +523,29 @@ def test_full_length_engine_equals_sequence_classifier(chunk_rows, folds):
   assert engine.compiled_shapes <= len(engine.grid_widths) * len(engine.row_counts())
 
 
+def test_packed_scores_are_each_examples_masked_log_scores():
+  """`packing._packed_log_scores`, the per-example softmax of a packed grid written out for
+  speed, equals `masked_log_scores` on each example alone (the rule the reference uses)."""
+  from adapler_jax.infer import packing  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  rows, width = 4, 24
+  seg = np.full((rows, width), -1)
+  for r in range(rows):  # examples of 1-8 tokens side by side, gaps as dropped tokens leave.
+    start, e = int(rng.integers(0, 2)), 0
+    while start < width:
+      n = min(int(rng.integers(1, 9)), width - start)
+      seg[r, start:start + n] = r * 10 + e
+      seg[r, start + n - 1] = -1 if n > 2 and rng.random() < 0.3 else seg[r, start]
+      start, e = start + n + int(rng.integers(0, 3)), e + 1
+  logits = rng.normal(0.0, 3.0, (rows, width)).astype(np.float32)
+  got = np.asarray(jax.jit(packing._packed_log_scores)(logits, packing.same_example(seg)))
+  for example in np.unique(seg[seg >= 0]):
+    r, slots = np.nonzero(seg == example)
+    alone = adapler.masked_log_scores(jnp.asarray(logits[r[0], slots][None]),
+                                      jnp.zeros((1, len(slots))))
+    np.testing.assert_allclose(got[r[0], slots], np.asarray(alone)[0], atol=1e-6, rtol=0)
+
+
 def test_packed_unpacked_and_batch_size_one_agree():
   """Packing several examples to a row changes where tokens sit, not what they compute."""
   cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
