@@ -313,16 +313,18 @@ def _check_context_room(source: str, batch: Sequence[SquadExample], tokenizer: A
 
 
 def span_features(dataset: SquadDataset, tokenizer: Any, max_length: int = 384,
-                  stride: int = 128, chunk: int = 2048, room_fix: str = ROOM_FIX) -> SpanFeatures:
+                  stride: int = 128, chunk: int = 2048, room_fix: str = ROOM_FIX, *,
+                  char_spans: bool = False) -> SpanFeatures:
   """Overflowing question + context windows of every question, with labels and offsets.
 
   `tokenizer` is a Hugging Face fast tokenizer; questions are encoded in batches of `chunk`.
   A question too long to leave its windows more context than `stride` is a one-line
-  DataError ending in `room_fix`.
+  DataError ending in `room_fix`. `char_spans` also keeps every token's characters, the
+  question's (text 0) as the context's (text 1): `TokenizedDataset.char_spans`.
   """
   pad_id = int(tokenizer.pad_token_id or 0)
   rows: dict[str, list] = {k: [] for k in ("ids", "types", "offsets", "example", "labels",
-                                           "names")}
+                                           "names", "spans")}
   for lo in range(0, len(dataset), chunk):
     batch = dataset.examples[lo:lo + chunk]
     _check_context_room(dataset.source, batch, tokenizer, max_length, stride, room_fix)
@@ -333,8 +335,12 @@ def span_features(dataset: SquadDataset, tokenizer: Any, max_length: int = 384,
     seen: dict[int, int] = {}
     for w, j in enumerate(enc["overflow_to_sample_mapping"]):
       example = batch[j]
-      context = np.asarray([s == 1 for s in enc.sequence_ids(w)])
+      text = np.asarray([-1 if s is None else s for s in enc.sequence_ids(w)], np.int32)
+      context = text == 1
       offsets = np.asarray(enc["offset_mapping"][w], np.int32).reshape(-1, 2)
+      if char_spans:
+        rows["spans"].append(np.where((text >= 0)[:, None],
+                                      np.concatenate([text[:, None], offsets], axis=1), -1))
       offsets = np.where(context[:, None], offsets, -1)
       start = example.answer_starts[0] if example.answer_starts else -1
       label = ((0, 0) if start < 0 else
@@ -350,17 +356,21 @@ def span_features(dataset: SquadDataset, tokenizer: Any, max_length: int = 384,
   input_ids = np.full((n, max_length), pad_id, np.int32)
   token_type_ids = np.zeros((n, max_length), np.int32)
   offsets = np.full((n, max_length, 2), -1, np.int32)
+  spans = np.full((n, max_length, 3), -1, np.int32) if char_spans else None
   lengths = np.zeros((n,), np.int32)
   for i, (ids, types, offs) in enumerate(zip(rows["ids"], rows["types"], rows["offsets"])):
     lengths[i] = len(ids)
     input_ids[i, :len(ids)] = ids
     token_type_ids[i, :len(ids)] = types
     offsets[i, :len(ids)] = offs
+    if char_spans:
+      spans[i, :len(ids)] = rows["spans"][i]
   return SpanFeatures(input_ids=input_ids, token_type_ids=token_type_ids, lengths=lengths,
                       labels=np.asarray(rows["labels"], np.int32).reshape(n, 2),
                       ids=rows["names"], task=dataset.task, pad_id=pad_id,
                       example_index=np.asarray(rows["example"], np.int32), offsets=offsets,
-                      context_mask=offsets[..., 0] >= 0, examples=dataset)
+                      context_mask=offsets[..., 0] >= 0, examples=dataset,
+                      char_spans=spans)
 
 
 def windows_of(features: SpanFeatures) -> list[np.ndarray]:

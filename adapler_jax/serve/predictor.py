@@ -75,7 +75,7 @@ class Predictor:
                source: str | None = None, char_spans: bool = False) -> TokenizedDataset:
     """Unlabelled inputs (texts, pairs or records; see `inputs.texts_of`), tokenized.
     `source` (e.g. the file they came from) prefixes the one-line errors; `char_spans`
-    keeps each token's characters (span QA windows keep their context's always)."""
+    keeps each token's characters (`TokenizedDataset.char_spans`)."""
     if isinstance(items, (str, bytes, dict)):  # one input, not a sequence of them.
       raise DataError(f"items is one {type(items).__name__}, not a list of inputs; pass a "
                       "list, e.g. predict([text])")
@@ -94,13 +94,13 @@ class Predictor:
     where = lambda i: f"{source} input {i}" if source else f"input {i}"
     rows = [inputs_lib.texts_of(item, fields, num, where(i)) for i, item in zip(ids, items)]
     if self.model.is_span:
-      return self._windows(ids, rows, where, source or "prediction input")
+      return self._windows(ids, rows, where, source or "prediction input", char_spans)
     data = TextDataset(ids=ids, texts=tuple(list(t) for t in zip(*rows)), labels=None,
                        task=self.model.task, source="prediction input")
     return tokenize(data, self.model.tokenizer, self.model.max_length, char_spans=char_spans)
 
   def _windows(self, ids: Sequence[str], rows: Sequence[tuple[str, str]],
-               where: Callable[[str], str], source: str) -> SpanFeatures:
+               where: Callable[[str], str], source: str, char_spans: bool) -> SpanFeatures:
     """Span QA: the windows of each (question, context), as in training (`span_features`)."""
     for i, (question, context) in zip(ids, rows):
       for text, problem in ((question, "empty question; give every input a question"),
@@ -113,7 +113,8 @@ class Predictor:
     m = self.model
     return span_features(SquadDataset(examples, source, m.task), m.tokenizer,
                          m.max_length, m.doc_stride,
-                         room_fix="shorten the question (the model's windows are fixed)")
+                         room_fix="shorten the question (the model's windows are fixed)",
+                         char_spans=char_spans)
 
   def run(self, items: Sequence[Any], ids: Sequence[str] | None = None, *,
           rationales: bool = False, progress: bool = False, source: str | None = None
@@ -137,8 +138,8 @@ class Predictor:
     `answer_start` / `answer_end` (its characters in the context, None without an answer),
     `score` (start + end logit), `windows` (how many the context took), `length` and
     `kept_tokens` summed over the windows; with `rationales` also `window_rationales`, the
-    rationale fields above for each window (`spans` there on the context, text 1; None on
-    the question's tokens)."""
+    rationale fields above for each window (`spans` text 0 is the question, 1 the
+    context)."""
     data, result = self.run(items, ids, rationales=rationales, progress=progress,
                             source=source)
     if self.model.is_span:
@@ -197,14 +198,8 @@ def _rationale(model: ExportedModel, data: TokenizedDataset, result: EngineResul
 
 
 def _spans(data: TokenizedDataset, i: int, n: int) -> list[list[int] | None]:
-  """Row `i`'s `[text, start, end]` per token (None without characters): span QA windows
-  from their context offsets (text 1), other rows from `char_spans`."""
-  if isinstance(data, SpanFeatures):
-    offsets = data.offsets[i, :n]
-    spans = np.concatenate([np.where(offsets[:, :1] >= 0, 1, -1), offsets], axis=1)
-  else:
-    spans = data.char_spans[i, :n]
-  return [None if s[0] < 0 else s.tolist() for s in spans]
+  """Row `i`'s `[text, start, end]` per token (`char_spans`), None without characters."""
+  return [None if s[0] < 0 else s.tolist() for s in data.char_spans[i, :n]]
 
 
 def _scores_by_position(positions, scores, n: int) -> list[list[float | None]]:
