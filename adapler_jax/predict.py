@@ -10,8 +10,8 @@ Input (--format auto): text lines (pairs as text<TAB>text), or JSON lines with t
 fields (e.g. {"sentence": ...}, {"question": ..., "sentence": ...}; "text" / "text_pair"
 always work), or a CSV file with a header naming the same fields (--format csv, the default
 for a .csv --input). Output: JSON lines with id, label, probabilities, logits, length and
-kept_tokens per layer; with --rationales also tokens, their character spans in the input
-(spans), kept_positions and (AdapLeR) scores.
+kept_tokens per layer; with --rationales also tokens, their characters in the input
+(char_spans), kept_positions and (AdapLeR) scores.
 
 --format glue reads a GLUE test TSV (index + text columns, no label) and writes the
 submission TSV `index<TAB>prediction` (e.g. --output SST-2.tsv).
@@ -44,9 +44,9 @@ _INPUT = flags.DEFINE_string("input", "-", "Input file, or - for stdin.")
 _OUTPUT = flags.DEFINE_string("output", "-", "Output file, or - for stdout.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Rows per engine batch: examples, or for span "
                               "QA context windows.", lower_bound=1)
-_RATIONALES = flags.DEFINE_bool("rationales", False, "Also write the tokens, their character "
-                                "spans in the input, the positions each layer kept and "
-                                "(AdapLeR) the predictor scores.")
+_RATIONALES = flags.DEFINE_bool("rationales", False, "Also write the tokens, their characters "
+                                "in the input (char_spans), the positions each layer kept "
+                                "and (AdapLeR) the predictor scores.")
 _FORMAT = flags.DEFINE_enum("format", "auto", ["auto", "text", "jsonl", "csv", "glue", "squad"],
                             "Input format: auto (a .csv file is csv; JSON lines if the first "
                             "line is an object, else text; for a span QA model a .json(.gz) "

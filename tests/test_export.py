@@ -114,15 +114,14 @@ def test_hf_import_is_the_finetuning_result(exported):
 
 
 def test_export_records_the_dtype_its_model_trained_in(tmp_path):
-  """The training phase's own config (a rerun may switch the run's dtype), else the run's."""
-  config = tiny_config(tmp_path / "backbone")
-  assert config.dtype == "float32"
-  assert from_run._trained_dtype(tmp_path, "adapler", config) == "float32"
+  """The training phase's own config says (a rerun may switch the run's dtype); without a
+  readable record, None."""
+  assert from_run._trained_dtype(tmp_path, "adapler") is None
   (tmp_path / "config.adapler.json").write_text(json.dumps({"dtype": "bfloat16"}))
-  assert from_run._trained_dtype(tmp_path, "adapler", config) == "bfloat16"
-  assert from_run._trained_dtype(tmp_path, "lengthdrop", config) == "float32"
+  assert from_run._trained_dtype(tmp_path, "adapler") == "bfloat16"
+  assert from_run._trained_dtype(tmp_path, "lengthdrop") is None
   (tmp_path / "config.lengthdrop.json").write_text("{not json")
-  assert from_run._trained_dtype(tmp_path, "lengthdrop", config) == "float32"
+  assert from_run._trained_dtype(tmp_path, "lengthdrop") is None
 
 
 def test_export_layout(exported):
@@ -166,7 +165,7 @@ def test_round_trip_in_a_fresh_process(exported, tmp_path, sentences):
     names = json.loads((out[method] / "config.json").read_text())["label_names"]
     for row in rows:
       assert {"id", "label", "label_index", "probabilities", "logits", "length", "kept_tokens",
-              "tokens", "spans", "kept_positions"} <= row.keys()
+              "tokens", "char_spans", "kept_positions"} <= row.keys()
       assert row["label"] in names and list(row["probabilities"]) == names
       assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-9)
       assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
@@ -174,10 +173,10 @@ def test_round_trip_in_a_fresh_process(exported, tmp_path, sentences):
       assert kept == sorted(kept, reverse=True) and kept[0] <= row["length"]
       assert [len(p) for p in row["kept_positions"]] == kept
       text = sentences[int(row["id"]) - 1 if source == text_file else int(row["id"][1:])]
-      assert [s is None for s in row["spans"]] == [t in ("[CLS]", "[SEP]")
+      assert [s is None for s in row["char_spans"]] == [t in ("[CLS]", "[SEP]")
                                                    for t in row["tokens"]]
       assert all(s[0] == 0 and text[s[1]:s[2]].lower() == t.removeprefix("##")
-                 for t, s in zip(row["tokens"], row["spans"]) if s is not None)
+                 for t, s in zip(row["tokens"], row["char_spans"]) if s is not None)
     assert [r["id"] for r in rows] == ([str(i + 1) for i in range(len(sentences))]
                                        if source == text_file
                                        else [f"s{i}" for i in range(len(sentences))])

@@ -281,13 +281,13 @@ def test_a_phase_without_its_inputs_records_nothing(tiny_backbone, tmp_path):
   """A phase refused at once (no fine-tuned checkpoint, no saliency) leaves no
   config.<phase>.json or environment.<phase>.json claiming it ran."""
   run = pipeline.prepare(small_config(tiny_backbone), tmp_path / "run")
-  no_backbone = (f"^no fine-tuned checkpoint in {re.escape(str(run.workdir / 'finetune'))}; "
+  no_finetune = (f"^no fine-tuned checkpoint in {re.escape(str(run.workdir / 'finetune'))}; "
                  "run --phase finetune first$")
   for phase, message in (
-      (pipeline.extract_saliency, no_backbone),
+      (pipeline.extract_saliency, no_finetune),
       (pipeline.train_adapler, f"^{re.escape(str(run.workdir / 'saliency.npz'))} is missing; "
                                "run --phase saliency first$"),
-      (pipeline.summarize, no_backbone)):
+      (pipeline.summarize, no_finetune)):
     with pytest.raises(UserError, match=message):
       phase(run)
   assert sorted(p.name for p in run.workdir.glob("*.json")) == ["config.json"]

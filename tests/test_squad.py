@@ -328,6 +328,30 @@ def test_predictions_on_tokenized_windows_and_file(tokenizer, tmp_path):
   assert squad_eval.squad_metrics(predictions, ds) == {"exact_match": 100.0, "f1": 100.0}
 
 
+def test_char_spans_of_windows_point_into_the_question_and_context_as_given(tokenizer):
+  """`char_spans`: every token of every window covers its characters of the question (text
+  0, counted from the question as given, though its leading spaces are stripped before
+  tokenizing) or of the context (text 1); -1 on special tokens and padding."""
+  question = "   Who founded the town?"
+  context = " ".join(f"w{i}" for i in range(60)) + " founded by Denver Broncos."
+  ds = squad.SquadDataset([squad.SquadExample("q1", "t", context, question, (), ())], "mem")
+  f = squad.span_features(ds, tokenizer, max_length=48, stride=16, char_spans=True)
+  assert squad.span_features(ds, tokenizer, max_length=48, stride=16).char_spans is None
+  assert len(f) >= 3
+  texts = (question, context)
+  for r in range(len(f)):
+    n = int(f.lengths[r])
+    tokens = tokenizer.convert_ids_to_tokens(f.input_ids[r, :n].tolist())
+    spans = f.char_spans[r]
+    assert (spans[n:] == -1).all()
+    assert [int(s[0]) for s in spans[:n]] == [
+        -1 if t in ("[CLS]", "[SEP]") else int(o[0] >= 0) for t, o in zip(tokens, f.offsets[r])]
+    assert all(texts[i][a:b].lower() == t.removeprefix("##")
+               for t, (i, a, b) in zip(tokens, spans[:n].tolist()) if i >= 0)
+    np.testing.assert_array_equal(spans[:n][spans[:n, 0] == 1, 1:], f.offsets[r, :n][
+        f.context_mask[r, :n]])  # the context's spans are its offsets.
+
+
 def test_batches_carry_span_fields(tokenizer):
   ds = squad.SquadDataset([squad.SquadExample(f"q{i}", "t", CONTEXT * (i + 1), "Who won?",
                                               ("Broncos",), (4,)) for i in range(3)], "mem")

@@ -207,12 +207,12 @@ def test_squad_lat_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path):  #
     kept = [[len(p) for p in w["kept_positions"]] for w in row["window_rationales"]]
     assert row["kept_tokens"] == np.sum(kept, axis=0).tolist()
     for w in row["window_rationales"]:  # each token's characters in the question or context.
-      sep = w["tokens"].index("[SEP]")
+      spans, tokens, sep = w["char_spans"], w["tokens"], w["tokens"].index("[SEP]")
       texts = (example.question, example.context)
-      assert [s is None for s in w["spans"]] == [t in ("[CLS]", "[SEP]") for t in w["tokens"]]
-      assert [s[0] for s in w["spans"] if s] == [0] * (sep - 1) + [1] * (len(w["tokens"]) - sep - 2)
+      assert [s is None for s in spans] == [t in ("[CLS]", "[SEP]") for t in tokens]
+      assert [s[0] for s in spans if s] == [0] * (sep - 1) + [1] * (len(tokens) - sep - 2)
       assert all(texts[s[0]][s[1]:s[2]].lower() == t.removeprefix("##")
-                 for t, s in zip(w["tokens"], w["spans"]) if s)
+                 for t, s in zip(tokens, spans) if s)
   lines = [f"{e.question}\t{e.context}" for e in examples]
   assert [r["answer"] for r in predictor.predict(lines)] == [r["answer"] for r in rows]
   with pytest.raises(DataError, match=r"^input 0: empty context; give every question a context"):

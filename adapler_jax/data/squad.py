@@ -29,7 +29,7 @@ from adapler_jax.data import hub
 from adapler_jax.data.dataset import first_repeat
 from adapler_jax.data.readers import missing_file, reading
 from adapler_jax.data.tasks import TaskSpec, get_task
-from adapler_jax.data.tokenize import TokenizedDataset
+from adapler_jax.data.tokenize import TokenizedDataset, token_char_spans
 from adapler_jax.errors import DataError, format_message, location
 
 TASK = "squad"
@@ -335,12 +335,11 @@ def span_features(dataset: SquadDataset, tokenizer: Any, max_length: int = 384,
     seen: dict[int, int] = {}
     for w, j in enumerate(enc["overflow_to_sample_mapping"]):
       example = batch[j]
-      text = np.asarray([-1 if s is None else s for s in enc.sequence_ids(w)], np.int32)
-      context = text == 1
+      context = np.asarray([s == 1 for s in enc.sequence_ids(w)])
       offsets = np.asarray(enc["offset_mapping"][w], np.int32).reshape(-1, 2)
-      if char_spans:
-        rows["spans"].append(np.where((text >= 0)[:, None],
-                                      np.concatenate([text[:, None], offsets], axis=1), -1))
+      if char_spans:  # question offsets count from its start as given, not as stripped.
+        stripped = len(example.question) - len(example.question.lstrip())
+        rows["spans"].append(token_char_spans(enc.sequence_ids(w), offsets, (stripped, 0)))
       offsets = np.where(context[:, None], offsets, -1)
       start = example.answer_starts[0] if example.answer_starts else -1
       label = ((0, 0) if start < 0 else

@@ -75,6 +75,16 @@ def _token_words(text: str, offsets: np.ndarray, first_segment: np.ndarray) -> n
 
 
 
+def token_char_spans(sequence_ids, offsets, shift: tuple[int, ...] = (0, 0)) -> np.ndarray:
+  """(n, 3) int32 `(text, start, end)` of n tokens from one encoding's `sequence_ids()`
+  and `offset_mapping`: -1 where the sequence id is None (special tokens, padding); text
+  i's offsets move by `shift[i]` (characters stripped before tokenizing)."""
+  text = np.asarray([-1 if s is None else s for s in sequence_ids], np.int32)
+  offsets = np.asarray(offsets, np.int32).reshape(-1, 2)
+  offsets = offsets + np.asarray(shift, np.int32)[np.maximum(text, 0)][:, None]
+  return np.where((text >= 0)[:, None], np.concatenate([text[:, None], offsets], axis=1), -1)
+
+
 def tokenize(dataset: TextDataset, tokenizer: Any, max_length: int, *,
              char_spans: bool = False) -> TokenizedDataset:
   """Tokenize (pairs with `'longest_first'` truncation) and pad every row to `max_length`.
@@ -109,10 +119,7 @@ def tokenize(dataset: TextDataset, tokenizer: Any, max_length: int, *,
         rationale_mask[i] = np.isin(word_ids[i], dataset.rationales[i]) & (word_ids[i] >= 0)
     if char_spans:
       for j, i in enumerate(range(lo, hi)):
-        text = np.array([-1 if s is None else s for s in enc.sequence_ids(j)], np.int32)
-        offsets = np.asarray(enc["offset_mapping"][j], np.int32)
-        spans[i] = np.where((text >= 0)[:, None],
-                            np.concatenate([text[:, None], offsets], axis=1), -1)
+        spans[i] = token_char_spans(enc.sequence_ids(j), enc["offset_mapping"][j])
   labels = None if dataset.labels is None else dataset.labels.copy()
   return TokenizedDataset(input_ids=input_ids, token_type_ids=token_type_ids, lengths=lengths,
                           labels=labels, ids=list(dataset.ids), task=dataset.task,

@@ -59,20 +59,21 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
     speed["chosen_rule"] = chosen.get("rule")
   source = {"workdir": str(workdir.resolve()), "backbone": config.backbone,
             "adapler_step": trained.adapler_step,
-            "trained_dtype": _trained_dtype(workdir, "adapler", config)}
+            "trained_dtype": _trained_dtype(workdir, "adapler")}
   meta = _meta(trained.run, "adapler", trained.adapler_cfg, speed, source)
   return write_model(output, meta, params, trained.tokenizer, force=force)
 
 
-def _trained_dtype(workdir: Path, phase: str, config) -> str:
-  """The compute dtype `phase` trained in (its `config.<phase>.json`; a rerun may have
-  switched the run's own), else the run's."""
+def _trained_dtype(workdir: Path, phase: str) -> str | None:
+  """The compute dtype `phase` trained in, as its `config.<phase>.json` records it (a rerun
+  may have switched the run's own); None when no readable record says."""
   path = workdir / f"config.{phase}.json"
   try:
-    recorded = files.read_json(path, "") if path.exists() else {}
-  except UserError:  # damaged: the run's own config is all there is.
-    recorded = {}
-  return str(recorded.get("dtype", config.dtype)) if isinstance(recorded, dict) else config.dtype
+    recorded = files.read_json(path, "") if path.exists() else None
+  except UserError:  # damaged.
+    return None
+  dtype = recorded.get("dtype") if isinstance(recorded, dict) else None
+  return dtype if isinstance(dtype, str) else None
 
 
 def _chosen_path(workdir: Path) -> Path:
@@ -125,7 +126,7 @@ def _export_lat(pipeline, config, workdir: Path, output: Path, force: bool) -> P
     speed["chosen_rule"] = chosen.get("rule")
   source = {"workdir": str(workdir.resolve()), "backbone": config.backbone,
             "lengthdrop_step": step,
-            "trained_dtype": _trained_dtype(workdir, "lengthdrop", config)}
+            "trained_dtype": _trained_dtype(workdir, "lengthdrop")}
   meta = _meta(run, "lat", run.classifier_config(), speed, source)
   return write_model(output, meta, params, run.tokenizer, force=force)
 

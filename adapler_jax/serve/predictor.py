@@ -128,17 +128,17 @@ class Predictor:
               source: str | None = None) -> list[dict[str, Any]]:
     """One row per input, in input order: `id` (`ids`, default 0, 1, ...), `label`,
     `label_index`, `probabilities` (by label name), `logits`, `length` (tokens),
-    `kept_tokens` (per layer); with `rationales` also `tokens`, `spans` (per token, `[text,
-    start, end]`: which input text it comes from, 0 or a pair's second 1, and its characters
-    there; None on special tokens), `kept_positions` (per layer, the positions it ran on)
-    and, for AdapLeR, `scores` (per layer, S~ over the positions then present, None on
-    those dropped before).
+    `kept_tokens` (per layer); with `rationales` also `tokens`, `char_spans` (per token,
+    `[i, start, end]`: it covers `texts[i][start:end]` of the texts the model read, i = 0,
+    or 1 for a pair's second; None on special tokens), `kept_positions` (per layer, the
+    positions it ran on) and, for AdapLeR, `scores` (per layer, S~ over the positions then
+    present, None on those dropped before).
 
     Span QA: `id`, `answer` (a piece of the context, "" when no window holds a valid span),
     `answer_start` / `answer_end` (its characters in the context, None without an answer),
     `score` (start + end logit), `windows` (how many the context took), `length` and
     `kept_tokens` summed over the windows; with `rationales` also `window_rationales`, the
-    rationale fields above for each window (`spans` text 0 is the question, 1 the
+    rationale fields above for each window (`char_spans` text 0 is the question, 1 the
     context)."""
     data, result = self.run(items, ids, rationales=rationales, progress=progress,
                             source=source)
@@ -187,19 +187,16 @@ def span_rows(model: ExportedModel, data: SpanFeatures,
 
 def _rationale(model: ExportedModel, data: TokenizedDataset, result: EngineResult,
                i: int) -> dict[str, Any]:
-  """Row `i`'s `tokens`, `spans`, `kept_positions` and (AdapLeR) `scores`."""
+  """Row `i`'s `tokens`, `char_spans` (when `data` has them: `tokenize(...,
+  char_spans=True)`), `kept_positions` and (AdapLeR) `scores`."""
   n = int(data.lengths[i])
-  out = {"tokens": model.tokenizer.convert_ids_to_tokens(data.input_ids[i, :n].tolist()),
-         "spans": _spans(data, i, n),
-         "kept_positions": [np.asarray(p).tolist() for p in result.kept_positions[i]]}
+  out = {"tokens": model.tokenizer.convert_ids_to_tokens(data.input_ids[i, :n].tolist())}
+  if data.char_spans is not None:
+    out["char_spans"] = [None if s[0] < 0 else s.tolist() for s in data.char_spans[i, :n]]
+  out["kept_positions"] = [np.asarray(p).tolist() for p in result.kept_positions[i]]
   if result.scores is not None and result.scores[i] is not None:
     out["scores"] = _scores_by_position(result.kept_positions[i], result.scores[i], n)
   return out
-
-
-def _spans(data: TokenizedDataset, i: int, n: int) -> list[list[int] | None]:
-  """Row `i`'s `[text, start, end]` per token (`char_spans`), None without characters."""
-  return [None if s[0] < 0 else s.tolist() for s in data.char_spans[i, :n]]
 
 
 def _scores_by_position(positions, scores, n: int) -> list[list[float | None]]:
