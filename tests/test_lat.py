@@ -320,3 +320,21 @@ def test_a_config_for_another_depth_is_one_line(params):
   with pytest.raises(InputError, match="counts has shape"):
     lat.gather_forward(ENC, 3, params, batch["input_ids"], batch["token_type_ids"], n,
                        jnp.ones((3, 4), jnp.int32), (16, 16, 16, 16))
+
+
+def test_gather_widths_narrower_than_the_tokens_kept_are_one_line(params):
+  """Widths narrower than the real tokens a layer keeps cut tokens without a word."""
+  from adapler_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  batch = _batch((16, 12, 9, 5))
+  n = batch["attention_mask"].sum(1)
+  config = (14, 11, 8, 6)
+  real = lengths.real_counts(config, n, T, "actual")  # (E, L)
+  counts = lengths.keep_counts(np.asarray(config), n, T, "actual")
+  with pytest.raises(InputError, match=re.escape(
+      "widths (14, 11, 8, 5) cannot hold the (14, 11, 8, 6) real tokens kept per layer")):
+    lat.gather_forward(ENC, 3, params, batch["input_ids"], batch["token_type_ids"], n,
+                       jnp.asarray(counts), (14, 11, 8, 5))
+  wide = tuple(int(w) for w in real.max(axis=0))
+  got, _ = lat.gather_forward(ENC, 3, params, batch["input_ids"], batch["token_type_ids"], n,
+                              jnp.asarray(counts), wide)
+  assert got.shape == (4, 3)

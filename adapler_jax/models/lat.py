@@ -22,6 +22,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from adapler_jax.errors import InputError
 from adapler_jax.models import walk
@@ -46,6 +47,27 @@ def check_layer_count(enc: EncoderConfig, name: str, shape: tuple[int, ...]) -> 
   if not shape or shape[0] != enc.num_layers:
     raise InputError(f"{name} has shape {tuple(shape)}; the model has {enc.num_layers} layers: "
                      "give one entry per layer")
+
+
+def check_gather_counts(counts, widths: Sequence[int], n) -> None:
+  """One line unless `counts` is (layers, examples) and, when `counts` and `n` are
+  concrete, each layer's width holds the most real tokens any example keeps there (a
+  narrower one would cut tokens silently)."""
+  shape = tuple(jnp.shape(counts))
+  if shape != (len(widths), jnp.shape(n)[0]):
+    raise InputError(f"counts has shape {shape}; the gather path takes (layers, examples) = "
+                     f"({len(widths)}, {jnp.shape(n)[0]}) as lengths.keep_counts gives "
+                     "(lengths.real_counts is (examples, layers): transpose it)")
+  if isinstance(counts, jax.core.Tracer) or isinstance(n, jax.core.Tracer):
+    return
+  have, largest = np.asarray(n), []
+  for row in np.asarray(counts):  # an example keeps min(count, what it still has).
+    have = np.minimum(have, row)
+    largest.append(int(have.max(initial=0)))
+  if any(c > w for c, w in zip(largest, widths)):
+    raise InputError(f"widths {tuple(int(w) for w in widths)} cannot hold the {tuple(largest)} "
+                     "real tokens kept per layer; give each layer a width of at least its "
+                     "largest count (lengths.real_counts(...).max(axis=0))")
 
 
 def masked_forward(enc: EncoderConfig, head: int | Head, params: dict, batch: dict,
@@ -82,15 +104,17 @@ def gather_forward(enc: EncoderConfig, head: int | Head, params: dict, input_ids
                    token_type_ids: Array, n: Array, counts: Array, widths: Sequence[int], *,
                    flags: SelectionFlags = SelectionFlags(), chunk_rows: int | None = None,
                    selects: Sequence[bool] | None = None):
-  """The model with real token dropping: `counts` (L, B) tokens kept per layer, `widths`
-  (L,) static widths holding them (`lengths.real_counts`); `selects` (L,) static, False
-  where a layer drops nothing (it then skips scoring). Rows hold `n` (B,) real tokens
-  first. Returns logits (B, C), or for a span head (B, T, 2) over the restored sequence
-  (padding holds its embedding output), and the trace (`lengths`, `positions` per layer)."""
+  """The model with real token dropping: `counts` (L, B) tokens each example keeps per
+  layer (`lengths.keep_counts`; an example keeps no more than it still has), `widths` (L,)
+  static widths holding the real tokens kept (`lengths.real_counts(...).max(axis=0)`;
+  checked when `counts` and `n` are concrete); `selects` (L,) static, False where a layer
+  drops nothing (it then skips scoring). Rows hold `n` (B,) real tokens first. Returns
+  logits (B, C), or for a span head (B, T, 2) over the restored sequence (padding holds
+  its embedding output), and the trace (`lengths`, `positions` per layer)."""
   head = as_head(head)
   check_flags(head, flags)
   check_layer_count(enc, "widths", (len(widths),))
-  check_layer_count(enc, "counts", jnp.shape(counts)[:1])
+  check_gather_counts(counts, widths, n)
   bert = params["bert"]
   x = embed(enc, bert["embeddings"], input_ids, token_type_ids)
   valid = jnp.arange(input_ids.shape[1]) < n[:, None]
