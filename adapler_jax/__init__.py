@@ -19,7 +19,8 @@ A trained model, exported with `adapler-export`, predicts from raw text::
 from adapler_jax.models.adapler import (AdapLeRConfig, AdapLeRModel, HardRemovalResult,
                                         hard_forward, init, soft_forward, soft_removal_edit)
 from adapler_jax.models.bert import Bert, EncoderConfig, encode
-from adapler_jax.models.heads import SequenceClassifier, SpanQA
+from adapler_jax.models.heads import ClassifierConfig, SequenceClassifier, SpanQA
+from adapler_jax.reduce.significance import SelectionFlags
 from adapler_jax.serve import ExportedModel, Predictor, load_model
 from adapler_jax.train.adapler_step import (LossWeights, TrainState, adapler_grads,
                                             create_train_state, make_train_step)
@@ -27,8 +28,9 @@ from adapler_jax.train.optim import adapler_optimizer
 from adapler_jax.weights import load_backbone
 
 __all__ = [
-    "AdapLeRConfig", "AdapLeRModel", "Bert", "EncoderConfig", "ExportedModel",
-    "HardRemovalResult", "LossWeights", "Predictor", "SequenceClassifier", "SpanQA",
+    "AdapLeRConfig", "AdapLeRModel", "Bert", "ClassifierConfig", "EncoderConfig",
+    "ExportedModel", "HardRemovalResult", "LossWeights", "Predictor", "SelectionFlags",
+    "SequenceClassifier", "SpanQA",
     "TrainState", "adapler_grads", "adapler_optimizer", "create_train_state", "encode",
     "hard_forward", "init", "load_backbone", "load_model", "make_train_step", "soft_forward",
     "soft_removal_edit",

@@ -157,6 +157,17 @@ def _surrogate(params, batch, lam, phi):
   return jax.jit(f)
 
 
+def test_soft_forward_stays_in_float32_with_x64_enabled():
+  """A researcher's `jax_enable_x64` does not turn the soft-removal trace into float64
+  (the padding weights were a Python-float `where`, float64 under x64)."""
+  with jax_compat.enable_x64(True):
+    logits, aux = jax.jit(lambda p, b: adapler.soft_forward(CFG, p, b, 10.0))(
+        init_params(), make_batch([10, 7, 5, 9]))
+    dtypes = {k: v.dtype for k, v in aux.items() if jnp.issubdtype(v.dtype, jnp.floating)}
+  assert logits.dtype == jnp.float32 and set(dtypes.values()) == {jnp.dtype(jnp.float32)}
+  assert {"log_scores", "lengths", "edit"} <= dtypes.keys()
+
+
 def test_theta_gradient_matches_finite_difference_and_is_divided_by_theta():
   with jax_compat.enable_x64(True):
     params = jax.tree.map(lambda x: x.astype(jnp.float64), init_params(cp_scale=5.0, eta=0.8))

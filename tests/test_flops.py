@@ -104,6 +104,13 @@ def test_bad_shapes():
     flops.flops_report([3], [[2, 1]], TINY, mode="paper")
   with pytest.raises(ValueError, match="no examples"):
     flops.flops_report(np.zeros(0), np.zeros((0, 2)), TINY)
+  # The LAT cost takes the same counts and refuses the same mistakes (it returned an
+  # actual fraction of 7 for counts above the input's length).
+  with pytest.raises(ValueError, match="^kept counts exceed the input length"):
+    flops.selection_cost([3], [[4, 1]], (4, 1), 8, TINY)
+  with pytest.raises(ValueError, match="^kept has counts for 3 layers; the model expects 2$"):
+    flops.selection_cost([3], [[2, 1, 1]], (2, 1), 8, TINY)
+  assert flops.selection_cost([3], [[2, 1]], (2, 1), 8, TINY)["actual_fraction"] < 1
 
 
 def test_dims_from_config():

@@ -2,6 +2,7 @@
 
 import dataclasses
 import re
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -201,3 +202,14 @@ def test_no_transfer_to_the_host_between_layers(monkeypatch):
   positions = jax.device_get(trace["positions"])
   assert reads  # the count sees reads.
   np.testing.assert_array_equal((positions >= 0).sum(-1).T, real)
+
+
+def test_the_python_example_of_the_lat_docs_runs(minilm):  # noqa: F811
+  """docs/lat.md's "From Python" block runs as written, and its two paths agree."""
+  page = (Path(__file__).resolve().parents[1] / "docs" / "lat.md").read_text()
+  block = page.split("From Python, a LengthDrop-shaped model", 1)[1]
+  code = block.split("```python\n", 1)[1].split("```", 1)[0]
+  scope = {}
+  exec(compile(code, "docs/lat.md", "exec"), scope)  # pylint: disable=exec-used
+  np.testing.assert_allclose(scope["out"].logits, scope["logits"], atol=1e-4, rtol=0)
+  assert scope["trace"]["kept"].shape[0] == 6 and scope["out"].kept_counts.shape == (2, 6)

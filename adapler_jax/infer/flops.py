@@ -187,6 +187,7 @@ def selection_cost(lengths, kept, config, base: int, dims: FlopsDims) -> dict[st
   """A length config's cost as fractions of the full model, in both conventions:
   `padded_fraction`, LAT MACs at the padded `base`; `actual_fraction`, real-token FLOPs of
   examples of `lengths` (E,) that kept `kept` (E, L) tokens per layer."""
+  lengths, kept = _checked_counts(lengths, kept, dims.num_layers, "the model")
   full = float(np.sum(backbone_flops(np.asarray(lengths, np.float64), dims)))
   return {"padded_fraction": lat_macs(config, base, dims) / lat_macs(None, base, dims),
           "actual_fraction": float(np.sum(selection_flops(lengths, kept, dims))) / full}
@@ -266,6 +267,24 @@ def _per_example(lengths: np.ndarray, kept: np.ndarray, dims: FlopsDims,
   return backbone_flops(n, dims), adapler_flops(k, n, dims)
 
 
+def _checked_counts(lengths, kept, num_layers: int, expects: str
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """`lengths` (E,) and `kept` (E, L) as arrays; ValueError unless they pair up, L is
+  `num_layers` (`expects` names who expects it) and no count exceeds its input."""
+  lengths, kept = np.asarray(lengths), np.asarray(kept)
+  if lengths.ndim != 1 or kept.ndim != 2 or kept.shape[0] != lengths.shape[0]:
+    raise ValueError(f"expected lengths (E,) and kept (E, L); got {lengths.shape} and "
+                     f"{kept.shape}")
+  if lengths.shape[0] == 0:
+    raise ValueError("no examples to count FLOPs over")
+  if kept.shape[1] != num_layers:
+    raise ValueError(f"kept has counts for {kept.shape[1]} layers; {expects} expects "
+                     f"{num_layers}")
+  if np.any(kept > lengths[:, None]):
+    raise ValueError("kept counts exceed the input length for some examples")
+  return lengths, kept
+
+
 def flops_report(lengths: Any, kept: Any, dims: FlopsDims,
                  mode: str = "analytic") -> dict[str, Any]:
   """FLOPs totals and speedup over a set of examples.
@@ -282,22 +301,11 @@ def flops_report(lengths: Any, kept: Any, dims: FlopsDims,
   """
   if mode not in MODES:
     raise ValueError(f"unknown FLOPs mode {mode!r}; options: {', '.join(MODES)}")
-  lengths = np.asarray(lengths)
-  kept = np.asarray(kept)
-  if lengths.ndim != 1 or kept.ndim != 2 or kept.shape[0] != lengths.shape[0]:
-    raise ValueError(
-        f"expected lengths (E,) and kept (E, L); got {lengths.shape} and "
-        f"{kept.shape}")
-  if lengths.shape[0] == 0:
-    raise ValueError("no examples to count FLOPs over")
   num_layers = PAPER_NUM_LAYERS if mode == "paper" else dims.num_layers
-  if kept.shape[1] != num_layers:
-    raise ValueError(
-        f"kept has counts for {kept.shape[1]} layers; {mode} mode expects "
-        f"{num_layers}" + ("" if mode == "analytic" else
-                           " (BERT-base constants); use mode='analytic'"))
-  if np.any(kept > lengths[:, None]):
-    raise ValueError("kept counts exceed the input length for some examples")
+  lengths, kept = _checked_counts(
+      lengths, kept, num_layers,
+      f"{mode} mode" + ("" if mode == "analytic" else " (BERT-base constants); use "
+                        "mode='analytic'"))
   backbone, adapler = _per_example(lengths, kept, dims, mode)
   backbone_total = float(backbone.sum())
   adapler_total = float(adapler.sum())

@@ -156,7 +156,8 @@ def soft_forward(cfg: AdapLeRConfig, params: dict, batch: dict, lam: Array | flo
   Args:
     cfg: model shape. params: `{"model", "speed"}`.
     batch: `input_ids`, `token_type_ids` int (B, N) and `attention_mask` bool (B, N).
-    lam: lambda of Eq. 4 (a traced scalar: changing it never recompiles).
+    lam: lambda of Eq. 4, > 0 (a traced scalar: changing it never recompiles; only a
+      Python number is checked, a traced one <= 0 removes every token but [CLS]).
     theta_d: (L,) dummy [CLS] multipliers (ones); pass to differentiate for theta.
     deterministic: False enables dropout, which needs `rng`.
   Returns:

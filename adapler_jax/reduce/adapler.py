@@ -103,7 +103,7 @@ class SoftRemoval(Policy):
 
   @staticmethod
   def initial(attention_mask: Array) -> tuple[Array, Array]:
-    log_keep = jnp.where(attention_mask.astype(bool), 0.0, PAD_LOG_KEEP)
+    log_keep = jnp.where(attention_mask.astype(bool), 0.0, PAD_LOG_KEEP).astype(jnp.float32)
     return log_keep, jnp.zeros_like(log_keep)
 
   def bias(self, ctx):
