@@ -153,3 +153,14 @@ def test_a_model_with_wider_predictors_counts_them():
   extra = flops.adapler_flops([4] * enc.num_layers, 4, wide) - flops.adapler_flops(
       [4] * enc.num_layers, 4, narrow)
   assert extra == enc.num_layers * 2 * 4 * (256 - 32) * (enc.hidden_size + 1)
+
+
+def test_cost_formulas_trace_on_jax_integers_without_wrapping():
+  """Under jit a JAX int32 count is traced: it counts in float32 (a numpy int32 in int64),
+  where BERT-base at 512 tokens would wrap int32 (8.05e9 FLOPs a layer)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  exact = flops.layer_flops(512, 768, 3072)
+  assert exact > 2**31 and flops.layer_flops(np.int32(512), 768, 3072) == exact
+  traced = jax.jit(lambda n: flops.layer_flops(n, 768, 3072))(jnp.int32(512))
+  assert float(traced) == pytest.approx(exact, rel=1e-6)

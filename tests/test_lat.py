@@ -289,6 +289,14 @@ def test_selection_flops_count_attention_before_and_ffn_after():
   assert full == flops.backbone_flops(10, dims)
 
 
+def test_a_traced_ratio_is_one_line():
+  """Ratios are exact fractions of a static number; a traced one was a Fraction parse error."""
+  from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserError, match="^a length ratio is static: pass a Python float"):
+    jax.jit(lambda r: lengths.shrink(64, r))(0.2)
+  assert lengths.shrink(64, np.float32(0.2)) == lengths.shrink(64, 0.2) == 52
+
+
 def test_config_validation_messages():
   from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   example = re.escape(", e.g. 13,11 (ratio 0.2 per layer)") + "$"

@@ -96,9 +96,12 @@ class FlopsDims:
 
 def _wide(n):
   """Integer array counts as int64: their products with the model's sizes overflow int32
-  from a few hundred tokens (BERT-base), silently. Python ints are exact as they are."""
+  from a few hundred tokens (BERT-base), silently. Python ints are exact as they are; JAX
+  integer arrays (traced ones too) become float32, which does not wrap."""
   if hasattr(n, "dtype") and np.issubdtype(n.dtype, np.integer) and n.dtype.itemsize < 8:
-    return np.asarray(n, np.int64)
+    if isinstance(n, (np.ndarray, np.generic)):
+      return np.asarray(n, np.int64)
+    return n.astype(np.float32)
   return n
 
 

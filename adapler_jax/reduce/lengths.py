@@ -29,7 +29,11 @@ BASES = ("padded", "actual")
 
 
 def _fraction(ratio: float) -> Fraction:
-  return Fraction(str(ratio)).limit_denominator(10_000)
+  """`ratio` as an exact fraction; it is static (a Python or NumPy number), not traced."""
+  if isinstance(ratio, jax.core.Tracer):
+    raise UserError("a length ratio is static: pass a Python float, not a traced value "
+                    "(mark it static under jit, or loop over the ratios outside it)")
+  return Fraction(str(float(ratio))).limit_denominator(10_000)
 
 
 def shrink(length, ratio: float):
