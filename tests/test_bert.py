@@ -71,6 +71,20 @@ def test_padding_does_not_change_valid_outputs():
   np.testing.assert_allclose(long[:, :6], short, atol=1e-5)
 
 
+def test_a_mask_where_the_bias_goes_is_one_line():
+  """Read as a bias, a 0/1 mask adds 1 to the kept keys and attends to padding: refused."""
+  from adapler_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  cfg = EncoderConfig.tiny()
+  ids = jnp.ones((1, 4), jnp.int32)
+  mask = jnp.array([[True, True, True, False]])
+  for wrong in (mask, mask.astype(jnp.int32)):
+    with pytest.raises(InputError, match=r"^attention_bias is (bool|int32), an attention mask"):
+      SequenceClassifier(cfg, 2).init(jax.random.key(0), ids, ids, wrong)
+  params = SequenceClassifier(cfg, 2).init(jax.random.key(0), ids, ids,
+                                           attention_bias_from_mask(mask))
+  assert jax.tree.leaves(params)
+
+
 def test_convert_rejects_wrong_shapes():
   cfg = EncoderConfig.tiny()
   state = {"embeddings.word_embeddings.weight": np.zeros((3, 3), np.float32)}

@@ -365,10 +365,20 @@ class Bert(nn.Module):
 
   def __call__(self, input_ids: Array, token_type_ids: Array, attention_bias: Array, *,
                deterministic: bool = True):
+    check_bias(attention_bias)
     h0 = self.embed(input_ids, token_type_ids, deterministic=deterministic)
     x, _, trace = self.encoder(h0, attention_bias, deterministic=deterministic,
                                hidden_states=True)
     return x, {"hidden_states": (h0, *trace["hidden_states"])}
+
+
+def check_bias(attention_bias: Array) -> None:
+  """One line when an attention mask (bool or integers) is passed where the additive bias
+  goes: read as a bias it would add 1 to the kept keys and attend to padding."""
+  dtype = jnp.result_type(attention_bias)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise InputError(f"attention_bias is {dtype}, an attention mask: the model adds a float "
+                     "bias to the scores; pass attention_bias_from_mask(mask)")
 
 
 def attention_bias_from_mask(mask: Array) -> Array:
