@@ -45,6 +45,7 @@ def parse_args(argv=None):
                  help="also each AdapLeR engine with scan_layers=True")
   p.add_argument("--out", default=None, help="also write the rows as JSON")
   args = p.parse_args(argv)
+  timing.out_path(args.out)
   args.eta_scales = [float(s) for s in args.eta_scales.split(",") if s]
   if args.passes < 1:
     p.error("--passes must be at least 1")

@@ -39,6 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import logging
@@ -47,6 +48,7 @@ from adapler_jax import infer, pipeline
 from adapler_jax.cli import run_cli
 from adapler_jax.errors import UserError
 from adapler_jax.files import atomic_write_text
+import timing  # bench/timing.py
 from adapler_jax.eval import tradeoff
 from adapler_jax.pipeline import checks, frontier
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -268,6 +270,7 @@ def main(argv=None) -> None:
                       help="draw only points costing at least this fraction of the full model "
                            "(e.g. 0.4, to read the region near it); the JSON keeps every point")
   args = parser.parse_args(argv)
+  timing.out_files(Path(args.out).with_suffix(".json"), Path(args.out).with_suffix(".png"))
   if args.min_cost is not None and not 0 < args.min_cost < 1:
     raise UserError(f"--min-cost {args.min_cost:g} is not a fraction of the full model's cost; "
                     "pass a number between 0 and 1, e.g. 0.4")

@@ -572,7 +572,9 @@ def parse_args(argv=None):
                       help="pin the process to this many CPUs, for JAX and PyTorch alike "
                            "(default: all the CPUs it may use)")
   parser.add_argument("--seed", type=int, default=SEED)
-  parser.add_argument("--out", default=str(REPO / "bench" / "results" / "inference.json"))
+  parser.add_argument("--out", default=None,
+                      help="JSON file for the results (default: none, the table "
+                           "only: the files under bench/results are the ones cited)")
   parser.add_argument("--verbose", action="store_true",
                       help="print each repeat and each row as it is measured")
   args = parser.parse_args(argv)
@@ -619,8 +621,9 @@ def main(argv=None) -> None:
           "cpu_threads": threads, "machine": platform.machine(), "cpu": environment.cpu_model(),
           "folds": list(args.folds), "full_folds": list(args.full_folds),
           "buckets": list(args.buckets), "repeats": args.repeats}
-  rows, out = [], Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
+  rows, out = [], None if args.out is None else Path(args.out)
+  if out is not None:
+    out.parent.mkdir(parents=True, exist_ok=True)
   for task, workdir in zip(args.task, args.workdir):
     random_cp = workdir == RANDOM_CP
     setup = random_cp_setup(task, args) if random_cp else trained_setup(task, workdir, args)
@@ -628,10 +631,12 @@ def main(argv=None) -> None:
     rows += benchmark(setup, list(args.batch_sizes), systems, args,
                       {**meta, "mode": "random-cp" if random_cp else "trained"})
     # Each task's rows are written as it ends, so they survive a later task's failure.
-    atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
+    if out is not None:
+      atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
     map_limit.release()  # a task's programs: they fill the process's memory mappings.
   print_table(rows)
-  print(f"wrote {len(rows)} rows to {out}")
+  if out is not None:
+    print(f"wrote {len(rows)} rows to {out}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import timing  # bench/timing.py  # pylint: disable=wrong-import-position
 
 
 def parse_args(argv=None):
@@ -28,8 +31,12 @@ def parse_args(argv=None):
   parser.add_argument("--length", type=int, default=384)
   parser.add_argument("--head", choices=("span", "classification"), default="span")
   parser.add_argument("--num-sandwich", type=int, default=2)
-  parser.add_argument("--out", default=str(REPO / "bench" / "results" / "lat_step_memory.json"))
-  return parser.parse_args(argv)
+  parser.add_argument("--out", default=None,
+                      help="JSON file for the results (default: none, the table "
+                           "only: the files under bench/results are the ones cited)")
+  args = parser.parse_args(argv)
+  timing.out_path(args.out)
+  return args
 
 
 def main(argv=None) -> None:
@@ -74,6 +81,8 @@ def main(argv=None) -> None:
   result = {"backbone": "minilm", "head": args.head, "batch_size": b, "length": t,
             "num_sandwich": args.num_sandwich, "bytes": rows, "scratch_ratio": ratio,
             "environment": environment.describe()}
+  if args.out is None:
+    return
   from adapler_jax.files import atomic_write_text  # pylint: disable=g-import-not-at-top
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)

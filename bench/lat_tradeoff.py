@@ -19,6 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
@@ -28,6 +29,7 @@ from adapler_jax import extras, pipeline
 from adapler_jax.cli import run_cli
 from adapler_jax.errors import UserError
 from adapler_jax.files import atomic_write_text
+import timing  # bench/timing.py
 from adapler_jax.eval import report
 from adapler_jax.infer import flops
 from adapler_jax.pipeline import lat_phases
@@ -98,6 +100,7 @@ def main() -> None:
                       help="comma-separated per-layer ratios (0: the full model); ratios past "
                            "lat.smallest_ratio are configs LengthDrop never trained")
   args = parser.parse_args()
+  timing.out_files(Path(args.out).with_suffix(".json"), Path(args.out).with_suffix(".png"))
   logging.set_verbosity(logging.WARNING)
   try:
     ratios = tuple(sorted(float(r) for r in args.ratios.split(",") if r.strip()))

@@ -127,16 +127,16 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--max-examples", type=int, default=0, help="0: the whole dev split.")
   parser.add_argument("--out", default=None,
-                      help="Result JSON (default bench/results/predict_<task>.json).")
+                      help="JSON file for the results (default: none, the table "
+                           "only: the files under bench/results are the ones cited)")
   args = parser.parse_args()
-  out = args.out or str(REPO / "bench" / "results" / f"predict_{args.task}.json")
+  out = timing.out_path(args.out)
   items = inputs(args.task, args.data_dir, args.max_examples)
   result = {"task": args.task, **measure(args.model, items, args.batch_size, args.repeats)}
   result["environment"] = {**environment.describe(), "load_average": os.getloadavg()}
   print(table(result))
-  Path(out).parent.mkdir(parents=True, exist_ok=True)
-  atomic_write_text(Path(out), json.dumps(result, indent=2) + "\n")
-  print(f"wrote {out}")
+  if out is not None:
+    timing.write_json(out, result)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,9 @@ def parse_args(argv=None):
                  help="pin the process to this many CPUs (as bench/inference.py; default: all)")
   p.add_argument("--top", type=int, default=15)
   p.add_argument("--out", default=None, help="also write the aggregate as JSON")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  timing.out_path(args.out)
+  return args
 
 
 def main(argv=None) -> None:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
@@ -49,6 +50,7 @@ from adapler_jax.data import load_split, tokenize, transfer_task
 from adapler_jax.data.eraser import review_of
 from adapler_jax.eval import rationale
 from adapler_jax.pipeline.config import apply_overrides
+import timing  # bench/timing.py
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 DEFAULT_CONFIG = REPO / "configs" / "eraser_movies.py"
@@ -175,9 +177,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="evaluate on this task's rationales (from --data-dir) rather than the "
                            "run's own, e.g. eraser_movies with a run trained on sst2")
   parser.add_argument("--title", default=None)
-  parser.add_argument("--out", default=str(REPO / "bench" / "results" /
-                                           "rationales_eraser_movies"), help="output stem")
-  return parser.parse_args(argv)
+  parser.add_argument("--out", required=True, help="output stem: OUT.json and OUT.png")
+  args = parser.parse_args(argv)
+  timing.out_files(f"{args.out}.json", f"{args.out}.png")
+  return args
 
 
 def main(argv=None) -> dict:

@@ -58,6 +58,13 @@ def out_path(path: str | None) -> Path | None:
   return None if path is None else check_output(path, flag="--out")
 
 
+def out_files(*paths) -> None:
+  """Each file a script will write, checked as `out_path` checks `--out`, before any work
+  (a figure script writes OUT.json and OUT.png: both are checked)."""
+  for path in paths:
+    out_path(str(path))
+
+
 def parse_args(doc: str, argv=None, *, min_seconds: float):
   """A timing script's `--threads`, `--repeats`, `--min-seconds` and `--out`, parsed (its
   description: `doc`'s first line), and the process pinned -> (args, threads)."""

@@ -33,6 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import logging
@@ -43,6 +44,7 @@ from adapler_jax.errors import UserError
 from adapler_jax.files import atomic_write_text
 from adapler_jax.eval import report, tradeoff
 from adapler_jax.pipeline.config import apply_overrides
+import timing  # bench/timing.py
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 SHARED = ("finetune", "saliency.npz")  # what the siblings reuse from the finished run.
@@ -108,9 +110,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="config override for the phi siblings, e.g. adapler.epochs=3")
   parser.add_argument("--split", default=None, help="--eta-multipliers: split to evaluate")
   parser.add_argument("--title", default=None)
-  parser.add_argument("--out", default=None,
-                      help="output stem (default bench/results/tradeoff_<task>)")
-  return parser.parse_args(argv)
+  parser.add_argument("--out", required=True, help="output stem: OUT.json and OUT.png")
+  args = parser.parse_args(argv)
+  timing.out_files(f"{args.out}.json", f"{args.out}.png")
+  return args
 
 
 def main(argv=None) -> None:
@@ -126,7 +129,7 @@ def main(argv=None) -> None:
     result = tradeoff.points_from_workdirs([base, *siblings])
   else:
     raise UserError("pass --from-workdirs, or --workdir with --phis or --eta-multipliers")
-  out = Path(args.out or REPO / "bench" / "results" / f"tradeoff_{result['task']}")
+  out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   json_path = out.with_name(out.name + ".json")
   atomic_write_text(json_path, json.dumps(result, indent=2))

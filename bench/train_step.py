@@ -147,7 +147,9 @@ def parse_args(argv=None):
   parser.add_argument("--threads", type=int, default=None,
                       help="pin the process to this many CPUs, for JAX and PyTorch alike")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train_step.json"))
+  parser.add_argument("--out", default=None,
+                      help="JSON file for the results (default: none, the table "
+                           "only: the files under bench/results are the ones cited)")
   args = parser.parse_args(argv)
   args.systems = timing.systems_arg(args.systems, SYSTEMS)
   for flag, value in (("--batch-size", args.batch_size), ("--length", args.length)):
@@ -213,6 +215,8 @@ def main(argv=None) -> None:
     result["torch"] = torch.__version__
   except ImportError:
     pass
+  if args.out is None:
+    return
   from adapler_jax.files import atomic_write_text  # pylint: disable=g-import-not-at-top
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)

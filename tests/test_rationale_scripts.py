@@ -241,7 +241,11 @@ def test_bench_arguments_are_checked_before_any_work(run, tmp_path):
       (train_step.parse_args, ["--systems", ""], "--systems '' names no system; choose from"),
       (train_step.parse_args, ["--batch-size", "0"], "--batch-size takes ints of at least 1"),
       (train_step.parse_args, ["--out", str(root / "run" / "config.json")],
-       "would overwrite a file")):
+       "would overwrite a file"),
+      # A figure script's stem: its OUT.json would be the run's summary.json.
+      (_script("tradeoff").parse_args, ["--from-workdirs", str(root / "run"), "--out",
+                                        str(root / "run" / "summary")],
+       f"--out {summary} would overwrite a file {root / 'run'} keeps")):
     with pytest.raises(UserError) as err:
       parse(args)
     assert message in str(err.value) and "\n" not in str(err.value), args
