@@ -8,7 +8,9 @@ match and F1 on the same questions, with a paired bootstrap interval.
 Both files are official `{id: answer}` predictions of the same questions (evaluate.py writes
 them); each question scores its best gold answer from the dev file. Prints candidate minus
 baseline in points, with its interval and the share of resamples in which the candidate is
-at most `--within` points below the baseline.
+at most `--within` points below the baseline, twice: resampling questions, and resampling
+whole articles (`by_article`; questions about one passage are not independent draws, so on
+few articles this interval is the wider and the more honest one).
 """
 
 from __future__ import annotations
@@ -54,11 +56,13 @@ def compare(baseline: dict[str, str], candidate: dict[str, str], examples, *,
                     "the --data-dir the predictions were made from")
   a = squad_eval.question_scores(baseline, asked)
   b = squad_eval.question_scores(candidate, asked)
-  out = {"questions": len(asked), "within": within}
+  articles = [e.title for e in asked]
+  out = {"questions": len(asked), "articles": len(set(articles)), "within": within}
   for name in ("exact_match", "f1"):
+    paired = lambda groups: paired_bootstrap(100 * a[name], 100 * b[name], resamples=resamples,
+                                             seed=seed, at_least=-within, groups=groups)
     out[name] = {"baseline": 100 * a[name].mean(), "candidate": 100 * b[name].mean(),
-                 **paired_bootstrap(100 * a[name], 100 * b[name], resamples=resamples,
-                                    seed=seed, at_least=-within)}
+                 **paired(None), "by_article": paired(articles)}
   return out
 
 
@@ -80,13 +84,15 @@ def main() -> None:
                    load_squad("dev", args.data_dir).examples, resamples=args.resamples,
                    seed=args.seed, within=args.within)
   result.update(baseline_file=str(args.baseline), candidate_file=str(args.candidate))
-  print(f"{result['questions']} questions, {args.resamples} paired resamples")
+  print(f"{result['questions']} questions of {result['articles']} articles, "
+        f"{args.resamples} paired resamples of questions / of articles")
   print(f"{'metric':12} {'baseline':>9} {'candidate':>9} {'difference [95%]':>24} "
-        f"{'share >= -' + str(args.within):>13}")
+        f"{'share >= -' + str(args.within):>13} {'by article [95%]':>18} {'share':>6}")
   for name in ("exact_match", "f1"):
-    r = result[name]
+    r, g = result[name], result[name]["by_article"]
     print(f"{name:12} {r['baseline']:9.2f} {r['candidate']:9.2f} "
-          f"{r['mean']:+8.2f} [{r['low']:+.2f}, {r['high']:+.2f}] {r['share_at_least']:13.3f}")
+          f"{r['mean']:+8.2f} [{r['low']:+.2f}, {r['high']:+.2f}] {r['share_at_least']:13.3f} "
+          f"[{g['low']:+.2f}, {g['high']:+.2f}] {g['share_at_least']:6.3f}")
   if args.out:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")

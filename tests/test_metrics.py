@@ -57,3 +57,23 @@ def test_accuracy_and_f1_on_a_hand_case():
   assert compute("accuracy", predictions, labels) == pytest.approx(3 / 5)
   assert compute("f1", predictions, labels) == pytest.approx(2 * 2 / (3 + 3))
   assert compute("f1", np.zeros(3, int), np.zeros(3, int)) == 0.0  # positive never seen.
+
+
+def test_paired_bootstrap_by_group_resamples_whole_groups():
+  """One example per group is the plain bootstrap, draw for draw; examples that move
+  together within their group (questions of one article) widen the interval, as they
+  should: 8 groups of 50 identical differences are 8 draws, not 400."""
+  rng = np.random.default_rng(0)
+  a, b = rng.random(40), rng.random(40)
+  assert (paired_bootstrap(a, b, resamples=2000, groups=np.arange(40))
+          == paired_bootstrap(a, b, resamples=2000))
+  per_group = rng.normal(0.0, 1.0, 8)
+  diff = np.repeat(per_group, 50)
+  plain = paired_bootstrap(np.zeros(400), diff, resamples=4000)
+  clustered = paired_bootstrap(np.zeros(400), diff, resamples=4000,
+                               groups=np.repeat(np.arange(8), 50))
+  assert clustered["mean"] == pytest.approx(plain["mean"]) == pytest.approx(per_group.mean())
+  width = lambda r: r["high"] - r["low"]
+  assert width(clustered) > 4 * width(plain)
+  with pytest.raises(ValueError, match="3 group labels for 4 paired scores"):
+    paired_bootstrap(np.zeros(4), np.zeros(4), groups=[0, 1, 2])

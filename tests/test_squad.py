@@ -448,6 +448,10 @@ def test_paired_comparison_of_two_prediction_files(tmp_path):
   assert -100 <= f1["low"] <= -50 and f1["high"] == 0  # q3 is drawn 0-4 times of 4.
   # At least -30 when q3 is drawn at most once: 0.75^4 + 4 * 0.25 * 0.75^3 = 0.738.
   assert f1["share_at_least"] == pytest.approx(0.738, abs=0.04)
+  # By article: the four questions are one article, drawn whole every time.
+  assert json.loads(out.read_text())["articles"] == 1
+  by = f1["by_article"]
+  assert (by["mean"], by["low"], by["high"], by["share_at_least"]) == (-25, -25, -25, 1.0)
   bad = paired("c.json")
   assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
       "error: the two files answer different questions (4 and 1 ids, 3 not in both); "

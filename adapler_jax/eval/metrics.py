@@ -56,18 +56,29 @@ def compute(name: str, predictions: np.ndarray, labels: np.ndarray | None) -> fl
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int = 10_000, seed: int = 0,
-                     level: float = 0.95, at_least: float | None = None) -> dict[str, float]:
+                     level: float = 0.95, at_least: float | None = None,
+                     groups: np.ndarray | None = None) -> dict[str, float]:
   """The mean of per-example scores `b - a` and its percentile bootstrap interval: the
-  examples are resampled with replacement, the same draw for both systems. With `at_least`,
-  also the share of resamples whose mean difference is at least that."""
+  examples are resampled with replacement, the same draw for both systems. With `groups`
+  (one label per example, e.g. the article a question is about), whole groups are resampled
+  instead (a cluster bootstrap: examples of one group are not independent draws), each
+  resample's mean taken over the examples its groups hold. With `at_least`, also the share
+  of resamples whose mean difference is at least that."""
   a, b = _paired(a, b, "paired scores", np.float64)
   if resamples < 1 or not 0 < level < 1:
     raise ValueError(f"paired bootstrap needs resamples >= 1 and a level in (0, 1), got "
                      f"{resamples} and {level}")
   diff, rng = b - a, np.random.default_rng(seed)
+  if groups is None:
+    sums, sizes = diff, np.ones_like(diff)
+  else:
+    if len(groups) != len(diff):
+      raise ValueError(f"{len(groups)} group labels for {len(diff)} paired scores")
+    _, index = np.unique(np.asarray(groups), return_inverse=True)
+    sums, sizes = np.bincount(index, weights=diff), np.bincount(index).astype(np.float64)
   chunks = [min(1000, resamples - start) for start in range(0, resamples, 1000)]  # bounded memory.
-  means = np.concatenate([diff[rng.integers(0, len(diff), (n, len(diff)))].mean(axis=1)
-                          for n in chunks])
+  draws = (rng.integers(0, len(sums), (n, len(sums))) for n in chunks)
+  means = np.concatenate([sums[d].sum(axis=1) / sizes[d].sum(axis=1) for d in draws])
   tail = (1 - level) / 2
   low, high = np.quantile(means, [tail, 1 - tail])
   out = {"mean": float(diff.mean()), "low": float(low), "high": float(high), "level": level,
