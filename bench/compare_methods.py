@@ -112,9 +112,38 @@ def frontier_points(workdir: str, split: str, method: str) -> list[dict]:
   return out
 
 
+# What decides which rows a run reports on: runs drawn on one figure must agree on them.
+EVAL_ROWS = ("task", "eval.split", "data.max_length", "data.doc_stride", "data.dev_split",
+             "data.dev_subset", "data.test_split", "data.resplit_source",
+             "data.resplit_train", "data.resplit_test", "data.resplit_seed", "seed")
+
+
+def check_same_rows(workdirs: list[str]) -> None:
+  """One line unless every run evaluates on the same rows (`EVAL_ROWS` of its config.json):
+  a 384-token run beside 192-token ones, or another subset, would be drawn silently."""
+  def rows(workdir):
+    config = pipeline.read_config(workdir)
+    out = {}
+    for field in EVAL_ROWS:
+      value = config
+      for key in field.split("."):
+        value = value.get(key) if hasattr(value, "get") else None
+      out[field] = value
+    return out
+  first, *rest = workdirs
+  want = rows(first)
+  for workdir in rest:
+    got = rows(workdir)
+    differ = [f"{f} {want[f]!r} against {got[f]!r}" for f in EVAL_ROWS if got[f] != want[f]]
+    if differ:
+      raise UserError(f"{workdir} evaluates on other rows than {first} ({'; '.join(differ)}); "
+                      "compare runs of one task, split and data settings")
+
+
 def compare(adapler_workdirs: list[str], lat_workdir: str | None,
             lat_tradeoff: str | None, reference: str | None = None,
             eta_multipliers=None) -> dict:
+  check_same_rows(adapler_workdirs + ([lat_workdir] if lat_workdir else []))
   trained, shared = adapler_points(adapler_workdirs)
   split = shared["split"]
   series = {"AdapLeR (trained at each phi)": trained}

@@ -58,18 +58,46 @@ def sibling(base: Path, phi: float) -> Path:
   return base.parent / f"{base.name}_phi{phi:g}"
 
 
+RECIPE = ("seed", "adapler", "train", "data")  # what a reused sibling must have trained with.
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def check_same_recipe(workdir: Path, config) -> None:
+  """One line unless the finished sibling `workdir` trained with `config`'s `RECIPE`
+  fields (its config.adapler.json, else config.json; where the data lie may differ): a
+  rerun with other `--set` values would reuse a model of another recipe."""
+  path = workdir / "config.adapler.json"
+  trained = _flat(json.loads((path if path.exists() else workdir / "config.json").read_text()))
+  want = _flat(json.loads(config.to_json()))
+  differ = [f"{k} {trained.get(k)!r}, not {v!r}" for k, v in want.items()
+            if k.split(".")[0] in RECIPE and k != "data.data_dir" and trained.get(k) != v]
+  if differ:
+    raise UserError(f"{workdir} was trained with other settings ({'; '.join(differ[:3])}); "
+                    "move it aside to train it again, or pass the --set values it had")
+
+
 def train_sibling(base: Path, phi: float, overrides: list[str]) -> Path:
   """AdapLeR phase + evaluation at `phi` in a sibling of `base` (skipped when finished)."""
   workdir = sibling(base, phi)
+  config = pipeline.read_config(base)
+  config.adapler.phi = float(phi)
+  apply_overrides(config, overrides)
   if (workdir / "summary.json").exists():
+    check_same_recipe(workdir, config)
     print(f"{workdir}: finished, reusing its summary.json")
     return workdir
   for name in SHARED:
     if not (base / name).exists():
       raise UserError(f"{base / name} is missing; run train.py on {base} first")
-  config = pipeline.read_config(base)
-  config.adapler.phi = float(phi)
-  apply_overrides(config, overrides)
   workdir.mkdir(parents=True, exist_ok=True)
   for name in SHARED:
     link = workdir / name

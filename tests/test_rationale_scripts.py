@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,7 @@ def test_evaluate_explain_and_rationales_options(run):
 
 
 def test_tradeoff_phi_sweep_eta_sweep_and_plot_only(run):
+  from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   root, _ = run
   tradeoff = _script("tradeoff")
   base = root / "run"
@@ -90,6 +92,13 @@ def test_tradeoff_phi_sweep_eta_sweep_and_plot_only(run):
   assert sorted(p.name for p in (base / "finetune").iterdir()) == finetuned  # untouched.
   tradeoff.main(["--from-workdirs", f"{base},{sibling}", "--out", str(root / "plot")])
   assert json.loads((root / "plot.json").read_text())["points"] == points["points"]
+  # The finished sibling is reused for the same recipe, refused for another one.
+  tradeoff.main(["--workdir", str(base), "--phis", "0.05", "--set", "adapler.epochs=1",
+                 "--out", str(root / "phi_again")])
+  with pytest.raises(UserError, match=re.escape(
+      f"{sibling} was trained with other settings (adapler.epochs 1, not 3)")):
+    tradeoff.main(["--workdir", str(base), "--phis", "0.05", "--set", "adapler.epochs=3",
+                   "--out", str(root / "phi2")])
   tradeoff.main(["--workdir", str(base), "--eta-multipliers", "0.5,2", "--out",
                  str(root / "eta")])
   eta = json.loads((root / "eta.json").read_text())
@@ -303,3 +312,19 @@ def test_attention_bench_times_the_feed_forward_block_in_row_chunks():
   lines = proc.stdout.splitlines()
   for label in ("whole", *(f"chunks of {r} rows" for r in (2048, 1024, 512, 256))):
     assert any(line.strip().startswith(label) and line.rstrip().endswith(" ms") for line in lines)
+
+
+def test_compare_methods_refuses_runs_on_other_rows(tmp_path):
+  """Runs drawn on one figure must report on the same rows: a run at another max length (a
+  384-token SQuAD run beside 192-token ones) was drawn without a word."""
+  from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  from adapler_jax.pipeline.config import base_config  # pylint: disable=g-import-not-at-top
+  compare = _script("compare_methods")
+  for name, max_length in (("a", 16), ("b", 16), ("c", 32)):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(base_config("demo", max_length).to_json())
+  compare.check_same_rows([str(tmp_path / "a"), str(tmp_path / "b")])
+  with pytest.raises(UserError, match=re.escape(
+      f"{tmp_path / 'c'} evaluates on other rows than {tmp_path / 'a'} (data.max_length 16 "
+      "against 32)")):
+    compare.check_same_rows([str(tmp_path / n) for n in "abc"])
