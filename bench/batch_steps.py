@@ -2,7 +2,8 @@
 
 For each batch of a trained run's evaluation rows (`bench/inference.py`'s data), times one
 engine's whole batch step (host inputs, the compiled program, the outputs read back), in
-turn for every engine, `--passes` times over. Each batch keeps its fastest time of the
+turn for every engine (the order rotated from batch to batch and pass to pass, so no engine
+always runs first), `--passes` times over. Each batch keeps its fastest time of the
 passes; the sums of those minima give each engine's time per example and its speed relative
 to the full model.
 A slow spell of a shared machine then costs nothing unless it lasts all passes.
@@ -77,9 +78,12 @@ def main(argv=None) -> None:
     engine.run(setup.data)
   batches = list(eval_batches(setup.data, args.batch_size, bench_args.buckets))
   step = {name: np.full(len(batches), np.inf) for name in engines}
-  for _ in range(args.passes):
+  names = list(engines)
+  for p in range(args.passes):
     for i, batch in enumerate(batches):
-      for name, engine in engines.items():
+      shift = (p + i) % len(names)  # no engine always runs first on a batch.
+      for name in names[shift:] + names[:shift]:
+        engine = engines[name]
         start = time.perf_counter()
         engine.run_batch(batch)
         step[name][i] = min(step[name][i], time.perf_counter() - start)

@@ -375,7 +375,11 @@ def row(system: str, setup: Setup, batch_size: int, seconds: list[float],
   """A system's row: medians as plain numbers (as before), and under `spread` every figure
   and ratio as {median, min, max} over the repeats."""
   data, last = setup.data, passes[-1][-1]
-  ex_s = timing.summary(len(data) / np.asarray(seconds), 2)
+  # From the median and extreme seconds, so that it is examples / seconds for any repeat
+  # count (with an even one, the median of per-repeat rates is not).
+  s = np.asarray(seconds, np.float64)
+  ex_s = {k: round(float(len(data) / v), 2)
+          for k, v in (("median", np.median(s)), ("min", s.max()), ("max", s.min()))}
   spread = {"seconds": timing.summary(seconds), "examples_per_second": ex_s, **ratio}
   med = lambda k, default=1.0: ratio[k]["median"] if k in ratio else default
   out = {
