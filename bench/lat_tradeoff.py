@@ -36,11 +36,19 @@ from adapler_jax.pipeline import lat_phases
 from adapler_jax.reduce import lengths
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-RATIOS = tuple(round(0.02 * i, 2) for i in range(11))
+STEP = 0.02  # default grid: 0, 0.02, ... up to the run's smallest trained sub-model.
 
 
-def sweep(workdir: str, ratios=RATIOS) -> dict:
+def default_ratios(smallest_ratio: float) -> tuple[float, ...]:
+  """0 to `smallest_ratio` (the ratio of LengthDrop's smallest sub-model) in steps of STEP,
+  `smallest_ratio` itself the last."""
+  grid = [round(STEP * i, 4) for i in range(int(smallest_ratio / STEP + 1e-9) + 1)]
+  return tuple(grid if grid[-1] == round(smallest_ratio, 4) else grid + [smallest_ratio])
+
+
+def sweep(workdir: str, ratios=None) -> dict:
   run = pipeline.prepare(pipeline.read_config(workdir), workdir, record=False)
+  ratios = default_ratios(run.config.lat.smallest_ratio) if ratios is None else ratios
   cfg, base = run.classifier_config(), run.config.data.max_length
   flags = lat_phases.selection_flags(run)
   data = run.dataset(run.config.eval.split)
@@ -62,8 +70,10 @@ def sweep(workdir: str, ratios=RATIOS) -> dict:
     points.append(row)
     print(f"r={r:.2f} padded {row['padded_fraction']:.3f} actual {row['actual_fraction']:.3f} "
           f"standard {100 * row['standard']:.2f} lat {100 * row['lat']:.2f}", flush=True)
+  questions = getattr(getattr(data, "examples", None), "examples", None)  # span tasks.
   return {"task": run.task.name, "split": run.config.eval.split, "metric": run.metric_name,
           "examples": len(data), "max_length": base, "mean_length": float(np.mean(data.lengths)),
+          **({} if questions is None else {"questions": len(questions)}),
           "points": points}
 
 
@@ -83,7 +93,9 @@ def plot(result: dict, path: Path) -> None:
       ax.set_xscale("log")
     ax.set_xlabel(label)
     ax.grid(alpha=0.3)
-  axes[0].set_ylabel(f"{result['metric']} ({result['split']}, {result['examples']} examples)")
+  scored = (f"{result['questions']} questions" if "questions" in result  # not windows.
+            else f"{result['examples']} examples")
+  axes[0].set_ylabel(f"{result['metric']} ({result['split']}, {scored})")
   axes[0].legend()
   ratios = [p["ratio"] for p in pts]
   fig.suptitle(f"{result['task']}: constant-rate length reduction, ratios {min(ratios):g} to "
@@ -96,19 +108,23 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--out", required=True, help="output stem: OUT.json and OUT.png")
-  parser.add_argument("--ratios", default=",".join(map(str, RATIOS)),
-                      help="comma-separated per-layer ratios (0: the full model); ratios past "
+  parser.add_argument("--ratios", default=None,
+                      help="comma-separated per-layer ratios (0: the full model; default 0 to "
+                           "the run's lat.smallest_ratio in steps of 0.02); ratios past "
                            "lat.smallest_ratio are configs LengthDrop never trained")
   args = parser.parse_args()
   timing.out_files(Path(args.out).with_suffix(".json"), Path(args.out).with_suffix(".png"))
   logging.set_verbosity(logging.WARNING)
-  try:
-    ratios = tuple(sorted(float(r) for r in args.ratios.split(",") if r.strip()))
-  except ValueError:
-    raise UserError(f"--ratios {args.ratios!r} is not a comma-separated list of numbers, "
-                    "e.g. 0,0.1,0.2") from None
-  if not ratios or not all(0 <= r < 1 for r in ratios):
-    raise UserError(f"--ratios {args.ratios!r}: each ratio must lie in [0, 1), e.g. 0,0.1,0.2")
+  ratios = None
+  if args.ratios is not None:
+    try:
+      ratios = tuple(sorted(float(r) for r in args.ratios.split(",") if r.strip()))
+    except ValueError:
+      raise UserError(f"--ratios {args.ratios!r} is not a comma-separated list of numbers, "
+                      "e.g. 0,0.1,0.2") from None
+    if not ratios or not all(0 <= r < 1 for r in ratios):
+      raise UserError(f"--ratios {args.ratios!r}: each ratio must lie in [0, 1), e.g. "
+                      "0,0.1,0.2")
   result = sweep(args.workdir, ratios)
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)

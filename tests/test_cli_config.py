@@ -304,3 +304,12 @@ def test_bench_predict_takes_the_throughput_ratio_per_repeat(monkeypatch):
   assert out["predict_over_engine"] == 0.949
   rounds = out["predict_over_engine_rounds"]
   assert (rounds["min"], rounds["max"], rounds["stable"]) == (0.814, 1.032, False)
+
+
+def test_bench_lat_tradeoff_sweeps_down_to_the_runs_smallest_sub_model(monkeypatch):
+  """Its default ratios end at the run's lat.smallest_ratio (they stopped at 0.2, so a run
+  trained at 0.25 never reached its own floor without a hand-typed --ratios)."""
+  bench = bench_module("lat_tradeoff", monkeypatch)
+  assert bench.default_ratios(0.2) == tuple(round(0.02 * i, 2) for i in range(11))
+  assert bench.default_ratios(0.25)[-3:] == (0.22, 0.24, 0.25)
+  assert bench.default_ratios(0.05) == (0.0, 0.02, 0.04, 0.05)
