@@ -123,6 +123,12 @@ def limit(tok: TokenizedDataset, n: int | None, seed: int = SEED) -> TokenizedDa
   return take_rows(tok, idx)
 
 
+def capped(data: TokenizedDataset, task: str, args) -> TokenizedDataset:
+  """A run's evaluation rows cut as every setup cuts them: the task's `SUBSETS` cap, then
+  `--max-examples`, each a seeded subset."""
+  return limit(limit(data, SUBSETS.get(task), args.seed), args.max_examples, args.seed)
+
+
 def eval_split(task: str, override: str | None = None) -> str:
   """`override`, else the task's `dev` split, else its first evaluation split."""
   splits = get_task(task).eval_splits
@@ -165,7 +171,8 @@ def lat_setup(task: str, workdir: str, args) -> Setup:
   if task != run.task.name:
     raise SystemExit(f"{workdir} is a {run.task.name} LAT run; pass --task {run.task.name}")
   step, params = lat_phases.load_lengthdrop(run)
-  data = limit(run.dataset(eval_split(task, args.split)), args.max_examples, args.seed)
+  split = args.split or run.config.eval.split  # the run's own split names.
+  data = capped(run.dataset(split), task, args)
   cfg = adapler.AdapLeRConfig(run.encoder, run.num_labels)
   return Setup(task, cfg, None, params, data, f"{workdir} (LengthDrop step {step}, "
                f"{len(data)} rows)", lat_params=params, lat_flags=lat_phases.selection_flags(run),
@@ -229,14 +236,15 @@ def run_setup(task: str, workdir: str, args) -> Setup:
   if read_config(workdir).get("method", "adapler") == "lat":
     return lat_setup(task, workdir, args)
   run = load_run(workdir)
-  split = eval_split(task, args.split)
   if task == run.task.name:
+    split = args.split or run.config.eval.split  # the run's own split names.
     data = run.eval_dataset(split)
     if not isinstance(data, TokenizedDataset):  # texts: tokenize as the run was trained.
       data = tokenize(data, run.tokenizer, run.config.data.max_length)
-    data = limit(limit(data, SUBSETS.get(task), args.seed), args.max_examples, args.seed)
+    data = capped(data, task, args)
     source = f"{workdir} ({split}, {len(data)} rows)"
   else:  # e.g. a sentiment model trained on SST-2, measured on long IMDB reviews.
+    split = eval_split(task, args.split)  # the task's split names.
     transfer_task(task, run.task, workdir)
     data = task_examples(task, split, run.tokenizer, args)
     source = (f"{workdir} (trained on {run.task.name}) on {task} {split} "
@@ -535,7 +543,9 @@ def parse_args(argv=None):
                       help="folder with one sub-folder per task (random-CP mode, or a --task "
                            "other than the one its --workdir was trained on)")
   parser.add_argument("--split", default=None,
-                      help="evaluation split (default: dev where the task has one, else test)")
+                      help="evaluation split (default: a trained run's eval.split on its own "
+                           "task; for another task or random-CP mode its dev split where it "
+                           "has one, else test)")
   parser.add_argument("--batch-sizes", default="1,8,32,128")
   parser.add_argument("--systems", default=",".join(SYSTEMS))
   parser.add_argument("--buckets", default=",".join(map(str, DEFAULT_BUCKETS)))
