@@ -1011,6 +1011,10 @@ def test_hard_forward_takes_one_example():
     assert str(err.value) == (
         "hard_forward takes one example of shape (n,) with 1 <= n <= 8 (the model's "
         f"positions), got shape {ids.shape}; for a batch use infer.AdaptiveEngine")
+  # Traced (jit, vmap, grad): one line naming what to use instead, not a tracer error.
+  with pytest.raises(InputError, match="^hard_forward runs on the host, one example at a "
+                                       "time .* use soft_forward to trace"):
+    jax.jit(lambda ids: adapler.hard_forward(cfg, params, ids).logits)(np.ones(5, np.int32))
 
 
 def test_inputs_past_the_models_tables_are_one_line():

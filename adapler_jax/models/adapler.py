@@ -255,6 +255,11 @@ def hard_forward(cfg: AdapLeRConfig, params: dict, input_ids, token_type_ids=Non
       padding id tokens, if any, are an error of the caller: pass the unpadded ids).
   """
   enc, model = cfg.encoder, params["model"]
+  if isinstance(input_ids, jax.core.Tracer):
+    raise InputError("hard_forward runs on the host, one example at a time (each layer's "
+                     "kept tokens set the next one's shape), so it cannot be traced by "
+                     "jit, vmap or grad; use soft_forward to trace, infer.AdaptiveEngine "
+                     "for batches")
   input_ids = np.asarray(input_ids, np.int32)
   if input_ids.ndim != 1 or not 0 < len(input_ids) <= enc.max_length:
     raise InputError(f"hard_forward takes one example of shape (n,) with 1 <= n <= "
