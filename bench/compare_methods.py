@@ -51,6 +51,7 @@ from adapler_jax.files import atomic_write_text
 import timing  # bench/timing.py
 from adapler_jax.eval import tradeoff
 from adapler_jax.pipeline import checks, frontier
+from adapler_jax.pipeline.config import flat
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 CONVENTIONS = (("padded", "padded MACs, batch 1 (LAT paper)"),
@@ -122,14 +123,8 @@ def check_same_rows(workdirs: list[str]) -> None:
   """One line unless every run evaluates on the same rows (`EVAL_ROWS` of its config.json):
   a 384-token run beside 192-token ones, or another subset, would be drawn silently."""
   def rows(workdir):
-    config = pipeline.read_config(workdir)
-    out = {}
-    for field in EVAL_ROWS:
-      value = config
-      for key in field.split("."):
-        value = value.get(key) if hasattr(value, "get") else None
-      out[field] = value
-    return out
+    fields = flat(pipeline.read_config(workdir))
+    return {field: fields.get(field) for field in EVAL_ROWS}
   first, *rest = workdirs
   want = rows(first)
   for workdir in rest:

@@ -43,7 +43,7 @@ from adapler_jax.cli import run_cli
 from adapler_jax.errors import UserError
 from adapler_jax.files import atomic_write_text
 from adapler_jax.eval import report, tradeoff
-from adapler_jax.pipeline.config import apply_overrides
+from adapler_jax.pipeline.config import apply_overrides, flat
 import timing  # bench/timing.py
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -61,23 +61,13 @@ def sibling(base: Path, phi: float) -> Path:
 RECIPE = ("seed", "adapler", "train", "data")  # what a reused sibling must have trained with.
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def check_same_recipe(workdir: Path, config) -> None:
   """One line unless the finished sibling `workdir` trained with `config`'s `RECIPE`
   fields (its config.adapler.json, else config.json; where the data lie may differ): a
   rerun with other `--set` values would reuse a model of another recipe."""
   path = workdir / "config.adapler.json"
-  trained = _flat(json.loads((path if path.exists() else workdir / "config.json").read_text()))
-  want = _flat(json.loads(config.to_json()))
+  trained = flat(json.loads((path if path.exists() else workdir / "config.json").read_text()))
+  want = flat(json.loads(config.to_json()))  # as stored: tuples are lists.
   differ = [f"{k} {trained.get(k)!r}, not {v!r}" for k, v in want.items()
             if k.split(".")[0] in RECIPE and k != "data.data_dir" and trained.get(k) != v]
   if differ:

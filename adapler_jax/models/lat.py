@@ -22,7 +22,6 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from adapler_jax.errors import InputError
 from adapler_jax.models import walk
@@ -60,10 +59,7 @@ def check_gather_counts(counts, widths: Sequence[int], n) -> None:
                      "(lengths.real_counts is (examples, layers): transpose it)")
   if isinstance(counts, jax.core.Tracer) or isinstance(n, jax.core.Tracer):
     return
-  have, largest = np.asarray(n), []
-  for row in np.asarray(counts):  # an example keeps min(count, what it still has).
-    have = np.minimum(have, row)
-    largest.append(int(have.max(initial=0)))
+  largest = [int(c) for c in lengths.kept_of(counts, n).max(axis=0, initial=0)]
   if any(c > w for c, w in zip(largest, widths)):
     raise InputError(f"widths {tuple(int(w) for w in widths)} cannot hold the {tuple(largest)} "
                      "real tokens kept per layer; give each layer a width of at least its "

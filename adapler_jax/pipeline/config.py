@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 
 import ml_collections
 
@@ -326,6 +327,13 @@ def dotted(config: ml_collections.ConfigDict, prefix: str = ""):
   for k, v in config.items():
     yield from (dotted(v, f"{prefix}{k}.") if isinstance(v, ml_collections.ConfigDict)
                 else [prefix + k])
+
+
+def flat(config) -> dict:
+  """`{dotted key: value}` of every field of `config` (a ConfigDict, or the dict of a
+  stored config.json)."""
+  config = ml_collections.ConfigDict(config)
+  return {key: functools.reduce(getattr, key.split("."), config) for key in dotted(config)}
 
 
 def apply_overrides(config: ml_collections.ConfigDict, items) -> ml_collections.ConfigDict:

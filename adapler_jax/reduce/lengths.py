@@ -111,14 +111,15 @@ def keep_counts(config, n, base: int, length_base: str):
 
 
 def real_counts(config, n, base: int, length_base: str) -> np.ndarray:
-  """Real tokens each example keeps at each layer, (E, L): padding goes first, so an
-  example keeps min(k_i, what it still has)."""
-  k = keep_counts(np.asarray(config), np.asarray(n), base, length_base)
-  out, have = [], np.asarray(n)
-  for row in k:
-    have = np.minimum(have, row)
-    out.append(have)
-  return np.stack(out, axis=1)
+  """Real tokens each example keeps at each layer, (E, L) (`kept_of` its `keep_counts`)."""
+  return kept_of(keep_counts(np.asarray(config), np.asarray(n), base, length_base), n)
+
+
+def kept_of(counts, n) -> np.ndarray:
+  """(L, E) counts per layer -> (E, L) real tokens kept: padding goes first, so an example
+  keeps min(k_i, what it still has)."""
+  counts = np.minimum(np.asarray(counts), np.asarray(n)[None, :])
+  return np.minimum.accumulate(counts, axis=0).T
 
 
 # ----------------------------------------------------------------------------- sampling
