@@ -17,8 +17,8 @@ against the same block in PyTorch (`BertIntermediate` + `BertOutput`).
   python bench/attention.py --ffn BATCH LENGTH
 """
 
+import argparse
 import os
-import sys
 import time
 
 os.sched_setaffinity(0, [int(os.environ.get("CPU", "0"))])
@@ -113,11 +113,17 @@ def feed_forward(batch, seq):
   print(f"  {'torch':30s} {seconds * 1e3:8.1f} ms")
 
 
+def _positive(text: str) -> int:
+  if not text.isdigit() or int(text) < 1:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+  return int(text)
+
+
 if __name__ == "__main__":
-  args = sys.argv[1:]
-  ffn = args[:1] == ["--ffn"]
-  sizes = args[1:] if ffn else args
-  if len(sizes) != 2 or not all(s.isdigit() and int(s) > 0 for s in sizes):
-    print(__doc__)
-    sys.exit(0 if args[:1] in (["--help"], ["-h"]) else 2)
-  (feed_forward if ffn else main)(int(sizes[0]), int(sizes[1]))
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("batch", type=_positive, help="batch size, e.g. 32")
+  parser.add_argument("length", type=_positive, help="sequence length, e.g. 128")
+  parser.add_argument("--ffn", action="store_true",
+                      help="time the feed-forward block instead of the attention core")
+  args = parser.parse_args()
+  (feed_forward if args.ffn else main)(args.batch, args.length)

@@ -4,31 +4,16 @@
 import re
 from pathlib import Path
 
-import pytest
+from tests.docs_pages import PAGES, ROOT, prose
 
-ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-FENCE = re.compile(r"^(```|~~~)")
-
-
-def _prose(text: str) -> str:
-  """The page without its fenced code blocks, where brackets are code, not links."""
-  lines, in_fence = [], False
-  for line in text.splitlines():
-    if FENCE.match(line.strip()):
-      in_fence = not in_fence
-      continue
-    if not in_fence:
-      lines.append(line)
-  return "\n".join(lines)
 
 
 def heading_anchors(text: str) -> set[str]:
   """GitHub's anchors: lower case, punctuation dropped (word characters, spaces and hyphens
   stay), spaces to hyphens, a repeated heading suffixed -1, -2, ..."""
   anchors, seen = set(), {}
-  for line in _prose(text).splitlines():
+  for line in prose(text).splitlines():
     m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
     if not m:
       continue
@@ -49,7 +34,7 @@ def broken_links(pages=PAGES, root: Path = ROOT) -> list[str]:
   """`page -> target: why` for each relative link that does not resolve."""
   broken = []
   for page in pages:
-    for target in LINK.findall(_prose(page.read_text())):
+    for target in LINK.findall(prose(page.read_text())):
       if re.match(r"^[a-z]+:", target):  # http:, https:, mailto: are not checked here
         continue
       path, _, anchor = target.partition("#")
