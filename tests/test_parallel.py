@@ -18,9 +18,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from adapler_jax.train import parallel
+from adapler_jax.train.state import create_train_state
 from tests.test_pipeline import tiny_backbone  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,6 +198,15 @@ def test_a_local_copy_outlives_a_step_that_donates_the_original():
   jax.jit(lambda p: p["w"] + 1, donate_argnums=0)({"w": params["w"]})
   np.testing.assert_array_equal(copy["w"], [0.0, 1.0, 2.0, 3.0])
   assert copy["step"] == 3
+
+
+def test_a_donated_train_state_leaves_the_callers_params_and_key_alive():
+  """Train steps donate the state; the arrays it was made from stay the caller's."""
+  params, key = {"w": jnp.arange(4.0)}, jax.random.key(7)
+  state = create_train_state(params, optax.sgd(0.1), key)
+  jax.jit(lambda s: jax.tree.map(lambda a: a + 1, s), donate_argnums=0)(state)
+  assert not params["w"].is_deleted() and not key.is_deleted()
+  assert jax.random.key_data(key).tolist() == jax.random.key_data(jax.random.key(7)).tolist()
 
 
 def test_read_behind_reads_each_batch_once_the_next_is_dispatched():

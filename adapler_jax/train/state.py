@@ -33,9 +33,10 @@ def create_train_state(params, optimizer: optax.GradientTransformation,
                        rng: Array) -> TrainState:
   """A step-0 state; `rng` is a `jax.random.key`.
 
-  The params are copied: train steps donate the state, which must not delete arrays the
-  caller still holds (e.g. a pre-trained backbone reused by a later phase).
+  The params and the key are copied: train steps donate the state, which must not delete
+  arrays the caller still holds (e.g. a pre-trained backbone reused by a later phase, or
+  the key it splits next).
   """
   params = jax.tree.map(jnp.copy, params)
   return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
-                    jax.random.key_data(rng), str(jax.random.key_impl(rng)))
+                    jnp.copy(jax.random.key_data(rng)), str(jax.random.key_impl(rng)))
