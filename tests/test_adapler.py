@@ -208,6 +208,15 @@ def test_theta_update_moves_against_the_gradient():
   assert np.all(np.sign(delta[1:]) == -np.sign(g[1:])) and np.all(g[1:] != 0)
 
 
+def test_warmup_schedule_ramps_then_decays_and_a_zero_fraction_starts_at_full_rate():
+  ramp = optim.warmup_linear_decay(1e-3, 100, 0.06)
+  assert [float(ramp(t)) for t in (0, 3, 6, 53, 100)] == pytest.approx(
+      [0.0, 5e-4, 1e-3, 5e-4, 0.0])
+  flat = optim.warmup_linear_decay(1e-3, 100, 0.0)
+  assert [float(flat(t)) for t in (0, 50, 100)] == pytest.approx([1e-3, 5e-4, 0.0])
+  assert float(optim.warmup_linear_decay(1e-3, 4, 0.06)(0)) == 0.0  # rounds to 0: one step.
+
+
 # --------------------------------------------------------------------------- groups
 
 def _two_steps(weights, weight_decay=0.1):

@@ -172,7 +172,7 @@ HELP = {
                           "and head are the fine-tuning result (no training); the backbone must "
                           "match it",
     "train.weight_decay": "AdamW weight decay",
-    "train.warmup_fraction": "fraction of the steps spent warming up",
+    "train.warmup_fraction": "fraction of the steps spent warming up (0: none)",
     "train.keep_best": "evaluated checkpoints kept, the best by dev metric",
     "train.eval_every_steps": "evaluate on dev every this many steps; 0 = at each epoch's end",
     "train.checkpoint_every_steps": "extra resume points between evaluations; 0 = none",
@@ -193,7 +193,7 @@ HELP = {
                       "predictors, model (backbone and head); e.g. speed,predictors to "
                       "train the backbone alone at fixed cutoffs",
     "adapler.weight_decay": "AdamW weight decay",
-    "adapler.warmup_fraction": "fraction of the steps spent warming up",
+    "adapler.warmup_fraction": "fraction of the steps spent warming up (0: none)",
     "adapler.gamma": "weight of the contribution predictors' KL loss to the saliency",
     "adapler.phi": "weight of the length loss (higher: fewer tokens kept)",
     "adapler.lambda_init": "soft-removal sharpness of epoch 0: lambda = lambda_init * "

@@ -11,7 +11,10 @@ import optax
 
 def warmup_linear_decay(learning_rate: float, total_steps: int,
                         warmup_fraction: float = 0.06) -> optax.Schedule:
-  """Linear warmup over `warmup_fraction` of the steps, then linear decay to 0."""
+  """Linear warmup over `warmup_fraction` of the steps (at least one step unless the
+  fraction is 0: then the first step runs at the full rate), then linear decay to 0."""
+  if warmup_fraction == 0:
+    return optax.linear_schedule(learning_rate, 0.0, max(1, total_steps))
   warmup = max(1, int(round(warmup_fraction * total_steps)))
   return optax.join_schedules(
       [optax.linear_schedule(0.0, learning_rate, warmup),
