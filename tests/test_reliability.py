@@ -31,6 +31,7 @@ from adapler_jax.eval import squad as squad_eval
 from adapler_jax.models import adapler
 from adapler_jax.models.bert import EncoderConfig, encode
 from adapler_jax.pipeline import workdir as workdir_lib
+from adapler_jax.reduce.significance import SelectionFlags
 from adapler_jax.train import adapler_step, classifier
 from adapler_jax.train.checkpoints import Checkpointer, CheckpointError, DamagedCheckpointError
 from adapler_jax.train.guards import NonFiniteError
@@ -568,6 +569,19 @@ def test_out_of_range_and_unknown_values_are_refused_first(tiny_backbone, tmp_pa
   """Checked before the workdir exists, rather than stored in config.json and failing (or
   not) phases later."""
   assert refused_first(tiny_backbone, tmp_path, dotted, value) == message
+
+
+def test_pad_queries_with_actual_lengths_are_refused_first(tiny_backbone, tmp_path):
+  """With lengths per example no padding is ever in play, so the flag would do nothing."""
+  config = small_config(tiny_backbone)
+  config.method, config.lat.length_base = "lat", "actual"
+  config.lat.include_pad_queries = True
+  with pytest.raises(UserError, match="^config lat.include_pad_queries=True counts padded "
+                     r"query rows, but lat.length_base='actual' never puts padding in play"):
+    pipeline.prepare(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+  with pytest.raises(InputError, match=r"length_base='actual' never puts padding in play"):
+    SelectionFlags(include_pad_queries=True, length_base="actual")
 
 
 def test_a_bad_lat_eval_length_config_is_refused_first(tiny_backbone, tmp_path):

@@ -105,6 +105,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                     f"{lat.length_drop}: LengthDrop would sample sub-models smaller than the "
                     "smallest one the sandwich trains; set both alike, e.g. "
                     f"--config.lat.smallest_ratio={lat.length_drop}")
+  if lat is not None and lat.include_pad_queries and lat.length_base == "actual":
+    raise UserError("config lat.include_pad_queries=True counts padded query rows, but "
+                    "lat.length_base='actual' never puts padding in play, so it would change "
+                    "nothing; set --config.lat.length_base=padded or leave include_pad_queries "
+                    "False")
   check_grid(config.search.eta_multipliers)
   for section, fields in config.items():
     if isinstance(fields, ml_collections.ConfigDict) and "batch_size" in fields:

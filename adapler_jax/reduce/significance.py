@@ -22,6 +22,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from adapler_jax.errors import InputError
 from adapler_jax.models.bert import NEG_INF
 from adapler_jax.models.walk import Policy
 
@@ -47,6 +48,12 @@ class SelectionFlags:
   include_diagonal: bool = True
   score_from_dropout_probs: bool = False
   length_base: str = "padded"
+
+  def __post_init__(self):
+    if self.include_pad_queries and self.length_base == "actual":
+      raise InputError("SelectionFlags(include_pad_queries=True) counts padded query rows, but "
+                       "length_base='actual' never puts padding in play, so it would change "
+                       "nothing; use length_base='padded' or include_pad_queries=False")
 
 
 def significance(probs: Array, query_rows: Array, include_diagonal: bool = True) -> Array:
