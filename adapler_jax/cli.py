@@ -134,11 +134,13 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 _REQUIRED = re.compile(r"flag --(\w+)=None: Flag --\1 must have a value other than None\.")
 _UNKNOWN = re.compile(r"Unknown command line flag '([\w.-]+)'")
+_BAD_VALUE = re.compile(rf"flag (--{CONFIG_FLAG}\.([\w.]+)=(.*?)): ")
 
 
 def flag_error(text: str, config_path: str | None = None) -> str:
   """absl's flag error as one line that names the fix: missing required flags together;
-  an unknown flag that is a config field's name points to its `--config.<field>` form."""
+  an unknown flag that is a config field's name points to its `--config.<field>` form; a
+  `--config.<field>` value of the wrong type names the type and an example value."""
   missing = _REQUIRED.findall(text)
   if missing:
     names = " and ".join(f"--{m}" for m in missing)
@@ -157,6 +159,15 @@ def flag_error(text: str, config_path: str | None = None) -> str:
               f"--{CONFIG_FLAG}.<field>: {', '.join(f'--{CONFIG_FLAG}.{f}' for f in near)}")
     return (f"unknown flag --{unknown.group(1)}; config fields are set as "
             f"--{CONFIG_FLAG}.<field> (list them with --print_config)")
+  bad = _BAD_VALUE.match(text)
+  if bad and config_path is not None:  # the value as the bench scripts' overrides word it.
+    from adapler_jax.pipeline.config import find_field, parse_value  # pylint: disable=g-import-not-at-top
+    item, dotted, value = bad.groups()
+    try:
+      node, leaf = find_field(_load_config(config_path), dotted, item)
+      parse_value(value, node[leaf], item)
+    except UserError as e:
+      return str(e)
   return text
 
 

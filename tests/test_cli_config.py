@@ -98,6 +98,21 @@ def test_flag_mistakes_are_one_line_with_the_fix():
                         "than None.") == "--workdir and --output are missing; pass them (see --help)"
 
 
+def test_a_value_of_the_wrong_type_is_one_line_naming_the_type():
+  """As the bench scripts' KEY=VALUE overrides word it, with the config file's value as the
+  example; nothing is created."""
+  for override, message in (
+      ("train.epochs=abc", "'abc' is not an int; e.g. 1"),
+      ("lat.keep_cls=maybe", "'maybe' is not true or false; e.g. true")):
+    proc = train_py("--config", "configs/demo.py", "--workdir", "unused", f"--config.{override}")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"error: override '--config.{override}': {message}"), proc.stderr[-2000:]
+  assert not (ROOT / "unused").exists()
+  assert cli.flag_error("flag --config.train.learning_rate=x: could not convert string to "
+                        "float: 'x'", str(ROOT / "configs" / "demo.py")) == (
+      "override '--config.train.learning_rate=x': 'x' is not a float; e.g. 5e-05")
+
+
 def test_misspelt_field_is_one_line_with_a_hint():
   proc = train_py("--config", "configs/demo.py", "--print_config", "--config.trian.epochs=1")
   lines = proc.stderr.strip().splitlines()

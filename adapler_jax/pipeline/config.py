@@ -345,19 +345,19 @@ def apply_overrides(config: ml_collections.ConfigDict, items) -> ml_collections.
     if not sep:
       raise UserError(f"override {item!r} has no value; write KEY=VALUE such as "
                       "adapler.phi=1e-3")
-    node[leaf] = _parsed(raw, node[leaf], item)
+    node[leaf] = parse_value(raw, node[leaf], item)
   return config
 
 
 _BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
-def _parsed(raw: str, current, item: str):
+def parse_value(raw: str, current, item: str):
   """`raw` as a value of `current`'s type (a tuple: comma-separated, as its first element's
   type); one-line `UserError` when it is not one."""
   if isinstance(current, tuple):
     like = current[0] if current else ""
-    return tuple(_parsed(part.strip(), like, item) for part in raw.split(",") if part.strip())
+    return tuple(parse_value(part.strip(), like, item) for part in raw.split(",") if part.strip())
   try:
     if isinstance(current, bool):
       return _BOOLS[raw.lower()]
