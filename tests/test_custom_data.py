@@ -176,6 +176,17 @@ def test_a_row_without_a_label_is_one_line(tiny_backbone, files, name, text, lin
   assert not (files / "run" / "config.json").exists()
 
 
+def test_an_inferred_label_with_a_comma_is_one_line(tiny_backbone, files):
+  """data.label_names separates classes by commas: 'neg, mild' would become two classes."""
+  (files / "comma.csv").write_text('review,sentiment\ngood,pos\nmeh,"neg, mild"\n')
+  with pytest.raises(UserError) as err:
+    pipeline.prepare(custom_config(tiny_backbone, files, train_file="comma.csv"), files / "run")
+  assert str(err.value).endswith("/comma.csv: label 'neg, mild' contains a comma, which "
+                                 "data.label_names cannot hold; rename that class in the data "
+                                 "files")
+  assert not (files / "run" / "config.json").exists()
+
+
 def test_class_indices_that_skip_a_class_are_warned_about(tiny_backbone, files, caplog):
   """Labels 1..2 (AG News style, starting at 1) give 3 classes, class 0 empty: a warning."""
   (files / "from1.csv").write_text("review,sentiment\ngood,2\nbad,1\nfine,2\n")

@@ -105,6 +105,52 @@ def test_a_digit_that_is_not_a_number_is_a_label_error(tmp_path):
           data.load_file, path)
 
 
+def test_a_header_naming_a_column_twice_is_one_line(tmp_path):
+  """A record keeps only one of two same-named columns: refused, not one text dropped."""
+  for name, text in (("d.csv", "text,label,text\nthe plot,pos,a warm film\n"),
+                     ("d.tsv", "text\tlabel\ttext\nthe plot\tpos\ta warm film\n")):
+    _raises(re.escape(f"{tmp_path.name}/{name} line 1: the header names column 'text' 2 "
+                      "times; give each column its own name"),
+            data.load_file, _write(tmp_path / name, text), label_names=["neg", "pos"])
+
+
+def test_a_quote_left_open_is_one_line_at_its_record(tmp_path):
+  """Not one row swallowing the rest of the file, nor a quote silently dropped."""
+  path = _write(tmp_path / "q/train.csv", 'label,text\n1,"Loved it, would watch again\n'
+                "0,boring\n1,a warm funny film\n")
+  _raises(re.escape("q/train.csv line 2: bad CSV in the record starting here: unexpected end "
+                    'of data; close the quote, or double a quote inside a quoted field ("")'),
+          data.load_file, path)
+  path = _write(tmp_path / "q/dev.csv", 'label,text\n0,fine\n1,"Great" movie\n')
+  _raises(re.escape("q/dev.csv line 3: bad CSV in the record starting here: ',' expected "
+                    "after '\"'"), data.load_file, path)
+
+
+def test_json_labels_are_compared_as_classes_not_as_text(tmp_path):
+  path = _write(tmp_path / "j/train.jsonl", '{"text": "a", "label": 1.0}\n'
+                '{"text": "b", "label": 0}\n{"text": "c", "label": "1"}\n')
+  assert data.load_file(path).labels.tolist() == [1, 0, 1]
+  for bad, shown in (("[1]", "[1]"), ("0.5", "0.5"), ('{"c": 1}', '{"c": 1}')):
+    path = _write(tmp_path / "j/bad.jsonl", '{"text": "a", "label": 0}\n'
+                  f'{{"text": "b", "label": {bad}}}\n')
+    _raises(re.escape(f"j/bad.jsonl line 2: label {shown} is not a class name or index"),
+            data.load_file, path)
+
+
+def test_a_zero_padded_class_index_is_its_class(tmp_path):
+  path = _write(tmp_path / "z/train.csv", "text,label\na,01\nb,1\nc,0\n")
+  assert data.load_file(path, label_names=["0", "1"]).labels.tolist() == [1, 1, 0]
+  assert data.load_file(path).labels.tolist() == [1, 1, 0]
+
+
+def test_a_text_of_only_invisible_characters_is_empty(tmp_path):
+  """Zero-width and control characters tokenize to nothing: [CLS] [SEP] is no example."""
+  path = _write(tmp_path / "e/train.jsonl", '{"text": "a film", "label": 0}\n'
+                '{"text": "\\u00a0\\u200b", "label": 1}\n')
+  _raises(re.escape("e/train.jsonl line 2: empty text in 'text'; fill in the text or remove "
+                    "the row"), data.load_file, path)
+
+
 def test_damaged_gzip_blocks_are_one_line(tmp_path):
   import gzip  # pylint: disable=g-import-not-at-top
   rows = "".join(f'{{"id": "{i}", "text": "review {i}", "label": {i % 2}}}\n'

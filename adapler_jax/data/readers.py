@@ -143,9 +143,11 @@ CSV_FIELD_LIMIT = 2**31 - 1
 
 
 def csv_reader(f) -> Iterator[list[str]]:
-  """`csv.reader` over `f` with no limit on a field's size."""
+  """`csv.reader` over `f` with no limit on a field's size, strict about quotes: a quote
+  left open (which would swallow every line after it into one field) or text after a
+  closing quote is an error, not data."""
   csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
-  return csv.reader(f)
+  return csv.reader(f, strict=True)
 
 
 def read_csv(path: Path, has_header: bool) -> tuple[list[str] | None, Rows]:
@@ -171,22 +173,27 @@ def csv_rows(reader, header: Sequence[str] | None,
   """`(where(line_no), record)` of each row `reader` (a `csv_reader` past the header) has
   left, rows of blank fields skipped: the header's fields by name, or without a header by
   column index. A row of another width than the header, or bad quoting, is a one-line
-  DataError naming the line."""
-  try:
-    for fields in reader:
-      if not "".join(fields).strip():
-        continue
-      if header is None:
-        yield where(reader.line_num), dict(enumerate(fields))
-        continue
-      if len(fields) != len(header):
-        raise DataError(format_message(
-            where(reader.line_num), f"expected {len(header)} comma-separated fields as in "
-            f"the header, found {len(fields)}", "quote fields that contain commas"))
-      yield where(reader.line_num), dict(zip(header, fields))
-  except csv.Error as e:
-    raise DataError(format_message(where(reader.line_num), f"bad CSV: {e}",
-                                   "fix the quoting of that row")) from None
+  DataError naming the line its record starts on."""
+  while True:
+    start = reader.line_num + 1  # a quoted field may run over several lines.
+    try:
+      fields = next(reader)
+    except StopIteration:
+      return
+    except csv.Error as e:
+      raise DataError(format_message(where(start), f"bad CSV in the record starting here: {e}",
+                                     "close the quote, or double a quote inside a quoted "
+                                     'field ("")')) from None
+    if not "".join(fields).strip():
+      continue
+    if header is None:
+      yield where(start), dict(enumerate(fields))
+      continue
+    if len(fields) != len(header):
+      raise DataError(format_message(
+          where(start), f"expected {len(header)} comma-separated fields as in "
+          f"the header, found {len(fields)}", "quote fields that contain commas"))
+    yield where(start), dict(zip(header, fields))
 
 
 def read_jsonl(path: Path) -> Rows:
@@ -215,17 +222,36 @@ def _label_index(values: Sequence[str] | None) -> dict[str, int] | None:
   return None if values is None else {v: i for i, v in enumerate(values)}
 
 
+def label_text(raw: Any, where: str, hints: Hints = FILE_HINTS) -> str:
+  """A label value as the text classes are named by: a JSON 1.0 is class 1, as 1 is; a
+  list, an object or a fraction is one line."""
+  if isinstance(raw, float) and raw.is_integer():
+    raw = int(raw)
+  if isinstance(raw, (float, list, dict)):
+    raise DataError(format_message(where, f"label {json.dumps(raw)} is not a class name or "
+                                   "index", hints.label))
+  return str(raw).strip() if not isinstance(raw, bool) else str(raw)
+
+
 def _parse_label(raw: Any, index: dict[str, int] | None, where: str, hints: Hints) -> int:
-  value = str(raw).strip() if not isinstance(raw, bool) else str(raw)
+  value = label_text(raw, where, hints)
   if index is not None:
     if value in index:
       return index[value]
+    if value.isdecimal() and str(int(value)) in index:  # "01" is class "1", as inferred.
+      return index[str(int(value))]
     raise DataError(format_message(
         where, f"label {value!r} is not one of {list(index)}", hints.label))
   if value.isdecimal():  # not isdigit: "²" is a digit that int() refuses.
     return int(value)
   raise DataError(format_message(where, f"label {value!r} is not a class index (0, 1, ...)",
                                  hints.label))
+
+
+def visible(text: str) -> bool:
+  """Whether `text` shows anything: whitespace, control and format characters (a zero-width
+  space) alone tokenize to nothing."""
+  return any(c.isprintable() and not c.isspace() for c in text)
 
 
 def _missing_column(where: str, column: Any, record: Record, hints: Hints) -> DataError:
@@ -237,14 +263,18 @@ def _missing_column(where: str, column: Any, record: Record, hints: Hints) -> Da
 
 def check_columns(where: str, header: Sequence[Any], columns: Iterable[Any],
                   hints: Hints) -> None:
-  """DataError naming the first of `columns` missing from `header` and the columns found
-  (or that there is no header: an empty file, or an empty first line)."""
+  """DataError naming the first of `columns` missing from `header` (or named twice) and the
+  columns found (or that there is no header: an empty file, or an empty first line)."""
   if not header:
     raise DataError(format_message(where, "the first line is empty, so there is no header row",
                                    "write the column names on the first line, then the rows"))
   for c in columns:
     if c not in header:
       raise _missing_column(where, c, dict.fromkeys(header), hints)
+    if list(header).count(c) > 1:  # a record keeps one of them: which text, silently?
+      raise DataError(format_message(where, f"the header names column {c!r} "
+                                     f"{list(header).count(c)} times",
+                                     "give each column its own name"))
 
 
 def build_examples(
@@ -284,7 +314,7 @@ def build_examples(
                                          "not text", hints.column))
         for old, new in replace:
           value = value.replace(old, new)
-        if value.strip():
+        if visible(value):
           parts.append(value.strip())
       if not parts:
         names = ", ".join(repr(c) for c in group)
@@ -526,7 +556,7 @@ def file_labels(spec: TaskSpec, split: str, data_dir: str | os.PathLike[str]) ->
     if value is None or not str(value).strip():  # not a class named "None" or "".
       raise DataError(format_message(where, f"empty label (column {field!r})",
                                      "give every row a label, or remove the row"))
-    values.add(str(value).strip())
+    values.add(label_text(value, where))
   if not values:
     raise DataError(format_message(location(path), FILE_HINTS.empty))
   if all(v.isdecimal() for v in values):

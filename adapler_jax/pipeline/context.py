@@ -383,8 +383,12 @@ def resolve_task(config: ml_collections.ConfigDict
                     "pass e.g. --config.data.metric=accuracy")
   split_files = {"train": d.train_file, "dev": d.dev_file, "test": d.test_file or d.dev_file}
   if not d.label_names:
-    d.label_names = ",".join(readers.file_labels(custom_task(split_files, groups, d.label_field),
-                                                 "train", "."))
+    inferred = readers.file_labels(custom_task(split_files, groups, d.label_field), "train", ".")
+    with_comma = [n for n in inferred if "," in n]
+    if with_comma:  # data.label_names lists the classes separated by commas.
+      raise UserError(f"{d.train_file}: label {with_comma[0]!r} contains a comma, which "
+                      "data.label_names cannot hold; rename that class in the data files")
+    d.label_names = ",".join(inferred)
   names = tuple(n.strip() for n in d.label_names.split(","))
   if "" in names or len(set(names)) < len(names):
     raise UserError(f"config data.label_names {d.label_names!r} must name each class once, "

@@ -51,16 +51,10 @@ def texts_of(item: Any, fields: Sequence[Sequence[Sequence[str]]], num_texts: in
                     + ("give text<TAB>text or a record with " + _names(fields[0])
                        if num_texts == 2 else "give one text per input (a TSV file with a "
                        "header, such as a GLUE test file: --format glue)"))
-  if not any(_visible(t) for t in texts):
+  if not any(readers.visible(t) for t in texts):
     raise DataError(f"{where}: empty text; give every input some text (blank lines of a "
                     "text file are skipped)")
   return texts
-
-
-def _visible(text: str) -> bool:
-  """Whether `text` shows anything: whitespace, control and format characters (a zero-width
-  space) alone tokenize to nothing."""
-  return any(c.isprintable() and not c.isspace() for c in text)
 
 
 def _from_record(record: dict, fields, num_texts: int, where: str) -> tuple[str, ...]:
