@@ -378,6 +378,47 @@ def test_a_windowed_task_search_compares_the_max_length(tmp_path, tokenizer):
       run.check_trained_rows()
 
 
+def test_a_windowed_task_search_holds_out_whole_reviews(tmp_path, tokenizer):
+  """An ERASER row is one window of a review; the search scores only windows of reviews
+  that no trained window comes from (their text and label would be known)."""
+  import json as json_lib
+  from adapler_jax import data
+  from adapler_jax.data import eraser
+  from adapler_jax.errors import UserError
+  from adapler_jax.pipeline import context
+  movies = tmp_path / "movies"
+  (movies / "docs").mkdir(parents=True)
+  rows = []
+  for r in range(10):
+    name = f"{'neg' if r % 2 else 'pos'}R_{r}.txt"
+    (movies / "docs" / name).write_text("".join(f"sentence {s} of review {r} .\n"
+                                                for s in range(6 if r < 5 else 1)))
+    rows.append({"annotation_id": name, "classification": "NEG" if r % 2 else "POS",
+                 "evidences": []})
+  for file in eraser.SPLIT_FILES.values():
+    (movies / file).write_text("".join(json_lib.dumps(x) + "\n" for x in rows))
+  c = pipeline.base_config("eraser_movies", max_length=16)
+  c.data.data_dir = str(movies)
+  train = data.load_split("eraser_movies", "train", movies, tokenizer=tokenizer, max_length=16)
+  make = lambda: context.Run(c, tmp_path, data.get_task("eraser_movies"), None, {}, tokenizer,
+                             None)
+  for subset in (10, 4):  # half the windows: 4 unseen ones; 4 windows: 11 unseen.
+    c.data.train_subset = subset
+    held = make().search_split(1000)
+    used = data.subset_indices(len(train), subset, c.seed)
+    trained = {eraser.review_of(train.ids[i]) for i in used}
+    unseen = [i for i in range(len(train)) if eraser.review_of(train.ids[i]) not in trained]
+    assert len(held) == len(unseen) == {10: 4, 4: 11}[subset]  # the unseen reviews' windows.
+    assert held.input_ids.tolist() == data.tokenize(train.take(np.asarray(unseen)), tokenizer,
+                                                    16).input_ids.tolist()
+  c.data.train_subset = 19  # a window of every review trains.
+  with pytest.raises(UserError, match=re.escape(
+      "every review among the train rows training never saw also has windows it trained on "
+      "(data.train_subset 19 of 20 windows), so the search has no unseen review to score on; "
+      "train on a smaller --config.data.train_subset")):
+    make().search_split(1000)
+
+
 def test_a_span_search_compares_only_the_article_resplit(tmp_path, tokenizer, caplog):
   """SQuAD searches hold out whole articles, which no training question comes from, so
   only the re-split's fields must match; an imported fine-tuned model is warned about."""

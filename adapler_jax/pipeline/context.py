@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 from adapler_jax import files, weights
 from adapler_jax.data import (TaskSpec, TextDataset, TokenizedDataset, get_task, load_split,
                               resplit, subset, subset_indices, tokenize)
-from adapler_jax.data import squad
+from adapler_jax.data import eraser, squad
 from adapler_jax.data import readers
 from adapler_jax.data.tasks import CUSTOM, custom_task
 from adapler_jax.errors import UserError
@@ -145,7 +145,8 @@ class Run:
 
   def search_split(self, size: int) -> TokenizedDataset:
     """A seeded held-out part of train that training never saw (the rows outside
-    `data.train_subset`), `size` rows: the fitness split of a search, never a reported one."""
+    `data.train_subset`; for a task cut into windows, the windows of reviews none of whose
+    windows trained), `size` rows: the fitness split of a search, never a reported one."""
     self.check_trained_rows()
     key = f"search_{size}"
     if self.task.is_span:
@@ -159,6 +160,14 @@ class Run:
                         f"set --config.data.train_subset below {len(train)}")
       used = subset_indices(len(train), d.train_subset, self.config.seed)
       rest = np.setdiff1d(np.arange(len(train)), used)
+      if self.task.cuts_into_windows:  # a review's windows share its text and label.
+        seen = {eraser.review_of(train.ids[i]) for i in used}
+        rest = np.asarray([i for i in rest if eraser.review_of(train.ids[i]) not in seen], int)
+        if not len(rest):
+          raise UserError(f"every review among the train rows training never saw also has "
+                          f"windows it trained on (data.train_subset {d.train_subset} of "
+                          f"{len(train)} windows), so the search has no unseen review to score "
+                          "on; train on a smaller --config.data.train_subset")
       if size > len(rest):
         logging.warning("search.held_out %d is more than the %d train rows training never "
                         "saw; the search scores on those %d", size, len(rest), len(rest))
