@@ -97,6 +97,9 @@ def main(argv):
   chosen = pick_from_frontier()
   trained = pipeline.load_run(_WORKDIR.value)
   config = trained.config
+  if chosen is not None:
+    check_searched(chosen, pipeline.phases.adapler_checkpointer(trained.run, read_only=True),
+                   trained.adapler_step)
   checks.check_flops_mode(_FLOPS.value, trained.task, trained.run.encoder)
   if _EXPLAIN.value is not None:
     return explain(trained, _EXPLAIN.value)
@@ -172,12 +175,21 @@ def write_result(out: dict, chosen: dict | None) -> None:
 
 
 def pick_from_frontier() -> dict | None:
-  """The frontier point `--flops-budget` / `--max-drop` name, or None without them."""
+  """The frontier point `--flops-budget` / `--max-drop` name (with the checkpoint the search
+  scored, when the frontier records it), or None without them."""
   from adapler_jax.pipeline import frontier  # pylint: disable=g-import-not-at-top
   if _FLOPS_BUDGET.value is None and _MAX_DROP.value is None:
     return None
-  return frontier.pick(frontier.load(_WORKDIR.value),
-                        flops_budget=_FLOPS_BUDGET.value, max_drop=_MAX_DROP.value)
+  found = frontier.load(_WORKDIR.value)
+  point = frontier.pick(found, flops_budget=_FLOPS_BUDGET.value, max_drop=_MAX_DROP.value)
+  return {**point, "checkpoint": found["checkpoint"]} if "checkpoint" in found else point
+
+
+def check_searched(chosen: dict, checkpointer, step: int) -> None:
+  """One line unless the frontier `chosen` comes from was searched on checkpoint `step`."""
+  from adapler_jax.pipeline import frontier  # pylint: disable=g-import-not-at-top
+  frontier.check_searched(chosen, checkpointer, step,
+                          Path(_WORKDIR.value) / frontier.FRONTIER_FILE)
 
 
 def record_choice(chosen: dict) -> dict:
@@ -222,6 +234,8 @@ def evaluate_lat() -> None:
   else:
     lengths_ = lat_phases.eval_length_config(run)
   step, params = lat_phases.load_lengthdrop(run)
+  if chosen is not None:
+    check_searched(chosen, lat_phases.lengthdrop_checkpointer(run, read_only=True), step)
   data = run.dataset(_SPLIT.value)
   full = lat_phases.evaluate_at(run, params, data, None)
   reduced = lat_phases.evaluate_at(run, params, data, lengths_,

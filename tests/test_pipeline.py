@@ -283,6 +283,7 @@ def test_lat_phases_and_evaluation(tiny_backbone, tmp_path):
   assert len(stored) == result["scored"] == len({tuple(json.loads(l)["gene"]) for l in stored})
   source = json.loads((workdir / "search" / "store.source.json").read_text())
   assert source["keep_cls"] == config.lat.keep_cls and len(source["checkpoint"]) == 16
+  assert on_disk["checkpoint"] == source["checkpoint"]  # evaluate and export check it.
   budget = max(costs)
   proc = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(workdir),
                          "--flops-budget", str(budget), "--output", str(out)],
@@ -291,7 +292,8 @@ def test_lat_phases_and_evaluation(tiny_backbone, tmp_path):
   chosen = json.loads(out.read_text())["chosen_from_frontier"]
   best = max(result["frontier"], key=lambda r: r["held_out_metric"])
   assert chosen["config"] == best["config"] == json.loads(out.read_text())["length_config"]
-  assert json.loads((workdir / "search" / "chosen.json").read_text())["config"] == best["config"]
+  picked = json.loads((workdir / "search" / "chosen.json").read_text())
+  assert picked["config"] == best["config"] and picked["checkpoint"] == source["checkpoint"]
 
   # An explicit floor below the smallest trained sub-model, (13, 11): the search, resumed from
   # its store, also scores configs LengthDrop never sampled, down to (8, 4).

@@ -822,6 +822,38 @@ def test_a_frontier_point_without_a_multiplier_per_layer_is_one_line(run_dir):
   assert snapshot(run_dir) == before
 
 
+def test_a_search_of_another_checkpoint_is_refused_by_evaluate_and_export(run_dir, tmp_path):
+  """A frontier (and a pick from it) records the checkpoint it scored: a model trained again
+  since would be read at points scored on the old one. One line, nothing written."""
+  from adapler_jax.pipeline import frontier, phases  # pylint: disable=g-import-not-at-top
+  from adapler_jax.serve.from_run import export_run  # pylint: disable=g-import-not-at-top
+  trained = pipeline.load_run(run_dir)
+  ckpt = phases.adapler_checkpointer(trained.run, read_only=True)
+  now = ckpt.fingerprint([trained.adapler_step])
+  ckpt.close()
+  (run_dir / "search").mkdir()
+  point = {"config": [1, 1], "eta_multipliers": [1.0, 1.0], "analytic_fraction": 0.4,
+           "held_out_metric": 0.5}
+  path = run_dir / "search" / "frontier.json"
+  path.write_text(json.dumps({"cost": "analytic", "full": {"held_out_metric": 0.5},
+                              "frontier": [point], "checkpoint": "0" * 16}))
+  message = (f"comes from a search of another checkpoint than the one this run now has (step "
+             f"{trained.adapler_step}), so its points were scored on another model; move "
+             f"{path.parent} aside and rerun train.py --phase search")
+  before = snapshot(run_dir)
+  assert one_line_error(cli("evaluate.py", "--workdir", str(run_dir), "--flops-budget",
+                            "1")) == f"{path} {message}"
+  assert snapshot(run_dir) == before
+  chosen = run_dir / "search" / "chosen.json"
+  chosen.write_text(json.dumps({"rule": {"flops_budget": 1, "max_drop": None}, **point,
+                                "checkpoint": "0" * 16}))
+  with pytest.raises(UserError) as err:
+    export_run(run_dir, tmp_path / "export")
+  assert str(err.value) == f"{chosen} {message}" and not (tmp_path / "export").exists()
+  frontier.check_searched({"checkpoint": now}, phases.adapler_checkpointer(
+      trained.run, read_only=True), trained.adapler_step, path)  # the current one passes.
+
+
 def test_lat_letting_cls_go_on_a_classification_task_is_refused_first(tiny_backbone, tmp_path):
   assert refused_first(tiny_backbone, tmp_path, "lat.keep_cls", False, method="lat") == (
       "config lat.keep_cls is False, but task demo classifies from [CLS]; keep it "

@@ -87,6 +87,7 @@ def run_search(run: Run) -> dict[str, Any]:
   trained = store.records[(one,) * layers]
   result = {"method": "adapler", "cost": c.cost, "metric_name": run.metric_name,
             "held_out_rows": len(held), "reported_split": split, "adapler_step": step,
+            "checkpoint": source["checkpoint"],
             "eta_grid": list(grid), "frontier": rows,
             "trained": {"config": [one] * layers, "held_out_metric": trained["metric"],
                         "padded_fraction": trained["padded_fraction"],

@@ -234,7 +234,9 @@ HELP = {
     "search": "evolutionary search (--phase search): LAT's per-layer lengths, or AdapLeR's "
               "per-layer eta multipliers (LAT's defaults 30/20/30/30)",
     "search.iterations": "generations",
-    "search.population": "configs kept per generation",
+    "search.population": "LAT: constant-ratio configs spread evenly in cost between the "
+                         "smallest and the full config, which join them as the first "
+                         "generation",
     "search.mutations": "mutated configs per generation",
     "search.crossovers": "crossed-over configs per generation",
     "search.mutation_prob": "probability that a mutation changes each layer",

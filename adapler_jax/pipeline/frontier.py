@@ -66,6 +66,20 @@ def source(checkpointer: Checkpointer, step: int, held_out: TokenizedDataset,
   return {"checkpoint": checkpoint, "held_out_rows": digest.hexdigest()[:16], **scoring}
 
 
+def check_searched(record: dict[str, Any], checkpointer: Checkpointer, step: int,
+                   path: Path) -> None:
+  """One line unless the checkpoint `record` (a frontier, or a pick from one) was searched
+  on is checkpoint `step`, the one about to be used (closes `checkpointer`): a model trained
+  again after its search would be read at points scored on the old one. A record saved
+  before searches noted their checkpoint is not checked."""
+  now = checkpointer.fingerprint([step])
+  checkpointer.close()
+  if record.get("checkpoint") not in (None, now):
+    raise UserError(f"{path} comes from a search of another checkpoint than the one this run "
+                    f"now has (step {step}), so its points were scored on another model; move "
+                    f"{Path(path).parent} aside and rerun train.py --phase search")
+
+
 def evolve(run: Run, evaluate: Callable, cost: Callable | None, *, initial,
            source: dict[str, Any], **kwargs) -> tuple[evo.Store, dict[str, Any]]:
   """`evo.evolve` with the run's `search` settings, its store in the workdir (a rerun
@@ -120,8 +134,8 @@ def save(run: Run, store: evo.Store, result: dict[str, Any], title: str) -> None
 
 def retire_stale_choice(workdir: Path, result: dict[str, Any]) -> None:
   """Moves `chosen.json` aside (`chosen.previous.json`, with a warning) when its rule picks
-  another point of the new frontier `result`, or none: export would otherwise ship a pick
-  the current search no longer makes."""
+  another point of the new frontier `result`, or none, or the search was of another
+  checkpoint: export would otherwise ship a pick the current search no longer makes."""
   path = Path(workdir) / CHOSEN_FILE
   if not path.exists():
     return
@@ -129,7 +143,8 @@ def retire_stale_choice(workdir: Path, result: dict[str, Any]) -> None:
     chosen = json.loads(path.read_text(encoding="utf-8"))
     rule = chosen["rule"]
     now = pick(result, flops_budget=rule.get("flops_budget"), max_drop=rule.get("max_drop"))
-    if all(now.get(k) == chosen.get(k) for k in ("config", "eta_multipliers")):
+    if all(now.get(k) == chosen.get(k) for k in ("config", "eta_multipliers")) and (
+        chosen.get("checkpoint") == result.get("checkpoint")):
       return  # the same point (for AdapLeR, the same multipliers: what export ships).
   except (UserError, ValueError, KeyError, TypeError, AttributeError):
     pass  # damaged, or no point fits its rule now: stale either way.

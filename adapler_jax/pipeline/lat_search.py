@@ -73,7 +73,8 @@ def run_search(run: Run) -> dict[str, Any]:
                  f"{split}_metric": _metric(run, params, dev, gene),
                  f"{split}_actual_fraction": dev_cost(gene)["actual_fraction"]})
   result = {"cost": c.cost, "metric_name": run.metric_name, "held_out_rows": len(held),
-            "reported_split": split, "frontier": rows,
+            "reported_split": split, "lengthdrop_step": step,
+            "checkpoint": source["checkpoint"], "frontier": rows,
             "full": {"config": list(upper), "held_out_metric": store.records[upper]["metric"]},
             "areas": out["areas"], "scored": out["scored"], "settings": dict(c)}
   frontier.save(run, store, result, "LAT search")

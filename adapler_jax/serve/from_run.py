@@ -44,6 +44,9 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
   params, chosen_from = trained.adapler_params, "trained eta"
   chosen = _chosen(workdir)
   if chosen is not None:
+    pipeline.frontier.check_searched(
+        chosen, pipeline.phases.adapler_checkpointer(trained.run, read_only=True),
+        trained.adapler_step, _chosen_path(workdir))
     from adapler_jax.eval import tradeoff  # pylint: disable=g-import-not-at-top
     multipliers = tradeoff.per_layer_multipliers(chosen.get("eta_multipliers"),
                                                  trained.adapler_cfg.num_layers)
@@ -105,6 +108,8 @@ def _export_lat(pipeline, config, workdir: Path, output: Path, force: bool) -> P
   step, params = lat_phases.load_lengthdrop(run)
   chosen = _chosen(workdir)
   if chosen is not None:
+    frontier.check_searched(chosen, lat_phases.lengthdrop_checkpointer(run, read_only=True),
+                            step, _chosen_path(workdir))
     try:
       length_config = lengths.validate_config(chosen.get("config") or (),
                                               config.data.max_length, run.encoder.num_layers,
