@@ -373,6 +373,39 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
                                                     "lat_export"]
 
 
+@pytest.mark.parametrize("method, field, value, problem", [
+    ("adapler", "label_names", ["a"], 'label_names is ["a"], but it must be a list of the '
+     "model's 4 class names"),  # gave probabilities over 1 class, or an IndexError.
+    ("adapler", "max_length", 4096, "max_length is 4096, but it must be an integer in [2, 64]"),
+    ("adapler", "max_length", 0, "max_length is 0, but it must be an integer in [2, 64]"),
+    ("adapler", "adapler.eta", [0.5], "adapler.eta is [0.5], but it must be a list of 2 "
+     "numbers, one per layer"),
+    ("adapler", "adapler.eta", "high", 'adapler.eta is "high", but it must be a list of 2'),
+    ("adapler", "adapler.theta", None, "adapler.theta is null, but it must be a list of 2"),
+    ("adapler", "format_version", "1", 'format_version is "1", not an integer'),
+    ("adapler", "method", "bert", 'method is "bert", not one of adapler, lat'),
+    ("lat", "lat.length_config", [20, 11], "lat.length_config (20, 11) must stay within "
+     "[2, 16]"),
+])
+def test_config_values_the_model_cannot_run_with_are_one_line(exported, tmp_path, method, field,
+                                                               value, problem):
+  """A hand-edited or damaged config.json, whose weights still pass their checksums."""
+  out, _, _ = exported
+  edited = Path(shutil.copytree(out[method], tmp_path / "edited"))
+  meta = json.loads((edited / "config.json").read_text())
+  *section, key = field.split(".")
+  node = meta[section[0]] if section else meta
+  if value is None:
+    del node[key]
+  else:
+    node[key] = value
+  (edited / "config.json").write_text(json.dumps(meta))
+  with pytest.raises(ExportError) as err:
+    adapler_jax.load_model(edited)
+  assert str(err.value).startswith(f"{edited / 'config.json'}: {problem}"), str(err.value)
+  assert "\n" not in str(err.value)
+
+
 def test_an_eta_search_pick_is_what_the_export_holds(exported, tmp_path):
   out, ref, _ = exported
   chosen = adapler_jax.load_model(out["adapler_chosen"])

@@ -31,6 +31,7 @@ from adapler_jax.errors import UserError
 from adapler_jax.models.adapler import AdapLeRConfig
 from adapler_jax.models.bert import EncoderConfig
 from adapler_jax.models.heads import ClassifierConfig
+from adapler_jax.reduce import lengths
 from adapler_jax.reduce.significance import SelectionFlags
 
 FORMAT, FORMAT_VERSION = "adapler-jax-export", 1
@@ -234,9 +235,16 @@ def load_model(directory: str | os.PathLike[str]) -> ExportedModel:
     what = "is a file, not a directory" if path.exists() else "does not exist"
     raise ExportError(f"model directory {path} {what}; pass the --output of adapler-export")
   meta = _read_meta(path)
-  if meta.get("format_version", 0) > FORMAT_VERSION or meta.get("method") not in METHODS:
-    raise ExportError(f"{path / CONFIG_FILE} is format {meta.get('format_version')} / method "
-                      f"{meta.get('method')!r}, newer than this adapler-jax reads; upgrade it")
+  version = meta.get("format_version", 0)  # absent in the first exports.
+  if not isinstance(version, int) or isinstance(version, bool):
+    raise ExportError(f"{path / CONFIG_FILE}: format_version is {json.dumps(version)}, not an "
+                      "integer; re-export the model")
+  if version > FORMAT_VERSION:
+    raise ExportError(f"{path / CONFIG_FILE} is format {version}, newer than this adapler-jax "
+                      f"reads ({FORMAT_VERSION}); upgrade it")
+  if meta.get("method") not in METHODS:
+    raise ExportError(f"{path / CONFIG_FILE}: method is {json.dumps(meta.get('method'))}, not "
+                      f"one of {', '.join(METHODS)}; re-export the model")
   needed = REQUIRED_FIELDS + (meta["method"],)  # and its method's own section.
   missing = [k for k in needed if k not in meta]
   if missing:
@@ -247,6 +255,7 @@ def load_model(directory: str | os.PathLike[str]) -> ExportedModel:
   except (TypeError, ValueError) as e:
     raise ExportError(f"{path / CONFIG_FILE}: the architecture does not load ({e}); "
                       "re-export it with this adapler-jax version") from None
+  _check_values(path, meta, config)
   if not (path / WEIGHTS_FILE).exists():
     raise ExportError(f"{path / WEIGHTS_FILE} is missing; re-export the model")
   try:
@@ -279,6 +288,39 @@ def load_model(directory: str | os.PathLike[str]) -> ExportedModel:
       label_names=tuple(meta["label_names"]), max_length=int(meta["max_length"]),
       task=meta["task"], text_fields=tuple(tuple(g) for g in inputs["text_fields"]),
       meta=meta)
+
+
+def _check_values(path: Path, meta: dict, config) -> None:
+  """One-line `ExportError` for a config.json value the model cannot run with (a hand edit,
+  or damage the checksums of the weights do not see)."""
+  def refuse(field: str, value, want: str):
+    return ExportError(f"{path / CONFIG_FILE}: {field} is {json.dumps(value)}, but it must "
+                       f"be {want}; re-export the model, or restore the file")
+
+  layers, head = config.encoder.num_layers, config.task_head
+  names = meta["label_names"]
+  if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+      or len(names) != head.num_labels):
+    raise refuse("label_names", names, f"a list of the model's {head.num_labels} class names")
+  length, positions = meta["max_length"], config.encoder.max_length
+  if not isinstance(length, int) or isinstance(length, bool) or not 2 <= length <= positions:
+    raise refuse("max_length", length, f"an integer in [2, {positions}] (the position table)")
+  speed = meta[meta["method"]]
+  if meta["method"] == "adapler":
+    for key in ("eta", "theta"):
+      value = speed.get(key) if isinstance(speed, dict) else None
+      if (not isinstance(value, list) or len(value) != layers
+          or not all(files.is_number(v) for v in value)):
+        raise refuse(f"adapler.{key}", value, f"a list of {layers} numbers, one per layer")
+  else:
+    value = speed.get("length_config") if isinstance(speed, dict) else None
+    try:
+      lengths.validate_config(value if isinstance(value, list) else (), int(speed["base"]),
+                              layers, keep_cls=config.task_head.keep_cls,
+                              name="lat.length_config")
+    except (UserError, KeyError, TypeError, ValueError) as e:
+      raise ExportError(f"{path / CONFIG_FILE}: {str(e).split('; ')[0]}; re-export the "
+                        "model, or restore the file") from None
 
 
 def _check_shapes(path: Path, method: str, config, tree: dict) -> None:
