@@ -3,6 +3,7 @@ programs are kept on disk for the next run."""
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import re
@@ -23,6 +24,9 @@ CACHE_SUFFIX, ATIME_SUFFIX = "-cache", "-atime"  # JAX's names for a program and
 # File-system errors that name a path the user chose (permissions, a file where a folder
 # must be): reported as one line. Others, e.g. a missing file, keep their traceback.
 PATH_ERRORS = (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+# Write errors of the place written to (a full disk, a quota, a read-only file system): one
+# line too, naming the file; what was written before stays (the writers replace files whole).
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def run_cli(main: Callable[[], object]) -> None:
@@ -38,6 +42,11 @@ def run_cli(main: Callable[[], object]) -> None:
       raise
     _fail(f"{e.filename}: {(e.strerror or type(e).__name__).lower()}; check the path and its "
           "permissions")
+  except OSError as e:
+    if e.errno not in DISK_ERRNOS or not e.filename:
+      raise
+    _fail(f"{e.filename}: {(e.strerror or os.strerror(e.errno)).lower()}; free some space, or "
+          "write elsewhere")
   except RuntimeError as e:
     message = out_of_memory_message(e)
     if message is None:

@@ -3,6 +3,7 @@ and result paths that never land on a run's or an export's own files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -125,13 +126,29 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
   """
   path = Path(path)
   if path.exists() and not path.is_file():
-    with open(path, "w", encoding="utf-8") as f:
+    with naming_errors(path), open(path, "w", encoding="utf-8") as f:
       f.write(text)
     return
   path = path.resolve() if path.is_symlink() else path
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with naming_errors(path), open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)  # a full disk, a kill: no half-written sibling stays.
+    raise
+
+
+@contextlib.contextmanager
+def naming_errors(path: str | os.PathLike[str]):
+  """An `OSError` without a file name inside (a write on a full disk) names `path`, so the
+  CLIs can say where it happened."""
+  try:
+    yield
+  except OSError as e:
+    if e.filename is None and e.errno is not None:
+      raise OSError(e.errno, e.strerror or os.strerror(e.errno), os.fspath(path)) from e
+    raise

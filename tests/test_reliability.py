@@ -1,6 +1,7 @@
 """What happens when things go wrong: no silent corruption, no lost run state, and one line
 (exit status 2 from the CLIs) for every bad input. Tiny model, tiny demo data."""
 
+import errno
 import hashlib
 import logging
 import json
@@ -820,6 +821,42 @@ def test_a_frontier_point_without_a_multiplier_per_layer_is_one_line(run_dir):
       f"{frontier}: the point it picked ([3, 3]) holds no eta multiplier (a number >= 0) per "
       "layer; rerun train.py --phase search")
   assert snapshot(run_dir) == before
+
+
+def test_a_full_disk_is_one_line_and_keeps_what_was_written(tmp_path, monkeypatch, capsys):
+  """A result file (evaluate.py, adapler-predict) and an export written to a full disk: one
+  line naming where, the earlier file or export as it was, no half-written sibling left."""
+  from adapler_jax.serve import model_dir  # pylint: disable=g-import-not-at-top
+  full = "error: {}: no space left on device; free some space, or write elsewhere\n"
+  out = tmp_path / "result.json"
+  out.write_text("old")
+
+  def no_space(*_):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(os, "fsync", no_space)
+  with pytest.raises(SystemExit) as exit_:
+    run_cli(lambda: files.atomic_write_text(out, "new"))
+  assert exit_.value.code == 2 and capsys.readouterr().err == full.format(out)
+  assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["result.json"]
+  monkeypatch.undo()
+  if os.path.exists("/dev/full"):  # a device is written as it is, not replaced.
+    with pytest.raises(SystemExit):
+      run_cli(lambda: files.atomic_write_text("/dev/full", "x"))
+    assert capsys.readouterr().err == full.format("/dev/full")
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+
+  def serialize_on_full_disk(*_, **__):  # as safetensors reports the OS error.
+    raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                       'message: "No space left on device" })')
+
+  monkeypatch.setattr(safetensors.numpy, "save_file", serialize_on_full_disk)
+  export = tmp_path / "exports" / "model"
+  with pytest.raises(SystemExit):
+    run_cli(lambda: model_dir.write_model(export, {"method": "lat"}, {"bert": {}, "head": {}},
+                                          None))
+  assert capsys.readouterr().err == full.format(export.parent)
+  assert list(export.parent.iterdir()) == []  # its temporary folder is gone.
 
 
 def test_a_search_of_another_checkpoint_is_refused_by_evaluate_and_export(run_dir, tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,8 @@ def write_model(output: str | os.PathLike[str], meta: dict, params: dict, tokeni
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir()
   try:
-    _write(tmp, meta, params, tokenizer)
+    with files.naming_errors(output.parent):  # a full disk names where it was writing.
+      _write(tmp, meta, params, tokenizer)
     if output.exists():
       old = output.with_name(f".{output.name}.old-{os.getpid()}")
       os.replace(output, old)
@@ -160,7 +162,14 @@ def _write(directory: Path, meta: dict, params: dict, tokenizer) -> None:
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   flat = traverse_util.flatten_dict(model_tree(meta["method"], params), sep="/")
   arrays = {k: np.ascontiguousarray(np.asarray(jax.device_get(v))) for k, v in flat.items()}
-  save_file(arrays, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+  try:
+    save_file(arrays, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+  except Exception as e:  # pylint: disable=broad-except  (safetensors wraps the OS error)
+    code = re.search(r"code: (\d+)", str(e))  # e.g. IoError(Os { code: 28, ... }).
+    if code is None:
+      raise
+    raise OSError(int(code.group(1)), os.strerror(int(code.group(1))),
+                  str(directory.parent)) from e
   meta = {**meta, "weights_crc32": {k: files.array_crc32(a) for k, a in arrays.items()}}
   tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
   (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
