@@ -344,8 +344,8 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
   proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--input", str(tsv))
   assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
       f"error: {tsv} input 1: the model takes one text, this input has 2 tab-separated "
-      "fields; give one text per input (a TSV file with a header, such as a GLUE test file: "
-      "--format glue)"]
+      "fields; give one text per input (a tab inside a text: a JSON-lines record "
+      '{"text": ...}; a GLUE task\'s TSV test file: --format glue)']
   proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--input", str(tsv),
               "--format", "glue", "--rationales")  # rationales would be computed, then dropped.
   assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [

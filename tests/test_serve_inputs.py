@@ -41,8 +41,9 @@ def test_unlabelled_data_and_inputs():
   with pytest.raises(data_lib.DataError) as err:
     inputs.texts_of("it is good .\t1", [inputs.GENERIC_FIELDS], 1, "dev.tsv input 2")
   assert str(err.value) == ("dev.tsv input 2: the model takes one text, this input has 2 "
-                            "tab-separated fields; give one text per input (a TSV file with "
-                            "a header, such as a GLUE test file: --format glue)")
+                            "tab-separated fields; give one text per input (a tab inside a "
+                            'text: a JSON-lines record {"text": ...}; a GLUE task\'s TSV test '
+                            "file: --format glue)")
   with pytest.raises(data_lib.DataError, match="^x: the model takes a sentence pair, this "
                                                "input has 3 tab-separated fields; give "):
     inputs.texts_of("a\tb\t1", fields, 2, "x")
@@ -53,6 +54,7 @@ def test_unlabelled_data_and_inputs():
                                                  r"text \(blank lines of a text file"):
       inputs.texts_of(empty, fields, num_texts, "line 5")
   ids, items = inputs.read_lines(["first\n", "\n", "second\n"], "f")
+  assert inputs.read_lines(["a\n", "\u200b\n", "b\n"], "f") == (["1", "3"], ["a", "b"])
   with pytest.raises(data_lib.DataError) as err:  # a pretty-printed SQuAD file on stdin.
     inputs.read_lines(["{\n", '  "data": []\n', "}\n"], "stdin")
   assert str(err.value) == ("stdin line 1: not a JSON record (Expecting property name enclosed "

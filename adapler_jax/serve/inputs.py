@@ -49,8 +49,9 @@ def texts_of(item: Any, fields: Sequence[Sequence[Sequence[str]]], num_texts: in
     tabs = " tab-separated fields" if isinstance(item, str) else ""
     raise DataError(f"{where}: the model takes {shape}, this input has {len(texts)}{tabs}; "
                     + ("give text<TAB>text or a record with " + _names(fields[0])
-                       if num_texts == 2 else "give one text per input (a TSV file with a "
-                       "header, such as a GLUE test file: --format glue)"))
+                       if num_texts == 2 else "give one text per input (a tab inside a "
+                       "text: a JSON-lines record {\"text\": ...}; a GLUE task's TSV test "
+                       "file: --format glue)"))
   if not any(readers.visible(t) for t in texts):
     raise DataError(f"{where}: empty text; give every input some text (blank lines of a "
                     "text file are skipped)")
@@ -90,7 +91,8 @@ def read_lines(lines: Iterable[str], source: str,
                kind: str = "auto") -> tuple[list[str], list[Any]]:
   """`(ids, items)` of a text file (`kind` "text": one text per line) or a JSON-lines file
   ("jsonl": one record per line); "auto" tells them by the first non-blank line starting
-  with `{`. Blank lines are skipped. Ids are the record's `id` / `idx` / `index` field,
+  with `{`. Lines that show nothing are skipped (blank, or only zero-width or control
+  characters). Ids are the record's `id` / `idx` / `index` field,
   else the 1-based line number."""
   ids, items = [], []
   is_json = {"auto": None, "text": False, "jsonl": True}[kind]
@@ -98,7 +100,7 @@ def read_lines(lines: Iterable[str], source: str,
     line = line.rstrip("\r\n")
     if number == 1:
       line = line.lstrip("\ufeff")  # a byte-order mark left by the caller's decoding.
-    if not line.strip():
+    if not readers.visible(line):  # blank, or zero-width or control characters alone.
       continue
     if is_json is None:
       is_json = line.lstrip().startswith("{")
