@@ -55,6 +55,12 @@ def test_unlabelled_data_and_inputs():
       inputs.texts_of(empty, fields, num_texts, "line 5")
   ids, items = inputs.read_lines(["first\n", "\n", "second\n"], "f")
   assert inputs.read_lines(["a\n", "\u200b\n", "b\n"], "f") == (["1", "3"], ["a", "b"])
+  for bad in ("null", "true", "1.5", '{"x": 1}'):  # were ids "None", "True", ...
+    with pytest.raises(data_lib.DataError, match=re.escape(
+        f"f line 1: id {bad} is not a string or an integer; give each record its own id, or "
+        "none")):
+      inputs.read_lines([f'{{"text": "a", "id": {bad}}}\n'], "f")
+  assert inputs.read_lines(['{"text": "a", "idx": 7}\n'], "f")[0] == ["7"]
   with pytest.raises(data_lib.DataError) as err:  # a pretty-printed SQuAD file on stdin.
     inputs.read_lines(["{\n", '  "data": []\n', "}\n"], "stdin")
   assert str(err.value) == ("stdin line 1: not a JSON record (Expecting property name enclosed "

@@ -118,7 +118,11 @@ def read_lines(lines: Iterable[str], source: str,
         raise DataError(f"{source} line {number}: a JSON {type(record).__name__}, not an "
                         "object; give one JSON object per line")
       key = next((k for k in ("id", "idx", "index") if k in record), None)
-      ids.append(str(record[key]) if key else str(number))
+      value = record[key] if key else number
+      if isinstance(value, bool) or not isinstance(value, (str, int)):  # not "None", "True".
+        raise DataError(f"{source} line {number}: {key} {json.dumps(value)} is not a string or "
+                        "an integer; give each record its own id, or none")
+      ids.append(str(value))
       items.append(record)
     else:
       ids.append(str(number))
