@@ -121,6 +121,9 @@ def test_a_quote_left_open_is_one_line_at_its_record(tmp_path):
   _raises(re.escape("q/train.csv line 2: bad CSV in the record starting here: unexpected end "
                     'of data; close the quote, or double a quote inside a quoted field ("")'),
           data.load_file, path)
+  path = _write(tmp_path / "q/head.csv", '"text,label\na,1\n')  # in the header itself.
+  _raises(re.escape("q/head.csv line 1: bad CSV in the header: unexpected end of data; close "
+                    "the quote"), data.load_file, path)
   path = _write(tmp_path / "q/dev.csv", 'label,text\n0,fine\n1,"Great" movie\n')
   _raises(re.escape("q/dev.csv line 3: bad CSV in the record starting here: ',' expected "
                     "after '\"'"), data.load_file, path)
@@ -130,6 +133,9 @@ def test_json_labels_are_compared_as_classes_not_as_text(tmp_path):
   path = _write(tmp_path / "j/train.jsonl", '{"text": "a", "label": 1.0}\n'
                 '{"text": "b", "label": 0}\n{"text": "c", "label": "1"}\n')
   assert data.load_file(path).labels.tolist() == [1, 0, 1]
+  named = _write(tmp_path / "j/named.jsonl", '{"text": "a", "label": 2.0}\n'
+                 '{"text": "b", "label": 1.0}\n{"text": "c", "label": 0.5}\n')
+  assert data.load_file(named, label_names=["0.5", "1.0", "2.0"]).labels.tolist() == [2, 1, 0]
   for bad, shown in (("[1]", "[1]"), ("0.5", "0.5"), ('{"c": 1}', '{"c": 1}')):
     path = _write(tmp_path / "j/bad.jsonl", '{"text": "a", "label": 0}\n'
                   f'{{"text": "b", "label": {bad}}}\n')

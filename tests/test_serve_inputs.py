@@ -61,6 +61,13 @@ def test_unlabelled_data_and_inputs():
         "none")):
       inputs.read_lines([f'{{"text": "a", "id": {bad}}}\n'], "f")
   assert inputs.read_lines(['{"text": "a", "idx": 7}\n'], "f")[0] == ["7"]
+  # CSV inputs: a record over several lines has the id of the line it starts on, as errors
+  # name it; a column named twice is refused, not one of the two texts dropped.
+  assert inputs.read_csv_records(['text\n', '"a\n', 'b"\n', 'c\n'], "f") == (
+      ["2", "4"], [{"text": "a\nb"}, {"text": "c"}])
+  with pytest.raises(data_lib.DataError, match=re.escape(
+      "f line 1: the header names column 'text' 2 times; give each column its own name")):
+    inputs.read_csv_records(["text,text\n", "a,b\n"], "f")
   with pytest.raises(data_lib.DataError) as err:  # a pretty-printed SQuAD file on stdin.
     inputs.read_lines(["{\n", '  "data": []\n', "}\n"], "stdin")
   assert str(err.value) == ("stdin line 1: not a JSON record (Expecting property name enclosed "

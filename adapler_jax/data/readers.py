@@ -157,7 +157,7 @@ def read_csv(path: Path, has_header: bool) -> tuple[list[str] | None, Rows]:
   if has_header:
     with reading(path):
       with _open_text(path) as f:
-        header = next(csv_reader(f), [])
+        header = csv_header(csv_reader(f), location(path, 1))
 
   def rows() -> Rows:
     with _open_text(path) as f:
@@ -166,6 +166,31 @@ def read_csv(path: Path, has_header: bool) -> tuple[list[str] | None, Rows]:
         next(reader, None)
       yield from csv_rows(reader, header, lambda n: location(path, n))
   return header, _utf8_rows(path, rows())
+
+
+def csv_header(reader, where: str) -> list[str]:
+  """The first row of `reader` ([] for an empty file); bad quoting, or a column named twice
+  (a record would keep one of them), is a one-line DataError at `where`."""
+  try:
+    header = next(reader, [])
+  except csv.Error as e:
+    raise DataError(format_message(where, f"bad CSV in the header: {e}",
+                                   QUOTE_FIX)) from None
+  check_unique(header, where)
+  return header
+
+
+def check_unique(header: Sequence[str], where: str) -> None:
+  """One-line DataError when the header names a column twice: a record keeps one of them."""
+  header = list(header)
+  twice = sorted({c for c in header if header.count(c) > 1 and c.strip()})
+  if twice:
+    raise DataError(format_message(where, f"the header names column {twice[0]!r} "
+                                   f"{header.count(twice[0])} times",
+                                   "give each column its own name"))
+
+
+QUOTE_FIX = 'close the quote, or double a quote inside a quoted field ("")'
 
 
 def csv_rows(reader, header: Sequence[str] | None,
@@ -182,8 +207,7 @@ def csv_rows(reader, header: Sequence[str] | None,
       return
     except csv.Error as e:
       raise DataError(format_message(where(start), f"bad CSV in the record starting here: {e}",
-                                     "close the quote, or double a quote inside a quoted "
-                                     'field ("")')) from None
+                                     QUOTE_FIX)) from None
     if not "".join(fields).strip():
       continue
     if header is None:
@@ -234,6 +258,10 @@ def label_text(raw: Any, where: str, hints: Hints = FILE_HINTS) -> str:
 
 
 def _parse_label(raw: Any, index: dict[str, int] | None, where: str, hints: Hints) -> int:
+  if index is not None:  # a name as the file writes it (label_names "1.0,2.0" has 1.0).
+    written = str(raw).strip() if not isinstance(raw, bool) else str(raw)
+    if written in index:
+      return index[written]
   value = label_text(raw, where, hints)
   if index is not None:
     if value in index:
@@ -263,18 +291,15 @@ def _missing_column(where: str, column: Any, record: Record, hints: Hints) -> Da
 
 def check_columns(where: str, header: Sequence[Any], columns: Iterable[Any],
                   hints: Hints) -> None:
-  """DataError naming the first of `columns` missing from `header` (or named twice) and the
-  columns found (or that there is no header: an empty file, or an empty first line)."""
+  """DataError naming the first of `columns` missing from `header` and the columns found (or
+  that there is no header: an empty file, or an empty first line), or a column named twice."""
   if not header:
     raise DataError(format_message(where, "the first line is empty, so there is no header row",
                                    "write the column names on the first line, then the rows"))
   for c in columns:
     if c not in header:
       raise _missing_column(where, c, dict.fromkeys(header), hints)
-    if list(header).count(c) > 1:  # a record keeps one of them: which text, silently?
-      raise DataError(format_message(where, f"the header names column {c!r} "
-                                     f"{list(header).count(c)} times",
-                                     "give each column its own name"))
+  check_unique(header, where)
 
 
 def build_examples(

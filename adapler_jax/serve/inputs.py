@@ -6,7 +6,6 @@ kind (e.g. question + context) is one more branch there.
 
 from __future__ import annotations
 
-import csv
 import gzip
 import io
 import json
@@ -136,17 +135,19 @@ def read_csv_records(lines: Iterable[str], source: str) -> tuple[list[str], list
   read as the task data's CSV files are (`data.readers.csv_rows`). Ids are the `id` /
   `idx` / `index` column, else the row's line number."""
   reader = readers.csv_reader(lines)
-  try:
-    header = next(reader, [])
-  except csv.Error as e:
-    raise DataError(f"{source} line 1: bad CSV ({e}); fix the quoting of the header") from None
+  header = readers.csv_header(reader, f"{source} line 1")
   if not "".join(header).strip():
     raise DataError(f"{source} line 1: no header; a CSV input names its columns on the first "
                     "line, e.g. text or sentence")
   key = next((k for k in ("id", "idx", "index") if k in header), None)
-  ids, records = [], []
-  for _, record in readers.csv_rows(reader, header, lambda n: f"{source} line {n}"):
-    ids.append(record[key] if key else str(reader.line_num))  # the row just read.
+  ids, records, starts = [], [], []
+
+  def where(line: int) -> str:  # the line each record starts on: its id without an id column.
+    starts.append(line)
+    return f"{source} line {line}"
+
+  for _, record in readers.csv_rows(reader, header, where):
+    ids.append(record[key] if key else str(starts[-1]))
     records.append(record)
   return ids, records
 
