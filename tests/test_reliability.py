@@ -583,6 +583,12 @@ def test_pad_queries_with_actual_lengths_are_refused_first(tiny_backbone, tmp_pa
   assert not (tmp_path / "run").exists()
   with pytest.raises(InputError, match=r"length_base='actual' never puts padding in play"):
     SelectionFlags(include_pad_queries=True, length_base="actual")
+  # A run trained before the pair was refused is read as it ran: without padded queries.
+  from adapler_jax.pipeline import checks, lat_phases  # pylint: disable=g-import-not-at-top
+  checks.check_config(config)
+  assert lat_phases.pad_queries(config.lat) is False
+  config.lat.length_base = "padded"
+  assert lat_phases.pad_queries(config.lat) is True
 
 
 def test_a_bad_lat_eval_length_config_is_refused_first(tiny_backbone, tmp_path):

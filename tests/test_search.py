@@ -236,3 +236,13 @@ def test_a_new_frontier_retires_a_pick_its_rule_no_longer_makes(tmp_path, caplog
   assert chosen.exists()
   frontier.retire_stale_choice(tmp_path, result(eta([1.25, 1.25])))
   assert not chosen.exists()
+  # The same point searched on another checkpoint is another model's; a pick saved before
+  # picks recorded their checkpoint is kept.
+  on = lambda checkpoint: {**result(eta([1.0, 1.0])), "checkpoint": checkpoint}
+  for recorded, kept in ((None, True), ("a", True), ("b", False)):
+    pick = {"rule": {"flops_budget": 0.7, "max_drop": None}, **eta([1.0, 1.0])}
+    chosen.write_text(json.dumps(pick if recorded is None else {**pick, "checkpoint": recorded}))
+    caplog.clear()
+    frontier.retire_stale_choice(tmp_path, on("a"))
+    assert chosen.exists() == kept
+  assert "it was picked from a search of another checkpoint" in caplog.text

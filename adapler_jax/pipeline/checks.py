@@ -105,11 +105,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                     f"{lat.length_drop}: LengthDrop would sample sub-models smaller than the "
                     "smallest one the sandwich trains; set both alike, e.g. "
                     f"--config.lat.smallest_ratio={lat.length_drop}")
-  if lat is not None and lat.include_pad_queries and lat.length_base == "actual":
-    raise UserError("config lat.include_pad_queries=True counts padded query rows, but "
-                    "lat.length_base='actual' never puts padding in play, so it would change "
-                    "nothing; set --config.lat.length_base=padded or leave include_pad_queries "
-                    "False")
   check_grid(config.search.eta_multipliers)
   for section, fields in config.items():
     if isinstance(fields, ml_collections.ConfigDict) and "batch_size" in fields:
@@ -120,6 +115,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"config data.max_length is {config.data.max_length}; it must be at least "
                     f"{MIN_LENGTH} ([CLS] and [SEP]), e.g. --config.data.max_length=128")
   frozen_groups(config)
+
+
+def check_training_flags(config: ml_collections.ConfigDict) -> None:
+  """Settings a run that trains must not combine (a finished run that did is read as it
+  ran: `lat_phases.pad_queries`)."""
+  lat = config.get("lat")
+  if lat is not None and lat.include_pad_queries and lat.length_base == "actual":
+    raise UserError("config lat.include_pad_queries=True counts padded query rows, but "
+                    "lat.length_base='actual' never puts padding in play, so it would change "
+                    "nothing; set --config.lat.length_base=padded or leave include_pad_queries "
+                    "False")
 
 
 def check_grid(grid: Sequence[float], name: str = "search.eta_multipliers") -> tuple[float, ...]:

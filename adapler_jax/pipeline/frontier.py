@@ -139,21 +139,24 @@ def retire_stale_choice(workdir: Path, result: dict[str, Any]) -> None:
   path = Path(workdir) / CHOSEN_FILE
   if not path.exists():
     return
+  reason = "its rule no longer picks the same point"
   try:
     chosen = json.loads(path.read_text(encoding="utf-8"))
     rule = chosen["rule"]
     now = pick(result, flops_budget=rule.get("flops_budget"), max_drop=rule.get("max_drop"))
-    if all(now.get(k) == chosen.get(k) for k in ("config", "eta_multipliers")) and (
-        chosen.get("checkpoint") == result.get("checkpoint")):
+    same_point = all(now.get(k) == chosen.get(k) for k in ("config", "eta_multipliers"))
+    same_model = chosen.get("checkpoint") in (None, result.get("checkpoint"))  # None: older.
+    if same_point and same_model:
       return  # the same point (for AdapLeR, the same multipliers: what export ships).
+    if same_point:
+      reason = "it was picked from a search of another checkpoint"
   except (UserError, ValueError, KeyError, TypeError, AttributeError):
     pass  # damaged, or no point fits its rule now: stale either way.
   aside = path.with_name("chosen.previous.json")
   os.replace(path, aside)
-  logging.warning("%s was picked from an earlier frontier, on which its rule no longer picks "
-                  "the same point; moved it to %s, so adapler-export ships the run's own "
-                  "setting until evaluate.py --flops-budget or --max-drop picks again", path,
-                  aside.name)
+  logging.warning("%s was picked from an earlier frontier, and %s; moved it to %s, so "
+                  "adapler-export ships the run's own setting until evaluate.py --flops-budget "
+                  "or --max-drop picks again", path, reason, aside.name)
 
 
 def plot(store: evo.Store, result: dict[str, Any], path: Path, title: str) -> Path:

@@ -32,9 +32,16 @@ from adapler_jax.train.state import create_train_state
 LENGTHDROP = "lengthdrop"
 
 
+def pad_queries(lat) -> bool:
+  """Whether padded query rows count in the scores: `lat.include_pad_queries`, except on an
+  actual length base, where no padding is in play (training refuses the pair; a run trained
+  before that stored it, and ran without them)."""
+  return bool(lat.include_pad_queries) and lat.length_base != "actual"
+
+
 def selection_flags(run: Run) -> SelectionFlags:
   c = run.config.lat
-  return SelectionFlags(keep_cls=c.keep_cls, include_pad_queries=c.include_pad_queries,
+  return SelectionFlags(keep_cls=c.keep_cls, include_pad_queries=pad_queries(c),
                         include_diagonal=c.include_diagonal,
                         score_from_dropout_probs=c.score_from_dropout_probs,
                         length_base=c.length_base)
@@ -91,7 +98,7 @@ def train_lengthdrop(run: Run) -> None:
   step_fn = lat_step.make_lat_step(run.encoder, run.head, lat_config(run), optimizer,
                                    run.mesh)
   # Upstream scoring counts padded query rows, so it needs the authors' full padding.
-  buckets = (run.config.data.max_length,) if c.include_pad_queries else TRAIN_BUCKETS
+  buckets = (run.config.data.max_length,) if pad_queries(c) else TRAIN_BUCKETS
   loop = TrainLoop(run, LENGTHDROP, state, step_fn, train, c.batch_size, c.epochs,
                    buckets=buckets, logs=(LENGTHDROP + "_epoch",))
   smallest = smallest_config(run)

@@ -99,7 +99,7 @@ def _chosen(workdir: Path) -> dict | None:
 def _export_lat(pipeline, config, workdir: Path, output: Path, force: bool) -> Path:
   from adapler_jax.pipeline import frontier, lat_phases  # pylint: disable=g-import-not-at-top
   from adapler_jax.reduce import lengths  # pylint: disable=g-import-not-at-top
-  if config.lat.include_pad_queries:  # refused before the backbone and data load.
+  if lat_phases.pad_queries(config.lat):  # refused before the backbone and data load.
     raise ExportError(f"{workdir} scores tokens with lat.include_pad_queries=True, which counts "
                       "padded query rows; an export predicts through the engine, which drops "
                       "padding first: evaluate this run with evaluate.py, or export a run "
