@@ -421,6 +421,17 @@ def test_a_windowed_task_search_holds_out_whole_reviews(tmp_path, tokenizer):
     make().search_split(1000)
 
 
+def test_a_windowed_task_is_never_re_split_by_row(tmp_path):
+  """A re-split by row would put windows of one review on both sides."""
+  from adapler_jax.errors import UserError
+  c = pipeline.base_config("eraser_movies", max_length=64)
+  c.data.update(resplit_source="train", resplit_train=100, resplit_test=20)
+  with pytest.raises(UserError, match=r"^data.resplit_train re-splits rows, and eraser_movies "
+                     r"cuts each review into windows"):
+    pipeline.prepare(c, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
 def test_a_span_search_compares_only_the_article_resplit(tmp_path, tokenizer, caplog):
   """SQuAD searches hold out whole articles, which no training question comes from, so
   only the re-split's fields must match; an imported fine-tuned model is warned about."""
