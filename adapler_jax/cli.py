@@ -45,8 +45,8 @@ def run_cli(main: Callable[[], object]) -> None:
   except OSError as e:
     if e.errno not in DISK_ERRNOS or not e.filename:
       raise
-    _fail(f"{e.filename}: {(e.strerror or os.strerror(e.errno)).lower()}; free some space, or "
-          "write elsewhere")
+    fix = "write elsewhere" if e.errno == errno.EROFS else "free some space, or write elsewhere"
+    _fail(f"{e.filename}: {(e.strerror or os.strerror(e.errno)).lower()}; {fix}")
   except RuntimeError as e:
     message = out_of_memory_message(e)
     if message is None:

@@ -132,7 +132,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
   path = path.resolve() if path.is_symlink() else path
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   try:
-    with naming_errors(path), open(tmp, "w", encoding="utf-8") as f:
+    with naming_errors(path, tmp), open(tmp, "w", encoding="utf-8") as f:
       f.write(text)
       f.flush()
       os.fsync(f.fileno())
@@ -143,12 +143,14 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 @contextlib.contextmanager
-def naming_errors(path: str | os.PathLike[str]):
-  """An `OSError` without a file name inside (a write on a full disk) names `path`, so the
-  CLIs can say where it happened."""
+def naming_errors(path: str | os.PathLike[str], *aliases: str | os.PathLike[str]):
+  """An `OSError` inside that names no file (a write on a full disk), or one of `aliases`
+  (a temporary file the user never chose), names `path` instead, so the CLIs can say where
+  it happened."""
   try:
     yield
   except OSError as e:
-    if e.filename is None and e.errno is not None:
+    unnamed = e.filename is None or e.filename in {os.fspath(a) for a in aliases}
+    if unnamed and e.errno is not None:
       raise OSError(e.errno, e.strerror or os.strerror(e.errno), os.fspath(path)) from e
     raise

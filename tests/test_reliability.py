@@ -845,6 +845,13 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_written(tmp_path, monkeypatc
     run_cli(lambda: files.atomic_write_text(out, "new"))
   assert exit_.value.code == 2 and capsys.readouterr().err == full.format(out)
   assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["result.json"]
+  def read_only(file, *args, **kwargs):  # open() names the temporary file it could not make.
+    raise OSError(errno.EROFS, "Read-only file system", str(file))
+
+  monkeypatch.setattr("builtins.open", read_only)
+  with pytest.raises(SystemExit):
+    run_cli(lambda: files.atomic_write_text(out, "new"))
+  assert capsys.readouterr().err == f"error: {out}: read-only file system; write elsewhere\n"
   monkeypatch.undo()
   if os.path.exists("/dev/full"):  # a device is written as it is, not replaced.
     with pytest.raises(SystemExit):
