@@ -384,8 +384,9 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
     ("adapler", "adapler.theta", None, "adapler.theta is null, but it must be a list of 2"),
     ("adapler", "format_version", "1", 'format_version is "1", not an integer'),
     ("adapler", "method", "bert", 'method is "bert", not one of adapler, lat'),
-    ("lat", "lat.length_config", [20, 11], "lat.length_config (20, 11) must stay within "
-     "[2, 16]"),
+    ("lat", "lat.length_config", [20, 11], "lat.length_config is [20, 11], but it must be 2 "
+     "non-increasing lengths in [2, 16]"),
+    ("lat", "lat.base", None, "lat.base is null, but it must be an integer in [2, 64]"),
 ])
 def test_config_values_the_model_cannot_run_with_are_one_line(exported, tmp_path, method, field,
                                                                value, problem):

@@ -322,14 +322,16 @@ def _check_values(path: Path, meta: dict, config) -> None:
           or not all(files.is_number(v) for v in value)):
         raise refuse(f"adapler.{key}", value, f"a list of {layers} numbers, one per layer")
   else:
-    value = speed.get("length_config") if isinstance(speed, dict) else None
+    base = speed.get("base") if isinstance(speed, dict) else None
+    if not isinstance(base, int) or isinstance(base, bool) or not 2 <= base <= positions:
+      raise refuse("lat.base", base, f"an integer in [2, {positions}]")
+    value, keep_cls = speed.get("length_config"), config.task_head.keep_cls
     try:
-      lengths.validate_config(value if isinstance(value, list) else (), int(speed["base"]),
-                              layers, keep_cls=config.task_head.keep_cls,
-                              name="lat.length_config")
-    except (UserError, KeyError, TypeError, ValueError) as e:
-      raise ExportError(f"{path / CONFIG_FILE}: {str(e).split('; ')[0]}; re-export the "
-                        "model, or restore the file") from None
+      lengths.validate_config(value if isinstance(value, list) else (), base, layers,
+                              keep_cls=keep_cls)
+    except UserError:
+      raise refuse("lat.length_config", value, f"{layers} non-increasing lengths in "
+                   f"[{2 if keep_cls else 1}, {base}]") from None
 
 
 def _check_shapes(path: Path, method: str, config, tree: dict) -> None:
