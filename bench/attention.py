@@ -114,7 +114,7 @@ def feed_forward(batch, seq):
 
 
 def _positive(text: str) -> int:
-  if not text.isdigit() or int(text) < 1:
+  if not text.isdecimal() or int(text) < 1:
     raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
   return int(text)
 

@@ -24,6 +24,7 @@ ABSL = {"train.py": "train", "evaluate.py": "evaluate", "adapler-predict": "adap
         "adapler-export": "adapler_jax.export"}
 INLINE = re.compile(r"`((?:python |adapler-(?:predict|export))[^`]*)`")
 PLACEHOLDER = re.compile(r"[<>|\[\]]|\.\.\.|…")
+ENV = re.compile(r"^[A-Z_][A-Z0-9_]*=")
 
 
 def commands(text: str) -> list[tuple[str, list[str], str]]:
@@ -36,14 +37,28 @@ def commands(text: str) -> list[tuple[str, list[str], str]]:
   found = []
   for line in lines:
     try:
-      tokens = shlex.split(line.strip().removeprefix("$ "), comments=True)
+      words = shlex.split(line.strip().removeprefix("$ "), comments=True)
     except ValueError:  # an unbalanced quote: prose, not a command.
       continue
-    if tokens[:1] == ["python"] and len(tokens) > 1 and tokens[1].endswith(".py"):
-      found.append((tokens[1], tokens[2:], line.strip()))
-    elif tokens[:1] and tokens[0] in ABSL:
-      found.append((tokens[0], tokens[1:], line.strip()))
+    for tokens in _commands_of(words):
+      while tokens and ENV.match(tokens[0]):  # CUDA_VISIBLE_DEVICES=0 python ...
+        tokens = tokens[1:]
+      if tokens[:1] == ["python"] and len(tokens) > 1 and tokens[1].endswith(".py"):
+        found.append((tokens[1], tokens[2:], line.strip()))
+      elif tokens[:1] and tokens[0] in ABSL:
+        found.append((tokens[0], tokens[1:], line.strip()))
   return found
+
+
+def _commands_of(words: list[str]) -> list[list[str]]:
+  """A shell line's words split into its commands at `&&`, `||`, `;` and `|`."""
+  out = [[]]
+  for word in words:
+    if word in ("&&", "||", ";", "|"):
+      out.append([])
+    else:
+      out[-1].append(word)
+  return out
 
 
 def options(args: list[str]) -> list[tuple[str, str | None]]:
@@ -94,10 +109,8 @@ def problems(program: str, args: list[str], accepted: dict) -> list[str]:
         if name[len("--config."):] not in config_fields(config):
           out.append(f"{config} has no field {name[len('--config.'):]}")
       continue
-    if program in ABSL:
-      name = "--" + name[2:].replace("-", "_")
-      if name not in flags and flags.get("--" + name[len("--no"):]) == "bool":
-        continue
+    if program in ABSL and name not in flags and flags.get("--" + name[len("--no"):]) == "bool":
+      continue  # --noprint_config
     if name not in flags:
       out.append(f"unknown flag {name}")
     elif isinstance(flags[name], list) and value and not PLACEHOLDER.search(value) \
@@ -114,8 +127,8 @@ def test_problems_are_found():
                                "--noprint_config", "--config.train.epochs=1"], accepted) == []
   assert problems("train.py", ["--config", "configs/demo.py", "--phase=al", "--work-dir", "x",
                                "--config.train.epoch=1", "--no-such"], accepted) == [
-      "--phase al: not one of ['all', 'finetune']", "unknown flag --work_dir",
-      "configs/demo.py has no field train.epoch", "unknown flag --no_such"]
+      "--phase al: not one of ['all', 'finetune']", "unknown flag --work-dir",
+      "configs/demo.py has no field train.epoch", "unknown flag --no-such"]
   assert problems("bench/x.py", ["[--mode", "a|b]", "--mode", "c", "--outt", "f"], accepted) == [
       "--mode c: not one of ['a', 'b']", "unknown flag --outt"]
   assert problems("bench/gone.py", [], accepted) == ["bench/gone.py is not a file of the repository"]
@@ -124,9 +137,11 @@ def test_problems_are_found():
 def test_commands_are_read_from_blocks_and_inline_code():
   text = ("Run `python bench/x.py --out f` or:\n\n```bash\npython train.py --config c.py \\\n"
           "    --workdir w   # comment --not-a-flag\nadapler-export --model m\nls -l\n"
-          "python evaluate.py --wrokdir w\nerror: unknown flag --wrokdir\n```\n")
+          "python evaluate.py --wrokdir w\nerror: unknown flag --wrokdir\n"
+          "cd x && CUDA_VISIBLE_DEVICES=0 python bench/y.py --z 1\n```\n")
   assert [(p, a) for p, a, _ in commands(text)] == [
       ("train.py", ["--config", "c.py", "--workdir", "w"]), ("adapler-export", ["--model", "m"]),
+      ("bench/y.py", ["--z", "1"]),
       ("bench/x.py", ["--out", "f"])]
 
 
