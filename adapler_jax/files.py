@@ -145,12 +145,14 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 @contextlib.contextmanager
 def naming_errors(path: str | os.PathLike[str], *aliases: str | os.PathLike[str]):
   """An `OSError` inside that names no file (a write on a full disk), or one of `aliases`
-  (a temporary file the user never chose), names `path` instead, so the CLIs can say where
-  it happened."""
+  or a file in it (a temporary file or folder the user never chose), names `path` instead,
+  so the CLIs can say where it happened."""
   try:
     yield
   except OSError as e:
-    unnamed = e.filename is None or e.filename in {os.fspath(a) for a in aliases}
+    name = None if e.filename is None else os.fspath(e.filename)
+    unnamed = name is None or any(name == os.fspath(a) or name.startswith(os.fspath(a) + os.sep)
+                                  for a in aliases)
     if unnamed and e.errno is not None:
       raise OSError(e.errno, e.strerror or os.strerror(e.errno), os.fspath(path)) from e
     raise

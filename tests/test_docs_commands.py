@@ -25,6 +25,7 @@ ABSL = {"train.py": "train", "evaluate.py": "evaluate", "adapler-predict": "adap
 INLINE = re.compile(r"`((?:python |adapler-(?:predict|export))[^`]*)`")
 PLACEHOLDER = re.compile(r"[<>|\[\]]|\.\.\.|…")
 ENV = re.compile(r"^[A-Z_][A-Z0-9_]*=")
+SEPARATOR = re.compile(r"&&|\|\||;")  # between a line's commands (a lone | is a placeholder's).
 
 
 def commands(text: str) -> list[tuple[str, list[str], str]]:
@@ -36,11 +37,11 @@ def commands(text: str) -> list[tuple[str, list[str], str]]:
   lines += INLINE.findall(prose(text))
   found = []
   for line in lines:
-    try:
-      words = shlex.split(line.strip().removeprefix("$ "), comments=True)
-    except ValueError:  # an unbalanced quote: prose, not a command.
-      continue
-    for tokens in _commands_of(words):
+    for command in SEPARATOR.split(line.strip().removeprefix("$ ")):
+      try:
+        tokens = shlex.split(command, comments=True)
+      except ValueError:  # an unbalanced quote: prose, not a command.
+        continue
       while tokens and ENV.match(tokens[0]):  # CUDA_VISIBLE_DEVICES=0 python ...
         tokens = tokens[1:]
       if tokens[:1] == ["python"] and len(tokens) > 1 and tokens[1].endswith(".py"):
@@ -48,17 +49,6 @@ def commands(text: str) -> list[tuple[str, list[str], str]]:
       elif tokens[:1] and tokens[0] in ABSL:
         found.append((tokens[0], tokens[1:], line.strip()))
   return found
-
-
-def _commands_of(words: list[str]) -> list[list[str]]:
-  """A shell line's words split into its commands at `&&`, `||`, `;` and `|`."""
-  out = [[]]
-  for word in words:
-    if word in ("&&", "||", ";", "|"):
-      out.append([])
-    else:
-      out[-1].append(word)
-  return out
 
 
 def options(args: list[str]) -> list[tuple[str, str | None]]:
@@ -138,10 +128,10 @@ def test_commands_are_read_from_blocks_and_inline_code():
   text = ("Run `python bench/x.py --out f` or:\n\n```bash\npython train.py --config c.py \\\n"
           "    --workdir w   # comment --not-a-flag\nadapler-export --model m\nls -l\n"
           "python evaluate.py --wrokdir w\nerror: unknown flag --wrokdir\n"
-          "cd x && CUDA_VISIBLE_DEVICES=0 python bench/y.py --z 1\n```\n")
+          "cd x && CUDA_VISIBLE_DEVICES=0 python bench/y.py --z 1;python bench/w.py\n```\n")
   assert [(p, a) for p, a, _ in commands(text)] == [
       ("train.py", ["--config", "c.py", "--workdir", "w"]), ("adapler-export", ["--model", "m"]),
-      ("bench/y.py", ["--z", "1"]),
+      ("bench/y.py", ["--z", "1"]), ("bench/w.py", []),
       ("bench/x.py", ["--out", "f"])]
 
 

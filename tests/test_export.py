@@ -387,6 +387,8 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
     ("lat", "lat.length_config", [20, 11], "lat.length_config is [20, 11], but it must be 2 "
      "non-increasing lengths in [2, 16]"),
     ("lat", "lat.base", None, "lat.base is null, but it must be an integer in [2, 64]"),
+    ("lat", "lat.length_config", ["16", 8.5], 'lat.length_config is ["16", 8.5], but it must '
+     "be 2 non-increasing lengths"),  # int() would have read them as 16, 8.
 ])
 def test_config_values_the_model_cannot_run_with_are_one_line(exported, tmp_path, method, field,
                                                                value, problem):

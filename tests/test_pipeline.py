@@ -430,6 +430,8 @@ def test_a_windowed_task_is_never_re_split_by_row(tmp_path):
                      r"cuts each review into windows"):
     pipeline.prepare(c, tmp_path / "run")
   assert not (tmp_path / "run").exists()
+  (tmp_path / "old").mkdir()  # a run trained so before is read as it ran, with a warning.
+  assert pipeline.prepare(c, tmp_path / "old", record=False).task.name == "eraser_movies"
 
 
 def test_a_span_search_compares_only_the_article_resplit(tmp_path, tokenizer, caplog):

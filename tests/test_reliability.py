@@ -853,6 +853,10 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_written(tmp_path, monkeypatc
     run_cli(lambda: files.atomic_write_text(out, "new"))
   assert capsys.readouterr().err == f"error: {out}: read-only file system; write elsewhere\n"
   monkeypatch.undo()
+  with pytest.raises(OSError) as err:  # a file in a temporary folder names the destination.
+    with files.naming_errors(out, tmp_path / ".tmp"):
+      raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".tmp" / "a"))
+  assert err.value.filename == str(out) and err.value.errno == errno.ENOSPC
   if os.path.exists("/dev/full"):  # a device is written as it is, not replaced.
     with pytest.raises(SystemExit):
       run_cli(lambda: files.atomic_write_text("/dev/full", "x"))

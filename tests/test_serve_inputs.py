@@ -68,6 +68,9 @@ def test_unlabelled_data_and_inputs():
   with pytest.raises(data_lib.DataError, match=re.escape(
       "f line 1: the header names column 'text' 2 times; give each column its own name")):
     inputs.read_csv_records(["text,text\n", "a,b\n"], "f")
+  with pytest.raises(data_lib.DataError, match=re.escape(
+      "g line 1: the header names column 'sentence' 2 times")):
+    inputs.read_glue_tsv(["index\tsentence\tsentence\n", "0\ta\tb\n"], [["sentence"]], "g")
   with pytest.raises(data_lib.DataError) as err:  # a pretty-printed SQuAD file on stdin.
     inputs.read_lines(["{\n", '  "data": []\n', "}\n"], "stdin")
   assert str(err.value) == ("stdin line 1: not a JSON record (Expecting property name enclosed "

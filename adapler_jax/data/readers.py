@@ -254,14 +254,17 @@ def label_text(raw: Any, where: str, hints: Hints = FILE_HINTS) -> str:
   if isinstance(raw, (float, list, dict)):
     raise DataError(format_message(where, f"label {json.dumps(raw)} is not a class name or "
                                    "index", hints.label))
+  return _written(raw)
+
+
+def _written(raw: Any) -> str:
+  """A label value as the file writes it."""
   return str(raw).strip() if not isinstance(raw, bool) else str(raw)
 
 
 def _parse_label(raw: Any, index: dict[str, int] | None, where: str, hints: Hints) -> int:
-  if index is not None:  # a name as the file writes it (label_names "1.0,2.0" has 1.0).
-    written = str(raw).strip() if not isinstance(raw, bool) else str(raw)
-    if written in index:
-      return index[written]
+  if index is not None and _written(raw) in index:  # label_names "1.0,2.0" hold a JSON 1.0.
+    return index[_written(raw)]
   value = label_text(raw, where, hints)
   if index is not None:
     if value in index:

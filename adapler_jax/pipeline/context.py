@@ -330,11 +330,14 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
     check_same_run(config, workdir)
   mesh = parallel.make_data_mesh()
   config, task = resolve_task(config)
-  if task.cuts_into_windows and config.data.resplit_train:
-    raise UserError(f"data.resplit_train re-splits rows, and {task.name} cuts each review into "
-                    "windows, one row each, so windows of one review would be on both sides; "
-                    "use the task's own train, dev and test files (drop the data.resplit_* "
-                    "settings)")
+  if task.cuts_into_windows and config.data.resplit_train:  # a run trained so before: read.
+    if record:
+      raise UserError(f"data.resplit_train re-splits rows, and {task.name} cuts each review "
+                      "into windows, one row each, so windows of one review would be on both "
+                      "sides; use the task's own train, dev and test files (drop the "
+                      "data.resplit_* settings)")
+    logging.warning("%s re-split %s by window, so its dev and test windows share reviews "
+                    "with training", workdir, task.name)
   try:
     encoder, backbone, tokenizer = weights.load_backbone(
         config.backbone, revision=config.get("backbone_revision"), dtype=config.dtype)

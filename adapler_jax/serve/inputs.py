@@ -160,6 +160,7 @@ def read_glue_tsv(lines: Iterable[str], columns: Sequence[Sequence[str]],
   header = readers.tsv_header(next(lines, None))
   if not header:
     raise DataError(f"{source} is empty; pass a GLUE test TSV with a header line")
+  readers.check_unique(header, f"{source} line 1")
   wanted = ["index"] + [c for g in columns for c in g]
   missing = [c for c in wanted if c not in header]
   if missing:

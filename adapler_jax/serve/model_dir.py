@@ -123,9 +123,9 @@ def write_model(output: str | os.PathLike[str], meta: dict, params: dict, tokeni
   output.parent.mkdir(parents=True, exist_ok=True)
   tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
   shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir()
   try:
-    with files.naming_errors(output.parent):  # a full disk names where it was writing.
+    with files.naming_errors(output.parent, tmp):  # where it was writing, not the temporary.
+      tmp.mkdir()
       _write(tmp, meta, params, tokenizer)
     if output.exists():
       old = output.with_name(f".{output.name}.old-{os.getpid()}")
@@ -326,9 +326,10 @@ def _check_values(path: Path, meta: dict, config) -> None:
     if not isinstance(base, int) or isinstance(base, bool) or not 2 <= base <= positions:
       raise refuse("lat.base", base, f"an integer in [2, {positions}]")
     value, keep_cls = speed.get("length_config"), config.task_head.keep_cls
+    whole = isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value)
     try:
-      lengths.validate_config(value if isinstance(value, list) else (), base, layers,
-                              keep_cls=keep_cls)
+      lengths.validate_config(value if whole else (), base, layers, keep_cls=keep_cls)
     except UserError:
       raise refuse("lat.length_config", value, f"{layers} non-increasing lengths in "
                    f"[{2 if keep_cls else 1}, {base}]") from None
