@@ -141,6 +141,8 @@ def test_export_layout(exported):
   assert not any("opt_state" in n or "mu" in n.split("/") or n.startswith("speed")
                  for n in names)
   assert (out["adapler"] / "tokenizer" / "tokenizer.json").exists()
+  mode = lambda name: (out["adapler"] / name).stat().st_mode & 0o777  # pylint: disable=unnecessary-lambda-assignment
+  assert mode("model.safetensors") == mode("config.json")  # readable as the user's files are.
 
 
 def test_round_trip_in_a_fresh_process(exported, tmp_path, sentences):

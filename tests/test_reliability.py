@@ -861,13 +861,10 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_written(tmp_path, monkeypatc
     with pytest.raises(SystemExit):
       run_cli(lambda: files.atomic_write_text("/dev/full", "x"))
     assert capsys.readouterr().err == full.format("/dev/full")
-  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  def write_on_full_disk(*_, **__):  # as a write() names no file.
+    raise OSError(errno.ENOSPC, "No space left on device")
 
-  def serialize_on_full_disk(*_, **__):  # as safetensors reports the OS error.
-    raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
-                       'message: "No space left on device" })')
-
-  monkeypatch.setattr(safetensors.numpy, "save_file", serialize_on_full_disk)
+  monkeypatch.setattr(Path, "write_bytes", write_on_full_disk)
   export = tmp_path / "exports" / "model"
   with pytest.raises(SystemExit):
     run_cli(lambda: model_dir.write_model(export, {"method": "lat"}, {"bert": {}, "head": {}},

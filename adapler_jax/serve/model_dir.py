@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -159,21 +158,14 @@ def _check_output(output: Path, force: bool) -> None:
 
 
 def _write(directory: Path, meta: dict, params: dict, tokenizer) -> None:
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
   flat = traverse_util.flatten_dict(model_tree(meta["method"], params), sep="/")
   arrays = {k: np.ascontiguousarray(np.asarray(jax.device_get(v))) for k, v in flat.items()}
-  try:
-    save_file(arrays, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
-  except Exception as e:  # pylint: disable=broad-except  (safetensors wraps the OS error)
-    code = re.search(r"code: (\d+)", str(e))  # e.g. IoError(Os { code: 28, ... }).
-    if code is None:
-      raise
-    raise OSError(int(code.group(1)), os.strerror(int(code.group(1))),
-                  str(directory.parent)) from e
+  # Serialised here, written by Python: an OS error (a full disk) stays an OSError.
+  (directory / WEIGHTS_FILE).write_bytes(save(arrays, metadata={"format": FORMAT}))
   meta = {**meta, "weights_crc32": {k: files.array_crc32(a) for k, a in arrays.items()}}
   tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
   (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-  shutil.copymode(directory / CONFIG_FILE, directory / WEIGHTS_FILE)  # safetensors writes 0600.
 
 
 def export_meta(method: str, config: AdapLeRConfig | ClassifierConfig, *, task: str,
