@@ -106,10 +106,10 @@ def tsv_header(line: str | None) -> list[str]:
 
 
 def tsv_rows(lines: Iterable[str], header: Sequence[str],
-             where: Callable[[int], str]) -> Iterator[tuple[str, list[str]]]:
-  """`(where(line_no), fields)` of each non-blank line after a TSV header, numbered from 2:
+             where: Callable[[int], str]) -> Iterator[tuple[int, list[str]]]:
+  """`(line_no, fields)` of each non-blank line after a TSV header, numbered from 2:
   tab-separated with quoting off, exactly as many fields as the header (else a one-line
-  DataError naming the line)."""
+  DataError naming `where(line_no)`)."""
   for line_no, line in enumerate(lines, start=2):
     line = line.rstrip("\r\n")
     if not line.strip():
@@ -119,7 +119,7 @@ def tsv_rows(lines: Iterable[str], header: Sequence[str],
       raise DataError(format_message(
           where(line_no), f"expected {len(header)} tab-separated fields as in the header, "
           f"found {len(fields)}", "remove stray tabs or line breaks in that row"))
-    yield where(line_no), fields
+    yield line_no, fields
 
 
 def read_tsv(path: Path) -> tuple[list[str], Rows]:
@@ -131,8 +131,8 @@ def read_tsv(path: Path) -> tuple[list[str], Rows]:
   def rows() -> Rows:
     with _open_text(path) as f:
       f.readline()
-      for where, fields in tsv_rows(f, header, lambda n: location(path, n)):
-        yield where, dict(zip(header, fields))
+      for line_no, fields in tsv_rows(f, header, lambda n: location(path, n)):
+        yield location(path, line_no), dict(zip(header, fields))
   return header, _utf8_rows(path, rows())
 
 
@@ -164,7 +164,8 @@ def read_csv(path: Path, has_header: bool) -> tuple[list[str] | None, Rows]:
       reader = csv_reader(f)
       if has_header:
         next(reader, None)
-      yield from csv_rows(reader, header, lambda n: location(path, n))
+      for line_no, record in csv_rows(reader, header, lambda n: location(path, n)):
+        yield location(path, line_no), record
   return header, _utf8_rows(path, rows())
 
 
@@ -194,11 +195,11 @@ QUOTE_FIX = 'close the quote, or double a quote inside a quoted field ("")'
 
 
 def csv_rows(reader, header: Sequence[str] | None,
-             where: Callable[[int], str]) -> Iterator[tuple[str, Record]]:
-  """`(where(line_no), record)` of each row `reader` (a `csv_reader` past the header) has
-  left, rows of blank fields skipped: the header's fields by name, or without a header by
-  column index. A row of another width than the header, or bad quoting, is a one-line
-  DataError naming the line its record starts on."""
+             where: Callable[[int], str]) -> Iterator[tuple[int, Record]]:
+  """`(line_no, record)` of each row `reader` (a `csv_reader` past the header) has left,
+  numbered by the line the record starts on, rows of blank fields skipped: the header's
+  fields by name, or without a header by column index. A row of another width than the
+  header, or bad quoting, is a one-line DataError naming `where(line_no)`."""
   while True:
     start = reader.line_num + 1  # a quoted field may run over several lines.
     try:
@@ -211,13 +212,13 @@ def csv_rows(reader, header: Sequence[str] | None,
     if not "".join(fields).strip():
       continue
     if header is None:
-      yield where(start), dict(enumerate(fields))
+      yield start, dict(enumerate(fields))
       continue
     if len(fields) != len(header):
       raise DataError(format_message(
           where(start), f"expected {len(header)} comma-separated fields as in "
           f"the header, found {len(fields)}", "quote fields that contain commas"))
-    yield where(start), dict(zip(header, fields))
+    yield start, dict(zip(header, fields))
 
 
 def read_jsonl(path: Path) -> Rows:

@@ -140,14 +140,9 @@ def read_csv_records(lines: Iterable[str], source: str) -> tuple[list[str], list
     raise DataError(f"{source} line 1: no header; a CSV input names its columns on the first "
                     "line, e.g. text or sentence")
   key = next((k for k in ("id", "idx", "index") if k in header), None)
-  ids, records, starts = [], [], []
-
-  def where(line: int) -> str:  # the line each record starts on: its id without an id column.
-    starts.append(line)
-    return f"{source} line {line}"
-
-  for _, record in readers.csv_rows(reader, header, where):
-    ids.append(record[key] if key else str(starts[-1]))
+  ids, records = [], []
+  for line_no, record in readers.csv_rows(reader, header, lambda n: f"{source} line {n}"):
+    ids.append(record[key] if key else str(line_no))
     records.append(record)
   return ids, records
 
