@@ -749,6 +749,29 @@ def test_a_resume_at_another_batch_size_is_refused(tiny_backbone, run_dir):
   pipeline.prepare(config, run_dir, phase="evaluate")  # reads fine-tuning, resumes nothing.
 
 
+@pytest.mark.parametrize("field,value", [("seed", 23), ("data.train_subset", 24)])
+def test_a_resume_on_other_train_rows_is_refused(tiny_backbone, run_dir, field, value):
+  """A phase resumed with another seed or subset would go on over other rows (and rewrite
+  its config.<phase>.json to them, so a search could hold out rows it learned from):
+  refused for every training phase it would resume, the workdir left as it was."""
+  config = small_config(tiny_backbone)
+  section, _, key = field.rpartition(".")
+  was = (config[section] if section else config)[key]
+  (config[section] if section else config)[key] = value
+  before = snapshot(run_dir)
+  for phase in ("finetune", "adapler", "all"):
+    with pytest.raises(CheckpointError) as err:
+      pipeline.prepare(config, run_dir, phase=phase)
+    name = "adapler" if phase == "adapler" else "finetune"
+    assert str(err.value) == (
+        f"{run_dir / name} holds checkpoints trained with {field} {was!r} "
+        f"(config.{name}.json), this run asks for {value!r}; a resumed phase keeps the train "
+        f"rows it started on: rerun with --config.{field}={was}, or move {name}/ aside to "
+        "train it again")
+  assert snapshot(run_dir) == before
+  pipeline.prepare(config, run_dir, phase="evaluate")  # resumes nothing.
+
+
 def test_saliency_over_fewer_checkpoints_than_asked_says_so(tiny_backbone, run_dir, caplog):
   config = small_config(tiny_backbone)
   config.saliency.num_checkpoints = 5

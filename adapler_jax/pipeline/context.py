@@ -177,6 +177,11 @@ class Run:
                                  self.tokenizer, d.max_length)
     return self._data[key]
 
+  def train_row_fields(self) -> tuple[str, ...]:
+    """The config fields that decide which train rows a training phase sees."""
+    fields = RESPLIT_FIELDS if self.task.is_span else TRAIN_ROW_FIELDS
+    return fields + (("data.max_length",) if self.task.cuts_into_windows else ())
+
   def check_trained_rows(self) -> None:
     """One-line `UserError` when this config picks other train rows than the phases that
     trained the model did (their `config.<phase>.json`), or those phases saw different
@@ -185,9 +190,7 @@ class Run:
     imported from elsewhere saw rows no config records: a warning says so. For tasks cut
     into windows (`eraser_movies`) the max length counts too. Not compared: where the data
     live (`data.data_dir`, `data.*_file`: a moved folder is the same data)."""
-    fields = RESPLIT_FIELDS if self.task.is_span else TRAIN_ROW_FIELDS
-    if self.task.cuts_into_windows:
-      fields += ("data.max_length",)
+    fields = self.train_row_fields()
     stored = {}  # field -> {phase file: value}
     for phase in TRAINING_PHASES:
       path = self.workdir / f"config.{phase}.json"
@@ -362,7 +365,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
     if run.is_main_process:
       workdir_lib.lock(workdir)
     checks.check_checkpoints(run)
-    check_resumed_batch_sizes(run, phase)
+    check_resumed_phases(run, phase)
     checks.check_phase_inputs(run, phase)
     if phase not in RECORDS_LATER:
       run.write_config()
@@ -458,28 +461,37 @@ def stored_config(workdir: Path) -> ml_collections.ConfigDict | None:
 _MISSING = object()
 
 
-def check_resumed_batch_sizes(run: Run, phase: str | None) -> None:
+def check_resumed_phases(run: Run, phase: str | None) -> None:
   """A training phase this run would resume (its folder holds a checkpoint) asks for the
-  batch size it started with (its `config.<phase>.json`): its step count, learning-rate
-  schedule and batch order all count in it, so another size would go on as a different run.
-  One line otherwise, before anything is written (moving a run to a device count that does
-  not divide its batch size is what leads there)."""
-  for name, field in TRAINING_BATCH_SIZE.items():
+  batch size and the train rows it started with (its `config.<phase>.json`): its step
+  count, schedule and batch order count in the batch size, and a model trained on the rows
+  of two seeds or subsets is one no config records (a search could hold out rows it learned
+  from). One line otherwise, before anything is written (moving a run to a device count that
+  does not divide its batch size is what leads to the first)."""
+  for name, batch_field in TRAINING_BATCH_SIZE.items():
     path = run.workdir / f"config.{name}.json"
     if phase not in (name, "all", None) or not path.exists() or not _has_checkpoint(
         run.workdir / name):
       continue
     try:
-      recorded = _field(files.read_json(path, ""), field)
+      recorded = files.read_json(path, "")
     except UserError:  # damaged: that phase's rerun writes it again.
       continue
-    now = _field(run.config, field)
-    if recorded is not _MISSING and recorded != now:
+    for field in (batch_field, *run.train_row_fields()):
+      was, now = _field(recorded, field), _field(run.config, field)
+      if was is _MISSING or was == now:
+        continue
+      if field == batch_field:
+        raise CheckpointError(
+            f"{run.workdir / name} holds checkpoints trained at {field} {was} ({path.name}), "
+            f"this run asks for {now}; a resumed phase keeps its batch size (its steps and "
+            f"schedule count in it): rerun with --config.{field}={was} on a number of "
+            f"devices that divides it, or move {name}/ aside to train it again at {now}")
       raise CheckpointError(
-          f"{run.workdir / name} holds checkpoints trained at {field} {recorded} ({path.name}), "
-          f"this run asks for {now}; a resumed phase keeps its batch size (its steps and "
-          f"schedule count in it): rerun with --config.{field}={recorded} on a number of "
-          f"devices that divides it, or move {name}/ aside to train it again at {now}")
+          f"{run.workdir / name} holds checkpoints trained with {field} {was!r} "
+          f"({path.name}), this run asks for {now!r}; a resumed phase keeps the train rows "
+          f"it started on: rerun with --config.{field}={was}, or move {name}/ aside to train "
+          "it again")
 
 
 def _has_checkpoint(directory: Path) -> bool:
