@@ -15,6 +15,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from adapler_jax import pipeline, weights
+from adapler_jax.errors import UserError
 from adapler_jax.models.bert import Bert, EncoderConfig
 from adapler_jax.train import classifier
 
@@ -143,7 +144,6 @@ def test_all_phases_and_evaluation(tiny_backbone, tmp_path):
 
   # Another eta grid gives each gene another meaning: the store refuses it and stays as it
   # is, and so do the configs evaluate.py and adapler-export read.
-  from adapler_jax.errors import UserError
   kept = {name: (workdir / name).read_bytes()
           for name in ("search/store.jsonl", "config.json", "config.search.json")}
   config.search.eta_multipliers = (0.0, 1.0, 2.0)
@@ -310,12 +310,27 @@ def test_lat_phases_and_evaluation(tiny_backbone, tmp_path):
   assert trained_floor.items() <= lowered.items()
   assert min(lowered.values()) == lowered[(8, 4)] < trained_floor[(13, 11)]
 
+  # Fine-tuning redone (other values at the same steps): LengthDrop, which started from the
+  # old model, is not resumed, and its checkpoints stay as they were.
+  shutil.rmtree(workdir / "finetune")
+  config.train.learning_rate *= 2
+  pipeline.run_phase(pipeline.prepare(config, workdir, phase="finetune"), "finetune")
+  before = sorted((p.relative_to(workdir), p.read_bytes()) for p in
+                  (workdir / "lengthdrop").rglob("*") if p.is_file())
+  with pytest.raises(UserError) as err:
+    pipeline.run_phase(pipeline.prepare(config, workdir, phase="lengthdrop"), "lengthdrop")
+  assert str(err.value) == (
+      f"{workdir / 'lengthdrop'} was trained from a fine-tuned checkpoint that has since been "
+      f"replaced (fine-tuning redone or trained further); delete {workdir / 'lengthdrop'} to "
+      "train LengthDrop from the new one")
+  assert sorted((p.relative_to(workdir), p.read_bytes()) for p in
+                (workdir / "lengthdrop").rglob("*") if p.is_file()) == before
+
 
 def test_search_split_holds_out_train_rows_of_a_resplit(tmp_path, tokenizer):
   """A re-split task (AG News: one labelled file) still gives the search train rows that
   training never saw, and never a row of the reported split."""
   from adapler_jax import data
-  from adapler_jax.errors import UserError
   from adapler_jax.pipeline import context
   c = pipeline.base_config("demo", max_length=16)
   c.data.update(resplit_source="train", resplit_train=60, resplit_test=20, train_subset=45)
@@ -333,7 +348,6 @@ def test_a_search_on_other_train_rows_than_training_saw_is_refused(tmp_path, tok
   """The search holds out the train rows training never saw, so it reads the row fields as
   the training phases stored them; other values are refused with one line naming the fix."""
   from adapler_jax import data
-  from adapler_jax.errors import UserError
   from adapler_jax.pipeline import context
   c = pipeline.base_config("demo", max_length=16)
   c.data.update(resplit_source="train", resplit_train=60, resplit_test=20, train_subset=45)
@@ -363,7 +377,6 @@ def test_a_windowed_task_search_compares_the_max_length(tmp_path, tokenizer):
   """ERASER reviews are cut into windows of `data.max_length` tokens, one example each, so
   another max length holds out other rows; other tasks' max length changes no row."""
   from adapler_jax import data
-  from adapler_jax.errors import UserError
   from adapler_jax.pipeline import context
   for task, refused in (("eraser_movies", True), ("sst2", False)):
     c = pipeline.base_config(task, max_length=128)
@@ -386,7 +399,6 @@ def test_a_windowed_task_search_holds_out_whole_reviews(tmp_path, tokenizer):
   import json as json_lib
   from adapler_jax import data
   from adapler_jax.data import eraser
-  from adapler_jax.errors import UserError
   from adapler_jax.pipeline import context
   movies = tmp_path / "movies"
   (movies / "docs").mkdir(parents=True)
@@ -423,7 +435,6 @@ def test_a_windowed_task_search_holds_out_whole_reviews(tmp_path, tokenizer):
 
 def test_a_windowed_task_is_never_re_split_by_row(tmp_path):
   """A re-split by row would put windows of one review on both sides."""
-  from adapler_jax.errors import UserError
   c = pipeline.base_config("eraser_movies", max_length=64)
   c.data.update(resplit_source="train", resplit_train=100, resplit_test=20)
   with pytest.raises(UserError, match=r"^data.resplit_train re-splits rows, and eraser_movies "
@@ -438,7 +449,6 @@ def test_a_span_search_compares_only_the_article_resplit(tmp_path, tokenizer, ca
   """SQuAD searches hold out whole articles, which no training question comes from, so
   only the re-split's fields must match; an imported fine-tuned model is warned about."""
   from adapler_jax import data
-  from adapler_jax.errors import UserError
   from adapler_jax.pipeline import context
   c = pipeline.base_config("squad", max_length=64)
   c.data.update(resplit_source="dev", resplit_train=38, resplit_test=8, train_subset=3000)

@@ -231,13 +231,18 @@ def extract_saliency(run: Run) -> np.ndarray:
   return average
 
 
-def saliency_source(run: Run) -> str:
-  """A fingerprint of the fine-tuned checkpoints the saliency phase reads: it changes when
-  fine-tuning is redone."""
+def finetuned_source(run: Run, k: int = 1) -> str:
+  """A fingerprint of the `k` best fine-tuned checkpoints (what a later phase starts from):
+  it changes when fine-tuning is redone or trained further."""
   ckpt = finetune_checkpointer(run, read_only=True)
-  source = ckpt.fingerprint(ckpt.best_steps(run.config.saliency.num_checkpoints))
+  source = ckpt.fingerprint(ckpt.best_steps(k))
   ckpt.close()
   return source
+
+
+def saliency_source(run: Run) -> str:
+  """A fingerprint of the fine-tuned checkpoints the saliency phase reads."""
+  return finetuned_source(run, run.config.saliency.num_checkpoints)
 
 
 # ----------------------------------------------------------------------------- phase 3
