@@ -246,6 +246,13 @@ def test_damaged_latest_falls_back_to_the_previous_good_one(tmp_path, caplog):
   assert warnings[0].endswith(f"moved it to {tmp_path / '3'}.damaged and resumed from step 1")
   assert (tmp_path / "3.damaged").is_dir() and (tmp_path / "2.damaged").is_dir()
   assert (tmp_path / "1").stat().st_mtime_ns == good
+  _flip_bytes(_data_files(tmp_path / "2")[0])  # the step saved again, damaged again.
+  caplog.clear()
+  with Checkpointer(tmp_path) as ckpt:
+    step, state, _ = ckpt.restore_latest_intact(target=_big_state(0.0))
+  assert step == 1 and (tmp_path / "2.damaged").is_dir() and (tmp_path / "2.damaged.2").is_dir()
+  assert [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()][0].endswith(
+      f"moved it to {tmp_path / '2'}.damaged.2 and resumed from step 1")
 
 
 def test_no_intact_checkpoint_names_the_directory(tmp_path):

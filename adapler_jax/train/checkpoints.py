@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -275,18 +276,16 @@ class Checkpointer:
       try:
         state, extra = self.restore(step, target, sharding=sharding)
       except DamagedCheckpointError as e:
-        damaged.append((step, e.problem))
-        self._move_aside(step)
+        damaged.append((step, e.problem, self._move_aside(step)))
         continue
-      for bad, problem in damaged:
-        logging.warning("checkpoint %s %s; moved it to %s%s and resumed from step %d",
-                        self._step_dir(bad), problem, self._step_dir(bad), DAMAGED_SUFFIX,
-                        step)
+      for bad, problem, moved_to in damaged:
+        logging.warning("checkpoint %s %s; moved it to %s and resumed from step %d",
+                        self._step_dir(bad), problem, moved_to, step)
       return step, state, extra
     if damaged:
       raise DamagedCheckpointError(
           f"no intact checkpoint left in {self.directory} (damaged steps "
-          f"{_listing([str(s) for s, _ in damaged])} moved to <step>{DAMAGED_SUFFIX}); "
+          f"{_listing([str(s) for s, _, _ in damaged])} moved to <step>{DAMAGED_SUFFIX}); "
           f"fix: delete {self.directory} and rerun to train from the start")
     return None
 
@@ -416,10 +415,16 @@ class Checkpointer:
       raise self._damaged(step, f"is damaged: {len(bad)} of {len(got)} arrays differ "
                           f"from their saved checksums ({_listing(bad)})")
 
-  def _move_aside(self, step: int) -> None:
+  def _move_aside(self, step: int) -> str:
+    """Moves damaged `step` to the first free `<step>.damaged`, `<step>.damaged.2`, ... (a
+    step saved again can be damaged again); returns where it went."""
+    base = self._step_dir(step) + DAMAGED_SUFFIX
+    names = itertools.chain([base], (f"{base}.{n}" for n in itertools.count(2)))
+    moved_to = next(path for path in names if not os.path.exists(path))
     if jax.process_index() == 0:
-      os.replace(self._step_dir(step), self._step_dir(step) + DAMAGED_SUFFIX)
+      os.replace(self._step_dir(step), moved_to)
     self._manager.reload()
+    return moved_to
 
   def _saved_tree(self, step: int, sharding: jax.sharding.Sharding | None
                   ) -> PyTree | None:
