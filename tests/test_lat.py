@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from adapler_jax.infer import flops
-from adapler_jax.models import lat
-from adapler_jax.models.bert import EncoderConfig
+from adapler_jax.models import lat, walk
+from adapler_jax.models.bert import NEG_INF, EncoderConfig, embed
+from adapler_jax.models.heads import Span, as_head
 from adapler_jax.reduce import lengths
 from adapler_jax.reduce.significance import SelectionFlags, keep_top, significance
 from adapler_jax.train import classifier
@@ -109,6 +110,56 @@ def test_masked_path_equals_gather_path(params, base):
   gathered, real, _ = _gather(params, batch, config, flags)
   np.testing.assert_allclose(masked, gathered, atol=1e-4)
   np.testing.assert_array_equal(np.asarray(trace["lengths"]).T, real)
+
+
+def _upstream_reference(params, head, batch, config, layer_on, flags):
+  """The authors' selection written out per example in numpy, sharing only the layers'
+  attention and feed-forward blocks: score = attention received, summed over heads and
+  the kept query rows (all rows with `include_pad_queries`); keep the top l_i by score,
+  ties to the lower position, [CLS] first when forced; a dropped token's last vector is
+  restored into its position for span heads."""
+  head = as_head(head)
+  layers = walk.param_layers(ENC, params["bert"])
+  embedded = np.asarray(embed(ENC, params["bert"]["embeddings"], batch["input_ids"],
+                              batch["token_type_ids"]))
+  outputs = []
+  for b, h in enumerate(embedded):
+    valid = np.asarray(batch["attention_mask"][b], bool)
+    positions, restored, h = np.arange(T), h.copy(), h[None]
+    for i, layer in enumerate(layers):
+      if layer_on is not None and not layer_on[i]:
+        continue
+      bias = np.where(valid, 0.0, NEG_INF).astype(np.float32)[None]  # (1, keys).
+      attended, probs = layer.attend(jnp.asarray(h), jnp.asarray(bias), return_probs=True)
+      rows = np.ones_like(valid) if flags.include_pad_queries else valid
+      score = (np.asarray(probs)[0] * rows[None, :, None]).sum(axis=(0, 1))
+      order = np.lexsort((positions, -score))  # by score, then by position.
+      if flags.keep_cls:
+        order = np.concatenate([[0], order[order != 0]])
+      keep = order[:min(config[i], len(valid))]
+      h = np.asarray(layer.feed_forward(jnp.asarray(np.asarray(attended)[:, keep])))
+      valid, positions = valid[keep], positions[keep]
+      restored[positions] = h[0]
+    outputs.append(restored if head.restore else h[0, :1])
+  return np.asarray(head.module(ENC).apply({"params": params["head"]},
+                                           jnp.asarray(np.stack(outputs))))
+
+
+@pytest.mark.parametrize("head,flags", [
+    (3, SelectionFlags()), (3, SelectionFlags(include_pad_queries=True)),
+    (Span(), SelectionFlags(keep_cls=False))], ids=["cls", "cls-pad-queries", "span"])
+def test_masked_path_equals_an_upstream_style_reference(head, flags):
+  """Not only the two paths against each other (they share the scoring and the top-k):
+  the masked path against the selection written out per example, with and without
+  LayerDrop, on a padded batch."""
+  params = classifier.init_classifier(jax.random.key(0), ENC, head)
+  batch = _batch()
+  for config, layer_on in (((14, 11, 8, 6), None), ((9, 7, 4, 2), (True, False, True, True))):
+    on = None if layer_on is None else jnp.asarray(layer_on)
+    got, _ = masked_forward(ENC, head, params, batch, jnp.asarray(config), base=T, flags=flags,
+                            layer_on=on)
+    want = _upstream_reference(params, head, batch, config, layer_on, flags)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
 
 
 def test_both_paths_break_ties_by_original_position(params):
