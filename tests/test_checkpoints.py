@@ -167,8 +167,11 @@ def test_async_save(tmp_path):
     assert ckpt.metrics(1) == {"accuracy": 0.5}
 
 
-def test_module_constants():
-  assert checkpoints.STATE == "state" and checkpoints.CONFIG == "config"
+def test_a_step_holds_its_state_and_config_items(tmp_path):
+  """The on-disk layout other code and tests read (`<step>/state`, `<step>/config`)."""
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _state(), extra_json={"a": 1})
+  assert {"state", "config"} <= {p.name for p in (tmp_path / "1").iterdir() if p.is_dir()}
 
 
 def _data_files(step_dir):
@@ -275,6 +278,9 @@ def test_fingerprint_changes_with_the_saved_values(tmp_path):
     a.save(1, _big_state(1.0))
     b.save(1, _big_state(2.0))
     assert a.fingerprint([1]) == a.fingerprint([1]) != b.fingerprint([1])
+  with Checkpointer(tmp_path / "c") as c, Checkpointer(tmp_path / "a", read_only=True) as a:
+    c.save(1, _big_state(1.0))  # the same values elsewhere (a copied run): equal.
+    assert c.fingerprint([1]) == a.fingerprint([1])
 
 
 def test_check_fits_a_subtree(tmp_path):

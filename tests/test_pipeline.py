@@ -113,6 +113,10 @@ def test_all_phases_and_evaluation(tiny_backbone, tmp_path):
   assert result["flops_speedup"] == pytest.approx(result["backbone_flops"] /
                                                   result["adapler_flops"])
   assert result["metric"] == pytest.approx(summary["adapler_metric"])
+  # The same dev rows through the same engine: the summary's cost is evaluate.py's.
+  assert result["flops_speedup"] == pytest.approx(summary["flops_speedup"])
+  np.testing.assert_allclose(result["kept_tokens_per_layer"],
+                             summary["mean_kept_tokens_per_layer"], rtol=1e-6)
 
   # Anytime AdapLeR: the search over per-layer eta multipliers, then the max-drop dial.
   config.search.iterations, config.search.population = 1, 3

@@ -127,7 +127,9 @@ def test_squad_adapler_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path)
   result = evaluate_py(workdir, tmp_path / "report" / "eval.json")
   assert result["num_questions"] == len(questions) == 8
   assert result["f1"] == pytest.approx(summary["adapler_f1"])
-  assert 0 <= result["exact_match"] <= 100 and result["flops_speedup"] > 0
+  assert 0 <= result["exact_match"] <= 100
+  assert result["flops_speedup"] == pytest.approx(summary["flops_speedup"]) == pytest.approx(
+      result["backbone_flops"] / result["adapler_flops"])
   assert len(result["kept_tokens_per_layer"]) == TINY.num_layers
   check_answers(tmp_path / "report", questions)
   proc = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(workdir), "--explain",
@@ -179,7 +181,8 @@ def test_squad_lat_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path):  #
   summary = pipeline.run_phase(run, "all")
   for name in ("standard", "standard_reduced", "lat", "lat_reduced"):
     assert 0 <= summary[f"{name}_exact_match"] <= summary[f"{name}_f1"] <= 100
-  assert summary["flops_speedup_padded"] > 1 and summary["flops_speedup_actual"] > 0
+  # Kept tokens never exceed a window's own (no predictors to pay for): actual >= 1.
+  assert summary["flops_speedup_padded"] > 1 and summary["flops_speedup_actual"] >= 1
   assert len(summary["mean_kept_tokens_per_layer"]) == TINY.num_layers
 
   questions = evaluated_questions(run)
@@ -187,7 +190,7 @@ def test_squad_lat_end_to_end(tiny_backbone, squad_dir, finetuned, tmp_path):  #
   assert result["method"] == "lat" and result["num_questions"] == len(questions)
   assert 0 <= result["exact_match"] <= result["f1"] <= 100
   assert 0 <= result["full_exact_match"] <= result["full_f1"] <= 100
-  assert result["flops_speedup_padded"] > 1 and result["flops_speedup_actual"] > 0
+  assert result["flops_speedup_padded"] > 1 and result["flops_speedup_actual"] >= 1
   assert len(result["kept_tokens_per_layer"]) == TINY.num_layers
   check_answers(tmp_path, questions)
 
