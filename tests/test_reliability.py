@@ -591,6 +591,24 @@ def test_pad_queries_with_actual_lengths_are_refused_first(tiny_backbone, tmp_pa
   assert lat_phases.pad_queries(config.lat) is True
 
 
+@pytest.mark.parametrize("phase", [None, "finetune", "lengthdrop"])
+def test_float16_training_is_refused_first(tiny_backbone, tmp_path, phase):
+  """No loss scaling: in float16 most gradients underflow (silently: zeros are finite).
+  Phases that take no optimizer step still run in float16."""
+  config = small_config(tiny_backbone)
+  config.dtype, config.method = "float16", "lat" if phase == "lengthdrop" else "adapler"
+  with pytest.raises(UserError) as err:
+    pipeline.prepare(config, tmp_path / "run", phase=phase)
+  assert str(err.value) == (
+      f"config dtype is float16, and --phase {phase or 'all'} trains: without loss scaling "
+      "most gradients underflow in float16; train with --config.dtype=bfloat16 or float32 "
+      "(float16 serves a trained run: --phase evaluate or search with --config.dtype=float16)")
+  assert not (tmp_path / "run").exists()
+  from adapler_jax.pipeline import checks  # pylint: disable=g-import-not-at-top
+  for other in ("saliency", "search", "evaluate"):
+    checks.check_training_flags(config, other)
+
+
 def test_a_bad_lat_eval_length_config_is_refused_first(tiny_backbone, tmp_path):
   """The example fits the model: two layers at max length 16, ratio 0.2 per layer."""
   assert refused_first(tiny_backbone, tmp_path, "lat.eval_length_config", "a,b", "lat") == (

@@ -117,9 +117,20 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   frozen_groups(config)
 
 
-def check_training_flags(config: ml_collections.ConfigDict) -> None:
+# The train.py phases that take optimizer steps (None: every phase, as `all`).
+STEPPING_PHASES = (None, "all", "finetune", "adapler", "lengthdrop")
+
+
+def check_training_flags(config: ml_collections.ConfigDict, phase: str | None = None) -> None:
   """Settings a run that trains must not combine (a finished run that did is read as it
-  ran: `lat_phases.pad_queries`)."""
+  ran: `lat_phases.pad_queries`), and float16 for a `phase` that takes optimizer steps:
+  there is no loss scaling, so most gradients would underflow (on MiniLM 99 % of them lie
+  below float16's smallest normal number)."""
+  if config.get("dtype") == "float16" and phase in STEPPING_PHASES:
+    raise UserError(f"config dtype is float16, and --phase {phase or 'all'} trains: without "
+                    "loss scaling most gradients underflow in float16; train with "
+                    "--config.dtype=bfloat16 or float32 (float16 serves a trained run: "
+                    "--phase evaluate or search with --config.dtype=float16)")
   lat = config.get("lat")
   if lat is not None and lat.include_pad_queries and lat.length_base == "actual":
     raise UserError("config lat.include_pad_queries=True counts padded query rows, but "

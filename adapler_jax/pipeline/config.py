@@ -132,7 +132,8 @@ HELP = {
     "backbone_revision": "a hub commit, branch or tag to pin a hub backbone to (None: the "
                          "latest)",
     "seed": "seed of initialisation, dropout, shuffling and data subsets",
-    "dtype": "compute dtype: float32, bfloat16 or float16",
+    "dtype": "compute dtype: float32, bfloat16 or float16 (float16 only for phases that "
+             "do not train: there is no loss scaling)",
     "compilation_cache": "reuse compiled programs across runs (JAX's persistent cache in "
                          "~/.cache/adapler-jax/jax, or $ADAPLER_JAX_CACHE_DIR)",
 

@@ -329,7 +329,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
   workdir = workdir_lib.check_dir(workdir)
   checks.check_config(config)
   if record:
-    checks.check_training_flags(config)
+    checks.check_training_flags(config, phase)
     check_same_run(config, workdir)
   mesh = parallel.make_data_mesh()
   config, task = resolve_task(config)
