@@ -246,16 +246,20 @@ def test_failed_rerun_leaves_the_workdir_as_it_was(tiny_backbone, run_dir, tmp_p
 
 def test_a_rerun_refused_for_what_its_phase_reads_leaves_the_workdir_as_it_was(
     tiny_backbone, run_dir):
-  """AdapLeR training on other train rows than the saliency file's, and an import from
-  another checkpoint than the one fine-tuning came from: refused before config.json is
-  rewritten (evaluate.py reads it, so a stored seed would change the reported dev rows)."""
+  """AdapLeR training on other train rows than the saliency file's (or, with `all`, than
+  fine-tuning's), and an import from another checkpoint than the one fine-tuning came
+  from: refused before config.json is rewritten (evaluate.py reads it, so a stored seed
+  would change the reported dev rows)."""
+  shutil.rmtree(run_dir / "adapler")  # not started yet: the saliency file's rows count.
   before = snapshot(run_dir)
   other_rows = small_config(tiny_backbone)
   other_rows.seed = 1
-  for phase in ("adapler", "all"):  # all: the saliency of these checkpoints is not redone.
-    with pytest.raises(UserError, match=r"saliency.npz has no saliency for \d+ training "
-                       r"examples .*; rerun --phase saliency with this data config$"):
-      pipeline.prepare(other_rows, run_dir, phase=phase)
+  with pytest.raises(UserError, match=r"saliency.npz has no saliency for \d+ training "
+                     r"examples .*; rerun --phase saliency with this data config$"):
+    pipeline.prepare(other_rows, run_dir, phase="adapler")
+  with pytest.raises(UserError, match=re.escape(  # all would resume fine-tuning on them.
+      f"{run_dir / 'finetune'} holds checkpoints trained with seed 22 (config.finetune.json)")):
+    pipeline.prepare(other_rows, run_dir, phase="all")
   imported = small_config(tiny_backbone)
   imported.train.init_from_hf = str(run_dir / "elsewhere")
   for phase in ("finetune", "all"):
