@@ -266,7 +266,7 @@ def test_no_intact_checkpoint_names_the_directory(tmp_path):
     with pytest.raises(checkpoints.DamagedCheckpointError) as err:
       ckpt.restore_latest_intact()
   assert str(err.value) == (
-      f"no intact checkpoint left in {tmp_path} (damaged steps 4 moved to <step>.damaged); "
+      f"no intact checkpoint left in {tmp_path} (damaged steps 4 moved to 4.damaged); "
       f"fix: delete {tmp_path} and rerun to train from the start")
   with Checkpointer(tmp_path / "empty", read_only=True) as ckpt:
     assert ckpt.restore_latest_intact() is None

@@ -788,10 +788,37 @@ def test_a_resume_on_other_train_rows_is_refused(tiny_backbone, run_dir, field, 
     assert str(err.value) == (
         f"{run_dir / name} holds checkpoints trained with {field} {was!r} "
         f"(config.{name}.json), this run asks for {value!r}; a resumed phase keeps the train "
-        f"rows it started on: rerun with --config.{field}={was}, or move {name}/ aside to "
-        "train it again")
+        f"rows it started on: rerun with --config.{field}={was}, move {name}/ aside to train "
+        f"it again, or, if {name} is finished, run the later phases alone (--phase)")
   assert snapshot(run_dir) == before
   pipeline.prepare(config, run_dir, phase="evaluate")  # resumes nothing.
+
+
+def test_the_resume_check_reads_windows_and_skips_an_imported_fine_tuning(tmp_path):
+  """Span QA: the windows (max length, stride) count with the rows. A fine-tuning imported
+  with train.init_from_hf stepped over no rows of this config: its seed may change."""
+  from adapler_jax import data  # pylint: disable=g-import-not-at-top
+  from adapler_jax.pipeline import context  # pylint: disable=g-import-not-at-top
+  with Checkpointer(tmp_path / "finetune") as ckpt:
+    ckpt.save(4, {"w": np.zeros(2)}, metrics={"dev_metric": 0.5})
+
+  def check(task, recorded, **now):
+    config = pipeline.base_config(task, max_length=16)
+    files.atomic_write_text(tmp_path / "config.finetune.json", json.dumps(
+        {**config.to_dict(), **recorded}))
+    for field, value in now.items():
+      section, _, key = field.rpartition(".")
+      (config[section] if section else config)[key] = value
+    run = context.Run(config, tmp_path, data.get_task(task), None, {}, None, None)
+    context.check_resumed_phases(run, "finetune")
+
+  squad = pipeline.base_config("squad", max_length=16).to_dict()
+  with pytest.raises(CheckpointError, match="trained with data.doc_stride 128 "):
+    check("squad", {"data": {**squad["data"], "doc_stride": 128}}, **{"data.doc_stride": 64})
+  demo = pipeline.base_config("demo", max_length=16).to_dict()
+  with pytest.raises(CheckpointError, match="trained with seed 22 "):
+    check("demo", {"seed": 22, "train": demo["train"]}, seed=23)
+  check("demo", {"seed": 22, "train": {**demo["train"], "init_from_hf": "hf/model"}}, seed=23)
 
 
 def test_saliency_over_fewer_checkpoints_than_asked_says_so(tiny_backbone, run_dir, caplog):

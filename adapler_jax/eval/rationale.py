@@ -434,8 +434,8 @@ def format_table(result: dict[str, Any]) -> str:
   chance = result.get("random_map")
   if chance is not None:
     rows.append(f"random ranking mAP {chance:.3f}; rationale words "
-                f"{100 * result['rationale_word_fraction']:.1f}% of a window's words (mean "
-                "over windows with rationale words)")
+                f"{100 * result['rationale_word_fraction']:.1f}% of an example's words (mean "
+                "over examples with rationale words)")
   return "\n".join(rows)
 
 

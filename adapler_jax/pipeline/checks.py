@@ -232,13 +232,17 @@ def check_checkpoints(run) -> None:
 
 def check_phase_inputs(run, phase: str | None) -> None:
   """What `phase` reads from the workdir was made for this config, checked before the config
-  is stored: fine-tuning imported from `train.init_from_hf` (not another source), and for
-  AdapLeR training a saliency file of these training rows and token ids (with `all`, one it
-  will not compute again: of the fine-tuned checkpoints there now)."""
+  is stored: fine-tuning imported from `train.init_from_hf` (not another source), LengthDrop
+  checkpoints resumed from the fine-tuned checkpoint they started from, and for AdapLeR
+  training a saliency file of these training rows and token ids (with `all`, one it will not
+  compute again: of the fine-tuned checkpoints there now)."""
   from adapler_jax.pipeline import phases  # pylint: disable=g-import-not-at-top
   from adapler_jax.train import saliency  # pylint: disable=g-import-not-at-top
   if run.config.train.init_from_hf and phase in ("finetune", "all"):
     phases.check_import_source(run)
+  if run.config.method == "lat" and phase == "lengthdrop":  # `all` checks after fine-tuning.
+    from adapler_jax.pipeline import lat_phases  # pylint: disable=g-import-not-at-top
+    lat_phases.check_started_from(run)
   if run.config.method != "adapler":
     return
   path = run.workdir / phases.SALIENCY_FILE

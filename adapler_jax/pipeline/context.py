@@ -178,9 +178,16 @@ class Run:
     return self._data[key]
 
   def train_row_fields(self) -> tuple[str, ...]:
-    """The config fields that decide which train rows a training phase sees."""
+    """The config fields that decide which train rows a search must hold out from: span
+    tasks hold out whole articles, so only the re-split counts there."""
     fields = RESPLIT_FIELDS if self.task.is_span else TRAIN_ROW_FIELDS
     return fields + (("data.max_length",) if self.task.cuts_into_windows else ())
+
+  def resumed_row_fields(self) -> tuple[str, ...]:
+    """The config fields that decide the rows (or windows) a training phase steps over."""
+    windows = (("data.max_length", "data.doc_stride") if self.task.is_span
+               else ("data.max_length",) if self.task.cuts_into_windows else ())
+    return TRAIN_ROW_FIELDS + windows
 
   def check_trained_rows(self) -> None:
     """One-line `UserError` when this config picks other train rows than the phases that
@@ -477,7 +484,9 @@ def check_resumed_phases(run: Run, phase: str | None) -> None:
       recorded = files.read_json(path, "")
     except UserError:  # damaged: that phase's rerun writes it again.
       continue
-    for field in (batch_field, *run.train_row_fields()):
+    imported = name == "finetune" and _field(recorded, "train.init_from_hf") not in (_MISSING, "")
+    rows = () if imported else run.resumed_row_fields()  # an import stepped over no rows.
+    for field in (batch_field, *rows):
       was, now = _field(recorded, field), _field(run.config, field)
       if was is _MISSING or was == now:
         continue
@@ -490,8 +499,8 @@ def check_resumed_phases(run: Run, phase: str | None) -> None:
       raise CheckpointError(
           f"{run.workdir / name} holds checkpoints trained with {field} {was!r} "
           f"({path.name}), this run asks for {now!r}; a resumed phase keeps the train rows "
-          f"it started on: rerun with --config.{field}={was}, or move {name}/ aside to train "
-          "it again")
+          f"it started on: rerun with --config.{field}={was}, move {name}/ aside to train "
+          f"it again, or, if {name} is finished, run the later phases alone (--phase)")
 
 
 def _has_checkpoint(directory: Path) -> bool:

@@ -90,13 +90,12 @@ def train_lengthdrop(run: Run) -> None:
   schedule = optax.linear_schedule(c.learning_rate, 0.0, max(1, total))
   optimizer = optim.adamw(schedule, c.weight_decay)
   _, params, _ = phases.load_finetuned(run, 1)[0]
-  source = phases.finetuned_source(run)  # on every process: opening a manager syncs them.
+  source = check_started_from(run)  # on every process: opening a manager syncs them.
   workdir_lib.record_config(run, LENGTHDROP)  # once its inputs are there.
   key = jax.random.key(run.config.seed + 2)
   ckpt = lengthdrop_checkpointer(run)
   state = phases.restore_latest(
       ckpt, phases.on_mesh(run, create_train_state(params, optimizer, key)))
-  _check_started_from(ckpt, source)
   step_fn = lat_step.make_lat_step(run.encoder, run.head, lat_config(run), optimizer,
                                    run.mesh)
   # Upstream scoring counts padded query rows, so it needs the authors' full padding.
@@ -120,14 +119,22 @@ def train_lengthdrop(run: Run) -> None:
   ckpt.close()
 
 
-def _check_started_from(ckpt: Checkpointer, source: str) -> None:
-  """One-line UserError when the LengthDrop checkpoints started from a fine-tuned
-  checkpoint that has since been replaced: resuming would mix the two, and the summary
-  would set the new fine-tuned model beside a LAT model of the old one."""
-  if ckpt.latest_step() is not None and ckpt.restore_json().get("finetuned", source) != source:
+def check_started_from(run: Run) -> str:
+  """The fingerprint of the fine-tuned checkpoint LengthDrop starts from; a one-line
+  UserError when LengthDrop checkpoints started from one that has since been replaced:
+  resuming would mix the two, and the summary would set the new fine-tuned model beside a
+  LAT model of the old one. Reads only."""
+  source = phases.finetuned_source(run)
+  ckpt = lengthdrop_checkpointer(run, read_only=True)
+  try:
+    started = ckpt.restore_json().get("finetuned") if ckpt.latest_step() is not None else None
+  finally:
+    ckpt.close()
+  if started not in (None, source):
     raise UserError(f"{ckpt.directory} was trained from a fine-tuned checkpoint that has "
                     "since been replaced (fine-tuning redone or trained further); delete "
                     f"{ckpt.directory} to train LengthDrop from the new one")
+  return source
 
 
 def load_lengthdrop(run: Run) -> tuple[int, dict]:

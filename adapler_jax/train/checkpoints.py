@@ -39,6 +39,7 @@ from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from adapler_jax.errors import UserError
@@ -264,8 +265,8 @@ class Checkpointer:
                             ) -> tuple[int, PyTree, dict[str, Any]] | None:
     """(step, state, extra_json) of the latest checkpoint that restores intact.
 
-    A damaged later checkpoint is moved aside to `<step>.damaged` (so training
-    can save that step again) with a one-line warning. None when there is no
+    A damaged later checkpoint is moved aside to `<step>.damaged` (`.damaged.2`, ...
+    when that is taken; so training can save that step again) with a one-line warning. None when there is no
     checkpoint at all.
 
     Raises:
@@ -285,7 +286,8 @@ class Checkpointer:
     if damaged:
       raise DamagedCheckpointError(
           f"no intact checkpoint left in {self.directory} (damaged steps "
-          f"{_listing([str(s) for s, _, _ in damaged])} moved to <step>{DAMAGED_SUFFIX}); "
+          f"{_listing([str(s) for s, _, _ in damaged])} moved to "
+          f"{_listing([os.path.basename(m) for _, _, m in damaged])}); "
           f"fix: delete {self.directory} and rerun to train from the start")
     return None
 
@@ -421,6 +423,8 @@ class Checkpointer:
     base = self._step_dir(step) + DAMAGED_SUFFIX
     names = itertools.chain([base], (f"{base}.{n}" for n in itertools.count(2)))
     moved_to = next(path for path in names if not os.path.exists(path))
+    if jax.process_count() > 1:  # every process has chosen before process 0 renames.
+      multihost_utils.sync_global_devices(f"move aside {step}")
     if jax.process_index() == 0:
       os.replace(self._step_dir(step), moved_to)
     self._manager.reload()
