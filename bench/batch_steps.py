@@ -47,15 +47,18 @@ def parse_args(argv=None):
   p.add_argument("--out", default=None, help="also write the rows as JSON")
   args = p.parse_args(argv)
   timing.out_path(args.out)
-  args.eta_scales = [float(s) for s in args.eta_scales.split(",") if s]
-  if args.passes < 1:
-    p.error("--passes must be at least 1")
+  try:
+    args.eta_scales = [float(s) for s in args.eta_scales.split(",") if s]
+  except ValueError:
+    p.error(f"--eta-scales takes numbers, e.g. 0,0.25; got {args.eta_scales!r}")
+  if args.passes < 1 or args.batch_size < 1 or (args.threads is not None and args.threads < 1):
+    p.error("--passes, --batch-size and --threads must be at least 1")
   return args
 
 
 def main(argv=None) -> None:
   args = parse_args(argv)
-  if args.threads:
+  if args.threads is not None:
     timing.pin_threads(args.threads)
   import numpy as np  # pylint: disable=g-import-not-at-top
   import inference  # bench/inference.py  # pylint: disable=g-import-not-at-top

@@ -23,8 +23,9 @@ sys.path.insert(0, str(ROOT))
 from jax._src.lru_cache import LRUCache  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from adapler_jax.cli import (ATIME_SUFFIX, CACHE_MAX_BYTES, CACHE_SUFFIX,  # pylint: disable=wrong-import-position
-                             prune_compilation_cache)
-from adapler_jax.files import atomic_write_text  # pylint: disable=wrong-import-position
+                             prune_compilation_cache, run_cli)
+from adapler_jax.errors import UserError  # pylint: disable=wrong-import-position
+from adapler_jax.files import atomic_write_text, check_output  # pylint: disable=wrong-import-position
 
 
 def filled(folder: Path, count: int, blob: bytes) -> None:
@@ -49,8 +50,14 @@ def main() -> None:
   parser.add_argument("--writes", type=int, default=20)
   parser.add_argument("--out", type=Path)
   args = parser.parse_args()
+  entries = [e.strip() for e in args.entries.split(",") if e.strip()]
+  if not entries or not all(e.isdigit() for e in entries) or args.writes < 1:
+    raise UserError("--entries takes ints of at least 0 (e.g. 0,1000,4000) and --writes at "
+                    f"least 1; got --entries {args.entries!r} --writes {args.writes}")
+  if args.out:
+    check_output(args.out, flag="--out")
   blob, rows = os.urandom(16_000), []
-  for count in map(int, args.entries.split(",")):
+  for count in map(int, entries):
     with tempfile.TemporaryDirectory() as tmp:
       folder = Path(tmp)
       filled(folder, count, blob)
@@ -70,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  run_cli(main)

@@ -294,7 +294,7 @@ def main(argv=None) -> None:
                       help="draw only points costing at least this fraction of the full model "
                            "(e.g. 0.4, to read the region near it); the JSON keeps every point")
   args = parser.parse_args(argv)
-  timing.out_files(Path(args.out).with_suffix(".json"), Path(args.out).with_suffix(".png"))
+  timing.out_files(*timing.figure_files(args.out))
   if args.min_cost is not None and not 0 < args.min_cost < 1:
     raise UserError(f"--min-cost {args.min_cost:g} is not a fraction of the full model's cost; "
                     "pass a number between 0 and 1, e.g. 0.4")
@@ -315,12 +315,13 @@ def main(argv=None) -> None:
     picked = under_budgets(result, budgets, args.budget_cost)
     result["under_budgets"] = {"cost": args.budget_cost,
                                "points": {f"{b:g}": row for b, row in picked.items()}}
-  atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2))
-  plot(result, out.with_suffix(".png"), args.min_cost)
+  json_path, png_path = timing.figure_files(out)
+  atomic_write_text(json_path, json.dumps(result, indent=2))
+  plot(result, png_path, args.min_cost)
   print(table(result))
   if budgets:
     print(budget_table(picked, args.budget_cost))
-  print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+  print(f"wrote {json_path} and {png_path}")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adapler_jax.cli import CACHE_ENV  # pylint: disable=g-import-not-at-top,wrong-import-position
-from adapler_jax.files import atomic_write_text  # pylint: disable=wrong-import-position
+from adapler_jax.cli import CACHE_ENV, CACHE_SUFFIX, ATIME_SUFFIX, run_cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from adapler_jax.errors import UserError  # pylint: disable=wrong-import-position
+from adapler_jax.files import atomic_write_text, check_output  # pylint: disable=wrong-import-position
 
 
 def entries(cache: Path) -> int:
@@ -41,10 +42,10 @@ def timed(command: list[str], cache_env: str, cache: Path) -> dict:
   wall = time.perf_counter() - start
   after = resource.getrusage(resource.RUSAGE_CHILDREN)
   if proc.returncode:
-    sys.exit(f"error: {' '.join(command)} failed:\n{proc.stderr[-2000:]}")
+    last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    raise UserError(f"{' '.join(command)} failed (exit {proc.returncode}): {last}")
   cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-  return {"wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
-          "cache_entries_after": entries(cache)}
+  return {"wall_seconds": wall, "cpu_seconds": cpu, "cache_entries_after": entries(cache)}
 
 
 def main() -> None:
@@ -57,7 +58,14 @@ def main() -> None:
   parser.add_argument("command", nargs="*", help="after --: the CLI to time")
   args = parser.parse_args()
   command = args.command or [sys.executable, "evaluate.py", "--workdir", args.workdir]
+  if args.out:
+    check_output(args.out, flag="--out")
   cache = Path(args.cache_dir or tempfile.mkdtemp(prefix="jax_cache_"))
+  others = [p.name for p in cache.iterdir()
+            if not p.name.endswith((CACHE_SUFFIX, ATIME_SUFFIX))] if cache.is_dir() else []
+  if others:  # emptied first: only ever a compilation cache.
+    raise UserError(f"--cache-dir {cache} holds {others[0]!r}, not only cache entries; pass "
+                    "a new or empty folder (it is emptied first)")
   shutil.rmtree(cache, ignore_errors=True)
   runs = {"cache off": timed(command, "", cache),
           "first run (empty cache)": timed(command, str(cache), cache),
@@ -65,9 +73,12 @@ def main() -> None:
   first, second = runs["first run (empty cache)"], runs["second run (filled cache)"]
   result = {
       "command": " ".join(["python" if c == sys.executable else c for c in command]),
-      "cache_env": f"{CACHE_ENV}={cache}", "runs": runs,
+      "cache_env": f"{CACHE_ENV}={cache}",
+      "runs": {name: {k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}
+               for name, r in runs.items()},
       "first_over_second_wall": round(first["wall_seconds"] / second["wall_seconds"], 2),
-      "first_over_second_cpu": round(first["cpu_seconds"] / second["cpu_seconds"], 2),
+      "first_over_second_cpu": round(first["cpu_seconds"] / max(second["cpu_seconds"], 1e-9),
+                                     2),
       "new_entries_in_second_run": second["cache_entries_after"]
                                    - first["cache_entries_after"],
       "load_average_1m_at_end": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
@@ -85,4 +96,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  run_cli(main)

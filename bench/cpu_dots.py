@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import timing  # bench/timing.py
+from adapler_jax.cli import run_cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 MATMUL_ROWS = (1, 8, 16, 64, 256, 2048)
@@ -101,4 +102,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  run_cli(main)

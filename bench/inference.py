@@ -148,6 +148,9 @@ def task_examples(task: str, split: str, tokenizer, args) -> TokenizedDataset:
 
 def random_cp_setup(task: str, args) -> Setup:
   """Embedded MiniLM, fresh head, predictors scaled by `--cp-scale`, eta = `--eta`."""
+  if args.eta_scales:
+    print(f"# {task}: random-CP mode sets eta with --eta; --eta-scales applies to trained runs "
+          "only", flush=True)
   spec = get_task(task)
   backbone = load_backbone("minilm")
   cfg = adapler.AdapLeRConfig(backbone.config, num_labels=spec.num_labels)
@@ -169,7 +172,7 @@ def lat_setup(task: str, workdir: str, args) -> Setup:
   """A LAT run: its LengthDrop model serves both the full-length and the LAT engines."""
   run = prepare(read_config(workdir), workdir, record=False)
   if task != run.task.name:
-    raise SystemExit(f"{workdir} is a {run.task.name} LAT run; pass --task {run.task.name}")
+    raise UserError(f"{workdir} is a {run.task.name} LAT run; pass --task {run.task.name}")
   step, params = lat_phases.load_lengthdrop(run)
   split = args.split or run.config.eval.split  # the run's own split names.
   data = capped(run.dataset(split), task, args)
@@ -597,28 +600,59 @@ def parse_args(argv=None):
   if args.max_examples is not None and args.max_examples < 1:
     raise UserError(f"--max-examples is {args.max_examples}; pass at least 1, e.g. 200")
   timing.check_counts(args)
+  if args.retries < 0:
+    raise UserError(f"--retries is {args.retries}; pass 0 or more, e.g. --retries 1")
   timing.out_path(args.out)
-  args.folds = tuple(int(f) for f in args.folds.split(",") if f)
+  args.folds = _folds(args.folds, "--folds")
   widths = [w for w in args.grid_widths.split(",") if w]
   if not all(w.isdigit() and int(w) > 0 for w in widths):
     raise UserError(f"--grid-widths takes positive ints, e.g. 2,4,12,20; got "
                     f"{args.grid_widths!r}")
   args.grid_widths = tuple(int(w) for w in widths)
-  args.full_folds = tuple(int(f) for f in args.full_folds.split(",") if f)
+  args.full_folds = _folds(args.full_folds, "--full-folds")
   args.lat_configs = [c for c in args.lat_configs.split(",") if c]
-  args.frontier_budgets = [float(b) for b in args.frontier_budgets.split(",") if b]
-  try:
-    args.eta_scales = [float(s) for s in args.eta_scales.split(",") if s]
-  except ValueError:
-    raise UserError(f"--eta-scales takes numbers, e.g. 0.25,0.5; got {args.eta_scales!r}"
-                    ) from None
+  for spec in args.lat_configs:  # checked for form here, against each model when it loads.
+    length_base, _, value = spec.partition(":")
+    if length_base not in ("padded", "actual") or not _is_config_value(value):
+      raise UserError(f"--lat-configs takes base:ratio or base:l1-l2-... with base padded or "
+                      f"actual, e.g. padded:0.2,actual:52-42-34; got {spec!r}")
+  args.frontier_budgets = _numbers(args.frontier_budgets, "--frontier-budgets", "0.3,0.67")
+  args.eta_scales = _numbers(args.eta_scales, "--eta-scales", "0.25,0.5")
   if args.random_cp:
     args.workdir = [RANDOM_CP] * len(args.task)
   if len(args.workdir) != len(args.task):
     raise UserError(f"give one --workdir (a run, or '{RANDOM_CP}') per --task, or "
                     "--random-cp")
+  for workdir in args.workdir:  # every run before the first task is measured.
+    if workdir != RANDOM_CP and not (Path(workdir) / "config.json").is_file():
+      raise UserError(f"--workdir {workdir} holds no train.py run (no config.json); pass a "
+                      f"run's workdir, or '{RANDOM_CP}'")
   args.systems = timing.systems_arg(args.systems, SYSTEMS)
   return args
+
+
+def _folds(text: str, flag: str) -> tuple[int, ...]:
+  folds = timing.positive_ints(text, flag, "2,4") if text else ()
+  if any(f < 2 for f in folds):
+    raise UserError(f"{flag} takes row folds of at least 2, e.g. {flag} 2,4; got {text!r}")
+  return folds
+
+
+def _numbers(text: str, flag: str, example: str) -> list[float]:
+  try:
+    return [float(v) for v in text.split(",") if v]
+  except ValueError:
+    raise UserError(f"{flag} takes numbers, e.g. {flag} {example}; got {text!r}") from None
+
+
+def _is_config_value(value: str) -> bool:
+  """A ratio in [0, 1) or lengths l1-l2-... of ints >= 1."""
+  if "-" in value:
+    return all(v.isdigit() and int(v) >= 1 for v in value.split("-"))
+  try:
+    return 0 <= float(value) < 1
+  except ValueError:
+    return False
 
 
 def main(argv=None) -> None:
@@ -638,18 +672,22 @@ def main(argv=None) -> None:
   rows, out = [], None if args.out is None else Path(args.out)
   if out is not None:
     out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
   for task, workdir in zip(args.task, args.workdir):
     random_cp = workdir == RANDOM_CP
     setup = random_cp_setup(task, args) if random_cp else trained_setup(task, workdir, args)
     print(f"# {task}: {setup.source}", flush=True)
     rows += benchmark(setup, list(args.batch_sizes), systems, args,
                       {**meta, "mode": "random-cp" if random_cp else "trained"})
-    # Each task's rows are written as it ends, so they survive a later task's failure.
-    if out is not None:
-      atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
+    # Each task's rows are kept beside --out as it ends, so they survive a later task's
+    # failure; --out itself is replaced only by the whole run.
+    if out is not None and len(args.task) > 1:
+      atomic_write_text(partial, json.dumps(rows, indent=1) + "\n")
     map_limit.release()  # a task's programs: they fill the process's memory mappings.
   print_table(rows)
   if out is not None:
+    atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
+    partial.unlink(missing_ok=True)
     print(f"wrote {len(rows)} rows to {out}")
 
 

@@ -113,7 +113,7 @@ def main() -> None:
                            "the run's lat.smallest_ratio in steps of 0.02); ratios past "
                            "lat.smallest_ratio are configs LengthDrop never trained")
   args = parser.parse_args()
-  timing.out_files(Path(args.out).with_suffix(".json"), Path(args.out).with_suffix(".png"))
+  timing.out_files(*timing.figure_files(args.out))
   logging.set_verbosity(logging.WARNING)
   ratios = None
   if args.ratios is not None:
@@ -128,9 +128,10 @@ def main() -> None:
   result = sweep(args.workdir, ratios)
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2))
-  plot(result, out.with_suffix(".png"))
-  print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.png')}")
+  json_path, png_path = timing.figure_files(out)
+  atomic_write_text(json_path, json.dumps(result, indent=2))
+  plot(result, png_path)
+  print(f"wrote {json_path}, {png_path}")
 
 
 if __name__ == "__main__":

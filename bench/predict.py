@@ -130,6 +130,9 @@ def main() -> None:
                       help="JSON file for the results (default: none, the table "
                            "only: the files under bench/results are the ones cited)")
   args = parser.parse_args()
+  if args.repeats < 1 or args.batch_size < 1 or args.max_examples < 0:
+    raise UserError("--repeats and --batch-size must be at least 1, --max-examples at least 0 "
+                    f"(0: all); got {args.repeats}, {args.batch_size}, {args.max_examples}")
   out = timing.out_path(args.out)
   items = inputs(args.task, args.data_dir, args.max_examples)
   result = {"task": args.task, **measure(args.model, items, args.batch_size, args.repeats)}

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from adapler_jax.cli import run_cli
 from adapler_jax.data.squad import load_squad
 from adapler_jax.errors import UserError
-from adapler_jax.files import atomic_write_text
+from adapler_jax.files import atomic_write_text, check_output
 from adapler_jax.eval import squad as squad_eval
 from adapler_jax.eval.metrics import paired_bootstrap
 
@@ -80,6 +80,8 @@ def main() -> None:
   if args.resamples < 1000:
     raise UserError(f"--resamples {args.resamples} is too few for a 95 % interval; use 1000 "
                     "or more")
+  if args.out:
+    check_output(args.out, flag="--out")
   result = compare(_predictions(args.baseline), _predictions(args.candidate),
                    load_squad("dev", args.data_dir).examples, resamples=args.resamples,
                    seed=args.seed, within=args.within)

@@ -58,6 +58,12 @@ def out_path(path: str | None) -> Path | None:
   return None if path is None else check_output(path, flag="--out")
 
 
+def figure_files(out: str) -> tuple[Path, Path]:
+  """OUT.json and OUT.png of a figure script's `--out OUT` (a dot in OUT stays in the name)."""
+  out = Path(out)
+  return out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
+
+
 def out_files(*paths) -> None:
   """Each file a script will write, checked as `out_path` checks `--out`, before any work
   (a figure script writes OUT.json and OUT.png: both are checked)."""

@@ -154,6 +154,9 @@ def parse_args(argv=None):
   args.systems = timing.systems_arg(args.systems, SYSTEMS)
   for flag, value in (("--batch-size", args.batch_size), ("--length", args.length)):
     timing.positive_ints(str(value), flag, "32")
+  if args.length < 3:  # [CLS], a token, [SEP]: the batch's lengths are drawn from 3 up.
+    from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+    raise UserError(f"--length is {args.length}; pass at least 3, e.g. --length 64")
   timing.check_counts(args)
   timing.out_path(args.out)
   return args

@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import timing  # bench/timing.py
+from adapler_jax.cli import run_cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 SHAPES = ((1, 4), (1, 8), (1, 16), (1, 32), (32, 64))  # (rows, width) of a layer's grid.
@@ -87,4 +88,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  run_cli(main)
