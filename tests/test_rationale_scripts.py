@@ -247,6 +247,13 @@ def test_bench_arguments_are_checked_before_any_work(run, tmp_path):
                                                        "least 1"),
       (inference.parse_args, base + ["--systems", "ours-fast"], "--systems 'ours-fast' names "
                                                                "unknown systems ['ours-fast']"),
+      (inference.parse_args, base + ["--folds", "1"], "--folds takes row folds of at least 2"),
+      (inference.parse_args, base + ["--frontier-budgets", "x"], "--frontier-budgets takes"),
+      (inference.parse_args, base + ["--lat-configs", "padded:abc"], "--lat-configs takes"),
+      (inference.parse_args, base + ["--retries", "-1"], "--retries is -1; pass 0 or more"),
+      (inference.parse_args, base + ["--task", "demo", "--workdir", str(tmp_path)],
+       f"--workdir {tmp_path} holds no train.py run"),  # the second task's, checked first.
+      (train_step.parse_args, ["--length", "2"], "--length is 2; pass at least 3"),
       (train_step.parse_args, ["--systems", ""], "--systems '' names no system; choose from"),
       (train_step.parse_args, ["--batch-size", "0"], "--batch-size takes ints of at least 1"),
       (train_step.parse_args, ["--out", str(root / "run" / "config.json")],
@@ -259,6 +266,9 @@ def test_bench_arguments_are_checked_before_any_work(run, tmp_path):
       parse(args)
     assert message in str(err.value) and "\n" not in str(err.value), args
   assert summary.read_bytes() == before
+  # A dot in a figure script's stem stays in the name: OUT.v2 is not OUT.json.
+  assert _script("timing").figure_files("docs/x.v2") == (Path("docs/x.v2.json"),
+                                                          Path("docs/x.v2.png"))
 
 
 @pytest.mark.parametrize("flags, start, message", [
