@@ -47,10 +47,7 @@ def parse_args(argv=None):
   p.add_argument("--out", default=None, help="also write the rows as JSON")
   args = p.parse_args(argv)
   timing.out_path(args.out)
-  try:
-    args.eta_scales = [float(s) for s in args.eta_scales.split(",") if s]
-  except ValueError:
-    p.error(f"--eta-scales takes numbers, e.g. 0,0.25; got {args.eta_scales!r}")
+  args.eta_scales = timing.numbers(args.eta_scales, "--eta-scales", "0,0.25")
   if args.passes < 1 or args.batch_size < 1 or (args.threads is not None and args.threads < 1):
     p.error("--passes, --batch-size and --threads must be at least 1")
   return args

@@ -616,8 +616,8 @@ def parse_args(argv=None):
     if length_base not in ("padded", "actual") or not _is_config_value(value):
       raise UserError(f"--lat-configs takes base:ratio or base:l1-l2-... with base padded or "
                       f"actual, e.g. padded:0.2,actual:52-42-34; got {spec!r}")
-  args.frontier_budgets = _numbers(args.frontier_budgets, "--frontier-budgets", "0.3,0.67")
-  args.eta_scales = _numbers(args.eta_scales, "--eta-scales", "0.25,0.5")
+  args.frontier_budgets = timing.numbers(args.frontier_budgets, "--frontier-budgets", "0.3,0.67")
+  args.eta_scales = timing.numbers(args.eta_scales, "--eta-scales", "0.25,0.5")
   if args.random_cp:
     args.workdir = [RANDOM_CP] * len(args.task)
   if len(args.workdir) != len(args.task):
@@ -636,13 +636,6 @@ def _folds(text: str, flag: str) -> tuple[int, ...]:
   if any(f < 2 for f in folds):
     raise UserError(f"{flag} takes row folds of at least 2, e.g. {flag} 2,4; got {text!r}")
   return folds
-
-
-def _numbers(text: str, flag: str, example: str) -> list[float]:
-  try:
-    return [float(v) for v in text.split(",") if v]
-  except ValueError:
-    raise UserError(f"{flag} takes numbers, e.g. {flag} {example}; got {text!r}") from None
 
 
 def _is_config_value(value: str) -> bool:

@@ -51,6 +51,16 @@ def positive_ints(text: str, flag: str, example: str) -> tuple[int, ...]:
   return tuple(int(v) for v in values)
 
 
+def numbers(text: str, flag: str, example: str) -> list[float]:
+  """A comma-separated list of numbers (`--eta-scales 0.25,0.5`); one line otherwise."""
+  from adapler_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  try:
+    return [float(v) for v in str(text).split(",") if v.strip()]
+  except ValueError:
+    raise UserError(f"{flag} takes numbers, comma-separated, e.g. {flag} {example}; got "
+                    f"{text!r}") from None
+
+
 def out_path(path: str | None) -> Path | None:
   """`--out`, checked before any work (`files.check_output`): not a folder, nor a file that
   a run or an export keeps (a result written there broke the run)."""

@@ -50,14 +50,6 @@ import timing  # bench/timing.py
 SHARED = ("finetune", "saliency.npz")  # what the siblings reuse from the finished run.
 
 
-def _floats(text: str, flag: str) -> list[float]:
-  try:
-    return [float(v) for v in text.split(",") if v.strip()]
-  except ValueError:
-    raise UserError(f"{flag} takes comma-separated numbers, e.g. {flag} 1.25,1.5; got "
-                    f"{text!r}") from None
-
-
 def sibling(base: Path, phi: float) -> Path:
   return base.parent / f"{base.name}_phi{phi:g}"
 
@@ -144,10 +136,10 @@ def main(argv=None) -> None:
   if args.from_workdirs:
     result = tradeoff.points_from_workdirs([Path(w) for w in args.from_workdirs.split(",")])
   elif args.workdir and args.eta_multipliers:
-    result = eta_points(Path(args.workdir), _floats(args.eta_multipliers, "--eta-multipliers"), args.split)
+    result = eta_points(Path(args.workdir), timing.numbers(args.eta_multipliers, "--eta-multipliers", "1.25,1.5"), args.split)
   elif args.workdir and args.phis:
     base = Path(args.workdir)
-    siblings = [train_sibling(base, phi, args.set) for phi in _floats(args.phis, "--phis")]
+    siblings = [train_sibling(base, phi, args.set) for phi in timing.numbers(args.phis, "--phis", "1e-3,5e-3")]
     result = tradeoff.points_from_workdirs([base, *siblings])
   else:
     raise UserError("pass --from-workdirs, or --workdir with --phis or --eta-multipliers")

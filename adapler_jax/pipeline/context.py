@@ -205,8 +205,8 @@ class Run:
         trained = files.read_json(path, "") if path.exists() else None
       except UserError:  # damaged: that phase's rerun writes it again; nothing to compare.
         continue
-      imported = _field(trained, "train.init_from_hf")
-      if phase == "finetune" and imported not in (_MISSING, ""):
+      imported = _imported_from(trained)
+      if phase == "finetune" and imported:
         logging.warning("%s: the fine-tuned model was imported from %s, trained on rows no "
                         "config here records; the search's held-out rows may be among them",
                         path.name, imported)
@@ -484,7 +484,7 @@ def check_resumed_phases(run: Run, phase: str | None) -> None:
       recorded = files.read_json(path, "")
     except UserError:  # damaged: that phase's rerun writes it again.
       continue
-    imported = name == "finetune" and _field(recorded, "train.init_from_hf") not in (_MISSING, "")
+    imported = name == "finetune" and _imported_from(recorded)
     rows = () if imported else run.resumed_row_fields()  # an import stepped over no rows.
     for field in (batch_field, *rows):
       was, now = _field(recorded, field), _field(run.config, field)
@@ -518,6 +518,12 @@ def _field(tree, dotted: str):
       return _MISSING
     tree = tree[key]
   return tree
+
+
+def _imported_from(recorded) -> str:
+  """The `train.init_from_hf` a fine-tuning config records ('' for one train.py ran)."""
+  source = _field(recorded, "train.init_from_hf")
+  return "" if source is _MISSING else source
 
 
 def _a(word: str) -> str:
