@@ -285,15 +285,32 @@ def load_tokenizer(directory: str | os.PathLike):
     raise WeightsError(f"no tokenizer in {directory}; add the base model's tokenizer files "
                        f"(one of {', '.join(_TOKENIZER_FILES)}) beside the weights, e.g. "
                        "AutoTokenizer.from_pretrained(BASE).save_pretrained(DIR)")
-  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
   try:
-    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    tokenizer = _tokenizer_class(directory).from_pretrained(str(directory))
   except (OSError, ValueError) as e:
     raise WeightsError(f"no tokenizer in {directory} ({e.__class__.__name__}); add "
                        "tokenizer.json or vocab.txt beside the weights") from None
   if not getattr(tokenizer, "is_fast", False):
     raise WeightsError(f"the tokenizer in {directory} is not a fast tokenizer; add tokenizer.json")
   return tokenizer
+
+
+def _tokenizer_class(directory: Path):
+  """The class `tokenizer_config.json` names, imported alone; else `AutoTokenizer`.
+  `transformers.AutoTokenizer` imports the model configs and, with them, PyTorch when it is
+  installed: seconds at every CLI start for a tokenizer that needs neither."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  try:
+    name = json.loads((directory / "tokenizer_config.json").read_text()).get("tokenizer_class")
+  except (OSError, ValueError, AttributeError):
+    name = None
+  if isinstance(name, str) and name:
+    for candidate in (name if name.endswith("Fast") else name + "Fast", name):
+      try:
+        return getattr(transformers, candidate)
+      except (AttributeError, ImportError, RuntimeError):  # not in this version.
+        continue
+  return transformers.AutoTokenizer
 
 
 def to_hf_state_dict(bert_params: Mapping[str, Any],

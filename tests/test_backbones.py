@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -224,6 +226,41 @@ def test_missing_tokenizer_is_one_line(tmp_path):
     tmp_path = tmp_path / "d"
   with pytest.raises(weights.WeightsError, match=r"^no tokenizer in .*save_pretrained\(DIR\)$"):
     weights.load_backbone(str(tmp_path))
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_tokenizer_loads_as_auto_tokenizer_builds_it(named, tokenizer, tmp_path):
+  """The class tokenizer_config.json names is imported alone (AutoTokenizer imports PyTorch
+  when it is installed); without a named class, AutoTokenizer builds it. Either way it
+  encodes pairs, offsets and overflow windows as AutoTokenizer's does."""
+  transformers = pytest.importorskip("transformers")
+  tokenizer.save_pretrained(str(tmp_path))
+  if not named:
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    del config["tokenizer_class"]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+  loaded = weights.load_tokenizer(tmp_path)
+  auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  assert type(loaded) is type(auto) and loaded.is_fast
+  questions = ["Who founded Glenford?", "Wér?"]
+  contexts = ["Glenford is a town, founded in 1819 by Greta Moss. " * 3, "Ça va, naïve café."]
+  kwargs = dict(truncation="only_second", max_length=24, stride=8,
+                return_overflowing_tokens=True, return_offsets_mapping=True)
+  got, want = loaded(questions, contexts, **kwargs), auto(questions, contexts, **kwargs)
+  assert len(want["input_ids"]) > len(questions)  # windows overflowed.
+  for key in want:
+    assert got[key] == want[key], key
+
+
+def test_loading_a_backbone_imports_no_pytorch():
+  """A CLI start: the embedded backbone and its tokenizer load without importing torch."""
+  if not HAVE_TORCH:
+    pytest.skip("torch is not installed: there is nothing to keep from importing")
+  code = ("import sys; from adapler_jax.weights import load_backbone; load_backbone('minilm'); "
+          "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=300, check=True)
+  assert proc.stdout.strip() == "[]"
 
 
 def test_revision_needs_a_hub_id(tmp_path):
