@@ -125,15 +125,11 @@ def check_started_from(run: Run) -> str:
   resuming would mix the two, and the summary would set the new fine-tuned model beside a
   LAT model of the old one. Reads only."""
   source = phases.finetuned_source(run)
-  ckpt = lengthdrop_checkpointer(run, read_only=True)
-  try:
-    started = ckpt.restore_json().get("finetuned") if ckpt.latest_step() is not None else None
-  finally:
-    ckpt.close()
-  if started not in (None, source):
-    raise UserError(f"{ckpt.directory} was trained from a fine-tuned checkpoint that has "
-                    "since been replaced (fine-tuning redone or trained further); delete "
-                    f"{ckpt.directory} to train LengthDrop from the new one")
+  with lengthdrop_checkpointer(run, read_only=True) as ckpt:
+    phases.check_trained_from(ckpt, "finetuned", source,
+                              was="from a fine-tuned checkpoint that has since been "
+                              "replaced (fine-tuning redone or trained further)",
+                              retrain="LengthDrop from the new one")
   return source
 
 

@@ -283,7 +283,9 @@ def train_adapler(run: Run) -> None:
     params = with_finetuned(params, load_finetuned(run, 1)[0][1])
   ckpt = adapler_checkpointer(run)
   state = restore_latest(ckpt, on_mesh(run, create_train_state(params, optimizer, steps_key)))
-  _check_trained_on(ckpt, source)
+  check_trained_from(ckpt, "saliency", source,
+                     was="on a saliency.npz since recomputed from other fine-tuned "
+                     "checkpoints", retrain="AdapLeR on the new one")
   step_fn = adapler_step.make_train_step(cfg, optimizer,
                                          adapler_step.LossWeights(gamma=c.gamma, phi=c.phi),
                                          mesh=run.mesh)
@@ -324,13 +326,13 @@ def train_adapler(run: Run) -> None:
   ckpt.close()
 
 
-def _check_trained_on(ckpt: Checkpointer, source: str | None) -> None:
-  """One-line UserError when the AdapLeR checkpoints were trained on a saliency.npz that
-  has since been recomputed: resuming would mix the two."""
-  if ckpt.latest_step() is not None and ckpt.restore_json().get("saliency", source) != source:
-    raise UserError(f"{ckpt.directory} was trained on a saliency.npz since recomputed from "
-                    f"other fine-tuned checkpoints; delete {ckpt.directory} to train AdapLeR "
-                    "on the new one")
+def check_trained_from(ckpt: Checkpointer, key: str, source: str | None, *, was: str,
+                       retrain: str) -> None:
+  """One-line UserError when the checkpoints of `ckpt` recorded under `key` another
+  source than `source` (they were trained `was`): resuming would mix the two."""
+  if ckpt.recorded(key) not in (None, source):
+    raise UserError(f"{ckpt.directory} was trained {was}; delete {ckpt.directory} to "
+                    f"train {retrain}")
 
 
 def select_adapler_step(run: Run, backbone_metric: float) -> tuple[int, str]:

@@ -313,6 +313,11 @@ class Checkpointer:
         step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
     return dict(restored[CONFIG] or {})
 
+  def recorded(self, key: str) -> Any:
+    """`key` of the JSON item saved with the latest step; None when no step is saved or
+    it recorded no `key`."""
+    return self.restore_json().get(key) if self.latest_step() is not None else None
+
   def latest_step(self) -> int | None:
     """The most recent saved step, or None."""
     return self._manager.latest_step()
