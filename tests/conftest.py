@@ -55,7 +55,9 @@ def compilation_cache(tmp_path_factory):
   """One persistent compilation cache for the session, in a temporary folder, never the
   user's: for in-process runs (each pipeline phase and engine builds fresh jitted functions,
   which would otherwise compile the same programs again in every test) and for the train.py
-  / evaluate.py processes tests start (`adapler_jax.cli.enable_compilation_cache`)."""
+  / evaluate.py processes tests start (`adapler_jax.cli.enable_compilation_cache`). Under
+  pytest-xdist the workers share it (JAX writes each entry atomically), so a program one
+  worker compiled is loaded by the other."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
   from adapler_jax import cli  # pylint: disable=g-import-not-at-top
@@ -63,7 +65,10 @@ def compilation_cache(tmp_path_factory):
            "jax_persistent_cache_min_entry_size_bytes", "jax_compilation_cache_max_size")
   saved_options = {k: getattr(jax.config, k) for k in names}
   saved_env = os.environ.get(cli.CACHE_ENV)
-  os.environ[cli.CACHE_ENV] = str(tmp_path_factory.mktemp("jax_cache"))
+  base = tmp_path_factory.getbasetemp()  # a worker's is `popen-gwN` in the session's folder.
+  folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "jax_cache"
+  folder.mkdir(exist_ok=True)
+  os.environ[cli.CACHE_ENV] = str(folder)
   jax.config.update("jax_compilation_cache_dir", None)
   cli.enable_compilation_cache()
   cc.reset_cache()
