@@ -18,7 +18,6 @@ the seconds its engine took to compile (`warmup`).
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -29,7 +28,6 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import timing  # bench/timing.py  # pylint: disable=wrong-import-position
 from adapler_jax.cli import run_cli  # pylint: disable=wrong-import-position
-from adapler_jax.files import atomic_write_text  # pylint: disable=wrong-import-position
 
 
 def parse_args(argv=None):
@@ -99,8 +97,7 @@ def main(argv=None) -> None:
           f"{rows[-1]['speed_over_full']:.3f} of ours-full's speed, "
           f"compiled in {rows[-1]['compile_seconds']:.1f} s")
   if args.out:
-    atomic_write_text(pathlib.Path(args.out), json.dumps(rows, indent=1))
-    print(f"wrote {args.out}")
+    timing.write_json(args.out, rows)
 
 
 if __name__ == "__main__":

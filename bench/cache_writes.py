@@ -10,7 +10,6 @@ Entries are random 16 KB blobs in a temporary folder; prints a table and writes 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -19,13 +18,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from jax._src.lru_cache import LRUCache  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from adapler_jax.cli import (ATIME_SUFFIX, CACHE_MAX_BYTES, CACHE_SUFFIX,  # pylint: disable=wrong-import-position
                              prune_compilation_cache, run_cli)
 from adapler_jax.errors import UserError  # pylint: disable=wrong-import-position
-from adapler_jax.files import atomic_write_text, check_output  # pylint: disable=wrong-import-position
+from adapler_jax.files import check_output  # pylint: disable=wrong-import-position
+import timing  # bench/timing.py  # pylint: disable=wrong-import-position
 
 
 def filled(folder: Path, count: int, blob: bytes) -> None:
@@ -73,7 +74,7 @@ def main() -> None:
     print(f"{r['entries']:>8} {r['jax_limit_ms_per_write']:>19.2f} "
           f"{r['no_limit_ms_per_write']:>18.2f} {r['trim_once_ms']:>13.2f}")
   if args.out:
-    atomic_write_text(args.out, json.dumps({"rows": rows, "entry_bytes": len(blob)}, indent=1))
+    timing.write_json(args.out, {"rows": rows, "entry_bytes": len(blob)})
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ seconds and the cache entries after it; a second run that compiles nothing adds 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -24,10 +23,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from adapler_jax.cli import CACHE_ENV, CACHE_SUFFIX, ATIME_SUFFIX, run_cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from adapler_jax.errors import UserError  # pylint: disable=wrong-import-position
-from adapler_jax.files import atomic_write_text, check_output  # pylint: disable=wrong-import-position
+from adapler_jax.files import check_output  # pylint: disable=wrong-import-position
+import timing  # bench/timing.py  # pylint: disable=wrong-import-position
 
 
 def entries(cache: Path) -> int:
@@ -91,8 +92,7 @@ def main() -> None:
         f"{result['first_over_second_cpu']}x CPU; new entries in the second run: "
         f"{result['new_entries_in_second_run']}")
   if args.out:
-    atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    timing.write_json(args.out, result)
 
 
 if __name__ == "__main__":

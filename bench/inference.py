@@ -660,6 +660,7 @@ def main(argv=None) -> None:
       systems.remove("hf-pytorch")
   meta = {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
           "cpu_threads": threads, "machine": platform.machine(), "cpu": environment.cpu_model(),
+          "versions": environment.describe()["versions"],
           "folds": list(args.folds), "full_folds": list(args.full_folds),
           "buckets": list(args.buckets), "repeats": args.repeats}
   rows, out = [], None if args.out is None else Path(args.out)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import pathlib
 import re
 import sys
@@ -28,7 +27,6 @@ sys.path.insert(0, str(REPO / "bench"))
 import timing  # bench/timing.py  # pylint: disable=wrong-import-position
 from adapler_jax.cli import run_cli  # pylint: disable=wrong-import-position
 from adapler_jax.errors import UserError  # pylint: disable=wrong-import-position
-from adapler_jax.files import atomic_write_text  # pylint: disable=wrong-import-position
 
 EXECUTOR = ("ThunkExecutor::Execute", "ThreadpoolListener")
 
@@ -138,8 +136,7 @@ def main(argv=None) -> None:
   for op in result["ops"][:args.top]:
     print(f"  {op['ms']:9.2f} ms {100 * op['share']:5.1f} % {op['count']:7d}  {op['kind']}")
   if args.out:
-    atomic_write_text(pathlib.Path(args.out), json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    timing.write_json(args.out, result)
 
 
 if __name__ == "__main__":

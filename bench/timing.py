@@ -108,8 +108,16 @@ def check_counts(args) -> None:
 
 
 def write_json(path, result) -> None:
-  """`result` as JSON at `path`, its folder made, the file written whole."""
+  """`result` as JSON at `path`, its folder made, the file written whole. What measured it
+  goes with it: a mapping gets `environment` (software, hardware, XLA flags) unless it has
+  one; each row of a list gets the package `versions`."""
+  from adapler_jax import environment  # pylint: disable=g-import-not-at-top
   from adapler_jax.files import atomic_write_text  # pylint: disable=g-import-not-at-top
+  described = environment.describe()
+  if isinstance(result, Mapping):
+    result = {"environment": described, **result}
+  else:
+    result = [{"versions": described["versions"], **row} for row in result]
   Path(path).parent.mkdir(parents=True, exist_ok=True)
   atomic_write_text(Path(path), json.dumps(result, indent=2) + "\n")
   print(f"wrote {path}")

@@ -121,6 +121,7 @@ def test_bench_batch_steps_on_a_trained_run(run):
   assert rows[0]["speed_over_full"] == 1.0
   for r in rows:
     assert r["examples"] == 6 and r["step_ms_per_example"] > 0 and r["speed_over_full"] > 0
+    assert r["versions"]["jax"] == jax.__version__  # what measured it goes with it.
 
 
 def test_bench_inference_on_a_trained_run(run):
@@ -150,6 +151,7 @@ def test_bench_inference_on_a_trained_run(run):
     assert sum(fine["slots_per_layer"]) <= sum(coarse["slots_per_layer"])
   for r in rows:
     assert r["examples"] == 12 and r["task"] == "demo"
+    assert r["versions"]["jax"] == jax.__version__
     if r["system"] == "ours-full":  # restored params, one batch size per engine: at
       # batches <= 4 on the fine grids too, as the AdapLeR engine's layers.
       assert r["grid_widths"] == rows[1]["grid_widths"]
@@ -310,6 +312,7 @@ def test_profile_ops_attributes_a_traced_pass(run):
   kinds = {op["kind"] for op in result["ops"]}
   assert kinds & {"dot", "ynn_fusion"}  # the layers' matmuls are attributed by kind.
   assert result["threads"]
+  assert result["environment"]["versions"]["jax"] == jax.__version__
 
 
 def test_attention_bench_times_the_feed_forward_block_in_row_chunks():
