@@ -12,6 +12,7 @@ from adapler_jax.pipeline import base_config
 
 def get_config():
   c = base_config("hatexplain", max_length=72)
+  c.data.test_split = "test"  # the paper reports its labelled test split (1,924 posts).
   c.train.batch_size = 32
   c.train.epochs = 5
   c.train.learning_rate = 3e-05

@@ -1,6 +1,10 @@
 """squad with the Length-Adaptive Transformer as its authors ran it: standard fine-tuning, then
 LengthDrop with drop-and-restore ([CLS] is not forced to stay; dropped vectors come back at the
-last layer for the span head).
+last layer for the span head). Where the defaults differ from the authors' code (forward KL
+for the sandwich, padded query rows left out of the significance, AdamW eps 1e-6; each a
+config field, docs/lat.md) and their features (questions are not cut to 64 tokens first:
+the features follow Hugging Face's run_qa, which keeps the whole question), say so beside
+results.
 
 Run (see configs/squad.py for the re-split of dev by article):
   python train.py --config configs/squad_lat.py --workdir runs/squad_lat \
