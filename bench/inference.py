@@ -336,9 +336,10 @@ def hf_pass(model, data: TokenizedDataset, batch_size: int, buckets):
   return once
 
 
-def measure_systems(calls: dict, args, flops_speedups: dict[str, float]):
+def measure_systems(calls: dict, args, flops_speedups: dict[str, float], label: str = ""):
   """`timing.interleaved` over the systems; while a ratio's spread exceeds +-10 %, measures
-  again with twice the seconds per measurement (`--retries` times at most).
+  again with twice the seconds per measurement (`--retries` times at most). `label` names
+  the bar over the repeats (none with --verbose, which prints each repeat).
 
   Returns:
     (seconds per pass of each system in each repeat, passes per repeat, min seconds used).
@@ -347,7 +348,8 @@ def measure_systems(calls: dict, args, flops_speedups: dict[str, float]):
   for attempt in range(args.retries + 1):
     seconds, passes = timing.interleaved(
         calls, args.repeats, min_seconds, warmup=False,
-        log=(lambda m: print(f"  {m}", flush=True)) if args.verbose else None)
+        log=(lambda m: print(f"  {m}", flush=True)) if args.verbose else None,
+        progress=None if args.verbose else label)
     unstable = [k for k, r in ratios(seconds, flops_speedups).items()
                 for name, v in r.items() if isinstance(v, dict) and not v["stable"]]
     if not unstable or attempt == args.retries:
@@ -516,7 +518,8 @@ def benchmark(setup: Setup, batch_sizes: list[int], systems: list[str], args,
       more["flops_speedup_padded"] = round(1.0 / cost["padded_fraction"], 3)
     print(f"# {setup.task}, batch {batch_size}: {len(calls)} systems x {args.repeats} "
           f"interleaved repeats", flush=True)
-    seconds, passes, min_seconds = measure_systems(calls, args, speedups)
+    seconds, passes, min_seconds = measure_systems(calls, args, speedups,
+                                                   f"{setup.task}, batch {batch_size}")
     per_system = ratios(seconds, speedups)
     full = passes["ours-full"][-1][-1]
     for system in calls:

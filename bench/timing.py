@@ -153,10 +153,12 @@ def measure(call: Callable[[], Any], min_seconds: float) -> tuple[float, list[An
 
 
 def interleaved(systems: Mapping[str, Callable[[], Any]], repeats: int, min_seconds: float,
-                *, warmup: bool = True, log: Callable[[str], None] | None = None
+                *, warmup: bool = True, log: Callable[[str], None] | None = None,
+                progress: str | None = None
                 ) -> tuple[dict[str, list[float]], dict[str, list[list[Any]]]]:
   """Times each system `repeats` times, interleaved (A B C, A B C, ...), after one warm-up
-  call each (unless `warmup` is False: the caller warmed them up).
+  call each (unless `warmup` is False: the caller warmed them up). `progress` labels a bar
+  over the repeats (on stderr, updated between repeats only, so never inside a timing).
 
   Returns:
     seconds per call of each system in each repeat, and the results of its calls in each
@@ -167,7 +169,11 @@ def interleaved(systems: Mapping[str, Callable[[], Any]], repeats: int, min_seco
       call()
   seconds = {name: [] for name in systems}
   results = {name: [] for name in systems}
-  for r in range(repeats):
+  rounds = range(repeats)
+  if progress:
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+    rounds = tqdm(rounds, desc=progress, unit="repeat", leave=False)
+  for r in rounds:
     for name, call in systems.items():
       s, out = measure(call, min_seconds)
       seconds[name].append(s)

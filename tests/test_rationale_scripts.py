@@ -273,6 +273,20 @@ def test_bench_arguments_are_checked_before_any_work(run, tmp_path):
                                                           Path("docs/x.v2.png"))
 
 
+def test_interleaved_repeats_run_in_turn_under_a_progress_bar(capsys):
+  """Each repeat times every system once, in order; the bar over the repeats goes to stderr
+  and only when labelled."""
+  timing, calls = _script("timing"), []
+  systems = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
+  seconds, results = timing.interleaved(systems, 3, 0.0, progress="demo, batch 1")
+  assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-up, then A B, A B, A B.
+  assert [len(seconds[n]) for n in systems] == [3, 3] and len(results["a"][0]) == 1
+  captured = capsys.readouterr()
+  assert "demo, batch 1:" in captured.err and "/3" in captured.err and not captured.out
+  timing.interleaved(systems, 2, 0.0)
+  assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("flags, start, message", [
     (["--eta-multipliers", "0.25,0.5"], "error: --eta-multipliers (", "must contain 1"),
     (["--eta-multipliers", "1,0.5"], "error: --eta-multipliers (", "rising order"),
