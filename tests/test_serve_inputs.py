@@ -187,3 +187,27 @@ def test_gzip_inputs(tmp_path):
     with pytest.raises(data_lib.DataError, match="^" + re.escape(message)):
       with inputs.open_input(str(tmp_path / name)) as f, inputs.decoding(name):
         f.read()
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_a_carriage_return_inside_a_line_is_text(tmp_path, suffix):
+  """Lines end at "\\n" (and "\\r\\n"): a lone "\\r" split one line into two inputs, and every
+  later line's id was off by one. In task data it stays text in a TSV field; in an unquoted
+  CSV field it is one line (a CSV row split there silently before)."""
+  text = b"mostly masses\rspheres bread\r\nrumble chicks\n"
+  path = tmp_path / f"in.txt{suffix}"
+  path.write_bytes(gzip.compress(text) if suffix else text)
+  with inputs.open_input(str(path)) as f:
+    assert inputs.read_lines(f, "in.txt") == (["1", "2"], ["mostly masses\rspheres bread",
+                                                           "rumble chicks"])
+  (tmp_path / "d.tsv").write_bytes(b"sentence\tlabel\nx\ry\t1\r\nok\t0\n")
+  ds = data_lib.load_file(tmp_path / "d.tsv", "sentence", label_field="label")
+  assert ds.texts == (["x\ry", "ok"],) and list(ds.labels) == [1, 0]
+  (tmp_path / "d.csv").write_bytes(b'text,label\n"x\ry",1\nok,0\n')
+  ds = data_lib.load_file(tmp_path / "d.csv", "text", label_field="label")
+  assert ds.texts == (["x\ry", "ok"],)
+  (tmp_path / "bad.csv").write_bytes(b"text,label\nx\ry,1\nok,0\n")
+  with pytest.raises(data_lib.DataError, match=re.escape(
+      "bad.csv line 2: a carriage return (\\r) inside an unquoted field; quote the field, or "
+      "remove the carriage return") + "$"):
+    data_lib.load_file(tmp_path / "bad.csv", "text", label_field="label")

@@ -48,10 +48,15 @@ FILE_HINTS = Hints(column="pass --config.data.text_fields and --config.data.labe
                    empty="no data rows; add data rows or pass another file")
 
 
+# Lines end at "\n" alone ("\r\n" too, its "\r" stripped by the readers): a carriage return
+# inside a line is text, not a row boundary, and the csv module reads quoted newlines whole.
+NEWLINE = "\n"
+
+
 def _open_text(path: Path):
   if path.name.endswith(".gz"):
-    return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-  return open(path, encoding="utf-8-sig", newline="")
+    return gzip.open(path, "rt", encoding="utf-8-sig", newline=NEWLINE)
+  return open(path, encoding="utf-8-sig", newline=NEWLINE)
 
 
 def _first_bad_line(path: Path) -> int:
@@ -207,6 +212,9 @@ def csv_rows(reader, header: Sequence[str] | None,
     except StopIteration:
       return
     except csv.Error as e:
+      if "new-line character seen in unquoted field" in str(e):  # a lone "\r" (NEWLINE).
+        raise DataError(f"{where(start)}: a carriage return (\\r) inside an unquoted field; "
+                        "quote the field, or remove the carriage return") from None
       raise DataError(format_message(where(start), f"bad CSV in the record starting here: {e}",
                                      QUOTE_FIX)) from None
     if not "".join(fields).strip():

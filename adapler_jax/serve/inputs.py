@@ -187,12 +187,14 @@ def check_input(path: str, wanted: str) -> None:
 @contextmanager
 def open_input(path: str):
   """The input as text: UTF-8, strictly (stdin too: Python decodes it with
-  surrogateescape), a leading byte-order mark dropped; a .gz file decompressed."""
+  surrogateescape), a leading byte-order mark dropped; a .gz file decompressed; lines end
+  at "\n" alone (`readers.NEWLINE`)."""
   if path == "-":
     if not hasattr(sys.stdin, "buffer"):  # replaced by a text stream, as in tests.
       yield sys.stdin
       return
-    stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="strict")
+    stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="strict",
+                              newline=readers.NEWLINE)
     try:
       yield stream
     finally:
@@ -200,7 +202,7 @@ def open_input(path: str):
     return
   check_input(path, "a text, JSON-lines or CSV file, or -")
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rt", encoding="utf-8-sig") as f:
+  with opener(path, "rt", encoding="utf-8-sig", newline=readers.NEWLINE) as f:
     yield f
 
 
