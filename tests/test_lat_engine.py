@@ -178,6 +178,27 @@ def test_one_program_per_bucket_serves_every_config():
   assert (got.kept_counts == got.lengths[:, None]).all()  # None: every token, every layer.
 
 
+def test_a_rows_kept_order_does_not_depend_on_its_batch():
+  """A row that a layer drops nothing from keeps its slots' order, as it does alone, even
+  when rows beside it drop (they were reordered by significance then): kept positions, in
+  order, and logits equal at batch 1 and batch 8."""
+  cfg = ClassifierConfig(TINY, 2)
+  params = classifier.init_classifier(jax.random.key(4), TINY, 2)
+  data = synthetic(40, 32, seed=9)
+  kwargs = dict(base=32, max_length=32, buckets=(8, 16, 32))
+  config = (8, 4)  # layer 1 drops from rows of 5 tokens or more, not from shorter ones.
+  alone, batched = (LengthEngine(cfg, params, config, batch_size=b, **kwargs).run(
+      data, return_rationales=True) for b in (1, 8))
+  n = data.lengths
+  assert ((n <= 4) & (n >= 3)).sum() >= 2 and ((n > 4) & (n <= 8)).sum() >= 2  # one bucket.
+  for i in range(len(data)):
+    for l in range(TINY.num_layers):
+      np.testing.assert_array_equal(batched.kept_positions[i][l], alone.kept_positions[i][l])
+    if n[i] <= 4:  # never dropped from: position order at every layer.
+      assert all((p == np.arange(n[i])).all() for p in batched.kept_positions[i])
+  np.testing.assert_allclose(batched.logits, alone.logits, atol=1e-5, rtol=0)
+
+
 def test_no_transfer_to_the_host_between_layers(monkeypatch):
   """The host plans a batch from its lengths and reads only the outputs (on CPU every
   read of an array's value is counted; the guard stops them on accelerators)."""
