@@ -121,6 +121,12 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if _OUTPUT.value != "-":
     output = files.check_output(_OUTPUT.value, _MODEL.value)
+    model_dir = Path(_MODEL.value).resolve()
+    if model_dir in output.resolve().parents:  # the export stays the export's files alone.
+      beside = model_dir.with_name(f"{model_dir.name}_{output.name}")
+      raise UserError(f"--output {_OUTPUT.value} is inside the export {_MODEL.value}, where "
+                      "adapler-export --force would refuse to replace it; write it beside the "
+                      f"export, e.g. --output {beside}")
     if _INPUT.value != "-" and output.resolve() == Path(_INPUT.value).resolve():
       raise UserError(f"--output {_OUTPUT.value} is the --input file; the predictions would "
                       "replace the texts: write them to another file")

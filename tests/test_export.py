@@ -288,6 +288,14 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
   assert f"is a directory; pass a file name, e.g. --output {tmp_path / 'result.json'}" in (
       proc.stderr)
   # Not inside an export, where a file would block a later adapler-export --force.
+  inside = out["adapler"] / "pred.jsonl"
+  proc = _cli("adapler_jax.predict", "--model", str(out["adapler"]), "--output", str(inside),
+              input="x\n")
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+      f"error: --output {inside} is inside the export {out['adapler']}, where adapler-export "
+      "--force would refuse to replace it; write it beside the export, e.g. --output "
+      f"{out['adapler'].resolve().with_name(out['adapler'].name + '_pred.jsonl')}"]
+  assert not inside.exists()
   beside = out["adapler"].with_name(out["adapler"].name + "_result.json")
   for folder in (out["adapler"], out["adapler"] / "tokenizer"):
     with pytest.raises(UserError, match=re.escape(
