@@ -52,6 +52,10 @@ def run_cli(main: Callable[[], object]) -> None:
     if message is None:
       raise
     _fail(message)
+  except MemoryError as e:  # the host's: numpy's or Python's own allocation.
+    detail = (str(e).splitlines() or ["MemoryError"])[0]
+    _fail(f"this machine ran out of memory ({detail}); lower the batch size (--batch-size, "
+          "or --config.<phase>.batch_size) or the max length")
 
 
 def _fail(message: str) -> None:

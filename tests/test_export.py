@@ -203,7 +203,9 @@ def test_predictor_matches_the_engine(exported, sentences):
       ("a delight", None, "items is one str, not a list of inputs; pass a list, e.g. "
                           "predict([text])"),
       (None, None, "items is NoneType, not a list of inputs"),
-      (list(sentences[:3]), ["a"], "1 ids for 3 inputs; pass one id per input, or none")):
+      (list(sentences[:3]), ["a"], "1 ids for 3 inputs; pass one id per input, or none"),
+      (list(sentences[:2]), 5, "ids is one int, not a list of ids; pass one id per input"),
+      (list(sentences[:2]), "ab", "ids is one str, not a list of ids; pass one id per")):
     with pytest.raises(data_lib.DataError, match="^" + re.escape(message)):
       predictor.predict(items, ids)
   model = adapler_jax.load_model(out["lat"])
@@ -216,6 +218,8 @@ def test_predictor_matches_the_engine(exported, sentences):
     adapler_jax.Predictor(model, length_config=())  # not the exported config in its place.
   with pytest.raises(UserError, match="^batch_size '8' is not an int; pass e.g. batch_size=32$"):
     adapler_jax.Predictor(model, batch_size="8")
+  with pytest.raises(UserError, match="^batch_size 0 is below 1; pass e.g. batch_size=32$"):
+    adapler_jax.Predictor(model, batch_size=0)  # was the engine's ValueError.
   with pytest.raises(UserError, match=re.escape(
       "a length config (--length-config) applies to LAT exports; this one is AdapLeR, whose "
       "cutoffs set its speed: drop it")):

@@ -152,6 +152,14 @@ def test_out_of_memory_is_one_line_and_keeps_the_saved_checkpoints(tiny_backbone
   assert saved and snapshot(workdir / "finetune") == saved[0]
   with pytest.raises(RuntimeError, match="^INTERNAL"):  # other runtime errors keep their trace.
     run_cli(lambda: (_ for _ in ()).throw(jax.errors.JaxRuntimeError("INTERNAL: boom")))
+  # The host's memory (numpy's allocation of a huge --batch-size) was a traceback.
+  with pytest.raises(SystemExit) as exit_info:
+    run_cli(lambda: np.empty((1 << 50,), np.int8))  # a pebibyte.
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: this machine ran out of memory (Unable to "
+                                             "allocate ") and err[0].endswith(
+      "); lower the batch size (--batch-size, or --config.<phase>.batch_size) or the max length")
 
 
 def test_a_path_the_system_refuses_is_one_line(tmp_path, capsys):

@@ -48,8 +48,13 @@ def test_unlabelled_data_and_inputs():
                                                "input has 3 tab-separated fields; give "):
     inputs.texts_of("a\tb\t1", fields, 2, "x")
   assert inputs.texts_of(("a\tb",), [inputs.GENERIC_FIELDS], 1, "x") == ("a\tb",)
+  with pytest.raises(data_lib.DataError, match="^" + re.escape(  # was transformers' TypeError.
+      "x: the text holds '\\udcff', a lone surrogate, not Unicode text; decode its bytes as "
+      "UTF-8 (errors='replace' keeps the rest)") + "$"):
+    inputs.texts_of("rain \udcff snow", fields, 1, "x")
   for empty, num_texts in (({"text": ""}, 1), (" ", 1), (" \t ", 2), (("", ""), 2),
-                           ("\u200b\x07", 1)):  # a zero-width space and a bell.
+                           ("\u200b\x07", 1),  # a zero-width space and a bell.
+                           ("  \t ", 1)):  # blank, not "2 tab-separated fields".
     with pytest.raises(data_lib.DataError, match=r"^line 5: empty text; give every input some "
                                                  r"text \(blank lines of a text file"):
       inputs.texts_of(empty, fields, num_texts, "line 5")

@@ -43,6 +43,16 @@ def texts_of(item: Any, fields: Sequence[Sequence[Sequence[str]]], num_texts: in
   else:
     raise DataError(f"{where}: {type(item).__name__} is not a text, a pair of texts or a "
                     "record; pass strings, (text, text) tuples or dicts")
+  if not any(readers.visible(t) for t in texts):
+    raise DataError(f"{where}: empty text; give every input some text (blank lines of a "
+                    "text file are skipped)")
+  for text in texts:
+    try:
+      text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate, from bytes decoded leniently.
+      raise DataError(f"{where}: the text holds {text[e.start]!r}, a lone surrogate, not "
+                      "Unicode text; decode its bytes as UTF-8 (errors='replace' keeps the "
+                      "rest)") from None
   if len(texts) != num_texts:
     shape = "a sentence pair" if num_texts == 2 else "one text"
     tabs = " tab-separated fields" if isinstance(item, str) else ""
@@ -51,9 +61,6 @@ def texts_of(item: Any, fields: Sequence[Sequence[Sequence[str]]], num_texts: in
                        if num_texts == 2 else "give one text per input (a tab inside a "
                        "text: a JSON-lines record {\"text\": ...}; a GLUE task's TSV test "
                        "file: --format glue)"))
-  if not any(readers.visible(t) for t in texts):
-    raise DataError(f"{where}: empty text; give every input some text (blank lines of a "
-                    "text file are skipped)")
   return texts
 
 

@@ -49,6 +49,8 @@ class Predictor:
     m = self.model
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
       raise DataError(f"batch_size {batch_size!r} is not an int; pass e.g. batch_size=32")
+    if batch_size < 1:
+      raise DataError(f"batch_size {batch_size} is below 1; pass e.g. batch_size=32")
     if m.method == "adapler":
       if length_config is not None:
         raise DataError("a length config (--length-config) applies to LAT exports; this one "
@@ -86,6 +88,9 @@ class Predictor:
       items = list(items)  # a generator, say.
     if len(items) == 0:
       raise DataError("no inputs to predict; pass at least one text")
+    if ids is not None and (isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable)):
+      raise DataError(f"ids is one {type(ids).__name__}, not a list of ids; pass one id per "
+                      "input, e.g. ids=['a', 'b'], or none")
     ids = [str(i) for i in range(len(items))] if ids is None else [str(i) for i in ids]
     if len(ids) != len(items):
       raise DataError(f"{len(ids)} ids for {len(items)} inputs; pass one id per input, or "
