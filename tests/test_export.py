@@ -208,6 +208,9 @@ def test_predictor_matches_the_engine(exported, sentences):
       (list(sentences[:2]), "ab", "ids is one str, not a list of ids; pass one id per")):
     with pytest.raises(data_lib.DataError, match="^" + re.escape(message)):
       predictor.predict(items, ids)
+  with pytest.raises(data_lib.DataError, match="^" + re.escape(  # named the file nowhere.
+      "in.jsonl: example id 'x' appears more than once; give every row its own id")):
+    predictor.predict(list(sentences[:2]), ["x", "x"], source="in.jsonl")
   model = adapler_jax.load_model(out["lat"])
   assert model.method == "lat" and model.length_config == (13, 11)
   assert model.config.encoder == adapler_jax.EncoderConfig(

@@ -101,7 +101,7 @@ class Predictor:
     if self.model.is_span:
       return self._windows(ids, rows, where, source or "prediction input", char_spans)
     data = TextDataset(ids=ids, texts=tuple(list(t) for t in zip(*rows)), labels=None,
-                       task=self.model.task, source="prediction input")
+                       task=self.model.task, source=source or "prediction input")
     return tokenize(data, self.model.tokenizer, self.model.max_length, char_spans=char_spans)
 
   def _windows(self, ids: Sequence[str], rows: Sequence[tuple[str, str]],
