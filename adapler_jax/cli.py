@@ -119,7 +119,8 @@ def run_console_script(module_name: str, main: Callable[[list[str]], object]) ->
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """`flags.FLAGS(argv)`, raising `UserError` with one line instead of printing usage. The
+  """`flags.FLAGS(argv)`, raising `UserError` with one line instead of printing usage (an
+  argument outside a flag too: the commands take none). The
   config file runs once, in `config_flags`; only when that fails does `_load_config` run it
   again to name the file's own error."""
   path = _config_path(argv) if CONFIG_FLAG in flags.FLAGS else None
@@ -142,6 +143,9 @@ def parse_flags(argv: list[str]) -> list[str]:
       _load_config(path)
       raise
     _check_loaded(path, config)
+  if len(rest) > 1:  # the commands take flags only: a stray word was dropped without a word.
+    raise UserError(f"unexpected argument {rest[1]!r}; give every value with its flag, as "
+                    "--name=value (see --help)")
   return rest
 
 

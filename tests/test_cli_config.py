@@ -93,6 +93,12 @@ def test_flag_mistakes_are_one_line_with_the_fix():
       "error: unknown flag --no_such_flag; config fields are set as --config.<field> (list "
       "them with --print_config)")
   assert not (ROOT / "unused").exists()
+  # A word outside a flag (`finetune` meant as --phase finetune) ran every phase silently.
+  proc = train_py("--config", "configs/demo.py", "--workdir", "unused", "finetune")
+  assert proc.returncode == 2 and proc.stderr.strip() == (
+      "error: unexpected argument 'finetune'; give every value with its flag, as "
+      "--name=value (see --help)")
+  assert not (ROOT / "unused").exists()
   assert cli.flag_error("flag --workdir=None: Flag --workdir must have a value other than "
                         "None. flag --output=None: Flag --output must have a value other "
                         "than None.") == "--workdir and --output are missing; pass them (see --help)"
