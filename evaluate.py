@@ -38,14 +38,15 @@ from adapler_jax.pipeline import checks
 from adapler_jax.pipeline import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The --workdir of a finished train.py run.")
-_SPLIT = flags.DEFINE_enum("split", "dev", ["dev", "test", "train"], "Split to evaluate "
-                           "(as the config defines them).")
+_SPLIT = flags.DEFINE_enum("split", None, ["dev", "test", "train"], "Split to evaluate, as "
+                           "the config defines them (default: the config's eval.split).")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Batch size (default: the config's).",
                               lower_bound=1)
 _ENGINE = flags.DEFINE_enum("engine", None, report.ENGINES, "Inference engine (default: "
                             "the config's).")
-_FLOPS = flags.DEFINE_enum("flops", "analytic", flops.MODES, "FLOPs count: analytic from the "
-                           "model's shape, or the paper's fitted BERT-base constants.")
+_FLOPS = flags.DEFINE_enum("flops", None, flops.MODES, "FLOPs count: analytic from the "
+                           "model's shape, or the paper's fitted BERT-base constants "
+                           "(default: the config's eval.flops).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON file (default: WORKDIR/eval_<split>.json); "
                               "with --explain, the stem of the .html / .png files.")
 _EXPLAIN = flags.DEFINE_string("explain", None, "A text to draw the per-layer token map of.")
@@ -78,11 +79,13 @@ def main(argv):
   run_config = pipeline.read_config(_WORKDIR.value)
   check_span_output(TASKS.get(run_config.get("task")))
   enable_compilation_cache(run_config)
+  if _SPLIT.value is None:  # the split the run's summary reports.
+    flags.FLAGS.split = (run_config.get("eval") or {}).get("split") or "dev"
   if run_config.get("method", "adapler") == "lat":
     if _EXPLAIN.value is not None or _RATIONALES.value:
       raise UserError("--explain and --rationales read AdapLeR's contribution predictors; "
                       "this run is LAT: evaluate it at a length config, or pass an AdapLeR run")
-    if _ENGINE.value is not None or _FLOPS.value != "analytic":
+    if _ENGINE.value is not None or _FLOPS.value is not None:
       raise UserError("--engine and --flops choose AdapLeR's engine and FLOPs count; a LAT run "
                       "has one engine and reports both of its conventions (padded MACs and "
                       "real-token FLOPs): drop them")
@@ -100,7 +103,8 @@ def main(argv):
   if chosen is not None:
     check_searched(chosen, pipeline.phases.adapler_checkpointer(trained.run, read_only=True),
                    trained.adapler_step)
-  checks.check_flops_mode(_FLOPS.value, trained.task, trained.run.encoder)
+  flops_mode = _FLOPS.value or config.eval.flops
+  checks.check_flops_mode(flops_mode, trained.task, trained.run.encoder)
   if _EXPLAIN.value is not None:
     return explain(trained, _EXPLAIN.value)
   if _RATIONALES.value:
@@ -120,8 +124,9 @@ def main(argv):
   result = report.evaluate_adapler(
       trained.adapler_cfg, params, data, trained.task.metric,
       engine=_ENGINE.value or config.eval.engine,
-      batch_size=_BATCH.value or config.eval.batch_size, flops_mode=_FLOPS.value,
-      predictions_dir=predictions_dir(trained.task), warmup=True)  # a speed without compiling.
+      batch_size=_BATCH.value or config.eval.batch_size, flops_mode=flops_mode,
+      predictions_dir=predictions_dir(trained.task), warmup=True,  # a speed without compiling.
+      progress=True)
   out = {"task": trained.task.name, **split_fields(trained.run), **result}
   write_result(out, chosen)
 
@@ -237,9 +242,9 @@ def evaluate_lat() -> None:
   if chosen is not None:
     check_searched(chosen, lat_phases.lengthdrop_checkpointer(run, read_only=True), step)
   data = run.dataset(_SPLIT.value)
-  full = lat_phases.evaluate_at(run, params, data, None)
+  full = lat_phases.evaluate_at(run, params, data, None, progress=True)
   reduced = lat_phases.evaluate_at(run, params, data, lengths_,
-                                   predictions_dir=predictions_dir(run.task))
+                                   predictions_dir=predictions_dir(run.task), progress=True)
   out = {"task": run.task.name, **split_fields(run), "method": "lat",
          "lengthdrop_step": step, "full_metric": full["metric"], **reduced}
   if run.task.is_span:

@@ -1093,6 +1093,19 @@ def test_explain_refuses_an_empty_text_and_announces_truncation(finished, tmp_pa
                                          "first 16 (data.max_length)")
 
 
+def test_evaluate_defaults_to_the_runs_eval_split(run_dir):
+  """--split defaults to the run's eval.split, as --engine and --batch_size default to the
+  config's (it was dev whatever split the run's summary reported)."""
+  path = run_dir / "config.json"
+  config = json.loads(path.read_text())
+  config["eval"]["split"] = "train"
+  path.write_text(json.dumps(config, indent=2))
+  proc = cli("evaluate.py", "--workdir", str(run_dir))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert json.loads((run_dir / "eval_train.json").read_text())["split"] == "train"
+  assert not (run_dir / "eval_dev.json").exists()
+
+
 def test_evaluate_refuses_bad_flags_before_touching_the_run(run_dir, tmp_path):
   """An --output on the run's own files or on a folder, and flags that cannot go together or
   hold a bad value: one line each, and the workdir as it was."""

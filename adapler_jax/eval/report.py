@@ -46,7 +46,7 @@ def run_adapler(cfg: adapler.AdapLeRConfig, params: dict, data: TokenizedDataset
     raise ValueError(f"engine {engine!r} is not one of {ENGINES}")
   runner = infer.AdaptiveEngine(cfg, params, batch_size=batch_size, max_length=data.max_length)
   if warmup:
-    runner.warmup(return_rationales)
+    runner.warmup(return_rationales, progress=progress)
   return runner.run(data, return_rationales=return_rationales, progress=progress)
 
 

@@ -69,14 +69,15 @@ def lengthdrop_checkpointer(run: Run, read_only: bool = False) -> Checkpointer:
   return Checkpointer(run.workdir / LENGTHDROP, read_only=read_only)
 
 
-def evaluate_at(run: Run, params: dict, data, config, predictions_dir=None) -> dict[str, Any]:
+def evaluate_at(run: Run, params: dict, data, config, predictions_dir=None, *,
+                progress: bool = False) -> dict[str, Any]:
   """The metric of `params` at a length config (None: full length) through the engine (span
-  QA: the answers go to `predictions_dir/predictions.json` when given)."""
+  QA: the answers go to `predictions_dir/predictions.json` when given; `progress`: a bar)."""
   params = parallel.local_copy(params)  # the engine runs on this process's first device.
   return report.evaluate_lat(run.classifier_config(), params, data, run.metric_name, config,
                              base=run.config.data.max_length, flags=selection_flags(run),
                              batch_size=run.config.eval.batch_size,
-                             predictions_dir=predictions_dir)
+                             predictions_dir=predictions_dir, progress=progress)
 
 
 def train_lengthdrop(run: Run) -> None:
