@@ -59,3 +59,18 @@ def test_registered_demo_splits():
   assert data.get_task("demo").label_names == demo.TOPIC_NAMES[:4]
   with pytest.raises(ValueError, match="demo task only"):
     data.load_split("sst2", "dev", "/nonexistent", num_examples=5)
+
+
+def test_a_subset_larger_than_its_split_is_named(tmp_path, caplog):
+  """A subset with a zero too many ran the whole split without a word: it is named."""
+  import logging  # pylint: disable=g-import-not-at-top
+  from adapler_jax import pipeline  # pylint: disable=g-import-not-at-top
+  config = pipeline.base_config("demo", max_length=16)
+  config.data.train_subset, config.data.dev_subset = 1_000_000, 100
+  run = pipeline.prepare(config, tmp_path / "run")
+  with caplog.at_level(logging.WARNING):
+    train, dev = run.dataset("train"), run.dataset("dev")
+  assert len(dev) == 100
+  assert [r.getMessage() for r in caplog.records if "subset" in r.getMessage()] == [
+      f"data.train_subset 1000000 is more than the {len(train)} rows of the train split: all "
+      "of them are used"]

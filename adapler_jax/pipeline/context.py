@@ -274,8 +274,7 @@ def _load_span_splits(config, task: TaskSpec, tokenizer,
   for split, ds in questions.items():
     key = (id(ds), sizes[split])
     if key not in built:
-      if sizes[split] and sizes[split] < len(ds):
-        ds = subset(ds, sizes[split], seed=config.seed)
+      ds = _subset(ds, split, sizes[split], config.seed)
       built[key] = squad.span_features(ds, tokenizer, d.max_length, d.doc_stride)
     out[split] = built[key]
   return out
@@ -315,10 +314,19 @@ def _load_splits(config, task: TaskSpec, tokenizer, wanted: str) -> dict[str, To
   sizes = {"train": d.train_subset, "dev": d.dev_subset, "test": d.dev_subset}
   out = {}
   for split, ds in _text_splits(config, task, tokenizer, wanted).items():
-    if sizes[split] and sizes[split] < len(ds):
-      ds = subset(ds, sizes[split], seed=config.seed)
-    out[split] = tokenize(ds, tokenizer, d.max_length)
+    out[split] = tokenize(_subset(ds, split, sizes[split], config.seed), tokenizer,
+                          d.max_length)
   return out
+
+
+def _subset(ds, split: str, size: int, seed: int):
+  """`size` rows of `ds` (`data.train_subset` / `dev_subset`; 0: all), with a warning when
+  the split holds fewer: a subset with a zero too many would run the whole split silently."""
+  if size and size > len(ds):
+    field = "data.train_subset" if split == "train" else "data.dev_subset"
+    logging.warning("%s %d is more than the %d rows of the %s split: all of them are used",
+                    field, size, len(ds), split)
+  return subset(ds, size, seed=seed) if size and size < len(ds) else ds
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
