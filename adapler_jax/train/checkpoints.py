@@ -390,10 +390,12 @@ class Checkpointer:
     return os.path.join(self.directory, str(step))
 
   def _damaged(self, step: int, problem: str) -> DamagedCheckpointError:
+    others = [s for s in self.all_steps() if s != step]
+    instead = ("an earlier checkpoint is used" if others
+               else "it is the phase's only checkpoint: then train that phase again")
     return DamagedCheckpointError(
         f"checkpoint {self._step_dir(step)} {problem}; fix: delete that step "
-        "directory (an earlier checkpoint is used) or rerun training in a new workdir",
-        problem)
+        f"directory ({instead}) or rerun training in a new workdir", problem)
 
   def _saved_checksums(self, step: int) -> dict[str, str | None] | None:
     """The checksums saved with `step`, or None for a checkpoint without them."""
