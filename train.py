@@ -21,6 +21,7 @@ from ml_collections import config_flags
 from adapler_jax import pipeline
 from adapler_jax.cli import enable_compilation_cache, run_app
 from adapler_jax.errors import UserError
+from adapler_jax.pipeline import checks
 from adapler_jax.pipeline.config import format_config
 from adapler_jax.pipeline.context import check_same_run
 from adapler_jax.pipeline.workdir import check_dir
@@ -39,6 +40,8 @@ flags.mark_flag_as_required("config")
 def main(argv):
   del argv
   if _PRINT_CONFIG.value:
+    checks.check_config(_CONFIG.value)  # as it would run: a value a run refuses is refused.
+    checks.frozen_groups(_CONFIG.value)
     path = config_flags.get_config_filename(flags.FLAGS[_CONFIG.name])
     print(f"# {path} with overrides; set a field with --config.<field>=VALUE")
     print(format_config(_CONFIG.value))

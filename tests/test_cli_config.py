@@ -75,6 +75,11 @@ def test_print_config_lists_every_field_with_value_default_and_help(tmp_path):
   assert "# train: " + HELP["train"] in lines
   assert all(l.startswith("#") or not l or LINE.match(l) for l in lines[1:])
   assert not list(tmp_path.iterdir())
+  # "As it would run": a value a run refuses is refused here too (it printed, exit 0).
+  proc = train_py("--config", "configs/sst2.py", "--print_config", "--config.train.batch_size=-4")
+  assert proc.returncode == 2 and proc.stderr.strip() == (
+      "error: config train.batch_size is -4; it must be at least 1 (e.g. "
+      "--config.train.batch_size=32)") and not proc.stdout
 
 
 def test_help_names_overrides_and_print_config():
