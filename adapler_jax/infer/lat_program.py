@@ -14,9 +14,9 @@ attention (at W) each layer is one `lax.switch` over the static candidate `width
 it drops any token; both come from the lengths alone (`LengthEngine.plan`), and go in
 beside `counts` as arrays. A selecting layer orders every present token by significance
 and keeps the first `counts[l]` of them: the rule of `GatherSelection`, whose top-k over
-the kept width takes the same prefix; a row that a layer drops nothing from (every row,
-where `selects[l]` is False) keeps its slots as they are, so a row's order never depends on
-its batch. Slots past a layer's width hold no token. Drop-and-restore (span heads) writes each
+the kept width takes the same prefix, and a row it drops nothing from keeps its order; a
+layer that drops nothing leaves its slots as they are. So a row's order never depends on its
+batch. Slots past a layer's width hold no token. Drop-and-restore (span heads) writes each
 layer's slots back to their original positions (`walk.restore_step`), as `walk` does for
 the static path.
 """
@@ -42,17 +42,15 @@ def _pad_to(a: Array, width: int, fill) -> Array:
 
 def _attend(enc: EncoderConfig, flags: SelectionFlags, chunk_rows: int | None, x, present,
             positions, layer_params, count, select):
-  """Attention over all of x's slots (E, w, H); in each row that drops a token where
-  `select` (a traced bool), the kept tokens in significance order at the front
-  (`GatherSelection`'s rule), else the slots as they were: a row that keeps every token
-  keeps its order whatever its batch neighbours drop, as it does alone."""
+  """Attention over all of x's slots (E, w, H); where `select` (a traced bool), the kept
+  tokens in significance order at the front (`GatherSelection`'s rule: a row that keeps
+  every token keeps its order), else the slots as they were."""
   layer = walk.ParamLayer(enc, layer_params, chunk_rows)
   ctx = (present, positions)
   policy = GatherSelection(count[None], (x.shape[1],), flags)
   a, probs = layer.attend(x, policy.bias(ctx), return_probs=True)
   chosen, (kept, kept_positions), _ = policy.after_attention(0, a, probs, ctx)
-  drops = select & (count < present.sum(axis=1))  # (E,)
-  pick = lambda new, old: jnp.where(drops.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+  pick = lambda new, old: jnp.where(select, new, old)
   return pick(chosen, a), pick(kept, present), pick(kept_positions, positions)
 
 

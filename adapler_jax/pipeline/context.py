@@ -326,7 +326,7 @@ def _subset(ds, split: str, size: int, seed: int):
     field = "data.train_subset" if split == "train" else "data.dev_subset"
     logging.warning("%s %d is more than the %d rows of the %s split: all of them are used",
                     field, size, len(ds), split)
-  return subset(ds, size, seed=seed) if size and size < len(ds) else ds
+  return subset(ds, size, seed=seed) if size else ds
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,

@@ -149,7 +149,8 @@ class GatherSelection(Policy):
     flags: `SelectionFlags` (include_pad_queries must be False: there are no pads here).
     selects: static, whether layer l drops any token of the batch; a layer that keeps every
       token skips scoring and gathering (default: every layer selects).
-  Kept tokens take the front slots in decreasing significance ([CLS] first when forced);
+  Kept tokens take the front slots in decreasing significance ([CLS] first when forced), in
+  each row that drops a token (a row that keeps all keeps its order);
   attention does not depend on the order; `walk(..., restore=True)` scatters them back to
   their positions (`positions`). Records per layer: `lengths` (B,) tokens kept
   and `positions` (B, w_l) their original positions.
@@ -186,8 +187,12 @@ class GatherSelection(Policy):
     f = self.flags
     scores = significance(probs, present, f.include_diagonal)
     forced = (positions == 0) if f.keep_cls else None
-    # `keep_top`'s rule, gathered: the best `width` slots in order, each row keeping k.
+    # `keep_top`'s rule, gathered: the best `width` slots in order, each row keeping k. A
+    # row that keeps every token keeps its slots' order (real tokens are at the front), as
+    # it does in a batch where no row drops: its order never depends on its neighbours.
     order = top_tokens(scores, present, forced, self.widths[l], positions)
+    keeps_all = self.counts[l] >= jnp.sum(present, axis=-1)
+    order = jnp.where(keeps_all[:, None], jnp.arange(self.widths[l]), order)
     take = lambda t: jnp.take_along_axis(t, order, axis=1)
     rank = jnp.arange(self.widths[l])
     present = take(present) & (rank < self.counts[l][:, None])
