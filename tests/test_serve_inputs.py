@@ -36,6 +36,13 @@ def test_unlabelled_data_and_inputs():
     with pytest.raises(data_lib.DataError, match=f"^line 4: field 'text' holds {kind}, not "
                                                  "text; give it a string$"):
       inputs.texts_of({"text": value}, [inputs.GENERIC_FIELDS], 1, "line 4")
+  # A record without the model's fields: the generic names offered are the model's count.
+  for num_texts, offered in ((1, "text"), (2, "text / text_pair")):
+    with pytest.raises(data_lib.DataError, match=f"^line 6: the record lacks the model's input "
+                       r"field\(s\) sentence.* \(it has review\); add them, or use "
+                       f"{offered}$"):
+      inputs.texts_of({"review": "a"}, [(("sentence",), ("sentence2",)),
+                                        inputs.GENERIC_FIELDS], num_texts, "line 6")
   assert inputs.texts_of("a\t", fields, 2, "x") == ("a", "")  # one side of a pair may be.
   # A TSV line read as text (a header, a label or index column) is refused, not joined in.
   with pytest.raises(data_lib.DataError) as err:

@@ -74,9 +74,10 @@ def _from_record(record: dict, fields, num_texts: int, where: str) -> tuple[str,
     groups = list(naming)[:num_texts]
     if len(groups) == num_texts and all(all(f in record for f in g) for g in groups):
       return tuple(" ".join(_join(record[f], f, where) for f in g) for g in groups)
+  generic = _names(GENERIC_FIELDS[:num_texts]).replace(" + ", " / ")
   raise DataError(f"{where}: the record lacks the model's input field(s) {_names(fields[0])} "
                   f"(it has {', '.join(map(str, record)) or 'no fields'}); add them, or use "
-                  "text / text_pair")
+                  f"{generic}")
 
 
 def _join(value, field: str, where: str) -> str:
