@@ -164,3 +164,45 @@ def test_cost_formulas_trace_on_jax_integers_without_wrapping():
   assert exact > 2**31 and flops.layer_flops(np.int32(512), 768, 3072) == exact
   traced = jax.jit(lambda n: flops.layer_flops(n, 768, 3072))(jnp.int32(512))
   assert float(traced) == pytest.approx(exact, rel=1e-6)
+
+
+def _matmul_flops(jaxpr) -> int:
+  """2 x multiply-adds of every dot_general in `jaxpr`, nested jaxprs included."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (contracting, _), _ = eqn.params["dimension_numbers"]
+      depth = np.prod([eqn.invars[0].aval.shape[i] for i in contracting])
+      total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * int(depth)
+    for param in eqn.params.values():
+      inner = getattr(param, "jaxpr", param)
+      if hasattr(inner, "eqns"):
+        total += _matmul_flops(inner)
+  return total
+
+
+@pytest.mark.parametrize("embedding_size", [None, 16])  # 16: ELECTRA's narrower embeddings.
+def test_matmul_terms_equal_the_models_own_matmuls(embedding_size):
+  """The analytic count is the model's matmuls (read from its jaxpr) plus 8nE for the
+  embedding sums and layer norm; an ELECTRA model's projection E -> H is a matmul too."""
+  import jax
+  import jax.numpy as jnp
+  from adapler_jax.models.bert import EncoderConfig
+  from adapler_jax.models.heads import SequenceClassifier
+
+  kind = {"model_type": "electra", "embedding_size": embedding_size} if embedding_size else {}
+  enc = EncoderConfig.tiny(**kind)
+  model = SequenceClassifier(enc, num_labels=3)
+  dims = flops.FlopsDims.from_config(enc, num_classes=3)
+  assert dims.embedding_size == embedding_size
+  ids = jnp.ones((1, 4), jnp.int32)
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), ids, ids, jnp.zeros((1, 4)))
+  for n in (5, 24):
+    ids = jnp.ones((1, n), jnp.int32)
+    forward = lambda p, i: model.apply(p, i, jnp.zeros_like(i), jnp.zeros(i.shape))
+    matmuls = _matmul_flops(jax.make_jaxpr(forward)(params, ids).jaxpr)
+    assert flops.backbone_flops(n, dims) - matmuls == 8 * n * (embedding_size or enc.hidden_size)
+  if embedding_size:  # LAT's MACs: the embedding layer norm at E, and the projection.
+    plain = dataclasses.replace(dims, embedding_size=None)
+    t, e, d = 24, embedding_size, enc.hidden_size
+    assert flops.lat_macs(None, t, dims) - flops.lat_macs(None, t, plain) == t * e * d + t * (e - d)

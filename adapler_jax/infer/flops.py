@@ -10,12 +10,14 @@ Two modes:
     plus ``4n^2 H`` for the attention scores and the attention-weighted sum;
   - contribution predictor before a layer, on the ``n_in`` tokens entering it
     (Dense H->32, Dense 32->1): ``2 n_in (32H + 32)``;
-  - embeddings, once, on all n input tokens: ``8nH`` (two additions of the
-    word/position/type vectors and a layer norm, counted as 6 ops per element);
+  - embeddings, once, on all n input tokens: ``8nE`` (two additions of the
+    word/position/type vectors and a layer norm, counted as 6 ops per element), E the
+    embedding width (H but for ELECTRA), plus ``2nEH`` for ELECTRA's projection to H;
   - head: classification, once, on [CLS]: ``2H^2 + 2HC`` (pooler dense + output dense);
     span QA (`head="span"`), Dense H->2 at each of the n positions of the restored
     sequence, no pooler: ``4nH``.
-  Biases, softmax, GELU and residual additions are not counted.
+  Biases, softmax, GELU, residual additions and the layer norms inside layers are not
+  counted.
 * ``"paper"``: the reference implementation's constants fitted on BERT-base
   (12 layers, H=768), for comparison with the paper's numbers:
   backbone ``37872 n^2 + 170216500 n + 1181953 + 1537 C``; AdapLeR
@@ -39,7 +41,9 @@ PAPER_NUM_LAYERS = 12
 
 @dataclasses.dataclass(frozen=True)
 class FlopsDims:
-  """Model shape needed to count FLOPs; `head` is "classification" or "span" (span QA)."""
+  """Model shape needed to count FLOPs; `head` is "classification" or "span" (span QA);
+  `embedding_size` the width of the embeddings when they are projected to `hidden`
+  (ELECTRA), else None."""
 
   num_layers: int
   hidden: int
@@ -47,6 +51,7 @@ class FlopsDims:
   num_classes: int
   cp_hidden: int = 32
   head: str = "classification"
+  embedding_size: int | None = None
 
   def __post_init__(self):
     if self.head not in HEADS:
@@ -58,8 +63,9 @@ class FlopsDims:
     """Reads the shape from any config object with the usual attribute names.
 
     Uses ``num_layers`` (or HF's ``num_hidden_layers``), ``hidden_size``,
-    ``intermediate_size``, ``num_classes`` (or ``num_labels``) and ``cp_hidden`` (default
-    32) unless `num_classes` or `cp_hidden` is given.
+    ``intermediate_size``, ``embedding_size`` (when present and not ``hidden_size``),
+    ``num_classes`` (or ``num_labels``) and ``cp_hidden`` (default 32) unless
+    `num_classes` or `cp_hidden` is given.
     """
     num_layers = getattr(cfg, "num_layers", None)
     if num_layers is None:
@@ -79,6 +85,7 @@ class FlopsDims:
         num_classes=int(num_classes),
         cp_hidden=int(getattr(cfg, "cp_hidden", 32) if cp_hidden is None else cp_hidden),
         head=head,
+        embedding_size=_projected_width(cfg),
     )
 
   @classmethod
@@ -128,9 +135,20 @@ def predictor_flops(n_in, hidden: int, cp_hidden: int = 32):
   return 2 * _wide(n_in) * (cp_hidden * hidden + cp_hidden)
 
 
-def embedding_flops(n, hidden: int):
-  """Embedding sum (2 additions) and layer norm (6 ops) per element: 8nH."""
-  return 8 * _wide(n) * hidden
+def _projected_width(cfg: Any) -> int | None:
+  """The embedding width of a config whose embeddings are projected to `hidden_size`."""
+  width = getattr(cfg, "embedding_size", None)
+  return None if width in (None, cfg.hidden_size) else int(width)
+
+
+def embedding_flops(n, hidden: int, embedding_size: int | None = None):
+  """Embedding sum (2 additions) and layer norm (6 ops) per element: 8nE, E =
+  `embedding_size` or `hidden`; with an `embedding_size`, also the projection to
+  `hidden` (ELECTRA): 2nEH."""
+  n = _wide(n)
+  if embedding_size is None or embedding_size == hidden:
+    return 8 * n * hidden
+  return 8 * n * embedding_size + 2 * n * embedding_size * hidden
 
 
 def classifier_flops(hidden: int, num_classes: int) -> int:
@@ -148,7 +166,7 @@ def head_flops(n, dims: FlopsDims):
 
 def backbone_flops(length: int, dims: FlopsDims) -> int:
   """Full model on the unpadded length: every layer runs on all tokens."""
-  return (embedding_flops(length, dims.hidden)
+  return (embedding_flops(length, dims.hidden, dims.embedding_size)
           + dims.num_layers * layer_flops(length, dims.hidden, dims.intermediate)
           + head_flops(length, dims))
 
@@ -168,7 +186,8 @@ def adapler_flops(kept_per_layer, length, dims: FlopsDims):
   entering = np.concatenate([n[..., None], kept[..., :-1]], axis=-1)
   per_layer = (predictor_flops(entering, dims.hidden, dims.cp_hidden)
                + layer_flops(kept, dims.hidden, dims.intermediate))
-  total = embedding_flops(n, dims.hidden) + np.sum(per_layer, axis=-1) + head_flops(n, dims)
+  total = (embedding_flops(n, dims.hidden, dims.embedding_size) + np.sum(per_layer, axis=-1)
+           + head_flops(n, dims))
   return total.item() if total.ndim == 0 else total
 
 
@@ -182,7 +201,7 @@ def selection_flops(lengths, kept, dims: FlopsDims):
   k = np.asarray(kept, np.float64)
   entering = np.concatenate([n[:, None], k[:, :-1]], axis=1)
   h, i = dims.hidden, dims.intermediate
-  return (embedding_flops(n, h) + head_flops(n, dims)
+  return (embedding_flops(n, h, dims.embedding_size) + head_flops(n, dims)
           + np.sum(layer_flops(entering, h, i, k), axis=1))
 
 
@@ -201,7 +220,8 @@ def lat_macs(config: Sequence[int] | None, length: int, dims: FlopsDims,
   """Multiply-accumulates at the padded `length`, batch 1: the LAT paper's convention
   ("FLOPs" in its tables are these MACs, counted as torchprofile does).
 
-  Embedding LayerNorm T*d; per layer, at the previous length p and kept length k:
+  Embedding LayerNorm T*e, e the embedding width (d but for ELECTRA, whose embeddings
+  also take T*e*d for their projection to d); per layer, at the previous length p and kept length k:
   4pd^2 + 2p^2 d + pd (projections, QK^T, AV, LayerNorm) + 2kd*d_ff + kd (FFN, LayerNorm);
   the head (classification d^2 + dC on [CLS]; span QA 2Td); T for the mask. BERT-base QA
   at 384 counts 35,340,779,904 in full. `config` None is the full model; `head` None is
@@ -213,7 +233,8 @@ def lat_macs(config: Sequence[int] | None, length: int, dims: FlopsDims,
   if len(config) != dims.num_layers:
     raise ValueError(f"length config {tuple(config)} has {len(config)} entries; the model has "
                      f"{dims.num_layers} layers: give one length per layer")
-  total, prev = t * d, t
+  e = dims.embedding_size or d
+  total, prev = t * e + (t * e * d if e != d else 0), t
   for k in config:
     total += 4 * prev * d * d + 2 * prev * prev * d + prev * d + 2 * k * d * f + k * d
     prev = k
