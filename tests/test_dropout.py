@@ -68,9 +68,9 @@ def test_a_rate_that_rounds_to_one_drops_everything(rate):
 
 
 def test_only_the_librarys_training_gradients_take_the_cpu_layout(monkeypatch):
-  """The custom VJP is a CPU layout fix for the library's own reverse-mode steps; outside
-  `kernel_gradient_layout()` the dense matmul is `lax.dot_general` itself, so a user's
-  `jax.jvp` goes through the public forwards."""
+  """The custom JVP is a CPU layout fix for the library's own reverse-mode steps; outside
+  `kernel_gradient_layout()` the dense matmul is `lax.dot_general` itself, and inside it
+  forward mode goes through as well."""
   from adapler_jax.models import adapler  # pylint: disable=g-import-not-at-top
   from adapler_jax.models.bert import EncoderConfig  # pylint: disable=g-import-not-at-top
   from adapler_jax.train import adapler_step  # pylint: disable=g-import-not-at-top
@@ -81,8 +81,9 @@ def test_only_the_librarys_training_gradients_take_the_cpu_layout(monkeypatch):
   value, tangent = jax.jvp(f, (w,), (w,))
   np.testing.assert_allclose(tangent, value, rtol=1e-5)  # f is linear in w.
   with dense.kernel_gradient_layout():
-    with pytest.raises(TypeError, match="custom_vjp"):  # on this CPU backend.
-      jax.jvp(f, (w,), (w,))
+    assert "custom_jvp" in str(jax.make_jaxpr(f)(w))  # on this CPU backend.
+    value, tangent = jax.jvp(f, (w,), (w,))
+    np.testing.assert_allclose(tangent, value, rtol=1e-5)
     for backend, env in (("gpu", None), ("cpu", "1")):
       monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
       if env:
@@ -98,9 +99,26 @@ def test_only_the_librarys_training_gradients_take_the_cpu_layout(monkeypatch):
            "attention_mask": np.ones(ids.shape, bool), "labels": np.array([1]),
            "saliency": np.full(ids.shape, 0.25, np.float32)}
   forward = lambda m: adapler.soft_forward(cfg, {**params, "model": m}, batch, 10.0)[0].sum()
-  assert "custom_vjp" not in str(jax.make_jaxpr(forward)(params["model"]))
-  jax.jvp(forward, (params["model"],), (params["model"],))  # would raise inside the layout.
+  assert "custom_jvp" not in str(jax.make_jaxpr(forward)(params["model"]))
   grads = lambda p: adapler_step.adapler_grads(cfg, p, batch, 10.0, adapler_step.LossWeights(
       gamma=1.0, phi=1e-3), deterministic=True)
-  assert "custom_vjp" in str(jax.make_jaxpr(grads)(params))
+  assert "custom_jvp" in str(jax.make_jaxpr(grads)(params))
 
+
+
+def test_a_function_jitted_inside_the_layout_differentiates_in_both_modes_after_it():
+  """jit's cache does not key on the layout: a forward first traced inside
+  `kernel_gradient_layout()` keeps it when called after the block, where a user's
+  `jax.jvp` and Hessian-vector products of it must still work (a custom VJP refused them)."""
+  x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  w = jax.random.normal(jax.random.key(1), (8, 3))
+  dims = (((2,), (0,)), ((), ()))
+  forward = jax.jit(lambda w: jnp.tanh(dense.dot_general(x, w, dims)).sum())
+  plain = lambda w: jnp.tanh(jax.lax.dot_general(x, w, dims)).sum()
+  with dense.kernel_gradient_layout():
+    np.testing.assert_allclose(jax.grad(forward)(w), jax.grad(plain)(w), rtol=1e-5, atol=1e-6)
+  _, tangent = jax.jvp(forward, (w,), (w,))
+  np.testing.assert_allclose(tangent, jax.jvp(plain, (w,), (w,))[1], rtol=1e-5)
+  hvp = jax.jvp(jax.grad(forward), (w,), (w,))[1]
+  np.testing.assert_allclose(hvp, jax.jvp(jax.grad(plain), (w,), (w,))[1], rtol=1e-4,
+                             atol=1e-5)

@@ -7,16 +7,19 @@ such a dot does not go to its fast matmul library (YNNPACK); it runs at about ha
 speed of the forward matmuls of the same size (MiniLM's feed-forward kernels: 250 ms against
 125 ms on one core), and the kernel gradients were 40 % of a fine-tuning step's time.
 
-`dot_general` is `lax.dot_general` with a custom VJP whose kernel gradient transposes x
-into an array of its own first (`optimization_barrier` stops XLA from folding the
-transpose back into the dot), so that the product is a plain (in, tokens) x (tokens, out)
-matmul. The forward, the input gradient and the values are those of `lax.dot_general`.
+`dot_general` is `lax.dot_general` with a custom JVP whose tangent contracts x through
+a transposed copy of its own (`optimization_barrier` stops XLA from folding the transpose
+back into the dot); reverse mode transposes that tangent into the kernel gradient, a plain
+(in, tokens) x (tokens, out) matmul. The forward, the input gradient and the values are
+those of `lax.dot_general`, and forward mode (`jax.jvp`, `jax.jacfwd`, Hessian-vector
+products) goes through it too.
 
 Only what is traced inside `kernel_gradient_layout()` takes it, on a CPU backend: the
 library's own training gradients (`classifier.make_finetune_step`,
-`adapler_step.adapler_grads`, `lat_step.sandwich_grads`) enter it. Everything else, the
-public forwards under a user's `jax.jvp`, `jax.jacfwd` or `jax.grad` included, traces
-`lax.dot_general` itself (a custom VJP rules out forward-mode differentiation).
+`adapler_step.adapler_grads`, `lat_step.sandwich_grads`) enter it. Everything else traces
+`lax.dot_general` itself, so a user's forward-mode tangents keep the plain layout. A
+function jitted inside the block keeps the layout in its cached program when called
+after it: the same values, a different kernel-gradient layout.
 `ADAPLER_PLAIN_DOTS=1` turns the layout off everywhere.
 """
 
@@ -32,25 +35,25 @@ import jax
 Array = jax.Array
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _matmul(x: Array, kernel: Array, precision) -> Array:
+def _contract_last(x: Array, kernel: Array, precision) -> Array:
   return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
 
 
-def _matmul_fwd(x, kernel, precision):
-  return _matmul(x, kernel, precision), (x, kernel)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _matmul(x: Array, kernel: Array, precision) -> Array:
+  return _contract_last(x, kernel, precision)
 
 
-def _matmul_bwd(precision, res, g):
-  x, kernel = res
-  dx = jax.lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())), precision=precision)
+@_matmul.defjvp
+def _matmul_jvp(precision, primals, tangents):
+  """d(x k) = dx k + x dk, the second term as xt^T dk over xt = x^T, a copy of its own:
+  transposed for the kernel gradient it is xt g, a plain matmul."""
+  x, kernel = primals
+  dx, dkernel = tangents
+  out = _contract_last(x, kernel, precision)
   xt = jax.lax.optimization_barrier(x.reshape(-1, x.shape[-1]).T)  # (in, tokens), its own.
-  dk = jax.lax.dot_general(xt, g.reshape(-1, g.shape[-1]), (((1,), (0,)), ((), ())),
-                           precision=precision)
-  return dx.astype(x.dtype), dk.astype(kernel.dtype)
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+  x_dk = jax.lax.dot_general(xt, dkernel, (((0,), (0,)), ((), ())), precision=precision)
+  return out, _contract_last(dx, kernel, precision) + x_dk.reshape(out.shape)
 
 
 _LAYOUT = contextvars.ContextVar("kernel_gradient_layout", default=False)
@@ -58,7 +61,7 @@ _LAYOUT = contextvars.ContextVar("kernel_gradient_layout", default=False)
 
 @contextlib.contextmanager
 def kernel_gradient_layout():
-  """Dense layers traced inside take the CPU kernel-gradient layout (reverse mode only)."""
+  """Dense layers traced inside take the CPU kernel-gradient layout."""
   token = _LAYOUT.set(True)
   try:
     yield
