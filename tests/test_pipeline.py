@@ -311,6 +311,9 @@ def test_lat_phases_and_evaluation(tiny_backbone, tmp_path):
   lowered = stored_costs()
   rows = (workdir / "search" / "store.jsonl").read_text().splitlines()
   assert len(rows) == len(lowered)  # the resumed search scored no gene twice.
+  logged = [r["step"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text()
+                                   .splitlines()) if r["phase"] == "search"]
+  assert logged == list(range(config.search.iterations + 1))  # the rerun's rows alone.
   assert trained_floor.items() <= lowered.items()
   assert min(lowered.values()) == lowered[(8, 4)] < trained_floor[(13, 11)]
 

@@ -98,6 +98,7 @@ def evolve(run: Run, evaluate: Callable, cost: Callable | None, *, initial,
                     "a workdir of its own) to search again") from None
   run.write_config()  # its refusals have passed: from here on, this is the run's config.
   workdir_lib.record_config(run, "search")
+  run.writer.rewind("search", -1)  # a rerun logs every iteration again, from 0.
   settings = evo.SearchSettings(c.iterations, c.population, c.mutations, c.crossovers,
                                 c.mutation_prob, c.max_attempts, c.seed)
   bar = tqdm(total=c.iterations + 1, desc="search", leave=False,
@@ -126,8 +127,8 @@ def save(run: Run, store: evo.Store, result: dict[str, Any], title: str) -> None
   """Writes `frontier.json` and its plot (main process only)."""
   if run.is_main_process:
     directory = run.workdir / SEARCH_DIR
+    retire_stale_choice(run.workdir, result)  # first: no old pick beside a new frontier.
     files.atomic_write_text(run.workdir / FRONTIER_FILE, json.dumps(result, indent=2))
-    retire_stale_choice(run.workdir, result)
     plot(store, result, directory / "frontier.png", f"{run.task.name}: {title} "
          f"({result['held_out_rows']} held-out rows)")
 
