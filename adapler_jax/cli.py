@@ -7,7 +7,9 @@ import errno
 import importlib.util
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -29,10 +31,37 @@ PATH_ERRORS = (PermissionError, IsADirectoryError, NotADirectoryError, FileExist
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
+class Terminated(BaseException):
+  """SIGTERM (a scheduler stopping the job), raised in the main thread as Ctrl-C's
+  KeyboardInterrupt is, so the writers' cleanup runs: no temporary file is left, and what
+  was written before stays as it was."""
+
+
+def _raise_terminated(signum, frame) -> None:
+  del signum, frame
+  raise Terminated()
+
+
 def run_cli(main: Callable[[], object]) -> None:
   # The package reads Hugging Face checkpoints and tokenizers, never PyTorch models, so
   # transformers' advice that PyTorch is missing would only be noise on every command.
   os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+  in_main_thread = threading.current_thread() is threading.main_thread()
+  previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+  try:
+    _run_reporting_errors(main)
+  except (KeyboardInterrupt, Terminated) as e:
+    name, status = (("SIGTERM", 128 + signal.SIGTERM) if isinstance(e, Terminated)
+                    else ("Ctrl-C", 128 + signal.SIGINT))
+    _fail(f"interrupted ({name}); what was written before stays as it was: rerun the same "
+          "command to go on (training resumes from its last checkpoint)", status, "")
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
+
+
+def _run_reporting_errors(main: Callable[[], object]) -> None:
+  """`main()`, its user errors as one line and exit status 2."""
   try:
     main()
   except UserError as e:
@@ -58,12 +87,12 @@ def run_cli(main: Callable[[], object]) -> None:
           "or --config.<phase>.batch_size) or the max length")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, status: int = 2, prefix: str = "error: ") -> None:
   newline = _stop_progress_bars()
   # One write: no other thread's output inside the line.
-  sys.stderr.write(f"{newline}error: {message}\n")
+  sys.stderr.write(f"{newline}{prefix}{message}\n")
   sys.stderr.flush()
-  sys.exit(2)
+  sys.exit(status)
 
 
 def _stop_progress_bars() -> str:

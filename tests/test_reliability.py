@@ -162,6 +162,37 @@ def test_out_of_memory_is_one_line_and_keeps_the_saved_checkpoints(tiny_backbone
       "); lower the batch size (--batch-size, or --config.<phase>.batch_size) or the max length")
 
 
+def test_an_interrupt_is_one_line_and_a_cut_write_leaves_the_old_file(tmp_path, capsys,
+                                                                         monkeypatch):
+  """Ctrl-C and a scheduler's SIGTERM stop a command with one line and status 130 / 143
+  (Ctrl-C was a traceback of a hundred lines; SIGTERM killed the process outright, so a
+  write it cut left its temporary file). SIGTERM raises in the main thread, as Ctrl-C does:
+  the write cleans up and the file written before stays whole."""
+  if threading.current_thread() is not threading.main_thread():
+    pytest.skip("signal handlers are installed from the main thread only")
+  before = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(SystemExit) as exit_info:
+    run_cli(lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+  assert exit_info.value.code == 130
+  assert capsys.readouterr().err == (
+      "interrupted (Ctrl-C); what was written before stays as it was: rerun the same command "
+      "to go on (training resumes from its last checkpoint)\n")
+  out = tmp_path / "eval.json"
+  out.write_text("old")
+  fsync = os.fsync
+  def terminated_while_writing(fd):
+    fsync(fd)
+    os.kill(os.getpid(), signal.SIGTERM)  # handled before this function returns.
+  monkeypatch.setattr(os, "fsync", terminated_while_writing)
+  with pytest.raises(SystemExit) as exit_info:
+    run_cli(lambda: files.atomic_write_text(out, "new"))
+  assert exit_info.value.code == 143
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("interrupted (SIGTERM); what was written before")
+  assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]
+  assert signal.getsignal(signal.SIGTERM) == before  # the handler is the command's alone.
+
+
 def test_a_path_the_system_refuses_is_one_line(tmp_path, capsys):
   """A folder where a file must be read, a file where a folder would go: one line naming the
   path; an OSError without a path keeps its traceback."""
