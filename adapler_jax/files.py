@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -140,6 +142,27 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
   except BaseException:
     tmp.unlink(missing_ok=True)  # a full disk, a kill: no half-written sibling stays.
     raise
+
+
+@contextlib.contextmanager
+def uninterrupted():
+  """Ctrl-C and SIGTERM that arrive inside the block are delivered when it ends (to the
+  handlers set before it), so steps that only make sense together, such as the two renames
+  that swap a folder for another, all happen. Main thread only (elsewhere, and for
+  SIGKILL, nothing is deferred)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  caught = []
+  previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+              for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+    for s in caught:
+      signal.raise_signal(s)
 
 
 @contextlib.contextmanager

@@ -192,6 +192,29 @@ def test_an_interrupt_is_one_line_and_a_cut_write_leaves_the_old_file(tmp_path, 
   assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]
   assert signal.getsignal(signal.SIGTERM) == before  # the handler is the command's alone.
 
+  # SIGTERM between the two renames that swap an export for a new one (`--force`) waits for
+  # the swap: the export is the new one, whole, and nothing is left beside it (the old
+  # export stayed hidden as .export.old-PID, and the new one was deleted with its folder).
+  from adapler_jax.serve import model_dir  # pylint: disable=g-import-not-at-top
+  monkeypatch.undo()
+  write = lambda directory, meta, *_: (directory / model_dir.CONFIG_FILE).write_text(
+      json.dumps(meta))
+  monkeypatch.setattr(model_dir, "_write", write)
+  export = tmp_path / "export"
+  model_dir.write_model(export, {"format": model_dir.FORMAT, "n": 1}, {}, None)
+  replace = os.replace
+  def terminated_after_the_old_moved_out(src, dst):
+    replace(src, dst)
+    if Path(src) == export:
+      os.kill(os.getpid(), signal.SIGTERM)
+  monkeypatch.setattr(os, "replace", terminated_after_the_old_moved_out)
+  with pytest.raises(SystemExit) as exit_info:
+    run_cli(lambda: model_dir.write_model(export, {"format": model_dir.FORMAT, "n": 2}, {},
+                                          None, force=True))
+  assert exit_info.value.code == 143 and "SIGTERM" in capsys.readouterr().err
+  assert json.loads((export / model_dir.CONFIG_FILE).read_text())["n"] == 2
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "export"]
+
 
 def test_a_path_the_system_refuses_is_one_line(tmp_path, capsys):
   """A folder where a file must be read, a file where a folder would go: one line naming the

@@ -115,7 +115,9 @@ def write_model(output: str | os.PathLike[str], meta: dict, params: dict, tokeni
 
   `meta` is the body of `config.json` (see `export_meta`); `params` the method's params.
   An existing non-empty `output` is replaced only with `force`, and only when it is an
-  export itself; an interrupted write leaves any previous export as it was.
+  export itself. Ctrl-C or SIGTERM leaves the previous export or the new one, whole (the
+  swap of the two finishes first); only a kill -9 between its two renames would leave the
+  previous one aside, as `.NAME.old-PID`.
   """
   output = Path(output)
   _check_output(output, force)
@@ -128,9 +130,10 @@ def write_model(output: str | os.PathLike[str], meta: dict, params: dict, tokeni
       _write(tmp, meta, params, tokenizer)
     if output.exists():
       old = output.with_name(f".{output.name}.old-{os.getpid()}")
-      os.replace(output, old)
-      os.replace(tmp, output)
-      shutil.rmtree(old)
+      with files.uninterrupted():  # never the old export moved out and the new one not in.
+        os.replace(output, old)
+        os.replace(tmp, output)
+        shutil.rmtree(old)
     else:
       os.replace(tmp, output)
   finally:
