@@ -182,6 +182,9 @@ _ROBERTA_HEAD = {"classifier.dense": "pooler.dense", "classifier.out_proj": "cla
 _HEADS = {"bert": {"pooler.dense": "pooler.dense", "classifier": "classifier",
                    "qa_outputs": "qa_outputs"},
           "roberta": _ROBERTA_HEAD, "xlm-roberta": _ROBERTA_HEAD}
+# The heads of the families above that are not read, as their HF classifiers build them.
+_OTHER_HEADS = {"distilbert": "pre_classifier, ReLU, classifier",
+                "electra": "classifier.dense, GELU, classifier.out_proj"}
 _BUFFERS = ("position_ids", "token_type_ids")  # index buffers some versions save.
 
 
@@ -369,6 +372,11 @@ def load_classifier(name_or_path: str, cfg: EncoderConfig, num_labels: int,
   task does not have, or does not fit `cfg`.
   """
   directory = resolve_checkpoint_dir(name_or_path)
+  if cfg.model_type in _OTHER_HEADS:
+    raise WeightsError(f"{directory}: a fine-tuned {cfg.model_type} head "
+                       f"({_OTHER_HEADS[cfg.model_type]}) is not the tanh pooler head the "
+                       f"models here have, and is not imported ({', '.join(_HEADS)} heads "
+                       "are); fine-tune from its encoder instead: drop train.init_from_hf")
   bert, head = convert_state_dict(read_safetensors(directory), cfg, source=str(directory))
   if head is None or "pooler" not in head or "classifier" not in head:
     raise WeightsError(f"{directory} has no sequence-classification head (bert.pooler + "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -181,6 +182,20 @@ def test_to_hf_state_dict_writes_the_checkpoint_back(name, tmp_path):
     np.testing.assert_array_equal(value, saved[key if key in saved else key[len(prefix):]])
   back, _ = weights.convert_state_dict(state, cfg)
   jax.tree.map(np.testing.assert_array_equal, back, params)
+
+
+@pytest.mark.parametrize("name", ["distilbert", "electra"])
+def test_a_head_unlike_the_tanh_pooler_is_refused_by_family(name, tmp_path):
+  """DistilBERT's and ELECTRA's classifier heads (ReLU, GELU) are not imported: one line
+  that says so (was "has no sequence-classification head; pass a
+  *ForSequenceClassification checkpoint", for exactly such a checkpoint)."""
+  golden_case(name, tmp_path / name)
+  cfg, _ = weights.load_encoder(str(tmp_path / name))
+  with pytest.raises(weights.WeightsError, match=f"^{re.escape(str(tmp_path / name))}: a "
+                     f"fine-tuned {name} head \\(.*\\) is not the tanh pooler head the models "
+                     r"here have, and is not imported \(bert, roberta, xlm-roberta heads are\); "
+                     "fine-tune from its encoder instead: drop train.init_from_hf$"):
+    weights.load_classifier(str(tmp_path / name), cfg, 2)
 
 
 def test_roberta_positions_start_after_padding(tmp_path):

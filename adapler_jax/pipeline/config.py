@@ -169,7 +169,7 @@ HELP = {
     "train.epochs": "fine-tuning epochs",
     "train.batch_size": "examples per step (split over the devices)",
     "train.learning_rate": "peak AdamW learning rate (linear warmup, then linear decay to 0)",
-    "train.init_from_hf": "a fine-tuned HF *ForSequenceClassification dir or hub id: its encoder "
+    "train.init_from_hf": "a fine-tuned HF BERT, RoBERTa or XLM-R *ForSequenceClassification dir or hub id: its encoder "
                           "and head are the fine-tuning result (no training); the backbone must "
                           "match it",
     "train.weight_decay": "AdamW weight decay",
