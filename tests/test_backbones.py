@@ -28,7 +28,7 @@ from safetensors.numpy import load_file, save_file
 import adapler_jax
 from adapler_jax import weights
 from adapler_jax.data.tokenize import TokenizedDataset
-from adapler_jax.infer import FullLengthEngine
+from adapler_jax.infer import AdaptiveEngine, FullLengthEngine, per_example_run
 from adapler_jax.models import adapler, lat
 from adapler_jax.models.bert import EncoderConfig, attention_bias_from_mask
 from adapler_jax.models.heads import SequenceClassifier
@@ -361,6 +361,33 @@ def test_packed_engine_positions_equal_the_padded_forward():
       {"params": {"bert": model["bert"], "head": model["head"]}}, batch["input_ids"],
       batch["token_type_ids"], attention_bias_from_mask(batch["attention_mask"]))
   np.testing.assert_allclose(result.logits, want, atol=1e-5)
+
+
+def test_adaptive_engine_equals_per_example_on_roberta():
+  """AdapLeR's batched engine on RoBERTa, tokens dropped and survivors packed several to a
+  row: each kept token keeps its own position (after the padding offset), as alone."""
+  enc = FAMILIES["roberta"]
+  cfg = adapler.AdapLeRConfig(enc, num_labels=2)
+  params = adapler.init(jax.random.key(3), cfg)
+  model = dict(params["model"])
+  for l in range(cfg.num_layers):
+    model[f"predictors_{l}"] = jax.tree.map(lambda w: w * 2.0, model[f"predictors_{l}"])
+  params = {"model": model, "speed": {**params["speed"], "eta": jnp.full((2,), 0.2)}}
+  lengths = np.array([16, 9, 13, 5, 16, 7, 11, 14, 6, 15], np.int32)
+  batch = family_batch(enc, lengths, seed=4)
+  data = TokenizedDataset(batch["input_ids"], batch["token_type_ids"], lengths,
+                          np.zeros(len(lengths), np.int32), [str(i) for i in lengths], "tiny",
+                          pad_id=enc.pad_token_id)
+  got = AdaptiveEngine(cfg, params, batch_size=4, max_length=T, buckets=(8, 16),
+                       folds=(2, 4)).run(data, return_rationales=True)
+  want = per_example_run(cfg, params, data)
+  assert (want.kept_counts[:, -1] < lengths).all() and len(np.unique(want.kept_counts)) >= 4
+  assert got.packed_batches.any()
+  np.testing.assert_array_equal(got.kept_counts, want.kept_counts)
+  np.testing.assert_allclose(got.logits, want.logits, atol=1e-4, rtol=0)
+  for g, w in zip(got.kept_positions, want.kept_positions):
+    for a, b in zip(g, w):
+      np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("family", ["roberta", "distilbert"])
