@@ -56,8 +56,8 @@ def run_cli(main: Callable[[], object]) -> None:
     _fail(f"interrupted ({name}); what was written before stays as it was: rerun the same "
           "command to go on (training resumes from its last checkpoint)", status, "")
   finally:
-    if previous is not None:
-      signal.signal(signal.SIGTERM, previous)
+    if in_main_thread:  # None: a handler set outside Python, as the default is.
+      signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _run_reporting_errors(main: Callable[[], object]) -> None:
