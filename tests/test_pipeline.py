@@ -80,6 +80,15 @@ def test_all_phases_and_evaluation(tiny_backbone, tmp_path):
   assert summary["train_examples"] == 64 and summary["dtype"] == "float32"
   assert len(summary["mean_kept_tokens_per_layer"]) == TINY.num_layers
   assert 0.0 <= summary["adapler_metric"] <= 1.0 and summary["flops_speedup"] > 0
+  # The terminal table names the epoch it reports and the rule that chose it (a fallback
+  # past the tolerance was in summary.json alone), and says when the model costs more.
+  assert re.fullmatch(r"best dev speedup within 1\.0 points of the backbone|no epoch within "
+                      r"1\.0 points of the backbone: the best dev metric", summary["selection"])
+  table = pipeline.format_summary(summary).splitlines()
+  assert re.fullmatch(rf"selected +step {summary['adapler_step']}: "
+                      f"{re.escape(summary['selection'])}", table[4]), table
+  slower = pipeline.format_summary({**summary, "flops_speedup": 0.91}).splitlines()
+  assert re.fullmatch(r"FLOPs speedup +0\.91x \(more FLOPs than the backbone\)", slower[3])
 
   # Fine-tuning kept the 3 best evaluated checkpoints plus the latest.
   steps = sorted(int(p.name) for p in (workdir / "finetune").iterdir() if p.name.isdigit())

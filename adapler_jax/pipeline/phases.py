@@ -350,7 +350,8 @@ def select_adapler_step(run: Run, backbone_metric: float) -> tuple[int, str]:
     step = max(within, key=lambda r: (r[1]["flops_speedup"], r[1][DEV_METRIC]))[0]
     return step, f"best dev speedup within {run.config.adapler.tolerance} points of the backbone"
   step = max(rows, key=lambda r: (r[1][DEV_METRIC], r[1]["flops_speedup"]))[0]
-  return step, "no epoch within tolerance: best dev metric"
+  return step, (f"no epoch within {run.config.adapler.tolerance} points of the backbone: the "
+                "best dev metric")
 
 
 def load_adapler(run: Run, step: int) -> dict:
@@ -413,13 +414,18 @@ def summarize(run: Run, backbone_metric: float | None = None,
 def format_summary(summary: dict[str, Any]) -> str:
   """A short table for the terminal."""
   label = summary_lib.score_label(summary)
-  return summary_lib.format_table(summary, [
+  speedup = summary["flops_speedup"]
+  rows = [
       (f"backbone {label}", summary_lib.format_score(summary, "backbone")),
       (f"AdapLeR {label}", summary_lib.format_score(summary, "adapler")),
-      ("FLOPs speedup", f"{summary['flops_speedup']:.2f}x"),
+      ("FLOPs speedup", f"{speedup:.2f}x" + (" (more FLOPs than the backbone)"
+                                            if speedup < 1 else "")),
       ("kept tokens / layer", summary_lib.format_kept(summary)),
       ("train examples", str(summary["train_examples"])),
-  ])
+  ]
+  if "adapler_step" in summary:  # which epoch, and whether it met the tolerance.
+    rows.insert(3, ("selected", f"step {summary['adapler_step']}: {summary['selection']}"))
+  return summary_lib.format_table(summary, rows)
 
 
 # ----------------------------------------------------------------------------- trained runs
