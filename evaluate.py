@@ -242,9 +242,10 @@ def evaluate_lat() -> None:
   if chosen is not None:
     check_searched(chosen, lat_phases.lengthdrop_checkpointer(run, read_only=True), step)
   data = run.dataset(_SPLIT.value)
-  full = lat_phases.evaluate_at(run, params, data, None, progress=True)
+  full = lat_phases.evaluate_at(run, params, data, None, progress="full length")
+  at = "full length" if lengths_ is None else "lengths " + ",".join(map(str, lengths_))
   reduced = lat_phases.evaluate_at(run, params, data, lengths_,
-                                   predictions_dir=predictions_dir(run.task), progress=True)
+                                   predictions_dir=predictions_dir(run.task), progress=at)
   out = {"task": run.task.name, **split_fields(run), "method": "lat",
          "lengthdrop_step": step, "full_metric": full["metric"], **reduced}
   if run.task.is_span:

@@ -205,6 +205,19 @@ def test_batch_one_on_fine_grids_matches_per_example_on_real_data(real_runs, min
   assert (got.slots[1:] <= 12 * len(short)).all()
 
 
+def test_progress_bars_name_the_work_and_the_run(capsys):
+  """An engine's bars read "compiling" and "inference", after the caller's label when it
+  gives one (evaluate.py ran two LAT bars both named `LengthEngine`), and are cleared."""
+  cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
+  params = scaled_params(cfg, seed=4, scale=4.0, eta=0.9)
+  engine = AdaptiveEngine(cfg, params, batch_size=4, max_length=16, buckets=(16,))
+  engine.warmup(progress=True)
+  engine.run(synthetic(6, 16, seed=5), progress="lengths 12,8")
+  err = capsys.readouterr().err
+  assert "compiling: " in err and "lengths 12,8: inference: " in err
+  assert "Engine" not in err and err.endswith("\r")  # cleared, as training bars are.
+
+
 def test_fine_grids_cut_slots_not_outputs():
   cfg = adapler.AdapLeRConfig(TINY, num_labels=2)
   params = scaled_params(cfg, seed=4, scale=4.0, eta=0.9)

@@ -36,7 +36,7 @@ def task_scores(metric_name: str, logits: np.ndarray, data: TokenizedDataset,
 
 def run_adapler(cfg: adapler.AdapLeRConfig, params: dict, data: TokenizedDataset, *,
                 engine: str = "bucketed", batch_size: int = 32, return_rationales: bool = False,
-                progress: bool = False, warmup: bool = False):
+                progress: bool | str = False, warmup: bool = False):
   """Hard-removal inference over `data` -> an `EngineResult` (logits, kept counts, ...).
   With `warmup`, the bucketed engine compiles first, so its `seconds` time the run alone."""
   from adapler_jax import infer  # pylint: disable=g-import-not-at-top
@@ -52,7 +52,7 @@ def run_adapler(cfg: adapler.AdapLeRConfig, params: dict, data: TokenizedDataset
 
 def evaluate_adapler(cfg: adapler.AdapLeRConfig, params: dict, data: TokenizedDataset,
                      metric_name: str, *, engine: str = "bucketed", batch_size: int = 32,
-                     flops_mode: str = "analytic", progress: bool = False,
+                     flops_mode: str = "analytic", progress: bool | str = False,
                      predictions_dir=None, warmup: bool = False) -> dict[str, Any]:
   """Hard-removal metric and per-example FLOPs of an AdapLeR model on `data` (span QA: the
   answers go to `predictions_dir/predictions.json` when given). `examples_per_second`
@@ -78,7 +78,7 @@ def evaluate_adapler(cfg: adapler.AdapLeRConfig, params: dict, data: TokenizedDa
 
 
 def evaluate_lat(cfg, params: dict, data: TokenizedDataset, metric_name: str, config, *,
-                 base: int, flags=None, batch_size: int = 32, progress: bool = False,
+                 base: int, flags=None, batch_size: int = 32, progress: bool | str = False,
                  predictions_dir=None) -> dict[str, Any]:
   """Metric and FLOPs of a classifier at a length config (None: full length), run with
   real dropping (`LengthEngine`; with `flags.include_pad_queries`, whose scores count

@@ -120,11 +120,15 @@ class EngineResult:
     return len(self.lengths) / self.seconds if self.seconds > 0 else float("inf")
 
 
-def _progress(items: Iterable, total: int, enabled: bool, desc: str, unit: str = "batch"):
-  if not enabled:
+def _progress(items: Iterable, total: int, progress: bool | str, what: str,
+              unit: str = "batch"):
+  """`items` under a bar when `progress`: True, or a label naming the run (the bar reads
+  "<label>: <what>"); cleared when done, as the training loops' bars are."""
+  if not progress:
     return items
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm(items, total=total, desc=desc, unit=unit)
+  desc = what if progress is True else f"{progress}: {what}"
+  return tqdm(items, total=total, desc=desc, unit=unit, leave=False)
 
 
 def _num_batches(data: TokenizedDataset, batch_size: int) -> int:
@@ -231,15 +235,14 @@ class _Engine:
     to it)."""
     return (*(w for w in self.grid_widths if w < width), width)
 
-  def _warmup_widths(self, progress: bool, widths: Sequence[int] | None = None):
+  def _warmup_widths(self, progress: bool | str, widths: Sequence[int] | None = None):
     """The widths `warmup` compiles (default: the input buckets), with a bar when
     `progress`."""
     widths = self.widths if widths is None else widths
-    return _progress(widths, len(widths), progress, f"{type(self).__name__}: compiling",
-                     unit="width")
+    return _progress(widths, len(widths), progress, "compiling", unit="width")
 
   def run(self, data: TokenizedDataset, *, return_rationales: bool = False,
-          progress: bool = False) -> EngineResult:
+          progress: bool | str = False) -> EngineResult:
     """Runs every example of `data` once; results come back in dataset order."""
     _check_data(data, self.max_length, self.cfg.encoder)
     num, layers = len(data), self.cfg.num_layers
@@ -254,7 +257,7 @@ class _Engine:
     batches = eval_batches(data, self.batch_size, self._batch_widths(data))
     start = time.perf_counter()
     for batch in _progress(batches, _num_batches(data, self.batch_size), progress,
-                           type(self).__name__):
+                           "inference"):
       t0 = time.perf_counter()
       out = self.run_batch(batch, rationales=return_rationales)
       rows = np.flatnonzero(batch["real"])
@@ -364,7 +367,7 @@ class AdaptiveEngine(_Engine):
   def compile_counts(self) -> dict[str, int]:
     return self._shape_counts("forward")
 
-  def warmup(self, rationales: bool = False, *, progress: bool = False) -> None:
+  def warmup(self, rationales: bool = False, *, progress: bool | str = False) -> None:
     """Compiles the program of every input bucket ahead of time, on placeholder inputs:
     on CPU, with each dot-kernel set a batch of that bucket may pick (`small_dots`).
     Pass the `rationales` setting `run` will use (each compiles its own programs);
@@ -376,7 +379,7 @@ class AdaptiveEngine(_Engine):
         jax.block_until_ready(self._call(ids, ids, n, rationales, small))
 
   def run(self, data: TokenizedDataset, *, return_rationales: bool = False,
-          progress: bool = False) -> EngineResult:
+          progress: bool | str = False) -> EngineResult:
     # The kernel sets agree only to rounding, which can move a token across its cutoff:
     # each run starts from the input grids' choice, so its results follow its data alone.
     self._small_by_shape = {}
@@ -471,7 +474,7 @@ class FullLengthEngine(_Engine):
   def compile_counts(self) -> dict[str, int]:
     return self._shape_counts("forward", "packed forward")
 
-  def warmup(self, *, progress: bool = False) -> None:
+  def warmup(self, *, progress: bool | str = False) -> None:
     """Compiles every (rows, width) shape ahead of time, on placeholder inputs
     (`progress`: a bar, one step per grid width)."""
     for width in self._warmup_widths(progress, self.grid_widths):
@@ -582,7 +585,7 @@ class LengthEngine(_Engine):
     selects = tuple(bool(s) for s in (real < entering).any(axis=0))
     return counts.astype(np.int32), real, widths, selects
 
-  def warmup(self, *, progress: bool = False) -> None:
+  def warmup(self, *, progress: bool | str = False) -> None:
     """Compiles the program of each input bucket ahead of time, on placeholder inputs: on
     CPU, with each dot-kernel set a batch of that bucket may pick (`kernels`; `progress`:
     a bar, one step per bucket)."""
@@ -662,7 +665,7 @@ def _row_counts(batch_size: int, folds: Sequence[int]) -> tuple[int, ...]:
 
 
 def per_example_run(cfg: AdapLeRConfig, params: dict, data: TokenizedDataset, *,
-                    progress: bool = False) -> EngineResult:
+                    progress: bool | str = False) -> EngineResult:
   """The reference: `hard_forward` on each example alone, unpadded (always with rationales).
 
   Every token count a layer meets compiles its own small programs (cached for the
@@ -675,7 +678,7 @@ def per_example_run(cfg: AdapLeRConfig, params: dict, data: TokenizedDataset, *,
   positions, scores, seconds = [], [], []
   rows = range(num)
   start = time.perf_counter()
-  for i in _progress(rows, num, progress, "per_example_run"):
+  for i in _progress(rows, num, progress, "per-example reference", unit="example"):
     t0 = time.perf_counter()
     n = int(data.lengths[i])
     result = hard_forward(cfg, params, data.input_ids[i, :n], data.token_type_ids[i, :n])

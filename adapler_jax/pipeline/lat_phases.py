@@ -70,9 +70,10 @@ def lengthdrop_checkpointer(run: Run, read_only: bool = False) -> Checkpointer:
 
 
 def evaluate_at(run: Run, params: dict, data, config, predictions_dir=None, *,
-                progress: bool = False) -> dict[str, Any]:
+                progress: bool | str = False) -> dict[str, Any]:
   """The metric of `params` at a length config (None: full length) through the engine (span
-  QA: the answers go to `predictions_dir/predictions.json` when given; `progress`: a bar)."""
+  QA: the answers go to `predictions_dir/predictions.json` when given; `progress`: a bar,
+  or a label that names it)."""
   params = parallel.local_copy(params)  # the engine runs on this process's first device.
   return report.evaluate_lat(run.classifier_config(), params, data, run.metric_name, config,
                              base=run.config.data.max_length, flags=selection_flags(run),
