@@ -126,22 +126,58 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
   file (a device such as /dev/null, a pipe, /dev/stdout) is written to as it is, never
   replaced by a file.
   """
+  with atomic_writer(path) as f:
+    f.write(text)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str]):
+  """A text file, written piece by piece inside the block, that replaces `path` whole when
+  the block ends (as `atomic_write_text`); an error or a kill inside leaves `path` as it was
+  and no temporary file. Its write errors name `path`."""
   path = Path(path)
   if path.exists() and not path.is_file():
-    with naming_errors(path), open(path, "w", encoding="utf-8") as f:
-      f.write(text)
+    with naming_errors(path):
+      f = open(path, "w", encoding="utf-8")
+    with _closing_named(f, path):
+      yield _NamedWrites(f, path)
     return
   path = path.resolve() if path.is_symlink() else path
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   try:
-    with naming_errors(path, tmp), open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
+    with naming_errors(path, tmp):
+      f = open(tmp, "w", encoding="utf-8")
+    with _closing_named(f, path, tmp):
+      yield _NamedWrites(f, path, tmp)
+      with naming_errors(path, tmp):
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:
     tmp.unlink(missing_ok=True)  # a full disk, a kill: no half-written sibling stays.
     raise
+
+
+@contextlib.contextmanager
+def _closing_named(f, *names: Path):
+  """Closes `f` at the end of the block, a close error (the last buffered write) naming
+  `names[0]`."""
+  try:
+    yield
+  finally:
+    with naming_errors(*names):
+      f.close()
+
+
+class _NamedWrites:
+  """A text file whose write errors name `path` (not the caller's other OSErrors)."""
+
+  def __init__(self, f, path: Path, *aliases: Path):
+    self._f, self._names = f, (path, *aliases)
+
+  def write(self, text: str) -> int:
+    with naming_errors(*self._names):
+      return self._f.write(text)
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ writes the official predictions file `{question id: answer}` (e.g. --output pred
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import sys
@@ -34,6 +35,7 @@ from absl import flags, logging
 
 from adapler_jax import files
 from adapler_jax.cli import run_console_script
+from adapler_jax.data.dataset import first_repeat
 from adapler_jax.errors import UserError
 from adapler_jax.eval.squad import predictions_text
 from adapler_jax.reduce.lengths import parse_config, validate_config
@@ -55,18 +57,26 @@ _FORMAT = flags.DEFINE_enum("format", "auto", ["auto", "text", "jsonl", "csv", "
                             "JSON file -> {id: answer}).")
 _LENGTH_CONFIG = flags.DEFINE_string("length_config", None, "LAT: run at this length config "
                                      "instead of the exported one, e.g. 52,42,34,28,23,19.")
+_CHUNK = flags.DEFINE_integer("chunk_size", 16384, "Inputs tokenized, run and written at a "
+                              "time: memory stays bounded however long the input, and the "
+                              "output grows chunk by chunk (a file still appears whole, at "
+                              "the end).", lower_bound=1)
 flags.DEFINE_alias("batch-size", "batch_size")
+flags.DEFINE_alias("chunk-size", "chunk_size")
 flags.DEFINE_alias("length-config", "length_config")
 flags.mark_flag_as_required("model")
 
 
-def _write_output(path: str, text: str) -> None:
-  """To stdout, or to the file whole (a kill mid-write leaves any earlier file as it was)."""
+@contextlib.contextmanager
+def _output(path: str):
+  """Where the predictions go, written chunk by chunk: stdout, or the file, which replaces
+  any earlier one whole at the end (a kill mid-way leaves that one as it was)."""
   if path == "-":
-    sys.stdout.write(text)
+    yield sys.stdout
     return
   Path(path).parent.mkdir(parents=True, exist_ok=True)
-  files.atomic_write_text(path, text)
+  with files.atomic_writer(path) as f:
+    yield f
 
 
 SQUAD_FILE = "an official SQuAD JSON file"
@@ -161,18 +171,33 @@ def main(argv):
         ids, items = inputs.read_lines(f, source, kind)
   if not items:
     raise UserError(f"{source} holds no texts; pass one text or JSON record per line")
-  rows = predictor.predict(items, ids, rationales=_RATIONALES.value, progress=True,
-                           source=source)
-  if kind == "glue":
-    labels = predictor.model.meta["inputs"]["file_labels"]
-    text = "\n".join(inputs.glue_lines(ids, [r["label_index"] for r in rows], labels)) + "\n"
-  elif kind == "squad":
-    text = predictions_text({r["id"]: r["answer"] for r in rows})
-  else:
-    text = "\n".join(json.dumps(row) for row in rows) + "\n"
-  _write_output(_OUTPUT.value, text)
+  twice = first_repeat(ids)  # every input checked before any chunk runs.
+  if twice is not None:
+    raise UserError(f"{source}: example id {twice!r} appears more than once; give every row "
+                    "its own id")
+  predictor.check(items, ids, source=source)
+  answers, size = {}, _CHUNK.value
+  with _output(_OUTPUT.value) as out:
+    for start in range(0, len(items), size):
+      chunk = slice(start, start + size)
+      label = (True if len(items) <= size else
+               f"inputs {start + 1}-{min(start + size, len(items))} of {len(items)}")
+      rows = predictor.predict(items[chunk], ids[chunk], rationales=_RATIONALES.value,
+                               progress=label, source=source)
+      if kind == "glue":
+        labels = predictor.model.meta["inputs"]["file_labels"]
+        lines = inputs.glue_lines(ids[chunk], [r["label_index"] for r in rows], labels)
+        out.write("\n".join(lines if start == 0 else lines[1:]) + "\n")
+      elif kind == "squad":  # one JSON object: written whole, at the end.
+        answers.update((r["id"], r["answer"]) for r in rows)
+      else:
+        out.write("".join(json.dumps(row) + "\n" for row in rows))
+      if out is sys.stdout:
+        out.flush()  # each chunk's lines as soon as they are ready.
+    if kind == "squad":
+      out.write(predictions_text(answers))
   if _OUTPUT.value != "-":
-    print(f"wrote {len(rows)} predictions to {_OUTPUT.value}", file=sys.stderr)
+    print(f"wrote {len(items)} predictions to {_OUTPUT.value}", file=sys.stderr)
 
 
 def cli() -> None:

@@ -15,7 +15,7 @@ AdapLeR runs on `AdaptiveEngine` (its eta), LAT on `LengthEngine` (its length co
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -78,6 +78,21 @@ class Predictor:
     """Unlabelled inputs (texts, pairs or records; see `inputs.texts_of`), tokenized.
     `source` (e.g. the file they came from) prefixes the one-line errors; `char_spans`
     keeps each token's characters (`TokenizedDataset.char_spans`)."""
+    ids, rows = self._texts(items, ids, source)
+    if self.model.is_span:
+      return self._windows(ids, rows, source or "prediction input", char_spans)
+    data = TextDataset(ids=ids, texts=tuple(list(t) for t in zip(*rows)), labels=None,
+                       task=self.model.task, source=source or "prediction input")
+    return tokenize(data, self.model.tokenizer, self.model.max_length, char_spans=char_spans)
+
+  def check(self, items: Sequence[Any], ids: Sequence[str] | None = None, *,
+            source: str | None = None) -> None:
+    """The one-line `DataError` `tokenize` would raise for these inputs, without tokenizing:
+    to refuse a bad input of a long list before predicting any part of it."""
+    self._texts(items, ids, source)
+
+  def _texts(self, items, ids, source: str | None):
+    """`(ids, texts per input)`: every input's texts, checked."""
     if isinstance(items, (str, bytes, dict)):  # one input, not a sequence of them.
       raise DataError(f"items is one {type(items).__name__}, not a list of inputs; pass a "
                       "list, e.g. predict([text])")
@@ -99,20 +114,17 @@ class Predictor:
     where = lambda i: f"{source} input {i}" if source else f"input {i}"
     rows = [inputs_lib.texts_of(item, fields, num, where(i)) for i, item in zip(ids, items)]
     if self.model.is_span:
-      return self._windows(ids, rows, where, source or "prediction input", char_spans)
-    data = TextDataset(ids=ids, texts=tuple(list(t) for t in zip(*rows)), labels=None,
-                       task=self.model.task, source=source or "prediction input")
-    return tokenize(data, self.model.tokenizer, self.model.max_length, char_spans=char_spans)
+      for i, (question, context) in zip(ids, rows):
+        for text, problem in ((question, "empty question; give every input a question"),
+                              (context, "empty context; give every question a context to "
+                                        "answer from")):
+          if not text.strip():
+            raise DataError(f"{where(i)}: {problem}")
+    return ids, rows
 
-  def _windows(self, ids: Sequence[str], rows: Sequence[tuple[str, str]],
-               where: Callable[[str], str], source: str, char_spans: bool) -> SpanFeatures:
+  def _windows(self, ids: Sequence[str], rows: Sequence[tuple[str, str]], source: str,
+               char_spans: bool) -> SpanFeatures:
     """Span QA: the windows of each (question, context), as in training (`span_features`)."""
-    for i, (question, context) in zip(ids, rows):
-      for text, problem in ((question, "empty question; give every input a question"),
-                            (context, "empty context; give every question a context to "
-                                      "answer from")):
-        if not text.strip():
-          raise DataError(f"{where(i)}: {problem}")
     examples = [SquadExample(i, "", context, question, (), ())
                 for i, (question, context) in zip(ids, rows)]
     m = self.model
