@@ -195,8 +195,8 @@ def uninterrupted():
   try:
     yield
   finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
+    for s, handler in previous.items():  # None: set outside Python, as the default is.
+      signal.signal(s, signal.SIG_DFL if handler is None else handler)
     for s in caught:
       signal.raise_signal(s)
 
