@@ -35,7 +35,6 @@ from absl import flags, logging
 
 from adapler_jax import files
 from adapler_jax.cli import run_console_script
-from adapler_jax.data.dataset import first_repeat
 from adapler_jax.errors import UserError
 from adapler_jax.eval.squad import predictions_text
 from adapler_jax.reduce.lengths import parse_config, validate_config
@@ -171,12 +170,9 @@ def main(argv):
         ids, items = inputs.read_lines(f, source, kind)
   if not items:
     raise UserError(f"{source} holds no texts; pass one text or JSON record per line")
-  twice = first_repeat(ids)  # every input checked before any chunk runs.
-  if twice is not None:
-    raise UserError(f"{source}: example id {twice!r} appears more than once; give every row "
-                    "its own id")
-  predictor.check(items, ids, source=source)
+  predictor.check(items, ids, source=source)  # every input, before any chunk runs.
   answers, size = {}, _CHUNK.value
+  labels = predictor.model.meta["inputs"].get("file_labels")  # --format glue's.
   with _output(_OUTPUT.value) as out:
     for start in range(0, len(items), size):
       chunk = slice(start, start + size)
@@ -185,7 +181,6 @@ def main(argv):
       rows = predictor.predict(items[chunk], ids[chunk], rationales=_RATIONALES.value,
                                progress=label, source=source)
       if kind == "glue":
-        labels = predictor.model.meta["inputs"]["file_labels"]
         lines = inputs.glue_lines(ids[chunk], [r["label_index"] for r in rows], labels)
         out.write("\n".join(lines if start == 0 else lines[1:]) + "\n")
       elif kind == "squad":  # one JSON object: written whole, at the end.

@@ -21,6 +21,14 @@ def first_repeat(ids: Iterable[Any]) -> Any | None:
   return None
 
 
+def check_unique_ids(ids: Iterable[Any], source: str) -> None:
+  """One-line DataError naming `source` when an id appears twice."""
+  twice = first_repeat(ids)
+  if twice is not None:
+    raise DataError(f"{source}: example id {twice!r} appears more than once; give every row "
+                    "its own id")
+
+
 @dataclasses.dataclass(frozen=True)
 class TextDataset:
   """Texts of one split, labelled or not.
@@ -52,10 +60,7 @@ class TextDataset:
       raise ValueError("ids, texts and labels must have the same length")
     if self.rationales is not None and len(self.rationales) != n:
       raise ValueError("rationales must have one entry per example")
-    twice = first_repeat(self.ids)
-    if twice is not None:
-      raise DataError(f"{self.source}: example id {twice!r} appears more than once; "
-                      "give every row its own id")
+    check_unique_ids(self.ids, self.source)
 
   def __len__(self) -> int:
     return len(self.ids)

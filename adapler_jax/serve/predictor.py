@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from adapler_jax.data.dataset import TextDataset
+from adapler_jax.data.dataset import TextDataset, check_unique_ids
 from adapler_jax.data.squad import SpanFeatures, SquadDataset, SquadExample, span_features
 from adapler_jax.data.squad import windows_of
 from adapler_jax.data.tokenize import TokenizedDataset, tokenize
@@ -87,9 +87,11 @@ class Predictor:
 
   def check(self, items: Sequence[Any], ids: Sequence[str] | None = None, *,
             source: str | None = None) -> None:
-    """The one-line `DataError` `tokenize` would raise for these inputs, without tokenizing:
-    to refuse a bad input of a long list before predicting any part of it."""
-    self._texts(items, ids, source)
+    """The one-line `DataError` `tokenize` would raise for these inputs (a text that cannot
+    be read, an id given twice), without tokenizing: to refuse a bad input of a long list
+    before predicting any part of it."""
+    ids, _ = self._texts(items, ids, source)
+    check_unique_ids(ids, source or "prediction input")
 
   def _texts(self, items, ids, source: str | None):
     """`(ids, texts per input)`: every input's texts, checked."""
