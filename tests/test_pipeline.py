@@ -15,6 +15,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from adapler_jax import pipeline, weights
+from adapler_jax.pipeline import context
 from adapler_jax.errors import UserError
 from adapler_jax.models.bert import Bert, EncoderConfig
 from adapler_jax.train import classifier
@@ -240,6 +241,30 @@ def test_bad_workdir_is_one_line(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
       f"error: {tmp_path / 'none'} does not exist; pass the --workdir of a train.py run"]
+
+
+def test_a_run_records_its_local_paths_absolute(tiny_backbone, tmp_path, monkeypatch):
+  """A run trained with relative paths is read from any directory: config.json holds its
+  backbone and data folder as absolute paths. Hub ids and embedded names stay as given."""
+  monkeypatch.chdir(tiny_backbone.parent)
+  (tiny_backbone.parent / "tiny_data").mkdir(exist_ok=True)  # the demo task's vocabulary.
+  shutil.copy(tiny_backbone / "vocab.txt", tiny_backbone.parent / "tiny_data")
+  config = tiny_config(Path(tiny_backbone.name))
+  config.backbone, config.data.data_dir = tiny_backbone.name, "tiny_data"
+  config.train.init_from_hf = "org/model"  # a hub id: no folder of that name here.
+  workdir = tmp_path / "run"
+  pipeline.prepare(config, workdir, phase="finetune")
+  stored = pipeline.read_config(workdir)
+  assert stored.backbone == str(tiny_backbone.absolute())
+  assert stored.data.data_dir == str(tiny_backbone.parent / "tiny_data")
+  assert stored.train.init_from_hf == "org/model"
+  assert config.backbone == tiny_backbone.name  # the caller's config is not changed.
+  (tmp_path / "elsewhere").mkdir()
+  monkeypatch.chdir(tmp_path / "elsewhere")
+  run = pipeline.prepare(stored, workdir, record=False)
+  assert run.encoder.num_layers == TINY.num_layers
+  config.backbone = "minilm"
+  assert context.with_absolute_paths(config).backbone == "minilm"
 
 
 def test_lat_phases_and_evaluation(tiny_backbone, tmp_path):

@@ -344,6 +344,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
   workdir = workdir_lib.check_dir(workdir)
   checks.check_config(config)
   if record:
+    config = with_absolute_paths(config)
     checks.check_training_flags(config, phase)
     check_same_run(config, workdir)
   mesh = parallel.make_data_mesh()
@@ -388,6 +389,30 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
 
 FILE_FIELDS = ("train_file", "dev_file", "test_file")
+LOCAL_PATH_FIELDS = ("backbone", "train.init_from_hf", "data.data_dir")
+
+
+def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config`, or a copy whose fields naming a local folder or file (a backbone, the
+  Hugging Face model `train.init_from_hf` starts from, `data.data_dir`) hold absolute paths,
+  so the run's config.json still finds them when evaluate.py, adapler-export or a later
+  phase runs from another directory. Hub ids and embedded names stay as they are."""
+  absolute = {}
+  for name in LOCAL_PATH_FIELDS:
+    section, _, field = name.rpartition(".")
+    value = (config[section] if section else config).get(field)
+    if (isinstance(value, str) and value and value not in weights.EMBEDDED
+        and Path(value).expanduser().exists()):
+      path = str(Path(value).expanduser().absolute())
+      if path != value:
+        absolute[name] = path
+  if not absolute:
+    return config
+  config = config.copy_and_resolve_references()
+  for name, path in absolute.items():
+    section, _, field = name.rpartition(".")
+    (config[section] if section else config)[field] = path
+  return config
 
 
 def resolve_task(config: ml_collections.ConfigDict
