@@ -43,7 +43,8 @@ class WeightsError(UserError):
 
 
 class MissingCheckpointError(WeightsError):
-  """A local checkpoint directory that does not exist."""
+  """A checkpoint that is not there: a local directory that does not exist, or a hub id
+  that cannot be fetched."""
 
 
 class Backbone(NamedTuple):
@@ -126,7 +127,7 @@ def _download(repo_id: str, revision: str | None = None) -> Path:
                                                   allow_patterns=_HUB_FILES))
   except Exception as e:  # offline, unknown repo or revision, gated repo: all end the same way.
     at = f" at revision {revision!r}" if revision is not None else ""
-    raise WeightsError(
+    raise MissingCheckpointError(
         f"could not fetch '{repo_id}'{at} from the Hugging Face hub ({type(e).__name__}); "
         "if you are offline, pass a local directory with config.json and model.safetensors"
     ) from None

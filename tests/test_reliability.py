@@ -1122,18 +1122,24 @@ def test_evaluate_half_finished_workdir_creates_nothing(run_dir):
   assert not (run_dir / "adapler").exists() and snapshot(run_dir) == before
 
 
-def test_a_run_whose_backbone_moved_names_its_config(run_dir, tmp_path):
-  """evaluate.py has no backbone flag: the fix is the folder, or the run's config.json."""
+def test_a_run_whose_backbone_moved_names_its_config(run_dir, tmp_path, monkeypatch):
+  """evaluate.py has no backbone flag: the fix is the folder, or the run's config.json. A
+  name that is no folder here reads as a hub id (a run recorded with a relative path)."""
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   config = json.loads((run_dir / "config.json").read_text())
-  config["backbone"] = str(tmp_path / "moved")
-  (run_dir / "config.json").write_text(json.dumps(config))
-  before = snapshot(run_dir)
-  msg = one_line_error(cli("evaluate.py", "--workdir", str(run_dir)))
-  assert msg == (f"the run's backbone {tmp_path / 'moved'} (\"backbone\" in "
-                 f"{run_dir / 'config.json'}) does not load: checkpoint directory "
-                 f"{tmp_path / 'moved'} does not exist; put it back, or set \"backbone\" there "
-                 "to where it is now")
-  assert snapshot(run_dir) == before
+  hub = re.escape("could not fetch 'moved_bert' from the Hugging Face hub (") + r"\w+\)"
+  for backbone, reason in (
+      (str(tmp_path / "moved"), re.escape(f"checkpoint directory {tmp_path / 'moved'} does "
+                                           "not exist")),
+      ("moved_bert", hub)):
+    (run_dir / "config.json").write_text(json.dumps({**config, "backbone": backbone}))
+    before = snapshot(run_dir)
+    msg = one_line_error(cli("evaluate.py", "--workdir", str(run_dir)))
+    assert re.fullmatch(re.escape(f"the run's backbone {backbone} (\"backbone\" in "
+                                  f"{run_dir / 'config.json'}) does not load: ") + reason
+                        + re.escape("; put it back, or set \"backbone\" there to where it is "
+                                    "now"), msg), msg
+    assert snapshot(run_dir) == before
 
 
 def test_explain_refuses_an_empty_text_and_announces_truncation(finished, tmp_path):
