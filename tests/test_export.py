@@ -250,6 +250,15 @@ def test_bad_model_and_output_are_one_line(exported, tmp_path, capsys):
   with pytest.raises(ExportError, match=re.escape(
       "model directory None is not a path; pass the --output of adapler-export")):
     adapler_jax.load_model(None)
+  aside = tmp_path / ".gone.old-4242"  # a kill -9 between --force's two renames.
+  shutil.copytree(out["adapler"], aside)
+  with pytest.raises(ExportError, match=re.escape(
+      f"model directory {tmp_path / 'gone'} does not exist; an interrupted adapler-export "
+      f"--force left the previous export at {aside}: move it back (mv {aside} "
+      f"{tmp_path / 'gone'}), or export again")):
+    adapler_jax.load_model(tmp_path / "gone")
+  aside.rename(tmp_path / "gone")
+  assert adapler_jax.load_model(tmp_path / "gone").method == "adapler"
   workdir = tmp_path / "workdir"  # a train.py run passed where its export belongs.
   workdir.mkdir()
   (workdir / "config.json").write_text(json.dumps({"method": "adapler", "backbone": "minilm"}))

@@ -117,7 +117,7 @@ def write_model(output: str | os.PathLike[str], meta: dict, params: dict, tokeni
   An existing non-empty `output` is replaced only with `force`, and only when it is an
   export itself. Ctrl-C or SIGTERM leaves the previous export or the new one, whole (the
   swap of the two finishes first); only a kill -9 between its two renames would leave the
-  previous one aside, as `.NAME.old-PID`.
+  previous one aside, as `.NAME.old-PID`, which `load_model` then names.
   """
   output = Path(output)
   _check_output(output, force)
@@ -236,6 +236,11 @@ def load_model(directory: str | os.PathLike[str]) -> ExportedModel:
                       "adapler-export")
   path = Path(directory)
   if not path.is_dir():
+    set_aside = sorted(path.parent.glob(f".{path.name}.old-*")) if not path.exists() else []
+    if set_aside:  # a kill -9 between write_model's two renames.
+      raise ExportError(f"model directory {path} does not exist; an interrupted "
+                        f"adapler-export --force left the previous export at {set_aside[-1]}: "
+                        f"move it back (mv {set_aside[-1]} {path}), or export again")
     what = "is a file, not a directory" if path.exists() else "does not exist"
     raise ExportError(f"model directory {path} {what}; pass the --output of adapler-export")
   meta = _read_meta(path)
