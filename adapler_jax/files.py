@@ -158,6 +158,31 @@ def atomic_writer(path: str | os.PathLike[str]):
     raise
 
 
+def sync_tree(directory: str | os.PathLike[str]) -> None:
+  """Flushes every file under `directory`, then the folders themselves, to the disk, so a
+  rename that publishes the folder never outlives its contents in a power cut."""
+  directory = Path(directory)
+  for path in sorted(directory.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+    if not path.is_symlink():
+      _sync(path)
+  _sync(directory)
+
+
+def sync_folder(directory: str | os.PathLike[str]) -> None:
+  """Flushes `directory`'s entries (a rename in it) to the disk."""
+  _sync(Path(directory))
+
+
+def _sync(path: Path) -> None:
+  if os.name == "nt" and path.is_dir():  # Windows opens no folder to flush it.
+    return
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
 @contextlib.contextmanager
 def _closing_named(f, *names: Path):
   """Closes `f` at the end of the block, a close error (the last buffered write) naming

@@ -216,6 +216,32 @@ def test_an_interrupt_is_one_line_and_a_cut_write_leaves_the_old_file(tmp_path, 
   assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "export"]
 
 
+def test_an_export_reaches_the_disk_before_it_is_renamed_in(tmp_path, monkeypatch):
+  """A power cut after the rename must not find an export whose files were still only in
+  memory: each file and the folder are flushed first, then the rename in its parent."""
+  from adapler_jax.serve import model_dir  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(model_dir, "_write", lambda directory, meta, *_: (
+      (directory / "tokenizer").mkdir(), (directory / "tokenizer" / "vocab.txt").write_text("a"),
+      (directory / model_dir.CONFIG_FILE).write_text(json.dumps(meta))))
+  events = []
+  sync, replace = files._sync, os.replace  # pylint: disable=protected-access
+  monkeypatch.setattr(files, "_sync", lambda path: (events.append(("sync", path.name)),
+                                                     sync(path)))
+  monkeypatch.setattr(os, "replace", lambda src, dst: (
+      events.append(("rename", Path(src).name, Path(dst).name)), replace(src, dst)))
+  export = tmp_path / "export"
+  for force in (False, True):
+    events.clear()
+    model_dir.write_model(export, {"format": model_dir.FORMAT}, {}, None, force=force)
+    tmp = f".export.tmp-{os.getpid()}"
+    moved_in = events.index(("rename", tmp, "export"))
+    assert {("sync", n) for n in ("vocab.txt", "tokenizer", model_dir.CONFIG_FILE, tmp)} <= set(
+        events[:moved_in])
+    assert events.index(("sync", "vocab.txt")) < events.index(("sync", "tokenizer"))
+    assert ("sync", tmp_path.name) in events[moved_in:]
+  assert json.loads((export / model_dir.CONFIG_FILE).read_text())["format"] == model_dir.FORMAT
+
+
 def test_a_path_the_system_refuses_is_one_line(tmp_path, capsys):
   """A folder where a file must be read, a file where a folder would go: one line naming the
   path; an OSError without a path keeps its traceback."""

@@ -111,7 +111,8 @@ def model_tree(method: str, params: dict) -> dict:
 
 def write_model(output: str | os.PathLike[str], meta: dict, params: dict, tokenizer, *,
                 force: bool = False) -> Path:
-  """Writes an export to `output` whole: into a temporary sibling, then renamed into place.
+  """Writes an export to `output` whole: into a temporary sibling, flushed to the disk, then
+  renamed into place.
 
   `meta` is the body of `config.json` (see `export_meta`); `params` the method's params.
   An existing non-empty `output` is replaced only with `force`, and only when it is an
@@ -128,14 +129,17 @@ def write_model(output: str | os.PathLike[str], meta: dict, params: dict, tokeni
     with files.naming_errors(output.parent, tmp):  # where it was writing, not the temporary.
       tmp.mkdir()
       _write(tmp, meta, params, tokenizer)
+      files.sync_tree(tmp)  # on the disk before the rename: a power cut leaves one whole.
     if output.exists():
       old = output.with_name(f".{output.name}.old-{os.getpid()}")
       with files.uninterrupted():  # never the old export moved out and the new one not in.
         os.replace(output, old)
         os.replace(tmp, output)
+        files.sync_folder(output.parent)
         shutil.rmtree(old)
     else:
       os.replace(tmp, output)
+      files.sync_folder(output.parent)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return output
