@@ -16,6 +16,8 @@ A trained model, exported with `adapler-export`, predicts from raw text::
   rows = aj.Predictor("exports/sst2").predict(["a gentle , funny film"])
 """
 
+from importlib import metadata as _metadata
+
 from adapler_jax.models.adapler import (AdapLeRConfig, AdapLeRModel, HardRemovalResult,
                                         hard_forward, init, soft_forward, soft_removal_edit)
 from adapler_jax.models.bert import Bert, EncoderConfig, encode
@@ -26,6 +28,11 @@ from adapler_jax.train.adapler_step import (LossWeights, TrainState, adapler_gra
                                             create_train_state, make_train_step)
 from adapler_jax.train.optim import adapler_optimizer
 from adapler_jax.weights import load_backbone
+
+try:
+  __version__ = _metadata.version("adapler-jax")
+except _metadata.PackageNotFoundError:  # the source tree on sys.path, not installed.
+  __version__ = "0+unknown"
 
 __all__ = [
     "AdapLeRConfig", "AdapLeRModel", "Bert", "ClassifierConfig", "EncoderConfig",

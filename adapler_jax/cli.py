@@ -124,10 +124,20 @@ def out_of_memory_message(e: BaseException) -> str | None:
 HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
 
 
+VERSION_FLAG = "--version"
+
+
 def run_app(main: Callable[[list[str]], object]) -> None:
   """`absl.app.run(main)` under `run_cli`, with flag errors as one line too: a bad flag
   value, a config file that cannot be loaded, an unknown `--config.<field>`. Asked for,
-  help exits 0 (absl exits 1)."""
+  help exits 0 (absl exits 1); `--version` prints the version and exits 0, before the
+  required flags are checked."""
+  if VERSION_FLAG[2:] not in flags.FLAGS:  # defined by the command, not by an import.
+    flags.DEFINE_bool(VERSION_FLAG[2:], False, "Print the adapler-jax version and exit.")
+  if VERSION_FLAG in sys.argv[1:]:
+    import adapler_jax  # pylint: disable=g-import-not-at-top
+    print(f"adapler-jax {adapler_jax.__version__}")
+    sys.exit(0)
   try:
     run_cli(lambda: app.run(main, flags_parser=parse_flags))
   except SystemExit as e:

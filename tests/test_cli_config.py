@@ -339,3 +339,16 @@ def test_bench_lat_tradeoff_sweeps_down_to_the_runs_smallest_sub_model(monkeypat
   assert bench.default_ratios(0.2) == tuple(round(0.02 * i, 2) for i in range(11))
   assert bench.default_ratios(0.25)[-3:] == (0.22, 0.24, 0.25)
   assert bench.default_ratios(0.05) == (0.0, 0.02, 0.04, 0.05)
+
+
+def test_version_is_the_installed_package_s():
+  """`adapler_jax.__version__` and every command's `--version` (exit 0, before the flags a
+  command requires) name the installed distribution's version."""
+  import adapler_jax  # pylint: disable=g-import-not-at-top
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  installed = metadata.version("adapler-jax")
+  assert adapler_jax.__version__ == installed
+  for command in (["train.py"], ["evaluate.py"], ["-m", "adapler_jax.predict"]):
+    proc = subprocess.run([sys.executable, *command, "--version"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"adapler-jax {installed}\n", "")
