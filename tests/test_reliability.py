@@ -1154,17 +1154,19 @@ def test_a_run_whose_backbone_moved_names_its_config(run_dir, tmp_path, monkeypa
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   config = json.loads((run_dir / "config.json").read_text())
   hub = re.escape("could not fetch 'moved_bert' from the Hugging Face hub (") + r"\w+\)"
-  for backbone, reason in (
+  moved = "put it back, or set \"backbone\" there to where it is now"
+  relative = ("if it names a folder, that is relative to the folder training ran in: run from "
+              "there, or set \"backbone\" there to its absolute path")
+  for backbone, reason, fix in (
       (str(tmp_path / "moved"), re.escape(f"checkpoint directory {tmp_path / 'moved'} does "
-                                           "not exist")),
-      ("moved_bert", hub)):
+                                           "not exist"), moved),
+      ("moved_bert", hub, relative)):
     (run_dir / "config.json").write_text(json.dumps({**config, "backbone": backbone}))
     before = snapshot(run_dir)
     msg = one_line_error(cli("evaluate.py", "--workdir", str(run_dir)))
     assert re.fullmatch(re.escape(f"the run's backbone {backbone} (\"backbone\" in "
                                   f"{run_dir / 'config.json'}) does not load: ") + reason
-                        + re.escape("; put it back, or set \"backbone\" there to where it is "
-                                    "now"), msg), msg
+                        + re.escape(f"; {fix}"), msg), msg
     assert snapshot(run_dir) == before
 
 

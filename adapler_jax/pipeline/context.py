@@ -363,10 +363,13 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
   except weights.MissingCheckpointError as e:
     if record:  # the backbone came from the user's config: its own message names the fix.
       raise
+    fix = "put it back, or set \"backbone\" there to where it is now"
+    if not Path(config.backbone).expanduser().is_absolute():  # a hub id, or an older run's
+      fix = ("if it names a folder, that is relative to the folder training ran in: run "
+             "from there, or set \"backbone\" there to its absolute path")  # path as typed.
     raise weights.WeightsError(
         f"the run's backbone {config.backbone} (\"backbone\" in {workdir / CONFIG_FILE}) "
-        f"does not load: {str(e).split('; ')[0]}; put it back, or set \"backbone\" there to "
-        "where it is now") from e
+        f"does not load: {str(e).split('; ')[0]}; {fix}") from e
   checks.check_max_length(config, encoder)
   run = Run(config, workdir, task, encoder, backbone, tokenizer, MetricWriter(workdir), mesh)
   checks.check_flops_mode(config.eval.flops, task, encoder)
