@@ -134,7 +134,7 @@ def test_export_layout(exported):
   assert len(meta["label_names"]) == 4 and meta["max_length"] == 16
   lat = json.loads((out["lat"] / "config.json").read_text())
   assert lat["lat"]["length_config"] == [13, 11] and lat["lat"]["chosen_from"] == (
-      "lat.eval_length_config")
+      "lat.eval_length_ratio")  # the ratio's config: the run sets no length config.
   from safetensors.numpy import load_file
   names = load_file(str(out["adapler"] / "model.safetensors")).keys()
   assert any(n.startswith("predictors_0/") for n in names)
@@ -460,7 +460,7 @@ def test_an_eta_search_pick_is_what_the_export_holds(exported, tmp_path):
       f"AdapLeR at eta {eta}: the search point evaluate.py --flops-budget 0.5 picked "
       "(search/chosen.json in the workdir; delete it to export the run's own setting)")
   assert from_run.speed_summary(adapler_jax.load_model(out["lat"]).meta) == (
-      "LAT at lengths 13, 11 (lat.eval_length_config)")
+      "LAT at lengths 13, 11 (lat.eval_length_ratio)")
   flipped = tmp_path / "flipped"
   shutil.copytree(out["adapler"], flipped)
   weights_file = flipped / "model.safetensors"

@@ -118,7 +118,9 @@ def _export_lat(pipeline, config, workdir: Path, output: Path, force: bool) -> P
       raise ExportError(f"{_chosen_path(workdir)}: {e}") from None
     chosen_from = pipeline.frontier.CHOSEN_FILE
   else:
-    length_config, chosen_from = lat_phases.eval_length_config(run), "lat.eval_length_config"
+    length_config = lat_phases.eval_length_config(run)
+    chosen_from = ("lat.eval_length_config" if config.lat.eval_length_config
+                   else "lat.eval_length_ratio")
   searched, found_file = None, workdir / frontier.FRONTIER_FILE
   if found_file.exists():
     found = frontier.load(workdir)
