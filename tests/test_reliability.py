@@ -1063,6 +1063,18 @@ def test_a_search_of_another_checkpoint_is_refused_by_evaluate_and_export(run_di
   assert str(err.value) == f"{chosen} {message}" and not (tmp_path / "export").exists()
   frontier.check_searched({"checkpoint": now}, phases.adapler_checkpointer(
       trained.run, read_only=True), trained.adapler_step, path)  # the current one passes.
+  # A record saved before records noted their checkpoint: its store's source, which noted
+  # it earlier, decides; with neither, it is not checked.
+  check = lambda: frontier.check_searched({}, phases.adapler_checkpointer(
+      trained.run, read_only=True), trained.adapler_step, path)
+  check()
+  source = run_dir / "search" / "store.source.json"
+  source.write_text(json.dumps({"checkpoint": "0" * 16, "held_out_rows": "1" * 16}))
+  with pytest.raises(UserError) as err:
+    check()
+  assert str(err.value) == f"{path} {message}"
+  source.write_text(json.dumps({"checkpoint": now, "held_out_rows": "1" * 16}))
+  check()
 
 
 def test_lat_letting_cls_go_on_a_classification_task_is_refused_first(tiny_backbone, tmp_path):

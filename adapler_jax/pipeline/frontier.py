@@ -40,6 +40,7 @@ from adapler_jax.train.checkpoints import Checkpointer
 SEARCH_DIR = "search"
 FRONTIER_FILE = f"{SEARCH_DIR}/frontier.json"  # relative to the workdir.
 CHOSEN_FILE = f"{SEARCH_DIR}/chosen.json"  # the last point an evaluate.py dial picked.
+STORE_FILE = f"{SEARCH_DIR}/store.jsonl"  # every scored gene.
 COSTS = checks.SEARCH_COSTS
 
 
@@ -71,10 +72,18 @@ def check_searched(record: dict[str, Any], checkpointer: Checkpointer, step: int
   """One line unless the checkpoint `record` (a frontier, or a pick from one) was searched
   on is checkpoint `step`, the one about to be used (closes `checkpointer`): a model trained
   again after its search would be read at points scored on the old one. A record saved
-  before searches noted their checkpoint is not checked."""
+  before records noted their checkpoint is checked against its store's source (beside it in
+  `search/`), which noted it earlier; without either it is not checked."""
   now = checkpointer.fingerprint([step])
   checkpointer.close()
-  if record.get("checkpoint") not in (None, now):
+  searched_on = record.get("checkpoint")
+  if searched_on is None:
+    source = evo.source_path(Path(path).parent / Path(STORE_FILE).name)
+    try:
+      searched_on = json.loads(source.read_text(encoding="utf-8")).get("checkpoint")
+    except (OSError, ValueError, AttributeError):  # absent, or not a source's JSON object.
+      searched_on = None
+  if searched_on not in (None, now):
     raise UserError(f"{path} comes from a search of another checkpoint than the one this run "
                     f"now has (step {step}), so its points were scored on another model; move "
                     f"{Path(path).parent} aside and rerun train.py --phase search")
@@ -90,7 +99,7 @@ def evolve(run: Run, evaluate: Callable, cost: Callable | None, *, initial,
     (the store of every scored gene, `evo.evolve`'s result).
   """
   c = run.config.search
-  path = run.workdir / SEARCH_DIR / "store.jsonl"
+  path = run.workdir / STORE_FILE
   try:
     store = evo.Store(path, source, write=run.is_main_process)
   except evo.SourceMismatch as e:

@@ -119,6 +119,12 @@ def pick_max_drop(front: Sequence[Gene], scored: dict, reference: float,
   return min(within, key=lambda g: (scored[g][0], -scored[g][1])) if within else None
 
 
+def source_path(store_path: str | Path) -> Path:
+  """Where the store at `store_path` saves its source: `<name>.source.json` beside it."""
+  store_path = Path(store_path)
+  return store_path.with_name(store_path.stem + ".source.json")
+
+
 class SourceMismatch(ValueError):
   """A store's genes were scored on another source (model, rows or scoring settings)."""
 
@@ -154,7 +160,7 @@ class Store:
 
   @property
   def source_path(self) -> Path:
-    return self.path.with_name(self.path.stem + ".source.json")
+    return source_path(self.path)
 
   def _bind(self, source: dict | None) -> dict | None:
     saved = (json.loads(self.source_path.read_text(encoding="utf-8"))
