@@ -127,6 +127,14 @@ HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--hel
 VERSION_FLAG = "--version"
 
 
+def _asks_version(arg: str) -> bool:
+  """Whether `arg` sets the version flag, in any form absl reads (`--version`, `-version`,
+  `--version=true`)."""
+  name, eq, value = arg.partition("=")
+  return (name in (VERSION_FLAG, VERSION_FLAG[1:])
+          and (not eq or value.lower() in ("true", "t", "1", "yes", "y")))
+
+
 def run_app(main: Callable[[list[str]], object]) -> None:
   """`absl.app.run(main)` under `run_cli`, with flag errors as one line too: a bad flag
   value, a config file that cannot be loaded, an unknown `--config.<field>`. Asked for,
@@ -134,7 +142,7 @@ def run_app(main: Callable[[list[str]], object]) -> None:
   required flags are checked."""
   if VERSION_FLAG[2:] not in flags.FLAGS:  # defined by the command, not by an import.
     flags.DEFINE_bool(VERSION_FLAG[2:], False, "Print the adapler-jax version and exit.")
-  if VERSION_FLAG in sys.argv[1:]:
+  if any(_asks_version(a) for a in sys.argv[1:]):
     import adapler_jax  # pylint: disable=g-import-not-at-top
     print(f"adapler-jax {adapler_jax.__version__}")
     sys.exit(0)

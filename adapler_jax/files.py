@@ -4,6 +4,7 @@ and result paths that never land on a run's or an export's own files."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -174,11 +175,23 @@ def sync_folder(directory: str | os.PathLike[str]) -> None:
 
 
 def _sync(path: Path) -> None:
-  if os.name == "nt" and path.is_dir():  # Windows opens no folder to flush it.
+  """fsync of a file; of a folder where the system allows it (Windows opens none, some
+  network file systems refuse it, a folder without read permission cannot be opened)."""
+  folder = path.is_dir()
+  if folder and os.name == "nt":
     return
-  fd = os.open(path, os.O_RDONLY)
+  try:
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
+  except OSError:
+    if folder:
+      return
+    raise
   try:
     os.fsync(fd)
+  except OSError as e:
+    if not folder or e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES,
+                                     errno.EPERM):
+      raise
   finally:
     os.close(fd)
 

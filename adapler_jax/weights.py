@@ -47,6 +47,10 @@ class MissingCheckpointError(WeightsError):
   that cannot be fetched."""
 
 
+class HubFetchError(MissingCheckpointError):
+  """A hub id that cannot be fetched (offline, unknown, gated)."""
+
+
 class Backbone(NamedTuple):
   config: EncoderConfig
   params: dict  # {"embeddings": ..., "encoder": ...}, the `Bert` module's params.
@@ -127,7 +131,7 @@ def _download(repo_id: str, revision: str | None = None) -> Path:
                                                   allow_patterns=_HUB_FILES))
   except Exception as e:  # offline, unknown repo or revision, gated repo: all end the same way.
     at = f" at revision {revision!r}" if revision is not None else ""
-    raise MissingCheckpointError(
+    raise HubFetchError(
         f"could not fetch '{repo_id}'{at} from the Hugging Face hub ({type(e).__name__}); "
         "if you are offline, pass a local directory with config.json and model.safetensors"
     ) from None

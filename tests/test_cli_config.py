@@ -348,7 +348,9 @@ def test_version_is_the_installed_package_s():
   from importlib import metadata  # pylint: disable=g-import-not-at-top
   installed = metadata.version("adapler-jax")
   assert adapler_jax.__version__ == installed
-  for command in (["train.py"], ["evaluate.py"], ["-m", "adapler_jax.predict"]):
-    proc = subprocess.run([sys.executable, *command, "--version"], cwd=ROOT,
+  for command, flag in ((["train.py"], "--version"), (["evaluate.py"], "--version=true"),
+                        (["-m", "adapler_jax.predict"], "-version"),
+                        (["-m", "adapler_jax.export"], "--version")):
+    proc = subprocess.run([sys.executable, *command, flag], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"adapler-jax {installed}\n", "")

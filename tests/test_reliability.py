@@ -240,6 +240,18 @@ def test_an_export_reaches_the_disk_before_it_is_renamed_in(tmp_path, monkeypatc
     assert events.index(("sync", "vocab.txt")) < events.index(("sync", "tokenizer"))
     assert ("sync", tmp_path.name) in events[moved_in:]
   assert json.loads((export / model_dir.CONFIG_FILE).read_text())["format"] == model_dir.FORMAT
+  # A file system that refuses to flush a folder (some network mounts: EINVAL) still gets
+  # the export, and the old one is removed.
+  monkeypatch.setattr(files, "_sync", sync)
+  fsync = os.fsync
+  def no_folder_sync(fd):
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+      raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    fsync(fd)
+  monkeypatch.setattr(os, "fsync", no_folder_sync)
+  model_dir.write_model(export, {"format": model_dir.FORMAT, "n": 3}, {}, None, force=True)
+  assert json.loads((export / model_dir.CONFIG_FILE).read_text())["n"] == 3
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
 def test_a_path_the_system_refuses_is_one_line(tmp_path, capsys):
@@ -1165,7 +1177,9 @@ def test_a_run_whose_backbone_moved_names_its_config(run_dir, tmp_path, monkeypa
   name that is no folder here reads as a hub id (a run recorded with a relative path)."""
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   config = json.loads((run_dir / "config.json").read_text())
-  hub = re.escape("could not fetch 'moved_bert' from the Hugging Face hub (") + r"\w+\)"
+  hub = (re.escape("could not fetch 'moved_bert' from the Hugging Face hub (") + r"\w+\)"
+         + re.escape("; if you are offline, pass a local directory with config.json and "
+                     "model.safetensors"))
   moved = "put it back, or set \"backbone\" there to where it is now"
   relative = ("if it names a folder, that is relative to the folder training ran in: run from "
               "there, or set \"backbone\" there to its absolute path")

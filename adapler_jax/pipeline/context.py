@@ -363,13 +363,15 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
   except weights.MissingCheckpointError as e:
     if record:  # the backbone came from the user's config: its own message names the fix.
       raise
+    reason = str(e).split("; ")[0]
     fix = "put it back, or set \"backbone\" there to where it is now"
-    if not Path(config.backbone).expanduser().is_absolute():  # a hub id, or an older run's
+    if isinstance(e, weights.HubFetchError):  # a hub id, or an older run's folder as typed.
+      reason = str(e)
       fix = ("if it names a folder, that is relative to the folder training ran in: run "
-             "from there, or set \"backbone\" there to its absolute path")  # path as typed.
+             "from there, or set \"backbone\" there to its absolute path")
     raise weights.WeightsError(
         f"the run's backbone {config.backbone} (\"backbone\" in {workdir / CONFIG_FILE}) "
-        f"does not load: {str(e).split('; ')[0]}; {fix}") from e
+        f"does not load: {reason}; {fix}") from e
   checks.check_max_length(config, encoder)
   run = Run(config, workdir, task, encoder, backbone, tokenizer, MetricWriter(workdir), mesh)
   checks.check_flops_mode(config.eval.flops, task, encoder)
@@ -392,14 +394,15 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
 
 FILE_FIELDS = ("train_file", "dev_file", "test_file")
-LOCAL_PATH_FIELDS = ("backbone", "train.init_from_hf", "data.data_dir")
+LOCAL_PATH_FIELDS = ("backbone", "data.data_dir")
 
 
 def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config`, or a copy whose fields naming a local folder or file (a backbone, the
-  Hugging Face model `train.init_from_hf` starts from, `data.data_dir`) hold absolute paths,
-  so the run's config.json still finds them when evaluate.py, adapler-export or a later
-  phase runs from another directory. Hub ids and embedded names stay as they are."""
+  """`config`, or a copy whose fields naming a local folder or file (a backbone,
+  `data.data_dir`) hold absolute paths, so the run's config.json still finds them when
+  evaluate.py, adapler-export or a later phase runs from another directory. Hub ids and
+  embedded names stay as they are; so does `train.init_from_hf`, read by fine-tuning alone
+  (and compared, as typed, with the source its checkpoints recorded)."""
   absolute = {}
   for name in LOCAL_PATH_FIELDS:
     section, _, field = name.rpartition(".")

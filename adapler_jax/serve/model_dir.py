@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -135,8 +136,8 @@ def write_model(output: str | os.PathLike[str], meta: dict, params: dict, tokeni
       with files.uninterrupted():  # never the old export moved out and the new one not in.
         os.replace(output, old)
         os.replace(tmp, output)
-        files.sync_folder(output.parent)
         shutil.rmtree(old)
+        files.sync_folder(output.parent)
     else:
       os.replace(tmp, output)
       files.sync_folder(output.parent)
@@ -225,6 +226,14 @@ def _read_meta(directory: Path, strict: bool = True) -> dict | None:
   return meta
 
 
+def _set_aside(output: Path) -> Path | None:
+  """The latest export `write_model` moved aside from `output` and never removed."""
+  prefix = f".{output.name}.old-"
+  found = ([p for p in output.parent.iterdir() if p.name.startswith(prefix) and p.is_dir()]
+           if output.parent.is_dir() else [])
+  return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
 # What `load_model` reads from an export's config.json, besides "adapler" or "lat".
 REQUIRED_FIELDS = ("architecture", "model", "inputs", "tokenizer", "label_names",
                    "max_length", "task")
@@ -240,11 +249,12 @@ def load_model(directory: str | os.PathLike[str]) -> ExportedModel:
                       "adapler-export")
   path = Path(directory)
   if not path.is_dir():
-    set_aside = sorted(path.parent.glob(f".{path.name}.old-*")) if not path.exists() else []
-    if set_aside:  # a kill -9 between write_model's two renames.
+    set_aside = _set_aside(path) if not path.exists() else None
+    if set_aside is not None:  # a kill -9 between write_model's two renames.
       raise ExportError(f"model directory {path} does not exist; an interrupted "
-                        f"adapler-export --force left the previous export at {set_aside[-1]}: "
-                        f"move it back (mv {set_aside[-1]} {path}), or export again")
+                        f"adapler-export --force left the previous export at {set_aside}: "
+                        f"move it back (mv {shlex.quote(str(set_aside))} "
+                        f"{shlex.quote(str(path))}), or export again")
     what = "is a file, not a directory" if path.exists() else "does not exist"
     raise ExportError(f"model directory {path} {what}; pass the --output of adapler-export")
   meta = _read_meta(path)
