@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -405,10 +406,8 @@ def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.Con
   (and compared, as typed, with the source its checkpoints recorded)."""
   absolute = {}
   for name in LOCAL_PATH_FIELDS:
-    section, _, field = name.rpartition(".")
-    value = (config[section] if section else config).get(field)
-    if (isinstance(value, str) and value and value not in weights.EMBEDDED
-        and Path(value).expanduser().exists()):
+    value = functools.reduce(getattr, name.split("."), config)
+    if value and value not in weights.EMBEDDED and Path(value).expanduser().exists():
       path = str(Path(value).expanduser().absolute())
       if path != value:
         absolute[name] = path
@@ -416,8 +415,8 @@ def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.Con
     return config
   config = config.copy_and_resolve_references()
   for name, path in absolute.items():
-    section, _, field = name.rpartition(".")
-    (config[section] if section else config)[field] = path
+    *sections, field = name.split(".")
+    setattr(functools.reduce(getattr, sections, config), field, path)
   return config
 
 

@@ -78,11 +78,11 @@ def check_searched(record: dict[str, Any], checkpointer: Checkpointer, step: int
   checkpointer.close()
   searched_on = record.get("checkpoint")
   if searched_on is None:
-    source = evo.source_path(Path(path).parent / Path(STORE_FILE).name)
     try:
-      searched_on = json.loads(source.read_text(encoding="utf-8")).get("checkpoint")
-    except (OSError, ValueError, AttributeError):  # absent, or not a source's JSON object.
-      searched_on = None
+      source = evo.saved_source(Path(path).parent / Path(STORE_FILE).name)
+    except (OSError, ValueError):  # unreadable: as if none was saved.
+      source = None
+    searched_on = source.get("checkpoint") if isinstance(source, dict) else None
   if searched_on not in (None, now):
     raise UserError(f"{path} comes from a search of another checkpoint than the one this run "
                     f"now has (step {step}), so its points were scored on another model; move "

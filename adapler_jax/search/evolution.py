@@ -22,7 +22,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -125,6 +125,12 @@ def source_path(store_path: str | Path) -> Path:
   return store_path.with_name(store_path.stem + ".source.json")
 
 
+def saved_source(store_path: str | Path) -> Any:
+  """The source the store at `store_path` saved (None when it saved none)."""
+  path = source_path(store_path)
+  return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
 class SourceMismatch(ValueError):
   """A store's genes were scored on another source (model, rows or scoring settings)."""
 
@@ -163,8 +169,7 @@ class Store:
     return source_path(self.path)
 
   def _bind(self, source: dict | None) -> dict | None:
-    saved = (json.loads(self.source_path.read_text(encoding="utf-8"))
-             if self.source_path.exists() else None)
+    saved = saved_source(self.path)
     if source is None or saved == source:
       return saved
     if saved is not None and self.records:

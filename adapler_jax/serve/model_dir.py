@@ -132,15 +132,14 @@ def write_model(output: str | os.PathLike[str], meta: dict, params: dict, tokeni
       _write(tmp, meta, params, tokenizer)
       files.sync_tree(tmp)  # on the disk before the rename: a power cut leaves one whole.
     if output.exists():
-      old = output.with_name(f".{output.name}.old-{os.getpid()}")
+      old = output.with_name(f"{_aside_prefix(output)}{os.getpid()}")
       with files.uninterrupted():  # never the old export moved out and the new one not in.
         os.replace(output, old)
         os.replace(tmp, output)
         shutil.rmtree(old)
-        files.sync_folder(output.parent)
     else:
       os.replace(tmp, output)
-      files.sync_folder(output.parent)
+    files.sync_folder(output.parent)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return output
@@ -226,9 +225,14 @@ def _read_meta(directory: Path, strict: bool = True) -> dict | None:
   return meta
 
 
+def _aside_prefix(output: Path) -> str:
+  """How `write_model` names the export it moves aside, before its process id."""
+  return f".{output.name}.old-"
+
+
 def _set_aside(output: Path) -> Path | None:
   """The latest export `write_model` moved aside from `output` and never removed."""
-  prefix = f".{output.name}.old-"
+  prefix = _aside_prefix(output)
   found = ([p for p in output.parent.iterdir() if p.name.startswith(prefix) and p.is_dir()]
            if output.parent.is_dir() else [])
   return max(found, key=lambda p: p.stat().st_mtime, default=None)
