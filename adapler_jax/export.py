@@ -9,28 +9,39 @@ The directory holds config.json, model.safetensors and tokenizer/; load it with
 
 from __future__ import annotations
 
+import functools
 import json
+import types
 
 from absl import flags, logging
 
 from adapler_jax.cli import run_console_script
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The --workdir of a finished train.py run.")
-_OUTPUT = flags.DEFINE_string("output", None, "Directory to write the export to (new or empty).")
-_FORCE = flags.DEFINE_bool("force", False, "Replace an existing export at --output.")
-flags.mark_flags_as_required(["workdir", "output"])
+@functools.cache
+def define_flags() -> types.SimpleNamespace:
+  """Defines the command's flags, once, and returns their holders: the command calls it, not
+  the import (see `adapler_jax.predict.define_flags`)."""
+  holders = types.SimpleNamespace(
+      workdir=flags.DEFINE_string("workdir", None, "The --workdir of a finished train.py run."),
+      output=flags.DEFINE_string("output", None, "Directory to write the export to (new or "
+                                 "empty)."),
+      force=flags.DEFINE_bool("force", False, "Replace an existing export at --output."))
+  flags.mark_flags_as_required(["workdir", "output"])
+  return holders
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   from adapler_jax.serve import from_run, model_dir  # pylint: disable=g-import-not-at-top
-  path = from_run.export_run(_WORKDIR.value, _OUTPUT.value, force=_FORCE.value)
+  flag = define_flags()
+  path = from_run.export_run(flag.workdir.value, flag.output.value, force=flag.force.value)
   meta = json.loads((path / model_dir.CONFIG_FILE).read_text())
   print(f"wrote {path}: {from_run.speed_summary(meta)}")
 
 
 def cli() -> None:
+  define_flags()
   run_console_script(__name__, main)
 
 

@@ -26,9 +26,11 @@ writes the official predictions file `{question id: answer}` (e.g. --output pred
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import json
 import sys
+import types
 from pathlib import Path
 
 from absl import flags, logging
@@ -40,30 +42,37 @@ from adapler_jax.eval.squad import predictions_text
 from adapler_jax.reduce.lengths import parse_config, validate_config
 from adapler_jax.serve import Predictor, inputs, load_model
 
-_MODEL = flags.DEFINE_string("model", None, "An export directory (adapler-export --output).")
-_INPUT = flags.DEFINE_string("input", "-", "Input file, or - for stdin.")
-_OUTPUT = flags.DEFINE_string("output", "-", "Output file, or - for stdout.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Rows per engine batch: examples, or for span "
-                              "QA context windows.", lower_bound=1)
-_RATIONALES = flags.DEFINE_bool("rationales", False, "Also write the tokens, their characters "
-                                "in the input (char_spans), the positions each layer kept "
-                                "and (AdapLeR) the predictor scores.")
-_FORMAT = flags.DEFINE_enum("format", "auto", ["auto", "text", "jsonl", "csv", "glue", "squad"],
-                            "Input format: auto (a .csv file is csv; JSON lines if the first "
-                            "line is an object, else text; for a span QA model a .json(.gz) "
-                            "file is squad), text, jsonl, csv (a header naming the fields), "
-                            "glue (a GLUE test TSV -> submission) or squad (an official SQuAD "
-                            "JSON file -> {id: answer}).")
-_LENGTH_CONFIG = flags.DEFINE_string("length_config", None, "LAT: run at this length config "
-                                     "instead of the exported one, e.g. 52,42,34,28,23,19.")
-_CHUNK = flags.DEFINE_integer("chunk_size", 16384, "Inputs tokenized, run and written at a "
-                              "time: memory stays bounded however long the input, and the "
-                              "output grows chunk by chunk (a file still appears whole, at "
-                              "the end).", lower_bound=1)
-flags.DEFINE_alias("batch-size", "batch_size")
-flags.DEFINE_alias("chunk-size", "chunk_size")
-flags.DEFINE_alias("length-config", "length_config")
-flags.mark_flag_as_required("model")
+@functools.cache
+def define_flags() -> types.SimpleNamespace:
+  """Defines the command's flags, once, and returns their holders. The command calls it, not
+  the import: absl keeps one flag registry per process, and importing this module must leave
+  names like --output free (`adapler_jax.export` defines one too, and so may the importer)."""
+  holders = types.SimpleNamespace(
+      model=flags.DEFINE_string("model", None, "An export directory (adapler-export --output)."),
+      input=flags.DEFINE_string("input", "-", "Input file, or - for stdin."),
+      output=flags.DEFINE_string("output", "-", "Output file, or - for stdout."),
+      batch_size=flags.DEFINE_integer("batch_size", 32, "Rows per engine batch: examples, or "
+                                      "for span QA context windows.", lower_bound=1),
+      rationales=flags.DEFINE_bool("rationales", False, "Also write the tokens, their "
+                                   "characters in the input (char_spans), the positions each "
+                                   "layer kept and (AdapLeR) the predictor scores."),
+      format=flags.DEFINE_enum("format", "auto", ["auto", "text", "jsonl", "csv", "glue", "squad"],
+                               "Input format: auto (a .csv file is csv; JSON lines if the first "
+                               "line is an object, else text; for a span QA model a .json(.gz) "
+                               "file is squad), text, jsonl, csv (a header naming the fields), "
+                               "glue (a GLUE test TSV -> submission) or squad (an official "
+                               "SQuAD JSON file -> {id: answer})."),
+      length_config=flags.DEFINE_string("length_config", None, "LAT: run at this length config "
+                                        "instead of the exported one, e.g. 52,42,34,28,23,19."),
+      chunk_size=flags.DEFINE_integer("chunk_size", 16384, "Inputs tokenized, run and written "
+                                      "at a time: memory stays bounded however long the input, "
+                                      "and the output grows chunk by chunk (a file still "
+                                      "appears whole, at the end).", lower_bound=1))
+  flags.DEFINE_alias("batch-size", "batch_size")
+  flags.DEFINE_alias("chunk-size", "chunk_size")
+  flags.DEFINE_alias("length-config", "length_config")
+  flags.mark_flag_as_required("model")
+  return holders
 
 
 @contextlib.contextmanager
@@ -127,41 +136,42 @@ def _read_squad(path: str) -> tuple[list[str], list[dict[str, str]]]:
 
 def main(argv):
   del argv
+  flag = define_flags()
   logging.set_verbosity(logging.WARNING)
-  if _OUTPUT.value != "-":
-    output = files.check_output(_OUTPUT.value, _MODEL.value)
-    model_dir = Path(_MODEL.value).resolve()
+  if flag.output.value != "-":
+    output = files.check_output(flag.output.value, flag.model.value)
+    model_dir = Path(flag.model.value).resolve()
     if model_dir in output.resolve().parents:  # the export stays the export's files alone.
       beside = model_dir.with_name(f"{model_dir.name}_{output.name}")
-      raise UserError(f"--output {_OUTPUT.value} is inside the export {_MODEL.value}, where "
-                      "adapler-export --force would refuse to replace it; write it beside the "
-                      f"export, e.g. --output {beside}")
-    if _INPUT.value != "-" and output.resolve() == Path(_INPUT.value).resolve():
-      raise UserError(f"--output {_OUTPUT.value} is the --input file; the predictions would "
+      raise UserError(f"--output {flag.output.value} is inside the export {flag.model.value}, "
+                      "where adapler-export --force would refuse to replace it; write it beside "
+                      f"the export, e.g. --output {beside}")
+    if flag.input.value != "-" and output.resolve() == Path(flag.input.value).resolve():
+      raise UserError(f"--output {flag.output.value} is the --input file; the predictions would "
                       "replace the texts: write them to another file")
-  model = load_model(_MODEL.value)
+  model = load_model(flag.model.value)
   length_config = None
-  if _LENGTH_CONFIG.value is not None:  # '' too: it is no config of this model.
+  if flag.length_config.value is not None:  # '' too: it is no config of this model.
     base, depth = model.speed.get("base", model.max_length), model.config.encoder.num_layers
-    length_config = parse_config(_LENGTH_CONFIG.value, base=base, num_layers=depth)
+    length_config = parse_config(flag.length_config.value, base=base, num_layers=depth)
     if model.method == "lat":  # the errors name the flag; an AdapLeR model refuses any.
       length_config = validate_config(length_config, base, depth, name="--length-config",
                                       keep_cls=model.selection_flags.keep_cls)
-  predictor = Predictor(model, batch_size=_BATCH.value, length_config=length_config)
-  source = "stdin" if _INPUT.value == "-" else _INPUT.value
-  kind = _input_format(predictor.model, _FORMAT.value, _INPUT.value)
-  if _RATIONALES.value and kind in _NO_RATIONALES:
+  predictor = Predictor(model, batch_size=flag.batch_size.value, length_config=length_config)
+  source = "stdin" if flag.input.value == "-" else flag.input.value
+  kind = _input_format(predictor.model, flag.format.value, flag.input.value)
+  if flag.rationales.value and kind in _NO_RATIONALES:
     tokens, target, inputs_ = _NO_RATIONALES[kind]
     raise UserError(f"--rationales writes {tokens} to JSON lines, and the {target}: drop "
                     f"--rationales, or pass {inputs_} or JSON lines")
   if kind == "squad":
-    ids, items = _read_squad(_INPUT.value)
+    ids, items = _read_squad(flag.input.value)
   else:
     columns = predictor.model.meta["inputs"].get("tsv_columns")
     if kind == "glue" and not columns:
       raise UserError(f"--format glue needs a model of a GLUE task; this one is "
                       f"{predictor.model.task}")
-    with inputs.open_input(_INPUT.value) as f, inputs.decoding(source):
+    with inputs.open_input(flag.input.value) as f, inputs.decoding(source):
       if kind == "glue":
         ids, items = inputs.read_glue_tsv(f, columns, source)
       elif kind == "csv":
@@ -171,14 +181,14 @@ def main(argv):
   if not items:
     raise UserError(f"{source} holds no texts; pass one text or JSON record per line")
   predictor.check(items, ids, source=source)  # every input, before any chunk runs.
-  answers, size = {}, _CHUNK.value
+  answers, size = {}, flag.chunk_size.value
   labels = predictor.model.meta["inputs"].get("file_labels")  # --format glue's.
-  with _output(_OUTPUT.value) as out:
+  with _output(flag.output.value) as out:
     for start in range(0, len(items), size):
       chunk = slice(start, start + size)
       label = (True if len(items) <= size else
                f"inputs {start + 1}-{min(start + size, len(items))} of {len(items)}")
-      rows = predictor.predict(items[chunk], ids[chunk], rationales=_RATIONALES.value,
+      rows = predictor.predict(items[chunk], ids[chunk], rationales=flag.rationales.value,
                                progress=label, source=source)
       if kind == "glue":
         lines = inputs.glue_lines(ids[chunk], [r["label_index"] for r in rows], labels)
@@ -191,11 +201,12 @@ def main(argv):
         out.flush()  # each chunk's lines as soon as they are ready.
     if kind == "squad":
       out.write(predictions_text(answers))
-  if _OUTPUT.value != "-":
-    print(f"wrote {len(items)} predictions to {_OUTPUT.value}", file=sys.stderr)
+  if flag.output.value != "-":
+    print(f"wrote {len(items)} predictions to {flag.output.value}", file=sys.stderr)
 
 
 def cli() -> None:
+  define_flags()
   run_console_script(__name__, main)
 
 

@@ -39,7 +39,9 @@ def argparse_flags(script: str) -> dict | None:
 
 def absl_flags(module: str) -> dict:
   from absl import flags  # pylint: disable=g-import-not-at-top
-  importlib.import_module(module)
+  define = getattr(importlib.import_module(module), "define_flags", None)
+  if define is not None:  # a command that defines its flags when it runs, not on import.
+    define()
   out = {}
   for name in flags.FLAGS:
     flag = flags.FLAGS[name]

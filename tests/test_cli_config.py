@@ -354,3 +354,21 @@ def test_version_is_the_installed_package_s():
     proc = subprocess.run([sys.executable, *command, flag], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"adapler-jax {installed}\n", "")
+
+
+def test_the_command_modules_import_together_and_leave_their_flag_names_free():
+  """Importing `adapler_jax.export` and `adapler_jax.predict` defines no flag: both have an
+  --output, and so may the importer's own absl program. Each command defines its flags when
+  it runs."""
+  program = ("import adapler_jax.export, adapler_jax.predict\n"
+             "from absl import flags\n"
+             "flags.DEFINE_string('output', 'mine', '')\n"
+             "flags.DEFINE_string('model', None, '')\n"
+             "flags.FLAGS(['prog', '--model=m'])\n"
+             "print(flags.FLAGS.output, flags.FLAGS.model)\n")
+  proc = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+  assert (proc.returncode, proc.stdout) == (0, "mine m\n"), proc.stderr[-2000:]
+  proc = subprocess.run([sys.executable, "-m", "adapler_jax.predict", "--help"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0 and "--model: An export directory" in proc.stdout, proc.stderr
