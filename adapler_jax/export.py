@@ -17,6 +17,7 @@ from absl import flags, logging
 
 from adapler_jax.cli import run_console_script
 
+
 @functools.cache
 def define_flags() -> types.SimpleNamespace:
   """Defines the command's flags, once, and returns their holders: the command calls it, not

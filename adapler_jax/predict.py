@@ -42,6 +42,7 @@ from adapler_jax.eval.squad import predictions_text
 from adapler_jax.reduce.lengths import parse_config, validate_config
 from adapler_jax.serve import Predictor, inputs, load_model
 
+
 @functools.cache
 def define_flags() -> types.SimpleNamespace:
   """Defines the command's flags, once, and returns their holders. The command calls it, not
