@@ -157,11 +157,14 @@ def run_app(main: Callable[[list[str]], object]) -> None:
 def run_console_script(module_name: str, main: Callable[[list[str]], object]) -> None:
   """`run_app(main)` for a console script (`adapler-predict`): `--help` describes the
   module's docstring and flags, as `python -m <module>` does. absl's help shows the
-  `__main__` docstring and the flags of `sys.argv[0]`, which here is the generated wrapper."""
+  `__main__` docstring and the flags of `sys.argv[0]`, which here is the generated wrapper:
+  it is cut to the command's name, which heads those flags (not the wrapper's full path)."""
   module = sys.modules[module_name]
   sys.modules["__main__"].__doc__ = module.__doc__
-  for flag in flags.FLAGS.get_key_flags_for_module(module_name):
-    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  path, sys.argv[0] = sys.argv[0], os.path.basename(sys.argv[0])
+  for owner in (module_name, path):  # `python -m` files `__main__`'s flags under its path.
+    for flag in flags.FLAGS.get_key_flags_for_module(owner):
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   run_app(main)
 
 

@@ -490,3 +490,4 @@ def test_console_scripts_describe_their_flags(script, flag, usage):
     pytest.skip(f"{script} is not installed beside {sys.executable} (pip install -e .)")
   proc = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=120)
   assert f"  {flag}: " in proc.stdout and usage in proc.stdout
+  assert f"\n{script}:\n" in proc.stdout and str(path) not in proc.stdout  # the flags' head.
