@@ -30,12 +30,14 @@ SCRIPT = ROOT / "tests" / "parallel_checks.py"
 TOL = 1e-5
 
 
+def _xla_flags(devices: int) -> str:
+  """The session's XLA_FLAGS (conftest: fast compiles, which leave the SPMD partitioning and
+  collectives under test as they are) with `devices` CPU devices."""
+  return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+
+
 def _run(devices: int, *args) -> dict:
-  # Backend optimization level 0 halves XLA:CPU compile time; the SPMD partitioning and
-  # collectives under test are HLO passes it leaves as they are.
-  flags = (f"--xla_force_host_platform_device_count={devices} "
-           "--xla_backend_optimization_level=0")
-  env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": _xla_flags(devices), "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -125,8 +127,7 @@ def test_two_processes_with_2_devices_train_like_one_with_4(four, tiny_backbone,
   for i in range(2):
     env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
            "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i), "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": ("--xla_force_host_platform_device_count=2 "
-                         "--xla_backend_optimization_level=0")}
+           "XLA_FLAGS": _xla_flags(2)}
     procs.append(subprocess.Popen(
         [sys.executable, str(SCRIPT), "multihost", str(tiny_backbone), str(tmp_path / "run"),
          str(reference)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
