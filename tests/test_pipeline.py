@@ -20,6 +20,8 @@ from adapler_jax.errors import UserError
 from adapler_jax.models.bert import Bert, EncoderConfig
 from adapler_jax.train import classifier
 
+pytestmark = pytest.mark.slow  # trains tiny runs: ~2 min on 2 CPU cores.
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = EncoderConfig.tiny(vocab_size=30522, max_position_embeddings=64)
 

@@ -17,6 +17,8 @@ from adapler_jax.serve.from_run import export_run
 from tests.test_cli_config import load
 from tests.test_pipeline import ROOT, TINY, tiny_backbone, tiny_config  # noqa: F401 (fixture)
 
+pytestmark = pytest.mark.slow  # trains tiny QA runs: ~2 min on 2 CPU cores.
+
 TOWNS = ("Alderby", "Brookmere", "Cindervale", "Dunmore", "Eastwick", "Fernhill", "Glenford",
          "Harrowgate")
 PEOPLE = ("Anna Marsh", "Bruno Hale", "Clara Voss", "David Lund", "Elena Ruiz", "Felix Grant",
