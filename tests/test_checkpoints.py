@@ -247,7 +247,12 @@ def test_damaged_latest_falls_back_to_the_previous_good_one(tmp_path, caplog):
   warnings = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()
               or "cannot be read" in r.getMessage()]
   assert len(warnings) == 2 and all("\n" not in w for w in warnings)
-  assert warnings[0].startswith(f"checkpoint {tmp_path / '3'} is damaged")
+  # Flipped bytes in a compressed chunk mostly decode to wrong values (a checksum mismatch),
+  # but the data file's layout varies from save to save, and rarely (once in a fresh-clone CI
+  # run; 30 of 30 saves here decoded) they fail to decode instead: either is damage, moved
+  # aside alike.
+  assert any(warnings[0].startswith(f"checkpoint {tmp_path / '3'} {kind}")
+             for kind in ("is damaged", "cannot be read"))
   assert warnings[0].endswith(f"moved it to {tmp_path / '3'}.damaged and resumed from step 1")
   assert (tmp_path / "3.damaged").is_dir() and (tmp_path / "2.damaged").is_dir()
   assert (tmp_path / "1").stat().st_mtime_ns == good
