@@ -1,6 +1,7 @@
 """Tests for adapler_jax.train.checkpoints."""
 
 import asyncio
+import json
 import logging
 import shutil
 import sys
@@ -369,3 +370,53 @@ def test_only_a_closed_loop_woken_from_c_is_dropped_from_excepthook(monkeypatch)
   other = RuntimeError("Event loop is running")
   sys.excepthook(RuntimeError, other, from_c)
   assert seen == [closed, other]
+
+
+def _set_saved_checksum(step_dir, path, value):
+  """Rewrites one array's entry in a step's checksum record."""
+  record = step_dir / checkpoints.CHECKSUMS / "metadata"
+  saved = json.loads(record.read_text())
+  assert path in saved
+  record.write_text(json.dumps({**saved, path: value}))
+
+
+def test_restore_params_reads_the_params_alone(tmp_path):
+  state = _state(3.0)
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state)
+    params = ckpt.restore_params()
+  _assert_trees_equal(params, state["params"])
+  assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(params))
+
+
+def test_damaged_optimizer_moments_do_not_stop_restore_params(tmp_path):
+  """Inference reads the params only; damage elsewhere in the state is training's concern."""
+  state = _state(3.0)
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state)
+  arrays = checkpoints._checksums_by_path(state)
+  moment = next(p for p in arrays if p.startswith("opt_state/") and "/mu/" in p)
+  _set_saved_checksum(tmp_path / "1", moment, "00000000")
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpoints.DamagedCheckpointError,
+                       match=f"1 of {len(arrays)} arrays differ .*{moment}"):
+      ckpt.restore(1)
+    _assert_trees_equal(ckpt.restore_params(1), state["params"])
+
+
+def test_damaged_params_stop_restore_params(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _state(3.0))
+  _set_saved_checksum(tmp_path / "1", "params/dense/kernel", "00000000")
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpoints.DamagedCheckpointError) as err:
+      ckpt.restore_params(1)
+  assert str(err.value).startswith(f"checkpoint {tmp_path / '1'} is damaged: 1 of 3 arrays "
+                                   "differ from their saved checksums (params/dense/kernel)")
+
+
+def test_restore_params_of_a_state_without_params_is_one_line(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _big_state(1.0))
+    with pytest.raises(CheckpointError, match=r"holds no 'params' arrays; fix: "):
+      ckpt.restore_params(1)

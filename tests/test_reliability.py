@@ -467,16 +467,16 @@ def _array_files(step_dir: Path) -> list[Path]:
 
 def test_flipped_checkpoint_bytes_stop_evaluation(run_dir):
   step = json.loads((run_dir / "summary.json").read_text())["adapler_step"]
-  target = _array_files(run_dir / "adapler" / str(step))[0]
-  data = bytearray(target.read_bytes())
-  data[100:686] = bytes(b ^ 0xFF for b in data[100:686])  # 586 bytes.
-  target.write_bytes(bytes(data))
+  for target in _array_files(run_dir / "adapler" / str(step)):  # the params lie in one of them.
+    data = bytearray(target.read_bytes())
+    data[100:] = bytes(b ^ 0xFF for b in data[100:])
+    target.write_bytes(bytes(data))
   before = snapshot(run_dir)
   with pytest.raises(DamagedCheckpointError) as err:
     pipeline.load_run(run_dir)
-  # Which arrays the flipped bytes land in depends on the order orbax's concurrent writes
-  # reached the data file: values that still decode fail their checksums, a hit on the
-  # file's structure fails the read. Either is one line naming the step and the fix
+  # Which arrays hold which bytes depends on the order orbax's concurrent writes reached
+  # the data files: values that still decode fail their checksums, a hit on a file's
+  # structure fails the read. Either is one line naming the step and the fix
   # (test_checkpoints pins the checksum message on a one-array layout).
   msg = str(err.value)
   problem = msg.removeprefix(f"checkpoint {run_dir / 'adapler' / str(step)} ")
@@ -484,6 +484,25 @@ def test_flipped_checkpoint_bytes_stop_evaluation(run_dir):
   assert (problem.startswith("is damaged: ") and "arrays differ from their saved checksums"
           in problem) or problem.startswith("cannot be read (")
   assert snapshot(run_dir) == before
+
+
+def test_damaged_optimizer_moments_do_not_stop_evaluation(run_dir):
+  """Inference reads the parameters alone; damage confined to the optimizer moments (here
+  one moment's saved checksum) stops resuming training, not evaluation."""
+  step = json.loads((run_dir / "summary.json").read_text())["adapler_step"]
+  step_dir = run_dir / "adapler" / str(step)
+  expected = pipeline.load_run(run_dir).adapler_params
+  record = step_dir / "checksums" / "metadata"
+  saved = json.loads(record.read_text())
+  moment = next(p for p in saved if p.startswith("opt_state/") and "/mu/" in p)
+  record.write_text(json.dumps({**saved, moment: "00000000"}))
+  with Checkpointer(run_dir / "adapler", read_only=True) as ckpt:
+    with pytest.raises(DamagedCheckpointError, match=re.escape(moment)):
+      ckpt.restore(step)
+  restored = pipeline.load_run(run_dir).adapler_params
+  assert jax.tree.structure(restored) == jax.tree.structure(expected)
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_truncated_checkpoint_is_one_line_from_evaluate(run_dir):

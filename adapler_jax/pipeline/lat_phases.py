@@ -144,9 +144,9 @@ def load_lengthdrop(run: Run) -> tuple[int, dict]:
     raise UserError(f"no LengthDrop checkpoint in {ckpt.directory}; run --phase lengthdrop")
   step = best[0]
   note_if_unfinished(ckpt, LENGTHDROP)
-  state, _ = ckpt.restore(step)
+  params = ckpt.restore_params(step)
   ckpt.close()
-  return step, state["params"]
+  return step, params
 
 
 def eval_length_config(run: Run) -> tuple[int, ...]:

@@ -54,8 +54,7 @@ def _restore_params(run: Run, ckpt: Checkpointer, step: int) -> dict:
   """The params of checkpoint `step`, replicated on the run's mesh (whatever the devices it
   was saved from)."""
   sharding = None if run.mesh is None else parallel.replicated(run.mesh)
-  state, _ = ckpt.restore(step, sharding=sharding)
-  return state["params"]
+  return ckpt.restore_params(step, sharding=sharding)
 
 
 # ----------------------------------------------------------------------------- phase 1
@@ -359,9 +358,9 @@ def load_adapler(run: Run, step: int) -> dict:
   inference runs on one device)."""
   ckpt = adapler_checkpointer(run, read_only=True)
   note_if_unfinished(ckpt, ADAPLER)
-  state, _ = ckpt.restore(step)
+  params = ckpt.restore_params(step)
   ckpt.close()
-  return state["params"]
+  return params
 
 
 # ----------------------------------------------------------------------------- all

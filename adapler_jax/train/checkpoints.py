@@ -16,6 +16,7 @@ Fine-tuning (3 best by dev metric, plus the latest for resuming)::
   ckpt.save(step, state, metrics={"accuracy": 0.91}, extra_json=config_dict)
   state, config = ckpt.restore(target=abstract_state)   # latest
   best = ckpt.best_steps(3)
+  params = ckpt.restore_params(best[0])  # its 'params' alone, as inference needs
 
 AdapLeR training (every epoch kept; the caller selects from stored metrics)::
 
@@ -50,6 +51,7 @@ PyTree = Any
 STATE = "state"
 CONFIG = "config"
 CHECKSUMS = "checksums"
+PARAMS = "params"  # the state subtree inference reads (`restore_params`).
 DAMAGED_SUFFIX = ".damaged"
 _MAX_LISTED = 3
 
@@ -240,25 +242,61 @@ class Checkpointer:
       DamagedCheckpointError: unreadable files or arrays unlike their checksums.
     """
     step = self._resolve_step(step)
-    silence_abandoned_reads()  # before the reads start: see its docstring.
-    try:
-      if target is not None:
-        self._check_target(step, target)
+
+    def read():
+      tree = target
+      if tree is not None:
+        self._check_target(step, tree)
       else:
-        target = self._saved_tree(step, sharding)
+        tree = self._saved_tree(step, sharding)
       restored = self._manager.restore(step, args=ocp.args.Composite(**{
-          STATE: ocp.args.StandardRestore(target),
+          STATE: ocp.args.StandardRestore(tree),
           CONFIG: ocp.args.JsonRestore(),
       }))
-    except CheckpointError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except
-      problem = f"cannot be read ({_first_line(e)})"
-    else:
-      self._verify(step, restored[STATE])
       return restored[STATE], dict(restored[CONFIG] or {})
-    gc.collect()  # the abandoned reads are finalised now, their reports dropped.
-    raise self._damaged(step, problem)
+
+    return self._read_verified(step, read)
+
+  def restore_params(self, step: int | None = None, *,
+                     sharding: jax.sharding.Sharding | None = None) -> PyTree:
+    """The ``params`` subtree of the state at `step` (default: the latest), as nested
+    dicts/lists of arrays placed with `sharding` (default: this process's first device).
+
+    What inference needs: only those arrays are read and checked against their
+    checksums, so an AdamW state reads a third of what `restore` reads, and damage to
+    the optimizer moments does not stop an evaluation or an export.
+
+    Raises:
+      CheckpointError: no checkpoint, or a state without ``params``.
+      DamagedCheckpointError: unreadable parameter files, or parameters unlike their
+        checksums.
+    """
+    step = self._resolve_step(step)
+
+    def read():
+      tree = self._saved_tree(step, sharding)
+      if tree is None:  # non-array leaves, which orbax restores as saved: read it all.
+        restored = self._manager.restore(step, args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardRestore(None)}))
+        return restored[STATE], None
+      target = {PARAMS: self._params_of(step, tree)}
+      with ocp.PyTreeCheckpointer() as reader:  # `partial_restore`: those arrays alone.
+        restored = reader.restore(
+            os.path.join(self._step_dir(step), STATE),
+            args=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True))
+      return restored, None
+
+    state, _ = self._read_verified(step, read)
+    return self._params_of(step, state)
+
+  def _params_of(self, step: int, state: PyTree) -> PyTree:
+    if not isinstance(state, Mapping) or PARAMS not in state:
+      raise CheckpointError(
+          f"checkpoint {self._step_dir(step)} holds no '{PARAMS}' arrays; fix: pass a "
+          "checkpoint directory that train.py wrote")
+    return state[PARAMS]
 
   def restore_latest_intact(self, target: PyTree | None = None, *,
                             sharding: jax.sharding.Sharding | None = None
@@ -396,6 +434,22 @@ class Checkpointer:
     return DamagedCheckpointError(
         f"checkpoint {self._step_dir(step)} {problem}; fix: delete that step "
         f"directory ({instead}) or rerun training in a new workdir", problem)
+
+  def _read_verified(self, step: int, read):
+    """`read()` -> (state, extra), its arrays checked against their saved checksums; a
+    failed read or check is a one-line DamagedCheckpointError naming the step."""
+    silence_abandoned_reads()  # before the reads start: see its docstring.
+    try:
+      state, extra = read()
+    except CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      problem = f"cannot be read ({_first_line(e)})"
+    else:
+      self._verify(step, state)
+      return state, extra
+    gc.collect()  # the abandoned reads are finalised now, their reports dropped.
+    raise self._damaged(step, problem)
 
   def _saved_checksums(self, step: int) -> dict[str, str | None] | None:
     """The checksums saved with `step`, or None for a checkpoint without them."""
