@@ -372,7 +372,7 @@ def test_only_a_closed_loop_woken_from_c_is_dropped_from_excepthook(monkeypatch)
   assert seen == [closed, other]
 
 
-def _set_saved_checksum(step_dir, path, value):
+def set_saved_checksum(step_dir, path, value):
   """Rewrites one array's entry in a step's checksum record."""
   record = step_dir / checkpoints.CHECKSUMS / "metadata"
   saved = json.loads(record.read_text())
@@ -396,7 +396,7 @@ def test_damaged_optimizer_moments_do_not_stop_restore_params(tmp_path):
     ckpt.save(1, state)
   arrays = checkpoints._checksums_by_path(state)
   moment = next(p for p in arrays if p.startswith("opt_state/") and "/mu/" in p)
-  _set_saved_checksum(tmp_path / "1", moment, "00000000")
+  set_saved_checksum(tmp_path / "1", moment, "00000000")
   with Checkpointer(tmp_path) as ckpt:
     with pytest.raises(checkpoints.DamagedCheckpointError,
                        match=f"1 of {len(arrays)} arrays differ .*{moment}"):
@@ -407,7 +407,7 @@ def test_damaged_optimizer_moments_do_not_stop_restore_params(tmp_path):
 def test_damaged_params_stop_restore_params(tmp_path):
   with Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, _state(3.0))
-  _set_saved_checksum(tmp_path / "1", "params/dense/kernel", "00000000")
+  set_saved_checksum(tmp_path / "1", "params/dense/kernel", "00000000")
   with Checkpointer(tmp_path) as ckpt:
     with pytest.raises(checkpoints.DamagedCheckpointError) as err:
       ckpt.restore_params(1)

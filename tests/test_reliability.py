@@ -36,6 +36,7 @@ from adapler_jax.reduce.significance import SelectionFlags
 from adapler_jax.train import adapler_step, classifier
 from adapler_jax.train.checkpoints import Checkpointer, CheckpointError, DamagedCheckpointError
 from adapler_jax.train.guards import NonFiniteError
+from tests.test_checkpoints import set_saved_checksum
 from tests.test_pipeline import ROOT, TINY, count_steps, tiny_backbone, tiny_config, write_backbone  # pylint: disable=unused-import
 
 
@@ -492,10 +493,9 @@ def test_damaged_optimizer_moments_do_not_stop_evaluation(run_dir):
   step = json.loads((run_dir / "summary.json").read_text())["adapler_step"]
   step_dir = run_dir / "adapler" / str(step)
   expected = pipeline.load_run(run_dir).adapler_params
-  record = step_dir / "checksums" / "metadata"
-  saved = json.loads(record.read_text())
+  saved = json.loads((step_dir / "checksums" / "metadata").read_text())
   moment = next(p for p in saved if p.startswith("opt_state/") and "/mu/" in p)
-  record.write_text(json.dumps({**saved, moment: "00000000"}))
+  set_saved_checksum(step_dir, moment, "00000000")
   with Checkpointer(run_dir / "adapler", read_only=True) as ckpt:
     with pytest.raises(DamagedCheckpointError, match=re.escape(moment)):
       ckpt.restore(step)
