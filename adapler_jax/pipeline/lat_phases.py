@@ -114,8 +114,8 @@ def train_lengthdrop(run: Run) -> None:
     small = evaluate_at(run, host_params, dev, smallest)["metric"]
     run.writer.write(LENGTHDROP + "_epoch", step, {"epoch": epoch, phases.DEV_METRIC: full,
                                                    "dev_metric_smallest": small})
-    loop.show(**{f"dev {run.metric_name}": f"{full:.4f}",
-                 "at the smallest config": f"{small:.4f}"})
+    loop.show(**{f"dev {run.metric_name}": summary_lib.format_points(full),
+                 "at the smallest config": summary_lib.format_points(small)})
     loop.save(ckpt, metrics={phases.DEV_METRIC: full, "dev_metric_smallest": small,
                              "epoch": epoch}, extra_json={"finetuned": source})
   ckpt.close()

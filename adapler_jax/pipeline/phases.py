@@ -100,7 +100,7 @@ def finetune(run: Run, *, stop_after_steps: int | None = None) -> float | None:
                                             run.metric_name, run.config.eval.batch_size,
                                             mesh=run.mesh)["metric"]
       run.writer.write(FINETUNE, step, {DEV_METRIC: dev_metric, "epoch": epoch})
-      loop.show(**{f"dev {run.metric_name}": f"{dev_metric:.4f}"})
+      loop.show(**{f"dev {run.metric_name}": summary_lib.format_points(dev_metric)})
       loop.save(ckpt, metrics={DEV_METRIC: dev_metric})
     elif c.checkpoint_every_steps and step % c.checkpoint_every_steps == 0:
       loop.save(ckpt)
@@ -317,7 +317,7 @@ def train_adapler(run: Run) -> None:
         "dev_kept_per_layer": dev_report["kept_tokens_per_layer"],
     }
     run.writer.write(ADAPLER + "_epoch", step, epoch_metrics)
-    loop.show(**{f"dev {run.metric_name}": f"{dev_report['metric']:.4f}",
+    loop.show(**{f"dev {run.metric_name}": summary_lib.format_points(dev_report['metric']),
                  "FLOPs speedup": f"{dev_report['flops_speedup']:.2f}x"})
     loop.save(ckpt, metrics={DEV_METRIC: dev_report["metric"],
                              "flops_speedup": dev_report["flops_speedup"], "epoch": epoch},

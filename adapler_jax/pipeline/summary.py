@@ -45,11 +45,17 @@ def score_label(summary: dict[str, Any]) -> str:
           else summary["metric_name"])
 
 
+def format_points(metric: float) -> str:
+  """A metric stored as a fraction, as the terminal shows every metric: in points (0.9922
+  -> 99.22)."""
+  return f"{100 * metric:.2f}"
+
+
 def format_score(summary: dict[str, Any], name: str) -> str:
   """`name`'s metric in percent; span QA: exact match / F1."""
   if f"{name}_exact_match" in summary:
     return f"{summary[f'{name}_exact_match']:.2f} / {summary[f'{name}_f1']:.2f}"
-  return f"{100 * summary[f'{name}_metric']:.2f}"
+  return format_points(summary[f"{name}_metric"])
 
 
 def format_table(summary: dict[str, Any], rows: Sequence[tuple[str, str]]) -> str:
